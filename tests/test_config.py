@@ -1,0 +1,134 @@
+"""Config system: every shipped YAML validates; bad input fails with file, line, key and a fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import apply_overrides
+from pipelines.errors import BadInput
+from pipelines.recipe import Recipe
+from pipelines.run_config import REPO_ROOT, RunConfig, load_any, load_recipe, load_run_config
+from pipelines.thought import ThoughtSchema, load_thought_schema
+
+SHIPPED = sorted(
+    p
+    for d in ("configs", "data_recipes")
+    for p in (REPO_ROOT / d).rglob("*.yaml")
+    if "accelerate" not in p.parts
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_shipped_yaml_validates(path: Path) -> None:
+    if "thought_schemas" in path.parts:
+        assert isinstance(load_thought_schema(str(path)), ThoughtSchema)
+    else:
+        assert isinstance(load_any(path), RunConfig | Recipe)
+
+
+def _write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+RECIPE = """\
+name: r
+total_tokens: 1000
+categories:
+  tool: {share: 0.5, sources: [{name: g, type: generated, n: 10}]}
+  text: {share: 0.5, sources: [{name: p, type: pydoc_text}]}
+"""
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path: Path) -> None:
+    path = _write(tmp_path, RECIPE + "near_dedup:\n  treshold: 0.9\n")
+    with pytest.raises(BadInput) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert f"{path}:7: near_dedup.treshold: unknown key (did you mean 'threshold'?)" in msg
+
+
+def test_wrong_type_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, RECIPE.replace("total_tokens: 1000", "total_tokens: lots"))
+    with pytest.raises(BadInput, match=rf"{path}:2: total_tokens: Input should be a valid integer"):
+        load_recipe(path)
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: r\ncategories: [\n  tool: 1\n")
+    with pytest.raises(BadInput, match=rf"{path}:\d+: malformed YAML"):
+        load_recipe(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(BadInput, match="nope.yaml: file not found"):
+        load_recipe("nope.yaml")
+
+
+def test_shares_must_sum_to_one(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, RECIPE.replace("share: 0.5, sources: [{name: p", "share: 0.4, sources: [{name: p")
+    )
+    with pytest.raises(BadInput, match="shares must sum to 1, got 0.9000"):
+        load_recipe(path)
+
+
+def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
+    path = _write(tmp_path, RECIPE)
+    recipe = load_recipe(path, ["seed=7", "near_dedup.threshold=0.9", "filters.min_chars=10"])
+    assert (recipe.seed, recipe.near_dedup.threshold, recipe.filters.min_chars) == (7, 0.9, 10)
+    with pytest.raises(BadInput, match="near_dedup.bogus: unknown key"):
+        load_recipe(path, ["near_dedup.bogus=1"])
+    assert apply_overrides({"a": 1}, ["b.c=[1, 2]"]) == {"a": 1, "b": {"c": [1, 2]}}
+
+
+def test_run_config_loads_its_recipe(tmp_path: Path) -> None:
+    _write(tmp_path, RECIPE, "recipe.yaml")
+    path = _write(
+        tmp_path, f"name: demo\ndata:\n  recipe: {tmp_path / 'recipe.yaml'}\nsft:\n  lora: {{r: 8}}\n"
+    )
+    config = load_run_config(path, ["sft.lora.alpha=16"])
+    assert isinstance(config.data.recipe, Recipe)
+    assert (config.sft.lora.r, config.sft.lora.alpha) == (8, 16)
+
+
+def test_lora_rank_above_vllm_limit_is_rejected(tmp_path: Path) -> None:
+    _write(tmp_path, RECIPE, "recipe.yaml")
+    path = _write(
+        tmp_path, f"name: demo\ndata:\n  recipe: {tmp_path / 'recipe.yaml'}\nsft:\n  lora: {{r: 128}}\n"
+    )
+    with pytest.raises(BadInput, match=r"c.yaml:5: sft.lora.r: Input should be less than or equal to 64"):
+        load_run_config(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected", "code"),
+    [
+        (["config", "show", "data_recipes/agentic-v1.yaml"], "name: agentic-v1", 0),
+        (
+            ["config", "show", "data_recipes/agentic-v1.yaml", "--set", "seed=oops"],
+            "seed: Input should be",
+            2,
+        ),
+        (["config", "show", "missing.yaml"], "missing.yaml: file not found", 2),
+        (["model", "fetch", "not a model"], "unknown model 'not a model'", 2),
+        (["model", "fetch", "embedded:gpt-5"], "unknown embedded model 'gpt-5'", 2),
+        (["config", "show"], "Missing argument", 2),
+    ],
+)
+def test_cli_exit_codes(args: list[str], expected: str, code: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert expected in out
+    assert result.returncode == code
