@@ -30,7 +30,10 @@ def load_tokenizer(model_ref: str, chat_template: str = "auto", revision: str | 
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_ref), revision=revision)
+    # Adapter folders carry the tokenizer they were trained with but no model config.
+    tokenizer_only = (Path(model_ref) / "tokenizer_config.json").is_file()
+    source = model_ref if tokenizer_only else resolve_model(model_ref)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     if chat_template == "auto":
         current = tokenizer.chat_template or ""
         if "tools" not in current:
@@ -129,8 +132,7 @@ def render_trace(
 ) -> Rendered:
     """Token ids + loss mask: assistant tokens only for tool traces, every token for code/text documents."""
     if trace.kind != "tool":
-        ids = tokenizer(trace.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        return Rendered(ids, [1] * len(ids))
+        return render_documents([trace.text], tokenizer)[0]
     reasoning_field = "reasoning_content" in (tokenizer.chat_template or "")
     out = tokenizer.apply_chat_template(
         to_chat_messages(trace, schema, reasoning_field),
@@ -141,6 +143,34 @@ def render_trace(
         return_assistant_tokens_mask=True,
     )
     return Rendered(list(out["input_ids"]), list(out["assistant_masks"]))
+
+
+def render_documents(texts: list[str], tokenizer: Any) -> list[Rendered]:
+    """Code/text documents as plain LM rows (text + EOS, every token in the loss), tokenized as one batch.
+
+    The data stage renders millions of documents, and tokenization is its bottleneck: a batch goes to the
+    Rust tokenizer in one call (parallel across cores) instead of one Python call per document.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        batches = [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    else:
+        batches = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [Rendered([*ids, eos], [1] * (len(ids) + 1)) for ids in batches]
+
+
+def render_batch(traces: list[Trace], tokenizer: Any, schema: ThoughtSchema) -> list[Rendered]:
+    """`render_trace` over many traces, with documents batched; same tokens as rendering one by one."""
+    out: list[Rendered | None] = [None] * len(traces)
+    docs = [i for i, t in enumerate(traces) if t.kind != "tool"]
+    for i, rendered in zip(docs, render_documents([traces[i].text for i in docs], tokenizer), strict=True):
+        out[i] = rendered
+    template = training_chat_template(tokenizer) if len(docs) < len(traces) else None
+    for i, trace in enumerate(traces):
+        if trace.kind == "tool":
+            out[i] = render_trace(trace, tokenizer, schema, template)
+    return [r for r in out if r is not None]
 
 
 def render_prompt(trace: Trace, tokenizer: Any, schema: ThoughtSchema) -> str:

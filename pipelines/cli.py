@@ -6,6 +6,7 @@ Stage modules are imported inside each command so `midtrain config show` stays f
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -62,6 +63,97 @@ def config_show(
 
     resolved = load_any(config, set_ or [])
     print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
+
+
+@app.command("sft")
+def sft(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")],
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue each adapter from its last checkpoint")] = False,
+    clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of adapters to train")] = None,
+) -> None:
+    """Train one LoRA adapter per cluster (QLoRA by default) into runs/<name>/sft/<cluster>/."""
+    from pipelines.run_config import load_run_config
+    from pipelines.sft import run
+
+    run_config = load_run_config(config, set_ or [])
+    only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
+    summaries = run(run_config, resume=resume, clusters=only)
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, only the main process reports
+        return
+    keys = ("steps", "tokens_seen", "final_train_loss", "final_eval_loss", "wall_time_s", "peak_memory_bytes")
+    print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
+
+
+router_app = typer.Typer(no_args_is_help=True, help="Router: pick the adapter per request.")
+app.add_typer(router_app, name="router")
+
+
+@router_app.command("train")
+def router_train(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")], set_: SetOption = None
+) -> None:
+    """Train the request → cluster router on the mix's cluster labels; write runs/<name>/router/."""
+    from pipelines import router
+    from pipelines.run_config import load_run_config
+
+    report = router.run(load_run_config(config, set_ or []))
+    print_json({k: v for k, v in report.items() if k != "confusion"})
+
+
+@router_app.command("export")
+def router_export(
+    router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
+    vllm: Annotated[Path, typer.Option("--vllm", help="Write vLLM --lora-modules JSON here")],
+) -> None:
+    """Check every adapter against vLLM's rules and write its --lora-modules entries and serve command."""
+    from pipelines.router import export_vllm
+
+    print(export_vllm(router_dir, vllm)["command"])
+
+
+@app.command("route")
+def route(
+    router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
+    text: Annotated[str, typer.Argument(help="The request")],
+) -> None:
+    """Print the cluster, confidence and adapter the router picks for a request."""
+    from dataclasses import asdict
+
+    from pipelines.router import load_bundle
+
+    router, _ = load_bundle(router_dir)
+    if router.method == "arrow":
+        print_json({"cluster": "arrow", "note": "Arrow mixes adapters per token inside the model"})
+        return
+    print_json(asdict(router.route([text])[0]))
+
+
+@app.command("chat")
+def chat(
+    router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
+    env: Annotated[
+        str | None, typer.Option(help="Execute tool calls in this environment (e.g. calculator)")
+    ] = None,
+    max_new_tokens: int = 256,
+) -> None:
+    """Interactive chat: each message is routed to an adapter; tool calls run live. /reset, /quit."""
+    from pipelines.serve import Router
+    from pipelines.serve import chat as chat_loop
+
+    router = Router(router_dir)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        console.print("[dim]midtrain chat — /reset clears the conversation, /quit exits[/]")
+
+    def lines():
+        while True:
+            try:
+                yield input("> " if interactive else "")
+            except EOFError:
+                return
+
+    chat_loop(router, lines(), print, domain=env, max_new_tokens=max_new_tokens)
 
 
 def main() -> None:

@@ -64,6 +64,12 @@ class PythonCodeSource(SourceBase):
 class PydocTextSource(SourceBase):
     type: Literal["pydoc_text"]
     min_chars: int = 200
+    max_chunk_chars: int | None = Field(
+        None,
+        gt=0,
+        description="Split long topics into paragraph-aligned parts of at most this many characters; "
+        "None keeps one document per topic (long topics are then rejected by max_seq_len).",
+    )
 
 
 Source = Annotated[

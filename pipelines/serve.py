@@ -1,0 +1,182 @@
+"""Serve a router bundle in Python: one base model, every adapter preloaded, the right one per request.
+
+`Router.generate` routes one request and switches with `set_adapter` (cheap: the weights are already in
+memory); `Router.generate_batch` serves a mixed batch in one forward pass with PEFT's `adapter_names`, each row
+with its own adapter. `chat` is the interactive loop behind `midtrain chat`, executing tool calls live.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer, parse_reply
+from pipelines.errors import BadInput
+from pipelines.models import resolve_model
+from pipelines.router import BASE, Route, adapter_source, load_bundle
+from pipelines.thought import load_thought_schema
+
+
+class Router:
+    def __init__(self, router_dir: str | Path, thought_schema: str = "think-plan-reflect") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.router_dir = Path(router_dir)
+        self.requests, self.meta = load_bundle(self.router_dir)
+        self.schema = load_thought_schema(thought_schema)
+        self.sources = {
+            name: adapter_source(self.router_dir, ref) for name, ref in self.requests.adapters.items()
+        }
+        first = next(iter(self.sources.values()), None)
+        has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
+        # The adapter's own tokenizer carries the chat template it was trained with.
+        self.tokenizer = load_tokenizer(first if has_tokenizer else self.meta["base_model"])
+        self.tokenizer.padding_side = "left"
+        base = AutoModelForCausalLM.from_pretrained(
+            resolve_model(self.meta["base_model"]), dtype=torch.float32
+        )
+        self.model = self._attach_adapters(base)
+        self.model.eval()
+
+    def _attach_adapters(self, base: Any) -> Any:
+        from peft import PeftModel
+
+        if not self.sources:
+            return base
+        if self.requests.method == "arrow":
+            from peft import ArrowConfig, create_arrow_model
+
+            arrow = self.meta.get("arrow", {})
+            config = ArrowConfig(
+                top_k=min(arrow.get("top_k", 2), len(self.sources)),
+                router_temperature=arrow.get("router_temperature", 1.0),
+            )
+            return create_arrow_model(base, list(self.sources.values()), config)
+        names = list(self.sources)
+        model = PeftModel.from_pretrained(base, self.sources[names[0]], adapter_name=names[0])
+        for name in names[1:]:
+            model.load_adapter(self.sources[name], adapter_name=name)
+        return model
+
+    def route(self, text: str) -> Route:
+        if self.requests.method == "arrow":
+            return Route("arrow", 1.0, "arrow", False)
+        return self.requests.route([text])[0]
+
+    def _prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        if messages and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
+
+    def generate(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        max_new_tokens: int = 256,
+        route: Route | None = None,
+    ) -> tuple[Route, str]:
+        """Route on the conversation's user turns (or use `route`), then generate with that adapter."""
+        route = route or self.route(_route_text(messages, tools))
+        return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
+
+    def generate_batch(
+        self,
+        requests: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]],
+        max_new_tokens: int = 256,
+        routes: list[Route] | None = None,
+    ) -> list[tuple[Route, str]]:
+        """Greedy generation for a batch whose rows may each use a different adapter (one forward pass)."""
+        import torch
+
+        routes = routes or [self.route(_route_text(m, t)) for m, t in requests]
+        prompts = [self._prompt(m, t) for m, t in requests]
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if self.sources and self.requests.method != "arrow":
+            kwargs["adapter_names"] = [r.adapter if r.adapter in self.sources else BASE for r in routes]
+        with torch.no_grad():
+            out = self.model.generate(**inputs, **kwargs)
+        texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
+        return [(r, _strip_padding(t, self.tokenizer)) for r, t in zip(routes, texts, strict=True)]
+
+    def switch(self, adapter: str) -> None:
+        """Make one adapter active for plain `model(...)`/`generate` calls (single-request serving)."""
+        if adapter == BASE or adapter not in self.sources:
+            raise BadInput(f"unknown adapter {adapter!r} (have: {', '.join(self.sources)})")
+        self.model.set_adapter(adapter)
+
+
+def _route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    users = " ".join(m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str))
+    names = " ".join((t.get("function", t)).get("name", "") for t in tools or [])
+    return f"{users} [tools] {names}" if names else users
+
+
+def _strip_padding(text: str, tokenizer: Any) -> str:
+    text = text.replace(tokenizer.pad_token or "", "") if tokenizer.pad_token != tokenizer.eos_token else text
+    return text.split(tokenizer.eos_token, 1)[0] if tokenizer.eos_token else text
+
+
+def chat(
+    router: Router,
+    lines: Iterable[str],
+    emit: Callable[[str], None],
+    domain: str | None = None,
+    max_tool_rounds: int = 4,
+    max_new_tokens: int = 256,
+) -> None:
+    """Interactive loop: each user line is routed once; tool calls run live in `domain`'s environment."""
+    env, tools = _chat_env(domain)
+    messages: list[dict[str, Any]] = []
+    for line in lines:
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset" or not line:
+            messages = []
+            env, tools = _chat_env(domain)
+            continue
+        messages.append({"role": "user", "content": line})
+        route = router.route(_route_text(messages, tools))
+        for _ in range(max_tool_rounds + 1):
+            _, text = router.generate(messages, tools, max_new_tokens, route=route)
+            reply = parse_reply(text, router.schema)
+            emit(
+                f"[{route.adapter} · {route.cluster} {route.confidence:.2f}] {reply.content or text.strip()}"
+            )
+            messages.append(_assistant_message(reply, text))
+            if not reply.tool_calls or env is None:
+                break
+            for call in reply.tool_calls:
+                observation, _ = env._call_tool(call["name"], call["arguments"])
+                emit(f"  tool {call['name']}({json.dumps(call['arguments'])}) → {observation[:200]}")
+                messages.append({"role": "tool", "content": observation})
+
+
+def _assistant_message(reply: Any, raw: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": raw.split("<tool_call>", 1)[0].strip()}
+    if reply.tool_calls:
+        message["tool_calls"] = [{"type": "function", "function": c} for c in reply.tool_calls]
+    return message
+
+
+def _chat_env(domain: str | None) -> tuple[Any, list[dict[str, Any]] | None]:
+    if domain is None:
+        return None, None
+    from pipelines.envs import DOMAINS
+
+    if domain not in DOMAINS:
+        raise BadInput(f"unknown environment {domain!r} (have: {', '.join(sorted(DOMAINS))})")
+    env_class = DOMAINS[domain][0]
+    env = env_class()
+    env.reset()
+    return env, env._tool_schemas()

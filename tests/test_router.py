@@ -1,0 +1,216 @@
+"""Router: trains on the tiny setup, save/load gives identical predictions, threshold fallback, and mixed-batch
+generation gives each row exactly its adapter's output."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.router import BASE, load_bundle, request_text, run
+from pipelines.run_config import RouterSection, RunConfig, SFTSection
+from pipelines.schema import Trace
+
+TOOL = [
+    {
+        "type": "function",
+        "function": {"name": "convert_units", "parameters": {"type": "object", "properties": {}}},
+    }
+]
+SINGLE = [
+    "Convert {n} km to miles.",
+    "How many grams is {n} pounds?",
+    "What is {n} celsius in fahrenheit?",
+    "Turn {n} hours into minutes please.",
+    "Express {n} inches in centimeters.",
+]
+MULTI = [
+    "First list the files in /docs, then read the largest one and finally count its lines ({n}).",
+    "Step by step: create folder report{n}, move notes.txt into it, then show me the tree.",
+    "Find employees hired after {n}, then raise their salary and finally list the updated rows.",
+    "Plan this: look up event {n}, reschedule it to Friday, then add a todo for the follow-up.",
+]
+
+
+def _trace(i: int, cluster: str, text: str) -> Trace:
+    return Trace(
+        id=f"{cluster}-{i}",
+        source="unit",
+        kind="tool",
+        cluster=cluster,
+        tools=TOOL,
+        messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
+    )
+
+
+def write_shards(data_dir: Path, n: int = 120) -> None:
+    """Shards in the data-stage contract layout (only the columns the router reads need real values)."""
+    rng = random.Random(0)
+    data_dir.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        cluster, templates = ("tool", SINGLE) if i % 2 else ("plan", MULTI)
+        trace = _trace(i, cluster, rng.choice(templates).format(n=rng.randint(1, 999)))
+        rows.append(
+            {
+                "id": trace.id,
+                "source": "unit",
+                "category": "tool",
+                "kind": "tool",
+                "cluster": cluster,
+                "pattern": "single",
+                "difficulty": 1,
+                "epoch": 0,
+                "n_tokens": 1,
+                "n_loss_tokens": 1,
+                "input_ids": [1],
+                "assistant_masks": [1],
+                "trace": trace.to_json(),
+            }
+        )
+    rows.append({**rows[0], "epoch": 1})  # an upsampled repeat must not be counted twice
+    pq.write_table(pa.Table.from_pylist(rows[: n - 10]), data_dir / "train-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "eval-00000.parquet")
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int) -> None:
+    """A random (non-zero) LoRA adapter, saved with the tokenizer like the SFT stage does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(20.0)  # make each adapter change greedy outputs visibly
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    run_dir = root / "tiny"
+    write_shards(run_dir / "data")
+    make_adapter(tiny_model_dir, run_dir / "sft" / "tool", seed=1)
+    make_adapter(tiny_model_dir, run_dir / "sft" / "plan", seed=2)
+    return run_dir
+
+
+def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float = 0.3) -> RunConfig:
+    return RunConfig(
+        name=run_dir.name,
+        output_dir=str(run_dir.parent),
+        model={"name_or_path": str(model)},
+        data={"recipe": "data_recipes/agentic-v1.yaml"},
+        sft=SFTSection(clusters=["tool", "plan"]),
+        router=RouterSection(method=method, threshold=threshold, eval_fraction=0.25),
+    )
+
+
+@pytest.mark.parametrize("method", ["tfidf", "embedding"])
+def test_router_trains_and_round_trips(run_dir: Path, tiny_model_dir: Path, method: str) -> None:
+    report = run(_config(run_dir, tiny_model_dir, method))
+    assert report["accuracy"] >= 0.9 and report["n"] >= 10
+    assert (run_dir / "router" / "confusion.png").stat().st_size > 1000
+    router, meta = load_bundle(run_dir / "router")
+    assert meta["adapters"] == {"plan": "../sft/plan", "tool": "../sft/tool"}
+    texts = ["Convert 3 km to miles.", "First list the files, then read one and finally count the lines."]
+    again, _ = load_bundle(run_dir / "router")
+    np.testing.assert_array_equal(router.probabilities(texts), again.probabilities(texts))
+    assert [r.cluster for r in router.route(texts)] == ["tool", "plan"]
+
+
+def test_threshold_falls_back_to_base(run_dir: Path, tiny_model_dir: Path) -> None:
+    run(_config(run_dir, tiny_model_dir, threshold=0.999))
+    router, _ = load_bundle(run_dir / "router")
+    route = router.route(["Convert 3 km to miles."])[0]
+    assert route.cluster == "tool" and route.fallback and route.adapter == BASE
+
+
+def test_request_text_includes_tool_names() -> None:
+    assert request_text(_trace(0, "tool", "hi")) == "hi [tools] convert_units"
+
+
+def test_too_few_adapters_is_bad_input(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from pipelines.errors import BadInput
+
+    with pytest.raises(BadInput, match=r"router needs ≥ 2 trained cluster adapters"):
+        run(_config(tmp_path / "empty", tiny_model_dir))
+
+
+def test_mixed_batch_gives_each_row_its_adapter(run_dir: Path, tiny_model_dir: Path) -> None:
+    from pipelines.serve import Router
+
+    run(_config(run_dir, tiny_model_dir, threshold=0.0))
+    router = Router(run_dir / "router")
+    requests = [
+        ([{"role": "user", "content": "Convert 3 km to miles."}], None),
+        ([{"role": "user", "content": "First list the files, then read one, finally count."}], None),
+        ([{"role": "user", "content": "Convert 7 km to miles."}], None),
+    ]
+    routes = [router.route(m[0]["content"]) for m, _ in requests]
+    assert [r.adapter for r in routes] == ["tool", "plan", "tool"]
+    mixed = [text for _, text in router.generate_batch(requests, max_new_tokens=8, routes=routes)]
+    single = [
+        router.generate(m, t, max_new_tokens=8, route=r)[1]
+        for (m, t), r in zip(requests, routes, strict=True)
+    ]
+    assert mixed == single
+    base = router.generate(requests[0][0], None, 8, route=routes[0].__class__("tool", 1.0, BASE, True))[1]
+    assert base != single[0]  # the adapter really changes the output
+
+
+def test_route_and_chat_cli(run_dir: Path, tiny_model_dir: Path) -> None:
+    run(_config(run_dir, tiny_model_dir, threshold=0.0))
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    out = subprocess.run(
+        [*cli, "route", str(run_dir / "router"), "Convert 3 km to miles."],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out)["cluster"] == "tool"
+    chat = subprocess.run(
+        [*cli, "chat", str(run_dir / "router"), "--max-new-tokens", "6"],
+        input="Convert 3 km to miles.\n/quit\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "[tool · tool" in chat.stdout
+
+
+def test_vllm_export(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    run(_config(run_dir, tiny_model_dir))
+    out = tmp_path / "lora.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "router",
+            "export",
+            str(run_dir / "router"),
+            "--vllm",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    modules = json.loads(out.read_text())
+    assert {m["name"] for m in modules["lora_modules"]} == {"tool", "plan"}
+    assert all(Path(m["path"]).is_dir() for m in modules["lora_modules"])
+    assert "--max-lora-rank 8" in modules["command"]
