@@ -65,6 +65,79 @@ def config_show(
     print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
 
 
+@data_app.command("generate")
+def data_generate(
+    domains: Annotated[str, typer.Option(help="Comma-separated domains, e.g. api,calculator (or `all`)")],
+    n: Annotated[int, typer.Option(help="Verified traces to write")],
+    out: Annotated[Path, typer.Option(help="Output .jsonl (one Trace per line)")],
+    seed: Annotated[int, typer.Option(help="Same seed → byte-identical file")] = 0,
+    patterns: Annotated[str | None, typer.Option(help="Pattern mix, e.g. single=0.3,recovery=0.2")] = None,
+    rejects: Annotated[Path | None, typer.Option(help="Write rejects (id, reason, detail) here")] = None,
+) -> None:
+    """Executed, verified agentic traces from the built-in tool environments."""
+    from pipelines.generate import generate_to_file
+
+    generate_to_file(domains, n, seed, out, patterns, rejects, console)
+
+
+@data_app.command("build")
+def data_build(
+    config: Annotated[Path, typer.Argument(help="Run config or bare data recipe YAML")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<name>/data)")] = None,
+    set_: SetOption = None,
+    num_proc: Annotated[
+        int | None, typer.Option(help="Render processes (default: data.num_proc or 1)")
+    ] = None,
+) -> None:
+    """Clean, decontaminate, render and mix by tokens into sharded parquet + manifest.json (the lockfile)."""
+    from pipelines.data.build import build, default_out_dir, run
+    from pipelines.data.inspect import tables
+    from pipelines.run_config import RunConfig, load_any
+
+    target = load_any(config, set_ or [])
+    out_dir = out or default_out_dir(target)
+    if isinstance(target, RunConfig):
+        result = run(target, out_dir, num_proc)
+    else:
+        result = build(target, out_dir, num_proc=num_proc or 1)
+    out_console = Console()
+    for table in tables(result.manifest)[:1] + tables(result.manifest)[3:4]:
+        out_console.print(table)
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    mix = result.manifest["mix"]
+    print(f"wrote {result.out_dir}: {mix['total_tokens']:,} tokens ({timings})")
+
+
+@data_app.command("verify")
+def data_verify(
+    data_dir: Annotated[Path, typer.Argument(help="A `data build` output folder")],
+    num_proc: Annotated[int, typer.Option(help="Render processes for the rebuild")] = 1,
+) -> None:
+    """Rebuild from manifest.json into a temp folder and report every file whose bytes differ (exit 1)."""
+    from pipelines.data.build import verify
+
+    result = verify(data_dir, num_proc)
+    for name in result.differing:
+        print(f"differs: {name}")
+    for name in result.missing:
+        print(f"only in the rebuild: {name}")
+    for name in result.extra:
+        print(f"not rebuilt: {name}")
+    if not result.identical:
+        changed = len(result.differing) + len(result.missing) + len(result.extra)
+        raise MidtrainError(f"{data_dir}: {changed} file(s) differ from a rebuild from its manifest")
+    print(f"identical: {len(result.compared)} files ({', '.join(result.compared)})")
+
+
+@data_app.command("inspect")
+def data_inspect(data_dir: Annotated[Path, typer.Argument(help="A `data build` output folder")]) -> None:
+    """Print the mix's tables and write mix.png (shares, tool-call and token-length histograms)."""
+    from pipelines.data.inspect import inspect_dir
+
+    path = inspect_dir(data_dir, Console())
+    print(f"wrote {path}")
+
+
 @app.command("sft")
 def sft(
     config: Annotated[Path, typer.Argument(help="Run config YAML")],
@@ -82,6 +155,23 @@ def sft(
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, only the main process reports
         return
     keys = ("steps", "tokens_seen", "final_train_loss", "final_eval_loss", "wall_time_s", "peak_memory_bytes")
+    print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
+
+
+@app.command("rl")
+def rl(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")],
+    set_: SetOption = None,
+    clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of rl.clusters")] = None,
+) -> None:
+    """GRPO from each SFT adapter in live tool environments into runs/<name>/rl/<cluster>/."""
+    from pipelines.rl import run
+    from pipelines.run_config import load_run_config
+
+    run_config = load_run_config(config, set_ or [])
+    only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
+    summaries = run(run_config, clusters=only)
+    keys = ("steps", "seconds_per_step", "final_reward", "failures", "heldout")
     print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
 
 
@@ -154,6 +244,24 @@ def chat(
                 return
 
     chat_loop(router, lines(), print, domain=env, max_new_tokens=max_new_tokens)
+
+
+@app.command("publish")
+def publish_cmd(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")],
+    dry_run: Annotated[
+        Path | None, typer.Option("--dry-run", help="Write the repos into DIR, upload nothing")
+    ] = None,
+    allow_no_eval: Annotated[
+        bool, typer.Option("--allow-no-eval", help="Publish adapters without eval")
+    ] = False,
+    set_: SetOption = None,
+) -> None:
+    """Push each adapter and the router bundle to the Hub (private by default) with model cards."""
+    from pipelines import publish
+    from pipelines.run_config import load_run_config
+
+    print_json(publish.run(load_run_config(config, set_ or []), dry_run, allow_no_eval))
 
 
 def main() -> None:

@@ -1,0 +1,432 @@
+"""Publish stage: one Hub repo per adapter and one for the router bundle, grouped in a collection.
+
+Every upload is first staged into a folder (the `--dry-run` output is exactly that folder), so what a user
+reviews is byte for byte what is sent. Staging copies only regular files from inside the run directory, and
+the card checks refuse absolute local paths and anything that looks like a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import BadInput
+from pipelines.run_config import PublishSection, RunConfig
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
+ROUTER_FILES = ("router.json", "router.safetensors", "accuracy.json", "confusion.png")
+# model-index groups results by dataset, so each eval suite needs its own dataset identity.
+EVAL_DATASETS = {
+    "bfcl": "gorilla-llm/Berkeley-Function-Calling-Leaderboard",
+    "heldout": "midtrain/heldout-tasks",
+}
+_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+_ABS_PATH_RE = re.compile(
+    r"(?<![\w.:/])(/(?:home|root|tmp|Users|work|var|mnt|opt|srv|data)/[^\s'\"`)]+|[A-Z]:\\\\)"
+)
+
+
+@dataclass
+class PublishItem:
+    name: str  # e.g. "sft-tool", "rl-tool", "router"
+    kind: str  # "adapter" | "router"
+    source: Path
+    cluster: str | None = None
+
+
+def collect_items(config: RunConfig) -> list[PublishItem]:
+    """Every trained adapter of the run, then the router bundle if there is one."""
+    run_dir = config.run_dir
+    items = []
+    for stage in ("sft", "rl"):
+        for path in sorted((run_dir / stage).glob("*/adapter_config.json")):
+            items.append(PublishItem(f"{stage}-{path.parent.name}", "adapter", path.parent, path.parent.name))
+    if (run_dir / "router" / "router.json").is_file():
+        items.append(PublishItem("router", "router", run_dir / "router"))
+    if not items:
+        raise BadInput(f"{run_dir}: nothing to publish (no sft/*/, rl/*/ adapters or router/ bundle)")
+    return items
+
+
+def missing_files(item: PublishItem) -> list[str]:
+    wanted = ADAPTER_FILES if item.kind == "adapter" else ("router.json", "router.safetensors")
+    return [name for name in wanted if not (item.source / name).is_file()]
+
+
+def _copy_inside(src: Path, dst: Path, run_dir: Path) -> None:
+    """Copy one regular file, refusing symlinks and anything that resolves outside the run directory."""
+    if src.is_symlink() or not src.resolve().is_relative_to(run_dir.resolve()):
+        raise BadInput(f"{src}: refusing to publish a file outside {run_dir} (or a symlink)")
+    shutil.copyfile(src, dst)
+
+
+def repo_id(config: RunConfig, item: PublishItem, namespace: str) -> str:
+    section = config.publish or PublishSection()
+    return f"{namespace}/{section.repo_prefix}-{config.name}-{item.name}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cards
+
+
+def sanitized_config(config: RunConfig) -> dict[str, Any]:
+    """The run config as published: local paths become their file names, secrets never appear."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, str) and (value.startswith(("/", "~")) or _ABS_PATH_RE.search(value)):
+            return f"<local>/{Path(value).name}"
+        return value
+
+    return clean(config.model_dump(mode="json"))
+
+
+def manifest_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The mix lockfile's headline facts: its hash, token shares, and each source with its revision."""
+    path = run_dir / "data" / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    sources = manifest.get("sources", [])
+    sources = sources.values() if isinstance(sources, dict) else sources
+    return {
+        "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "recipe": manifest.get("recipe", {}).get("name")
+        if isinstance(manifest.get("recipe"), dict)
+        else None,
+        "shares": manifest.get("shares") or manifest.get("token_shares"),
+        "sources": [
+            {
+                k: s.get(k)
+                for k in ("name", "type", "dataset", "revision", "sha256", "tokens_out")
+                if s.get(k) is not None
+            }
+            for s in sources
+        ],
+    }
+
+
+def eval_results_for(results: dict[str, Any] | None, item: PublishItem) -> dict[str, float] | None:
+    """Flat `metric → value` for one item from eval/results.json (keys like `sft/tool`, `routed`)."""
+    if not results:
+        return None
+    key = "routed" if item.kind == "router" else item.name.replace("-", "/", 1)
+    target = results.get("targets", {}).get(key)
+    if not target:
+        return None
+    flat = {}
+    for suite, metrics in target.items():
+        for metric, value in (metrics or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and metric != "n":
+                flat[f"{suite}/{metric}"] = float(value)
+    return flat or None
+
+
+def build_card(
+    config: RunConfig,
+    item: PublishItem,
+    repo: str,
+    metrics: dict[str, float] | None,
+    mix: dict[str, Any] | None,
+    adapter_repos: dict[str, str],
+) -> str:
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    section = config.publish or PublishSection()
+    base = _public_base_model(config)
+    eval_results = [
+        EvalResult(
+            task_type="text-generation",
+            task_name="tool calling",
+            dataset_type=EVAL_DATASETS.get(name.split("/")[0], name.split("/")[0]),
+            dataset_name=name.split("/")[0],
+            metric_type=name.split("/")[-1],
+            metric_name=name,
+            metric_value=round(value, 4),
+        )
+        for name, value in sorted((metrics or {}).items())
+    ]
+    data = ModelCardData(
+        base_model=base,
+        library_name="peft" if item.kind == "adapter" else None,
+        license=section.license,
+        tags=[
+            "midtrain",
+            "lora",
+            "tool-calling",
+            "agentic",
+            *([f"cluster-{item.cluster}"] if item.cluster else []),
+        ],
+        datasets=[s["dataset"] for s in (mix or {}).get("sources", []) if s.get("dataset")] or None,
+        eval_results=eval_results or None,
+        model_name=repo.split("/")[-1],
+        pipeline_tag="text-generation",
+    )
+    body = _card_body(config, item, repo, base, metrics, mix, adapter_repos)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def _public_base_model(config: RunConfig) -> str:
+    from pipelines.models import EMBEDDED_MODELS, EMBEDDED_PREFIX
+
+    ref = config.model.name_or_path
+    if ref.startswith(EMBEDDED_PREFIX):
+        return EMBEDDED_MODELS[ref.removeprefix(EMBEDDED_PREFIX)]["upstream"]
+    return ref if not Path(ref).exists() else f"<local>/{Path(ref).name}"
+
+
+def _card_body(
+    config: RunConfig,
+    item: PublishItem,
+    repo: str,
+    base: str,
+    metrics: dict[str, float] | None,
+    mix: dict[str, Any] | None,
+    adapter_repos: dict[str, str],
+) -> str:
+    what = (
+        f"A LoRA adapter for the **{item.cluster}** thinking mode"
+        if item.kind == "adapter"
+        else "A router bundle that picks the thought-cluster adapter per request"
+    )
+    lines = [
+        f"# {repo.split('/')[-1]}",
+        "",
+        f"{what}, trained with [midtrain](https://pypi.org/project/midtrain/) "
+        f"on `{base}` (run `{config.name}`, stage `{item.name.split('-')[0]}`).",
+        "",
+    ]
+    lines += ["## Usage", "", *_usage(item, repo, base, adapter_repos), ""]
+    lines += ["## Evaluation", ""]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted((metrics or {}).items())] or ["No eval results."]
+    if metrics:
+        lines[-len(metrics) : -len(metrics)] = ["| metric | value |", "| --- | --- |"]
+    lines += ["", "## Training data (mix manifest)", ""]
+    lines += ["```json", json.dumps(mix, indent=2, sort_keys=True), "```"] if mix else ["No manifest found."]
+    lines += [
+        "",
+        "## Training config",
+        "",
+        "```yaml",
+        yaml.safe_dump(sanitized_config(config), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _usage(item: PublishItem, repo: str, base: str, adapter_repos: dict[str, str]) -> list[str]:
+    if item.kind == "adapter":
+        return [
+            "PEFT:",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+            f'model = PeftModel.from_pretrained(base, "{repo}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")  # the chat template it was trained with',
+            "```",
+            "",
+            "vLLM:",
+            "```bash",
+            f"vllm serve {base} --enable-lora --max-lora-rank 64 --lora-modules '{json.dumps({'name': item.name, 'path': repo, 'base_model_name': base})}'",
+            "```",
+        ]
+    modules = " ".join(
+        f"--lora-modules '{json.dumps({'name': n, 'path': r, 'base_model_name': base})}'"
+        for n, r in adapter_repos.items()
+    )
+    return [
+        "Python (midtrain):",
+        "```python",
+        "from huggingface_hub import snapshot_download",
+        "from pipelines.serve import Router",
+        f'router = Router(snapshot_download("{repo}"))',
+        'route, text = router.generate([{"role": "user", "content": "Convert 5 km to miles"}])',
+        "```",
+        "",
+        "vLLM (all adapters, route client-side with `midtrain route`):",
+        "```bash",
+        f"vllm serve {base} --enable-lora --max-lora-rank 64 --max-loras {max(len(adapter_repos), 1)} {modules}",
+        "```",
+    ]
+
+
+def check_card(card_text: str, folder: Path) -> list[str]:
+    """Our own gate before anything is uploaded: metadata parses, model-index is well-formed, nothing local."""
+    problems = []
+    if not card_text.startswith("---\n") or card_text.count("\n---\n") < 1:
+        return ["README.md: no YAML metadata block"]
+    meta = yaml.safe_load(card_text.split("---\n", 2)[1])
+    for key in ("base_model", "license", "tags"):
+        if key not in meta:
+            problems.append(f"README.md metadata: missing {key!r}")
+    for entry in meta.get("model-index", []):
+        for result in entry.get("results", []):
+            if not {"task", "dataset", "metrics"} <= set(result):
+                problems.append(f"README.md model-index: result missing task/dataset/metrics: {result}")
+            for metric in result.get("metrics", []):
+                if not isinstance(metric.get("value"), int | float):
+                    problems.append(f"README.md model-index: non-numeric metric {metric}")
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".md", ".json", ".jinja", ".yaml", ".txt") and path.is_file():
+            text = path.read_text(errors="replace")
+            if _TOKEN_RE.search(text):
+                problems.append(f"{path.name}: contains something that looks like a Hub token")
+            match = _ABS_PATH_RE.search(text)
+            if match:
+                problems.append(f"{path.name}: contains an absolute local path ({match.group(0)[:60]})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Staging and upload
+
+
+def stage(
+    config: RunConfig,
+    item: PublishItem,
+    folder: Path,
+    repo: str,
+    metrics: dict[str, float] | None,
+    mix: dict[str, Any] | None,
+    adapter_repos: dict[str, str],
+) -> list[str]:
+    """Write exactly what will be uploaded for one repo; return card-check problems (empty = publishable)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ADAPTER_FILES + TOKENIZER_FILES if item.kind == "adapter" else ROUTER_FILES
+    for name in names:
+        if (item.source / name).is_file():
+            _copy_inside(item.source / name, folder / name, config.run_dir)
+    base = _public_base_model(config)
+    if item.kind == "adapter":
+        # The local base path means nothing on the Hub: point the adapter at the public base model.
+        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = base
+        (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
+    else:
+        # A published bundle resolves its adapters from their Hub repos, not from sibling folders.
+        bundle = json.loads((folder / "router.json").read_text())
+        bundle["adapters"] = {c: adapter_repos[c] for c in bundle["adapters"] if c in adapter_repos}
+        bundle["base_model"] = base
+        (folder / "router.json").write_text(json.dumps(bundle, indent=2, sort_keys=True))
+    card = build_card(config, item, repo, metrics, mix, adapter_repos)
+    (folder / "README.md").write_text(card)
+    return check_card(card, folder)
+
+
+def _hub_api(api: Any | None) -> tuple[Any, str]:
+    """A ready HfApi and the token's user, or BadInput with the one-line reason and the dry-run hint."""
+    hint = "use `midtrain publish CONFIG --dry-run DIR` to write the repos locally instead"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise BadInput(f"HF_HUB_OFFLINE is set, cannot reach the Hub; {hint}")
+    if api is None:
+        from huggingface_hub import HfApi, get_token
+
+        if not get_token():
+            raise BadInput(f"no Hugging Face token (set HF_TOKEN or run `hf auth login`); {hint}")
+        api = HfApi()
+    try:
+        user = api.whoami()["name"]
+    except Exception as exc:  # network errors come in many types: requests, httpx, OSError
+        raise BadInput(f"cannot reach the Hub ({type(exc).__name__}); {hint}") from None
+    return api, user
+
+
+def run(
+    config: RunConfig,
+    dry_run_dir: str | Path | None = None,
+    allow_no_eval: bool = False,
+    api: Any | None = None,
+) -> dict[str, Any]:
+    section = config.publish or PublishSection()
+    items = collect_items(config)
+    broken = {i.name: missing_files(i) for i in items if missing_files(i)}
+    if broken:
+        raise BadInput(
+            "incomplete output folders: "
+            + "; ".join(f"{n}: missing {', '.join(f)}" for n, f in broken.items())
+        )
+    results_path = config.run_dir / "eval" / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    metrics = {i.name: eval_results_for(results, i) for i in items}
+    no_eval = [n for n, m in metrics.items() if m is None]
+    if no_eval and not (allow_no_eval or section.allow_no_eval):
+        raise BadInput(
+            f"no eval results for {', '.join(no_eval)} in {results_path} "
+            "(run `midtrain eval CONFIG`, or pass --allow-no-eval)"
+        )
+    dry_run = dry_run_dir is not None or section.dry_run
+    if dry_run:
+        namespace, hub = section.namespace or "your-username", None
+    else:
+        hub, user = _hub_api(api)
+        namespace = section.namespace or user
+    repos = {i.name: repo_id(config, i, namespace) for i in items}
+    adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter"}  # rl overrides sft
+    staging = Path(dry_run_dir) if dry_run_dir else config.run_dir / "publish"
+    if staging.exists():
+        shutil.rmtree(staging)
+    mix = manifest_summary(config.run_dir)
+    problems = {}
+    for item in items:
+        found = stage(
+            config,
+            item,
+            staging / repos[item.name].split("/")[-1],
+            repos[item.name],
+            metrics[item.name],
+            mix,
+            adapter_repos,
+        )
+        if found:
+            problems[item.name] = found
+    if problems:
+        raise BadInput("model card checks failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items()))
+    plan = {
+        "dry_run": dry_run,
+        "private": section.private,
+        "repos": list(repos.values()),
+        "collection": f"midtrain {config.name}",
+    }
+    if not dry_run:
+        plan["urls"] = upload(hub, staging, repos, section.private, plan["collection"], namespace)
+    (staging.parent / f"{staging.name}-plan.json").write_text(json.dumps(plan, indent=2))
+    return plan
+
+
+def upload(
+    api: Any, staging: Path, repos: dict[str, str], private: bool, title: str, namespace: str
+) -> list[str]:
+    """create_repo + upload_folder per repo (private by default), then group them in one collection."""
+    urls = []
+    for repo in repos.values():
+        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            repo_id=repo,
+            folder_path=staging / repo.split("/")[-1],
+            repo_type="model",
+            commit_message="Upload from midtrain",
+        )
+        urls.append(f"https://huggingface.co/{repo}")
+    collection = api.create_collection(title, namespace=namespace, private=private, exists_ok=True)
+    for repo in repos.values():
+        api.add_collection_item(collection.slug, item_id=repo, item_type="model", exists_ok=True)
+    return urls

@@ -1,0 +1,194 @@
+"""Publish: dry-run folders pass our card checks; the upload path is exercised against a recorded HfApi double
+that asserts every call and every uploaded file; bad input (offline, no token, missing files) exits 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import publish
+from pipelines.errors import BadInput
+from pipelines.router import run as train_router
+from pipelines.run_config import PublishSection, RouterSection, RunConfig, SFTSection
+from tests.test_router import make_adapter, write_shards
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("pub") / "tiny"
+    write_shards(run_dir / "data")
+    (run_dir / "data" / "manifest.json").write_text(
+        json.dumps(
+            {
+                "recipe": {"name": "agentic-v1"},
+                "shares": {"target": {"tool": 0.5}, "achieved": {"tool": 0.5}},
+                "sources": [
+                    {
+                        "name": "xlam",
+                        "type": "hf",
+                        "dataset": "Salesforce/xlam-function-calling-60k",
+                        "revision": "abc123",
+                        "tokens_out": 1000,
+                    }
+                ],
+            }
+        )
+    )
+    for cluster, seed in (("tool", 1), ("plan", 2)):
+        make_adapter(tiny_model_dir, run_dir / "sft" / cluster, seed)
+    train_router(_config(run_dir, tiny_model_dir))
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "results.json").write_text(
+        json.dumps(
+            {
+                "targets": {
+                    "sft/tool": {"bfcl": {"simple_python": 0.25, "n": 8}, "heldout": {"outcome": 0.5}},
+                    "sft/plan": {"bfcl": {"simple_python": 0.125}},
+                    "routed": {"bfcl": {"simple_python": 0.3}},
+                }
+            }
+        )
+    )
+    return run_dir
+
+
+def _config(run_dir: Path, model: Path, **publish_kwargs) -> RunConfig:
+    return RunConfig(
+        name=run_dir.name,
+        output_dir=str(run_dir.parent),
+        model={"name_or_path": str(model)},
+        data={"recipe": "data_recipes/agentic-v1.yaml"},
+        sft=SFTSection(clusters=["tool", "plan"]),
+        router=RouterSection(method="tfidf"),
+        publish=PublishSection(**publish_kwargs),
+    )
+
+
+def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    plan = publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out")
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert folders == ["midtrain-tiny-router", "midtrain-tiny-sft-plan", "midtrain-tiny-sft-tool"]
+    assert plan["repos"][0] == "your-username/midtrain-tiny-sft-plan" and plan["private"] is True
+    tool = tmp_path / "out" / "midtrain-tiny-sft-tool"
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {
+        p.name for p in tool.iterdir()
+    }
+    card = (tool / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    assert meta["library_name"] == "peft" and meta["license"] == "apache-2.0"
+    results = {
+        r["dataset"]["name"]: {m["name"]: m["value"] for m in r["metrics"]}
+        for r in meta["model-index"][0]["results"]
+    }
+    assert results == {"bfcl": {"bfcl/simple_python": 0.25}, "heldout": {"heldout/outcome": 0.5}}
+    assert "Salesforce/xlam-function-calling-60k" in meta["datasets"]
+    assert "abc123" in card and "vllm serve" in card and "PeftModel.from_pretrained" in card
+    for folder in (tmp_path / "out").iterdir():
+        assert publish.check_card((folder / "README.md").read_text(), folder) == []
+    bundle = json.loads((tmp_path / "out" / "midtrain-tiny-router" / "router.json").read_text())
+    assert bundle["adapters"] == {
+        "plan": "your-username/midtrain-tiny-sft-plan",
+        "tool": "your-username/midtrain-tiny-sft-tool",
+    }
+    assert str(tiny_model_dir) not in json.dumps(bundle)
+
+
+@dataclass
+class _Collection:
+    slug: str
+
+
+class RecordedHfApi:
+    """Stands in for huggingface_hub.HfApi: records each call and the files each upload would send."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.uploaded: dict[str, set[str]] = {}
+
+    def whoami(self) -> dict:
+        return {"name": "alice"}
+
+    def create_repo(self, repo_id: str, **kwargs) -> str:
+        self.calls.append(("create_repo", repo_id, kwargs["private"]))
+        return repo_id
+
+    def upload_folder(self, *, repo_id: str, folder_path: Path, **kwargs) -> None:
+        self.calls.append(("upload_folder", repo_id))
+        self.uploaded[repo_id] = {p.name for p in Path(folder_path).iterdir()}
+
+    def create_collection(self, title: str, **kwargs) -> _Collection:
+        self.calls.append(("create_collection", title, kwargs["namespace"]))
+        return _Collection("alice/midtrain-tiny-123")
+
+    def add_collection_item(self, slug: str, item_id: str, item_type: str, **kwargs) -> None:
+        self.calls.append(("add_collection_item", slug, item_id, item_type))
+
+
+def test_upload_calls_and_files(run_dir: Path, tiny_model_dir: Path) -> None:
+    api = RecordedHfApi()
+    plan = publish.run(_config(run_dir, tiny_model_dir, dry_run=False), api=api)
+    repos = ["alice/midtrain-tiny-sft-plan", "alice/midtrain-tiny-sft-tool", "alice/midtrain-tiny-router"]
+    assert plan["repos"] == repos
+    assert [c for c in api.calls if c[0] == "create_repo"] == [("create_repo", r, True) for r in repos]
+    assert [c[1] for c in api.calls if c[0] == "upload_folder"] == repos
+    assert ("create_collection", "midtrain tiny", "alice") in api.calls
+    assert [c[2] for c in api.calls if c[0] == "add_collection_item"] == repos
+    assert api.uploaded["alice/midtrain-tiny-router"] >= {"router.json", "router.safetensors", "README.md"}
+    assert "adapter_model.safetensors" in api.uploaded["alice/midtrain-tiny-sft-tool"]
+
+
+def test_refuses_without_eval_unless_allowed(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    results = run_dir / "eval" / "results.json"
+    saved = results.read_text()
+    results.write_text(json.dumps({"targets": {"sft/tool": {"bfcl": {"simple_python": 0.25}}}}))
+    try:
+        with pytest.raises(BadInput, match="no eval results for sft-plan, router"):
+            publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "a")
+        publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "b", allow_no_eval=True)
+    finally:
+        results.write_text(saved)
+
+
+def test_offline_and_missing_token_exit_2(run_dir: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BadInput, match="HF_HUB_OFFLINE is set.*--dry-run"):
+        publish.run(_config(run_dir, tiny_model_dir, dry_run=False))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setenv("HF_HOME", str(run_dir / "no-hf-home"))
+    with pytest.raises(BadInput, match="no Hugging Face token.*--dry-run"):
+        publish.run(_config(run_dir, tiny_model_dir, dry_run=False))
+
+
+def test_missing_adapter_files_are_named(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "runs" / "tiny"
+    shutil.copytree(run_dir, broken)
+    (broken / "sft" / "tool" / "adapter_model.safetensors").unlink()
+    config = _config(broken, tiny_model_dir)
+    with pytest.raises(BadInput, match="sft-tool: missing adapter_model.safetensors"):
+        publish.run(config, dry_run_dir=tmp_path / "out")
+
+
+def test_card_check_catches_local_paths_and_tokens(tmp_path: Path) -> None:
+    card = "---\nbase_model: x\nlicense: mit\ntags: [a]\n---\nloaded from /root/.cache/midtrain/models/x\n"
+    (tmp_path / "README.md").write_text(card)
+    (tmp_path / "cfg.json").write_text('{"token": "hf_abcdefghijklmnopqrstuvwxyz123456"}')
+    problems = publish.check_card(card, tmp_path)
+    assert any("absolute local path" in p for p in problems)
+    assert any("looks like a Hub token" in p for p in problems)
+
+
+def test_symlink_outside_run_dir_is_refused(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    evil = tmp_path / "runs" / "tiny"
+    shutil.copytree(run_dir, evil)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not upload")
+    (evil / "sft" / "tool" / "tokenizer.json").unlink()
+    (evil / "sft" / "tool" / "tokenizer.json").symlink_to(secret)
+    with pytest.raises(BadInput, match="refusing to publish a file outside"):
+        publish.run(_config(evil, tiny_model_dir), dry_run_dir=tmp_path / "out")
