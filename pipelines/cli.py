@@ -264,6 +264,67 @@ def publish_cmd(
     print_json(publish.run(load_run_config(config, set_ or []), dry_run, allow_no_eval))
 
 
+@app.command("run")
+def run_all(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")],
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Re-run this stage and everything after it")
+    ] = None,
+    only: Annotated[str | None, typer.Option("--only", help="Run just this stage")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Every stage in order; finished stages whose config fingerprint still matches are skipped."""
+    from rich.table import Table
+
+    from pipelines import run as pipeline
+    from pipelines.run_config import load_run_config
+
+    resolved = load_run_config(config, set_ or [])
+    steps = pipeline.plan(resolved, from_, only)
+    prints = pipeline.fingerprints(resolved)
+    results = []
+    for index, (stage, must_run) in enumerate(steps, 1):
+        tag = f"[{index}/{len(steps)}] {stage}"
+        if not must_run:
+            console.print(f"[dim]{tag} — up to date, skipped[/]")
+            results.append(pipeline.StageResult(stage, "skipped", **_previous(resolved, stage)))
+            continue
+        eta = _eta(resolved, [s for s, m in steps[index - 1 :] if m])
+        console.print(f"[bold]{tag}[/] — started{eta}")
+        result = pipeline.run_stage(resolved, stage, prints[stage], str(config))
+        results.append(result)
+        console.print(
+            f"[green]{tag} — done in {_duration(result.wall_s)}, peak RSS {result.peak_rss_mb:.0f} MB[/]"
+        )
+    table = Table(title=f"midtrain run {resolved.name}")
+    for column in ("stage", "status", "wall", "peak RSS"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.stage, r.status, _duration(r.wall_s), f"{r.peak_rss_mb:.0f} MB")
+    console.print(table)
+    console.print(f"report: {resolved.run_dir / 'report.md'}")
+
+
+def _previous(config, stage: str) -> dict:
+    from pipelines.run import stage_record
+
+    record = stage_record(config, stage) or {}
+    return {"wall_s": record.get("wall_s", 0.0), "peak_rss_mb": record.get("peak_rss_mb", 0.0)}
+
+
+def _eta(config, remaining: list[str]) -> str:
+    """ETA from the previous run's wall times of the stages still to run (the first run has none)."""
+    known = [_previous(config, s)["wall_s"] for s in remaining]
+    if not any(known):
+        return ""
+    return f" (ETA for the remaining stages ≈ {_duration(sum(known))}, from the previous run)"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
 def main() -> None:
     """Console-script entry: map our exceptions to exit codes, with one clear message on stderr."""
     try:

@@ -99,28 +99,43 @@ def sanitized_config(config: RunConfig) -> dict[str, Any]:
 
 
 def manifest_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The mix lockfile's headline facts: its hash, token shares, and each source with its revision."""
+    """The mix lockfile's headline facts: its hash, token shares by category, each source with its revision."""
     path = run_dir / "data" / "manifest.json"
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
-    sources = manifest.get("sources", [])
-    sources = sources.values() if isinstance(sources, dict) else sources
+    categories = manifest.get("mix", {}).get("categories", {})
     return {
         "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "recipe": manifest.get("recipe", {}).get("name")
-        if isinstance(manifest.get("recipe"), dict)
-        else None,
-        "shares": manifest.get("shares") or manifest.get("token_shares"),
+        "recipe": (manifest.get("recipe") or {}).get("name"),
+        "total_tokens": manifest.get("mix", {}).get("total_tokens"),
+        "shares": {
+            k: {"target": c.get("target_share"), "achieved": c.get("share")} for k, c in categories.items()
+        },
         "sources": [
             {
                 k: s.get(k)
-                for k in ("name", "type", "dataset", "revision", "sha256", "tokens_out")
+                for k in ("name", "type", "dataset", "revision", "tokens_out")
                 if s.get(k) is not None
             }
-            for s in sources
+            for s in manifest.get("sources", [])
         ],
     }
+
+
+def _source_summary(source: dict[str, Any]) -> dict[str, Any]:
+    """Name, type and what pins its bytes (a Hub revision or a file hash); the data stage nests the latter."""
+    pinned = source.get("revision")
+    pinned = pinned if isinstance(pinned, dict) else {"revision": pinned}
+    fields = {
+        "name": source.get("name"),
+        "type": source.get("type"),
+        "tokens_out": source.get("tokens_out"),
+        "dataset": source.get("dataset") or pinned.get("dataset"),
+        "revision": pinned.get("revision"),
+        "sha256": pinned.get("sha256"),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def eval_results_for(results: dict[str, Any] | None, item: PublishItem) -> dict[str, float] | None:

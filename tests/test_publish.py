@@ -26,7 +26,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
         json.dumps(
             {
                 "recipe": {"name": "agentic-v1"},
-                "shares": {"target": {"tool": 0.5}, "achieved": {"tool": 0.5}},
+                "mix": {
+                    "total_tokens": 1000,
+                    "categories": {"tool": {"tokens": 1000, "share": 1.0, "target_share": 1.0}},
+                },
                 "sources": [
                     {
                         "name": "xlam",
@@ -88,6 +91,7 @@ def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp
     assert results == {"bfcl": {"bfcl/simple_python": 0.25}, "heldout": {"heldout/outcome": 0.5}}
     assert "Salesforce/xlam-function-calling-60k" in meta["datasets"]
     assert "abc123" in card and "vllm serve" in card and "PeftModel.from_pretrained" in card
+    assert '"achieved": 1.0' in card and '"recipe": "agentic-v1"' in card
     for folder in (tmp_path / "out").iterdir():
         assert publish.check_card((folder / "README.md").read_text(), folder) == []
     bundle = json.loads((tmp_path / "out" / "midtrain-tiny-router" / "router.json").read_text())

@@ -1,0 +1,252 @@
+"""The run report: `runs/<name>/report.md` and `report.html`, built from what each stage left on disk.
+
+The report is a list of blocks (heading, paragraph, table, image, code) rendered twice, so the Markdown and
+the HTML never disagree. Images are referenced relative to the run dir, so the folder can be copied whole.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.run_config import RunConfig
+
+Block = tuple[str, Any]
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "—" if value is None else str(value)
+
+
+def stages_section(config: RunConfig) -> list[Block]:
+    from pipelines.run import MARKER, STAGES, stage_dir
+
+    rows = []
+    for stage in STAGES:
+        record = _read(stage_dir(config, stage) / MARKER)
+        if record:
+            rows.append(
+                [
+                    stage,
+                    f"{record['wall_s']:.1f}",
+                    f"{record['peak_rss_mb']:.0f}",
+                    "yes" if record.get("resumed") else "no",
+                ]
+            )
+    return (
+        [("h2", "Stages"), ("table", (["stage", "wall (s)", "peak RSS (MB)", "resumed"], rows))]
+        if rows
+        else []
+    )
+
+
+def data_section(run_dir: Path) -> list[Block]:
+    manifest = _read(run_dir / "data" / "manifest.json")
+    if not manifest:
+        return []
+    mix = manifest["mix"]
+    rows = [
+        [k, c["tokens"], _fmt(c.get("target_share")), _fmt(c["share"])] for k, c in mix["categories"].items()
+    ]
+    sources = [
+        [
+            s["name"],
+            s["type"],
+            s.get("rows_out"),
+            s.get("tokens_out"),
+            _fmt(s.get("epochs_used")),
+            s.get("rejects_total"),
+        ]
+        for s in manifest["sources"]
+    ]
+    blocks: list[Block] = [
+        ("h2", "Data mix"),
+        (
+            "p",
+            f"{mix['total_tokens']:,} tokens (target {mix['total_tokens_target']:,}); "
+            f"{manifest['rejects']['total']} rows rejected (see `data/rejects.jsonl`).",
+        ),
+        ("table", (["category", "tokens", "target share", "achieved share"], rows)),
+        ("table", (["source", "type", "rows out", "tokens out", "epochs used", "rejects"], sources)),
+    ]
+    if manifest["rejects"]["by_reason"]:
+        blocks.append(
+            ("table", (["reject reason", "rows"], sorted(manifest["rejects"]["by_reason"].items())))
+        )
+    if (run_dir / "data" / "mix.png").is_file():
+        blocks.append(("img", ("data/mix.png", "mix by category, source and cluster")))
+    return blocks
+
+
+def training_section(run_dir: Path, stage: str, title: str, plot: str) -> list[Block]:
+    folders = sorted(p.parent for p in (run_dir / stage).glob("*/training_summary.json"))
+    if not folders:
+        return []
+    rows, blocks = [], [("h2", title)]
+    for folder in folders:
+        summary = _read(folder / "training_summary.json") or {}
+        rows.append(
+            [
+                folder.name,
+                summary.get("steps"),
+                summary.get("tokens_seen"),
+                _fmt(summary.get("final_train_loss")),
+                _fmt(summary.get("final_eval_loss")),
+                _fmt(summary.get("wall_time_s")),
+            ]
+        )
+    blocks.append(
+        ("table", (["adapter", "steps", "tokens", "final train loss", "final eval loss", "wall (s)"], rows))
+    )
+    for folder in folders:
+        if (folder / plot).is_file():
+            blocks.append(("img", (f"{stage}/{folder.name}/{plot}", f"{stage} {folder.name}")))
+        before_after = _read(folder / "eval_before_after.json")
+        if before_after:
+            blocks.append(("code", json.dumps(before_after, indent=2)[:3000]))
+    return blocks
+
+
+def router_section(run_dir: Path) -> list[Block]:
+    accuracy = _read(run_dir / "router" / "accuracy.json")
+    if not accuracy:
+        return []
+    rows = [
+        [c, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1-score"]), int(m["support"])]
+        for c, m in accuracy["per_cluster"].items()
+    ]
+    blocks: list[Block] = [
+        ("h2", "Router"),
+        ("p", f"Held-out routing accuracy {accuracy['accuracy']:.3f} on {accuracy['n']} requests."),
+        ("table", (["cluster", "precision", "recall", "F1", "support"], rows)),
+    ]
+    if (run_dir / "router" / "confusion.png").is_file():
+        blocks.append(("img", ("router/confusion.png", "router confusion matrix")))
+    return blocks
+
+
+def eval_section(run_dir: Path) -> list[Block]:
+    results = _read(run_dir / "eval" / "results.json")
+    if not results:
+        return []
+    metrics = sorted(
+        {
+            f"{suite}/{m}"
+            for t in results["targets"].values()
+            for suite, ms in t.items()
+            for m in ms
+            if m != "n"
+        }
+    )
+    rows = [
+        [target, *(_fmt(values.get(m.split("/")[0], {}).get(m.split("/")[1])) for m in metrics)]
+        for target, values in results["targets"].items()
+    ]
+    blocks: list[Block] = [("h2", "Evaluation"), ("table", (["target", *metrics], rows))]
+    for target, reason in (results.get("skipped") or {}).items():
+        blocks.append(("p", f"Skipped {target}: {reason}"))
+    if (run_dir / "eval" / "results.png").is_file():
+        blocks.append(("img", ("eval/results.png", "base vs adapters")))
+    return blocks
+
+
+def reproduce_section(config: RunConfig, config_path: str) -> list[Block]:
+    run_dir = config.run_dir
+    commands = [
+        "make setup",
+        f"midtrain run {config_path}",
+        "",
+        "# or stage by stage:",
+        f"midtrain data build {config_path}",
+        f"midtrain data verify {run_dir / 'data'}",
+        f"midtrain sft {config_path}",
+        f"midtrain rl {config_path}",
+        f"midtrain router train {config_path}",
+        f"midtrain eval {config_path}",
+        f"midtrain publish {config_path} --dry-run {run_dir / 'publish'}",
+    ]
+    return [("h2", "Reproduce"), ("code", "\n".join(commands))]
+
+
+def build_blocks(config: RunConfig, config_path: str) -> list[Block]:
+    run_dir = config.run_dir
+    return [
+        ("h1", f"midtrain run `{config.name}`"),
+        ("p", f"Base model `{config.model.name_or_path}`, thought schema `{config.model.thought_schema}`."),
+        *stages_section(config),
+        *data_section(run_dir),
+        *training_section(run_dir, "sft", "SFT: thought-cluster adapters", "loss.png"),
+        *training_section(run_dir, "rl", "RL: GRPO on tool-use rewards", "rewards.png"),
+        *router_section(run_dir),
+        *eval_section(run_dir),
+        *reproduce_section(config, config_path),
+    ]
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2"):
+            out.append(f"{'#' * int(kind[1])} {value}")
+        elif kind == "p":
+            out.append(value)
+        elif kind == "table":
+            headers, rows = value
+            out.append(
+                "\n".join(
+                    [
+                        "| " + " | ".join(map(str, headers)) + " |",
+                        "|" + " --- |" * len(headers),
+                        *("| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows),
+                    ]
+                )
+            )
+        elif kind == "img":
+            out.append(f"![{value[1]}]({value[0]})")
+        elif kind == "code":
+            out.append(f"```\n{value}\n```")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}</style></head><body>",
+    ]
+    for kind, value in blocks:
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{html.escape(value)}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(value)}</p>")
+        elif kind == "table":
+            headers, rows = value
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+            )
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif kind == "img":
+            parts.append(f"<img src='{html.escape(value[0])}' alt='{html.escape(value[1])}'>")
+        elif kind == "code":
+            parts.append(f"<pre>{html.escape(value)}</pre>")
+    return "".join(parts) + "</body></html>\n"
+
+
+def write_report(config: RunConfig, config_path: str | None = None) -> dict[str, Any]:
+    blocks = build_blocks(config, config_path or f"configs/{config.name}.yaml")
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.md").write_text(to_markdown(blocks))
+    (run_dir / "report.html").write_text(to_html(blocks, f"midtrain {config.name}"))
+    images = [value[0] for kind, value in blocks if kind == "img"]
+    return {"report": str(run_dir / "report.md"), "html": str(run_dir / "report.html"), "images": images}
