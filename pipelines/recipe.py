@@ -27,6 +27,9 @@ class HFSource(SourceBase):
     type: Literal["hf"]
     dataset: str = Field(description="Hub dataset id, e.g. Salesforce/xlam-function-calling-60k.")
     config: str | None = None
+    data_dir: str | None = Field(
+        None, description="Sub-folder of the dataset repo, e.g. the-stack-smol's data/python."
+    )
     split: str = "train"
     revision: str = Field(description="Pinned commit sha or tag: a moving branch breaks byte-exact rebuilds.")
     format: Literal[CONVERTER_FORMATS] = "trace"  # type: ignore[valid-type]

@@ -228,6 +228,7 @@ def _load_hf(source: HFSource, cache_dir: str | Path | None) -> Any:
         return datasets.load_dataset(
             source.dataset,
             source.config,
+            data_dir=source.data_dir,
             split=source.split,
             revision=source.revision,
             streaming=source.streaming,
