@@ -33,12 +33,19 @@ class Step:
 
 @dataclass
 class Mistake:
-    """A plausible wrong call for the error→recovery pattern: it must make the tool raise ToolError."""
+    """A plausible wrong call for the error→recovery pattern, made before the solution's turn `turn`.
+
+    Without `followed_by`, `step` must make the tool raise ToolError whose message contains `error_contains`.
+    With `followed_by` (e.g. a buggy `write_solution` followed by `run_tests`), `step` may succeed: the calls in
+    `followed_by` run next, one turn each, and the *last* one's observation (error or not) must contain
+    `error_contains`; the reflection comes after it. Older tasks (no `followed_by`) read as before.
+    """
 
     turn: int
     step: Step
     error_contains: str
     reflection: str
+    followed_by: list[Step] = field(default_factory=list)
 
 
 @dataclass
@@ -64,8 +71,13 @@ class Task:
     def from_json(text: str | dict[str, Any]) -> Task:
         data = json.loads(text) if isinstance(text, str) else dict(text)
         data["solution"] = [[Step(**s) for s in turn] for turn in data["solution"]]
-        data["mistakes"] = [Mistake(**{**m, "step": Step(**m["step"])}) for m in data.get("mistakes", [])]
+        data["mistakes"] = [_mistake_from_json(m) for m in data.get("mistakes", [])]
         return Task(**data)
+
+
+def _mistake_from_json(data: dict[str, Any]) -> Mistake:
+    followed_by = [Step(**s) for s in data.get("followed_by", [])]
+    return Mistake(**{**data, "step": Step(**data["step"]), "followed_by": followed_by})
 
 
 class ToolEnv:

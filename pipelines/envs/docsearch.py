@@ -1,0 +1,550 @@
+"""Document search over the Python language reference shipped with the interpreter, and its task sampler.
+
+The corpus is `pydoc_data.topics.topics` (~80 reference texts: statements, operators, data model…). Ranking is
+a small BM25 (k1=1.2, b=0.75, title terms counted three times) built once per process: 80 documents index in
+milliseconds, and a hand-written ranker keeps results deterministic across library versions.
+
+Ground truth comes from the corpus itself: a task picks a line that occurs once in the whole corpus and a short
+phrase that occurs in no other line, so "quote the line that mentions …" has exactly one right answer, and the
+sampler keeps only queries whose BM25 results actually contain the topic. The corpus differs between Python
+versions, so every task records the corpus hash and an environment on another version refuses it loudly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.envs.base import (
+    Mistake,
+    Step,
+    Task,
+    TaskKind,
+    ToolEnv,
+    ToolError,
+    _normalise,
+    arrange_turns,
+    pick_task_kind,
+    stable_task_id,
+    turn_of,
+)
+from pipelines.errors import BadInput
+
+DOMAIN = "docsearch"
+ANSWER_SEPARATOR = " | "  # several answers in one task: each must appear (the generator's convention too)
+MAX_TOP_K = 20
+MAX_READ_LINES = 200
+MAX_MATCHES = 20
+SNIPPET_CHARS = 200
+SEARCH_TOP_K = 5  # what the reference solutions ask for; tasks are kept only if the topic ranks within it
+_TOKEN_RE = re.compile(r"[a-z0-9_]+")
+_STOPWORDS = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "if", "in", "into", "is", "it",
+    "its", "of", "on", "or", "that", "the", "their", "then", "there", "these", "this", "to", "was", "were", "which",
+    "will", "with",
+))  # fmt: skip
+# Words too common to make a phrase distinctive (on top of the search stopwords).
+_WEAK_WORDS = _STOPWORDS | frozenset((
+    "not", "neither", "nor", "when", "also", "can", "may", "must", "only", "such", "than", "other", "any", "all",
+    "some", "each", "used", "use", "note", "following", "see", "more", "most", "but", "so", "do", "does", "been",
+    "being", "they", "them", "what", "where", "how", "who", "whose", "would", "should", "could", "one", "two",
+    "first", "same", "because", "however", "even", "otherwise", "therefore", "thus", "between", "about", "after",
+    "before", "over", "under", "within", "without", "like", "just", "both", "either", "no", "we", "you", "your",
+    "our", "given", "case", "way", "new", "value", "name", "returned", "called",
+))  # fmt: skip
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN_RE.findall(text.lower())
+
+
+# -- corpus and index (built once per process) --------------------------------------------------------------
+@dataclass(frozen=True)
+class Doc:
+    doc_id: str
+    title: str
+    lines: tuple[str, ...]
+
+
+class Bm25:
+    """Okapi BM25 over token lists; ties are broken by document order, so rankings are deterministic."""
+
+    def __init__(self, documents: list[list[str]], k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self.term_counts = [Counter(tokens) for tokens in documents]
+        self.lengths = [len(tokens) for tokens in documents]
+        self.average_length = sum(self.lengths) / max(len(documents), 1)
+        document_freq = Counter(term for counts in self.term_counts for term in counts)
+        n = len(documents)
+        self.idf = {term: math.log(1 + (n - df + 0.5) / (df + 0.5)) for term, df in document_freq.items()}
+
+    def score(self, terms: list[str], index: int) -> float:
+        counts, length = self.term_counts[index], self.lengths[index]
+        norm = self.k1 * (1 - self.b + self.b * length / self.average_length)
+        return sum(
+            self.idf.get(term, 0.0) * counts[term] * (self.k1 + 1) / (counts[term] + norm)
+            for term in terms
+            if counts[term]
+        )
+
+    def top(self, terms: list[str], k: int) -> list[tuple[int, float]]:
+        scored = [(i, self.score(terms, i)) for i in range(len(self.lengths))]
+        ranked = sorted((pair for pair in scored if pair[1] > 0), key=lambda pair: (-pair[1], pair[0]))
+        return ranked[:k]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    docs: tuple[Doc, ...]
+    by_id: dict[str, Doc]
+    index: Bm25
+    sha256: str
+
+
+@functools.cache
+def corpus() -> Corpus:
+    from pydoc_data.topics import topics
+
+    docs = tuple(_make_doc(doc_id, topics[doc_id]) for doc_id in sorted(topics))
+    index = Bm25([tokenize(doc.title) * 3 + tokenize("\n".join(doc.lines)) for doc in docs])
+    digest = hashlib.sha256(json.dumps(topics, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return Corpus(docs=docs, by_id={d.doc_id: d for d in docs}, index=index, sha256=digest)
+
+
+def _make_doc(doc_id: str, text: str) -> Doc:
+    lines = tuple(line.rstrip() for line in text.splitlines())
+    title = next((line.strip() for line in lines if line.strip()), doc_id)
+    return Doc(doc_id=doc_id, title=title, lines=lines)
+
+
+def query_terms(query: str) -> list[str]:
+    """Unique query tokens without stopwords (all of them if the query is nothing but stopwords)."""
+    tokens = list(dict.fromkeys(tokenize(query)))
+    content = [t for t in tokens if t not in _STOPWORDS]
+    return content or tokens
+
+
+def search(query: str, top_k: int) -> list[tuple[Doc, float]]:
+    c = corpus()
+    return [(c.docs[i], score) for i, score in c.index.top(query_terms(query), top_k)]
+
+
+def best_line(doc: Doc, terms: list[str]) -> str:
+    """The line sharing the most (idf-weighted) query terms: the snippet shown next to a search result."""
+    idf = corpus().index.idf
+    best, best_score = "", 0.0
+    for line in doc.lines[1:]:
+        line_terms = set(tokenize(line))
+        score = sum(idf.get(t, 0.0) for t in terms if t in line_terms)
+        if score > best_score:
+            best, best_score = line.strip(), score
+    return best[:SNIPPET_CHARS]
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@functools.cache
+def _squashed_lines(doc_id: str) -> tuple[str, ...]:
+    return tuple(_squash(line) for line in corpus().by_id[doc_id].lines)
+
+
+def matching_lines(doc: Doc, phrase: str) -> list[int]:
+    """1-based numbers of the lines containing `phrase` (case- and whitespace-insensitive)."""
+    wanted = _squash(phrase)
+    return [n for n, line in enumerate(_squashed_lines(doc.doc_id), start=1) if wanted in line]
+
+
+# -- the environment ----------------------------------------------------------------------------------------
+class DocSearchEnv(ToolEnv):
+    """Search and read the Python language reference (the interpreter's own pydoc topics)."""
+
+    domain = DOMAIN
+
+    def search_docs(self, query: str, top_k: int = 5) -> str:
+        """Search the Python language reference and list the best-matching topics (BM25 ranking).
+
+        Args:
+            query: Words to look for, e.g. "assert statement debugging".
+            top_k: How many topics to return, from 1 to 20.
+        """
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+            raise ToolError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+        terms = query_terms(str(query))
+        if not terms:
+            raise ToolError("the query has no words to search for")
+        results = search(str(query), top_k)
+        if not results:
+            raise ToolError(f"no topic matches {query!r}; try other or fewer words")
+        return json.dumps(
+            [
+                {
+                    "doc_id": doc.doc_id,
+                    "title": doc.title,
+                    "score": round(score, 3),
+                    "snippet": best_line(doc, terms),
+                }
+                for doc, score in results
+            ],
+            ensure_ascii=False,
+        )
+
+    def read_doc(self, doc_id: str, start_line: int = 1, max_lines: int = 40) -> str:
+        """Read numbered lines of one reference topic.
+
+        Args:
+            doc_id: The topic id, as returned by search_docs (e.g. "assert").
+            start_line: The first line to show (1-based).
+            max_lines: How many lines to show, from 1 to 200.
+        """
+        doc = _doc(doc_id)
+        total = len(doc.lines)
+        if not isinstance(start_line, int) or not 1 <= start_line <= total:
+            raise ToolError(f"start_line must be from 1 to {total} for {doc_id!r}, got {start_line!r}")
+        if not isinstance(max_lines, int) or not 1 <= max_lines <= MAX_READ_LINES:
+            raise ToolError(f"max_lines must be from 1 to {MAX_READ_LINES}, got {max_lines!r}")
+        end = min(start_line + max_lines - 1, total)
+        body = "\n".join(f"{n}: {doc.lines[n - 1]}" for n in range(start_line, end + 1))
+        return f"{doc.doc_id} — {doc.title} (lines {start_line}-{end} of {total})\n{body}"
+
+    def find_in_doc(self, doc_id: str, phrase: str) -> str:
+        """List the lines of one reference topic that contain a phrase (case-insensitive), with line numbers.
+
+        Args:
+            doc_id: The topic id, as returned by search_docs (e.g. "assert").
+            phrase: The words to find, e.g. "equivalent to".
+        """
+        doc = _doc(doc_id)
+        if len(_squash(str(phrase))) < 2:
+            raise ToolError("phrase must have at least 2 characters")
+        numbers = matching_lines(doc, str(phrase))
+        if not numbers:
+            raise ToolError(f"no line in {doc_id!r} contains {phrase!r}")
+        shown = [{"line": n, "text": doc.lines[n - 1].strip()} for n in numbers[:MAX_MATCHES]]
+        return json.dumps({"doc_id": doc.doc_id, "matches": len(numbers), "lines": shown}, ensure_ascii=False)
+
+    # -- private --------------------------------------------------------------------------------------------
+    def _setup(self, setup: dict[str, Any]) -> None:
+        expected = setup.get("corpus_sha256")
+        if expected is not None and expected != corpus().sha256:
+            raise BadInput(
+                f"docsearch task: corpus_sha256 {expected} does not match this interpreter's pydoc_data topics "
+                f"({corpus().sha256}); the task was generated on another Python version: regenerate it here"
+            )
+
+    def _check(self, task: Task, final_answer: str | None) -> bool:
+        """Like the base check, but a task with several answers (" | "-joined) needs every one of them."""
+        if task.answer is None:
+            return True
+        said = _normalise(final_answer or "")
+        return final_answer is not None and all(
+            _normalise(a) in said for a in task.answer.split(ANSWER_SEPARATOR)
+        )
+
+
+def _doc(doc_id: str) -> Doc:
+    doc = corpus().by_id.get(str(doc_id))
+    if doc is None:
+        close = difflib.get_close_matches(str(doc_id).lower(), list(corpus().by_id), n=3)
+        hint = (
+            f"; did you mean {', '.join(repr(c) for c in close)}?"
+            if close
+            else "; use search_docs to find ids"
+        )
+        raise ToolError(f"unknown doc_id {doc_id!r}{hint}")
+    return doc
+
+
+# -- task sampling ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Pick:
+    """One located fact: a line of a topic, a phrase found only on that line, and a query that finds the topic."""
+
+    doc: Doc
+    line_no: int
+    phrase: str
+    query: str
+
+    @property
+    def line(self) -> str:
+        return self.doc.lines[self.line_no - 1].strip()
+
+
+@functools.cache
+def _line_counts() -> Counter[str]:
+    return Counter(_squash(line) for doc in corpus().docs for line in doc.lines if line.strip())
+
+
+def _quotable(line: str) -> bool:
+    """Prose lines only: no code/grammar/table lines (indented, `::=`, `|`, rules), long enough to be specific."""
+    text = line.strip()
+    return (
+        bool(text)
+        and not line.startswith((" ", "\t"))
+        and len(text) >= 40
+        and len(text.split()) >= 6
+        and "::=" not in text
+        and "|" not in text
+        and not set(text) <= set("*=-+~ ")
+        and _line_counts()[_squash(text)] == 1
+    )
+
+
+@functools.cache
+def _quotable_lines() -> tuple[tuple[str, int], ...]:
+    return tuple(
+        (doc.doc_id, n)
+        for doc in corpus().docs
+        for n, line in enumerate(doc.lines, start=1)
+        if n > 2 and _quotable(line)
+    )
+
+
+def _phrase_candidates(line: str) -> list[str]:
+    """3-word windows of plain words with ≥2 distinctive ones, most distinctive (summed idf) first."""
+    idf = corpus().index.idf
+    words = [w.strip(".,;:()\"'") for w in line.split()]
+    scored = []
+    for i in range(len(words) - 2):
+        window = words[i : i + 3]
+        strong = [w.lower() for w in window if w.lower() not in _WEAK_WORDS and len(w) >= 3]
+        if len(strong) >= 2 and all(re.fullmatch(r"[A-Za-z][A-Za-z\-]+", w) for w in window):
+            score = sum(idf.get(t, 0.0) for w in strong for t in tokenize(w))
+            scored.append((-score, i, " ".join(window)))
+    return [phrase for _, _, phrase in sorted(scored)]
+
+
+@functools.cache
+def _corpus_text() -> str:
+    """Every line, squashed, one per line: counting a phrase's lines is then a few `str.find` scans."""
+    return "\n".join(line for doc in corpus().docs for line in _squashed_lines(doc.doc_id))
+
+
+def _corpus_hits(phrase: str) -> int:
+    """How many lines of the whole corpus contain `phrase` (stops counting at 2: only 'exactly one' matters)."""
+    text, wanted, hits, start = _corpus_text(), _squash(phrase), 0, 0
+    while hits < 2:
+        found = text.find(wanted, start)
+        if found < 0:
+            break
+        hits += 1
+        start = text.find("\n", found) + 1 or len(text)
+    return hits
+
+
+def _pick(rng: random.Random, exclude: set[str], next_line: bool = False) -> _Pick:
+    """A random line + unique phrase whose topic BM25 retrieves in the top SEARCH_TOP_K for the phrase query."""
+    lines = _quotable_lines()
+    for _ in range(200):
+        doc_id, line_no = lines[rng.randrange(len(lines))]
+        doc = corpus().by_id[doc_id]
+        if doc_id in exclude or (next_line and not _has_quotable_next(doc, line_no)):
+            continue
+        line = doc.lines[line_no - 1]  # a window must be literal: "list. For" stripped to "list For" is not
+        literal = [p for p in _phrase_candidates(line) if _squash(p) in _squash(line)]
+        phrases = [p for p in literal if _corpus_hits(p) == 1][:3]
+        if not phrases:
+            continue
+        phrase = rng.choice(phrases)
+        for query in (phrase, f"{phrase} {_title_words(doc)}"):
+            if doc in [d for d, _ in search(query, SEARCH_TOP_K)]:
+                return _Pick(doc, line_no, phrase, query)
+    raise RuntimeError(
+        "docsearch: no retrievable line found in 200 draws"
+    )  # corpus far smaller than expected
+
+
+def _has_quotable_next(doc: Doc, line_no: int) -> bool:
+    if line_no >= len(doc.lines):
+        return False
+    following = doc.lines[line_no]
+    return len(following.split()) >= 3 and _line_counts()[_squash(following)] == 1
+
+
+def _title_words(doc: Doc) -> str:
+    return " ".join(t for t in tokenize(doc.title) if t not in _STOPWORDS)
+
+
+def _title_slug(doc: Doc) -> str:
+    """A plausible *guessed* id (the title, slugified): never a real id, which is what makes it a mistake."""
+    slug = "-".join(tokenize(doc.title)) or "topic"
+    return slug if slug not in corpus().by_id else f"{slug}-section"
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+_QUESTIONS = {
+    "by_id": (
+        'In the Python reference topic `{doc_id}`, find the line that mentions "{phrase}" and quote it.',
+        'Quote the line of reference topic `{doc_id}` that contains "{phrase}".',
+        'What exactly does the `{doc_id}` topic of the Python reference say in the line with "{phrase}"?',
+    ),
+    "quote": (
+        'Which part of the Python language reference mentions "{phrase}"? Quote the full line.',
+        'Find where the Python reference docs talk about "{phrase}" and quote that line exactly.',
+        'I remember the Python reference saying something about "{phrase}". Which topic is it in, and what '
+        "does the whole line say?",
+        'Look up "{phrase}" in the Python language reference and give me the exact line, with its topic.',
+    ),
+    "next": (
+        'In the Python language reference, find the line that mentions "{phrase}". What does the line right '
+        "after it say?",
+        'Which line follows the one containing "{phrase}" in the Python reference docs? Quote it.',
+        'Find "{phrase}" in the Python language reference and quote the line that comes next.',
+    ),
+}
+_MULTI_INTROS = (
+    "I have {n} questions about the Python language reference:",
+    "Please answer these {n} lookups in the Python reference docs:",
+    "Help me check {n} things in the Python language reference:",
+)
+_SIZE_TO_KIND = {1: "by_id", 2: "quote", 3: "next"}
+
+
+@dataclass
+class _Part:
+    """One question of a task: its calls in stage order, answer, final sentence and plan."""
+
+    kind: str
+    pick: _Pick
+    steps: list[Step]
+    question: str
+    answer: str
+    final: str
+    plan: str
+
+
+def _part(rng: random.Random, kind: str, exclude: set[str]) -> _Part:
+    pick = _pick(rng, exclude, next_line=kind == "next")
+    doc, phrase = pick.doc, pick.phrase
+    find = Step("find_in_doc", {"doc_id": doc.doc_id, "phrase": phrase})
+    search_step = Step("search_docs", {"query": pick.query, "top_k": SEARCH_TOP_K})
+    question = rng.choice(_QUESTIONS[kind]).format(doc_id=doc.doc_id, phrase=phrase)
+    if kind == "by_id":
+        plan = f'Look up "{phrase}" in topic `{doc.doc_id}` with find_in_doc and quote the matching line.'
+        return _Part(kind, pick, [find], question, pick.line, _said(doc, pick.line), plan)
+    if kind == "quote":
+        plan = (
+            f'Search the reference for "{pick.query}", then run find_in_doc on the matching topic to get the '
+            f'exact line with "{phrase}".'
+        )
+        return _Part(kind, pick, [search_step, find], question, pick.line, _said(doc, pick.line), plan)
+    following = doc.lines[pick.line_no].strip()
+    read = Step("read_doc", {"doc_id": doc.doc_id, "start_line": pick.line_no + 1, "max_lines": 1})
+    plan = (
+        f'Search for "{pick.query}", find the line with "{phrase}" in the matching topic, then read the line '
+        "right after it with read_doc."
+    )
+    final = (
+        f'In "{doc.doc_id}" ({doc.title}), the line after the one mentioning "{phrase}" reads: {following}'
+    )
+    return _Part(kind, pick, [search_step, find, read], question, following, final, plan)
+
+
+def _said(doc: Doc, line: str) -> str:
+    return f'The "{doc.doc_id}" topic ({doc.title}) says: {line}'
+
+
+def _part_mistakes(part: _Part, solution: list[list[Step]]) -> list[Mistake]:
+    """Plausible wrong calls: a guessed or mistyped topic id, or the phrase looked up in the wrong topic."""
+    doc, phrase = part.pick.doc, part.pick.phrase
+    if part.kind == "by_id":
+        wrong_id = doc.doc_id.capitalize() if doc.doc_id.capitalize() != doc.doc_id else doc.doc_id + "s"
+        reflection = (
+            f"Topic ids are case-sensitive; the request wrote `{doc.doc_id}`, so I'll use exactly that."
+        )
+        step = Step("find_in_doc", {"doc_id": wrong_id, "phrase": phrase})
+        return [Mistake(turn_of(solution, part.steps[0]), step, "unknown doc_id", reflection)]
+    guess = Step("find_in_doc", {"doc_id": _title_slug(doc), "phrase": phrase})
+    mistakes = [
+        Mistake(
+            turn_of(solution, part.steps[0]),
+            guess,
+            "unknown doc_id",
+            "I guessed a topic id instead of looking it up; ids come from search_docs, so I'll search first.",
+        )
+    ]
+    runner_up = next((d for d, _ in search(part.pick.query, SEARCH_TOP_K) if d.doc_id != doc.doc_id), None)
+    if runner_up is not None:
+        wrong = Step("find_in_doc", {"doc_id": runner_up.doc_id, "phrase": phrase})
+        reflection = (
+            f'"{phrase}" is not in `{runner_up.doc_id}`; that was another search hit. The line must be in '
+            f"`{doc.doc_id}` ({doc.title}), which the search also returned."
+        )
+        mistakes.append(Mistake(turn_of(solution, part.steps[1]), wrong, "no line in", reflection))
+    return mistakes
+
+
+def _build(rng: random.Random, kind_name: str, part_kinds: list[str], parallel: bool) -> Task:
+    parts: list[_Part] = []
+    for part_kind in part_kinds:
+        parts.append(_part(rng, part_kind, {p.pick.doc.doc_id for p in parts}))
+    stages = max(len(p.steps) for p in parts)
+    groups = [[p.steps[i] for p in parts if i < len(p.steps)] for i in range(stages)]
+    solution = arrange_turns(groups, parallel)
+    if len(parts) == 1:
+        request, plan, final = parts[0].question, parts[0].plan, parts[0].final
+    else:
+        numbered = "\n".join(f"{i}. {p.question}" for i, p in enumerate(parts, start=1))
+        request = rng.choice(_MULTI_INTROS).format(n=len(parts)) + "\n" + numbered
+        lead = (
+            "These lookups are independent, so I'll run them side by side: "
+            if parallel
+            else "One at a time: "
+        )
+        plan = lead + " ".join(f"({i}) {p.plan}" for i, p in enumerate(parts, start=1))
+        final = "\n".join(f"{i}. {p.final}" for i, p in enumerate(parts, start=1))
+    answer = ANSWER_SEPARATOR.join(p.answer for p in parts)
+    return Task(
+        domain=DOMAIN,
+        task_id=stable_task_id(DOMAIN, kind_name, [request, answer, parallel]),
+        request=request,
+        setup={"corpus_sha256": corpus().sha256},
+        solution=solution,
+        answer=answer,
+        difficulty=sum(len(p.steps) for p in parts),
+        mistakes=[m for p in parts for m in _part_mistakes(p, solution)],
+        plan=plan,
+        final_template=_escape(final),
+    )
+
+
+def _part_sizes(rng: random.Random, difficulty: int) -> list[int]:
+    """Split `difficulty` calls over ≥2 questions of 1-3 calls each, as evenly as possible."""
+    k = max(2, math.ceil(difficulty / 3))
+    sizes = [difficulty // k + (1 if i < difficulty % k else 0) for i in range(k)]
+    rng.shuffle(sizes)
+    return sizes
+
+
+def _build_single(rng: random.Random, difficulty: int, parallel: bool) -> Task:
+    return _build(rng, _SIZE_TO_KIND[difficulty], [_SIZE_TO_KIND[difficulty]], parallel)
+
+
+def _build_multi(rng: random.Random, difficulty: int, parallel: bool) -> Task:
+    return _build(rng, "multi", [_SIZE_TO_KIND[s] for s in _part_sizes(rng, difficulty)], parallel)
+
+
+TASK_KINDS = [
+    TaskKind("quote_by_id", _build_single, range(1, 2)),
+    TaskKind("quote", _build_single, range(2, 3)),
+    TaskKind("next_line", _build_single, range(3, 4)),
+    TaskKind("multi", _build_multi, range(2, 9), parallel_from=2),
+]
+
+
+def sample_task(rng: random.Random, difficulty: int | None = None, parallel: bool = False) -> Task:
+    """A verifiable lookup task needing `difficulty` calls (1–8); `parallel` asks ≥2 questions side by side."""
+    kind, difficulty = pick_task_kind(TASK_KINDS, rng, difficulty, parallel, DOMAIN)
+    return kind.build(rng, difficulty, parallel)
