@@ -1,0 +1,300 @@
+"""The verified trace generator: every pattern's shape, verification that catches tampering, determinism,
+rendering through the chat template, the RL/eval prompt rows and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from pipelines.chat import parse_reply, render_trace
+from pipelines.envs import DOMAINS
+from pipelines.envs.base import Task
+from pipelines.envs.instanced import split_answers, tasks_of
+from pipelines.errors import BadInput
+from pipelines.generate import (
+    DEFAULT_CLUSTERS,
+    generate_traces,
+    resolve_patterns,
+    sample_prompt_rows,
+    supported_patterns,
+    task_to_prompt_row,
+    verify_trace,
+)
+from pipelines.schema import PATTERNS, Trace, content_id
+from pipelines.thought import load_thought_schema
+
+ALL = sorted(DOMAINS)
+EXPECTED_PATTERNS = set().union(*(supported_patterns(d) for d in ALL))
+
+
+@pytest.fixture(scope="module")
+def result():
+    return generate_traces(ALL, 180, seed=7)
+
+
+@pytest.fixture(scope="module")
+def by_pattern(result) -> dict[str, list[Trace]]:
+    out: dict[str, list[Trace]] = {}
+    for trace in result.traces:
+        out.setdefault(trace.meta["pattern"], []).append(trace)
+    return out
+
+
+def _retrace(trace: Trace, **changes) -> Trace:
+    """A modified copy with its content id recomputed (so only the intended check can fail)."""
+    body = {**trace.to_dict(), **changes}
+    body.pop("id")
+    return Trace.model_validate({**body, "id": content_id(body)})
+
+
+def test_every_trace_verifies_and_every_pattern_appears(result):
+    assert result.rejects == [], Counter(r["reason"] for r in result.rejects)
+    assert len(result.traces) == 180 and result.pass_rate == 1.0
+    assert set(result.by_pattern) == EXPECTED_PATTERNS
+    assert set(result.by_domain) == set(ALL)
+    mix = resolve_patterns(ALL, None)
+    for pattern, share in mix.items():  # each pattern a meaningful share, near its configured probability
+        assert result.by_pattern[pattern] >= 0.4 * share * 180, (pattern, result.by_pattern)
+    for trace in result.traces[
+        ::10
+    ]:  # generate_traces verified them all; re-verifying a sample is independent
+        assert verify_trace(trace) == []
+
+
+def test_meta_ids_and_clusters(result):
+    for trace in result.traces:
+        meta = trace.meta
+        assert {"pattern", "difficulty", "domain", "task_id", "task"} <= set(meta)
+        assert meta["pattern"] in PATTERNS and trace.cluster == DEFAULT_CLUSTERS[meta["pattern"]]
+        body = trace.to_dict()
+        body.pop("id")
+        assert trace.id == content_id(body)
+        if meta["pattern"] == "instanced":
+            tasks = tasks_of(meta["task"])
+            assert meta["task_id"] == "+".join(t.task_id for t in tasks.values())
+        else:
+            task = Task.from_json(meta["task"])
+            assert task.task_id == meta["task_id"] and task.domain == meta["domain"]
+        calls = len(trace.calls())
+        if meta["pattern"] in ("irrelevance", "clarify"):
+            assert meta["difficulty"] == 0
+        elif meta["pattern"] in ("recovery", "code"):
+            assert calls > meta["difficulty"] >= 1  # the mistake's calls come on top of the solution's
+        else:
+            assert calls == meta["difficulty"] >= 1
+
+
+def _sections(msg) -> list[str]:
+    return [s.section for s in msg.thinking]
+
+
+def test_thinking_habits(result):
+    for trace in result.traces:
+        turns = [m for m in trace.messages if m.role == "assistant"]
+        assert _sections(turns[0])[0] == "plan"
+        if trace.meta["pattern"] not in ("irrelevance", "clarify"):
+            assert "verify" in _sections(turns[-1]) and not turns[-1].tool_calls and turns[-1].content
+            for i, msg in enumerate(trace.messages):  # after tool results comes an observation note
+                if msg.role == "assistant" and i > 0 and trace.messages[i - 1].role == "tool":
+                    assert "observe" in _sections(msg)
+
+
+def test_single_sequential_parallel_shapes(by_pattern):
+    for trace in by_pattern["single"]:
+        assert len(trace.calls()) == 1
+    for trace in by_pattern["sequential"]:
+        assert sum(bool(m.tool_calls) for m in trace.messages) >= 2
+    for trace in by_pattern["parallel"]:
+        assert any(len(m.tool_calls) >= 2 for m in trace.messages)
+
+
+def test_instanced_tags_are_consistent(by_pattern):
+    assert by_pattern["instanced"]
+    for trace in by_pattern["instanced"]:
+        declared = [m.instance for m in trace.messages if m.role == "user" and m.instance]
+        assert len(declared) >= 2 and len(set(declared)) == len(declared)
+        assert any(m.role == "user" and not m.instance for m in trace.messages)  # the shared intro
+        call_instance = {c.id: c.instance for c in trace.calls()}
+        assert set(call_instance.values()) == set(declared)
+        for msg in trace.messages:
+            if msg.role == "tool":
+                assert msg.instance == call_instance[msg.tool_call_id]
+        assert set(split_answers(trace.messages[-1].content)) == set(declared)
+        assert set(tasks_of(trace.meta["task"])) == set(declared)
+
+
+def test_recovery_shows_error_then_reflection_then_success(by_pattern):
+    for pattern in ("recovery", "code"):
+        for trace in by_pattern.get(pattern, []):
+            msgs = trace.messages
+            expected = trace.meta["mistake"]["error_contains"]
+            bad = next(i for i, m in enumerate(msgs) if m.role == "tool" and expected in m.content)
+            reflect = next(i for i in range(bad, len(msgs)) if msgs[i].role == "assistant")
+            assert "reflect" in _sections(msgs[reflect]) and msgs[reflect].tool_calls
+            assert any(m.role == "tool" and not m.content.startswith("Error:") for m in msgs[reflect:])
+    assert any(
+        m.content.startswith("Error:") for t in by_pattern["recovery"] for m in t.messages if m.role == "tool"
+    )
+
+
+def test_irrelevance_and_clarify_make_no_calls(by_pattern):
+    for trace in by_pattern["irrelevance"]:
+        task = Task.from_json(trace.meta["task"])
+        own = {t["function"]["name"] for t in task_to_prompt_row_tools(task)}
+        assert not trace.calls() and not own & set(trace.tool_names())
+    for trace in by_pattern["clarify"]:
+        assert not trace.calls() and trace.messages[-1].content.endswith("?")
+        assert trace.meta["clarify"]["missing"].replace("_", " ") in trace.messages[-1].content
+
+
+def task_to_prompt_row_tools(task: Task) -> list[dict]:
+    return json.loads(task_to_prompt_row(task)["tools"])
+
+
+@pytest.mark.parametrize("tamper", ["observation", "answer", "verify", "undeclared", "irrelevant", "clarify"])
+def test_verification_catches_tampering(by_pattern, tamper):
+    def first(pattern, cond=lambda t: True):
+        return next(t for t in by_pattern[pattern] if cond(t))
+
+    if tamper == "observation":
+        trace = first("sequential")
+        data = trace.to_dict()
+        i = next(i for i, m in enumerate(data["messages"]) if m["role"] == "tool")
+        data["messages"][i]["content"] += " (edited)"
+        assert verify_trace(_retrace(trace, messages=data["messages"]))[0][0] == "execution"
+    elif tamper == "answer":
+        trace = first("single", lambda t: Task.from_json(t.meta["task"]).answer)
+        data = trace.to_dict()
+        data["messages"][-1]["content"] = "I am not sure."
+        assert verify_trace(_retrace(trace, messages=data["messages"]))[0][0] == "outcome"
+    elif tamper == "verify":
+        trace = first("single")
+        data = trace.to_dict()
+        data["messages"][-1]["thinking"] = [
+            s for s in data["messages"][-1]["thinking"] if s["section"] != "verify"
+        ]
+        assert verify_trace(_retrace(trace, messages=data["messages"]))[0][0] == "structure"
+    elif tamper == "undeclared":
+        trace = first("single")
+        assert verify_trace(_retrace(trace, tools=[]))[0][0] == "format"
+    elif tamper == "irrelevant":
+        trace = first("irrelevance")
+        own = task_to_prompt_row_tools(Task.from_json(trace.meta["task"]))
+        assert verify_trace(_retrace(trace, tools=own))[0][0] == "outcome"
+    else:
+        trace = first("clarify")
+        data = trace.to_dict()
+        data["messages"][-1]["content"] = "Sure, done."
+        assert verify_trace(_retrace(trace, messages=data["messages"]))[0][0] == "outcome"
+
+
+def test_generation_is_deterministic():
+    first = [t.to_json() for t in generate_traces(ALL, 30, seed=3).traces]
+    again = [t.to_json() for t in generate_traces(ALL, 30, seed=3).traces]
+    other = [t.to_json() for t in generate_traces(ALL, 30, seed=4).traces]
+    assert first == again
+    assert first != other
+
+
+def test_pattern_and_cluster_overrides():
+    res = generate_traces(["api"], 12, seed=1, patterns={"parallel": 1.0}, clusters={"parallel": "fanout"})
+    assert {t.meta["pattern"] for t in res.traces} == {"parallel"}
+    assert {t.cluster for t in res.traces} == {"fanout"}
+    with pytest.raises(BadInput, match="code"):
+        generate_traces(["api"], 1, seed=1, patterns={"code": 1.0})
+    with pytest.raises(BadInput, match="unknown domain"):
+        generate_traces(["nope"], 1, seed=1)
+    with pytest.raises(BadInput, match="unknown pattern"):
+        generate_traces(["api"], 1, seed=1, patterns={"singel": 1.0})
+
+
+def test_each_pattern_renders_with_assistant_only_loss(by_pattern, tokenizer):
+    schema = load_thought_schema("think-plan-reflect")
+    for pattern, traces in sorted(by_pattern.items()):
+        trace = traces[0]
+        rendered = render_trace(trace, tokenizer, schema)
+        ids, mask = rendered.input_ids, rendered.assistant_masks
+        runs, start = [], None
+        for i, bit in enumerate([*mask, 0]):
+            if bit and start is None:
+                start = i
+            elif not bit and start is not None:
+                runs.append(tokenizer.decode(ids[start:i]))
+                start = None
+        assistant = [m for m in trace.messages if m.role == "assistant"]
+        assert len(runs) == len(assistant), pattern
+        outside = tokenizer.decode([t for t, b in zip(ids, mask, strict=True) if not b])
+        for msg in trace.messages:
+            if msg.role in ("user", "tool") and len(msg.content) > 12:
+                assert msg.content.strip()[:12] in outside, (pattern, msg.role)
+        for run, msg in zip(runs, assistant, strict=True):
+            assert "<tool_response>" not in run and "<|im_start|>user" not in run
+            reply = parse_reply(run, schema)
+            assert reply.thinking == msg.thinking, pattern
+            wanted = [{"name": c.name, "arguments": {**c.arguments, **({"_instance": c.instance} if c.instance else {})}}
+                      for c in msg.tool_calls]  # fmt: skip
+            assert reply.tool_calls == wanted, pattern
+
+
+def test_prompt_rows_reset_the_environment():
+    rows = sample_prompt_rows(ALL, len(ALL), seed=2)
+    assert [r["environment"] for r in rows] == ALL
+    for row in rows:
+        assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+        task = Task.from_json(row["task"])
+        assert row["prompt"][1]["content"] == task.request and task.domain == row["environment"]
+        tools = json.loads(row["tools"])
+        names = {t["function"]["name"] for t in tools}
+        assert {s.tool for turn in task.solution for s in turn} <= names
+        env = DOMAINS[row["environment"]][0]()
+        assert env.reset(**row) is None and env._task == task
+    fixed = sample_prompt_rows(ALL, 6, seed=2, fixed_tools_only=True)
+    assert "api" not in {r["environment"] for r in fixed}
+
+
+def _cli(*args: str, cwd, hash_seed: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipelines.cli", "data", "generate", *args]
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}  # byte-identical must not hinge on set/str hash order
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
+
+
+def test_cli_writes_byte_identical_files(tmp_path):
+    domains = ",".join(d for d in ALL if d != "coderunner")  # keep the subprocesses quick
+    for name, hash_seed in (("a", "1"), ("b", "2")):
+        args = ("--domains", domains, "--n", "12", "--seed", "5", "--out", str(tmp_path / f"{name}.jsonl"))
+        done = _cli(
+            *args, "--rejects", str(tmp_path / f"{name}-rejects.jsonl"), cwd=tmp_path, hash_seed=hash_seed
+        )
+        assert done.returncode == 0, done.stderr
+    first = (tmp_path / "a.jsonl").read_bytes()
+    assert first == (tmp_path / "b.jsonl").read_bytes()
+    lines = first.decode().splitlines()
+    assert len(lines) == 12 and all(
+        Trace.model_validate(json.loads(line)).to_json() == line for line in lines
+    )
+    assert "distinct signatures" in done.stderr and "traces by pattern" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--domains", "nope", "--n", "1"], "unknown domain 'nope'"),
+        (["--domains", "api", "--n", "1", "--patterns", "single"], "NAME=NUMBER"),
+        (["--domains", "api", "--n", "1", "--patterns", "code=1"], "'code' is not possible"),
+    ],
+)
+def test_cli_bad_input_exits_2(tmp_path, monkeypatch, capsys, args, message):
+    from pipelines import cli
+
+    monkeypatch.setattr(
+        sys, "argv", ["midtrain", "data", "generate", *args, "--out", str(tmp_path / "x.jsonl")]
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
