@@ -365,14 +365,8 @@ def _hub_api(api: Any | None) -> tuple[Any, str]:
     return api, user
 
 
-def run(
-    config: RunConfig,
-    dry_run_dir: str | Path | None = None,
-    allow_no_eval: bool = False,
-    api: Any | None = None,
-) -> dict[str, Any]:
-    section = config.publish or PublishSection()
-    items = collect_items(config)
+def _check_publishable(config: RunConfig, items: list[PublishItem], allow_no_eval: bool) -> dict[str, Any]:
+    """Each item's eval metrics; BadInput for missing output files, or missing eval unless allowed."""
     broken = {i.name: missing_files(i) for i in items if missing_files(i)}
     if broken:
         raise BadInput(
@@ -383,17 +377,26 @@ def run(
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     metrics = {i.name: eval_results_for(results, i) for i in items}
     no_eval = [n for n, m in metrics.items() if m is None]
-    if no_eval and not (allow_no_eval or section.allow_no_eval):
+    if no_eval and not (allow_no_eval or (config.publish or PublishSection()).allow_no_eval):
         raise BadInput(
             f"no eval results for {', '.join(no_eval)} in {results_path} "
             "(run `midtrain eval CONFIG`, or pass --allow-no-eval)"
         )
+    return metrics
+
+
+def run(
+    config: RunConfig,
+    dry_run_dir: str | Path | None = None,
+    allow_no_eval: bool = False,
+    api: Any | None = None,
+) -> dict[str, Any]:
+    section = config.publish or PublishSection()
+    items = collect_items(config)
+    metrics = _check_publishable(config, items, allow_no_eval)
     dry_run = dry_run_dir is not None or section.dry_run
-    if dry_run:
-        namespace, hub = section.namespace or "your-username", None
-    else:
-        hub, user = _hub_api(api)
-        namespace = section.namespace or user
+    hub, user = (None, "your-username") if dry_run else _hub_api(api)
+    namespace = section.namespace or user
     repos = {i.name: repo_id(config, i, namespace) for i in items}
     adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter"}  # rl overrides sft
     staging = Path(dry_run_dir) if dry_run_dir else config.run_dir / "publish"
@@ -402,15 +405,8 @@ def run(
     mix = manifest_summary(config.run_dir)
     problems = {}
     for item in items:
-        found = stage(
-            config,
-            item,
-            staging / repos[item.name].split("/")[-1],
-            repos[item.name],
-            metrics[item.name],
-            mix,
-            adapter_repos,
-        )
+        folder = staging / repos[item.name].split("/")[-1]
+        found = stage(config, item, folder, repos[item.name], metrics[item.name], mix, adapter_repos)
         if found:
             problems[item.name] = found
     if problems:
