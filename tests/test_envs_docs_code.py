@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
 from transformers.utils import get_json_schema
 
-from pipelines.envs import DOMAINS
+from pipelines.envs import DOMAINS, code_runner
 from pipelines.envs.base import Task, ToolEnv
 from pipelines.envs.code_runner import (
     PROBLEMS,
@@ -20,7 +21,17 @@ from pipelines.envs.code_runner import (
     same_value,
 )
 from pipelines.envs.code_runner import sample_task as sample_code_task
-from pipelines.envs.docsearch import Bm25, DocSearchEnv, corpus, search, tokenize
+from pipelines.envs.docsearch import (
+    Bm25,
+    DocSearchEnv,
+    _phrase_candidates,
+    _quotable_lines,
+    _squash,
+    corpus,
+    search,
+    tokenize,
+    unique_phrases,
+)
 from pipelines.envs.docsearch import sample_task as sample_doc_task
 from pipelines.errors import BadInput
 
@@ -291,3 +302,89 @@ def test_run_python_sees_the_saved_solution() -> None:
     assert (text, is_error) == ("42", False)
     text, is_error = env._call_tool("run_tests", {})
     assert is_error and "no tests" in text
+
+
+# -- regressions found by the verified trace generator (generate.py replays every trace) ---------------------------
+def _generated(domain: str, n: int, seed: int, patterns: dict[str, float]) -> list[Any]:
+    """`n` verified traces of one domain; any reject fails the test with its reasons."""
+    from pipelines.generate import generate_traces
+
+    result = generate_traces([domain], n, seed, patterns)
+    assert not result.rejects, [(r["reason"], r["detail"]) for r in result.rejects]
+    assert len(result.traces) == n
+    return result.traces
+
+
+def test_docsearch_traces_all_verify() -> None:
+    """Every pattern that calls find_in_doc with a reference phrase: none may come back empty."""
+    patterns = {"single": 1.0, "sequential": 1.0, "parallel": 1.0, "recovery": 1.0, "instanced": 1.0}
+    traces = _generated("docsearch", 200, 0, patterns)
+    finds = [c for t in traces for c in t.calls() if c.name == "find_in_doc"]
+    assert len(finds) >= 200
+
+
+def test_every_quotable_phrase_is_found_on_its_own_line_only() -> None:
+    """A window stripped of its punctuation ("list. For" → "list For") matches no line at all and made the
+    reference find_in_doc call fail; every phrase a task may quote must be found by the tool on its line only."""
+    env, stripped = DocSearchEnv(), 0
+    for doc_id, line_no in _quotable_lines():
+        doc = corpus().by_id[doc_id]
+        for phrase in unique_phrases(doc, line_no):
+            found = json.loads(env.find_in_doc(doc_id, phrase))
+            assert [line["line"] for line in found["lines"]] == [line_no], (doc_id, line_no, phrase)
+        line = doc.lines[line_no - 1]
+        stripped += sum(_squash(p) not in _squash(line) for p in _phrase_candidates(line))
+    assert stripped > 0  # such windows exist in the corpus: the filter is doing real work
+
+
+def test_function_traces_write_the_draft_before_running_it() -> None:
+    """Tasks with run_python probes once ran the *correct* function first and only then wrote the buggy draft.
+    Now the first call writes solution.py, probes import it, and a buggy draft is the first code written."""
+    traces = _generated("coderunner", 12, 1, {"code": 1.0})
+    functions = [t for t in traces if Task.from_json(t.meta["task"]).setup.get("function")]
+    probed = [t for t in functions if "run_python" in [c.name for c in t.calls()]]
+    drafts = [t for t in probed if t.meta["mistake"]["followed_by"] == ["run_tests"]]
+    assert len(probed) >= 4 and drafts, (len(probed), len(drafts))
+    for trace in functions:
+        calls = trace.calls()
+        assert calls[0].name == "write_solution", [c.name for c in calls]
+        name = Task.from_json(trace.meta["task"]).setup["function"]
+        for call in calls:
+            if call.name == "run_python":
+                assert call.arguments["code"].startswith(f"from solution import {name}\n")
+    for trace in drafts:
+        [first_write, *_] = [c for c in trace.calls() if c.name == "write_solution"]
+        task = Task.from_json(trace.meta["task"])
+        buggy = next(m.step for m in task.mistakes if m.followed_by)
+        assert first_write.arguments == buggy.arguments  # the draft is the first code the trace writes…
+        assert [c.name for c in trace.calls()][:2] == [
+            "write_solution",
+            "run_tests",
+        ]  # …and its tests fail next
+
+
+@pytest.mark.parametrize("difficulty", [3, 4])
+def test_function_probes_follow_the_write(difficulty: int) -> None:
+    for seed in range(30):
+        task = sample_code_task(random.Random(seed), difficulty, parallel=difficulty == 4 and seed % 2 == 0)
+        [[write], *middle, [run]] = task.solution  # only function tasks need 3-4 calls
+        assert (write.tool, run.tool) == ("write_solution", "run_tests")
+        assert [s.tool for turn in middle for s in turn] == ["run_python"] * (difficulty - 2)
+        assert all(m.turn == 0 for m in task.mistakes)  # the wrong write replaces the first call
+
+
+def test_failing_test_lines_quote_dict_arguments_as_the_runner_prints_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The buggy draft's Mistake names the failing call; for dict arguments its key order must be the one the
+    test report prints, whatever order the problem's generator built the dicts in."""
+    problems = [p for p in PROBLEMS if "dict" in p.params]
+    assert {p.name for p in problems} >= {"merge_counts", "invert_dict"}
+    for problem in problems:
+        monkeypatch.setattr(code_runner, "PROBLEMS", (problem,))
+        for seed in range(3):
+            task = Task.from_json(code_runner._build_function(random.Random(seed), 2, False).to_json())
+            mistake = next(m for m in task.mistakes if m.followed_by)
+            assert "{" in mistake.error_contains, mistake.error_contains
+            text, is_error = mistake_observation(fresh(CodeRunnerEnv, task), mistake)
+            assert not is_error and mistake.error_contains in text, (mistake.error_contains, text)

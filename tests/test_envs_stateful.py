@@ -12,8 +12,10 @@ import builtins
 import json
 import os
 import random
+import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -594,3 +596,104 @@ def test_calendar_workflow() -> None:
     assert "already completed" in env._call_tool("complete_todo", {"todo_id": "td1"})[0]
     assert [t["id"] for t in json.loads(env.list_todos())] == ["td2"]
     assert "no event with id" in env._call_tool("delete_event", {"event_id": "Standup"})[0]
+
+
+# -- regressions found by the verified trace generator (generate.py replays every trace) ---------------------------
+def _generated(domain: str, n: int, seed: int, patterns: dict[str, float]) -> list[Any]:
+    """`n` verified traces of one domain; any reject fails the test with its reasons."""
+    from pipelines.generate import generate_traces
+
+    result = generate_traces([domain], n, seed, patterns)
+    assert not result.rejects, [(r["reason"], r["detail"]) for r in result.rejects]
+    assert len(result.traces) == n
+    return result.traces
+
+
+def test_calculator_recovery_traces_all_verify() -> None:
+    """Seed 1 once gave 5 `mistake_no_error` rejects out of 300: '1 week + 1 week' got a parse error instead of
+    the units error its Mistake expects, and '68 x sqrt(64) + 94' the units error instead of the x-for-times one."""
+    traces = _generated("calculator", 300, 1, {"recovery": 1.0})
+    expected = Counter(t.meta["mistake"]["error_contains"] for t in traces)
+    assert expected["units are not allowed"] >= 5 and expected["use * for multi"] >= 5, expected
+
+
+@pytest.mark.parametrize("unit", sorted({*calculator._UNITS, *calculator._ALIASES}))
+def test_every_unit_in_an_expression_gets_the_units_error(unit: str) -> None:
+    observation, is_error = calculator.CalculatorEnv()._call_tool(
+        "evaluate_expression", {"expression": f"1 {unit} + 2.5 {unit}"}
+    )
+    assert is_error and "units are not allowed in expressions" in observation, observation
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("1 week + 2 week", "units are not allowed in expressions (found '1 week')"),  # 4 letters: was missed
+        ("1.3 week + 2 week", "units are not allowed"),
+        ("2.5km + 3", "(found '2.5km')"),
+        ("42 / 66 - 61 x sqrt(3)", "use * for multiplication, not x"),  # x before a function: was "units"
+        ("(35 + 32) x sqrt(10)", "use * for multiplication, not x"),
+        ("2 x pi", "use * for multiplication, not x"),
+        ("2pi + 1", "use * for multiplication: write 2 * pi"),
+        ("3 sqrt(2)", "write 3 * sqrt(…)"),
+        ("3 min + 2 min", "units are not allowed"),  # minutes, not the min() function
+        ("1 if 2 else 3", "unsupported syntax"),  # a Python keyword is not a unit…
+        ("5 in + 2 in", "units are not allowed"),  # …except `in`, the inch
+    ],
+)
+def test_expression_hints_name_the_real_problem(expression: str, message: str) -> None:
+    observation, is_error = calculator.CalculatorEnv()._call_tool(
+        "evaluate_expression", {"expression": expression}
+    )
+    assert is_error and message in observation, observation
+
+
+def test_unit_hints_leave_valid_arithmetic_alone() -> None:
+    env = calculator.CalculatorEnv()
+    env.store_value("item2", 4)
+    assert env.evaluate_expression("1e3 + 2.5E-1 - 1e+2") == "900.25"  # scientific notation is a number
+    assert env.evaluate_expression("log10(100) + log2(8) + item2 * 2") == "13"  # digits inside names
+
+
+def _unobserved_names(trace: Any) -> list[str]:
+    """Names the corrected call uses that the wrong one did not (the fix), and which no tool output up to the
+    error showed: a correction the trace could only have guessed."""
+    mistake = trace.meta["mistake"]
+    task = Task.from_json(trace.meta["task"])
+    [wrong] = [m.step for m in task.mistakes if (m.turn, m.step.tool) == (mistake["turn"], mistake["tool"])]
+
+    def names(arguments: dict[str, Any]) -> set[str]:
+        return set(re.findall(r"[a-z_]{3,}", json.dumps(arguments)))
+
+    fixed = set().union(*(names(step.arguments) for step in task.solution[mistake["turn"]]))
+    error_at = next(
+        i for i, m in enumerate(trace.messages) if m.role == "tool" and mistake["error_contains"] in m.content
+    )
+    observed = " ".join(m.content for m in trace.messages[: error_at + 1] if m.role == "tool")
+    return sorted(name for name in fixed - names(wrong.arguments) if name not in observed)
+
+
+def test_sqlite_recoveries_correct_only_what_the_trace_showed() -> None:
+    """Seed 0 once gave 19 of 200 recoveries whose reflection named the right column (e.g. `department` after
+    "no such column: dept") although no observation had shown the table's columns."""
+    traces = _generated("sqlite", 200, 0, {"recovery": 1.0})
+    kinds = Counter(t.meta["task_id"].split("-")[1] for t in traces)
+    assert kinds["aggregate"] >= 20, kinds
+    assert [(t.meta["task_id"], _unobserved_names(t)) for t in traces if _unobserved_names(t)] == []
+
+
+def test_run_select_errors_list_what_exists() -> None:
+    env = sqlite_db.SqliteEnv()
+    tables = [sqlite_db._table_setup(sqlite_db._SPECS[name], []) for name in ("books", "orders")]
+    env.reset(task=Task("sqlite", "t", "r", {"tables": tables}, []).to_json())
+    observation, is_error = env._call_tool(
+        "run_select", {"query": "SELECT COUNT(*) FROM books WHERE writer = 'x'"}
+    )
+    assert is_error and observation == (
+        "Error: SQL error: no such column: writer (columns of books: id, title, author, genre, year, pages, copies)"
+    )
+    observation, _ = env._call_tool("run_select", {"query": "SELECT title FROM book"})
+    assert observation == "Error: SQL error: no such table: book (tables: books, orders)"
+    observation, _ = env._call_tool("run_select", {"query": "SELECT qty"})  # no table named: list them all
+    assert "columns of books: id, title" in observation and "; orders: id, customer" in observation
+    assert "only SELECT" in env._call_tool("run_select", {"query": "DROP TABLE books"})[0]  # others unchanged

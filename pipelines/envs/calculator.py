@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import keyword
 import math
 import operator
 import random
@@ -244,19 +245,40 @@ def _convert(value: float, from_unit: str, to_unit: str) -> tuple[float, str, st
 
 
 # -- the safe expression evaluator -----------------------------------------------------------------------------
+# `x` as a times sign: a lone x between a number (or a closing parenthesis) and a number, name or parenthesis.
+# "61 x sqrt(3)" is multiplication too; "2 xl" is not (the x starts a word), so it is left to the unit check.
+_TIMES_SIGN_RE = re.compile(r"[\d)]\s*(?:×|x(?![A-Za-z_]))\s*[\w(.]")
+# A number directly followed by a word: "1 week", "2.5km", "20 °C". Not a digit inside a name ("log10"), and
+# not scientific notation ("1e5", "2.5E-3"), which Python itself reads as a number.
+_NUMBER_THEN_WORD_RE = re.compile(r"(?<![\w.])(\d+\.?\d*|\.\d+)\s*((?![eE][+-]?\d)[A-Za-z_°][\w/°]*)(\s*\()?")
+
+
 def _expression_hint(expression: str) -> str | None:
     """Explain the usual ways people write maths that is not valid here, before parsing fails obscurely."""
     if "^" in expression:
         return "use ** for powers, not ^"
-    if re.search(r"[\d)]\s*[×x]\s*[\d(]", expression):
+    if _TIMES_SIGN_RE.search(expression):
         return "use * for multiplication, not x or ×"
     if "÷" in expression:
         return "use / for division, not ÷"
     if re.search(r"%\s*($|[a-zA-Z)])", expression) or re.search(r"[+\-]\s*[\d.]+\s*%", expression):
         return "percent signs are not supported: write 15% of 80 as 80 * 15 / 100 (or use percent_change)"
-    if re.search(r"\d\s*(?:[a-zA-Z]{1,3}\b)", expression) and not re.search(r"\d\s*e[+-]?\d", expression):
+    return _number_word_hint(expression)
+
+
+def _number_word_hint(expression: str) -> str | None:
+    """A number followed by a word is a unit ("1 week + 2 week"), or a missing * before a constant or function
+    ("2pi", "3 sqrt(2)"). Python keywords ("1 if x else 2") are left to the parser, except `in`: inches."""
+    for match in _NUMBER_THEN_WORD_RE.finditer(expression):
+        number, word, call = match.groups()
+        if word in _CONSTANTS or (call and word in _FUNCTIONS):
+            return f"use * for multiplication: write {number} * {word}{'(…)' if call else ''}"
+        if keyword.iskeyword(word) and word.lower() not in _UNIT_BY_LOWER:
+            continue
+        found = expression[match.start(1) : match.end(2)]
         return (
-            "units are not allowed in expressions: convert with convert_units first, then add plain numbers"
+            f"units are not allowed in expressions (found {found!r}): convert with convert_units first, "
+            "then add plain numbers"
         )
     return None
 

@@ -44,6 +44,7 @@ from pipelines.envs.sandbox import Limits, SandboxResult, run_sandboxed
 DOMAIN = "coderunner"
 ANSWER_SEPARATOR = " | "  # several answers in one task: each must appear (the generator's convention too)
 SOLUTION_FILE = "solution.py"
+SOLUTION_MODULE = SOLUTION_FILE.removesuffix(".py")
 MAX_CODE_CHARS = 20_000
 MAX_OBSERVATION_CHARS = 4_000
 PER_TEST_SECONDS = 1.0
@@ -1424,6 +1425,11 @@ def _wrong_name(name: str) -> str:
     return head + "".join(p.capitalize() for p in rest) if rest else f"{name}_fn"
 
 
+def _probe_script(function: str, args: list[Any]) -> str:
+    """Run the saved solution on one example and print the result, as a developer tries it by hand."""
+    return f"from {SOLUTION_MODULE} import {function}\nprint({call_text(function, args, 10**6)})\n"
+
+
 def _build_function(rng: random.Random, difficulty: int, parallel: bool) -> Task:
     problem = rng.choice(PROBLEMS)
     cases, exposing = _cases(rng, problem)
@@ -1433,13 +1439,12 @@ def _build_function(rng: random.Random, difficulty: int, parallel: bool) -> Task
         signature=problem.signature, description=problem.description, name=problem.name, examples=examples
     )
     write = Step("write_solution", {"code": problem.reference})
+    # Probes try the *saved* solution on examples. They come after write_solution, so in a recovery trace the
+    # buggy draft is the first code written, and the correct function appears only after the failing run.
     probes = [
-        Step(
-            "run_python", {"code": f"{problem.reference}\nprint({call_text(problem.name, c.args, 10**6)})\n"}
-        )
-        for c in visible[: difficulty - 2]
+        Step("run_python", {"code": _probe_script(problem.name, c.args)}) for c in visible[: difficulty - 2]
     ]
-    solution = arrange_turns([probes, [write], [Step("run_tests", {})]], parallel)
+    solution = arrange_turns([[write], probes, [Step("run_tests", {})]], parallel)
     buggy = Step("write_solution", {"code": problem.buggy})
     renamed = problem.reference.replace(f"def {problem.name}(", f"def {_wrong_name(problem.name)}(")
     mistakes = [
@@ -1449,8 +1454,8 @@ def _build_function(rng: random.Random, difficulty: int, parallel: bool) -> Task
                 f"The tests call `{problem.name}`, but I named the function `{_wrong_name(problem.name)}`; I'll "
                 "rename it."),
     ]  # fmt: skip
-    tried = f"try it on {len(probes)} example(s) with run_python, then " if probes else ""
-    plan = f"Write `{problem.name}` so that it {problem.description}; {tried}save it with write_solution and "
+    tried = f", try it on {len(probes)} example(s) with run_python," if probes else ""
+    plan = f"Write `{problem.name}` so that it {problem.description}; save it with write_solution{tried} and "
     plan += f"run run_tests until all {len(cases)} tests pass."
     return Task(
         domain=DOMAIN,

@@ -341,6 +341,17 @@ def _corpus_hits(phrase: str) -> int:
     return hits
 
 
+def unique_phrases(doc: Doc, line_no: int) -> list[str]:
+    """The (up to 3) phrases a task may quote from this line: `find_in_doc` finds each on this line only.
+
+    A window must be literal: "list. For" stripped of its punctuation to "list For" matches no line at all, which
+    would make the reference call fail. And it must occur on no other line of the whole corpus, so the answer
+    is unambiguous whichever topic the search returns."""
+    line = doc.lines[line_no - 1]
+    literal = [p for p in _phrase_candidates(line) if _squash(p) in _squash(line)]
+    return [p for p in literal if _corpus_hits(p) == 1][:3]
+
+
 def _pick(rng: random.Random, exclude: set[str], next_line: bool = False) -> _Pick:
     """A random line + unique phrase whose topic BM25 retrieves in the top SEARCH_TOP_K for the phrase query."""
     lines = _quotable_lines()
@@ -349,9 +360,7 @@ def _pick(rng: random.Random, exclude: set[str], next_line: bool = False) -> _Pi
         doc = corpus().by_id[doc_id]
         if doc_id in exclude or (next_line and not _has_quotable_next(doc, line_no)):
             continue
-        line = doc.lines[line_no - 1]  # a window must be literal: "list. For" stripped to "list For" is not
-        literal = [p for p in _phrase_candidates(line) if _squash(p) in _squash(line)]
-        phrases = [p for p in literal if _corpus_hits(p) == 1][:3]
+        phrases = unique_phrases(doc, line_no)
         if not phrases:
             continue
         phrase = rng.choice(phrases)

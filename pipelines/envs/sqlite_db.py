@@ -144,6 +144,18 @@ class SqliteEnv(ToolEnv):
             return "", []
         return " WHERE " + " AND ".join(f'"{c}" = ?' for c in conditions), list(conditions.values())
 
+    def _schema_hint(self, message: str, query: str) -> str:
+        """What does exist, after SQLite's bare "no such table/column": the same names the structured tools' errors
+        list, so a model's correction is grounded in what it observed instead of a guess."""
+        if message.startswith("no such table"):
+            return f" (tables: {', '.join(sorted(self._schema)) or 'none'})"
+        if not message.startswith("no such column"):
+            return ""
+        words = set(re.findall(r"[a-z_][a-z0-9_]*", query.lower()))
+        named = [t for t in sorted(self._schema) if t in words] or sorted(self._schema)
+        listed = "; ".join(f"{t}: {', '.join(c for c, _ in self._schema[t])}" for t in named)
+        return f" (columns of {listed})" if listed else ""
+
     def _write(self, sql: str, params: list[Any]) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, params)
@@ -181,7 +193,7 @@ class SqliteEnv(ToolEnv):
             cursor = self._db.execute(query)
             rows = cursor.fetchmany(limit + 1)
         except (sqlite3.Error, sqlite3.Warning) as exc:
-            raise ToolError(_explain_sql_error(exc)) from None
+            raise ToolError(_explain_sql_error(exc) + self._schema_hint(str(exc), query)) from None
         finally:
             self._db.set_authorizer(None)
             self._db.set_progress_handler(None, 0)
@@ -582,7 +594,10 @@ def _listing(items: list[str], last: str = "and") -> str:
 
 
 def _column_why(wrong: str, right: str, table: str) -> str:
-    return f"There is no column {wrong} in {table}; the schema calls it {right}, so I'll use that name."
+    return (
+        f"There is no column {wrong} in {table}; the column list in the error shows it is called {right}, so "
+        "I'll use that name."
+    )
 
 
 _IN_GROUP = {
@@ -886,7 +901,7 @@ def _build_bulk_update(rng: random.Random, difficulty: int, parallel: bool) -> T
         if difficulty == 1
         else [[Step("count_rows", {"table": "orders", "where": where})], [update]]
     )
-    why = "The table is called orders (plural), as list_tables shows; I'll use that name."
+    why = "The error lists the tables: it is called orders (plural), so I'll use that name."
     return _task(
         "bulk_update",
         groups,
