@@ -100,7 +100,7 @@ def data_build(
         result = run(target, out_dir, num_proc)
     else:
         result = build(target, out_dir, num_proc=num_proc or 1)
-    out_console = Console()
+    out_console = Console(width=None if sys.stdout.isatty() else 140)  # logs keep whole tables
     for table in tables(result.manifest)[:1] + tables(result.manifest)[3:4]:
         out_console.print(table)
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
@@ -134,7 +134,7 @@ def data_inspect(data_dir: Annotated[Path, typer.Argument(help="A `data build` o
     """Print the mix's tables and write mix.png (shares, tool-call and token-length histograms)."""
     from pipelines.data.inspect import inspect_dir
 
-    path = inspect_dir(data_dir, Console())
+    path = inspect_dir(data_dir, Console(width=None if sys.stdout.isatty() else 140))
     print(f"wrote {path}")
 
 
@@ -146,8 +146,13 @@ def sft(
     clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of adapters to train")] = None,
 ) -> None:
     """Train one LoRA adapter per cluster (QLoRA by default) into runs/<name>/sft/<cluster>/."""
+    import logging
+
     from pipelines.run_config import load_run_config
     from pipelines.sft import run
+
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("midtrain").setLevel(logging.INFO)
 
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
@@ -244,6 +249,33 @@ def chat(
                 return
 
     chat_loop(router, lines(), print, domain=env, max_new_tokens=max_new_tokens)
+
+
+@app.command("eval")
+def eval_cmd(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")],
+    set_: SetOption = None,
+    limit: Annotated[
+        int | None, typer.Option(help="BFCL examples per category / held-out tasks per domain")
+    ] = None,
+    targets: Annotated[str | None, typer.Option(help="Comma-separated subset of base,sft,rl,routed")] = None,
+) -> None:
+    """Score base, SFT, RL and routed targets on BFCL and held-out live tasks into runs/<name>/eval/."""
+    import logging
+
+    from pipelines.eval.stage import results_table, run
+    from pipelines.run_config import load_run_config
+
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("midtrain").setLevel(logging.INFO)  # one progress line per target
+    overrides = list(set_ or [])
+    if limit is not None:
+        overrides.append(f"eval.limit={limit}")
+    if targets:
+        overrides.append(f"eval.targets=[{','.join(t.strip() for t in targets.split(',') if t.strip())}]")
+    resolved = load_run_config(config, overrides)
+    print(results_table(run(resolved)), end="")
+    print(f"wrote {resolved.run_dir / 'eval'}/{{results.json,results.md,results.png,predictions.jsonl}}")
 
 
 @app.command("publish")

@@ -102,6 +102,14 @@ class NearDedup(StrictModel):
 
 class Decontamination(StrictModel):
     ngram: int = Field(13, ge=4)
+    min_overlap: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of an eval text's distinct n-grams a row must contain to count as contaminated. "
+        "1e-9 = any shared n-gram (GPT-3 style); the default ignores rows that only share template phrases "
+        "with templated eval requests.",
+    )
     sets: list[str] = Field(
         default_factory=lambda: ["bfcl", "heldout"],
         description="`bfcl` (every file in bfcl-eval), `heldout` (the project's eval tasks), or jsonl paths.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel, load_model_file, load_yaml, validate_data
 from pipelines.errors import BadInput
@@ -92,36 +92,80 @@ class SFTSection(StrictModel):
     train: TrainSection = Field(default_factory=TrainSection)
 
 
+RL_REWARD_NAMES = ("format", "tool_call", "execution", "outcome", "instance", "irrelevance", "efficiency")
+DEFAULT_RL_REWARD_WEIGHTS = {
+    "format": 0.5,
+    "tool_call": 1.0,
+    "execution": 0.5,
+    "outcome": 2.0,
+    "instance": 0.5,
+    "irrelevance": 1.0,
+    "efficiency": 0.25,
+}
+
+
 class RLSection(StrictModel):
     clusters: list[str] = Field(
         default_factory=lambda: ["tool"], description="SFT adapters to continue with GRPO."
     )
-    from_base: bool = False
-    domains: list[str] = Field(default_factory=lambda: ["all"])
+    from_base: bool = Field(
+        False, description="Start from the base model with a fresh LoRA, not an SFT adapter."
+    )
+    domains: list[str] = Field(
+        default_factory=lambda: ["all"], description="`all`: every domain whose tools are fixed methods."
+    )
     task_seed: int = Field(2_000_003, description="Disjoint from SFT generation seeds.")
     n_tasks: int = Field(64, ge=1)
-    eval_tasks_per_domain: int = Field(8, ge=1)
+    max_difficulty: int = Field(
+        3, ge=1, le=8, description="Training and held-out tasks need 1..max_difficulty calls."
+    )
+    irrelevance_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of prompts asking one domain's question with another domain's tools (reward: decline).",
+    )
+    eval_seed: int | None = Field(
+        None,
+        description="Held-out tasks' seed; None = the recipe's decontamination.heldout_seed, so RL evaluates "
+        "on the tasks the SFT mix was decontaminated against.",
+    )
+    eval_tasks_per_domain: int = Field(8, ge=0, description="0 skips the before/after evaluation.")
     max_tool_calling_iterations: int = Field(4, ge=1)
     num_generations: int = Field(4, ge=2)
-    max_completion_length: int = Field(256, ge=8)
-    temperature: float = 1.0
-    beta: float = 0.0
+    max_completion_length: int = Field(256, ge=8, description="Tokens per rollout, tool results included.")
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 needs no reference model.")
+    tool_call_scale: float = Field(1.0, gt=0, description="The tool_call reward spans [-scale, scale].")
     reward_weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "format": 0.5,
-            "tool_call": 1.0,
-            "execution": 0.5,
-            "outcome": 2.0,
-            "instance": 0.5,
-            "irrelevance": 1.0,
-            "efficiency": 0.25,
-        }
+        default_factory=lambda: dict(DEFAULT_RL_REWARD_WEIGHTS),
+        description="Merged over the defaults; 0 turns a reward off.",
     )
     quantization: QuantSection = Field(default_factory=QuantSection)
-    lora: LoraSection = Field(default_factory=LoraSection)
+    lora: LoraSection = Field(default_factory=LoraSection, description="Only used with from_base.")
     train: TrainSection = Field(
-        default_factory=lambda: TrainSection(max_steps=10, learning_rate=1e-5, per_device_train_batch_size=4)
+        default_factory=lambda: TrainSection(max_steps=10, learning_rate=1e-5, per_device_train_batch_size=4),
+        description="Steps, batch (completions per device), lr, precision; packing/max_length do not apply.",
     )
+
+    @field_validator("reward_weights")
+    @classmethod
+    def _known_rewards(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(RL_REWARD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown reward(s) {unknown}; known: {list(RL_REWARD_NAMES)}")
+        return {**DEFAULT_RL_REWARD_WEIGHTS, **value}
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> RLSection:
+        # GRPO compares the num_generations completions of one prompt, so a generation batch holds whole groups.
+        batch = self.train.per_device_train_batch_size * self.train.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"train.per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a multiple of "
+                f"num_generations ({self.num_generations})"
+            )
+        return self
 
 
 class ArrowSection(StrictModel):
@@ -142,11 +186,41 @@ class EvalSection(StrictModel):
     bfcl_categories: list[str] = Field(
         default_factory=lambda: ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
     )
-    limit: int | None = Field(20, ge=1, description="Examples per BFCL category / tasks per domain.")
-    heldout_domains: list[str] = Field(default_factory=lambda: ["all"])
-    max_new_tokens: int = 256
+    limit: int | None = Field(
+        20,
+        ge=1,
+        description="Examples per BFCL category / held-out tasks per domain; None: every BFCL example and "
+        "20 tasks per domain.",
+    )
+    heldout_domains: list[str] = Field(
+        default_factory=lambda: ["all"],
+        description="`all`: every domain whose tools are fixed methods; [] skips the held-out suite.",
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Tokens per generated reply (greedy).")
     targets: list[Literal["base", "sft", "rl", "routed"]] = Field(
         default_factory=lambda: ["base", "sft", "rl", "routed"]
+    )
+    heldout_seed: int | None = Field(
+        None,
+        description="Held-out tasks' seed; None = rl.eval_seed, else the recipe's decontamination.heldout_seed "
+        "(the RL stage's own held-out tasks, so its before/after numbers and these agree).",
+    )
+    heldout_max_difficulty: int = Field(3, ge=1, le=8, description="Held-out tasks need 1..this many calls.")
+    heldout_irrelevance_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Per domain, this share of `limit` (rounded up) more tasks ask another domain's question "
+        "(right: no call).",
+    )
+    max_tool_rounds: int = Field(4, ge=1, description="Tool rounds per held-out episode.")
+    rollout_tokens: int = Field(
+        512, ge=8, description="Token budget of one held-out episode, tool results included."
+    )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Rows per generate call; CPU decoding is memory-bound, so wide batches are cheap.",
     )
 
 

@@ -1,0 +1,218 @@
+"""manifest.json: the mix lockfile. It records everything a byte-exact rebuild needs (the recipe as built,
+tokenizer and template hashes, thought schema, seeds, library versions) and everything a reader wants to
+check (per-source rows/tokens/rejects/epochs, target vs achieved shares, each output file's sha256).
+
+Nothing time- or machine-dependent goes in (no timestamps, no absolute cache paths of the tokenizer), so two
+builds of the same recipe on the same library versions write the same manifest bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import BadInput
+from pipelines.recipe import Recipe
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+FORMAT = "midtrain-data/1"
+LIBRARIES = ("transformers", "tokenizers", "datasets", "pyarrow", "datasketch", "numpy")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_json(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def recipe_record(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as built. Key order is kept (not sorted): category and source order decide which of two
+    duplicates survives, so it is part of the recipe's identity and of its hash."""
+    data = recipe.model_dump(mode="json")
+    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return {"recipe": data, "recipe_sha256": sha256_text(blob)}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def tokenizer_record(
+    tokenizer: Any, ref: str, revision: str | None, training_template: str
+) -> dict[str, Any]:
+    """Identity of the tokenizer by content: tokenizer.json's sha256 (the serialized backend when the folder
+    has none) and the chat templates' sha256 (the one for prompts and the `{% generation %}` training one)."""
+    folder = Path(getattr(tokenizer, "name_or_path", "") or "")
+    file = folder / "tokenizer.json"
+    tok_sha = sha256_file(file) if file.is_file() else sha256_text(tokenizer.backend_tokenizer.to_str())
+    return {
+        "id": ref,
+        "revision": revision,
+        "tokenizer_json_sha256": tok_sha,
+        "chat_template_sha256": sha256_text(tokenizer.chat_template or ""),
+        "training_chat_template_sha256": sha256_text(training_template or ""),
+        "eos_token": tokenizer.eos_token,
+        "vocab_size": len(tokenizer),
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = out_dir / MANIFEST
+    # Not sort_keys: the recipe's order matters (see recipe_record); every dict here is built in a fixed order.
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any]:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise BadInput(f"{path}: not found (is {data_dir} a `midtrain data build` output folder?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    if manifest.get("format") != FORMAT:
+        raise BadInput(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def file_record(
+    path: Path, rows: int, tokens: int | None = None, loss_tokens: int | None = None
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"sha256": sha256_file(path), "rows": rows}
+    if tokens is not None:
+        record["tokens"] = tokens
+    if loss_tokens is not None:
+        record["loss_tokens"] = loss_tokens
+    return record
+
+
+def shares(tokens: dict[str, float], targets: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
+    """{key: tokens, share (achieved), target_tokens, target_share} with shares rounded for readability."""
+    total = sum(tokens.values()) or 1
+    target_total = sum((targets or {}).values()) or 1
+    out = {}
+    for key in sorted(set(tokens) | set(targets or {})):
+        entry: dict[str, Any] = {
+            "tokens": int(tokens.get(key, 0)),
+            "share": round(tokens.get(key, 0) / total, 6),
+        }
+        if targets is not None:
+            entry["target_tokens"] = round(targets.get(key, 0.0))
+            entry["target_share"] = round(targets.get(key, 0.0) / target_total, 6)
+        out[key] = entry
+    return out
+
+
+def mix_report(
+    recipe: Recipe,
+    plan: Any,
+    pools: dict[str, Any],
+    selections: dict[str, Any],
+    meta: list[Any],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's `sources`, `mix`, `splits` and `rejects` sections (tokens are train + eval)."""
+    sources = [_source_entry(stats[name], pools[name], selections[name], plan) for name in pools]
+    cat_tokens: dict[str, float] = defaultdict(float)
+    for entry in sources:
+        cat_tokens[entry["category"]] += entry["tokens_out"]
+    categories = shares(
+        dict(cat_tokens), {k: c.share * recipe.total_tokens for k, c in recipe.categories.items()}
+    )
+    for key, entry in categories.items():
+        entry["planned_tokens"] = round(plan.category_targets.get(key, 0.0))
+    by_reason: Counter = Counter()
+    for s in stats.values():
+        by_reason.update(s.rejects)
+    return {
+        "sources": sources,
+        "mix": {
+            "total_tokens_target": recipe.total_tokens,
+            "total_tokens": int(sum(cat_tokens.values())),
+            "rebalanced": plan.rebalanced,
+            "notes": plan.notes,
+            "categories": categories,
+            "sources": shares({e["name"]: e["tokens_out"] for e in sources}, plan.source_targets),
+            "clusters": _cluster_shares(pools, selections, meta, plan),
+        },
+        "splits": _splits(selections, meta, pools),
+        "rejects": {"total": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items()))},
+    }
+
+
+def _source_entry(stat: Any, pool: Any, sel: Any, plan: Any) -> dict[str, Any]:
+    rows_out = [row for row, _ in sel.train] + list(sel.eval)
+    return {
+        "name": stat.name,
+        "type": stat.type,
+        "category": stat.category,
+        "revision": stat.revision,
+        "rows_in": stat.rows_in,
+        "rows_clean": stat.rows_clean,
+        "rows_out": len(rows_out),
+        "unique_rows_out": len(set(rows_out)),
+        "eval_rows": len(sel.eval),
+        "tokens_in": stat.tokens_in,
+        "tokens_out": sel.tokens,
+        "target_tokens": round(plan.source_targets.get(stat.name, 0.0)),
+        "max_epochs": pool.max_epochs,
+        "epochs_touched": sel.epochs,
+        "epochs_used": round(sel.tokens / stat.tokens_in, 4) if stat.tokens_in else 0.0,
+        "rejects": dict(sorted(stat.rejects.items())),
+        "rejects_total": sum(stat.rejects.values()),
+    }
+
+
+def _cluster_shares(
+    pools: dict[str, Any], selections: dict[str, Any], meta: list[Any], plan: Any
+) -> dict[str, Any]:
+    """Achieved tokens per cluster; target = each source's target split by its pool's cluster proportions."""
+    achieved: dict[str, float] = defaultdict(float)
+    target: dict[str, float] = defaultdict(float)
+    for name, pool in pools.items():
+        sel = selections[name]
+        for row in [r for r, _ in sel.train] + list(sel.eval):
+            achieved[meta[row].cluster] += meta[row].n_tokens
+        pool_total = sum(pool.tokens) or 1
+        for row, n in zip(pool.rows, pool.tokens, strict=True):
+            target[meta[row].cluster] += plan.source_targets.get(name, 0.0) * n / pool_total
+    return shares(dict(achieved), dict(target))
+
+
+def _splits(selections: dict[str, Any], meta: list[Any], pools: dict[str, Any]) -> dict[str, Any]:
+    ids = {row: pool.ids[i] for pool in pools.values() for i, row in enumerate(pool.rows)}
+    train = [row for sel in selections.values() for row, _ in sel.train]
+    evals = [row for sel in selections.values() for row in sel.eval]
+
+    def summary(rows: list[int]) -> dict[str, int]:
+        return {
+            "rows": len(rows),
+            "unique_ids": len({ids[r] for r in rows}),
+            "tokens": sum(meta[r].n_tokens for r in rows),
+            "loss_tokens": sum(meta[r].n_loss_tokens for r in rows),
+        }
+
+    return {"train": summary(train), "eval": summary(evals)}

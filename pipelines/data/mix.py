@@ -1,0 +1,242 @@
+"""Mixing by tokens: targets per category and source, deterministic sampling with capped upsampling, the
+train/eval split by Trace id, and the final row order.
+
+Only what mixing needs is in memory (per pool row: its token count, Trace id and difficulty); rows
+themselves stay in the build's spill file. Targets are planned first, so a recipe that cannot be filled
+fails before anything is written:
+- category target = share × total_tokens; source target = category target × weight / Σ weights;
+- a source supplies at most `max_epochs` passes over its train rows (eval rows are used once);
+- if a source cannot reach its target the build stops with the numbers (`BadInput`), or, with
+  `allow_shortfall: true`, capped sources give their slack to the others by water-filling: first among the
+  sources of the category, then among the categories (keeping their relative shares); the manifest says so.
+Sampling walks a seeded permutation of each pool per epoch and takes a row while that brings the running
+total closer to the target, which lands every source within half a row of its target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+from pipelines.errors import BadInput
+from pipelines.recipe import Recipe
+
+TOLERANCE_TOKENS = 0.5
+
+
+@dataclass
+class SourcePool:
+    """A source's clean, rendered rows (indices into the spill) with what mixing needs to know of them."""
+
+    name: str
+    category: str
+    weight: float
+    max_epochs: float
+    rows: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    eval_mask: list[bool] = field(default_factory=list)
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(t for t, e in zip(self.tokens, self.eval_mask, strict=True) if not e)
+
+    @property
+    def eval_tokens(self) -> int:
+        return sum(t for t, e in zip(self.tokens, self.eval_mask, strict=True) if e)
+
+    @property
+    def capacity(self) -> float:
+        return self.eval_tokens + self.max_epochs * self.train_tokens
+
+
+@dataclass
+class MixPlan:
+    category_targets: dict[str, float]
+    source_targets: dict[str, float]
+    rebalanced: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Selection:
+    """Rows a source contributes: train as (pool row, epoch), eval as pool rows (each once, epoch 0)."""
+
+    train: list[tuple[int, int]] = field(default_factory=list)
+    eval: list[int] = field(default_factory=list)
+    tokens: int = 0
+    epochs: int = 0
+
+
+def is_eval_id(trace_id: str, seed: int, fraction: float) -> bool:
+    """The split is a pure function of the id, so an id can never land in both train and eval."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(f"{seed}:{trace_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+# -- planning ------------------------------------------------------------------------------------------------
+def water_fill(total: float, weights: dict[str, float], caps: dict[str, float]) -> dict[str, float]:
+    """Split `total` by `weights`; whoever hits its cap keeps the cap and the rest is re-split by weight."""
+    alloc: dict[str, float] = {}
+    free = {k: w for k, w in weights.items() if w > 0}
+    alloc.update({k: 0.0 for k in weights if k not in free})
+    remaining = total
+    while free:
+        wsum = sum(free.values())
+        fair = {k: remaining * w / wsum for k, w in free.items()}
+        capped = [k for k, v in fair.items() if v > caps[k] + TOLERANCE_TOKENS]
+        if not capped:
+            alloc.update(fair)
+            break
+        for k in capped:
+            alloc[k] = caps[k]
+            remaining -= caps[k]
+            del free[k]
+    return alloc
+
+
+def plan_mix(recipe: Recipe, pools: dict[str, SourcePool]) -> MixPlan:
+    """Token targets per category and source; raises BadInput (with the numbers) when the recipe can't fill."""
+    cat_targets = {k: c.share * recipe.total_tokens for k, c in recipe.categories.items()}
+    src_targets = _split_by_weight(recipe, pools, cat_targets)
+    short = {name: t for name, t in src_targets.items() if t > pools[name].capacity + TOLERANCE_TOKENS}
+    if not short:
+        return MixPlan(cat_targets, src_targets)
+    if not recipe.allow_shortfall:
+        raise BadInput(_shortfall_message(recipe, pools, cat_targets, src_targets))
+    return _rebalance(recipe, pools, cat_targets)
+
+
+def _split_by_weight(
+    recipe: Recipe, pools: dict[str, SourcePool], cat_targets: dict[str, float]
+) -> dict[str, float]:
+    targets = {}
+    for key, cat in recipe.categories.items():
+        wsum = sum(s.weight for s in cat.sources)
+        for src in cat.sources:
+            targets[src.name] = cat_targets[key] * src.weight / wsum if wsum else 0.0
+    return targets
+
+
+def _rebalance(recipe: Recipe, pools: dict[str, SourcePool], cat_targets: dict[str, float]) -> MixPlan:
+    cat_caps = {k: sum(pools[s.name].capacity for s in c.sources) for k, c in recipe.categories.items()}
+    shares = {k: c.share for k, c in recipe.categories.items()}
+    new_cat = water_fill(float(recipe.total_tokens), shares, cat_caps)
+    src_targets: dict[str, float] = {}
+    for key, cat in recipe.categories.items():
+        weights = {s.name: s.weight for s in cat.sources}
+        caps = {s.name: pools[s.name].capacity for s in cat.sources}
+        src_targets.update(water_fill(new_cat[key], weights, caps))
+    notes = [
+        f"category {k!r}: target {cat_targets[k]:,.0f} → {new_cat[k]:,.0f} tokens"
+        for k in recipe.categories
+        if abs(new_cat[k] - cat_targets[k]) > TOLERANCE_TOKENS
+    ]
+    planned = sum(new_cat.values())
+    if planned < recipe.total_tokens - TOLERANCE_TOKENS:
+        notes.append(f"total: {recipe.total_tokens:,} → {planned:,.0f} tokens (every source is at its cap)")
+    return MixPlan(new_cat, src_targets, rebalanced=True, notes=notes)
+
+
+def _shortfall_message(
+    recipe: Recipe, pools: dict[str, SourcePool], cat_targets: dict[str, float], src_targets: dict[str, float]
+) -> str:
+    lines = [f"recipe {recipe.name!r} cannot fill its token budget of {recipe.total_tokens:,}:"]
+    for key, cat in recipe.categories.items():
+        names = [s.name for s in cat.sources]
+        if all(src_targets[n] <= pools[n].capacity + TOLERANCE_TOKENS for n in names):
+            continue
+        available = sum(pools[n].capacity for n in names)
+        lines.append(
+            f"  category {key!r} (share {cat.share}) needs {cat_targets[key]:,.0f} tokens, "
+            f"its sources can supply {available:,.0f}:"
+        )
+        for n in names:
+            p = pools[n]
+            lines.append(
+                f"    source {n!r}: needs {src_targets[n]:,.0f}, available {p.train_tokens:,} train tokens "
+                f"× max_epochs {p.max_epochs:g} + {p.eval_tokens:,} eval = {p.capacity:,.0f} ({len(p.rows)} rows)"
+            )
+    lines.append("fix: add sources or rows, raise max_epochs, lower the share, or set allow_shortfall: true")
+    return "\n".join(lines)
+
+
+# -- sampling ------------------------------------------------------------------------------------------------
+def sample_source(pool: SourcePool, target: float, seed: int) -> Selection:
+    """Seeded per-epoch permutations; repeats (epoch ≥ 1) only for train rows and only up to max_epochs.
+
+    Within an epoch, rows that would overshoot the target are passed over (later, smaller rows fill the gap);
+    at the end of an epoch, the passed-over row that overshoots least is taken if that lands closer to the
+    target than leaving the gap, so every source ends within half a row of its target."""
+    sel = Selection()
+    budget = _TrainBudget(pool.max_epochs * pool.train_tokens)
+    smallest_train = min((n for n, e in zip(pool.tokens, pool.eval_mask, strict=True) if not e), default=None)
+    for epoch in range(max(1, _ceil(pool.max_epochs))):
+        order = list(range(len(pool.rows)))
+        random.Random(f"{seed}:{pool.name}:{epoch}").shuffle(order)
+        passed_over = []
+        for i in order:
+            if pool.eval_mask[i] and epoch > 0:
+                continue
+            if sel.tokens + pool.tokens[i] <= target and budget.allows(pool, i):
+                _take(sel, pool, i, epoch, budget)
+            else:
+                passed_over.append(i)
+        gap = target - sel.tokens
+        closest = min(
+            (i for i in passed_over if budget.allows(pool, i)), key=lambda i: pool.tokens[i], default=None
+        )
+        if closest is not None and pool.tokens[closest] - gap < gap:
+            _take(sel, pool, closest, epoch, budget)
+            break
+        # Another epoch only helps when some train row still fits into the gap.
+        if smallest_train is None or smallest_train > gap:
+            break
+    sel.epochs = 1 + max((epoch for _, epoch in sel.train), default=0)
+    return sel
+
+
+@dataclass
+class _TrainBudget:
+    """max_epochs × train tokens: the most a source's train rows may contribute, repeats included."""
+
+    cap: float
+    taken: int = 0
+
+    def allows(self, pool: SourcePool, i: int) -> bool:
+        return pool.eval_mask[i] or self.taken + pool.tokens[i] <= self.cap + TOLERANCE_TOKENS
+
+
+def _take(sel: Selection, pool: SourcePool, i: int, epoch: int, budget: _TrainBudget) -> None:
+    n = pool.tokens[i]
+    if pool.eval_mask[i]:
+        sel.eval.append(pool.rows[i])
+    else:
+        sel.train.append((pool.rows[i], epoch))
+        budget.taken += n
+    sel.tokens += n
+
+
+def _ceil(value: float) -> int:
+    whole = int(value)
+    return whole if whole == value else whole + 1
+
+
+def order_train(
+    rows: list[tuple[int, int]], difficulty: dict[int, int], seed: int, curriculum: str
+) -> list[tuple[int, int]]:
+    """Global shuffle across sources; with `curriculum: difficulty`, a stable sort by tool-call count on top."""
+    ordered = sorted(rows)
+    random.Random(f"{seed}:train-order").shuffle(ordered)
+    if curriculum == "difficulty":
+        ordered.sort(key=lambda item: difficulty[item[0]])
+    return ordered
+
+
+def order_eval(rows: list[int], seed: int) -> list[int]:
+    ordered = sorted(rows)
+    random.Random(f"{seed}:eval-order").shuffle(ordered)
+    return ordered

@@ -1,0 +1,330 @@
+"""Recipe sources → a stream of Traces (and rejects), plus what the manifest needs to pin each source.
+
+Every reader yields, in a deterministic order, either a `Trace` or a `Reject` (a row that could not become a
+Trace, with its reason), and after the stream is exhausted `revision()` says exactly which bytes were read:
+a pinned Hub revision, a file sha256, or the Python version + a sha256 over the harvested stdlib files.
+Readers stream: nothing here holds more than one row (or one generated batch) at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import re
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import BadInput
+from pipelines.recipe import (
+    GeneratedSource,
+    HFSource,
+    LocalSource,
+    PydocTextSource,
+    PythonCodeSource,
+    SourceBase,
+)
+from pipelines.schema import Trace
+
+_ALWAYS_SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages"}
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One dropped row, as written to rejects.jsonl; `reason` is a fixed code, `detail` the specifics."""
+
+    source: str
+    row_id: str
+    stage: str
+    reason: str
+    detail: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @property
+    def key(self) -> str:
+        return f"{self.stage}/{self.reason}"
+
+
+class SourceReader:
+    """Base: `rows()` streams Trace | Reject; `revision()` is valid once the stream is exhausted."""
+
+    def __init__(self, spec: SourceBase, category: str) -> None:
+        self.spec = spec
+        self.category = category
+        self._digest = hashlib.sha256()
+
+    def rows(self) -> Iterator[Trace | Reject]:
+        raise NotImplementedError
+
+    def revision(self) -> dict[str, Any]:
+        return {"sha256": self._digest.hexdigest()}
+
+    def reject(self, row_id: str, reason: str, detail: str = "", stage: str = "source") -> Reject:
+        return Reject(self.spec.name, row_id, stage, reason, detail)
+
+    def finish(self, trace: Trace) -> Trace:
+        """Apply the recipe's cluster labels: a fixed `cluster` wins, then `cluster_by_pattern`, else the row's."""
+        cluster = self.spec.cluster or self.spec.cluster_by_pattern.get(str(trace.meta.get("pattern", "")))
+        updates: dict[str, Any] = {"source": self.spec.name}
+        if cluster:
+            updates["cluster"] = cluster
+        return trace.model_copy(update=updates)
+
+
+# -- python_code ---------------------------------------------------------------------------------------------
+class PythonCodeReader(SourceReader):
+    """`.py` files of the standard library (PSF) or of installed packages (license from their metadata)."""
+
+    spec: PythonCodeSource
+
+    def rows(self) -> Iterator[Trace | Reject]:
+        read = 0
+        for label, root, license_name in self._roots():
+            for path in _python_files(root, set(self.spec.exclude)):
+                if self.spec.max_rows is not None and read >= self.spec.max_rows:
+                    return
+                read += 1
+                yield self._row(label, root, path, license_name)
+
+    def _roots(self) -> list[tuple[str, Path, str]]:
+        roots = []
+        for root in self.spec.roots:
+            if root == "stdlib":
+                roots.append(("stdlib", Path(sysconfig.get_paths()["stdlib"]), "PSF"))
+                continue
+            path = Path(root).expanduser()
+            if not path.is_dir():
+                raise BadInput(f"source {self.spec.name!r}: python_code root {root!r} is not a directory")
+            roots.append((path.name, path, distribution_license(path)))
+        return roots
+
+    def _row(self, label: str, root: Path, path: Path, license_name: str) -> Trace | Reject:
+        rel = path.relative_to(root).as_posix()
+        row_id = f"{self.spec.name}:{label}/{rel}"
+        data = path.read_bytes()
+        self._digest.update(f"{label}/{rel}\0{len(data)}\0".encode())
+        self._digest.update(data)
+        if not _license_allowed(license_name, self.spec.licenses):
+            return self.reject(row_id, "license", f"license {license_name!r} not in {self.spec.licenses}")
+        if len(data) < self.spec.min_bytes:
+            return self.reject(row_id, "too_small", f"{len(data)} bytes < min_bytes {self.spec.min_bytes}")
+        if len(data) > self.spec.max_bytes:
+            return self.reject(row_id, "too_large", f"{len(data)} bytes > max_bytes {self.spec.max_bytes}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return self.reject(row_id, "not_utf8", str(exc))
+        meta = {"path": f"{label}/{rel}", "license": license_name}
+        trace = Trace(id=row_id, source=self.spec.name, kind="code", cluster="code", text=text, meta=meta)
+        return self.finish(trace)
+
+    def revision(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"python": platform.python_version(), "sha256": self._digest.hexdigest()}
+        packages = [r for r in self.spec.roots if r != "stdlib"]
+        if packages:
+            out["licenses"] = {Path(r).name: distribution_license(Path(r)) for r in packages}
+        return out
+
+
+def _python_files(root: Path, exclude: set[str]) -> Iterator[Path]:
+    """Sorted so the harvest order, and so first-occurrence dedup, is the same on every machine."""
+    skipped = exclude | _ALWAYS_SKIPPED_DIRS
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if not (set(parts[:-1]) & skipped) and path.is_file():
+            yield path
+
+
+def distribution_license(package_dir: Path) -> str:
+    """License of the installed distribution that owns a top-level package directory ("unknown" if none)."""
+    owners = importlib.metadata.packages_distributions().get(package_dir.name, [])
+    for dist_name in sorted(owners):
+        meta = importlib.metadata.metadata(dist_name)
+        expression = meta.get("License-Expression")
+        if expression:
+            return expression.strip()
+        classifiers = [
+            c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License ::")
+        ]
+        if classifiers:
+            return "; ".join(classifiers)
+        text = (meta.get("License") or "").strip()
+        if text:
+            return text.splitlines()[0][:100]
+    return "unknown"
+
+
+def _license_allowed(license_name: str, allowed: list[str]) -> bool:
+    """SPDX-style: `A OR B` needs one alternative allowed, `A AND B` needs every part allowed. Allowed names
+    match as case-insensitive substrings, so `BSD` admits "BSD-3-Clause" and "BSD License"."""
+    names = [a.lower() for a in allowed]
+
+    def part_ok(part: str) -> bool:
+        part = part.strip(" ()").lower()
+        return bool(part) and any(name in part for name in names)
+
+    alternatives = re.split(r"\s+OR\s+", license_name)
+    return any(all(part_ok(p) for p in re.split(r"\s+AND\s+|;", alt)) for alt in alternatives)
+
+
+# -- pydoc_text ----------------------------------------------------------------------------------------------
+class PydocTextReader(SourceReader):
+    """The standard library's reference topics (`pydoc_data.topics`): one document per topic, title + text,
+    or paragraph-aligned parts of at most `max_chunk_chars` (long topics would exceed `max_seq_len`)."""
+
+    spec: PydocTextSource
+
+    def rows(self) -> Iterator[Trace | Reject]:
+        from pydoc_data.topics import topics
+
+        for n, key in enumerate(sorted(topics)):
+            if self.spec.max_rows is not None and n >= self.spec.max_rows:
+                return
+            body = topics[key]
+            self._digest.update(f"{key}\0{body}\0".encode())
+            parts = _paragraph_chunks(body, self.spec.max_chunk_chars)
+            for i, part in enumerate(parts):
+                row_id = f"{self.spec.name}:{key}" + (f"#{i}" if len(parts) > 1 else "")
+                title = key if len(parts) == 1 else f"{key} (part {i + 1}/{len(parts)})"
+                text = f"{title}\n\n{part}".strip()
+                if len(text) < self.spec.min_chars:
+                    yield self.reject(
+                        row_id, "too_small", f"{len(text)} chars < min_chars {self.spec.min_chars}"
+                    )
+                    continue
+                meta = {"topic": key, "part": i}
+                yield self.finish(
+                    Trace(id=row_id, source=self.spec.name, kind="text", cluster="text", text=text, meta=meta)
+                )
+
+    def revision(self) -> dict[str, Any]:
+        return {"python": platform.python_version(), "sha256": self._digest.hexdigest()}
+
+
+def _paragraph_chunks(text: str, max_chars: int | None) -> list[str]:
+    """Greedy packing of blank-line-separated paragraphs; a paragraph is never cut (it may exceed the cap)."""
+    if max_chars is None or len(text) <= max_chars:
+        return [text]
+    chunks: list[str] = []
+    current = ""
+    for para in text.split("\n\n"):
+        candidate = f"{current}\n\n{para}" if current else para
+        if current and len(candidate) > max_chars:
+            chunks.append(current)
+            candidate = para
+        current = candidate
+    if current.strip():
+        chunks.append(current)
+    return chunks
+
+
+# -- generated -----------------------------------------------------------------------------------------------
+class GeneratedReader(SourceReader):
+    """Executed, verified traces from the built-in environments (pipelines.generate)."""
+
+    spec: GeneratedSource
+
+    def rows(self) -> Iterator[Trace | Reject]:
+        from pipelines.envs import DOMAINS
+        from pipelines.generate import generate_traces
+
+        spec = self.spec
+        domains = sorted(DOMAINS) if spec.domains == ["all"] else spec.domains
+        n = min(spec.n, spec.max_rows) if spec.max_rows else spec.n
+        result = generate_traces(domains, n, spec.seed, spec.patterns)
+        for trace in result.traces:
+            self._digest.update(trace.to_json().encode("utf-8") + b"\n")
+            yield self.finish(trace)
+        for reject in result.rejects:  # {"id", "reason", "detail"}: draws that failed verification
+            yield self.reject(
+                reject.get("id", ""), reject.get("reason", "generation"), reject.get("detail", ""), "generate"
+            )
+
+    def revision(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "generator": "pipelines.generate",
+            "domains": spec.domains,
+            "seed": spec.seed,
+            "n": spec.n,
+            "sha256": self._digest.hexdigest(),
+        }
+
+
+# -- hf / local (readers + converters) -----------------------------------------------------------------------
+class ConvertedReader(SourceReader):
+    """Hub datasets and local files: `readers` streams raw rows, `converters` turns each into a Trace.
+
+    Reader rejects (malformed JSON, undecodable text) are stage `read`; rows that do not convert to a valid
+    Trace (missing fields, calls to undeclared tools, arguments failing the tool's schema) are stage `schema`.
+    """
+
+    spec: HFSource | LocalSource
+
+    def rows(self) -> Iterator[Trace | Reject]:
+        from pipelines.data import converters, readers
+
+        text_kind = "code" if self.category == "code" else "text"
+        for row_id, row in readers.read_source(self.spec):
+            if isinstance(row, readers.Reject):
+                yield self.reject(row_id, row.reason, row.detail, stage="read")
+                continue
+            if isinstance(self.spec, HFSource):  # local files are pinned by their own sha256 instead
+                self._digest.update(json.dumps(row, sort_keys=True, default=str).encode("utf-8") + b"\n")
+            try:
+                trace = converters.convert_row(
+                    self.spec.format,
+                    row,
+                    self.spec.name,
+                    row_id,
+                    self.spec.cluster,
+                    text_field=self.spec.text_field,
+                    text_kind=text_kind,
+                )
+            except converters.ConversionError as exc:
+                yield self.reject(row_id, exc.reason, exc.detail, stage="schema")
+                continue
+            yield self.finish(trace)
+
+    def revision(self) -> dict[str, Any]:
+        if isinstance(self.spec, HFSource):
+            spec = self.spec
+            return {
+                "dataset": spec.dataset,
+                "config": spec.config,
+                "split": spec.split,
+                "revision": spec.revision,
+                "rows_sha256": self._digest.hexdigest(),
+            }
+        return {"path": self.spec.path, "sha256": path_sha256(Path(self.spec.path), self.spec.glob)}
+
+
+def path_sha256(path: Path, glob: str = "**/*") -> str:
+    """sha256 of a file, or of a directory's matching files (relative names + bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.glob(glob) if p.is_file())
+    for file in files:
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+_READERS: dict[str, type[SourceReader]] = {
+    "python_code": PythonCodeReader,
+    "pydoc_text": PydocTextReader,
+    "generated": GeneratedReader,
+    "hf": ConvertedReader,
+    "local": ConvertedReader,
+}
+
+
+def open_source(spec: SourceBase, category: str) -> SourceReader:
+    return _READERS[spec.type](spec, category)  # type: ignore[attr-defined]

@@ -1,0 +1,384 @@
+"""`midtrain data build` end to end on a small corpus with planted problems: byte-exact rebuilds, `verify`,
+token shares, every reject counted, the loss mask, and the parquet contract that SFT reads."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.chat import load_tokenizer, render_trace
+from pipelines.data.build import OUTPUT_SCHEMA, BuildSettings, build, compare_dirs, run, verify
+from pipelines.data.decontam import bfcl_questions
+from pipelines.errors import BadInput
+from pipelines.run_config import RunConfig, load_recipe
+from pipelines.schema import Trace
+from pipelines.thought import load_thought_schema
+from tests.test_clean import prose
+from tests.test_schema import ADD
+
+RECIPE = """\
+name: unit-mix
+seed: 0
+total_tokens: 24000
+eval_fraction: 0.1
+max_seq_len: 2048
+shard_rows: 25
+decontamination: {{sets: [bfcl]}}
+categories:
+  tool:
+    share: 0.5
+    sources:
+      - {{name: tools, type: local, path: {dir}/tools.jsonl, format: trace, cluster_by_pattern: {{sequential: plan}}}}
+  code:
+    share: 0.2
+    sources: [{{name: py, type: python_code, max_rows: 60}}]
+  text:
+    share: 0.3
+    sources: [{{name: docs, type: local, path: {dir}/docs.jsonl, format: text}}]
+"""
+
+
+def tool_trace(trace_id: str, story: str, a: int, b: int, pattern: str = "single") -> dict:
+    return {
+        "id": trace_id,
+        "source": "unit",
+        "kind": "tool",
+        "cluster": "tool",
+        "tools": [ADD],
+        "messages": [
+            {"role": "user", "content": f"{story}\nPlease add {a} and {b}."},
+            {
+                "role": "assistant",
+                "thinking": [{"section": "plan", "text": f"Add {a} and {b} with the tool."}],
+                "tool_calls": [{"id": "c1", "name": "add", "arguments": {"a": a, "b": b}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": str(a + b)},
+            {"role": "assistant", "content": f"The sum is {a + b}."},
+        ],
+        "meta": {"pattern": pattern, "difficulty": 1},
+    }
+
+
+def planted_tools() -> list[dict]:
+    rng = random.Random(0)
+    rows = [
+        tool_trace(
+            f"t{i}",
+            prose(100 + i, 60),
+            rng.randint(1, 999),
+            rng.randint(1, 999),
+            "sequential" if i % 3 == 0 else "single",
+        )
+        for i in range(80)
+    ]
+    bad = tool_trace("bad-call", prose(7, 40), 1, 2)
+    bad["messages"][1]["tool_calls"][0]["name"] = "mul"
+    dup = json.loads(json.dumps(rows[0]))
+    dup["id"] = "dup-of-t0"
+    dup["messages"][0]["content"] = "  " + dup["messages"][0]["content"].upper()
+    near = json.loads(json.dumps(rows[1]))
+    near["id"] = "near-t1"
+    near["messages"][0]["content"] = near["messages"][0]["content"].replace(".", ", indeed.", 1)
+    question = next(t for label, t in bfcl_questions() if "live_multiple" in label and len(t.split()) > 25)
+    planted = tool_trace("bfcl-planted", f"{prose(8, 30)}\n{question}", 5, 6)
+    too_long = tool_trace("too-long", prose(9, 3000), 3, 4)
+    return [*rows, bad, dup, near, planted, too_long]
+
+
+def planted_docs() -> list[dict]:
+    docs = [{"id": f"doc{i}", "text": prose(500 + i, 200)} for i in range(60)]
+    docs += [
+        {"id": "short-doc", "text": "Too short to teach anything."},
+        {"id": "repeat-doc", "text": "buy cheap watches online now\n" * 30 + prose(9, 40)},
+        {"id": "symbol-doc", "text": "{}[]()<>=+-*/%&|^~!@#$ " * 40 + "words"},
+        {"id": "digit-doc", "text": "3.14159 2.71828 1.41421 " * 40 + "pi"},
+        {"id": "dup-doc", "text": docs[0]["text"].upper().replace("\n", "\n\n")},
+        {"id": "near-doc", "text": docs[1]["text"] + " And one more word."},
+    ]
+    return docs
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    _write_jsonl(folder / "tools.jsonl", planted_tools())
+    _write_jsonl(folder / "docs.jsonl", planted_docs())
+    (folder / "recipe.yaml").write_text(RECIPE.format(dir=folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def settings(embedded_model_dir: Path) -> BuildSettings:
+    return BuildSettings(tokenizer=str(embedded_model_dir))
+
+
+@pytest.fixture(scope="module")
+def built(corpus: Path, settings: BuildSettings) -> tuple[Path, dict]:
+    """Small render batches (8 rows, many in flight) and shard buckets (2 per spill pass) here, defaults
+    elsewhere: the byte-exact comparisons below then also show that batching, reject buffering and the
+    shuffle's passes do not change the output."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pipelines.data.build.RENDER_BATCH_ROWS", 8)
+        patch.setattr("pipelines.data.build.MAX_OPEN_BUCKETS", 2)
+        result = build(load_recipe(corpus / "recipe.yaml"), corpus / "out", settings)
+    return result.out_dir, result.manifest
+
+
+def _rows(folder: Path, prefix: str = "") -> list[dict]:
+    files = sorted(folder.glob(f"{prefix}*.parquet"))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+# -- reproducibility -----------------------------------------------------------------------------------------
+def test_build_twice_gives_identical_bytes(
+    corpus: Path, settings: BuildSettings, built: tuple[Path, dict]
+) -> None:
+    out, _ = built
+    again = build(load_recipe(corpus / "recipe.yaml"), corpus / "again", settings).out_dir
+    result = compare_dirs(out, again)
+    assert result.identical, result
+    assert {"manifest.json", "rejects.jsonl", "train-00000.parquet", "eval-00000.parquet"} <= set(
+        result.compared
+    )
+    assert (out / "mix.png").stat().st_size > 10_000
+    assert "timestamp" not in (out / "manifest.json").read_text()
+
+
+def test_verify_reports_identical_then_names_a_tampered_shard(corpus: Path, built: tuple[Path, dict]) -> None:
+    out, _ = built
+    assert verify(out).identical
+    tampered = corpus / "tampered"
+    shutil.copytree(out, tampered)
+    shard = tampered / "train-00001.parquet"
+    table = pq.read_table(shard)
+    pq.write_table(table.slice(0, table.num_rows - 1), shard)
+    result = verify(tampered)
+    assert not result.identical
+    assert result.differing == ["train-00001.parquet"] and not result.missing and not result.extra
+
+
+# -- the mix -------------------------------------------------------------------------------------------------
+def test_token_shares_within_one_percent(built: tuple[Path, dict]) -> None:
+    out, manifest = built
+    rows = _rows(out)
+    total = sum(r["n_tokens"] for r in rows)
+    assert manifest["mix"]["total_tokens"] == total
+    assert abs(total - 24_000) <= 0.01 * 24_000
+    for category, share in {"tool": 0.5, "code": 0.2, "text": 0.3}.items():
+        achieved = sum(r["n_tokens"] for r in rows if r["category"] == category) / total
+        assert abs(achieved - share) <= 0.01, (category, achieved)
+        assert manifest["mix"]["categories"][category]["share"] == pytest.approx(achieved, abs=1e-6)
+
+
+def test_train_and_eval_never_share_an_id_and_repeats_are_tagged(built: tuple[Path, dict]) -> None:
+    out, manifest = built
+    train, evals = _rows(out, "train"), _rows(out, "eval")
+    assert evals and not {r["id"] for r in train} & {r["id"] for r in evals}
+    assert all(r["epoch"] == 0 for r in evals)
+    pairs = [(r["id"], r["epoch"]) for r in train]
+    assert len(pairs) == len(set(pairs))
+    assert manifest["splits"]["train"]["rows"] == len(train)
+    assert manifest["splits"]["eval"]["rows"] == len(evals)
+
+
+def test_clusters_follow_the_recipe(built: tuple[Path, dict]) -> None:
+    out, _ = built
+    for row in _rows(out):
+        if row["kind"] == "tool":
+            assert row["cluster"] == ("plan" if row["pattern"] == "sequential" else "tool")
+            assert row["difficulty"] == 1
+        else:
+            assert (row["cluster"], row["pattern"], row["difficulty"]) == (row["kind"], "", 0)
+
+
+# -- rejects -------------------------------------------------------------------------------------------------
+def test_every_planted_problem_is_rejected_and_counted(built: tuple[Path, dict]) -> None:
+    out, manifest = built
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    by_id = {r["row_id"]: f"{r['stage']}/{r['reason']}" for r in rejects}
+    expected = {
+        f"{out.parent}/tools.jsonl:81": "schema/undeclared_tool",  # no id yet: the reader's file:line
+        "dup-of-t0": "exact_dedup/exact_duplicate",
+        "near-t1": "near_dedup/near_duplicate",
+        "bfcl-planted": "decontam/contaminated:bfcl",
+        "too-long": "render/too_long_tokens",
+        "short-doc": "quality/too_short",
+        "repeat-doc": "quality/repeated_lines",
+        "symbol-doc": "quality/symbol_ratio",
+        "digit-doc": "quality/alpha_ratio",
+        "dup-doc": "exact_dedup/exact_duplicate",
+        "near-doc": "near_dedup/near_duplicate",
+    }
+    assert {row_id: by_id.get(row_id) for row_id in expected} == expected
+    assert all(r["source"] and r["row_id"] and r["stage"] and r["reason"] for r in rejects)
+    counted = Counter(f"{r['stage']}/{r['reason']}" for r in rejects)
+    assert manifest["rejects"]["by_reason"] == dict(counted)
+    assert manifest["rejects"]["total"] == len(rejects)
+    per_source = {s["name"]: s for s in manifest["sources"]}
+    for entry in per_source.values():  # nothing is lost: every row read is kept or rejected with a reason
+        assert entry["rows_in"] == entry["rows_clean"] + entry["rejects_total"]
+        assert entry["rejects_total"] == sum(1 for r in rejects if r["source"] == entry["name"])
+    assert per_source["py"]["rejects"].get("render/too_long_tokens", 0) > 0
+    assert per_source["tools"]["rejects_total"] == 5 and per_source["docs"]["rejects_total"] == 6
+    assert per_source["tools"]["rows_in"] == 85 and per_source["tools"]["rows_clean"] == 80
+    kept = {r["id"] for r in _rows(out)}
+    assert not kept & set(expected) and "bad-call" not in kept
+
+
+def test_manifest_pins_sources_tokenizer_and_files(
+    built: tuple[Path, dict], embedded_model_dir: Path
+) -> None:
+    out, manifest = built
+    per_source = {s["name"]: s for s in manifest["sources"]}
+    assert len(per_source["tools"]["revision"]["sha256"]) == 64
+    assert per_source["py"]["revision"]["python"].count(".") == 2
+    for entry in per_source.values():
+        assert entry["tokens_out"] <= entry["tokens_in"] * entry["max_epochs"] + entry["tokens_in"]
+        assert entry["epochs_used"] == pytest.approx(entry["tokens_out"] / entry["tokens_in"], abs=1e-4)
+    tok = manifest["tokenizer"]
+    assert tok["id"] == str(embedded_model_dir) and len(tok["tokenizer_json_sha256"]) == 64
+    assert (
+        len(tok["chat_template_sha256"]) == 64 and manifest["thought_schema"]["name"] == "think-plan-reflect"
+    )
+    assert set(manifest["libraries"]) >= {
+        "python",
+        "transformers",
+        "tokenizers",
+        "datasets",
+        "pyarrow",
+        "datasketch",
+    }
+    shards = sorted(p.name for p in out.glob("*.parquet"))
+    assert sorted(n for n in manifest["files"] if n.endswith(".parquet")) == shards
+    for name in shards:
+        assert manifest["files"][name]["rows"] == pq.read_metadata(out / name).num_rows
+        assert manifest["files"][name]["rows"] <= 25
+
+
+def test_inspect_prints_the_tables_and_writes_the_png(built: tuple[Path, dict], tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from pipelines.data.inspect import inspect_dir
+
+    out, _ = built
+    copy = tmp_path / "data"
+    shutil.copytree(out, copy)
+    (copy / "mix.png").unlink()
+    console = Console(record=True, width=160)
+    png = inspect_dir(copy, console)
+    text = console.export_text()
+    assert png == copy / "mix.png" and png.stat().st_size > 10_000
+    for needle in (
+        "token shares by category",
+        "token shares by cluster",
+        "near_dedup/near_duplicate",
+        "tools",
+    ):
+        assert needle in text
+
+
+# -- the parquet contract ------------------------------------------------------------------------------------
+def test_parquet_loads_with_datasets_in_the_contract_layout(built: tuple[Path, dict]) -> None:
+    import datasets
+
+    out, manifest = built
+    files = {s: sorted(str(p) for p in out.glob(f"{s}-*.parquet")) for s in ("train", "eval")}
+    loaded = datasets.load_dataset("parquet", data_files=files)
+    assert loaded["train"].num_rows == manifest["splits"]["train"]["rows"]
+    assert loaded["train"].column_names == OUTPUT_SCHEMA.names
+    features = loaded["train"].features
+    assert (
+        features["input_ids"].feature.dtype == "int32" and features["assistant_masks"].feature.dtype == "int8"
+    )
+    assert features["difficulty"].dtype == "int32" and features["epoch"].dtype == "int32"
+
+
+def test_loss_mask_is_assistant_only_for_tools_and_everything_for_documents(
+    built: tuple[Path, dict], embedded_model_dir: Path
+) -> None:
+    out, _ = built
+    tokenizer = load_tokenizer(str(embedded_model_dir))
+    schema = load_thought_schema("think-plan-reflect")
+    rows = _rows(out)
+    tools = [r for r in rows if r["kind"] == "tool"][:5]
+    docs = [r for r in rows if r["kind"] != "tool"][:5]
+    assert tools and docs
+    for row in tools:
+        rendered = render_trace(Trace.model_validate_json(row["trace"]), tokenizer, schema)
+        assert row["input_ids"] == rendered.input_ids and row["assistant_masks"] == rendered.assistant_masks
+        assert 0 < row["n_loss_tokens"] == sum(row["assistant_masks"]) < row["n_tokens"]
+        trained = tokenizer.decode(
+            [t for t, m in zip(row["input_ids"], row["assistant_masks"], strict=True) if m]
+        )
+        assert "<tool_call>" in trained and "Please add" not in trained and "You are" not in trained
+    for row in docs:
+        assert set(row["assistant_masks"]) == {1} and row["n_loss_tokens"] == row["n_tokens"]
+        assert row["input_ids"][-1] == tokenizer.eos_token_id
+
+
+# -- shortfall, rebalancing, processes, run configs ----------------------------------------------------------
+SHORT_RECIPE = """\
+name: short-mix
+total_tokens: 60000
+eval_fraction: 0
+decontamination: {{sets: []}}
+categories:
+  tool: {{share: 0.6, sources: [{{name: tools, type: local, path: {dir}/tools.jsonl, format: trace, max_epochs: 1}}]}}
+  text: {{share: 0.4, sources: [{{name: docs, type: local, path: {dir}/docs.jsonl, format: text}}]}}
+"""
+
+
+def test_shortfall_exits_2_with_the_numbers(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.cli import main
+
+    recipe = corpus / "short.yaml"
+    recipe.write_text(SHORT_RECIPE.format(dir=corpus))
+    argv = ["midtrain", "data", "build", str(recipe), "--out", str(corpus / "short-out"), "--set", "seed=1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "category 'tool' (share 0.6) needs 36,000 tokens" in err
+    assert "source 'tools': needs 36,000, available" in err and "max_epochs 1" in err
+    assert not (corpus / "short-out").exists()
+
+
+def test_allow_shortfall_rebalances_and_processes_do_not_change_bytes(
+    corpus: Path, settings: BuildSettings
+) -> None:
+    (corpus / "short.yaml").write_text(SHORT_RECIPE.format(dir=corpus))
+    recipe = load_recipe(corpus / "short.yaml", ["allow_shortfall=true"])
+    one = build(recipe, corpus / "rebalanced", settings)
+    mix = one.manifest["mix"]
+    tools = next(s for s in one.manifest["sources"] if s["name"] == "tools")
+    assert mix["rebalanced"] and any("'tool': target 36,000" in n for n in mix["notes"])
+    assert tools["tokens_out"] == pytest.approx(tools["tokens_in"], rel=0.02)  # all of it, once
+    assert mix["total_tokens"] == pytest.approx(60_000, rel=0.01)  # text filled the gap
+    two = build(recipe, corpus / "rebalanced-2proc", settings, num_proc=2)
+    assert compare_dirs(one.out_dir, two.out_dir).identical
+
+
+def test_run_config_needs_the_recipe_thought_schema(corpus: Path) -> None:
+    config = RunConfig.model_validate(
+        {
+            "name": "r",
+            "model": {"thought_schema": "reflection70b"},
+            "data": {"recipe": load_recipe(corpus / "recipe.yaml")},
+        }
+    )
+    with pytest.raises(BadInput, match="model.thought_schema 'reflection70b' differs"):
+        run(config)
