@@ -1,0 +1,631 @@
+"""SFT stage: label masking, LoRA-only updates, resume, grad-accumulation equivalence, outputs, tracking.
+
+Every training test uses the 2-layer tiny model; one slow test trains two NF4 adapters on the embedded 135M.
+Mixes are written here in the data-stage layout (parquet shards + manifest.json) from hand-written traces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from pipelines.chat import render_trace
+from pipelines.errors import BadInput
+from pipelines.recipe import Recipe
+from pipelines.run_config import REPO_ROOT, RunConfig
+from pipelines.schema import Trace
+from pipelines.sft import check_vllm_compatible, run
+from pipelines.sft import data as mixdata
+from pipelines.thought import load_thought_schema
+
+CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Perth", "Dakar"]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name."}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def _tool_trace(i: int, cluster: str) -> Trace:
+    """A weather lookup; the thinking section matches the cluster so clusters differ in what they teach."""
+    city = CITIES[i % len(CITIES)]
+    section = {"plan": "plan", "reflect": "reflect"}.get(cluster, "observe")
+    return Trace.model_validate(
+        {
+            "id": f"{cluster}-{i}",
+            "source": "handwritten",
+            "kind": "tool",
+            "cluster": cluster,
+            "tools": [WEATHER_TOOL],
+            "messages": [
+                {"role": "user", "content": f"Is it warm in {city} today? Case {i}."},
+                {
+                    "role": "assistant",
+                    "thinking": [{"section": section, "text": f"Look up {city} first, then answer."}],
+                    "tool_calls": [{"id": f"c{i}", "name": "get_weather", "arguments": {"city": city}}],
+                },
+                {"role": "tool", "tool_call_id": f"c{i}", "content": f'{{"temp_c": {10 + 3 * i}}}'},
+                {"role": "assistant", "content": f"{city} is at {10 + 3 * i} degrees C" + "." * (i % 5)},
+            ],
+            "meta": {"pattern": "single", "difficulty": 1},
+        }
+    )
+
+
+def _chat_trace(i: int, cluster: str) -> Trace:
+    """A tool-less exchange (a clarification): a trace row of ~70 tokens instead of ~300 with a tool schema."""
+    return Trace.model_validate(
+        {
+            "id": f"{cluster}-chat-{i}",
+            "source": "handwritten",
+            "kind": "tool",
+            "cluster": cluster,
+            "messages": [
+                {"role": "user", "content": f"Book a table for {i + 2}."},
+                {
+                    "role": "assistant",
+                    "thinking": [{"section": "plan", "text": "The restaurant and time are missing; ask."}],
+                    "content": "Which restaurant, and at what time?",
+                },
+            ],
+            "meta": {"pattern": "clarify", "difficulty": 0},
+        }
+    )
+
+
+def _doc_trace(i: int, n_words: int | None = None, cluster: str = "text") -> Trace:
+    words = " ".join(f"word{j}" for j in range(n_words or 5 + 7 * i))
+    return Trace(
+        id=f"{cluster}-{i}", source="handwritten", kind="text", cluster=cluster, text=f"Doc {i}: {words}."
+    )
+
+
+def mix_traces(per_cluster: int = 4, clusters: tuple[str, ...] = ("plan", "tool", "reflect")) -> list[Trace]:
+    traces = [_tool_trace(i, c) for c in clusters for i in range(per_cluster)]
+    return traces + [_doc_trace(i) for i in range(per_cluster)]
+
+
+def note_traces(n: int = 8) -> list[Trace]:
+    """Short docs of 36-57 tokens: at max_length 64 no two share a packed row, so each is one row."""
+    return [_doc_trace(i, 12 + i, cluster="notes") for i in range(n)]
+
+
+def _rows(traces: list[Trace], tokenizer: Any) -> dict[str, list]:
+    schema = load_thought_schema("think-plan-reflect")
+    cols: dict[str, list] = {k: [] for k in ("id", "source", "category", "kind", "cluster", "pattern")}
+    cols |= {k: [] for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens", "input_ids")}
+    cols |= {"assistant_masks": [], "trace": []}
+    for trace in traces:
+        rendered = render_trace(trace, tokenizer, schema)
+        values = {
+            "id": trace.id,
+            "source": trace.source,
+            "category": trace.kind,
+            "kind": trace.kind,
+            "cluster": trace.cluster,
+            "pattern": trace.meta.get("pattern", ""),
+            "difficulty": trace.meta.get("difficulty", 0),
+            "epoch": 0,
+            "n_tokens": len(rendered.input_ids),
+            "n_loss_tokens": rendered.n_loss_tokens,
+            "input_ids": rendered.input_ids,
+            "assistant_masks": rendered.assistant_masks,
+            "trace": trace.to_json(),
+        }
+        for key, value in values.items():
+            cols[key].append(value)
+    return cols
+
+
+MIX_SCHEMA = pa.schema(
+    [
+        *[(k, pa.string()) for k in ("id", "source", "category", "kind", "cluster", "pattern")],
+        *[(k, pa.int32()) for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens")],
+        ("input_ids", pa.list_(pa.int32())),
+        ("assistant_masks", pa.list_(pa.int8())),
+        ("trace", pa.string()),
+    ]
+)
+
+
+def write_mix(data_dir: Path, tokenizer: Any, train: list[Trace], held_out: list[Trace] = ()) -> Path:
+    """A mix in the data-stage layout: train-00000/00001 shards, eval-00000, manifest.json."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    half = (len(train) + 1) // 2
+    shards = {"train-00000": train[:half], "train-00001": train[half:], "eval-00000": list(held_out)}
+    for name, traces in shards.items():
+        if traces:
+            pq.write_table(
+                pa.table(_rows(traces, tokenizer), schema=MIX_SCHEMA), data_dir / f"{name}.parquet"
+            )
+    (data_dir / "manifest.json").write_text(json.dumps({"recipe": {"name": "test"}, "shards": list(shards)}))
+    return data_dir
+
+
+RECIPE = Recipe.model_validate(
+    {
+        "name": "t",
+        "total_tokens": 1000,
+        "categories": {"text": {"share": 1.0, "sources": [{"name": "p", "type": "pydoc_text"}]}},
+    }
+)
+
+
+def make_config(tmp_path: Path, model_dir: Path, **sft: Any) -> RunConfig:
+    """A run config on `model_dir`, no wandb; `sft` keys override the section (nested dicts merge)."""
+    section: dict[str, Any] = {
+        "clusters": ["plan", "tool"],
+        "replay_fraction": 0.2,
+        "quantization": {"mode": "none"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 1,
+            "learning_rate": 1e-3,
+            "max_length": 320,
+            "save_steps": 2,
+            "gradient_checkpointing": False,
+        },
+    }
+    for key, value in sft.items():
+        section[key] = {**section[key], **value} if isinstance(value, dict) else value
+    return RunConfig.model_validate(
+        {
+            "name": "t",
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"recipe": RECIPE},
+            "sft": section,
+            "tracking": {"report_to": ["none"]},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def mix_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """Shared, read-only mix: 3 tool clusters × 4 traces, 4 `text` docs, 8 `notes` docs, a small eval split."""
+    root = tmp_path_factory.mktemp("mix")
+    held_out = [_tool_trace(9, "plan"), _tool_trace(9, "tool"), _doc_trace(9, 14, cluster="notes")]
+    return write_mix(root / "data", tokenizer, mix_traces(4) + note_traces(), held_out)
+
+
+def config_on_mix(tmp_path: Path, model_dir: Path, mix: Path, **sft: Any) -> RunConfig:
+    config = make_config(tmp_path, model_dir, **sft)
+    data_dir = config.run_dir / "data"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.symlink_to(mix, target_is_directory=True)
+    return config
+
+
+class ParamSnapshots(TrainerCallback):
+    """Copies of the model's parameters at train begin and train end, by name."""
+
+    def __init__(self) -> None:
+        self.begin: dict[str, torch.Tensor] = {}
+        self.end: dict[str, torch.Tensor] = {}
+
+    def _copy(self, model: Any) -> dict[str, torch.Tensor]:
+        return {n: p.detach().float().clone() for n, p in model.named_parameters()}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.begin = self._copy(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.end = self._copy(model)
+
+
+class CrashAt(TrainerCallback):
+    """Simulates a killed run: raise right after the checkpoint of `step` is written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated kill at step {self.step}")
+
+
+def _logged_losses(out_dir: Path, key: str = "loss") -> dict[int, float]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row[key] for row in rows if key in row}
+
+
+# --- selection (no training) -----------------------------------------------------------------------------
+
+
+def _screened(clusters: list[str], n_tokens: list[int], usable: list[bool] | None = None) -> mixdata.Screened:
+    return mixdata.Screened(
+        split="train",
+        ids=[f"r{i}" for i in range(len(clusters))],
+        clusters=np.asarray(clusters, dtype=object),
+        n_tokens=np.asarray(n_tokens),
+        usable=np.asarray(usable if usable is not None else [True] * len(clusters)),
+    )
+
+
+def test_replay_share_is_by_tokens_and_seeded() -> None:
+    clusters = ["a"] * 10 + ["b"] * 50 + ["c"] * 50
+    screened = _screened(clusters, [90] * 10 + [10] * 100)
+    picked = mixdata.select(screened, "a", replay_fraction=0.25, seed=0)
+    assert picked.indices[:10] == list(range(10))
+    # 900 cluster tokens at a 25% replay share → 300 replay tokens = 30 rows of 10 tokens from b and c.
+    assert (picked.cluster_tokens, picked.replay_tokens, picked.replay_rows) == (900, 300, 30)
+    assert {clusters[i] for i in picked.indices[10:]} == {"b", "c"}
+    assert mixdata.select(screened, "a", 0.25, seed=0).indices == picked.indices
+    assert mixdata.select(screened, "a", 0.25, seed=1).indices != picked.indices
+    assert mixdata.select(screened, "a", 0.0, seed=0).indices == list(range(10))
+    assert len(mixdata.select(screened, mixdata.GENERALIST, 0.25, seed=0).indices) == 110
+    # Rejected rows are never replayed, and a cluster's rejected rows are counted.
+    usable = [i not in (0, *range(10, 60)) for i in range(110)]
+    picked = mixdata.select(_screened(clusters, [90] * 10 + [10] * 100, usable), "a", 0.25, seed=0)
+    assert {clusters[i] for i in picked.indices[9:]} == {"c"} and picked.rejected_rows == 1
+    assert (picked.cluster_tokens, picked.replay_tokens) == (810, 270)
+
+
+def test_screen_rejects_rows_and_missing_cluster_names_the_mix(mix_dir: Path, tmp_path: Path) -> None:
+    mix = mixdata.load_mix(mix_dir, "train", tmp_path / "cache")
+    longest = max(mix["n_tokens"])
+    screened = mixdata.screen(mix, "train", max_length=longest - 1, vocab_size=49152)
+    too_long = [row_id for row_id, n in zip(mix["id"], mix["n_tokens"], strict=True) if n == longest]
+    assert [r["id"] for r in screened.rejects] == too_long
+    assert {r["reason"] for r in screened.rejects} == {f"longer than sft.train.max_length={longest - 1}"}
+    assert screened.usable.sum() == len(mix) - len(too_long)
+    with pytest.raises(
+        BadInput,
+        match=r"cluster 'nope' has no rows in the train mix; clusters in the mix: "
+        r"notes, plan, reflect, text, tool",
+    ):
+        mixdata.check_clusters(screened, ["plan", "nope"])
+    with pytest.raises(BadInput, match="token id .* >= the model's vocabulary size 100"):
+        mixdata.screen(mix, "train", max_length=4096, vocab_size=100)
+
+
+def test_stage_input_errors(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:
+    with pytest.raises(BadInput, match="manifest.json: missing; build the mix first"):
+        run(make_config(tmp_path, tiny_model_dir))
+    config = config_on_mix(tmp_path, tiny_model_dir, mix_dir, clusters=["plan", "nope"])
+    with pytest.raises(BadInput, match="cluster 'nope' has no rows"):
+        run(config)
+    with pytest.raises(BadInput, match=r"--clusters: \['code'\] not in sft.clusters"):
+        run(config, clusters=["code"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU defaults")
+def test_qlora_lora_and_precision_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.run_config import LoraSection, ModelSection, QuantSection, TrainSection
+    from pipelines.sft.model import lora_config, model_dtype, precision_flags, quantization_config
+
+    nf4 = quantization_config(QuantSection())
+    assert (nf4.load_in_4bit, nf4.bnb_4bit_quant_type, nf4.bnb_4bit_use_double_quant) == (True, "nf4", True)
+    assert (nf4.bnb_4bit_compute_dtype, nf4.bnb_4bit_quant_storage) == (torch.float32, torch.uint8)
+    assert quantization_config(QuantSection(mode="none")) is None
+    # Under FSDP the 4-bit weights must be stored in the (float) dtype the rest of the model uses.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    bf16 = QuantSection(compute_dtype="bfloat16")
+    assert quantization_config(bf16).bnb_4bit_quant_storage == torch.bfloat16
+    assert model_dtype(ModelSection(), bf16) == torch.bfloat16
+    lora = lora_config(LoraSection(r=8))
+    assert (lora.r, lora.lora_alpha, lora.bias, lora.use_dora, lora.modules_to_save) == (
+        8,
+        32,
+        "none",
+        False,
+        None,
+    )
+    assert lora.target_modules == "all-linear" and lora.task_type == "CAUSAL_LM"
+    assert precision_flags(TrainSection()) == (False, False)  # no mixed precision on CPU
+    with pytest.raises(BadInput, match="mixed_precision=bf16: this device has no CUDA bf16 support"):
+        precision_flags(TrainSection(mixed_precision="bf16"))
+
+
+# --- training on the tiny model --------------------------------------------------------------------------
+
+
+def test_labels_are_masked_exactly_where_assistant_masks_is_zero(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path, tokenizer
+) -> None:
+    from pipelines.sft.stage import build_trainer, load_screened_mix
+
+    config = config_on_mix(tmp_path, tiny_model_dir, mix_dir)
+    mix = load_screened_mix(config, len(tokenizer))
+    source = {tuple(r["input_ids"]): r["assistant_masks"] for r in mix.train}
+    trainer = build_trainer(config, "plan", tmp_path / "out", mix.train, None, tokenizer, [])
+    checked = 0
+    for packed in trainer.train_dataset:
+        start = 0
+        for length in packed["seq_lengths"]:
+            ids = packed["input_ids"][start : start + length]
+            mask = source[tuple(ids)]
+            expected = [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+            assert packed["labels"][start : start + length] == expected
+            start += length
+            checked += 1
+    assert checked == len(mix.train)
+    batch = next(iter(trainer.get_train_dataloader()))
+    # Padding-free: one flat row, no attention mask; a sequence's first token has nothing to predict it.
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    assert (batch["labels"][batch["position_ids"] == 0] == -100).all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU defaults")
+def test_qlora_base_is_nf4_and_adapters_stay_float32(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path, tokenizer
+) -> None:
+    import bitsandbytes as bnb
+
+    from pipelines.sft.stage import build_trainer, load_screened_mix
+
+    config = config_on_mix(tmp_path, tiny_model_dir, mix_dir, quantization={"mode": "nf4"})
+    mix = load_screened_mix(config, len(tokenizer))
+    trainer = build_trainer(config, "plan", tmp_path / "out", mix.train, None, tokenizer, [])
+    assert trainer.model.is_loaded_in_4bit
+    linear4 = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) == 14 and all(m.weight.quant_type == "nf4" for m in linear4)  # 7 per layer
+    trainable = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
+    # TRL casts them to bf16; on a float32-compute CPU run they must come back to float32.
+    assert trainable and all("lora_" in n for n in trainable)
+    assert set(trainable.values()) == {torch.float32}
+
+
+def test_train_updates_lora_only_loss_falls_and_outputs_load(
+    tmp_path: Path, tiny_model_dir: Path, tokenizer
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    # Two short documents repeated for 20 steps (docs keep the steps cheap; traces are covered elsewhere).
+    config = make_config(
+        tmp_path,
+        tiny_model_dir,
+        clusters=["text"],
+        replay_fraction=0.0,
+        train={"max_steps": 20, "learning_rate": 2e-2, "save_steps": 10, "warmup_ratio": 0.0},
+    )
+    write_mix(config.run_dir / "data", tokenizer, mix_traces(2), [_doc_trace(5)])
+    snapshots = ParamSnapshots()
+    summary = run(config, callbacks=[snapshots])["text"]
+
+    lora = [n for n in snapshots.begin if "lora_" in n]
+    assert lora and all(not torch.equal(snapshots.begin[n], snapshots.end[n]) for n in lora)
+    base = [n for n in snapshots.begin if "lora_" not in n]
+    assert base and all(torch.equal(snapshots.begin[n], snapshots.end[n]) for n in base)
+
+    losses = _logged_losses(config.run_dir / "sft" / "text")
+    # The random tiny model's small tied embeddings cap how far the loss can fall (a few tenths of a nat),
+    # so token accuracy is the clearer signal that the docs were learned.
+    assert len(losses) == 20 and np.mean([losses[s] for s in (18, 19, 20)]) < losses[1] - 0.25
+    accuracy = _logged_losses(config.run_dir / "sft" / "text", key="mean_token_accuracy")
+    assert accuracy[20] > max(0.25, 3 * accuracy[1])
+
+    out = config.run_dir / "sft" / "text"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"):
+        assert (out / name).is_file(), name
+    assert (out / "loss.png").stat().st_size > 1000
+    assert check_vllm_compatible(out) == []
+    stored = json.loads((out / "training_summary.json").read_text())
+    assert stored["steps"] == summary["steps"] == 20
+    # Both docs fit one packed row, so every step sees exactly their real (unpadded) tokens.
+    doc_tokens = sum(len(tokenizer(t.text)["input_ids"]) + 1 for t in mix_traces(2) if t.kind == "text")
+    assert stored["tokens_seen"] == 20 * doc_tokens
+    assert stored["peak_memory_bytes"] > 0 and stored["wall_time_s"] > 0
+    assert math.isclose(stored["final_train_loss"], losses[20])
+    assert stored["final_eval_loss"] is not None and stored["data"]["eval_rows"] == 1
+    assert stored["data"]["cluster_rows"] == 2 and len(stored["config_fingerprint"]) == 64
+
+    base_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    loaded = PeftModel.from_pretrained(base_model, out)
+    loaded_lora = {n.replace(".default", ""): p for n, p in loaded.named_parameters() if "lora_" in n}
+    trained = {n.replace(".default", ""): snapshots.end[n] for n in lora}
+    assert loaded_lora.keys() == trained.keys()
+    assert all(torch.allclose(loaded_lora[n], trained[n]) for n in trained)
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:
+    # 8 rows at batch 2 = 4 steps an epoch: the kill lands mid-epoch and the resumed run crosses an epoch.
+    # Dropout on, so the checkpoint must restore the RNG state too.
+    notes = {"clusters": ["notes"], "replay_fraction": 0.0, "lora": {"dropout": 0.1}}
+    train = {"max_steps": 6, "save_steps": 3, "max_length": 64, "per_device_train_batch_size": 2}
+    straight = config_on_mix(tmp_path / "a", tiny_model_dir, mix_dir, train=train, **notes)
+    run(straight)
+    killed = config_on_mix(tmp_path / "b", tiny_model_dir, mix_dir, train=train, **notes)
+    with pytest.raises(KeyboardInterrupt):
+        run(killed, callbacks=[CrashAt(3)])
+    out = killed.run_dir / "sft" / "notes"
+    assert (out / "checkpoint-3").is_dir() and not (out / "training_summary.json").exists()
+    changed = killed.model_copy(deep=True)
+    changed.sft.train.learning_rate = 2e-3
+    with pytest.raises(BadInput, match="checkpoint-3 was trained with another config or mix"):
+        run(changed, resume=True)
+    summary = run(killed, resume=True)["notes"]
+    assert not list(out.glob("checkpoint-*"))
+
+    assert summary["resumed_from_step"] == 3 and summary["steps"] == 6
+    expected = _logged_losses(straight.run_dir / "sft" / "notes")
+    resumed = _logged_losses(killed.run_dir / "sft" / "notes")
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(1, 7):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    a = json.loads((straight.run_dir / "sft" / "notes" / "training_summary.json").read_text())
+    assert summary["tokens_seen"] == a["tokens_seen"]
+    assert summary["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-6)
+    weights_a = load_file(straight.run_dir / "sft" / "notes" / "adapter_model.safetensors")
+    weights_b = load_file(killed.run_dir / "sft" / "notes" / "adapter_model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6) for k in weights_a)
+    # A finished adapter is skipped on a second --resume.
+    assert run(killed, resume=True)["notes"]["wall_time_s"] == summary["wall_time_s"]
+
+
+def test_grad_accumulation_matches_larger_batch(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:
+    """bs1×ga4 and bs4×ga1 see the same packed rows per step; TRL divides each micro-batch's summed token
+    loss by the tokens of the whole accumulated batch, so rows of different lengths weigh the same in both."""
+    common = {"max_steps": 2, "max_length": 64, "save_steps": 100}  # 8 notes = 8 packed rows = 2 steps of 4
+    notes = {"clusters": ["notes"], "replay_fraction": 0.0}
+    one = config_on_mix(
+        tmp_path / "ga",
+        tiny_model_dir,
+        mix_dir,
+        **notes,
+        train={**common, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 4},
+    )
+    four = config_on_mix(
+        tmp_path / "bs",
+        tiny_model_dir,
+        mix_dir,
+        **notes,
+        train={**common, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1},
+    )
+    run(one)
+    run(four)
+    a = _logged_losses(one.run_dir / "sft" / "notes")
+    b = _logged_losses(four.run_dir / "sft" / "notes")
+    assert sorted(a) == sorted(b) == [1, 2]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-4), step
+
+
+def _wandb_records(path: Path) -> list[Any]:
+    """Records of an offline `.wandb` file: a LevelDB-style log (32 KiB blocks of checksum/length/type
+    chunks, after a 7-byte W&B header) of protobuf `Record`s."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw, pos, block, payload, records = path.read_bytes(), 7, 32768, b"", []
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        if left < 7 or (length == 0 and kind == 0):
+            pos += left
+            continue
+        payload += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk: a record is complete
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            records.append(record)
+            payload = b""
+    return records
+
+
+def test_wandb_offline_logs_config_manifest_hash_and_losses(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path
+) -> None:
+    config = config_on_mix(tmp_path, tiny_model_dir, mix_dir, clusters=["plan"], train={"max_steps": 2})
+    config.tracking.report_to = ["wandb"]
+    summary = run(config)["plan"]
+    runs = list((config.run_dir / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = _wandb_records(next(runs[0].glob("run-*.wandb")))
+    kinds = [r.WhichOneof("record_type") for r in records]
+    config_items = {
+        item.key: item.value_json
+        for r in records
+        for item in (r.run.config.update if r.WhichOneof("record_type") == "run" else r.config.update)
+    }
+    assert json.loads(config_items["data_manifest_sha256"]) == summary["data_manifest_sha256"]
+    assert json.loads(config_items["midtrain"])["sft"]["lora"]["r"] == 4
+    history = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.history.item
+    ]
+    assert len([row["train/loss"] for row in history if "train/loss" in row]) == 2
+    assert [row["eval/loss"] for row in history if "eval/loss" in row] == [summary["final_eval_loss"]]
+    assert kinds.count("exit") == 1
+
+
+# --- vLLM compatibility ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"r": 128}, "rank 128 > 64"),
+        ({"use_dora": True}, "use_dora is true"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save ['lm_head'] is set"),
+        ({"bias": "lora_only"}, "bias is 'lora_only'"),
+        ({"rank_pattern": {"q_proj": 96}}, "rank 96 > 64"),
+    ],
+)
+def test_vllm_check_catches_unservable_adapters(tmp_path: Path, change: dict, problem: str) -> None:
+    config = {"peft_type": "LORA", "r": 16, "bias": "none", "use_dora": False, "modules_to_save": None}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    assert check_vllm_compatible(tmp_path) == []
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config | change))
+    problems = check_vllm_compatible(tmp_path)
+    assert len(problems) == 1 and problem in problems[0]
+
+
+def test_vllm_check_reports_missing_files(tmp_path: Path) -> None:
+    assert "missing" in check_vllm_compatible(tmp_path)[0]
+    (tmp_path / "adapter_config.json").write_text('{"r": 8}')
+    assert "no adapter weights" in check_vllm_compatible(tmp_path)[0]
+
+
+def test_cli_bad_cluster_exits_2(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:
+    config = config_on_mix(tmp_path, tiny_model_dir, mix_dir)
+    path = tmp_path / "run.yaml"
+    payload = config.model_dump(mode="json")
+    path.write_text(json.dumps(payload))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "sft", str(path), "--clusters", "plan,bogus"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--clusters: ['bogus'] not in sft.clusters" in result.stderr
+
+
+# --- the embedded model ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_nf4_cluster_adapters_on_the_embedded_model(
+    tmp_path: Path, embedded_model_dir: Path, tokenizer
+) -> None:
+    """Kept small (CPU time): a chat-trace cluster and a doc cluster, 2 steps of one short packed row each."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(
+        tmp_path,
+        embedded_model_dir,
+        clusters=["plan", "notes"],
+        replay_fraction=0.0,
+        quantization={"mode": "nf4"},
+        train={"max_steps": 2, "save_steps": 2},
+    )
+    write_mix(config.run_dir / "data", tokenizer, [_chat_trace(i, "plan") for i in range(2)] + note_traces(2))
+    summaries = run(config)
+    assert sorted(summaries) == ["notes", "plan"]
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
+    for name, summary in summaries.items():
+        out = config.run_dir / "sft" / name
+        assert summary["quantized"] and summary["steps"] == 2 and math.isfinite(summary["final_train_loss"])
+        assert check_vllm_compatible(out) == []
+        model = PeftModel.from_pretrained(base, out, adapter_name=name)
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n and name in n]
+        assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+        base = model.unload()
