@@ -1,9 +1,12 @@
 """Benchmark the SFT stage's trainer against a plain TRL SFTTrainer with padded batches.
 
 Both arms train the same base model (same quantization and LoRA), on the same rows, with the same batch size
-and number of optimizer steps; they differ in what the stage adds (best-fit-decreasing packing, padding-free
-batches). Each arm runs in its own subprocess so peak memory is its own. Throughput counts real tokens only
-(padding excluded) between the end of the warm-up steps and the last step.
+and number of optimizer steps; they differ in what the stage adds: best-fit-decreasing packing into
+padding-free batches, and (NF4 with float32 compute, i.e. on CPU) LoRA weights kept in float32 where TRL
+casts them to bf16. `--quantization none` isolates the packing gain. Each arm runs in its own subprocess so
+peak memory is its own. Throughput counts real tokens only (padding excluded) between the end of the
+warm-up steps and the last step. Note a packed step carries up to batch × max_length real tokens, a padded
+one fewer, so at equal steps the stage's peak activation memory is that of a full batch.
 
     python scripts/bench_sft.py                                  # CPU: embedded SmolLM2-135M, synthetic rows
     python scripts/bench_sft.py --data runs/demo/data            # rows of a built mix instead
