@@ -1,0 +1,434 @@
+"""The RL stage: GRPO with live tool environments, from an SFT adapter (or the base), one run per cluster.
+
+Per cluster, into `runs/<name>/rl/<cluster>/`:
+1. policy: the base in NF4 (`rl.quantization`) with the SFT adapter attached as trainable (or a fresh LoRA with
+   `from_base`), and the tokenizer saved with that adapter (the chat template it was trained with);
+2. prompts: tasks from the environments' samplers on `rl.task_seed` over `rl.domains` (fixed-method tools
+   only), some asked where no tool fits (`irrelevance_fraction`), none equal to a held-out task;
+3. held-out evaluation of the starting policy, `GRPOTrainer(environment_factory={domain: EnvClass})` with the
+   rewards of `pipelines.rl.rewards`, held-out evaluation again → `eval_before_after.json`;
+4. outputs: adapter (vLLM-servable, checked) + tokenizer, `metrics.jsonl`, `loss.png`, `rewards.png` (each reward
+   component over steps), `training_summary.json` (failure counts included).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import BadInput, MidtrainError
+from pipelines.recipe import Decontamination
+from pipelines.rl import evaluate as rl_eval
+from pipelines.rl.rewards import FailureCounts, build_reward_funcs
+from pipelines.run_config import RLSection, RunConfig
+from pipelines.tracking import LocalMetricsCallback, PeakMemory, read_metrics, report_to, wandb_session
+
+log = logging.getLogger("midtrain.rl")
+SUMMARY_FILE = "training_summary.json"
+REWARDS_PLOT = "rewards.png"
+
+
+# -- inputs ----------------------------------------------------------------------------------------------------
+def heldout_spec(config: RunConfig) -> tuple[int, int]:
+    """(seed, decontaminated pool size) of the held-out tasks: `rl.eval_seed` if set, else the recipe's
+    `decontamination.heldout_seed`, whose first `heldout_n` tasks the SFT mix was decontaminated against."""
+    assert config.rl is not None
+    recipe = config.data.recipe
+    decontamination = Decontamination() if isinstance(recipe, str) else recipe.decontamination
+    if config.rl.eval_seed is not None and config.rl.eval_seed != decontamination.heldout_seed:
+        return config.rl.eval_seed, 0
+    return decontamination.heldout_seed, decontamination.heldout_n
+
+
+def check_seeds(config: RunConfig, eval_seed: int) -> None:
+    """RL prompts must not come from a seed that produced SFT data or the held-out tasks."""
+    assert config.rl is not None
+    recipe = config.data.recipe
+    sft_seeds: dict[int, str] = {}
+    if not isinstance(recipe, str):
+        for category, spec in recipe.categories.items():
+            for source in spec.sources:
+                if getattr(source, "type", None) == "generated":
+                    sft_seeds[source.seed] = f"data.recipe.categories.{category} source {source.name!r}"
+    seed = config.rl.task_seed
+    if seed in sft_seeds:
+        raise BadInput(
+            f"rl.task_seed={seed} is also the seed of {sft_seeds[seed]}: RL tasks must be unseen in SFT"
+        )
+    if seed == eval_seed:
+        raise BadInput(f"rl.task_seed={seed} equals the held-out seed; pick another rl.task_seed")
+
+
+def prompt_rows(items: Sequence[rl_eval.DomainTask]) -> list[dict[str, Any]]:
+    """TRL rows: `prompt`, `task` (env ground truth), `environment` (domain), `tools` (specs as JSON text)."""
+    from pipelines.generate import task_to_prompt_row
+
+    return [task_to_prompt_row(item.task) for item in items]
+
+
+def adapter_clusters(rl: RLSection, only: Sequence[str] | None) -> list[str]:
+    if not only:
+        return list(rl.clusters)
+    unknown = [c for c in only if c not in rl.clusters]
+    if unknown:
+        raise BadInput(f"--clusters: {unknown} not in rl.clusters ({', '.join(rl.clusters)})")
+    return list(dict.fromkeys(only))
+
+
+# -- policy ----------------------------------------------------------------------------------------------------
+def sft_adapter_dir(config: RunConfig, cluster: str) -> Path:
+    path = config.run_dir / "sft" / cluster
+    if not (path / "adapter_config.json").is_file():
+        raise BadInput(
+            f"{path}: no SFT adapter for cluster {cluster!r}; run `midtrain sft CONFIG` first, "
+            "or set rl.from_base: true to start from the base model"
+        )
+    return path
+
+
+def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
+    """(trainable PEFT model, tokenizer): the SFT adapter on the (NF4) base, or a fresh LoRA with `from_base`."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    from pipelines.chat import load_tokenizer
+    from pipelines.models import fetch_model
+    from pipelines.sft.model import load_base_model, lora_config
+
+    rl = config.rl
+    assert rl is not None
+    base = load_base_model(config.model, rl.quantization)
+    if rl.quantization.mode == "nf4":
+        # Casts norms/embeddings to fp32 and enables input grads, as SFTTrainer does for QLoRA; TRL's GRPO
+        # trainer does not do it for a model that arrives already wrapped.
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=rl.train.gradient_checkpointing
+        )
+    if rl.from_base:
+        tokenizer_source = str(fetch_model(config.model.name_or_path, config.model.revision))
+        model = get_peft_model(base, lora_config(rl.lora))
+    else:
+        adapter = sft_adapter_dir(config, cluster)
+        tokenizer_source = str(adapter)
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+    return model, load_tokenizer(tokenizer_source, config.model.chat_template)
+
+
+def grpo_args(config: RunConfig, cluster: str, out_dir: Path, weights: list[float]) -> Any:
+    from trl import GRPOConfig
+
+    from pipelines.sft.model import cuda_available, precision_flags
+
+    rl = config.rl
+    assert rl is not None
+    train = rl.train
+    bf16, fp16 = precision_flags(train)
+    return GRPOConfig(
+        output_dir=str(out_dir),
+        run_name=f"{config.name}-rl-{cluster}",
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optim,
+        gradient_checkpointing=train.gradient_checkpointing,
+        logging_steps=train.logging_steps,
+        # No mid-run checkpoints: an RL run is short and restarts from its SFT adapter (the held-out "before"
+        # evaluation belongs to that start), so resuming half a run is not offered.
+        save_strategy="no",
+        seed=train.seed,
+        data_seed=train.seed,
+        use_cpu=not cuda_available(),
+        bf16=bf16,
+        fp16=fp16,
+        report_to=report_to(config.tracking),
+        num_generations=rl.num_generations,
+        max_completion_length=rl.max_completion_length,
+        max_tool_calling_iterations=rl.max_tool_calling_iterations,
+        temperature=rl.temperature,
+        beta=rl.beta,
+        reward_weights=weights,
+        remove_unused_columns=False,
+    )
+
+
+def build_trainer(
+    config: RunConfig,
+    cluster: str,
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    env_classes: dict[str, type],
+    failures: FailureCounts,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    import os
+
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from pipelines.thought import load_thought_schema
+
+    rl = config.rl
+    assert rl is not None
+    schema = load_thought_schema(config.model.thought_schema)
+    funcs, weights = build_reward_funcs(rl.reward_weights, schema, failures, rl.tool_call_scale)
+    model, tokenizer = load_policy(config, cluster)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental upstream
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=list(funcs),  # TRL appends the env rewards to the list it is given
+        args=grpo_args(config, cluster, out_dir, weights),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        environment_factory=dict(env_classes),
+        callbacks=[LocalMetricsCallback(out_dir), *callbacks],
+    )
+    # Each env class defines `get_reward`, which TRL appends after our functions with weight 1, one column per
+    # domain. Our `outcome` reward already is that value (it records the final answer, then asks the env), with
+    # the configured weight; counting it again at weight 1 would silently make outcome weigh `outcome + 1`. So
+    # the appended columns keep their logging (`rewards/<EnvClass>/mean`: success rate per domain for free) and
+    # get weight 0 in the advantage.
+    trainer.reward_weights[len(funcs) :] = 0.0
+    return trainer
+
+
+# -- the stage -------------------------------------------------------------------------------------------------
+def run(
+    config: RunConfig, clusters: Sequence[str] | None = None, callbacks: Sequence[Any] = ()
+) -> dict[str, dict[str, Any]]:
+    """GRPO for every cluster of `rl.clusters` (or the `clusters` subset); return each training summary."""
+    if config.rl is None:
+        raise BadInput("the config has no `rl` section")
+    rl = config.rl
+    names = adapter_clusters(rl, clusters)
+    domains = rl_eval.fixed_method_domains(rl.domains)
+    eval_seed, decontaminated_n = heldout_spec(config)
+    check_seeds(config, eval_seed)
+    held_out = (
+        rl_eval.heldout_tasks(
+            domains, rl.eval_tasks_per_domain, eval_seed, rl.max_difficulty, decontaminated_n
+        )
+        if rl.eval_tasks_per_domain
+        else None
+    )
+    if held_out and not held_out.decontaminated:
+        log.warning(
+            "rl: some held-out tasks lie outside the decontaminated set (pool %d)", held_out.pool_size
+        )
+    train_items = rl_eval.sample_tasks(
+        domains,
+        rl.n_tasks,
+        rl.task_seed,
+        rl.max_difficulty,
+        rl.irrelevance_fraction,
+        exclude_ids={item.task.task_id for item in held_out.items} if held_out else frozenset(),
+    )
+    if not rl.from_base:
+        for name in names:
+            sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
+    return {name: train_cluster(config, name, domains, train_items, held_out, callbacks) for name in names}
+
+
+def train_cluster(
+    config: RunConfig,
+    cluster: str,
+    domains: dict[str, tuple[type, Any]],
+    train_items: list[rl_eval.DomainTask],
+    held_out: rl_eval.HeldOut | None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Evaluate the starting policy, train, evaluate again, save; return the training summary."""
+    out_dir = config.run_dir / "rl" / cluster
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    env_classes = {name: spec[0] for name, spec in domains.items()}
+    failures = FailureCounts()
+    rows = prompt_rows(train_items)
+    trainer = build_trainer(config, cluster, out_dir, rows, env_classes, failures, callbacks)
+    evaluate = _evaluator(config, trainer, env_classes, held_out.items if held_out else [])
+    before = evaluate()
+    wandb_config = {"midtrain": config.model_dump(mode="json"), "cluster": cluster, "stage": "rl"}
+    name = f"{config.name}-rl-{cluster}"
+    wandb_dir = config.run_dir / "wandb"
+    with (
+        wandb_session(
+            config.tracking,
+            wandb_dir=wandb_dir,
+            out_dir=out_dir,
+            name=name,
+            group=config.name,
+            config=wandb_config,
+        ) as wandb_run,
+        PeakMemory() as peak,
+    ):
+        started = time.perf_counter()
+        output = trainer.train()
+        wall_time = time.perf_counter() - started
+        after = evaluate()
+        summary = _summary(trainer, output, wall_time, peak, failures, train_items, cluster, config)
+        summary |= _heldout_report(out_dir, held_out, before, after)
+        if wandb_run is not None:
+            wandb_run.summary.update(_flat_numbers(summary))
+    _save_outputs(trainer, out_dir, summary)
+    return summary
+
+
+def _heldout_report(
+    out_dir: Path, held_out: rl_eval.HeldOut | None, before: dict | None, after: dict | None
+) -> dict[str, Any]:
+    """Write `eval_before_after.json`; return the summary's `heldout` entry (empty without held-out tasks)."""
+    if held_out is None or before is None or after is None:
+        return {}
+    comparison = rl_eval.before_after(before, after, held_out)
+    _write_json(out_dir / rl_eval.EVAL_FILE, comparison)
+    report = {
+        "n_tasks": len(held_out.items),
+        "outcome_before": before["outcome"],
+        "outcome_after": after["outcome"],
+    }
+    return {"heldout": {**report, **comparison["delta"]}}
+
+
+def _flat_numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of the summary as `a/b` keys, for the wandb run summary."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            out |= _flat_numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _evaluator(config: RunConfig, trainer: Any, env_classes: dict[str, type], items: list) -> Any:
+    """A closure evaluating the trainer's current policy on the held-out tasks (None when there are none)."""
+    from pipelines.thought import load_thought_schema
+
+    rl = config.rl
+    assert rl is not None
+    schema = load_thought_schema(config.model.thought_schema)
+
+    def evaluate() -> dict[str, Any] | None:
+        if not items:
+            return None
+        return rl_eval.evaluate_policy(
+            trainer.model,
+            trainer.processing_class,
+            items,
+            env_classes,
+            schema,
+            rl.max_tool_calling_iterations,
+            rl.max_completion_length,
+            rl.tool_call_scale,
+        )
+
+    return evaluate
+
+
+def _summary(
+    trainer: Any,
+    output: Any,
+    wall_time: float,
+    peak: PeakMemory,
+    failures: FailureCounts,
+    items: list[rl_eval.DomainTask],
+    cluster: str,
+    config: RunConfig,
+) -> dict[str, Any]:
+    from pipelines.sft.outputs import library_versions
+
+    rl = config.rl
+    assert rl is not None
+    history = trainer.state.log_history
+    domains: dict[str, int] = {}
+    for item in items:
+        domains[item.domain] = domains.get(item.domain, 0) + 1
+    return {
+        "cluster": cluster,
+        "start": "base" if rl.from_base else f"sft/{cluster}",
+        "base_model": config.model.name_or_path,
+        "steps": trainer.state.global_step,
+        "wall_time_s": round(wall_time, 3),
+        "seconds_per_step": round(wall_time / max(1, trainer.state.global_step), 3),
+        "mean_train_loss": output.training_loss,
+        "final_reward": _last(history, "reward"),
+        "final_rewards": {k.split("/")[1]: v for k, v in _last_row(history, "rewards/").items()},
+        "tool_call_frequency": _last(history, "tools/call_frequency"),
+        "tool_failure_frequency": _last(history, "tools/failure_frequency"),
+        "failures": failures.as_dict(),
+        "reward_weights": dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist(), strict=True)),
+        "tasks": {"n": len(items), "by_domain": domains, "seed": rl.task_seed},
+        "peak_memory_bytes": peak.peak_bytes,
+        "peak_memory_kind": peak.kind,
+        "device": str(trainer.args.device),
+        "quantized": bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
+        "versions": library_versions(),
+    }
+
+
+def _last(history: list[dict[str, Any]], key: str) -> float | None:
+    return next((row[key] for row in reversed(history) if key in row), None)
+
+
+def _last_row(history: list[dict[str, Any]], prefix: str) -> dict[str, float]:
+    """The `rewards/<name>/mean` values of the last log row that has them."""
+    for row in reversed(history):
+        found = {k: v for k, v in row.items() if k.startswith(prefix) and k.endswith("/mean")}
+        if found:
+            return found
+    return {}
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    from pipelines.sft.outputs import write_json
+
+    write_json(path, payload)
+
+
+def _save_outputs(trainer: Any, out_dir: Path, summary: dict[str, Any]) -> None:
+    """Adapter + tokenizer, refused if vLLM could not serve it; reward curves; summary."""
+    from pipelines.sft.outputs import check_vllm_compatible
+
+    trainer.save_model(str(out_dir))
+    trainer.processing_class.save_pretrained(str(out_dir))
+    problems = check_vllm_compatible(out_dir)
+    if problems:
+        raise MidtrainError(f"{out_dir}: adapter is not vLLM-compatible: {'; '.join(problems)}")
+    write_rewards_plot(out_dir / "metrics.jsonl", out_dir / REWARDS_PLOT)
+    _write_json(out_dir / SUMMARY_FILE, summary)
+
+
+def write_rewards_plot(metrics_path: Path, plot_path: Path) -> None:
+    """One line per reward component (`rewards/<name>/mean`) and the weighted total, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    keys = sorted({k for row in rows for k in row if k.startswith("rewards/") and k.endswith("/mean")})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in ["reward", *keys]:
+        name = "total (weighted)" if key == "reward" else key.split("/")[1]
+        # Env-class columns are TRL's per-domain `get_reward`, logged at weight 0 (see build_trainer): dashed.
+        style, label = ("--", f"{name} (logged only)") if name.endswith("Env") else ("-", name)
+        points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, style, marker="o" if len(points) < 20 else None, label=label, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    ax.set_title(f"GRPO rewards: {plot_path.parent.name}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(plot_path, dpi=100)
+    plt.close(fig)

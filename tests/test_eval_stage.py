@@ -1,0 +1,334 @@
+"""Eval stage: results.json of the exact shape for base/sft/routed on the tiny model, adapters really applied
+(routed rows equal the adapter the router picked), scoring checked on a stub generator with known-right and
+known-wrong replies, skipped targets reported, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_router import make_adapter, write_shards  # tests/ is on sys.path (rootdir conftest)
+
+from pipelines.errors import BadInput
+from pipelines.eval import stage
+from pipelines.eval.bfcl import load_category, reference_calls, tool_name
+from pipelines.router import run as train_router
+from pipelines.run_config import EvalSection, RouterSection, RunConfig, SFTSection
+
+METRIC_KEYS = {*stage.HELDOUT_METRICS, "n"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """The tiny model's ops are too small to split across threads; on a busy 2-core runner one thread is faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A run with two tiny random SFT adapters and a tfidf router bundle over them (no RL)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    write_shards(run_dir / "data")
+    make_adapter(tiny_model_dir, run_dir / "sft" / "tool", seed=1)
+    make_adapter(tiny_model_dir, run_dir / "sft" / "plan", seed=2)
+    train_router(_config(run_dir, tiny_model_dir, EvalSection()))
+    return run_dir
+
+
+def _config(run_dir: Path, model: Path, section: EvalSection) -> RunConfig:
+    return RunConfig(
+        name=run_dir.name,
+        output_dir=str(run_dir.parent),
+        model={"name_or_path": str(model)},
+        data={"recipe": "data_recipes/agentic-v1.yaml"},
+        sft=SFTSection(clusters=["tool", "plan"]),
+        router=RouterSection(method="tfidf", threshold=0.0, eval_fraction=0.25),
+        eval=section,
+    )
+
+
+def _check_metrics(metrics: dict[str, Any], keys: set[str]) -> None:
+    assert set(metrics) == keys
+    for key, value in metrics.items():
+        if key != "n":
+            assert value is None or (isinstance(value, float) and 0.0 <= value <= 1.0), (key, value)
+
+
+def _predictions(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path) -> None:
+    section = EvalSection(
+        limit=2,
+        bfcl_categories=["simple_python", "irrelevance"],
+        heldout_domains=["calculator"],  # irrelevance needs two domains: the stub test covers it
+        max_new_tokens=8,
+        rollout_tokens=24,
+        max_tool_rounds=1,
+    )
+    results = stage.run(_config(run_dir, tiny_model_dir, section))
+
+    assert set(results) == {"model", "limit", "targets", "skipped", "seconds"}
+    assert results["model"] == str(tiny_model_dir) and results["limit"] == 2
+    assert list(results["targets"]) == ["base", "sft/plan", "sft/tool", "routed"]
+    assert set(results["skipped"]) == {"rl"} and "does not exist" in results["skipped"]["rl"]
+    assert set(results["seconds"]) == set(results["targets"])
+    for suites in results["targets"].values():
+        assert set(suites) == {"bfcl", "heldout"}
+        _check_metrics(suites["bfcl"], {"simple_python", "irrelevance", "overall", "n"})
+        _check_metrics(suites["heldout"], METRIC_KEYS)
+        assert suites["bfcl"]["n"] == 4 and suites["heldout"]["n"] == 2
+    out = run_dir / "eval"
+    assert json.loads((out / "results.json").read_text()) == results
+    assert (out / "results.png").stat().st_size > 5000
+    table = (out / "results.md").read_text()
+    assert "| sft/tool |" in table and "bfcl/overall" in table and "- rl:" in table
+
+    rows = _predictions(run_dir)
+    assert len(rows) == 4 * (4 + 2)
+    bfcl = {(r["target"], r["id"]): r["raw"] for r in rows if r["suite"] == "bfcl"}
+    ids = [i for t, i in bfcl if t == "base"]
+    assert any(bfcl["base", i] != bfcl["sft/tool", i] for i in ids), "the adapter changed nothing"
+    # Each routed row is served by exactly the adapter the router picked for it.
+    routes = stage.RouteTable(run_dir / "router")
+    examples = {ex.id: ex for c in section.bfcl_categories for ex in load_category(c, 2)}
+    texts = [stage.request_text(stage.example_to_trace(examples[i])) for i in ids]
+    by_path = {str((run_dir / "sft" / c).resolve()): f"sft/{c}" for c in ("tool", "plan")} | {None: "base"}
+    for example_id, adapter in zip(ids, routes.adapters(texts), strict=True):
+        assert bfcl["routed", example_id] == bfcl[by_path[adapter], example_id]
+
+
+def test_prefix_cache_gives_the_plain_generation(
+    run_dir: Path, tiny_model_dir: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reusing first turns' KV (per adapter and prefix, left-padded, across calls) changes no greedy output."""
+    eos = tokenizer.eos_token_id
+    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    turn_a = [*ids("You can convert units and evaluate expressions. " * 6), eos]
+    turn_b = [*ids("You manage files: list, read, write and move them in a sandbox. " * 5), eos]
+    tool, plan = (str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))
+    calls = [
+        [(turn_a + ids("Convert 3 km"), tool), (turn_a + ids("What is 2+2?"), tool), (turn_b + ids("ls"), plan),
+         (turn_b + ids("Read notes.txt and count the lines"), plan), (turn_a + ids("Convert 5 kg"), None)],
+        [(turn_a + ids("Convert 3 km to miles, then add 4."), tool), (turn_a + ids("Convert 5 kg"), None)],
+    ]  # fmt: skip
+    cached = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
+    assert sorted(len(p) for _, p in engine._prefix_cache) == sorted(
+        [len(turn_a), len(turn_b)]
+    )  # base: alone
+    monkeypatch.setattr(stage, "PREFIX_CACHE_MIN_TOKENS", 10**9)
+    plain = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
+    assert plain == cached
+
+
+def test_greedy_decode_matches_generate_row_by_row(
+    run_dir: Path, tiny_model_dir: Path, tokenizer: Any
+) -> None:
+    """A mixed-adapter, left-padded batch whose rows finish at different steps gives each row exactly what
+    `generate` gives it alone, with its adapter."""
+    import contextlib
+
+    import torch
+
+    eos = tokenizer.eos_token_id
+    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
+    texts = ["Convert 3 km to miles.", "List every file in /docs and read the largest one.", "Hi"]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    adapters = [None, *(str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))]
+    # A random model rarely ends a turn: make a token row 0 emits third the end-of-turn token, so rows finish
+    # at different steps and the batch has to shrink.
+    stop = engine(prompts, adapters, 12)[0][2]
+    engine.eos_token_id = stop
+    batched = engine(prompts, adapters, 12)
+    assert len(batched[0]) <= 3 and max(len(ids) for ids in batched) == 12
+    for prompt, adapter, got in zip(prompts, adapters, batched, strict=True):
+        if adapter is None:
+            context = engine.model.disable_adapter()
+        else:
+            engine.model.set_adapter(engine.names[adapter])
+            context = contextlib.nullcontext()
+        with context, torch.no_grad():
+            alone = engine.model.generate(
+                input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        assert got == alone[0, len(prompt) :].tolist()
+
+
+# -- scoring on a stub generator ----------------------------------------------------------------------------------
+def _call_text(calls: list[tuple[str, dict[str, Any]]]) -> str:
+    return "".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>" for n, a in calls)
+
+
+class StubPolicy:
+    """Known replies: BFCL per question; held-out tasks by scenario (oracle, error→recover, no call, decline)."""
+
+    def __init__(self, tokenizer: Any, bfcl: dict[str, str], tasks: dict[str, tuple[Any, str]]) -> None:
+        self.tokenizer, self.bfcl, self.tasks = tokenizer, bfcl, tasks
+        self.adapters_seen: set[str | None] = set()
+
+    def __call__(self, prompts: list[list[int]], adapters: list[str | None], max_new: int) -> list[list[int]]:
+        self.adapters_seen.update(adapters)
+        replies = [self.reply(self.tokenizer.decode(ids)) for ids in prompts]
+        encode = self.tokenizer
+        return [encode(r + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"] for r in replies]
+
+    def reply(self, prompt: str) -> str:
+        for question, reply in self.bfcl.items():
+            if question in prompt:
+                return reply
+        request = next(r for r in self.tasks if r in prompt)
+        task, scenario = self.tasks[request]
+        results = prompt[prompt.index(request) :].count("<tool_response>")
+        if scenario == "decline":
+            return "Sorry, none of my tools can do that."
+        if scenario == "no_call":
+            return "I think it is 42."
+        if scenario == "recover":
+            if results == 0:
+                return _call_text([("no_such_tool", {"x": 1})])
+            results -= 1
+        return _oracle_turn(task, results)
+
+
+def _oracle_turn(task: Any, results: int) -> str:
+    """The reference solution's next turn after `results` tool results, then the final answer."""
+    done = 0
+    for turn in task.solution:
+        if done == results:
+            return _call_text([(step.tool, step.arguments) for step in turn])
+        done += len(turn)
+    return task.final_template.format(answer=task.answer) if task.answer else "Done."
+
+
+def _bfcl_replies() -> tuple[dict[str, str], dict[str, bool]]:
+    """Question → reply for the first 3 examples of two categories, and the verdict each must get."""
+    simple = load_category("simple_python", 3)
+    irrelevance = load_category("irrelevance", 3)
+    wrong = {n: {k: "definitely wrong" for k in a} for n, a in reference_calls(simple[1])[0].items()}
+    calls = {
+        simple[0].id: [(n, a) for c in reference_calls(simple[0]) for n, a in c.items()],
+        simple[1].id: list(wrong.items()),
+        simple[2].id: [(n, a) for c in reference_calls(simple[2]) for n, a in c.items()],
+        irrelevance[1].id: [(irrelevance[1].functions[0]["name"], {})],
+    }
+    replies = {
+        ex.messages[-1]["content"]: _call_text([(tool_name(n), a) for n, a in calls[ex.id]])
+        if ex.id in calls
+        else "I cannot answer that with these tools."
+        for ex in simple + irrelevance
+    }
+    verdicts = {ex.id: ex.id not in (simple[1].id, irrelevance[1].id) for ex in simple + irrelevance}
+    return replies, verdicts
+
+
+def _stub(tokenizer: Any, config: RunConfig) -> StubPolicy:
+    heldout = stage.load_heldout(config, config.eval)
+    relevant = [it.task for it in heldout.items if it.task.solution]
+    scenarios = ["oracle", "recover", "no_call"] + ["oracle"] * (len(relevant) - 3)
+    tasks = {t.request: (t, s) for t, s in zip(relevant, scenarios, strict=True)}
+    tasks |= {it.task.request: (it.task, "decline") for it in heldout.items if not it.task.solution}
+    return StubPolicy(tokenizer, _bfcl_replies()[0], tasks)
+
+
+def test_scoring_on_stub_generator(run_dir: Path, tiny_model_dir: Path, tokenizer: Any) -> None:
+    section = EvalSection(
+        limit=3,
+        bfcl_categories=["simple_python", "irrelevance"],
+        heldout_domains=["calculator", "filesystem"],
+        heldout_irrelevance_fraction=0.3,  # ceil(0.9): one irrelevant task per domain
+        targets=["base", "sft"],
+    )
+    config = _config(run_dir, tiny_model_dir, section)
+    stub = _stub(tokenizer, config)
+    results = stage.run(config, stub)
+
+    base = results["targets"]["base"]
+    two_thirds = round(2 / 3, 6)
+    assert base["bfcl"] == {
+        "simple_python": two_thirds,
+        "irrelevance": two_thirds,
+        "overall": two_thirds,
+        "n": 6,
+    }
+    heldout = base["heldout"]
+    assert heldout["n"] == 3 * 2 + 2
+    assert heldout["outcome"] == pytest.approx(5 / 6)  # every scenario but "no_call" succeeds
+    assert heldout["call_accuracy"] == pytest.approx(4 / 6)  # the recovery's extra call is not exact
+    assert heldout["recovery_rate"] == 1.0 and heldout["irrelevance_accuracy"] == 1.0
+    assert 0.5 < heldout["format_rate"] < 1.0  # no_call scores 0, the unknown tool costs the recovery a share
+    assert results["targets"]["sft/tool"] == base  # same stub replies whatever the adapter
+    assert stub.adapters_seen == {None, *(str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))}
+
+    rows = [r for r in _predictions(run_dir) if r["target"] == "base"]
+    _, verdicts = _bfcl_replies()
+    assert {r["id"]: r["ok"] for r in rows if r["suite"] == "bfcl" and r["id"] in verdicts} == verdicts
+    errors = {r["error"] for r in rows if r["suite"] == "heldout" and not r["ok"]}
+    assert errors == {"answered without calling a tool"}
+    simple_wrong = next(r for r in rows if r["id"] == "simple_python_1")
+    assert simple_wrong["error"].startswith("type_error") and simple_wrong["calls"]  # the checker's reason
+
+
+def test_skipped_targets_and_nothing_to_run(tmp_path: Path, tiny_model_dir: Path, tokenizer: Any) -> None:
+    run_dir = tmp_path / "empty"
+    broken = run_dir / "sft" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "adapter_config.json").write_text("{}")
+    section = EvalSection(
+        limit=1, bfcl_categories=["irrelevance"], heldout_domains=[], targets=["sft", "rl", "routed"]
+    )
+    with pytest.raises(BadInput, match=r"none can run.*sft/broken: .*missing adapter_model\.safetensors"):
+        stage.run(_config(run_dir, tiny_model_dir, section))
+
+    section = section.model_copy(update={"targets": ["base", "sft", "rl", "routed"]})
+    stub = StubPolicy(tokenizer, {}, {})
+    stub.reply = lambda prompt: "No tool fits."  # type: ignore[method-assign]
+    results = stage.run(_config(run_dir, tiny_model_dir, section), stub)
+    assert list(results["targets"]) == ["base"]
+    assert set(results["skipped"]) == {"sft/broken", "rl", "routed", "heldout"}
+    assert "router.json does not exist" in results["skipped"]["routed"]
+    assert results["targets"]["base"] == {"bfcl": {"irrelevance": 1.0, "overall": 1.0, "n": 1}}
+
+
+def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) -> None:
+    section = EvalSection(heldout_domains=["nope"], targets=["base"])
+    with pytest.raises(BadInput, match=r"eval\.heldout_domains: unknown domain 'nope'"):
+        stage.run(_config(tmp_path / "r", tiny_model_dir, section), lambda p, a, n: [[] for _ in p])
+
+
+def test_cli_eval_limit_and_targets(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    config = {
+        "name": run_dir.name,
+        "output_dir": str(run_dir.parent),
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"recipe": "data_recipes/agentic-v1.yaml"},
+        "eval": {"bfcl_categories": ["irrelevance"], "heldout_domains": [], "max_new_tokens": 4},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["eval", str(path), "--limit", "1", "--targets", "base,sft"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert saved["limit"] == 1 and list(saved["targets"]) == ["base", "sft/plan", "sft/tool"]
+    assert re.search(r"\| base \|", result.output)
+
+    bad = CliRunner().invoke(app, ["eval", str(path), "--targets", "base,nope"])
+    assert isinstance(bad.exception, BadInput) and "eval.targets" in str(bad.exception)

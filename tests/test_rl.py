@@ -1,0 +1,288 @@
+"""RL stage: task sampling, the live evaluation loop, and 2 GRPO steps over every fixed-method domain.
+
+Training runs on the 2-layer tiny model (`tiny_model_dir`), full precision (NF4 blocks need wider layers).
+The evaluation loop is also driven by a scripted policy that answers correctly, so its bookkeeping (calls run
+in the env, results fed back, scores) is checked against known right answers, not just "it ran".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.envs import DOMAINS
+from pipelines.envs.base import Step, Task, ToolEnv
+from pipelines.errors import BadInput
+from pipelines.rl import evaluate as ev
+from pipelines.run_config import RunConfig
+from pipelines.thought import load_thought_schema
+
+SCHEMA = load_thought_schema("think-plan-reflect")
+
+
+def make_config(tmp_path: Path, model_dir: Path, **rl: Any) -> RunConfig:
+    section = {
+        "clusters": ["tool"],
+        "domains": ["all"],
+        "n_tasks": 4,
+        "eval_tasks_per_domain": 1,
+        "num_generations": 2,
+        "max_completion_length": 16,
+        "max_tool_calling_iterations": 2,
+        "irrelevance_fraction": 0.5,
+        "quantization": {"mode": "none"},
+        "train": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
+                  "gradient_checkpointing": False},
+    }  # fmt: skip
+    section.update(rl)
+    return RunConfig.model_validate(
+        {
+            "name": "rltest",
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"recipe": "data_recipes/agentic-v1.yaml"},
+            "rl": section,
+            "tracking": {"report_to": ["none"]},
+        }
+    )
+
+
+def save_sft_adapter(config: RunConfig, model_dir: Path, cluster: str) -> Path:
+    """Stand-in for the SFT stage's output: a LoRA adapter + tokenizer in runs/<name>/sft/<cluster>/."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = config.run_dir / "sft" / cluster
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+# -- tasks -----------------------------------------------------------------------------------------------------
+def test_domains_are_the_fixed_method_ones() -> None:
+    fixed = ev.fixed_method_domains(["all"])
+    assert "api" not in fixed and {"calculator", "filesystem"} <= set(fixed)
+    assert all(env._tool_methods() for env, _ in fixed.values())
+    with pytest.raises(BadInput, match="no fixed tool methods"):
+        ev.fixed_method_domains(["api"])
+    with pytest.raises(BadInput, match="unknown domain 'calc'"):
+        ev.fixed_method_domains(["calc"])
+
+
+def test_training_tasks_are_seeded_bounded_and_disjoint_from_heldout() -> None:
+    domains = ev.fixed_method_domains(["all"])
+    held = ev.heldout_tasks(domains, 2, 1_000_003, 3, decontaminated_n=300)
+    assert sorted({i.domain for i in held.items}) == sorted(domains) and len(held.items) == 2 * len(domains)
+    assert held.decontaminated and all(i.task.difficulty <= 3 for i in held.items)
+    held_ids = {i.task.task_id for i in held.items}
+    first = ev.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
+    again = ev.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
+    assert [i.task.task_id for i in first] == [i.task.task_id for i in again]
+    assert not held_ids & {i.task.task_id for i in first}
+    irrelevant = [i for i in first if not i.task.solution]
+    assert irrelevant and all(i.task.task_id.startswith(f"{i.domain}-irrelevant-") for i in irrelevant)
+    assert all(1 <= i.task.difficulty <= 2 for i in first if i.task.solution)
+
+
+def test_task_seed_must_differ_from_sft_and_heldout_seeds(tmp_path: Path) -> None:
+    from pipelines.rl.train import check_seeds, heldout_spec
+    from pipelines.run_config import load_run_config
+
+    config = load_run_config("configs/smollm2-135m-demo.yaml", ["rl.task_seed=0"])
+    with pytest.raises(BadInput, match="rl.task_seed=0 is also the seed of .*generated-tools"):
+        check_seeds(config, heldout_spec(config)[0])
+    config = load_run_config("configs/smollm2-135m-demo.yaml", ["rl.task_seed=1000003"])
+    with pytest.raises(BadInput, match="equals the held-out seed"):
+        check_seeds(config, heldout_spec(config)[0])
+
+
+# -- the live evaluation loop ----------------------------------------------------------------------------------
+def test_assistant_message_keeps_unparsable_calls_as_raw_text() -> None:
+    text = (
+        '<think><plan>go</plan></think>\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>\n'
+        '<tool_call>{"name": "g", "arguments": {oops}</tool_call><|im_end|>junk'
+    )
+    message, ended = ev.assistant_message(text, SCHEMA, "<|im_end|>")
+    assert ended
+    assert message["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]
+    assert message["content"].endswith('<tool_call>{"name": "g", "arguments": {oops}</tool_call>')
+    assert "junk" not in message["content"]
+
+
+class ScriptedPolicy:
+    """A stand-in causal LM that plays the reference solution of whichever task its prompt holds."""
+
+    training = False
+
+    def __init__(self, tokenizer: Any, items: list[ev.DomainTask]) -> None:
+        self.tokenizer = tokenizer
+        self.items = items
+
+    def parameters(self) -> Any:
+        import torch
+
+        yield torch.zeros(1)
+
+    def eval(self) -> None: ...
+
+    def train(self) -> None: ...
+
+    def _reply(self, prompt: str) -> str:
+        item = next(i for i in self.items if i.task.request in prompt)
+        turns = item.task.solution
+        done = prompt.count("<tool_response>")  # calls answered so far
+        calls_before = [sum(len(t) for t in turns[:k]) for k in range(len(turns) + 1)]
+        if done in calls_before[:-1]:
+            turn = turns[calls_before.index(done)]
+            blocks = [json.dumps({"name": s.tool, "arguments": s.arguments}) for s in turn]
+            return "".join(f"<tool_call>\n{b}\n</tool_call>\n" for b in blocks).strip() + "<|im_end|>"
+        return f"<think><verify>done</verify></think>\n{item.task.final_template.format(answer=item.task.answer)}<|im_end|>"
+
+    def generate(self, input_ids: Any, attention_mask: Any, max_new_tokens: int, **kwargs: Any) -> Any:
+        import torch
+
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            prompt = self.tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
+            reply = self.tokenizer(self._reply(prompt), add_special_tokens=False)["input_ids"][
+                :max_new_tokens
+            ]
+            rows.append(ids + reply)
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [self.tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+
+
+def test_live_loop_runs_calls_in_the_env_and_scores_a_correct_policy_full(tokenizer) -> None:
+    rng = random.Random(3)
+    items = [
+        ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)),
+        ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 2, True)),  # two parallel calls in one turn
+        ev.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)),
+    ]
+    classes = {name: DOMAINS[name][0] for name in ("calculator", "filesystem")}
+    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 4, 1024)
+    assert (result["outcome"], result["format_rate"], result["call_accuracy"]) == (1.0, 1.0, 1.0)
+    assert result["rewards"]["execution"] == 1.0 and result["failures"] == {}
+    episode = result["episodes"][1]["completion"]
+    assert len(episode[0]["tool_calls"]) == 2 and [m["role"] for m in episode[1:3]] == ["tool", "tool"]
+    assert result["mean_tool_calls"] == pytest.approx(sum(i.task.difficulty for i in items) / 3)
+
+
+def test_live_loop_stops_a_runaway_policy_at_the_iteration_limit(tokenizer) -> None:
+    task = DOMAINS["calculator"][1](random.Random(5), 1)
+    items = [ev.DomainTask("calculator", task)]
+
+    class Looping(ScriptedPolicy):
+        def _reply(self, prompt: str) -> str:
+            step = task.solution[0][0]
+            return f"<tool_call>{json.dumps({'name': step.tool, 'arguments': step.arguments})}</tool_call><|im_end|>"
+
+    classes = {"calculator": DOMAINS["calculator"][0]}
+    result = ev.evaluate_policy(Looping(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 4096)
+    completion = result["episodes"][0]["completion"]
+    assert [m["role"] for m in completion] == ["assistant", "tool", "assistant", "tool", "assistant"]
+    assert result["outcome"] == 0.0 and result["failures"]["runaway"] == 1
+
+
+# -- the stage on the tiny model -------------------------------------------------------------------------------
+def test_two_grpo_steps_over_all_domains_write_servable_outputs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.rl.train import run
+    from pipelines.sft.outputs import check_vllm_compatible
+
+    domains = sorted(ev.fixed_method_domains(["all"]))
+    config = make_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
+    save_sft_adapter(config, tiny_model_dir, "tool")
+    summary = run(config)["tool"]
+
+    out = config.run_dir / "rl" / "tool"
+    assert summary["steps"] == 2 and summary["start"] == "sft/tool"
+    assert summary["tasks"]["by_domain"] == dict.fromkeys(domains, 1)
+    # The env classes' own get_reward columns are logged but weigh nothing (outcome already counts them).
+    assert {k: v for k, v in summary["reward_weights"].items() if k.endswith("Env")} == {
+        DOMAINS[d][0].__name__: 0.0 for d in domains
+    }
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = {k for row in rows for k in row}
+    for name in ("format", "tool_call", "execution", "outcome", "efficiency"):
+        assert f"rewards/{name}/mean" in logged
+    assert "failures/malformed_call" in logged
+    for name in ("rewards.png", "loss.png", "training_summary.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert check_vllm_compatible(out) == []
+    comparison = json.loads((out / "eval_before_after.json").read_text())
+    assert comparison["before"]["n_tasks"] == comparison["after"]["n_tasks"] == len(domains)
+    assert comparison["heldout"]["decontaminated"] is True
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+
+def test_missing_sft_adapter_is_bad_input_before_training(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from pipelines.rl.train import run
+
+    with pytest.raises(BadInput, match=r"no SFT adapter for cluster 'tool'.*midtrain sft"):
+        run(make_config(tmp_path, tiny_model_dir))
+    with pytest.raises(BadInput, match="not in rl.clusters"):
+        run(make_config(tmp_path, tiny_model_dir), clusters=["plan"])
+
+
+class BrokenEnv(ToolEnv):
+    """Everything fails: reset, the only tool, and the reward."""
+
+    domain = "broken"
+
+    def reset(self, **row: Any) -> str | None:
+        raise OSError("disk on fire")
+
+    def poke(self) -> str:
+        """Poke the environment."""
+        raise RuntimeError("ouch")
+
+    def get_reward(self) -> float:
+        raise KeyError("no state")
+
+
+def broken_task(rng: random.Random, difficulty: int | None = None, parallel: bool = False) -> Task:
+    n = rng.randint(0, 10**6)
+    return Task("broken", f"broken-{n}", f"Poke it {n} times.", {}, [[Step("poke", {})]], answer="poked")
+
+
+def test_guarded_env_never_raises_and_scores_zero() -> None:
+    from pipelines.rl import rewards
+
+    env = ev.guarded(BrokenEnv)()
+    assert ev.guarded(BrokenEnv) is ev.guarded(BrokenEnv) and type(env).__name__ == "BrokenEnv"
+    task = broken_task(random.Random(0))
+    assert env.reset(task=task.to_json()) is None and "disk on fire" in env._reset_error
+    assert env.get_reward() == 0.0
+    failures = rewards.FailureCounts()
+    done = [{"role": "assistant", "content": "poked"}]
+    assert rewards.outcome(
+        completions=[done], task=[task.to_json()], environments=[env], failures=failures
+    ) == [0.0]
+    assert failures.as_dict() == {"env_error": 1}
+
+
+def test_grpo_goes_on_when_an_environment_raises(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    from pipelines.rl.train import run
+
+    monkeypatch.setitem(DOMAINS, "broken", (BrokenEnv, broken_task))
+    config = make_config(
+        tmp_path, tiny_model_dir, domains=["broken"], from_base=True, n_tasks=2, eval_tasks_per_domain=0,
+        train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
+    )  # fmt: skip
+    summary = run(config)["tool"]
+    assert summary["steps"] == 1 and summary["start"] == "base"
+    assert summary["failures"]["env_error"] == 2  # both rollouts: reset raised, scored 0
+    assert summary["final_rewards"]["outcome"] == 0.0
+    assert not (config.run_dir / "rl" / "tool" / "eval_before_after.json").exists()
