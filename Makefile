@@ -23,11 +23,10 @@ $(STAMP): pyproject.toml
 
 MIDTRAIN := $(VENV)/bin/midtrain
 
-# Runs every stage that exists so far, for real, on the embedded model (grows into `midtrain run`).
+# The whole pipeline on the embedded SmolLM2-135M-Instruct, on CPU: data → sft → rl → router → eval →
+# publish (dry run) → report. Re-running skips finished stages; see runs/smollm2-135m-demo/report.md.
 demo: setup
-	$(MIDTRAIN) model fetch
-	$(MIDTRAIN) config show $(CONFIG) > /dev/null && echo "config $(CONFIG): valid"
-	$(MIDTRAIN) model chat "In one sentence, what is a function call in programming?"
+	$(MIDTRAIN) run $(CONFIG)
 
 lint: setup
 	$(VENV)/bin/ruff check .
