@@ -14,6 +14,7 @@ the ratios. The first step is a warm-up and is left out when there are at least 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -24,7 +25,7 @@ from typing import Any
 
 from pipelines.rl import evaluate as tasks
 from pipelines.rl import train as stage
-from pipelines.rl.rewards import FailureCounts
+from pipelines.rl.rewards import FailureCounts, reward_name
 from pipelines.run_config import RunConfig, load_run_config
 from pipelines.tracking import read_metrics
 
@@ -77,8 +78,52 @@ def plain_trainer(config: RunConfig, rows: list[dict[str, Any]], out_dir: Path) 
     )
 
 
-def ours_trainer(config: RunConfig, rows: list[dict[str, Any]], out_dir: Path, env_classes: dict) -> Any:
-    return stage.build_trainer(config, "bench", out_dir, rows, env_classes, FailureCounts())
+class Stopwatch:
+    """Seconds spent inside our own code during the stage's steps: reward functions and env resets/tools."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, func: Any) -> Any:
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return timed
+
+    def env_class(self, env_class: type) -> type:
+        """A subclass (same name) whose reset and tools are timed; TRL calls those on every rollout."""
+        timed = type(env_class.__name__, (env_class,), {"reset": self.wrap(env_class.reset)})
+        # Set after creation: ToolEnv.__init_subclass__ would otherwise wrap (and record) each tool twice.
+        for name in env_class._tool_methods():
+            setattr(timed, name, self.wrap(getattr(env_class, name)))
+        return timed
+
+
+def ours_trainer(
+    config: RunConfig, rows: list[dict[str, Any]], out_dir: Path, env_classes: dict, watch: Stopwatch
+) -> Any:
+    build = stage.build_reward_funcs
+
+    def timed_rewards(*args: Any, **kwargs: Any) -> tuple[list[Any], list[float]]:
+        funcs, weights = build(*args, **kwargs)
+        named = []
+        for func in funcs:
+            timed = watch.wrap(func)
+            timed.__name__ = reward_name(func)  # TRL logs each reward under its function name
+            named.append(timed)
+        return named, weights
+
+    stage.build_reward_funcs = timed_rewards
+    try:
+        classes = {name: watch.env_class(cls) for name, cls in env_classes.items()}
+        return stage.build_trainer(config, "bench", out_dir, rows, classes, FailureCounts())
+    finally:
+        stage.build_reward_funcs = build
 
 
 def measure(trainer: Any, completions_per_step: int) -> dict[str, float]:
@@ -126,7 +171,10 @@ def main() -> None:
         per_step = rl.train.per_device_train_batch_size * rl.train.gradient_accumulation_steps
         plain = measure(plain_trainer(config, rows, Path(tmp) / "plain"), per_step)
         ours_dir = Path(tmp) / "ours"
-        ours = measure(ours_trainer(config, rows, ours_dir, {n: s[0] for n, s in domains.items()}), per_step)
+        watch = Stopwatch()
+        trainer = ours_trainer(config, rows, ours_dir, {n: s[0] for n, s in domains.items()}, watch)
+        ours = measure(trainer, per_step)
+        ours["envs_and_rewards_s_per_step"] = watch.seconds / max(1, trainer.state.global_step)
         reward_rows = read_metrics(ours_dir / "metrics.jsonl")
     result = {
         "model": config.model.name_or_path,
@@ -146,6 +194,11 @@ def main() -> None:
             f"{name:12s} {r['seconds_per_step']:8.2f} s/step  {r['rollout_tokens_per_s']:8.1f} rollout tok/s  "
             f"({r['mean_completion_tokens']:.0f} tokens/rollout, {r['tool_calls_per_rollout']:.2f} calls/rollout)"
         )
+    own = ours["envs_and_rewards_s_per_step"]
+    print(
+        f"inside our envs + rewards: {own:.3f} s/step = {100 * own / ours['seconds_per_step']:.2f}% of a step "
+        "(timed directly, so CPU contention from other jobs cancels out)"
+    )
     extra = (1 / result["tokens_per_s_ratio"] - 1) * 100
     print(
         f"ratio (ours / plain): {result['step_time_ratio']:.3f} x step time, "

@@ -334,6 +334,11 @@ def test_runaway_episode_is_counted_and_scores_no_outcome() -> None:
     )
     assert value == [0.0]
     assert failures.as_dict() == {"runaway": 1}
+    # Cut off by the token budget: TRL's completion ids end without an end-of-turn token.
+    cut = [turn("The sum is")]
+    kwargs = {"completion_ids": [[11, 12], [11, 2]], "eos_token_ids": (2,), "failures": failures}
+    rewards.outcome(completions=[cut, cut], task=[ADD_TASK.to_json()] * 2, environments=[env, env], **kwargs)
+    assert failures.as_dict() == {"runaway": 1, "truncated": 1}
 
 
 def test_build_reward_funcs_puts_outcome_first_and_drops_zero_weights() -> None:

@@ -190,6 +190,10 @@ def test_live_loop_stops_a_runaway_policy_at_the_iteration_limit(tokenizer) -> N
     completion = result["episodes"][0]["completion"]
     assert [m["role"] for m in completion] == ["assistant", "tool", "assistant", "tool", "assistant"]
     assert result["outcome"] == 0.0 and result["failures"]["runaway"] == 1
+    # A token budget smaller than one reply: the rollout is cut off, counted as truncated.
+    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 8)
+    assert result["failures"] == {"malformed_call": 1, "truncated": 1}
+    assert result["episodes"][0]["completion"][0]["content"].startswith("<tool_call>")
 
 
 # -- the stage on the tiny model -------------------------------------------------------------------------------

@@ -217,6 +217,7 @@ class Episode:
     prompt_tokens: int = 0
     used_tokens: int = 0  # generated and tool-result tokens so far (TRL's max_completion_length counts both)
     tool_rounds: int = 0
+    truncated: bool = False  # the token budget ran out mid-reply
     done: bool = False
 
 
@@ -308,6 +309,7 @@ def _step(
         ep.completion.append(message)
         ep.conversation.append(message)
         calls = message.get("tool_calls", [])
+        ep.truncated = not ended
         if not ended or not calls or ep.tool_rounds >= limit:
             ep.done = True  # answered, out of tokens, or out of tool rounds (a runaway: calls left pending)
             continue
@@ -361,8 +363,10 @@ def score_episodes(
     completions = [ep.completion for ep in episodes]
     tasks = [ep.item.task.to_json() for ep in episodes]
     envs = [ep.env for ep in episodes]
+    truncated = [ep.truncated for ep in episodes]
     per_reward = {
-        rewards.reward_name(f): f(completions=completions, task=tasks, environments=envs) for f in funcs
+        rewards.reward_name(f): f(completions=completions, task=tasks, environments=envs, truncated=truncated)
+        for f in funcs
     }
     exact = [_exact_calls(ep, per_reward["tool_call"][i], tool_call_scale) for i, ep in enumerate(episodes)]
     by_domain: dict[str, list[float]] = {}

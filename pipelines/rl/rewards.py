@@ -89,6 +89,7 @@ class Rollout:
     results: list[tuple[str, str]]  # (tool name, observation text) of each tool message
     final_text: str  # visible content of the last assistant turn, reasoning stripped
     finished: bool  # the episode ended on an assistant turn without pending calls
+    truncated: bool = False  # the token budget ran out mid-reply (no end-of-turn token)
 
     @property
     def attempted(self) -> int:
@@ -335,7 +336,8 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
 
     Records the final answer into the env first: `ToolEnv.get_reward` compares the answer it was given.
     """
-    failures: Counter[str] = Counter(runaway=0 if rollout.finished else 1)
+    # A runaway episode: still calling when the tool rounds ran out, or cut off by the token budget.
+    failures: Counter[str] = Counter(runaway=0 if rollout.finished else 1, truncated=int(rollout.truncated))
     if is_irrelevant(task):
         return (1.0 if rollout.attempted == 0 and rollout.finished else 0.0), failures
     if not hasattr(environment, "get_reward") or not hasattr(environment, "_record_final_answer"):
@@ -425,10 +427,13 @@ def _score_batch(
     tools = kwargs.get("tools") or [None] * len(completions)
     failures: Counter[str] = Counter()
     values: list[float | None] = []
+    truncated = _truncated(kwargs, len(completions))
     for i, completion in enumerate(completions):
         env = environments[i] if environments is not None and i < len(environments) else None
         try:
-            result = score(parse_rollout(completion, schema), load_task(task[i]), env, tools[i])
+            rollout = parse_rollout(completion, schema)
+            rollout.truncated = truncated[i]
+            result = score(rollout, load_task(task[i]), env, tools[i])
         except Exception:
             failures[f"reward_error/{name}"] += 1
             result = FLOORS[name] * (
@@ -439,6 +444,17 @@ def _score_batch(
         values.append(value)
     _report(failures, kwargs.get("failures"), kwargs.get("log_metric"))
     return values
+
+
+def _truncated(kwargs: dict[str, Any], n: int) -> list[bool]:
+    """Which rollouts ran out of tokens: given directly (`truncated`, the evaluator), or read from TRL's
+    `completion_ids` (last token not an end-of-turn id; the ids are bound by `build_reward_funcs`)."""
+    if kwargs.get("truncated") is not None:
+        return [bool(t) for t in kwargs["truncated"]]
+    ids, eos = kwargs.get("completion_ids"), set(kwargs.get("eos_token_ids") or ())
+    if ids is None or not eos:
+        return [False] * n
+    return [bool(row) and int(row[-1]) not in eos for row in ids]
 
 
 def format(
@@ -545,6 +561,7 @@ def build_reward_funcs(
     thought_schema: ThoughtSchema | None = None,
     failures: FailureCounts | None = None,
     tool_call_scale: float = 1.0,
+    eos_token_ids: tuple[int, ...] = (),
 ) -> tuple[list[Callable[..., list]], list[float]]:
     """The reward functions with a non-zero weight, bound to the run's thought schema and failure counter.
 
@@ -558,5 +575,10 @@ def build_reward_funcs(
     names = sorted(
         (n for n, w in weights.items() if w != 0), key=lambda n: (n != "outcome", REWARD_NAMES.index(n))
     )
-    bound = {"thought_schema": thought_schema, "failures": failures, "tool_call_scale": tool_call_scale}
+    bound = {
+        "thought_schema": thought_schema,
+        "failures": failures,
+        "tool_call_scale": tool_call_scale,
+        "eos_token_ids": tuple(eos_token_ids),
+    }
     return [partial(REWARD_FUNCS[n], **bound) for n in names], [float(weights[n]) for n in names]

@@ -178,8 +178,9 @@ def build_trainer(
     rl = config.rl
     assert rl is not None
     schema = load_thought_schema(config.model.thought_schema)
-    funcs, weights = build_reward_funcs(rl.reward_weights, schema, failures, rl.tool_call_scale)
     model, tokenizer = load_policy(config, cluster)
+    eos_ids = _eos_token_ids(model, tokenizer)
+    funcs, weights = build_reward_funcs(rl.reward_weights, schema, failures, rl.tool_call_scale, eos_ids)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental upstream
     trainer = GRPOTrainer(
         model=model,
@@ -197,6 +198,14 @@ def build_trainer(
     # get weight 0 in the advantage.
     trainer.reward_weights[len(funcs) :] = 0.0
     return trainer
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    """Tokens that end a completion, as TRL counts them (the model's eos ids, the tokenizer's eos and pad)."""
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    declared = [declared] if isinstance(declared, int) else list(declared or [])
+    ids = [*declared, tokenizer.eos_token_id, tokenizer.pad_token_id]
+    return tuple(sorted({int(i) for i in ids if i is not None}))
 
 
 # -- the stage -------------------------------------------------------------------------------------------------
