@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import TrainerCallback
 
 from pipelines.envs import DOMAINS
 from pipelines.envs.base import Step, Task, ToolEnv
@@ -290,3 +291,141 @@ def test_grpo_goes_on_when_an_environment_raises(tmp_path: Path, tiny_model_dir:
     assert summary["failures"]["env_error"] == 2  # both rollouts: reset raised, scored 0
     assert summary["final_rewards"]["outcome"] == 0.0
     assert not (config.run_dir / "rl" / "tool" / "eval_before_after.json").exists()
+
+
+# -- checkpoints and resume ------------------------------------------------------------------------------------
+class CrashAt(TrainerCallback):
+    """Simulates a killed run: raise right after the checkpoint of `step` is written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated kill at step {self.step}")
+
+
+class StepsRun(TrainerCallback):
+    """The global step a session starts at, and each optimizer step it runs."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None
+        self.ran: list[int] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ran.append(state.global_step)
+
+
+def _logged(out: Path, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if key in row]
+    assert len(steps) == len(set(steps)), f"{key} logged twice for a step: {steps}"
+    return {row["step"]: row[key] for row in rows if key in row}
+
+
+def test_killed_grpo_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from pipelines.rl.train import BEFORE_FILE, FAILURES_FILE, RUN_STATE_FILE, run
+    from pipelines.sft.outputs import check_vllm_compatible
+
+    train = {"max_steps": 3, "save_steps": 1, "save_total_limit": 1, "per_device_train_batch_size": 2,
+             "learning_rate": 1e-3, "gradient_checkpointing": False}  # fmt: skip
+    config = make_config(
+        tmp_path, tiny_model_dir, domains=["calculator"], n_tasks=3, eval_tasks_per_domain=1, train=train
+    )
+    save_sft_adapter(config, tiny_model_dir, "tool")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, callbacks=[CrashAt(2)])
+    out = config.run_dir / "rl" / "tool"
+    # save_steps=1 wrote checkpoint-1 and -2; save_total_limit=1 rotated the first out.
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert (out / "checkpoint-2" / FAILURES_FILE).is_file() and not (out / "training_summary.json").exists()
+    failures_at_2 = json.loads((out / "checkpoint-2" / FAILURES_FILE).read_text())
+    fingerprint = json.loads((out / RUN_STATE_FILE).read_text())["config_fingerprint"]
+    # Mark the first session's evaluation of the starting policy: the resumed run must report it, not a new one.
+    stored = json.loads((out / BEFORE_FILE).read_text())
+    stored["before"]["session"] = "first"
+    (out / BEFORE_FILE).write_text(json.dumps(stored))
+
+    steps = StepsRun()
+    summary = run(config, callbacks=[steps])["tool"]
+    assert (steps.start, steps.ran) == (2, [3])  # resumed at step 2 and ran only step 3
+    assert summary["steps"] == 3 and summary["resumed_from_step"] == 2
+    assert summary["config_fingerprint"] == fingerprint
+    assert all(summary["failures"].get(kind, 0) >= n for kind, n in failures_at_2.items())
+    assert sum(summary["failures"].values()) > sum(failures_at_2.values())  # step 3's rollouts added theirs
+    for key in ("loss", "reward", "rewards/outcome/mean"):
+        assert sorted(_logged(out, key)) == [1, 2, 3], key  # one clean history: steps 1-2 kept, 3 added
+    assert json.loads((out / "eval_before_after.json").read_text())["before"]["session"] == "first"
+    assert not list(out.glob("checkpoint-*")) and not (out / BEFORE_FILE).exists()
+    assert check_vllm_compatible(out) == []
+
+
+def _checkpoint(out: Path, step: int, complete: bool = True) -> Path:
+    from pipelines.rl.train import FAILURES_FILE
+
+    path = out / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / FAILURES_FILE).write_text(json.dumps({"malformed_call": step}))
+    return path
+
+
+def test_resume_takes_the_last_complete_checkpoint_and_a_changed_config_starts_over(
+    tmp_path: Path, caplog
+) -> None:
+    from pipelines.rl.train import RUN_STATE_FILE, prepare_output_dir, restored_failures
+
+    out = tmp_path / "rl" / "tool"
+    assert prepare_output_dir(out, "f1", resume=True) is None  # fresh: the folder records the fingerprint
+    assert json.loads((out / RUN_STATE_FILE).read_text()) == {"config_fingerprint": "f1"}
+    _checkpoint(out, 2)
+    _checkpoint(out, 10)
+    _checkpoint(out, 11, complete=False)  # killed mid-save: its failure totals never got written
+    checkpoint = prepare_output_dir(out, "f1", resume=True)
+    assert checkpoint == out / "checkpoint-10"
+    assert restored_failures(checkpoint).as_dict() == {"malformed_call": 10}
+    assert restored_failures(None).as_dict() == {}
+
+    with caplog.at_level("WARNING", logger="midtrain.rl"):
+        assert prepare_output_dir(out, "f2-changed", resume=True) is None
+    assert (
+        "checkpoint-10 was trained with another rl config" in caplog.text and "starting this" in caplog.text
+    )
+    assert not list(out.glob("checkpoint-*"))
+    assert json.loads((out / RUN_STATE_FILE).read_text()) == {"config_fingerprint": "f2-changed"}
+    _checkpoint(out, 3)
+    assert prepare_output_dir(out, "f2-changed", resume=False) is None  # --restart
+    assert not (out / "checkpoint-3").exists()
+
+
+def test_rl_fingerprint_follows_what_shapes_the_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from pipelines.rl.train import rl_fingerprint
+
+    config = make_config(tmp_path, tiny_model_dir)
+    adapter = save_sft_adapter(config, tiny_model_dir, "tool")
+    base = rl_fingerprint(config, "tool")
+
+    def changed(path: str, value: Any) -> str:
+        edited = config.model_copy(deep=True)
+        *parents, key = path.split(".")
+        target = edited
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, key, value)
+        return rl_fingerprint(edited, "tool")
+
+    # Recording settings and the cluster list leave checkpoints valid ...
+    assert changed("rl.train.save_steps", 7) == changed("rl.train.logging_steps", 5) == base
+    assert changed("rl.clusters", ["tool", "plan"]) == base
+    # ... what the run learns from does not.
+    for path, value in (("rl.train.learning_rate", 5e-4), ("rl.task_seed", 11), ("rl.eval_seed", 5),
+                        ("rl.train.max_steps", 9), ("model.thought_schema", "reflection70b")):  # fmt: skip
+        assert changed(path, value) != base, path
+    # A retrained SFT adapter (other weights) invalidates the RL checkpoints taken from the old one.
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert rl_fingerprint(config, "tool") != base
+    assert changed("rl.from_base", True) != rl_fingerprint(config, "tool")

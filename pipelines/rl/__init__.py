@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 
-def run(config: Any, clusters: Any = None, callbacks: Any = ()) -> dict[str, dict[str, Any]]:
-    """`pipelines.rl.train.run`: GRPO for every cluster of `rl.clusters`."""
+def run(
+    config: Any, clusters: Any = None, callbacks: Any = (), resume: bool = True
+) -> dict[str, dict[str, Any]]:
+    """`pipelines.rl.train.run`: GRPO for every cluster of `rl.clusters` (resuming interrupted ones)."""
     from pipelines.rl.train import run as run_stage
 
-    return run_stage(config, clusters=clusters, callbacks=callbacks)
+    return run_stage(config, clusters=clusters, callbacks=callbacks, resume=resume)
 
 
 __all__ = ["run"]

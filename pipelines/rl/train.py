@@ -9,27 +9,44 @@ Per cluster, into `runs/<name>/rl/<cluster>/`:
    rewards of `pipelines.rl.rewards`, held-out evaluation again → `eval_before_after.json`;
 4. outputs: adapter (vLLM-servable, checked) + tokenizer, `metrics.jsonl`, `loss.png`, `rewards.png` (each reward
    component over steps), `training_summary.json` (failure counts included).
+
+Checkpoints every `rl.train.save_steps` (at most `save_total_limit` kept) carry the run's failure totals; the
+folder records the stage's config fingerprint (`rl_run.json`). Running the stage again after an interruption
+resumes from the last complete checkpoint when the fingerprint matches, and starts over (saying why) when the
+config or the starting SFT adapter changed. A finished run keeps no checkpoints, so running it again trains anew.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from transformers import TrainerCallback
 
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.recipe import Decontamination
 from pipelines.rl import evaluate as rl_eval
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
 from pipelines.run_config import RLSection, RunConfig
-from pipelines.tracking import LocalMetricsCallback, PeakMemory, read_metrics, report_to, wandb_session
+from pipelines.sft.outputs import ADAPTER_WEIGHTS, read_json, write_json
+from pipelines.tracking import LocalMetricsCallback, PeakMemory, file_sha256, read_metrics, wandb_session
 
 log = logging.getLogger("midtrain.rl")
 SUMMARY_FILE = "training_summary.json"
 REWARDS_PLOT = "rewards.png"
+RUN_STATE_FILE = "rl_run.json"  # the config fingerprint the folder's checkpoints were trained with
+BEFORE_FILE = "heldout_before.json"  # the starting policy's held-out evaluation, kept until the run finishes
+FAILURES_FILE = "rl_failures.json"  # failure totals at a checkpoint; written last, so it marks it complete
+# Settings that change how a run is recorded, not what it learns: editing them keeps its checkpoints valid.
+UNFINGERPRINTED_TRAIN_KEYS = {"save_steps", "save_total_limit", "logging_steps"}
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
@@ -118,37 +135,15 @@ def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
 
 
 def grpo_args(config: RunConfig, cluster: str, out_dir: Path, weights: list[float]) -> Any:
+    """GRPOConfig: the shared `rl.train` mapping plus group size, rollout limits, KL and reward weights."""
     from trl import GRPOConfig
 
-    from pipelines.sft.model import cuda_available, precision_flags
+    from pipelines.train_args import training_kwargs
 
     rl = config.rl
     assert rl is not None
-    train = rl.train
-    bf16, fp16 = precision_flags(train)
     return GRPOConfig(
-        output_dir=str(out_dir),
-        run_name=f"{config.name}-rl-{cluster}",
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.per_device_train_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler_type,
-        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        optim=train.optim,
-        gradient_checkpointing=train.gradient_checkpointing,
-        logging_steps=train.logging_steps,
-        # No mid-run checkpoints: an RL run is short and restarts from its SFT adapter (the held-out "before"
-        # evaluation belongs to that start), so resuming half a run is not offered.
-        save_strategy="no",
-        seed=train.seed,
-        data_seed=train.seed,
-        use_cpu=not cuda_available(),
-        bf16=bf16,
-        fp16=fp16,
-        report_to=report_to(config.tracking),
+        **training_kwargs(rl.train, out_dir, f"{config.name}-rl-{cluster}", config.tracking),
         num_generations=rl.num_generations,
         max_completion_length=rl.max_completion_length,
         max_tool_calling_iterations=rl.max_tool_calling_iterations,
@@ -189,7 +184,7 @@ def build_trainer(
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         environment_factory=dict(env_classes),
-        callbacks=[LocalMetricsCallback(out_dir), *callbacks],
+        callbacks=[LocalMetricsCallback(out_dir), FailureTotalsCallback(failures), *callbacks],
     )
     # Each env class defines `get_reward`, which TRL appends after our functions with weight 1, one column per
     # domain. Our `outcome` reward already is that value (it records the final answer, then asks the env), with
@@ -208,11 +203,128 @@ def _eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted({int(i) for i in ids if i is not None}))
 
 
+# -- checkpoints and resume -----------------------------------------------------------------------------------
+def start_fingerprint(config: RunConfig, cluster: str) -> str:
+    """What the policy starts from: `base`, or the SFT adapter's weights hash (a retrained SFT adapter makes the
+    checkpoints taken from the old one stale, even when the `rl` section did not change)."""
+    assert config.rl is not None
+    if config.rl.from_base:
+        return "base"
+    adapter = sft_adapter_dir(config, cluster)
+    weights = next((adapter / name for name in ADAPTER_WEIGHTS if (adapter / name).is_file()), None)
+    if weights is None:
+        raise BadInput(
+            f"{adapter}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); run `midtrain sft` again"
+        )
+    return f"sft:{file_sha256(weights)}"
+
+
+def rl_fingerprint(config: RunConfig, cluster: str) -> str:
+    """What determines a cluster's RL weights: base model, `rl` settings, held-out spec (its tasks are kept out
+    of training) and the starting adapter. `rl.clusters` is left out: adding a cluster keeps the others valid."""
+    rl = config.rl
+    assert rl is not None
+    payload = {
+        "stage": "rl",
+        "cluster": cluster,
+        "model": config.model.model_dump(mode="json"),
+        "rl": rl.model_dump(mode="json", exclude={"clusters": True, "train": UNFINGERPRINTED_TRAIN_KEYS}),
+        "heldout": list(heldout_spec(config)),
+        "start": start_fingerprint(config, cluster),
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def last_complete_checkpoint(out_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` whose failure totals were written (a kill mid-save leaves them out)."""
+    steps = []
+    for path in out_dir.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (path / FAILURES_FILE).is_file():
+            steps.append((int(suffix), path))
+    return max(steps)[1] if steps else None
+
+
+def prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> Path | None:
+    """The checkpoint to resume from (same fingerprint), or None after clearing the folder for a fresh start."""
+    checkpoint = last_complete_checkpoint(out_dir) if resume and out_dir.is_dir() else None
+    if checkpoint is not None:
+        stored = (read_json(out_dir / RUN_STATE_FILE) or {}).get("config_fingerprint")
+        if stored == fingerprint:
+            log.info("rl: %s: resuming from %s", out_dir.name, checkpoint)
+            return checkpoint
+        # Restarting rather than refusing: an RL checkpoint is only worth its few steps, and `midtrain run`
+        # must be able to re-run this stage after an upstream change without a manual cleanup.
+        log.warning(
+            "rl: %s: %s was trained with another rl config or start adapter (fingerprint %s != %s); "
+            "starting this cluster over",
+            out_dir.name,
+            checkpoint,
+            str(stored)[:12],
+            fingerprint[:12],
+        )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    write_json(out_dir / RUN_STATE_FILE, {"config_fingerprint": fingerprint})
+    return None
+
+
+class FailureTotalsCallback(TrainerCallback):
+    """Writes the run's failure totals into each checkpoint, so a resumed run's summary counts the whole run."""
+
+    def __init__(self, failures: FailureCounts) -> None:
+        self.failures = failures
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_json(checkpoint / FAILURES_FILE, self.failures.as_dict())
+
+
+def restored_failures(checkpoint: Path | None) -> FailureCounts:
+    """The failure totals up to `checkpoint` (none for a fresh start)."""
+    stored = read_json(checkpoint / FAILURES_FILE) if checkpoint is not None else None
+    return FailureCounts(Counter(stored or {}))
+
+
+@dataclass
+class ClusterJob:
+    """One cluster's GRPO run: where it goes, its fingerprint, the checkpoint it resumes from."""
+
+    cluster: str
+    out_dir: Path
+    fingerprint: str
+    checkpoint: Path | None
+
+    @property
+    def start_step(self) -> int:
+        return int(self.checkpoint.name.removeprefix("checkpoint-")) if self.checkpoint else 0
+
+
+def starting_evaluation(out_dir: Path, evaluate: Any) -> dict[str, Any] | None:
+    """The held-out evaluation of the starting policy, once per run: a resumed run's policy has already moved,
+    so it reads the numbers its first session stored (the folder is cleared whenever the fingerprint changes)."""
+    stored = read_json(out_dir / BEFORE_FILE)
+    if stored is not None:
+        return stored["before"]
+    before = evaluate()
+    write_json(out_dir / BEFORE_FILE, {"before": before})
+    return before
+
+
 # -- the stage -------------------------------------------------------------------------------------------------
 def run(
-    config: RunConfig, clusters: Sequence[str] | None = None, callbacks: Sequence[Any] = ()
+    config: RunConfig,
+    clusters: Sequence[str] | None = None,
+    callbacks: Sequence[Any] = (),
+    resume: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """GRPO for every cluster of `rl.clusters` (or the `clusters` subset); return each training summary."""
+    """GRPO for every cluster of `rl.clusters` (or the `clusters` subset); return each training summary.
+
+    `resume`: continue an interrupted cluster from its last checkpoint when its fingerprint still matches
+    (else it starts over); False always starts over. `callbacks`: extra `TrainerCallback`s for every trainer.
+    """
     if config.rl is None:
         raise BadInput("the config has no `rl` section")
     rl = config.rl
@@ -242,7 +354,9 @@ def run(
     if not rl.from_base:
         for name in names:
             sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
-    return {name: train_cluster(config, name, domains, train_items, held_out, callbacks) for name in names}
+    return {
+        name: train_cluster(config, name, domains, train_items, held_out, callbacks, resume) for name in names
+    }
 
 
 def train_cluster(
@@ -252,37 +366,36 @@ def train_cluster(
     train_items: list[rl_eval.DomainTask],
     held_out: rl_eval.HeldOut | None,
     callbacks: Sequence[Any] = (),
+    resume: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the starting policy, train, evaluate again, save; return the training summary."""
+    """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary."""
     out_dir = config.run_dir / "rl" / cluster
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    fingerprint = rl_fingerprint(config, cluster)
+    job = ClusterJob(cluster, out_dir, fingerprint, prepare_output_dir(out_dir, fingerprint, resume))
     env_classes = {name: spec[0] for name, spec in domains.items()}
-    failures = FailureCounts()
+    failures = restored_failures(job.checkpoint)
     rows = prompt_rows(train_items)
     trainer = build_trainer(config, cluster, out_dir, rows, env_classes, failures, callbacks)
     evaluate = _evaluator(config, trainer, env_classes, held_out.items if held_out else [])
-    before = evaluate()
+    before = starting_evaluation(out_dir, evaluate)
     wandb_config = {"midtrain": config.model_dump(mode="json"), "cluster": cluster, "stage": "rl"}
-    name = f"{config.name}-rl-{cluster}"
-    wandb_dir = config.run_dir / "wandb"
     with (
         wandb_session(
             config.tracking,
-            wandb_dir=wandb_dir,
+            wandb_dir=config.run_dir / "wandb",
             out_dir=out_dir,
-            name=name,
+            name=f"{config.name}-rl-{cluster}",
             group=config.name,
-            config=wandb_config,
+            config=wandb_config | {"config_fingerprint": fingerprint},
+            resume=job.checkpoint is not None,
         ) as wandb_run,
         PeakMemory() as peak,
     ):
         started = time.perf_counter()
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(job.checkpoint) if job.checkpoint else None)
         wall_time = time.perf_counter() - started
         after = evaluate()
-        summary = _summary(trainer, output, wall_time, peak, failures, train_items, cluster, config)
+        summary = _summary(trainer, output, wall_time, peak, failures, train_items, job, config)
         summary |= _heldout_report(out_dir, held_out, before, after)
         if wandb_run is not None:
             wandb_run.summary.update(_flat_numbers(summary))
@@ -297,7 +410,7 @@ def _heldout_report(
     if held_out is None or before is None or after is None:
         return {}
     comparison = rl_eval.before_after(before, after, held_out)
-    _write_json(out_dir / rl_eval.EVAL_FILE, comparison)
+    write_json(out_dir / rl_eval.EVAL_FILE, comparison)
     report = {
         "n_tasks": len(held_out.items),
         "outcome_before": before["outcome"],
@@ -349,7 +462,7 @@ def _summary(
     peak: PeakMemory,
     failures: FailureCounts,
     items: list[rl_eval.DomainTask],
-    cluster: str,
+    job: ClusterJob,
     config: RunConfig,
 ) -> dict[str, Any]:
     from pipelines.sft.outputs import library_versions
@@ -360,14 +473,18 @@ def _summary(
     domains: dict[str, int] = {}
     for item in items:
         domains[item.domain] = domains.get(item.domain, 0) + 1
+    steps = trainer.state.global_step
     return {
-        "cluster": cluster,
-        "start": "base" if rl.from_base else f"sft/{cluster}",
+        "cluster": job.cluster,
+        "start": "base" if rl.from_base else f"sft/{job.cluster}",
         "base_model": config.model.name_or_path,
-        "steps": trainer.state.global_step,
+        "config_fingerprint": job.fingerprint,
+        "steps": steps,
+        "resumed_from_step": job.start_step,
+        # Time, loss and peak memory are this session's; rewards, failures and history cover the whole run.
         "wall_time_s": round(wall_time, 3),
-        "seconds_per_step": round(wall_time / max(1, trainer.state.global_step), 3),
-        "mean_train_loss": output.training_loss,
+        "seconds_per_step": round(wall_time / max(1, steps - job.start_step), 3),
+        "mean_train_loss_this_session": output.training_loss,
         "final_reward": _last(history, "reward"),
         "final_rewards": {k.split("/")[1]: v for k, v in _last_row(history, "rewards/").items()},
         "tool_call_frequency": _last(history, "tools/call_frequency"),
@@ -396,12 +513,6 @@ def _last_row(history: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     return {}
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from pipelines.sft.outputs import write_json
-
-    write_json(path, payload)
-
-
 def _save_outputs(trainer: Any, out_dir: Path, summary: dict[str, Any]) -> None:
     """Adapter + tokenizer, refused if vLLM could not serve it; reward curves; summary."""
     from pipelines.sft.outputs import check_vllm_compatible
@@ -412,7 +523,12 @@ def _save_outputs(trainer: Any, out_dir: Path, summary: dict[str, Any]) -> None:
     if problems:
         raise MidtrainError(f"{out_dir}: adapter is not vLLM-compatible: {'; '.join(problems)}")
     write_rewards_plot(out_dir / "metrics.jsonl", out_dir / REWARDS_PLOT)
-    _write_json(out_dir / SUMMARY_FILE, summary)
+    write_json(out_dir / SUMMARY_FILE, summary)
+    # A finished run has no use for its checkpoints (optimizer state included) or the stored starting numbers
+    # (they are in eval_before_after.json); running the stage again starts over.
+    for checkpoint in out_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    (out_dir / BEFORE_FILE).unlink(missing_ok=True)
 
 
 def write_rewards_plot(metrics_path: Path, plot_path: Path) -> None:

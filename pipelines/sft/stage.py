@@ -16,12 +16,10 @@ from pipelines.errors import BadInput, MidtrainError
 from pipelines.run_config import RunConfig, SFTSection
 from pipelines.sft import data as mixdata
 from pipelines.sft.model import (
-    cuda_available,
     fsdp_enabled,
     keep_adapter_in_compute_dtype,
     load_base_model,
     lora_config,
-    precision_flags,
 )
 from pipelines.sft.outputs import (
     RUN_STATE_FILE,
@@ -33,7 +31,7 @@ from pipelines.sft.outputs import (
     read_json,
     write_json,
 )
-from pipelines.tracking import LocalMetricsCallback, PeakMemory, file_sha256, report_to, wandb_session
+from pipelines.tracking import LocalMetricsCallback, PeakMemory, file_sha256, wandb_session
 
 log = logging.getLogger("midtrain.sft")
 
@@ -183,45 +181,24 @@ def _prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> str | 
 
 
 def trainer_args(config: RunConfig, adapter: str, out_dir: Path, has_eval: bool) -> Any:
-    """SFTConfig from the typed `sft.train` section: packing/padding-free, checkpoints, precision, tracking."""
+    """SFTConfig: the shared `sft.train` mapping plus packing/padding-free, periodic eval and token counting."""
     from trl import SFTConfig
+
+    from pipelines.train_args import training_kwargs
 
     assert config.sft is not None
     train = config.sft.train
-    bf16, fp16 = precision_flags(train)
     periodic_eval = has_eval and train.eval_steps is not None
     return SFTConfig(
-        output_dir=str(out_dir),
-        run_name=f"{config.name}-sft-{adapter}",
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.per_device_train_batch_size,
-        per_device_eval_batch_size=train.per_device_eval_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler_type,
-        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        optim=train.optim,
+        **training_kwargs(train, out_dir, f"{config.name}-sft-{adapter}", config.tracking),
         max_length=train.max_length,
         packing=train.packing,
         packing_strategy="bfd",
         padding_free=train.packing,
-        gradient_checkpointing=train.gradient_checkpointing,
         # PEFT's FSDP-QLoRA recipe checkpoints with the reentrant variant; elsewhere the library default.
         gradient_checkpointing_kwargs={"use_reentrant": True} if fsdp_enabled() else None,
-        logging_steps=train.logging_steps,
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        save_total_limit=train.save_total_limit,
         eval_strategy="steps" if periodic_eval else "no",
         eval_steps=train.eval_steps if periodic_eval else None,
-        seed=train.seed,
-        data_seed=train.seed,
-        use_cpu=not cuda_available(),
-        bf16=bf16,
-        fp16=fp16,
-        report_to=report_to(config.tracking),
         # Padding-free batches hold no padding, so every token is real; padded batches count the mask.
         include_num_input_tokens_seen="all" if train.packing else "non_padding",
         dataset_num_proc=config.data.num_proc if config.data.num_proc > 1 else None,
