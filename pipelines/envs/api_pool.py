@@ -28,7 +28,7 @@ from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any
 
-from pipelines.envs.base import Mistake, Step, Task, ToolEnv, ToolError, _normalise, _to_text
+from pipelines.envs.base import ANSWER_SEPARATOR, Mistake, Step, Task, ToolEnv, ToolError, _to_text
 from pipelines.schema import argument_errors
 
 DOMAIN = "api"
@@ -888,17 +888,6 @@ class ApiPoolEnv(ToolEnv):
         self._calls.append((name, arguments, False))
         return _to_text(result), False
 
-    def _check(self, task: Task, final_answer: str | None) -> bool:
-        """Like the base check, but a task with several answers (parallel calls) needs every one of them."""
-        if task.expected_state is not None and not self._check_state(task.expected_state):
-            return False
-        if task.answer is None:
-            return True
-        said = _normalise(final_answer or "")
-        return final_answer is not None and all(
-            _normalise(a) in said for a in task.answer.split(ANSWER_SEPARATOR)
-        )
-
     def _check_state(self, expected: dict[str, Any]) -> bool:
         """Every expected call was made successfully (as a multiset: parallel calls may come in any order)."""
         made = Counter(_canonical(n, a) for n, a, failed in self._calls if not failed)
@@ -1166,9 +1155,6 @@ def _tools_for(rng: random.Random, pool: Pool, calls: list[Call]) -> dict[str, A
     sigs = used + _distractors(rng, pool, used, rng.randint(1, 4))
     rng.shuffle(sigs)
     return {"tools": [s.spec() for s in sigs], "apis": {s.name: s.behaviour() for s in sigs}}
-
-
-ANSWER_SEPARATOR = " | "  # several answers in one task: each must appear in the final answer
 
 
 def _build_task(rng: random.Random, calls: list[Call], turns: list[list[int]], request: str, plan: str,

@@ -120,11 +120,12 @@ class ToolEnv:
         return True
 
     def _check(self, task: Task, final_answer: str | None) -> bool:
+        """The expected state (if any), then every `ANSWER_SEPARATOR`-joined answer part in the final answer."""
         if task.expected_state is not None and not self._check_state(task.expected_state):
             return False
-        if task.answer is not None:
-            return final_answer is not None and _normalise(task.answer) in _normalise(final_answer)
-        return True
+        if task.answer is None:
+            return True
+        return final_answer is not None and every_answer_said(task.answer, final_answer)
 
     def _record_final_answer(self, text: str) -> None:
         self._final_answer = text
@@ -183,6 +184,17 @@ def _normalise(text: str) -> str:
     return " ".join(str(text).lower().replace(",", "").split())
 
 
+# A task with several answers (parallel calls, several questions) joins them with this; the final answer must
+# contain every one of them, and the trace generator splits on it to phrase them.
+ANSWER_SEPARATOR = " | "
+
+
+def every_answer_said(answer: str, final_answer: str) -> bool:
+    """Does `final_answer` contain each `ANSWER_SEPARATOR`-joined part of `answer` (after normalisation)?"""
+    said = _normalise(final_answer)
+    return all(_normalise(part) in said for part in answer.split(ANSWER_SEPARATOR))
+
+
 # -- helpers shared by the domains' task samplers (`sample_task(rng, difficulty, parallel)` in each module) -----
 @dataclass(frozen=True)
 class TaskKind:
@@ -230,6 +242,42 @@ def turn_of(solution: list[list[Step]], step: Step) -> int:
         if any(s is step for s in turn):
             return index
     raise ValueError(f"step {step} is not part of the solution")
+
+
+def sample_from(
+    kinds: list[TaskKind], domain: str, rng: random.Random, difficulty: int | None, parallel: bool
+) -> Task:
+    """A task of a kind that fits `difficulty` (drawn when None): the body of every domain's `sample_task`."""
+    kind, difficulty = pick_task_kind(kinds, rng, difficulty, parallel, domain)
+    return kind.build(rng, difficulty, parallel)
+
+
+def build_task(domain: str, kind: str, groups: list[list[Step]], parallel: bool, **fields: Any) -> Task:
+    """A Task from batches of independent calls, with its id, difficulty and mistakes derived from them.
+
+    `fields` are the other Task fields; `mistakes` come as (solution step, wrong step, error_contains, reflection)
+    tuples, and each becomes a Mistake placed before the turn that holds its solution step.
+    """
+    solution = arrange_turns(groups, parallel)
+    mistakes = fields.pop("mistakes", [])
+    setup = fields.pop("setup", {})
+    payload = {"request": fields["request"], "setup": setup, "solution": repr(solution)}
+    return Task(
+        domain=domain,
+        task_id=stable_task_id(domain, kind, payload),
+        setup=setup,
+        solution=solution,
+        difficulty=sum(len(turn) for turn in solution),
+        mistakes=[
+            Mistake(turn_of(solution, step), wrong, error, why) for step, wrong, error, why in mistakes
+        ],
+        **fields,
+    )
+
+
+def spoken_list(items: list[str], last: str = "and") -> str:
+    """`a, b and c`: how a request or an answer names several things."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {last} " + items[-1]
 
 
 def stable_task_id(domain: str, kind: str, payload: Any) -> str:

@@ -9,6 +9,7 @@ Results are rounded to 4 decimals and printed the same way by the tools and the 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import keyword
 import math
@@ -19,18 +20,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.envs.base import (
-    Mistake,
-    Step,
-    Task,
-    TaskKind,
-    ToolEnv,
-    ToolError,
-    arrange_turns,
-    pick_task_kind,
-    stable_task_id,
-    turn_of,
-)
+from pipelines.envs.base import Step, Task, TaskKind, ToolEnv, ToolError, build_task, sample_from, spoken_list
 from pipelines.errors import BadInput
 
 DOMAIN = "calculator"
@@ -442,23 +432,7 @@ class CalculatorEnv(ToolEnv):
 
 
 # == task sampler ==============================================================================================
-def _task(kind: str, groups: list[list[Step]], parallel: bool, **fields: Any) -> Task:
-    solution = arrange_turns(groups, parallel)
-    difficulty = sum(len(turn) for turn in solution)
-    mistakes = fields.pop("mistakes", [])
-    setup = fields.pop("setup", {})
-    payload = {"request": fields["request"], "setup": setup, "solution": repr(solution)}
-    return Task(
-        domain=DOMAIN,
-        task_id=stable_task_id(DOMAIN, kind, payload),
-        setup=setup,
-        solution=solution,
-        difficulty=difficulty,
-        mistakes=[
-            Mistake(turn_of(solution, step), wrong, error, why) for step, wrong, error, why in mistakes
-        ],
-        **fields,
-    )
+_task = functools.partial(build_task, DOMAIN)  # (kind, groups, parallel, **Task fields)
 
 
 def _money(rng: random.Random, low: int, high: int) -> float:
@@ -706,7 +680,7 @@ def _build_conversion_sum(rng: random.Random, difficulty: int, parallel: bool) -
         [conversions, [total_step]],
         parallel,
         request=rng.choice(templates).format(
-            items=_listing([words for _, words in described]), target_name=target_name
+            items=spoken_list([words for _, words in described]), target_name=target_name
         ),
         answer=_fmt(_evaluate(total_step.arguments["expression"], {})),
         plan=f"Convert each quantity that is not already in {target} with convert_units (independent calls), "
@@ -716,10 +690,6 @@ def _build_conversion_sum(rng: random.Random, difficulty: int, parallel: bool) -
         ),
         mistakes=[(total_step, wrong, "units are not allowed", _UNITS_WHY)],
     )
-
-
-def _listing(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 _UNITS_WHY = "Expressions only take plain numbers, so I must convert each quantity first and add the results."
@@ -804,13 +774,8 @@ _STAT_NAMES = {
     "max": "maximum",
 }
 _THINGS = [
-    "test scores",
-    "daily step counts",
-    "delivery times",
-    "monthly expenses",
-    "sensor readings",
-    "lap times",
-]
+    "test scores", "daily step counts", "delivery times", "monthly expenses", "sensor readings", "lap times",
+]  # fmt: skip
 
 
 def _build_stats(rng: random.Random, difficulty: int, parallel: bool) -> Task:
@@ -971,7 +936,7 @@ def _build_memory(rng: random.Random, difficulty: int, parallel: bool) -> Task:
     count = 2 if difficulty <= 3 else difficulty - 2
     values = {name: rng.randint(low, high) for name, low, high in rng.sample(_BUDGET_ITEMS, count)}
     stores = [Step("store_value", {"name": name, "value": value}) for name, value in values.items()]
-    items = _listing([f"{name} = {value}" for name, value in values.items()])
+    items = spoken_list([f"{name} = {value}" for name, value in values.items()])
     if difficulty == 2:
         return _task(
             "memory",
@@ -1052,5 +1017,4 @@ TASK_KINDS = [
 
 def sample_task(rng: random.Random, difficulty: int | None = None, parallel: bool = False) -> Task:
     """A verifiable calculator task needing `difficulty` calls (1–8); `parallel` puts ≥2 calls in one turn."""
-    kind, difficulty = pick_task_kind(TASK_KINDS, rng, difficulty, parallel, DOMAIN)
-    return kind.build(rng, difficulty, parallel)
+    return sample_from(TASK_KINDS, DOMAIN, rng, difficulty, parallel)

@@ -8,24 +8,14 @@ sequential (`ev7`, `td3`), so a sampler that knows the setup knows every id in a
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from pipelines.envs.base import (
-    Mistake,
-    Step,
-    Task,
-    TaskKind,
-    ToolEnv,
-    ToolError,
-    arrange_turns,
-    pick_task_kind,
-    stable_task_id,
-    turn_of,
-)
+from pipelines.envs.base import Step, Task, TaskKind, ToolEnv, ToolError, build_task, sample_from, spoken_list
 from pipelines.errors import BadInput
 
 DOMAIN = "calendar"
@@ -332,47 +322,17 @@ def _clean_attendees(attendees: Any) -> list[str]:
 
 # == task sampler ==============================================================================================
 _PEOPLE = [
-    "Priya",
-    "Marco",
-    "Aiko",
-    "Lena",
-    "Tomás",
-    "Sam",
-    "Noor",
-    "Kwame",
-    "Ines",
-    "Oliver",
-    "Mei",
-    "Jonas",
-]
+    "Priya", "Marco", "Aiko", "Lena", "Tomás", "Sam", "Noor", "Kwame", "Ines", "Oliver", "Mei", "Jonas",
+]  # fmt: skip
 _TITLES = [
-    "Team standup",
-    "Design review",
-    "Budget meeting",
-    "Sprint planning",
-    "Dentist",
-    "Yoga class",
-    "Client call",
-    "Code review",
-    "Interview",
-    "Product demo",
-]
+    "Team standup", "Design review", "Budget meeting", "Sprint planning", "Dentist", "Yoga class",
+    "Client call", "Code review", "Interview", "Product demo",
+]  # fmt: skip
 _TODO_TITLES = [
-    "Renew passport",
-    "Pay electricity bill",
-    "Book flights",
-    "Send invoice",
-    "Call the plumber",
-    "Update CV",
-    "Buy a birthday gift",
-    "Back up laptop",
-    "File expense report",
-    "Order printer ink",
-    "Schedule car service",
-    "Return library books",
-    "Water the plants",
-    "Cancel old subscription",
-]
+    "Renew passport", "Pay electricity bill", "Book flights", "Send invoice", "Call the plumber", "Update CV",
+    "Buy a birthday gift", "Back up laptop", "File expense report", "Order printer ink",
+    "Schedule car service", "Return library books", "Water the plants", "Cancel old subscription",
+]  # fmt: skip
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October"]
 _MONTHS += ["November", "December"]
 _WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -444,28 +404,23 @@ def _todos(rng: random.Random, first: date, count: int) -> list[dict[str, Any]]:
     return _numbered(todos, "td")
 
 
-def _task(kind: str, groups: list[list[Step]], parallel: bool, **fields: Any) -> Task:
-    solution = arrange_turns(groups, parallel)
-    mistakes = fields.pop("mistakes", [])
-    payload = {"request": fields["request"], "setup": fields["setup"], "solution": repr(solution)}
-    return Task(
-        domain=DOMAIN,
-        task_id=stable_task_id(DOMAIN, kind, payload),
-        solution=solution,
-        difficulty=sum(len(turn) for turn in solution),
-        mistakes=[
-            Mistake(turn_of(solution, step), wrong, error, why) for step, wrong, error, why in mistakes
-        ],
-        **fields,
-    )
-
-
-def _listing(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+_task = functools.partial(build_task, DOMAIN)  # (kind, groups, parallel, **Task fields)
 
 
 _ISO_WHY = "The calendar only accepts ISO dates, so {spoken} has to be written as {iso}."
 _TIME_WHY = "Times must be 24-hour HH:MM, so I'll write {time} instead."
+
+
+def _date_slip(step: Step, argument: str, spoken: str) -> tuple[Step, Step, str, str]:
+    """Mistake: the request's spoken date passed on verbatim as `argument` of `step`, refused as not ISO."""
+    wrong = Step(step.tool, {**step.arguments, argument: spoken})
+    return step, wrong, "expected YYYY-MM-DD", _ISO_WHY.format(spoken=spoken, iso=step.arguments[argument])
+
+
+def _time_slip(step: Step, argument: str, start: int, spoken_time: str) -> tuple[Step, Step, str, str]:
+    """Mistake: the request's time (`start` minutes) passed on as said, in `argument`, refused as not HH:MM."""
+    wrong = Step(step.tool, {**step.arguments, argument: _unaccepted_time(start, spoken_time)})
+    return step, wrong, "expected HH:MM", _TIME_WHY.format(time=_clock(start))
 
 
 # -- kind: a question about one day's agenda ---------------------------------------------------------------------
@@ -515,14 +470,7 @@ def _build_agenda(rng: random.Random, difficulty: int, parallel: bool) -> Task:
             "first": "Your first event is {answer}.",
             "when": f"Your {target['title']} starts at {{answer}}.",
         }[question],
-        mistakes=[
-            (
-                step,
-                Step("list_events", {"start_date": spoken}),
-                "expected YYYY-MM-DD",
-                _ISO_WHY.format(spoken=spoken, iso=day),
-            )
-        ],
+        mistakes=[_date_slip(step, "start_date", spoken)],
     )
 
 
@@ -556,7 +504,7 @@ def _build_book(rng: random.Random, difficulty: int, parallel: bool) -> Task:
     arguments = {"title": title, "date": day, "start_time": _clock(start), "duration_minutes": duration}
     step = Step("add_calendar_event", arguments | ({"attendees": people} if people else {}))
     spoken_time = _spoken_time(start, rng)
-    with_people = f" with {_listing(people)}" if people else ""
+    with_people = f" with {spoken_list(people)}" if people else ""
     return _task(
         "book",
         [[step]],
@@ -575,17 +523,7 @@ def _build_book(rng: random.Random, difficulty: int, parallel: bool) -> Task:
         },
         plan=f"Create the event on {day} at {_clock(start)} for {duration} minutes.",
         final_template=f"Booked {title} on {day} at {_clock(start)}.",
-        mistakes=[
-            (
-                step,
-                Step(
-                    "add_calendar_event",
-                    {**step.arguments, "start_time": _unaccepted_time(start, spoken_time)},
-                ),
-                "expected HH:MM",
-                _TIME_WHY.format(time=_clock(start)),
-            )
-        ],
+        mistakes=[_time_slip(step, "start_time", start, spoken_time)],
     )
 
 
@@ -612,12 +550,7 @@ def _build_find_and_book(rng: random.Random, difficulty: int, parallel: bool) ->
         {"title": title, "date": day, "start_time": _clock(start), "duration_minutes": duration},
     )
     spoken = _english(date.fromisoformat(day))
-    mistake = (
-        find,
-        Step("find_free_slot", {"date": spoken, "duration_minutes": duration}),
-        "expected YYYY-MM-DD",
-        _ISO_WHY.format(spoken=spoken, iso=day),
-    )
+    mistake = _date_slip(find, "date", spoken)
     if start != 9 * 60:  # 09:00 is taken: booking it blindly is the natural slip
         why = "09:00 is already taken; find_free_slot said the first free time is " + _clock(start) + "."
         mistake = (
@@ -742,15 +675,7 @@ def _build_add_todos(rng: random.Random, difficulty: int, parallel: bool) -> Tas
     mistakes = []
     if dated is not None:
         spoken = _english(date.fromisoformat(new[dated]["due_date"]))
-        wrong = Step("add_todo", {**adds[dated].arguments, "due_date": spoken})
-        mistakes.append(
-            (
-                adds[dated],
-                wrong,
-                "expected YYYY-MM-DD",
-                _ISO_WHY.format(spoken=spoken, iso=new[dated]["due_date"]),
-            )
-        )
+        mistakes.append(_date_slip(adds[dated], "due_date", spoken))
     return _task(
         "add_todos",
         [adds],
@@ -792,7 +717,7 @@ def _build_complete_todos(rng: random.Random, difficulty: int, parallel: bool) -
         [[listing], completes],
         parallel,
         request=rng.choice(_COMPLETE_REQUESTS).format(
-            items=_listing([f"'{t['title'].lower()}'" for t in chosen])
+            items=spoken_list([f"'{t['title'].lower()}'" for t in chosen])
         ),
         setup={"events": events, "todos": todos},
         expected_state={
@@ -901,17 +826,7 @@ def _build_reschedule(rng: random.Random, difficulty: int, parallel: bool) -> Ta
         },
         plan=f"List {event['date']} to find the event's id, then reschedule it to {new_day} {_clock(start)}.",
         final_template=f"Moved {event['title']} to {new_day} at {_clock(start)}.",
-        mistakes=[
-            (
-                move,
-                Step(
-                    "reschedule_event",
-                    {**move.arguments, "new_start_time": _unaccepted_time(start, spoken_time)},
-                ),
-                "expected HH:MM",
-                _TIME_WHY.format(time=_clock(start)),
-            )
-        ],
+        mistakes=[_time_slip(move, "new_start_time", start, spoken_time)],
     )
 
 
@@ -954,20 +869,13 @@ def _build_book_many(rng: random.Random, difficulty: int, parallel: bool) -> Tas
         request=rng.choice(_BOOK_MANY_REQUESTS).format(
             duration=duration,
             title=title,
-            days=_listing([_spoken(date.fromisoformat(d), rng) for d in dates]),
+            days=spoken_list([_spoken(date.fromisoformat(d), rng) for d in dates]),
         ),
         setup={"events": events, "todos": _todos(rng, first, rng.randint(0, 5))},
         expected_state={"event_count": len(events) + count, "events": [dict(c.arguments) for c in creates]},
         plan="Find the first free slot on each day (independent calls), then book each one (independent calls).",
         final_template=f"Booked {title} on {count} day(s).",
-        mistakes=[
-            (
-                finds[0],
-                Step("find_free_slot", {"date": spoken, "duration_minutes": duration}),
-                "expected YYYY-MM-DD",
-                _ISO_WHY.format(spoken=spoken, iso=dates[0]),
-            )
-        ],
+        mistakes=[_date_slip(finds[0], "date", spoken)],
     )
 
 
@@ -986,5 +894,4 @@ TASK_KINDS = [
 
 def sample_task(rng: random.Random, difficulty: int | None = None, parallel: bool = False) -> Task:
     """A verifiable calendar/todo task needing `difficulty` calls (1–8); `parallel` puts ≥2 calls in one turn."""
-    kind, difficulty = pick_task_kind(TASK_KINDS, rng, difficulty, parallel, DOMAIN)
-    return kind.build(rng, difficulty, parallel)
+    return sample_from(TASK_KINDS, DOMAIN, rng, difficulty, parallel)

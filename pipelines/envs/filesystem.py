@@ -10,23 +10,13 @@ Errors read like a shell's ("No such file or directory", "Is a directory", "Dire
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import random
 import re
 from typing import Any
 
-from pipelines.envs.base import (
-    Mistake,
-    Step,
-    Task,
-    TaskKind,
-    ToolEnv,
-    ToolError,
-    arrange_turns,
-    pick_task_kind,
-    stable_task_id,
-    turn_of,
-)
+from pipelines.envs.base import Step, Task, TaskKind, ToolEnv, ToolError, build_task, sample_from, spoken_list
 from pipelines.errors import BadInput
 
 DOMAIN = "filesystem"
@@ -400,32 +390,14 @@ def _check_name(part: str, path: str) -> None:
 
 # == task sampler ==============================================================================================
 _PEOPLE = [
-    "Priya",
-    "Marco",
-    "Aiko",
-    "Lena",
-    "Tomás",
-    "Sam",
-    "Noor",
-    "Kwame",
-    "Ines",
-    "Oliver",
-    "Mei",
-    "Jonas",
-]
+    "Priya", "Marco", "Aiko", "Lena", "Tomás", "Sam", "Noor", "Kwame", "Ines", "Oliver", "Mei", "Jonas",
+]  # fmt: skip
 _TOPICS = ["roadmap", "budget", "hiring", "launch", "design", "security", "onboarding", "pricing", "support"]
 _ACTIONS = [
-    "update the roadmap",
-    "send the budget draft",
-    "book the venue",
-    "review the API docs",
-    "fix the login bug",
-    "call the supplier",
-    "prepare the demo",
-    "write the release notes",
-    "clean up the backlog",
-    "check the invoices",
-]
+    "update the roadmap", "send the budget draft", "book the venue", "review the API docs",
+    "fix the login bug", "call the supplier", "prepare the demo", "write the release notes",
+    "clean up the backlog", "check the invoices",
+]  # fmt: skip
 _LOG_MESSAGES = [
     ("INFO", "request served in {n}ms"),
     ("INFO", "user {user} logged in"),
@@ -542,24 +514,7 @@ def _setup(files: dict[str, str], rng: random.Random) -> dict[str, Any]:
     return {"files": dict(sorted(files.items())), "dirs": extra, "cwd": "."}
 
 
-def _task(kind: str, groups: list[list[Step]], parallel: bool, **fields: Any) -> Task:
-    solution = arrange_turns(groups, parallel)
-    mistakes = fields.pop("mistakes", [])
-    payload = {"request": fields["request"], "setup": fields["setup"], "solution": repr(solution)}
-    return Task(
-        domain=DOMAIN,
-        task_id=stable_task_id(DOMAIN, kind, payload),
-        solution=solution,
-        difficulty=sum(len(turn) for turn in solution),
-        mistakes=[
-            Mistake(turn_of(solution, step), wrong, error, why) for step, wrong, error, why in mistakes
-        ],
-        **fields,
-    )
-
-
-def _listing(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+_task = functools.partial(build_task, DOMAIN)  # (kind, groups, parallel, **Task fields)
 
 
 _MISSING_WHY = (
@@ -731,7 +686,7 @@ def _build_compare_sizes(rng: random.Random, difficulty: int, parallel: bool) ->
         "compare_sizes",
         [[Step("file_info", {"path": path}) for path in chosen]],
         parallel,
-        request=rng.choice(_COMPARE_REQUESTS).format(files=_listing(chosen)),
+        request=rng.choice(_COMPARE_REQUESTS).format(files=spoken_list(chosen)),
         setup=_setup(files, rng),
         answer=winner,
         plan="Get file_info for every file (independent calls) and compare their line counts.",
@@ -859,7 +814,7 @@ def _build_organize(rng: random.Random, difficulty: int, parallel: bool) -> Task
         [[Step("make_directory", {"path": folder})], transfers],
         parallel,
         request=rng.choice(_MOVE_REQUESTS if verb == "move" else _COPY_REQUESTS).format(
-            folder=folder, files=_listing(chosen)
+            folder=folder, files=spoken_list(chosen)
         ),
         setup=_setup(files, rng),
         expected_state={"files": expected, "dirs": [folder]},
@@ -894,7 +849,7 @@ def _build_merge(rng: random.Random, difficulty: int, parallel: bool) -> Task:
         "merge",
         [reads, [Step("write_file", {"path": target, "content": combined})]],
         parallel,
-        request=rng.choice(_MERGE_REQUESTS).format(files=_listing(chosen), target=target),
+        request=rng.choice(_MERGE_REQUESTS).format(files=spoken_list(chosen), target=target),
         setup=_setup(files, rng),
         expected_state={"files": {target: combined}},
         plan="Read every file (independent calls), then write their texts one after another into the target.",
@@ -954,5 +909,4 @@ TASK_KINDS = [
 
 def sample_task(rng: random.Random, difficulty: int | None = None, parallel: bool = False) -> Task:
     """A verifiable filesystem task needing `difficulty` calls (1–8); `parallel` puts ≥2 calls in one turn."""
-    kind, difficulty = pick_task_kind(TASK_KINDS, rng, difficulty, parallel, DOMAIN)
-    return kind.build(rng, difficulty, parallel)
+    return sample_from(TASK_KINDS, DOMAIN, rng, difficulty, parallel)

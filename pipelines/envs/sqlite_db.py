@@ -9,6 +9,7 @@ no model-written text is ever spliced into SQL.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -18,18 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.envs.base import (
-    Mistake,
-    Step,
-    Task,
-    TaskKind,
-    ToolEnv,
-    ToolError,
-    arrange_turns,
-    pick_task_kind,
-    stable_task_id,
-    turn_of,
-)
+from pipelines.envs.base import Step, Task, TaskKind, ToolEnv, ToolError, build_task, sample_from, spoken_list
 from pipelines.errors import BadInput
 
 DOMAIN = "sqlite"
@@ -287,61 +277,25 @@ def _explain_sql_error(exc: Exception) -> str:
 
 # == task sampler ==============================================================================================
 _FIRST = [
-    "Ada",
-    "Bilal",
-    "Chloe",
-    "Dmitri",
-    "Elena",
-    "Farid",
-    "Grace",
-    "Hugo",
-    "Ines",
-    "Jamal",
-    "Keiko",
-    "Liam",
-]
-_FIRST += ["Maya", "Nikhil", "Olga", "Pedro", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Yara"]
-_LAST = ["Garcia", "Okafor", "Novak", "Tanaka", "Silva", "Kowalski", "Haddad", "Lindqvist", "Moreau", "Patel"]
-_LAST += ["Rossi", "Nguyen", "Schmidt", "Kaya", "Murphy", "Costa", "Ivanova", "Mensah", "Berg", "Alvarez"]
+    "Ada", "Bilal", "Chloe", "Dmitri", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jamal", "Keiko", "Liam",
+    "Maya", "Nikhil", "Olga", "Pedro", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Yara",
+]  # fmt: skip
+_LAST = [
+    "Garcia", "Okafor", "Novak", "Tanaka", "Silva", "Kowalski", "Haddad", "Lindqvist", "Moreau", "Patel",
+    "Rossi", "Nguyen", "Schmidt", "Kaya", "Murphy", "Costa", "Ivanova", "Mensah", "Berg", "Alvarez",
+]  # fmt: skip
 _ADJECTIVES = [
-    "Silent",
-    "Crimson",
-    "Hidden",
-    "Last",
-    "Golden",
-    "Broken",
-    "Distant",
-    "Iron",
-    "Paper",
-    "Midnight",
-]
-_ADJECTIVES += ["Quiet", "Wild", "Glass", "Hollow", "Northern", "Secret", "Burning", "Frozen"]
+    "Silent", "Crimson", "Hidden", "Last", "Golden", "Broken", "Distant", "Iron", "Paper", "Midnight",
+    "Quiet", "Wild", "Glass", "Hollow", "Northern", "Secret", "Burning", "Frozen",
+]  # fmt: skip
 _NOUNS = [
-    "Garden",
-    "River",
-    "Archive",
-    "Lantern",
-    "Harbor",
-    "Orchard",
-    "Signal",
-    "Kingdom",
-    "Mirror",
-    "Compass",
-]
-_NOUNS += ["Tide", "Forest", "Engine", "Letter", "Voyage", "Bridge", "Winter", "Atlas"]
+    "Garden", "River", "Archive", "Lantern", "Harbor", "Orchard", "Signal", "Kingdom", "Mirror", "Compass",
+    "Tide", "Forest", "Engine", "Letter", "Voyage", "Bridge", "Winter", "Atlas",
+]  # fmt: skip
 _GOODS = [
-    "Lamp",
-    "Kettle",
-    "Backpack",
-    "Headphones",
-    "Blender",
-    "Desk",
-    "Chair",
-    "Monitor",
-    "Keyboard",
-    "Tent",
-]
-_GOODS += ["Jacket", "Drill", "Mug", "Speaker", "Router", "Stapler", "Bottle", "Scarf"]
+    "Lamp", "Kettle", "Backpack", "Headphones", "Blender", "Desk", "Chair", "Monitor", "Keyboard", "Tent",
+    "Jacket", "Drill", "Mug", "Speaker", "Router", "Stapler", "Bottle", "Scarf",
+]  # fmt: skip
 _BRANDS = ["Nova", "Apex", "Terra", "Luma", "Orbit", "Pico", "Zen", "Vista", "Ember", "Halo"]
 
 
@@ -420,17 +374,9 @@ def _student(rng: random.Random, group: str) -> dict[str, Any]:
 
 
 _CUSTOMERS = [
-    "Acme Corp",
-    "Blue Finch",
-    "Cedar Labs",
-    "Delta Foods",
-    "Evergreen",
-    "Fjord Media",
-    "Granite Co",
-    "Harbor Inn",
-    "Ionic Ltd",
-    "Juniper Ltd",
-]
+    "Acme Corp", "Blue Finch", "Cedar Labs", "Delta Foods", "Evergreen", "Fjord Media", "Granite Co",
+    "Harbor Inn", "Ionic Ltd", "Juniper Ltd",
+]  # fmt: skip
 _SPECS = {
     "employees": _Spec(
         "employees",
@@ -573,24 +519,7 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'" if isinstance(value, str) else str(value)
 
 
-def _task(kind: str, groups: list[list[Step]], parallel: bool, **fields: Any) -> Task:
-    solution = arrange_turns(groups, parallel)
-    mistakes = fields.pop("mistakes", [])
-    payload = {"request": fields["request"], "setup": fields["setup"], "solution": repr(solution)}
-    return Task(
-        domain=DOMAIN,
-        task_id=stable_task_id(DOMAIN, kind, payload),
-        solution=solution,
-        difficulty=sum(len(turn) for turn in solution),
-        mistakes=[
-            Mistake(turn_of(solution, step), wrong, error, why) for step, wrong, error, why in mistakes
-        ],
-        **fields,
-    )
-
-
-def _listing(items: list[str], last: str = "and") -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {last} " + items[-1]
+_task = functools.partial(build_task, DOMAIN)  # (kind, groups, parallel, **Task fields)
 
 
 def _column_why(wrong: str, right: str, table: str) -> str:
@@ -726,7 +655,7 @@ def _build_group_compare(rng: random.Random, difficulty: int, parallel: bool) ->
         [steps],
         parallel,
         request=rng.choice(_COMPARE_REQUESTS).format(
-            group_word=spec.group_word, noun=spec.noun, groups=_listing(shown, "or")
+            group_word=spec.group_word, noun=spec.noun, groups=spoken_list(shown, "or")
         ),
         setup=_database(rng, spec, rows),
         answer=chosen[0],
@@ -957,7 +886,7 @@ def _build_delete(rng: random.Random, difficulty: int, parallel: bool) -> Task:
         "delete",
         [deletes],
         parallel,
-        request=rng.choice(_DELETE_REQUESTS).format(customers=_listing(customers)),
+        request=rng.choice(_DELETE_REQUESTS).format(customers=spoken_list(customers)),
         setup=_database(rng, spec, rows),
         expected_state={
             "row_counts": {"orders": len(rows) - removed},
@@ -1023,5 +952,4 @@ TASK_KINDS = [
 
 def sample_task(rng: random.Random, difficulty: int | None = None, parallel: bool = False) -> Task:
     """A verifiable SQLite task needing `difficulty` calls (1–8); `parallel` puts ≥2 calls in one turn."""
-    kind, difficulty = pick_task_kind(TASK_KINDS, rng, difficulty, parallel, DOMAIN)
-    return kind.build(rng, difficulty, parallel)
+    return sample_from(TASK_KINDS, DOMAIN, rng, difficulty, parallel)
