@@ -168,15 +168,27 @@ def rl(
     config: Annotated[Path, typer.Argument(help="Run config YAML")],
     set_: SetOption = None,
     clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of rl.clusters")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--restart",
+            help="Continue an interrupted cluster from its last checkpoint (same config), or start over",
+        ),
+    ] = True,
 ) -> None:
     """GRPO from each SFT adapter in live tool environments into runs/<name>/rl/<cluster>/."""
+    import logging
+
     from pipelines.rl import run
     from pipelines.run_config import load_run_config
 
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("midtrain").setLevel(logging.INFO)
+
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
-    summaries = run(run_config, clusters=only)
-    keys = ("steps", "seconds_per_step", "final_reward", "failures", "heldout")
+    summaries = run(run_config, clusters=only, resume=resume)
+    keys = ("steps", "resumed_from_step", "seconds_per_step", "final_reward", "failures", "heldout")
     print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
 
 
@@ -211,17 +223,24 @@ def router_export(
 def route(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
     text: Annotated[str, typer.Argument(help="The request")],
+    env: Annotated[
+        str | None, typer.Option(help="Offer this environment's tools, as `midtrain chat --env` does")
+    ] = None,
 ) -> None:
     """Print the cluster, confidence and adapter the router picks for a request."""
     from dataclasses import asdict
 
     from pipelines.router import load_bundle
+    from pipelines.serve import env_class, route_text
 
     router, _ = load_bundle(router_dir)
     if router.method == "arrow":
         print_json({"cluster": "arrow", "note": "Arrow mixes adapters per token inside the model"})
         return
-    print_json(asdict(router.route([text])[0]))
+    # The router was trained on request + offered tool names; route the same shape chat would send.
+    tools = env_class(env)._tool_schemas() if env else None
+    seen = route_text([{"role": "user", "content": text}], tools)
+    print_json(asdict(router.route([seen])[0]) | {"routed_text": seen})
 
 
 @app.command("chat")

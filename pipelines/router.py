@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,15 +30,30 @@ BASE = "__base__"  # PEFT's name for "no adapter" in mixed-batch generation
 # Examples from the mix
 
 
-def request_text(trace: Trace) -> str:
-    """What the router sees at inference: the user's words plus the names of the offered tools."""
-    users = " ".join(m.content for m in trace.messages if m.role == "user")
-    tools = " ".join(trace.tool_names())
+def compose_request_text(user_texts: list[str], tool_names: list[str]) -> str:
+    """The one definition of what the router sees: the user's words plus the names of the offered tools.
+
+    Training (`request_text` over mix traces), serving (`serve.Router`, `midtrain chat`) and eval's routed
+    target all build their text here, so the classifier never meets a text shape it was not trained on.
+    """
+    users = " ".join(user_texts)
+    tools = " ".join(name for name in tool_names if name)
     return f"{users} [tools] {tools}" if tools else users
 
 
-def load_examples(data_dir: Path, clusters: list[str]) -> list[tuple[str, str, str]]:
-    """(text, label, split) of tool-trace requests whose cluster has an adapter; upsampled repeats skipped."""
+def request_text(trace: Trace) -> str:
+    return compose_request_text([m.content for m in trace.messages if m.role == "user"], trace.tool_names())
+
+
+class Example(NamedTuple):
+    text: str
+    cluster: str  # the mix's label (before any `router.merge`)
+    split: str  # "train" | "eval": the mix shard it came from
+    pattern: str  # the generator's pattern, for the report's per-pattern breakdown
+
+
+def load_examples(data_dir: Path, clusters: list[str]) -> list[Example]:
+    """Tool-trace requests whose cluster is in `clusters`; upsampled repeats skipped."""
     import pyarrow.parquet as pq
 
     files = sorted(data_dir.glob("train-*.parquet")) + sorted(data_dir.glob("eval-*.parquet"))
@@ -46,17 +61,17 @@ def load_examples(data_dir: Path, clusters: list[str]) -> list[tuple[str, str, s
         raise BadInput(f"{data_dir}: no data shards (run `midtrain data build` first)")
     examples, seen = [], set()
     for path in files:
-        table = pq.read_table(path, columns=["id", "kind", "cluster", "epoch", "trace"])
+        table = pq.read_table(path, columns=["id", "kind", "cluster", "pattern", "epoch", "trace"])
         for row in table.to_pylist():
             if row["kind"] != "tool" or row["cluster"] not in clusters or row["epoch"] or row["id"] in seen:
                 continue
             seen.add(row["id"])
             text = request_text(Trace.model_validate_json(row["trace"]))
-            examples.append((text, row["cluster"], path.name.split("-", 1)[0]))
+            examples.append(Example(text, row["cluster"], path.name.split("-", 1)[0], row["pattern"] or ""))
     return examples
 
 
-def split_examples(examples: list[tuple[str, str, str]], eval_fraction: float) -> tuple[list, list]:
+def split_examples(examples: list[Example], eval_fraction: float) -> tuple[list[Example], list[Example]]:
     """Held-out = the mix's eval rows plus a stable hash-based share of its train rows.
 
     The mix's eval split alone (2% of tokens) holds too few requests for per-cluster precision and recall.
@@ -65,10 +80,22 @@ def split_examples(examples: list[tuple[str, str, str]], eval_fraction: float) -
     import hashlib
 
     train, held_out = [], []
-    for text, label, split in examples:
-        bucket = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (held_out if split == "eval" or bucket < eval_fraction else train).append((text, label))
+    for example in examples:
+        bucket = int(hashlib.sha256(example.text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        (held_out if example.split == "eval" or bucket < eval_fraction else train).append(example)
     return train, held_out
+
+
+def check_label_map(merge: dict[str, str], routed: list[str]) -> None:
+    """A merged cluster must land on a routed one (else its requests would train a label nothing serves)."""
+    for source, target in merge.items():
+        if target not in routed:
+            raise BadInput(
+                f"router.merge: {source} → {target}: {target!r} is not a routed cluster with a trained "
+                f"adapter (routed: {', '.join(routed) or 'none'})"
+            )
+        if source == target:
+            raise BadInput(f"router.merge: {source} → {target} maps a cluster onto itself")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,6 +197,11 @@ class RequestRouter:
     adapters: dict[str, str] = field(
         default_factory=dict
     )  # cluster → adapter path (relative to bundle) or repo
+    label_map: dict[str, str] = field(default_factory=dict)  # mix cluster → routed label (`router.merge`)
+
+    def label_of(self, cluster: str) -> str:
+        """The routed label a mix cluster trains and is scored as."""
+        return self.label_map.get(cluster, cluster)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         logits = np.asarray(self.featurizer.transform(texts) @ self.weight.T) + self.bias
@@ -233,6 +265,7 @@ def save_bundle(
         "fallback": router.fallback,
         "base_model": base_model,
         "adapters": router.adapters,
+        "label_map": router.label_map,
         "featurizer": featurizer_extra,
         **(extra or {}),
     }
@@ -263,32 +296,52 @@ def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, dict[str, Any]]:
         meta["threshold"],
         meta["fallback"],
         meta["adapters"],
+        meta.get("label_map", {}),  # bundles from before `router.merge` have none
     )
     return router, meta
 
 
-def accuracy_report(router: RequestRouter, texts: list[str], labels: list[str], out: Path) -> dict[str, Any]:
-    """Per-cluster precision/recall/F1, confusion matrix (JSON + PNG), and routing accuracy on held-out rows."""
+def score(router: RequestRouter, held_out: list[Example]) -> dict[str, Any]:
+    """Accuracy, per-label precision/recall/F1 and confusion against the routed labels (after `label_map`),
+    plus where each mix cluster/pattern went, so a merge's cost stays visible."""
+    from collections import Counter
+
     from sklearn.metrics import classification_report, confusion_matrix
 
+    texts = [e.text for e in held_out]
+    labels = [router.label_of(e.cluster) for e in held_out]
     predicted = [r.cluster for r in router.route(texts)] if texts else []
     report = classification_report(labels, predicted, labels=router.labels, output_dict=True, zero_division=0)
-    matrix = confusion_matrix(labels, predicted, labels=router.labels).tolist() if texts else []
-    accuracy = float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)])) if texts else 0.0
-    result = {
-        "accuracy": accuracy,
+    by_source: dict[str, Counter] = {}
+    for example, guess in zip(held_out, predicted, strict=True):
+        by_source.setdefault(f"{example.cluster}/{example.pattern or '-'}", Counter())[guess] += 1
+    return {
+        "accuracy": float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)]))
+        if texts
+        else 0.0,
         "n": len(texts),
         "labels": router.labels,
-        "confusion": matrix,
+        "label_map": router.label_map,
+        "confusion": confusion_matrix(labels, predicted, labels=router.labels).tolist() if texts else [],
         "per_cluster": {c: report[c] for c in router.labels if c in report},
+        "by_source": {k: dict(sorted(v.items())) for k, v in sorted(by_source.items())},
     }
+
+
+def accuracy_report(router: RequestRouter, held_out: list[Example], out: Path) -> dict[str, Any]:
+    """`score` on the held-out requests, written as accuracy.json + confusion.png next to the bundle."""
+    result = score(router, held_out)
     (out / "accuracy.json").write_text(json.dumps(result, indent=2))
+    matrix, labels, accuracy = result["confusion"], router.labels, result["accuracy"]
     if matrix:
-        _plot_confusion(matrix, router.labels, accuracy, out / "confusion.png")
+        merged = ", ".join(f"{k}→{v}" for k, v in router.label_map.items())
+        _plot_confusion(matrix, labels, accuracy, out / "confusion.png", merged)
     return result
 
 
-def _plot_confusion(matrix: list[list[int]], labels: list[str], accuracy: float, path: Path) -> None:
+def _plot_confusion(
+    matrix: list[list[int]], labels: list[str], accuracy: float, path: Path, merged: str = ""
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,7 +356,7 @@ def _plot_confusion(matrix: list[list[int]], labels: list[str], accuracy: float,
             ax.text(j, i, str(value), ha="center", va="center")
     ax.set_xlabel("predicted cluster")
     ax.set_ylabel("true cluster")
-    ax.set_title(f"router accuracy {accuracy:.3f} (held-out)")
+    ax.set_title(f"router accuracy {accuracy:.3f} (held-out)" + (f"\nmerged: {merged}" if merged else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -328,13 +381,13 @@ def find_adapters(run_dir: Path, clusters: list[str], prefer_rl: bool = True) ->
 
 
 def run(config: RunConfig) -> dict[str, Any]:
-    """`midtrain router train`: fit on the mix's train split, report on its eval split, write the bundle."""
+    """`midtrain router train`: fit on the mix's train split, report on its held-out requests, write the bundle."""
     section = config.router or RouterSection()
     run_dir = config.run_dir
-    out = run_dir / "router"
     clusters = list(config.sft.clusters) if config.sft else []
     adapters = find_adapters(run_dir, [*clusters, "generalist"], prefer_rl=section.prefer == "rl")
-    routed = [c for c in clusters if c in adapters]
+    # A merged cluster is served by its target's adapter, so it is never a label of its own.
+    routed = [c for c in clusters if c in adapters and c not in section.merge]
     if len(routed) < 2 and section.method != "arrow":
         raise BadInput(
             f"router needs ≥ 2 trained cluster adapters under {run_dir}/sft or /rl, found {routed} "
@@ -342,36 +395,32 @@ def run(config: RunConfig) -> dict[str, Any]:
         )
     fallback = "generalist" if section.fallback == "generalist" and "generalist" in adapters else BASE
     relative = {c: str(Path("..") / p.relative_to(run_dir)) for c, p in adapters.items()}
-    data_dir = run_dir / "data"
     if section.method == "arrow":
-        router = RequestRouter(
-            "arrow",
-            routed,
-            None,
-            np.zeros((len(routed), 1), np.float32),
-            np.zeros(len(routed), np.float32),
-            0.0,
-            fallback,
-            relative,
-        )
-        save_bundle(router, out, config.model.name_or_path, {"arrow": section.arrow.model_dump()})
-        return {"method": "arrow", "adapters": routed}
-    train, held_out = split_examples(load_examples(data_dir, routed), section.eval_fraction)
-    texts, labels = [t for t, _ in train], [label for _, label in train]
+        return _save_arrow(config, routed, fallback, relative)
+    check_label_map(section.merge, routed)
+    examples = load_examples(run_dir / "data", [*routed, *section.merge])
+    train, held_out = split_examples(examples, section.eval_fraction)
+    texts, labels = [e.text for e in train], [section.merge.get(e.cluster, e.cluster) for e in train]
     featurizer, weight, bias, classes = train_router(texts, labels, section.method, config.seed)
+    served = {c: relative[c] for c in classes} | {k: v for k, v in relative.items() if k == "generalist"}
     router = RequestRouter(
-        section.method,
-        classes,
-        featurizer,
-        weight,
-        bias,
-        section.threshold,
-        fallback,
-        {c: relative[c] for c in classes}
-        | ({"generalist": relative["generalist"]} if "generalist" in relative else {}),
+        section.method, classes, featurizer, weight, bias, section.threshold, fallback, served, section.merge
     )
+    out = run_dir / "router"
     save_bundle(router, out, config.model.name_or_path, {"train_examples": len(texts)})
-    return accuracy_report(router, [t for t, _ in held_out], [label for _, label in held_out], out)
+    return accuracy_report(router, held_out, out)
+
+
+def _save_arrow(
+    config: RunConfig, routed: list[str], fallback: str, relative: dict[str, str]
+) -> dict[str, Any]:
+    """Arrow routes per token inside the model from the adapters' own weights: nothing to fit."""
+    section = config.router or RouterSection()
+    empty = np.zeros((len(routed), 1), np.float32), np.zeros(len(routed), np.float32)
+    router = RequestRouter("arrow", routed, None, *empty, 0.0, fallback, relative)
+    extra = {"arrow": section.arrow.model_dump()}
+    save_bundle(router, config.run_dir / "router", config.model.name_or_path, extra)
+    return {"method": "arrow", "adapters": routed}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,5 +486,6 @@ def benchmark_latency(router: RequestRouter, texts: list[str], repeats: int = 1)
     return {
         "p50_ms": float(np.percentile(timings, 50)),
         "p99_ms": float(np.percentile(timings, 99)),
-        "n": len(timings),
+        "min_ms": float(np.min(timings)),
+        "n_timed": len(timings),
     }

@@ -179,6 +179,11 @@ class RouterSection(StrictModel):
     fallback: Literal["generalist", "base"] = "base"
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share of requests for the report.")
     prefer: Literal["rl", "sft"] = Field("rl", description="Which adapter serves a cluster that has both.")
+    merge: dict[str, str] = Field(
+        default_factory=dict,
+        description="Cluster → routed cluster, for clusters whose requests the router cannot tell apart (e.g. "
+        "`reflect: tool`: a recovery trace's request is a plain task); its requests train as the target's.",
+    )
     arrow: ArrowSection = Field(default_factory=ArrowSection)
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer, parse_reply
 from pipelines.errors import BadInput
 from pipelines.models import resolve_model
-from pipelines.router import BASE, Route, adapter_source, load_bundle
+from pipelines.router import BASE, Route, adapter_source, compose_request_text, load_bundle
+from pipelines.schema import function_spec
 from pipelines.thought import load_thought_schema
 
 
@@ -81,7 +82,7 @@ class Router:
         route: Route | None = None,
     ) -> tuple[Route, str]:
         """Route on the conversation's user turns (or use `route`), then generate with that adapter."""
-        route = route or self.route(_route_text(messages, tools))
+        route = route or self.route(route_text(messages, tools))
         return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
 
     def generate_batch(
@@ -93,7 +94,7 @@ class Router:
         """Greedy generation for a batch whose rows may each use a different adapter (one forward pass)."""
         import torch
 
-        routes = routes or [self.route(_route_text(m, t)) for m, t in requests]
+        routes = routes or [self.route(route_text(m, t)) for m, t in requests]
         prompts = [self._prompt(m, t) for m, t in requests]
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         kwargs: dict[str, Any] = {
@@ -115,10 +116,10 @@ class Router:
         self.model.set_adapter(adapter)
 
 
-def _route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-    users = " ".join(m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str))
-    names = " ".join((t.get("function", t)).get("name", "") for t in tools or [])
-    return f"{users} [tools] {names}" if names else users
+def route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """The router's input for a live conversation, built exactly as for the mix's traces in training."""
+    users = [m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str)]
+    return compose_request_text(users, [function_spec(t).get("name", "") for t in tools or []])
 
 
 def _strip_padding(text: str, tokenizer: Any) -> str:
@@ -146,7 +147,7 @@ def chat(
             env, tools = _chat_env(domain)
             continue
         messages.append({"role": "user", "content": line})
-        route = router.route(_route_text(messages, tools))
+        route = router.route(route_text(messages, tools))
         for _ in range(max_tool_rounds + 1):
             _, text = router.generate(messages, tools, max_new_tokens, route=route)
             reply = parse_reply(text, router.schema)
@@ -169,14 +170,17 @@ def _assistant_message(reply: Any, raw: str) -> dict[str, Any]:
     return message
 
 
-def _chat_env(domain: str | None) -> tuple[Any, list[dict[str, Any]] | None]:
-    if domain is None:
-        return None, None
+def env_class(domain: str) -> Any:
     from pipelines.envs import DOMAINS
 
     if domain not in DOMAINS:
         raise BadInput(f"unknown environment {domain!r} (have: {', '.join(sorted(DOMAINS))})")
-    env_class = DOMAINS[domain][0]
-    env = env_class()
+    return DOMAINS[domain][0]
+
+
+def _chat_env(domain: str | None) -> tuple[Any, list[dict[str, Any]] | None]:
+    if domain is None:
+        return None, None
+    env = env_class(domain)()
     env.reset()
     return env, env._tool_schemas()

@@ -31,6 +31,14 @@ SINGLE = [
     "Turn {n} hours into minutes please.",
     "Express {n} inches in centimeters.",
 ]
+CALCULATOR_TOOLS = [
+    "compute_statistics",
+    "convert_units",
+    "evaluate_expression",
+    "list_memory",
+    "percent_change",
+    "store_value",
+]
 MULTI = [
     "First list the files in /docs, then read the largest one and finally count its lines ({n}).",
     "Step by step: create folder report{n}, move notes.txt into it, then show me the tree.",
@@ -50,13 +58,19 @@ def _trace(i: int, cluster: str, text: str) -> Trace:
     )
 
 
-def write_shards(data_dir: Path, n: int = 120) -> None:
-    """Shards in the data-stage contract layout (only the columns the router reads need real values)."""
+def write_shards(data_dir: Path, n: int = 120, with_reflect: bool = False) -> None:
+    """Shards in the data-stage contract layout (only the columns the router reads need real values).
+
+    `with_reflect`: every third row is a `reflect` (recovery) trace whose request is drawn from the same
+    single-call templates as `tool`, as in the generator, where the error only shows after the request.
+    """
     rng = random.Random(0)
     data_dir.mkdir(parents=True)
     rows = []
     for i in range(n):
         cluster, templates = ("tool", SINGLE) if i % 2 else ("plan", MULTI)
+        if with_reflect and i % 3 == 0:
+            cluster, templates = "reflect", SINGLE
         trace = _trace(i, cluster, rng.choice(templates).format(n=rng.randint(1, 999)))
         rows.append(
             {
@@ -182,6 +196,13 @@ def test_route_and_chat_cli(run_dir: Path, tiny_model_dir: Path) -> None:
         check=True,
     ).stdout
     assert json.loads(out)["cluster"] == "tool"
+    with_env = subprocess.run(
+        [*cli, "route", str(run_dir / "router"), "Convert 3 km to miles.", "--env", "calculator"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(with_env)["routed_text"].endswith("[tools] " + " ".join(CALCULATOR_TOOLS))
     chat = subprocess.run(
         [*cli, "chat", str(run_dir / "router"), "--max-new-tokens", "6"],
         input="Convert 3 km to miles.\n/quit\n",
@@ -214,3 +235,73 @@ def test_vllm_export(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> Non
     assert {m["name"] for m in modules["lora_modules"]} == {"tool", "plan"}
     assert all(Path(m["path"]).is_dir() for m in modules["lora_modules"])
     assert "--max-lora-rank 8" in modules["command"]
+
+
+def test_merge_trains_indistinguishable_cluster_as_target(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`router.merge` {reflect: tool}: reflect requests train as tool, the map survives save/load, and the
+    report shows where the merged cluster's requests went."""
+    run_dir = tmp_path / "merged"
+    write_shards(run_dir / "data", with_reflect=True)
+    for name in ("tool", "plan", "reflect"):
+        (run_dir / "sft" / name).mkdir(parents=True)
+        (run_dir / "sft" / name / "adapter_config.json").write_text("{}")  # routing never loads weights
+    config = _config(run_dir, tiny_model_dir)
+    config.sft.clusters = ["tool", "plan", "reflect"]
+    config.router.merge = {"reflect": "tool"}
+    report = run(config)
+    router, meta = load_bundle(run_dir / "router")
+    assert meta["label_map"] == router.label_map == {"reflect": "tool"}
+    assert router.labels == ["plan", "tool"] and set(router.adapters) == {"plan", "tool"}
+    assert report["label_map"] == {"reflect": "tool"} and report["accuracy"] >= 0.9
+    assert set(report["by_source"]["reflect/single"]) == {"tool"}
+    assert json.loads((run_dir / "router" / "accuracy.json").read_text())["by_source"] == report["by_source"]
+
+
+def test_merge_onto_unrouted_cluster_is_bad_input(run_dir: Path, tiny_model_dir: Path) -> None:
+    from pipelines.errors import BadInput
+
+    config = _config(run_dir, tiny_model_dir)
+    config.router.merge = {"reflect": "code"}
+    with pytest.raises(BadInput, match=r"router.merge: reflect → code: 'code' is not a routed cluster"):
+        run(config)
+
+
+def test_serving_text_is_the_training_text() -> None:
+    """The router must see the same text shape at serving time as in training (request + tool names)."""
+    from pipelines.serve import route_text
+
+    trace = _trace(0, "tool", "Convert 3 km to miles.")
+    messages = [m.model_dump() for m in trace.messages if m.role == "user"]
+    assert route_text(messages, trace.tools) == request_text(trace)
+    assert route_text(messages, None) == "Convert 3 km to miles."
+
+
+def test_chat_executes_tool_calls_in_the_environment() -> None:
+    """The chat loop runs a reply's tool call live and feeds the observation back for the next reply."""
+    from pipelines.router import Route
+    from pipelines.serve import chat
+    from pipelines.thought import load_thought_schema
+
+    class ScriptedRouter:
+        def __init__(self) -> None:
+            self.schema = load_thought_schema("think-plan-reflect")
+            call = '{"name": "evaluate_expression", "arguments": {"expression": "37 * 12"}}'
+            self.replies = [f"<tool_call>{call}</tool_call>", "37 * 12 = 444."]
+            self.seen: list[list[dict]] = []
+
+        def route(self, text: str) -> Route:
+            assert text.endswith("[tools] " + " ".join(CALCULATOR_TOOLS))
+            return Route("tool", 0.9, "tool", False)
+
+        def generate(self, messages: list[dict], tools: list, max_new_tokens: int, route: Route) -> tuple:
+            self.seen.append(list(messages))
+            return route, self.replies[len(self.seen) - 1]
+
+    lines: list[str] = []
+    scripted = ScriptedRouter()
+    chat(scripted, ["What is 37 * 12?", "/quit"], lines.append, domain="calculator")
+    assert (
+        lines[1].startswith('  tool evaluate_expression({"expression": "37 * 12"}) → ') and "444" in lines[1]
+    )
+    assert lines[2] == "[tool · tool 0.90] 37 * 12 = 444."
+    assert scripted.seen[1][-1]["role"] == "tool" and "444" in scripted.seen[1][-1]["content"]
