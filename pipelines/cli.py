@@ -6,6 +6,7 @@ Stage modules are imported inside each command so `midtrain config show` stays f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -146,13 +147,9 @@ def sft(
     clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of adapters to train")] = None,
 ) -> None:
     """Train one LoRA adapter per cluster (QLoRA by default) into runs/<name>/sft/<cluster>/."""
-    import logging
 
     from pipelines.run_config import load_run_config
     from pipelines.sft import run
-
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("midtrain").setLevel(logging.INFO)
 
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
@@ -177,13 +174,9 @@ def rl(
     ] = True,
 ) -> None:
     """GRPO from each SFT adapter in live tool environments into runs/<name>/rl/<cluster>/."""
-    import logging
 
     from pipelines.rl import run
     from pipelines.run_config import load_run_config
-
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("midtrain").setLevel(logging.INFO)
 
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
@@ -280,13 +273,10 @@ def eval_cmd(
     targets: Annotated[str | None, typer.Option(help="Comma-separated subset of base,sft,rl,routed")] = None,
 ) -> None:
     """Score base, SFT, RL and routed targets on BFCL and held-out live tasks into runs/<name>/eval/."""
-    import logging
 
     from pipelines.eval.stage import results_table, run
     from pipelines.run_config import load_run_config
 
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("midtrain").setLevel(logging.INFO)  # one progress line per target
     overrides = list(set_ or [])
     if limit is not None:
         overrides.append(f"eval.limit={limit}")
@@ -378,6 +368,10 @@ def _duration(seconds: float) -> str:
 
 def main() -> None:
     """Console-script entry: map our exceptions to exit codes, with one clear message on stderr."""
+    # Every stage reports progress (resume points, per-target eval lines) on the `midtrain` logger; set up once
+    # here so `midtrain run` shows the same lines as the single-stage commands.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("midtrain").setLevel(logging.INFO)
     try:
         app(standalone_mode=False)
     except BadInput as exc:
