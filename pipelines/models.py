@@ -6,7 +6,6 @@ safetensors under $MIDTRAIN_HOME so every later load is a plain, fast `from_pret
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pipelines.errors import BadInput
+from pipelines.hashing import sha256_file
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = {
@@ -98,14 +98,6 @@ def _ensure_package(spec: dict[str, str]) -> Path:
     return Path(found.origin).parent
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_embedded(name: str) -> Path:
     """De-quantize the shipped GGUF into `$MIDTRAIN_HOME/models/<name>` once; later calls return at once."""
     if name not in EMBEDDED_MODELS:
@@ -120,7 +112,7 @@ def fetch_embedded(name: str) -> Path:
     marker = {
         "source": spec["package"],
         "gguf": spec["gguf"],
-        "gguf_sha256": _sha256(gguf_path),
+        "gguf_sha256": sha256_file(gguf_path),
         "upstream": spec["upstream"],
     }
     (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))

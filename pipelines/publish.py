@@ -7,7 +7,6 @@ the card checks refuse absolute local paths and anything that looks like a token
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from pipelines.errors import BadInput
+from pipelines.hashing import sha256_file
 from pipelines.run_config import PublishSection, RunConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -46,6 +46,17 @@ class PublishItem:
     kind: str  # "adapter" | "router"
     source: Path
     cluster: str | None = None
+
+
+@dataclass
+class Release:
+    """What every repo of one publish shares, resolved once: the run, its public base model id, the mix
+    manifest's summary and each cluster's adapter repo (the router bundle and the cards point at those)."""
+
+    config: RunConfig
+    base_model: str
+    mix: dict[str, Any] | None
+    adapter_repos: dict[str, str]
 
 
 def collect_items(config: RunConfig) -> list[PublishItem]:
@@ -106,7 +117,7 @@ def manifest_summary(run_dir: Path) -> dict[str, Any] | None:
     manifest = json.loads(path.read_text())
     categories = manifest.get("mix", {}).get("categories", {})
     return {
-        "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "manifest_sha256": sha256_file(path),
         "recipe": (manifest.get("recipe") or {}).get("name"),
         "total_tokens": manifest.get("mix", {}).get("total_tokens"),
         "shares": {
@@ -154,18 +165,10 @@ def eval_results_for(results: dict[str, Any] | None, item: PublishItem) -> dict[
     return flat or None
 
 
-def build_card(
-    config: RunConfig,
-    item: PublishItem,
-    repo: str,
-    metrics: dict[str, float] | None,
-    mix: dict[str, Any] | None,
-    adapter_repos: dict[str, str],
-) -> str:
+def build_card(release: Release, item: PublishItem, repo: str, metrics: dict[str, float] | None) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    section = config.publish or PublishSection()
-    base = _public_base_model(config)
+    section = release.config.publish or PublishSection()
     eval_results = [
         EvalResult(
             task_type="text-generation",
@@ -179,7 +182,7 @@ def build_card(
         for name, value in sorted((metrics or {}).items())
     ]
     data = ModelCardData(
-        base_model=base,
+        base_model=release.base_model,
         library_name="peft" if item.kind == "adapter" else None,
         license=section.license,
         tags=[
@@ -189,12 +192,12 @@ def build_card(
             "agentic",
             *([f"cluster-{item.cluster}"] if item.cluster else []),
         ],
-        datasets=[s["dataset"] for s in (mix or {}).get("sources", []) if s.get("dataset")] or None,
+        datasets=[s["dataset"] for s in (release.mix or {}).get("sources", []) if s.get("dataset")] or None,
         eval_results=eval_results or None,
         model_name=repo.split("/")[-1],
         pipeline_tag="text-generation",
     )
-    body = _card_body(config, item, repo, base, metrics, mix, adapter_repos)
+    body = _card_body(release, item, repo, metrics)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
@@ -207,15 +210,8 @@ def _public_base_model(config: RunConfig) -> str:
     return ref if not Path(ref).exists() else f"<local>/{Path(ref).name}"
 
 
-def _card_body(
-    config: RunConfig,
-    item: PublishItem,
-    repo: str,
-    base: str,
-    metrics: dict[str, float] | None,
-    mix: dict[str, Any] | None,
-    adapter_repos: dict[str, str],
-) -> str:
+def _card_body(release: Release, item: PublishItem, repo: str, metrics: dict[str, float] | None) -> str:
+    config, mix = release.config, release.mix
     what = (
         f"A LoRA adapter for the **{item.cluster}** thinking mode"
         if item.kind == "adapter"
@@ -225,10 +221,10 @@ def _card_body(
         f"# {repo.split('/')[-1]}",
         "",
         f"{what}, trained with [midtrain](https://pypi.org/project/midtrain/) "
-        f"on `{base}` (run `{config.name}`, stage `{item.name.split('-')[0]}`).",
+        f"on `{release.base_model}` (run `{config.name}`, stage `{item.name.split('-')[0]}`).",
         "",
     ]
-    lines += ["## Usage", "", *_usage(item, repo, base, adapter_repos), ""]
+    lines += ["## Usage", "", *_usage(release, item, repo), ""]
     lines += ["## Evaluation", ""]
     lines += [f"| {k} | {v:.4f} |" for k, v in sorted((metrics or {}).items())] or ["No eval results."]
     if metrics:
@@ -247,7 +243,8 @@ def _card_body(
     return "\n".join(lines)
 
 
-def _usage(item: PublishItem, repo: str, base: str, adapter_repos: dict[str, str]) -> list[str]:
+def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
+    base, adapter_repos = release.base_model, release.adapter_repos
     if item.kind == "adapter":
         return [
             "PEFT:",
@@ -316,21 +313,15 @@ def check_card(card_text: str, folder: Path) -> list[str]:
 
 
 def stage(
-    config: RunConfig,
-    item: PublishItem,
-    folder: Path,
-    repo: str,
-    metrics: dict[str, float] | None,
-    mix: dict[str, Any] | None,
-    adapter_repos: dict[str, str],
+    release: Release, item: PublishItem, folder: Path, repo: str, metrics: dict[str, float] | None
 ) -> list[str]:
     """Write exactly what will be uploaded for one repo; return card-check problems (empty = publishable)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = ADAPTER_FILES + TOKENIZER_FILES if item.kind == "adapter" else ROUTER_FILES
     for name in names:
         if (item.source / name).is_file():
-            _copy_inside(item.source / name, folder / name, config.run_dir)
-    base = _public_base_model(config)
+            _copy_inside(item.source / name, folder / name, release.config.run_dir)
+    base = release.base_model
     if item.kind == "adapter":
         # The local base path means nothing on the Hub: point the adapter at the public base model.
         adapter_config = json.loads((folder / "adapter_config.json").read_text())
@@ -339,10 +330,12 @@ def stage(
     else:
         # A published bundle resolves its adapters from their Hub repos, not from sibling folders.
         bundle = json.loads((folder / "router.json").read_text())
-        bundle["adapters"] = {c: adapter_repos[c] for c in bundle["adapters"] if c in adapter_repos}
+        bundle["adapters"] = {
+            c: release.adapter_repos[c] for c in bundle["adapters"] if c in release.adapter_repos
+        }
         bundle["base_model"] = base
         (folder / "router.json").write_text(json.dumps(bundle, indent=2, sort_keys=True))
-    card = build_card(config, item, repo, metrics, mix, adapter_repos)
+    card = build_card(release, item, repo, metrics)
     (folder / "README.md").write_text(card)
     return check_card(card, folder)
 
@@ -402,11 +395,11 @@ def run(
     staging = Path(dry_run_dir) if dry_run_dir else config.run_dir / "publish"
     if staging.exists():
         shutil.rmtree(staging)
-    mix = manifest_summary(config.run_dir)
+    release = Release(config, _public_base_model(config), manifest_summary(config.run_dir), adapter_repos)
     problems = {}
     for item in items:
         folder = staging / repos[item.name].split("/")[-1]
-        found = stage(config, item, folder, repos[item.name], metrics[item.name], mix, adapter_repos)
+        found = stage(release, item, folder, repos[item.name], metrics[item.name])
         if found:
             problems[item.name] = found
     if problems:

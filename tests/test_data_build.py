@@ -3,6 +3,7 @@ token shares, every reject counted, the loss mask, and the parquet contract that
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -16,7 +17,9 @@ import pytest
 from pipelines.chat import load_tokenizer, render_trace
 from pipelines.data.build import OUTPUT_SCHEMA, BuildSettings, build, compare_dirs, run, verify
 from pipelines.data.decontam import bfcl_questions
+from pipelines.data.sources import path_sha256
 from pipelines.errors import BadInput
+from pipelines.hashing import sha256_file
 from pipelines.run_config import RunConfig, load_recipe
 from pipelines.schema import Trace
 from pipelines.thought import load_thought_schema
@@ -264,6 +267,17 @@ def test_manifest_pins_sources_tokenizer_and_files(
     for name in shards:
         assert manifest["files"][name]["rows"] == pq.read_metadata(out / name).num_rows
         assert manifest["files"][name]["rows"] <= 25
+
+
+def test_file_hashes_read_past_one_block_and_a_folder_pin_covers_names(tmp_path: Path) -> None:
+    """Hashing streams 1 MiB blocks: a 2 MiB + 7 file hashes like its whole bytes; a folder's pin (local
+    sources) covers each file's relative name too, so a rename changes it."""
+    blob = random.Random(0).randbytes(2 * (1 << 20) + 7)
+    (tmp_path / "a.bin").write_bytes(blob)
+    assert sha256_file(tmp_path / "a.bin") == hashlib.sha256(blob).hexdigest()
+    assert path_sha256(tmp_path) == hashlib.sha256(b"a.bin\0" + blob).hexdigest()
+    (tmp_path / "a.bin").rename(tmp_path / "b.bin")
+    assert path_sha256(tmp_path) == hashlib.sha256(b"b.bin\0" + blob).hexdigest()
 
 
 def test_inspect_prints_the_tables_and_writes_the_png(built: tuple[Path, dict], tmp_path: Path) -> None:

@@ -88,6 +88,11 @@ def turn(content: str = "", *calls: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def store_x_per_instance(values: dict[str, int]) -> dict[str, Any]:
+    """One assistant turn storing x = value in each named instance, in the given order."""
+    return turn("", *(call("store", name="x", value=v, _instance=i) for i, v in values.items()))
+
+
 def play(env: ToolEnv, task: Task, *turns: dict[str, Any]) -> list[dict[str, Any]]:
     """Reset `env` for `task` and run each turn's calls as TRL's tool loop does; return the completion."""
     env.reset(task=task.to_json())
@@ -235,37 +240,23 @@ def test_parallel_calls_are_matched_optimally_whatever_the_order() -> None:
     assert score_all(task, completion, ToyEnv())["tool_call"] == 1.0
 
 
+CROSS_INSTANCE_CASES = {
+    "swapped": ({"a": 2, "b": 1}, 0.0),
+    "right": ({"a": 1, "b": 2}, 1.0),
+    "unknown_instance": ({"a": 1, "c": 2}, 0.5),
+}
+
+
 def test_cross_instance_call() -> None:
-    swapped = [
-        turn(
-            "",
-            call("store", name="x", value=2, _instance="a"),
-            call("store", name="x", value=1, _instance="b"),
-        ),
-        turn("Stored both."),
+    """Scored as one batch, as TRL calls a reward: each rollout gets its own value, in order."""
+    completions = [
+        [store_x_per_instance(values), turn("Stored both.")] for values, _ in CROSS_INSTANCE_CASES.values()
     ]
-    right = [
-        turn(
-            "",
-            call("store", name="x", value=1, _instance="a"),
-            call("store", name="x", value=2, _instance="b"),
-        ),
-        turn("Stored both."),
-    ]
-    unknown = [
-        turn(
-            "",
-            call("store", name="x", value=1, _instance="a"),
-            call("store", name="x", value=2, _instance="c"),
-        ),
-        turn("Stored both."),
-    ]
-    assert rewards.instance(completions=[swapped, right, unknown], task=[INSTANCED_TASK.to_json()] * 3) == [
-        0.0,
-        1.0,
-        0.5,
-    ]
+    expected = [value for _, value in CROSS_INSTANCE_CASES.values()]
+    tasks = [INSTANCED_TASK.to_json()] * len(completions)
+    assert rewards.instance(completions=completions, task=tasks) == expected
     # Instances do not exist outside instanced tasks.
+    right = [store_x_per_instance({"a": 1, "b": 2}), turn("Stored both.")]
     assert rewards.instance(completions=[right], task=[ADD_TASK.to_json()]) == [None]
 
 
@@ -392,20 +383,8 @@ def test_instanced_rows_in_the_generators_format() -> None:
     row = instanced_task_json({"t1": one, "t2": two})
     task = rewards.load_task(row)
     assert rewards.declared_instances(task) == ["t1", "t2"] and task.difficulty == 2
-    right = [
-        turn(
-            "",
-            call("store", name="x", value=1, _instance="t1"),
-            call("store", name="x", value=2, _instance="t2"),
-        )
-    ]
-    crossed = [
-        turn(
-            "",
-            call("store", name="x", value=2, _instance="t1"),
-            call("store", name="x", value=1, _instance="t2"),
-        )
-    ]
+    right = [store_x_per_instance({"t1": 1, "t2": 2})]
+    crossed = [store_x_per_instance({"t1": 2, "t2": 1})]
     assert rewards.instance(completions=[right, crossed], task=[row, row]) == [1.0, 0.0]
     assert rewards.tool_call(completions=[right, crossed], task=[row, row]) == [
         1.0,

@@ -118,7 +118,7 @@ def split_words(text: str) -> Words:
     powers, inverses = _powers(len(data) + 1)
     prefix = np.zeros(len(data) + 1, dtype=np.uint64)
     np.cumsum((data.astype(np.uint64) + np.uint64(1)) * powers[: len(data)], out=prefix[1:])
-    hashes = _fmix64((prefix[ends] - prefix[starts]) * inverses[starts])
+    hashes = _fmix((prefix[ends] - prefix[starts]) * inverses[starts], _FMIX64)
     digits = np.zeros(len(data) + 1, dtype=np.int64)
     np.cumsum(_DIGIT_BYTES[data], out=digits[1:])
     return Words(hashes, (digits[ends] - digits[starts]) == (ends - starts))
@@ -151,12 +151,20 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _power_cache[0], _power_cache[1]
 
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
+# MurmurHash3's finalizers as (shifts, multipliers): the 64-bit one mixes word hashes; the 32-bit one is what
+# datasketch applies to shingles before its affine permutations (so our signatures match its MinHash).
+_FMIX64 = ((33, 33, 33), (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53))
+_FMIX32 = ((16, 13, 16), (0x85EBCA6B, 0xC2B2AE35))
+
+
+def _fmix(h: np.ndarray, constants: tuple[tuple[int, ...], tuple[int, ...]]) -> np.ndarray:
+    """xor-shift, multiply, xor-shift, multiply, xor-shift, in the array's own unsigned width (wrap-around)."""
+    shifts, multipliers = constants
+    word = h.dtype.type
+    for shift, multiplier in zip(shifts[:-1], multipliers, strict=True):
+        h = h ^ (h >> word(shift))
+        h = h * word(multiplier)
+    return h ^ (h >> word(shifts[-1]))
 
 
 def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
@@ -204,7 +212,7 @@ class NearDeduper:
     def signature(self, shingles: np.ndarray) -> MinHash:
         values = np.full(self.config.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         for start in range(0, len(shingles), 4096):  # bounded temp matrix: num_perm × 4096
-            permuted = np.multiply.outer(self._a, _fmix32(shingles[start : start + 4096]))
+            permuted = np.multiply.outer(self._a, _fmix(shingles[start : start + 4096], _FMIX32))
             permuted += self._b[:, None]
             np.minimum(values, permuted.min(axis=1), out=values)
         return MinHash(seed=1, hashvalues=values, permutations=self._proto.permutations, scheme="affine32")
@@ -220,12 +228,3 @@ class NearDeduper:
         self._lsh.insert(len(self._ids), sig, check_duplication=False)
         self._ids.append(row_id)
         return None
-
-
-def _fmix32(hv: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, as datasketch applies it before its affine permutations."""
-    hv = hv ^ (hv >> np.uint32(16))
-    hv = hv * np.uint32(0x85EBCA6B)
-    hv = hv ^ (hv >> np.uint32(13))
-    hv = hv * np.uint32(0xC2B2AE35)
-    return hv ^ (hv >> np.uint32(16))

@@ -17,20 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BadInput
+from pipelines.hashing import sha256_file
 from pipelines.recipe import Recipe
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 FORMAT = "midtrain-data/1"
 LIBRARIES = ("transformers", "tokenizers", "datasets", "pyarrow", "datasketch", "numpy")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_text(text: str) -> str:

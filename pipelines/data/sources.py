@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BadInput
+from pipelines.hashing import update_with_file
 from pipelines.recipe import (
     GeneratedSource,
     HFSource,
@@ -311,9 +312,7 @@ def path_sha256(path: Path, glob: str = "**/*") -> str:
     files = [path] if path.is_file() else sorted(p for p in path.glob(glob) if p.is_file())
     for file in files:
         digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
-        with file.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, file)
     return digest.hexdigest()
 
 
