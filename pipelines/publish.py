@@ -123,14 +123,7 @@ def manifest_summary(run_dir: Path) -> dict[str, Any] | None:
         "shares": {
             k: {"target": c.get("target_share"), "achieved": c.get("share")} for k, c in categories.items()
         },
-        "sources": [
-            {
-                k: s.get(k)
-                for k in ("name", "type", "dataset", "revision", "tokens_out")
-                if s.get(k) is not None
-            }
-            for s in manifest.get("sources", [])
-        ],
+        "sources": [_source_summary(s) for s in manifest.get("sources", [])],
     }
 
 
@@ -144,7 +137,7 @@ def _source_summary(source: dict[str, Any]) -> dict[str, Any]:
         "tokens_out": source.get("tokens_out"),
         "dataset": source.get("dataset") or pinned.get("dataset"),
         "revision": pinned.get("revision"),
-        "sha256": pinned.get("sha256"),
+        "sha256": pinned.get("sha256") or pinned.get("rows_sha256"),
     }
     return {k: v for k, v in fields.items() if v is not None}
 

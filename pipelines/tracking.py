@@ -11,7 +11,6 @@ Three things, all usable from any `transformers.Trainer` (TRL's trainers include
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -39,14 +38,6 @@ def report_to(tracking: TrackingSection) -> list[str]:
     """The Trainer's `report_to`, always explicit: transformers' default ("all" installed integrations) would
     silently start whatever loggers happen to be installed."""
     return ["wandb"] if uses_wandb(tracking) else ["none"]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

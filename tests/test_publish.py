@@ -34,8 +34,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
                     {
                         "name": "xlam",
                         "type": "hf",
-                        "dataset": "Salesforce/xlam-function-calling-60k",
-                        "revision": "abc123",
+                        # The data stage's shape: what pins a source's bytes is nested under `revision`.
+                        "revision": {
+                            "dataset": "Salesforce/xlam-function-calling-60k",
+                            "revision": "abc123",
+                            "rows_sha256": "f00d",
+                        },
                         "tokens_out": 1000,
                     }
                 ],

@@ -32,12 +32,13 @@ from typing import Any
 from transformers import TrainerCallback
 
 from pipelines.errors import BadInput, MidtrainError
+from pipelines.hashing import sha256_file
 from pipelines.recipe import Decontamination
 from pipelines.rl import evaluate as rl_eval
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
 from pipelines.run_config import RLSection, RunConfig
 from pipelines.sft.outputs import ADAPTER_WEIGHTS, read_json, write_json
-from pipelines.tracking import LocalMetricsCallback, PeakMemory, file_sha256, read_metrics, wandb_session
+from pipelines.tracking import LocalMetricsCallback, PeakMemory, read_metrics, wandb_session
 
 log = logging.getLogger("midtrain.rl")
 SUMMARY_FILE = "training_summary.json"
@@ -216,7 +217,7 @@ def start_fingerprint(config: RunConfig, cluster: str) -> str:
         raise BadInput(
             f"{adapter}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); run `midtrain sft` again"
         )
-    return f"sft:{file_sha256(weights)}"
+    return f"sft:{sha256_file(weights)}"
 
 
 def rl_fingerprint(config: RunConfig, cluster: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BadInput, MidtrainError
+from pipelines.hashing import sha256_file
 from pipelines.run_config import RunConfig, SFTSection
 from pipelines.sft import data as mixdata
 from pipelines.sft.model import (
@@ -31,7 +32,7 @@ from pipelines.sft.outputs import (
     read_json,
     write_json,
 )
-from pipelines.tracking import LocalMetricsCallback, PeakMemory, file_sha256, wandb_session
+from pipelines.tracking import LocalMetricsCallback, PeakMemory, wandb_session
 
 log = logging.getLogger("midtrain.sft")
 
@@ -102,7 +103,7 @@ def load_screened_mix(config: RunConfig, vocab_size: int) -> Mix:
         held_out = mixdata.load_mix(data_dir, "eval", cache, required=False)
     train_screen = mixdata.screen(train, "train", max_length, vocab_size)
     eval_screen = mixdata.screen(held_out, "eval", max_length, vocab_size) if held_out is not None else None
-    return Mix(data_dir, file_sha256(manifest), train, held_out, train_screen, eval_screen)
+    return Mix(data_dir, sha256_file(manifest), train, held_out, train_screen, eval_screen)
 
 
 def _write_rejects(config: RunConfig, mix: Mix) -> None:
