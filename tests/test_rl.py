@@ -21,6 +21,7 @@ from pipelines.errors import BadInput
 from pipelines.rl import evaluate as ev
 from pipelines.run_config import RunConfig
 from pipelines.thought import load_thought_schema
+from tests.test_sft import CrashAt
 
 SCHEMA = load_thought_schema("think-plan-reflect")
 
@@ -294,17 +295,6 @@ def test_grpo_goes_on_when_an_environment_raises(tmp_path: Path, tiny_model_dir:
 
 
 # -- checkpoints and resume ------------------------------------------------------------------------------------
-class CrashAt(TrainerCallback):
-    """Simulates a killed run: raise right after the checkpoint of `step` is written."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"simulated kill at step {self.step}")
-
-
 class StepsRun(TrainerCallback):
     """The global step a session starts at, and each optimizer step it runs."""
 
