@@ -11,13 +11,17 @@ from typing import Any
 
 import pytest
 import yaml
-from test_router import make_adapter, write_shards  # tests/ is on sys.path (rootdir conftest)
+from test_router import (  # tests/ is on sys.path (rootdir conftest)
+    make_adapter,
+    two_cluster_config,
+    write_shards,
+)
 
 from pipelines.errors import BadInput
 from pipelines.eval import stage
 from pipelines.eval.bfcl import load_category, reference_calls, tool_name
 from pipelines.router import run as train_router
-from pipelines.run_config import EvalSection, RouterSection, RunConfig, SFTSection
+from pipelines.run_config import EvalSection, RouterSection, RunConfig
 
 METRIC_KEYS = {*stage.HELDOUT_METRICS, "n"}
 
@@ -45,15 +49,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 
 
 def _config(run_dir: Path, model: Path, section: EvalSection) -> RunConfig:
-    return RunConfig(
-        name=run_dir.name,
-        output_dir=str(run_dir.parent),
-        model={"name_or_path": str(model)},
-        data={"recipe": "data_recipes/agentic-v1.yaml"},
-        sft=SFTSection(clusters=["tool", "plan"]),
-        router=RouterSection(method="tfidf", threshold=0.0, eval_fraction=0.25),
-        eval=section,
-    )
+    router = RouterSection(method="tfidf", threshold=0.0, eval_fraction=0.25)
+    return two_cluster_config(run_dir, model, router, eval=section)
 
 
 def _check_metrics(metrics: dict[str, Any], keys: set[str]) -> None:

@@ -14,8 +14,8 @@ import yaml
 from pipelines import publish
 from pipelines.errors import BadInput
 from pipelines.router import run as train_router
-from pipelines.run_config import PublishSection, RouterSection, RunConfig, SFTSection
-from tests.test_router import make_adapter, write_shards
+from pipelines.run_config import PublishSection, RouterSection, RunConfig
+from tests.test_router import make_adapter, two_cluster_config, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 
 
 def _config(run_dir: Path, model: Path, **publish_kwargs) -> RunConfig:
-    return RunConfig(
-        name=run_dir.name,
-        output_dir=str(run_dir.parent),
-        model={"name_or_path": str(model)},
-        data={"recipe": "data_recipes/agentic-v1.yaml"},
-        sft=SFTSection(clusters=["tool", "plan"]),
-        router=RouterSection(method="tfidf"),
-        publish=PublishSection(**publish_kwargs),
+    return two_cluster_config(
+        run_dir, model, RouterSection(method="tfidf"), publish=PublishSection(**publish_kwargs)
     )
 
 

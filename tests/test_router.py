@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -122,14 +123,22 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     return run_dir
 
 
-def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float = 0.3) -> RunConfig:
+def two_cluster_config(run_dir: Path, model: Path, router: RouterSection, **sections: Any) -> RunConfig:
+    """A run with `tool` + `plan` SFT adapters and a router, plus whatever stage sections a test adds."""
     return RunConfig(
         name=run_dir.name,
         output_dir=str(run_dir.parent),
         model={"name_or_path": str(model)},
         data={"recipe": "data_recipes/agentic-v1.yaml"},
         sft=SFTSection(clusters=["tool", "plan"]),
-        router=RouterSection(method=method, threshold=threshold, eval_fraction=0.25),
+        router=router,
+        **sections,
+    )
+
+
+def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float = 0.3) -> RunConfig:
+    return two_cluster_config(
+        run_dir, model, RouterSection(method=method, threshold=threshold, eval_fraction=0.25)
     )
 
 
