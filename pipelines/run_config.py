@@ -131,6 +131,15 @@ class RLSection(StrictModel):
         "on the tasks the SFT mix was decontaminated against.",
     )
     eval_tasks_per_domain: int = Field(8, ge=0, description="0 skips the before/after evaluation.")
+    offered_tools: Literal["all", "task"] = Field(
+        "all",
+        description="Tools in each prompt: `all` of the domain's, or `task`: the task's own plus "
+        "`distractor_tools` others (shorter prompts: a CPU step costs what its prompt tokens cost). Applies to "
+        "training and the before/after evaluation.",
+    )
+    distractor_tools: int = Field(
+        2, ge=0, description="Other tools of the domain offered with `offered_tools: task`."
+    )
     max_tool_calling_iterations: int = Field(4, ge=1)
     num_generations: int = Field(4, ge=2)
     max_completion_length: int = Field(256, ge=8, description="Tokens per rollout, tool results included.")
@@ -179,6 +188,13 @@ class RouterSection(StrictModel):
     fallback: Literal["generalist", "base"] = "base"
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share of requests for the report.")
     prefer: Literal["rl", "sft"] = Field("rl", description="Which adapter serves a cluster that has both.")
+    generated_requests: int = Field(
+        4000,
+        ge=0,
+        description="Extra training requests drawn from the recipe's generated sources (new seeds, labelled as "
+        "the mix labels them); the mix alone holds only as many requests as its token budget pays for. "
+        "Held-out accuracy is still measured on the mix's own requests.",
+    )
     merge: dict[str, str] = Field(
         default_factory=dict,
         description="Cluster → routed cluster, for clusters whose requests the router cannot tell apart (e.g. "

@@ -1,7 +1,7 @@
 """Serve a router bundle in Python: one base model, every adapter preloaded, the right one per request.
 
-`Router.generate` routes one request and switches with `set_adapter` (cheap: the weights are already in
-memory); `Router.generate_batch` serves a mixed batch in one forward pass with PEFT's `adapter_names`, each row
+`Router.generate` routes one request and switches to its adapter (cheap: the weights are already in memory,
+see `Router.switch`); `Router.generate_batch` serves a mixed batch in one forward pass with PEFT's `adapter_names`, each row
 with its own adapter. `chat` is the interactive loop behind `midtrain chat`, executing tool calls live.
 """
 
@@ -41,6 +41,9 @@ class Router:
         )
         self.model = self._attach_adapters(base)
         self.model.eval()
+        self._lora_layers = (
+            tuner_layers(self.model) if self.sources and self.requests.method != "arrow" else []
+        )
 
     def _attach_adapters(self, base: Any) -> Any:
         from peft import PeftModel
@@ -81,9 +84,30 @@ class Router:
         max_new_tokens: int = 256,
         route: Route | None = None,
     ) -> tuple[Route, str]:
-        """Route on the conversation's user turns (or use `route`), then generate with that adapter."""
+        """Route on the conversation's user turns (or use `route`), then generate with that adapter alone."""
+        import contextlib
+
+        import torch
+
         route = route or self.route(route_text(messages, tools))
-        return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
+        if not self.sources or self.requests.method == "arrow":
+            return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
+        use_adapter = route.adapter in self.sources
+        if use_adapter:
+            self.switch(route.adapter)
+        inputs = self.tokenizer(
+            [self._prompt(messages, tools)], return_tensors="pt", add_special_tokens=False
+        )
+        base_only = contextlib.nullcontext() if use_adapter else self.model.disable_adapter()
+        with torch.no_grad(), base_only:
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
+        return route, _strip_padding(text, self.tokenizer)
 
     def generate_batch(
         self,
@@ -113,7 +137,27 @@ class Router:
         """Make one adapter active for plain `model(...)`/`generate` calls (single-request serving)."""
         if adapter == BASE or adapter not in self.sources:
             raise BadInput(f"unknown adapter {adapter!r} (have: {', '.join(self.sources)})")
-        self.model.set_adapter(adapter)
+        activate_adapter(self.model, self._lora_layers, adapter)
+
+
+def tuner_layers(model: Any) -> list[Any]:
+    """The PEFT layers (one per adapted module) whose active adapter a switch repoints."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+
+
+def activate_adapter(model: Any, layers: list[Any], adapter: str) -> None:
+    """Switch a frozen `PeftModel` to `adapter`: repoint each LoRA layer's active adapter, nothing else.
+
+    PEFT's `set_adapter` also walks every module of the model and re-sets `requires_grad` on every adapter
+    weight, which made a switch cost ~10 ms on the 30-layer embedded model. Serving never trains, so the
+    pointer is all that changes; the state left is the same as `set_adapter`'s (tests/test_router.py).
+    """
+    for layer in layers:
+        layer._active_adapter = [adapter]
+    model.active_adapter = adapter  # PeftModel and its LoraModel each keep their own record
+    model.base_model.active_adapter = adapter
 
 
 def route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:

@@ -24,11 +24,13 @@ from pipelines.router import (
     RequestRouter,
     benchmark_latency,
     find_adapters,
+    generated_examples,
     load_examples,
     score,
     split_examples,
     train_router,
 )
+from pipelines.run_config import load_recipe
 
 
 def bench_method(
@@ -61,7 +63,7 @@ def print_scores(method: str, result: dict[str, Any]) -> None:
 
 
 def bench_switch(run_dir: Path, clusters: list[str], switches: int) -> dict[str, float] | None:
-    """Time `set_adapter` between preloaded adapters (what per-request switching costs)."""
+    """Time switching between preloaded adapters: PEFT's `set_adapter` (baseline) vs `Router.switch`."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -81,17 +83,29 @@ def bench_switch(run_dir: Path, clusters: list[str], switches: int) -> dict[str,
     model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(str(adapters[name]), adapter_name=name)
-    timings = []
-    model.set_adapter(names[-1])  # warm-up: the first switch also builds PEFT's bookkeeping
-    for i in range(switches):
-        start = time.perf_counter()
-        model.set_adapter(names[i % len(names)])
-        timings.append((time.perf_counter() - start) * 1000)
-    return {
-        "switch_p50_ms": float(np.percentile(timings, 50)),
-        "switch_p99_ms": float(np.percentile(timings, 99)),
-        "adapters": len(names),
+    from pipelines.serve import activate_adapter, tuner_layers
+
+    layers = tuner_layers(model)
+    model.eval()
+    results: dict[str, float] = {"adapters": len(names)}
+    switchers = {
+        "peft_set_adapter": lambda name: model.set_adapter(name),
+        "router_switch": lambda name: activate_adapter(model, layers, name),
     }
+    for label, switch in switchers.items():
+        switch(names[-1])  # warm-up: PEFT's first switch also builds its bookkeeping
+        timings = []
+        for i in range(switches):
+            start = time.perf_counter()
+            switch(names[i % len(names)])
+            timings.append((time.perf_counter() - start) * 1000)
+        results[f"{label}_p50_ms"] = float(np.percentile(timings, 50))
+        results[f"{label}_p99_ms"] = float(np.percentile(timings, 99))
+    # `switch_*` is what `Router.switch` costs, the number the target (≤ 5 ms) is about.
+    results["switch_p50_ms"] = results["router_switch_p50_ms"]
+    results["switch_p99_ms"] = results["router_switch_p99_ms"]
+    results["speedup_vs_peft_p50"] = results["peft_set_adapter_p50_ms"] / max(results["switch_p50_ms"], 1e-6)
+    return results
 
 
 def main() -> None:
@@ -104,6 +118,15 @@ def main() -> None:
     parser.add_argument("--eval-fraction", type=float, default=0.2)
     parser.add_argument("--switches", type=int, default=200)
     parser.add_argument("--merge", default="", help="`reflect=tool,…`: score as with router.merge")
+    parser.add_argument(
+        "--generated",
+        type=int,
+        default=4000,
+        help="extra generated training requests (router.generated_requests)",
+    )
+    parser.add_argument(
+        "--recipe", default="data_recipes/agentic-v1.yaml", help="the mix's recipe (for --generated)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a server core per request)")
     args = parser.parse_args()
     import torch
@@ -112,8 +135,13 @@ def main() -> None:
     label_map = dict(pair.split("=", 1) for pair in args.merge.split(",") if pair)
     clusters = [*args.clusters.split(","), *label_map]
     train, held_out = split_examples(load_examples(args.run_dir / "data", clusters), args.eval_fraction)
+    mix_train = len(train)
+    if args.generated:
+        exclude = {e.text for e in held_out}
+        train += generated_examples(load_recipe(args.recipe), clusters, args.generated, exclude)
     print(
-        f"requests: {len(train)} train, {len(held_out)} held out, clusters {sorted({e.cluster for e in train})}"
+        f"requests: {len(train)} train ({mix_train} from the mix, {len(train) - mix_train} generated), "
+        f"{len(held_out)} held out (the mix's), clusters {sorted({e.cluster for e in train})}"
     )
     print(f"label map: {label_map or 'none'}")
     targets = {"tfidf": 2.0, "embedding": 20.0}
@@ -129,7 +157,8 @@ def main() -> None:
     if switch:
         print(
             f"adapter switch ({switch['adapters']} preloaded): p50 {switch['switch_p50_ms']:.3f} ms  "
-            f"p99 {switch['switch_p99_ms']:.3f} ms (target ≤ 5 ms)"
+            f"p99 {switch['switch_p99_ms']:.3f} ms (target ≤ 5 ms); PEFT set_adapter p50 "
+            f"{switch['peft_set_adapter_p50_ms']:.3f} ms: {switch['speedup_vs_peft_p50']:.0f}x"
         )
     else:
         print("adapter switch: skipped (fewer than 2 trained adapters in the run dir)")

@@ -49,7 +49,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 
 
 def _config(run_dir: Path, model: Path, section: EvalSection) -> RunConfig:
-    router = RouterSection(method="tfidf", threshold=0.0, eval_fraction=0.25)
+    router = RouterSection(method="tfidf", threshold=0.0, eval_fraction=0.25, generated_requests=0)
     return two_cluster_config(run_dir, model, router, eval=section)
 
 

@@ -109,8 +109,21 @@ def test_single_sequential_parallel_shapes(by_pattern):
         assert len(trace.calls()) == 1
     for trace in by_pattern["sequential"]:
         assert sum(bool(m.tool_calls) for m in trace.messages) >= 2
-    for trace in by_pattern["parallel"]:
-        assert any(len(m.tool_calls) >= 2 for m in trace.messages)
+    for trace in by_pattern["parallel"]:  # one round of calls, two or more in it
+        assert next(len(m.tool_calls) for m in trace.messages if m.tool_calls) >= 2
+        assert len(json.loads(trace.meta["task"])["solution"]) == 1
+
+
+def test_a_parallel_draw_needing_two_rounds_is_recorded_sequential() -> None:
+    from pipelines.envs.base import Step, Task
+    from pipelines.generate import shape_pattern
+
+    call = Step("f", {})
+    two_rounds = Task("calculator", "t", "r", {}, solution=[[call, call], [call]])
+    one_round = Task("calculator", "t", "r", {}, solution=[[call, call]])
+    assert shape_pattern("parallel", two_rounds) == "sequential"
+    assert shape_pattern("parallel", one_round) == "parallel"
+    assert shape_pattern("recovery", two_rounds) == "recovery"
 
 
 def test_instanced_tags_are_consistent(by_pattern):

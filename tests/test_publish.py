@@ -66,7 +66,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 
 def _config(run_dir: Path, model: Path, **publish_kwargs) -> RunConfig:
     return two_cluster_config(
-        run_dir, model, RouterSection(method="tfidf"), publish=PublishSection(**publish_kwargs)
+        run_dir,
+        model,
+        RouterSection(method="tfidf", generated_requests=0),
+        publish=PublishSection(**publish_kwargs),
     )
 
 

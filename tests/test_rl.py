@@ -419,3 +419,83 @@ def test_rl_fingerprint_follows_what_shapes_the_weights(tmp_path: Path, tiny_mod
     weights.write_bytes(weights.read_bytes() + b" ")
     assert rl_fingerprint(config, "tool") != base
     assert changed("rl.from_base", True) != rl_fingerprint(config, "tool")
+
+
+# -- tool views (`rl.offered_tools: task`) ---------------------------------------------------------------------
+def test_a_tool_view_lists_only_the_offered_tools_and_refuses_the_others() -> None:
+    from pipelines.rl.tool_views import tool_view
+
+    env_class = DOMAINS["calculator"][0]
+    view = tool_view(env_class, frozenset({"convert_units", "percent_change"}))
+    assert view is tool_view(env_class, frozenset({"percent_change", "convert_units"}))  # one class per view
+    assert view._tool_methods() == ["convert_units", "percent_change"]
+    assert [s["function"]["name"] for s in view._tool_schemas()] == ["convert_units", "percent_change"]
+    env = view()
+    env.reset(task=DOMAINS["calculator"][1](random.Random(0), 1).to_json())
+    observation, is_error = env._call_tool("evaluate_expression", {"expression": "1+1"})
+    assert is_error and "unknown tool" in observation
+    assert env.evaluate_expression("1+1").strip() == "2"  # hidden from the model, not from the env itself
+    with pytest.raises(ValueError, match="no tool"):
+        tool_view(env_class, frozenset({"fly"}))
+
+
+def test_offered_tools_are_the_task_tools_plus_distractors_shared_by_tasks_needing_the_same() -> None:
+    from pipelines.rl.tool_views import offered_tools
+
+    env_class = DOMAINS["calculator"][0]
+    rng = random.Random(7)
+    tasks = [DOMAINS["calculator"][1](rng, 1) for _ in range(30)]
+    for task in tasks:
+        needed = {step.tool for turn in task.solution for step in turn}
+        offered = offered_tools(env_class, task, 2)
+        assert needed <= offered and len(offered) == len(needed) + 2
+        assert offered_tools(env_class, task, 0) == needed
+    by_needed: dict[frozenset[str], set[frozenset[str]]] = {}
+    for task in tasks:
+        needed = frozenset(step.tool for turn in task.solution for step in turn)
+        by_needed.setdefault(needed, set()).add(offered_tools(env_class, task, 2))
+    assert all(len(views) == 1 for views in by_needed.values())
+    no_fit = ev.irrelevant_task("calculator", DOMAINS["docsearch"][1](rng, 1))
+    assert len(offered_tools(env_class, no_fit, 2)) == 3  # something to decline
+    assert len(offered_tools(env_class, tasks[0], 99)) == len(env_class._tool_methods())
+
+
+def test_live_loop_with_tool_views_runs_a_correct_policy_in_each_view(tokenizer) -> None:
+    from pipelines.rl.tool_views import with_tool_views
+
+    rng = random.Random(3)
+    items = [ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)) for _ in range(3)]
+    items.append(ev.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)))
+    bound, views = with_tool_views(items, {d: DOMAINS[d][0] for d in ("calculator", "filesystem")}, 1)
+    assert [b.domain for b in bound] == [i.domain for i in items]
+    assert all(b.environment in views and b.environment.startswith(f"{b.domain}:") for b in bound)
+    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, bound), tokenizer, bound, views, SCHEMA, 4, 1024)
+    assert (result["outcome"], result["format_rate"], result["call_accuracy"]) == (1.0, 1.0, 1.0)
+
+
+def test_grpo_with_tool_views_shows_each_prompt_only_its_view(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch
+) -> None:
+    import pipelines.rl.train as rl_train
+
+    config = make_config(
+        tmp_path, tiny_model_dir, domains=["calculator", "docsearch"], offered_tools="task", max_difficulty=1,
+        distractor_tools=1, n_tasks=2, irrelevance_fraction=0.0,
+        train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
+    )  # fmt: skip
+    save_sft_adapter(config, tiny_model_dir, "tool")
+    trainers = []
+    build = rl_train.build_trainer
+    monkeypatch.setattr(
+        rl_train, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1]
+    )
+    summary = rl_train.run(config)["tool"]
+
+    assert summary["steps"] == 1
+    shown = {key: sorted(m.__name__ for m in methods) for key, methods in trainers[0]._env_tools.items()}
+    assert {key.split(":")[0] for key in shown} == {"calculator", "docsearch"}
+    # TRL renders each prompt with its view's tools: the task's own plus one distractor.
+    for key, names in shown.items():
+        assert names == sorted(key.split(":")[1].split("+")) and len(names) == 2
+    comparison = json.loads((config.run_dir / "rl" / "tool" / "eval_before_after.json").read_text())
+    assert comparison["before"]["n_tasks"] == 2

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.errors import BadInput
 from pipelines.router import BASE, load_bundle, request_text, run
 from pipelines.run_config import RouterSection, RunConfig, SFTSection
 from pipelines.schema import Trace
@@ -138,7 +139,9 @@ def two_cluster_config(run_dir: Path, model: Path, router: RouterSection, **sect
 
 def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float = 0.3) -> RunConfig:
     return two_cluster_config(
-        run_dir, model, RouterSection(method=method, threshold=threshold, eval_fraction=0.25)
+        run_dir,
+        model,
+        RouterSection(method=method, threshold=threshold, eval_fraction=0.25, generated_requests=0),
     )
 
 
@@ -193,6 +196,31 @@ def test_mixed_batch_gives_each_row_its_adapter(run_dir: Path, tiny_model_dir: P
     assert mixed == single
     base = router.generate(requests[0][0], None, 8, route=routes[0].__class__("tool", 1.0, BASE, True))[1]
     assert base != single[0]  # the adapter really changes the output
+
+
+def test_switch_leaves_the_state_peft_set_adapter_leaves(run_dir: Path, tiny_model_dir: Path) -> None:
+    import torch
+
+    from pipelines.serve import Router, tuner_layers
+
+    run(_config(run_dir, tiny_model_dir, threshold=0.0))
+    router = Router(run_dir / "router")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    for adapter in ("plan", "tool", "plan"):
+        router.switch(adapter)
+        ours = [layer.active_adapters for layer in tuner_layers(router.model)], router.model.active_adapters
+        with torch.no_grad():
+            logits = router.model(ids).logits
+        router.model.set_adapter(adapter)  # PEFT's own switch, for reference
+        peft = [layer.active_adapters for layer in tuner_layers(router.model)], router.model.active_adapters
+        with torch.no_grad():
+            reference = router.model(ids).logits
+        assert ours == peft and torch.equal(logits, reference)
+    router.switch("tool")
+    with torch.no_grad():
+        assert not torch.equal(router.model(ids).logits, logits)  # "plan" and "tool" really differ
+    with pytest.raises(BadInput, match="unknown adapter"):
+        router.switch("nope")
 
 
 def test_route_and_chat_cli(run_dir: Path, tiny_model_dir: Path) -> None:
@@ -314,3 +342,50 @@ def test_chat_executes_tool_calls_in_the_environment() -> None:
     )
     assert lines[2] == "[tool · tool 0.90] 37 * 12 = 444."
     assert scripted.seen[1][-1]["role"] == "tool" and "444" in scripted.seen[1][-1]["content"]
+
+
+def test_generated_requests_come_from_the_recipe_sources_labelled_as_the_mix(tmp_path: Path) -> None:
+    from pipelines.recipe import Recipe
+    from pipelines.router import generated_examples
+
+    recipe = Recipe.model_validate(
+        {
+            "name": "r",
+            "total_tokens": 1000,
+            "categories": {
+                "tool": {
+                    "share": 1.0,
+                    "sources": [
+                        {"name": "gen", "type": "generated", "domains": ["calculator", "calendar"], "n": 10,
+                         "seed": 3, "cluster_by_pattern": {"single": "tool", "parallel": "tool",
+                                                           "sequential": "plan", "clarify": "plan"}},
+                    ],
+                }
+            },
+        }
+    )  # fmt: skip
+    examples = generated_examples(recipe, ["tool", "plan"], 40, exclude=set())
+    assert len(examples) >= 30 and {e.split for e in examples} == {"generated"}
+    mapping = {"single": "tool", "parallel": "tool", "sequential": "plan", "clarify": "plan"}
+    assert all(mapping.get(e.pattern, e.cluster) == e.cluster for e in examples)
+    assert {e.cluster for e in examples} == {"tool", "plan"}
+    assert all(e.pattern != "code" for e in examples)  # patterns of unrouted clusters are never drawn
+    assert generated_examples(recipe, ["tool", "plan"], 40, exclude=set()) == examples  # seeded
+    dropped = generated_examples(recipe, ["tool", "plan"], 40, exclude={examples[0].text})
+    assert examples[0].text not in {e.text for e in dropped}
+    only_tool = generated_examples(recipe, ["tool"], 20, exclude=set())
+    assert only_tool and {e.cluster for e in only_tool} == {"tool"}
+
+
+def test_router_trains_on_generated_requests_and_scores_on_the_mix(
+    run_dir: Path, tiny_model_dir: Path
+) -> None:
+    config = _config(run_dir, tiny_model_dir)
+    config.router.generated_requests = 150
+    result = run(config)
+    _, meta = load_bundle(run_dir / "router")
+    assert meta["generated_examples"] > 100 and meta["train_examples"] > meta["generated_examples"]
+    held_out = json.loads((run_dir / "router" / "accuracy.json").read_text())
+    assert held_out["n"] == result["n"] and "generated" not in {
+        k.split("/")[0] for k in held_out["by_source"]
+    }

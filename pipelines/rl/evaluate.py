@@ -67,6 +67,11 @@ class DomainTask:
 
     domain: str
     task: Task
+    environment: str = ""  # the `environment_factory` key running it; "" = the domain's full toolset
+
+    @property
+    def env_key(self) -> str:
+        return self.environment or self.domain
 
 
 def fixed_method_domains(names: Sequence[str]) -> dict[str, tuple[type[ToolEnv], Any]]:
@@ -332,7 +337,7 @@ def run_episodes(
     """Greedy live rollouts of every task; the model is put in eval mode for the loop and restored after."""
     was_training = getattr(model, "training", False)
     model.eval()
-    episodes = [start_episode(item, env_classes[item.domain]) for item in items]
+    episodes = [start_episode(item, env_classes[item.env_key]) for item in items]
     try:
         while live := [ep for ep in episodes if not ep.done]:
             for start in range(0, len(live), batch_size):

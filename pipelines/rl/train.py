@@ -81,11 +81,35 @@ def check_seeds(config: RunConfig, eval_seed: int) -> None:
         raise BadInput(f"rl.task_seed={seed} equals the held-out seed; pick another rl.task_seed")
 
 
-def prompt_rows(items: Sequence[rl_eval.DomainTask]) -> list[dict[str, Any]]:
-    """TRL rows: `prompt`, `task` (env ground truth), `environment` (domain), `tools` (specs as JSON text)."""
+def prompt_rows(
+    items: Sequence[rl_eval.DomainTask], env_classes: dict[str, type] | None = None
+) -> list[dict[str, Any]]:
+    """TRL rows: `prompt`, `task` (env ground truth), `environment` (the `environment_factory` key: the domain,
+    or its tool view), `tools` (the specs that environment offers, as JSON text)."""
     from pipelines.generate import task_to_prompt_row
 
-    return [task_to_prompt_row(item.task) for item in items]
+    rows = []
+    for item in items:
+        row = task_to_prompt_row(item.task)
+        if item.environment:
+            assert env_classes is not None, "tool views need their classes"
+            row["environment"] = item.environment
+            row["tools"] = json.dumps(env_classes[item.environment]._tool_schemas(), sort_keys=True)
+        rows.append(row)
+    return rows
+
+
+def bind_environments(
+    rl: RLSection, domains: dict[str, tuple[type, Any]], items: list[rl_eval.DomainTask]
+) -> tuple[list[rl_eval.DomainTask], dict[str, type]]:
+    """`items` and the `environment_factory` classes that run them: one per domain (`offered_tools: all`) or
+    one per tool view (`offered_tools: task`, see `pipelines.rl.tool_views`)."""
+    env_classes = {name: spec[0] for name, spec in domains.items()}
+    if rl.offered_tools == "all":
+        return items, env_classes
+    from pipelines.rl.tool_views import with_tool_views
+
+    return with_tool_views(items, env_classes, rl.distractor_tools)
 
 
 def adapter_clusters(rl: RLSection, only: Sequence[str] | None) -> list[str]:
@@ -373,11 +397,13 @@ def train_cluster(
     out_dir = config.run_dir / "rl" / cluster
     fingerprint = rl_fingerprint(config, cluster)
     job = ClusterJob(cluster, out_dir, fingerprint, prepare_output_dir(out_dir, fingerprint, resume))
-    env_classes = {name: spec[0] for name, spec in domains.items()}
+    assert config.rl is not None
+    train_items, train_envs = bind_environments(config.rl, domains, train_items)
+    eval_items, eval_envs = bind_environments(config.rl, domains, held_out.items if held_out else [])
     failures = restored_failures(job.checkpoint)
-    rows = prompt_rows(train_items)
-    trainer = build_trainer(config, cluster, out_dir, rows, env_classes, failures, callbacks)
-    evaluate = _evaluator(config, trainer, env_classes, held_out.items if held_out else [])
+    rows = prompt_rows(train_items, train_envs)
+    trainer = build_trainer(config, cluster, out_dir, rows, train_envs, failures, callbacks)
+    evaluate = _evaluator(config, trainer, eval_envs, eval_items)
     before = starting_evaluation(out_dir, evaluate)
     wandb_config = {"midtrain": config.model_dump(mode="json"), "cluster": cluster, "stage": "rl"}
     with (
@@ -544,6 +570,8 @@ def write_rewards_plot(metrics_path: Path, plot_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in ["reward", *keys]:
         name = "total (weighted)" if key == "reward" else key.split("/")[1]
+        if name.endswith("]"):
+            continue  # one column per tool view (`CalculatorEnv[a+b]`): too many lines; `outcome` has the total
         # Env-class columns are TRL's per-domain `get_reward`, logged at weight 0 (see build_trainer): dashed.
         style, label = ("--", f"{name} (logged only)") if name.endswith("Env") else ("-", name)
         points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
