@@ -71,7 +71,7 @@ def bench_switch(run_dir: Path, clusters: list[str], switches: int) -> dict[str,
     from pipelines.models import resolve_model
 
     adapters = find_adapters(run_dir, clusters)
-    if len(adapters) < 2:
+    if len(adapters) < 2 or switches < 1:
         return None
     import json
 
@@ -161,7 +161,7 @@ def main() -> None:
             f"{switch['peft_set_adapter_p50_ms']:.3f} ms: {switch['speedup_vs_peft_p50']:.0f}x"
         )
     else:
-        print("adapter switch: skipped (fewer than 2 trained adapters in the run dir)")
+        print("adapter switch: skipped (--switches 0, or fewer than 2 trained adapters in the run dir)")
 
 
 if __name__ == "__main__":
