@@ -79,7 +79,7 @@ def generated_examples(recipe: Any, clusters: list[str], n: int, exclude: set[st
 
     Why: the mix holds only as many traces as its token budget pays for (the default mix: ~130 tool/plan
     requests), and held-out routing accuracy climbs with examples (tool vs plan, tfidf, on generated
-    requests: 100 → 0.69, 860 → 0.86; trained on 4,000, 0.94 on the mix's held-out requests). A request costs
+    requests: 100 → 0.69, 860 → 0.86; trained on 3,000 or 4,000, 0.94 on the mix's held-out requests). A request costs
     a few milliseconds to generate and no training tokens. Seeds are offset from the sources' own, so these are
     new draws; only patterns whose cluster is routed are drawn; a request equal to a held-out one is dropped.
     """

@@ -189,7 +189,7 @@ class RouterSection(StrictModel):
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share of requests for the report.")
     prefer: Literal["rl", "sft"] = Field("rl", description="Which adapter serves a cluster that has both.")
     generated_requests: int = Field(
-        4000,
+        3000,
         ge=0,
         description="Extra training requests drawn from the recipe's generated sources (new seeds, labelled as "
         "the mix labels them); the mix alone holds only as many requests as its token budget pays for. "

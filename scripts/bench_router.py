@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument(
         "--generated",
         type=int,
-        default=4000,
+        default=3000,
         help="extra generated training requests (router.generated_requests)",
     )
     parser.add_argument(
