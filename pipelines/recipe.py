@@ -22,6 +22,11 @@ class SourceBase(StrictModel):
     max_rows: int | None = Field(None, gt=0, description="Read at most this many rows (after skipping none).")
     max_epochs: float | None = Field(None, gt=0, description="Upsampling cap; None uses the recipe's.")
 
+    def cluster_of(self, pattern: str) -> str | None:
+        """The recipe's label for a row of this source: a fixed `cluster` wins, then `cluster_by_pattern`;
+        None keeps the row's own."""
+        return self.cluster or self.cluster_by_pattern.get(pattern)
+
 
 class HFSource(SourceBase):
     type: Literal["hf"]

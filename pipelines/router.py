@@ -92,9 +92,8 @@ def generated_examples(recipe: Any, clusters: list[str], n: int, exclude: set[st
     for spec in sources:
 
         def label(pattern: str, spec: Any = spec) -> str:
-            return (
-                spec.cluster or spec.cluster_by_pattern.get(pattern) or DEFAULT_CLUSTERS.get(pattern, "tool")
-            )
+            # As the data stage labels it; else the generator's own default, as a generated trace carries it.
+            return spec.cluster_of(pattern) or DEFAULT_CLUSTERS.get(pattern, "tool")
 
         domains = sorted(DOMAINS) if spec.domains == ["all"] else spec.domains
         patterns = {p: w for p, w in resolve_patterns(domains, spec.patterns).items() if label(p) in clusters}

@@ -71,7 +71,7 @@ class SourceReader:
 
     def finish(self, trace: Trace) -> Trace:
         """Apply the recipe's cluster labels: a fixed `cluster` wins, then `cluster_by_pattern`, else the row's."""
-        cluster = self.spec.cluster or self.spec.cluster_by_pattern.get(str(trace.meta.get("pattern", "")))
+        cluster = self.spec.cluster_of(str(trace.meta.get("pattern", "")))
         updates: dict[str, Any] = {"source": self.spec.name}
         if cluster:
             updates["cluster"] = cluster
