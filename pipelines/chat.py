@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,22 @@ def training_chat_template(tokenizer: Any) -> str:
 
     patched = get_training_chat_template(tokenizer)
     return patched if patched is not None else tokenizer.chat_template
+
+
+def chat_encoding(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, list[int]]:
+    """`apply_chat_template(..., tokenize=True)` as plain lists of ints, keyed like the tokenizer's output.
+
+    The only place that tokenizes a conversation: transformers has returned a list of ids, a dict and, since
+    5.2x, a `BatchEncoding` (a `UserDict`, so `isinstance(out, dict)` is False) for the same call; callers
+    and TRL's `parse_response` want lists.
+    """
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    if not isinstance(out, Mapping):  # a tokenizer that ignores return_dict gives the ids themselves
+        return {"input_ids": [int(i) for i in out]}
+    return {key: [int(i) for i in value] for key, value in out.items() if key in _ENCODING_KEYS}
+
+
+_ENCODING_KEYS = ("input_ids", "assistant_masks", "attention_mask")
 
 
 def _tag(content: str, instance: str | None) -> str:
@@ -134,15 +151,14 @@ def render_trace(
     if trace.kind != "tool":
         return render_documents([trace.text], tokenizer)[0]
     reasoning_field = "reasoning_content" in (tokenizer.chat_template or "")
-    out = tokenizer.apply_chat_template(
+    out = chat_encoding(
+        tokenizer,
         to_chat_messages(trace, schema, reasoning_field),
         tools=chat_tools(trace),
         chat_template=template or training_chat_template(tokenizer),
-        tokenize=True,
-        return_dict=True,
         return_assistant_tokens_mask=True,
     )
-    return Rendered(list(out["input_ids"]), list(out["assistant_masks"]))
+    return Rendered(out["input_ids"], out["assistant_masks"])
 
 
 def render_documents(texts: list[str], tokenizer: Any) -> list[Rendered]:

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.chat import INSTANCE_KEY, chat_tools, parse_reply, render_trace, to_chat_messages
+from pipelines.chat import (
+    INSTANCE_KEY,
+    chat_encoding,
+    chat_tools,
+    parse_reply,
+    render_trace,
+    to_chat_messages,
+)
 from pipelines.schema import Trace
 from pipelines.thought import ThoughtSchema
 from tests.test_schema import ADD, valid_row
@@ -86,10 +93,8 @@ def test_training_render_is_prefix_preserving(tokenizer, thought_schemas) -> Non
             for k, msg in enumerate(messages):
                 if msg["role"] != "assistant":
                     continue
-                prompt = tokenizer.apply_chat_template(
-                    messages[:k], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
-                )["input_ids"]
-                assert full[: len(prompt)] == list(prompt), (schema.name, k)
+                prompt = chat_encoding(tokenizer, messages[:k], tools=tools, add_generation_prompt=True)
+                assert full[: len(prompt["input_ids"])] == prompt["input_ids"], (schema.name, k)
 
 
 @pytest.mark.parametrize("drop_eos", [False, True])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pipelines.chat import chat_encoding
 from pipelines.envs.base import Step, Task, ToolEnv, ToolError
 from pipelines.rl import rewards
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs, parse_rollout
@@ -351,10 +352,10 @@ def test_trl_parsed_completions_read_as_calls_and_raw_text(tokenizer) -> None:
     assert tok.response_template is not None  # TRL recognised the project's template
     env = CalculatorEnv()
     tools = [getattr(env, name) for name in env._tool_methods()]
-    prefix = tok.apply_chat_template(
-        [{"role": "user", "content": "2+3?"}], tools=tools, add_generation_prompt=True
+    prefix = chat_encoding(
+        tok, [{"role": "user", "content": "2+3?"}], tools=tools, add_generation_prompt=True
     )
-    prefix = prefix["input_ids"] if isinstance(prefix, dict) else prefix
+    prefix = prefix["input_ids"]
 
     def parsed(text: str) -> dict[str, Any]:
         return parse_response(

@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pipelines.chat import DEFAULT_SYSTEM_PROMPT, parse_reply
+from pipelines.chat import DEFAULT_SYSTEM_PROMPT, chat_encoding, parse_reply
 from pipelines.envs.base import Task, ToolEnv
 from pipelines.errors import BadInput
 from pipelines.rl import rewards
@@ -270,10 +270,9 @@ def run_calls(episode: Episode, calls: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def _render(tokenizer: Any, episode: Episode) -> list[int]:
-    return tokenizer.apply_chat_template(
-        episode.conversation, tools=episode.tools or None, add_generation_prompt=True, tokenize=True,
-        return_dict=True,
-    )["input_ids"]  # fmt: skip
+    return chat_encoding(
+        tokenizer, episode.conversation, tools=episode.tools or None, add_generation_prompt=True
+    )["input_ids"]
 
 
 def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
