@@ -27,6 +27,11 @@ app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: a.b.c=value")]
+# One policy for training units (pipelines/units.py): finished ones with the same config are kept, interrupted
+# ones resume, changed ones start over; --restart starts every one over.
+RestartOption = Annotated[
+    bool, typer.Option("--restart", help="Start every adapter over, even finished ones")
+]
 
 
 @model_app.command("fetch")
@@ -143,21 +148,23 @@ def data_inspect(data_dir: Annotated[Path, typer.Argument(help="A `data build` o
 def sft(
     config: Annotated[Path, typer.Argument(help="Run config YAML")],
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue each adapter from its last checkpoint")] = False,
+    restart: RestartOption = False,
     clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of adapters to train")] = None,
 ) -> None:
-    """Train one LoRA adapter per cluster (QLoRA by default) into runs/<name>/sft/<cluster>/."""
+    """Train one LoRA adapter per cluster (QLoRA by default) into runs/<name>/sft/<cluster>/.
+
+    Adapters already trained with this config are kept; an interrupted one resumes from its last checkpoint."""
 
     from pipelines.run_config import load_run_config
     from pipelines.sft import run
 
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
-    summaries = run(run_config, resume=resume, clusters=only)
+    result = run(run_config, clusters=only, restart=restart)
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, only the main process reports
         return
-    keys = ("steps", "tokens_seen", "final_train_loss", "final_eval_loss", "wall_time_s", "peak_memory_bytes")
-    print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
+    keys = {"steps", "tokens_seen", "final_train_loss", "final_eval_loss", "wall_time_s", "peak_memory_bytes"}
+    print_json({name: s.model_dump(include=keys) for name, s in result.adapters.items()})
 
 
 @app.command("rl")
@@ -165,24 +172,20 @@ def rl(
     config: Annotated[Path, typer.Argument(help="Run config YAML")],
     set_: SetOption = None,
     clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of rl.clusters")] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume/--restart",
-            help="Continue an interrupted cluster from its last checkpoint (same config), or start over",
-        ),
-    ] = True,
+    restart: RestartOption = False,
 ) -> None:
-    """GRPO from each SFT adapter in live tool environments into runs/<name>/rl/<cluster>/."""
+    """GRPO from each SFT adapter in live tool environments into runs/<name>/rl/<cluster>/.
+
+    Clusters already trained with this config are kept; an interrupted one resumes from its last checkpoint."""
 
     from pipelines.rl import run
     from pipelines.run_config import load_run_config
 
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
-    summaries = run(run_config, clusters=only, resume=resume)
-    keys = ("steps", "resumed_from_step", "seconds_per_step", "final_reward", "failures", "heldout")
-    print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
+    result = run(run_config, clusters=only, restart=restart)
+    keys = {"steps", "resumed_from_step", "seconds_per_step", "final_reward", "failures", "heldout"}
+    print_json({name: s.model_dump(include=keys) for name, s in result.clusters.items()})
 
 
 router_app = typer.Typer(no_args_is_help=True, help="Router: pick the adapter per request.")
@@ -274,7 +277,8 @@ def eval_cmd(
 ) -> None:
     """Score base, SFT, RL and routed targets on BFCL and held-out live tasks into runs/<name>/eval/."""
 
-    from pipelines.eval.stage import results_table, run
+    from pipelines.eval.results import results_table
+    from pipelines.eval.stage import run
     from pipelines.run_config import load_run_config
 
     overrides = list(set_ or [])
@@ -325,14 +329,14 @@ def run_all(
     prints = pipeline.fingerprints(resolved)
     results = []
     for index, (stage, must_run) in enumerate(steps, 1):
-        tag = f"[{index}/{len(steps)}] {stage}"
+        tag = f"[{index}/{len(steps)}] {stage.name}"
         if not must_run:
             console.print(f"[dim]{tag} — up to date, skipped[/]")
-            results.append(pipeline.StageResult(stage, "skipped", **_previous(resolved, stage)))
+            results.append(pipeline.StageResult(stage.name, "skipped", **_previous(resolved, stage)))
             continue
         eta = _eta(resolved, [s for s, m in steps[index - 1 :] if m])
         console.print(f"[bold]{tag}[/] — started{eta}")
-        result = pipeline.run_stage(resolved, stage, prints[stage], str(config))
+        result = pipeline.run_stage(resolved, stage, prints[stage.name])
         results.append(result)
         console.print(
             f"[green]{tag} — done in {_duration(result.wall_s)}, peak RSS {result.peak_rss_mb:.0f} MB[/]"
@@ -346,16 +350,16 @@ def run_all(
     console.print(f"report: {resolved.run_dir / 'report.md'}")
 
 
-def _previous(config, stage: str) -> dict:
-    from pipelines.run import stage_record
+def _previous(config, stage) -> dict:
+    from pipelines.run import marker
 
-    record = stage_record(config, stage) or {}
-    return {"wall_s": record.get("wall_s", 0.0), "peak_rss_mb": record.get("peak_rss_mb", 0.0)}
+    record = marker(config, stage)
+    return {"wall_s": record.wall_s, "peak_rss_mb": record.peak_rss_mb} if record else {}
 
 
-def _eta(config, remaining: list[str]) -> str:
+def _eta(config, remaining: list) -> str:
     """ETA from the previous run's wall times of the stages still to run (the first run has none)."""
-    known = [_previous(config, s)["wall_s"] for s in remaining]
+    known = [_previous(config, s).get("wall_s", 0.0) for s in remaining]
     if not any(known):
         return ""
     return f" (ETA for the remaining stages ≈ {_duration(sum(known))}, from the previous run)"

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.artifacts import EvalResults, PublishPlan, RouterBundle
 from pipelines.errors import BadInput
 from pipelines.hashing import sha256_file
 from pipelines.run_config import PublishSection, RunConfig
@@ -142,12 +143,12 @@ def _source_summary(source: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def eval_results_for(results: dict[str, Any] | None, item: PublishItem) -> dict[str, float] | None:
+def eval_results_for(results: EvalResults | None, item: PublishItem) -> dict[str, float] | None:
     """Flat `metric → value` for one item from eval/results.json (keys like `sft/tool`, `routed`)."""
     if not results:
         return None
     key = "routed" if item.kind == "router" else item.name.replace("-", "/", 1)
-    target = results.get("targets", {}).get(key)
+    target = results.targets.get(key)
     if not target:
         return None
     flat = {}
@@ -322,12 +323,10 @@ def stage(
         (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
     else:
         # A published bundle resolves its adapters from their Hub repos, not from sibling folders.
-        bundle = json.loads((folder / "router.json").read_text())
-        bundle["adapters"] = {
-            c: release.adapter_repos[c] for c in bundle["adapters"] if c in release.adapter_repos
-        }
-        bundle["base_model"] = base
-        (folder / "router.json").write_text(json.dumps(bundle, indent=2, sort_keys=True))
+        bundle = RouterBundle.read(folder)
+        bundle.adapters = {c: release.adapter_repos[c] for c in bundle.adapters if c in release.adapter_repos}
+        bundle.base_model = base
+        bundle.write(folder)
     card = build_card(release, item, repo, metrics)
     (folder / "README.md").write_text(card)
     return check_card(card, folder)
@@ -359,8 +358,8 @@ def _check_publishable(config: RunConfig, items: list[PublishItem], allow_no_eva
             "incomplete output folders: "
             + "; ".join(f"{n}: missing {', '.join(f)}" for n, f in broken.items())
         )
-    results_path = config.run_dir / "eval" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    results_path = EvalResults.path_in(config.run_dir / "eval")
+    results = EvalResults.read_if_present(config.run_dir / "eval")
     metrics = {i.name: eval_results_for(results, i) for i in items}
     no_eval = [n for n, m in metrics.items() if m is None]
     if no_eval and not (allow_no_eval or (config.publish or PublishSection()).allow_no_eval):
@@ -376,7 +375,7 @@ def run(
     dry_run_dir: str | Path | None = None,
     allow_no_eval: bool = False,
     api: Any | None = None,
-) -> dict[str, Any]:
+) -> PublishPlan:
     section = config.publish or PublishSection()
     items = collect_items(config)
     metrics = _check_publishable(config, items, allow_no_eval)
@@ -397,15 +396,16 @@ def run(
             problems[item.name] = found
     if problems:
         raise BadInput("model card checks failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items()))
-    plan = {
-        "dry_run": dry_run,
-        "private": section.private,
-        "repos": list(repos.values()),
-        "collection": f"midtrain {config.name}",
-    }
+    plan = PublishPlan(
+        dry_run=dry_run,
+        private=section.private,
+        repos=list(repos.values()),
+        collection=f"midtrain {config.name}",
+        staging=str(staging),
+    )
     if not dry_run:
-        plan["urls"] = upload(hub, staging, repos, section.private, plan["collection"], namespace)
-    (staging.parent / f"{staging.name}-plan.json").write_text(json.dumps(plan, indent=2))
+        plan.urls = upload(hub, staging, repos, section.private, plan.collection, namespace)
+    (staging.parent / f"{staging.name}-plan.json").write_text(plan.model_dump_json(indent=2) + "\n")
     return plan
 
 

@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pipelines.artifacts import RouterAccuracy, RouterBundle, RouterResult
 from pipelines.errors import BadInput
-from pipelines.run_config import RouterSection, RunConfig, load_recipe
+from pipelines.run_config import RouterSection, RunConfig
 from pipelines.schema import Trace
 
 BASE = "__base__"  # PEFT's name for "no adapter" in mixed-batch generation
@@ -305,7 +306,7 @@ BUNDLE_VERSION = 1
 
 def save_bundle(
     router: RequestRouter, out: Path, base_model: str, extra: dict[str, Any] | None = None
-) -> None:
+) -> RouterBundle:
     from safetensors.numpy import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -313,46 +314,46 @@ def save_bundle(
     tensors = {f"featurizer.{k}": v for k, v in tensors.items()}
     tensors |= {"head.weight": router.weight, "head.bias": router.bias}
     save_file(tensors, str(out / "router.safetensors"))
-    meta = {
-        "version": BUNDLE_VERSION,
-        "method": router.method,
-        "labels": router.labels,
-        "threshold": router.threshold,
-        "fallback": router.fallback,
-        "base_model": base_model,
-        "adapters": router.adapters,
-        "label_map": router.label_map,
-        "featurizer": featurizer_extra,
+    bundle = RouterBundle(
+        version=BUNDLE_VERSION,
+        method=router.method,
+        labels=router.labels,
+        threshold=router.threshold,
+        fallback=router.fallback,
+        base_model=base_model,
+        adapters=router.adapters,
+        label_map=router.label_map,
+        featurizer=featurizer_extra,
         **(extra or {}),
-    }
-    (out / "router.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False))
+    )
+    bundle.write(out)
+    return bundle
 
 
-def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, dict[str, Any]]:
+def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, RouterBundle]:
     from safetensors.numpy import load_file
 
     router_dir = Path(router_dir)
-    meta_path = router_dir / "router.json"
-    if not meta_path.is_file():
+    if not RouterBundle.path_in(router_dir).is_file():
         raise BadInput(f"{router_dir}: no router.json (train one with `midtrain router train CONFIG`)")
-    meta = json.loads(meta_path.read_text())
+    meta = RouterBundle.read(router_dir)
     tensors = load_file(str(router_dir / "router.safetensors"))
     featurizer_tensors = {
         k.removeprefix("featurizer."): v for k, v in tensors.items() if k.startswith("featurizer.")
     }
     featurizer = None
-    if meta["method"] in FEATURIZERS:
-        featurizer = FEATURIZERS[meta["method"]].restore(featurizer_tensors, meta["featurizer"])
+    if meta.method in FEATURIZERS:
+        featurizer = FEATURIZERS[meta.method].restore(featurizer_tensors, meta.featurizer)
     router = RequestRouter(
-        meta["method"],
-        meta["labels"],
+        meta.method,
+        meta.labels,
         featurizer,
         tensors["head.weight"],
         tensors["head.bias"],
-        meta["threshold"],
-        meta["fallback"],
-        meta["adapters"],
-        meta.get("label_map", {}),  # bundles from before `router.merge` have none
+        meta.threshold,
+        meta.fallback,
+        meta.adapters,
+        meta.label_map,
     )
     return router, meta
 
@@ -384,14 +385,13 @@ def score(router: RequestRouter, held_out: list[Example]) -> dict[str, Any]:
     }
 
 
-def accuracy_report(router: RequestRouter, held_out: list[Example], out: Path) -> dict[str, Any]:
+def accuracy_report(router: RequestRouter, held_out: list[Example], out: Path) -> RouterAccuracy:
     """`score` on the held-out requests, written as accuracy.json + confusion.png next to the bundle."""
-    result = score(router, held_out)
-    (out / "accuracy.json").write_text(json.dumps(result, indent=2))
-    matrix, labels, accuracy = result["confusion"], router.labels, result["accuracy"]
-    if matrix:
+    result = RouterAccuracy.model_validate(score(router, held_out))
+    result.write(out)
+    if result.confusion:
         merged = ", ".join(f"{k}→{v}" for k, v in router.label_map.items())
-        _plot_confusion(matrix, labels, accuracy, out / "confusion.png", merged)
+        _plot_confusion(result.confusion, router.labels, result.accuracy, out / "confusion.png", merged)
     return result
 
 
@@ -436,7 +436,7 @@ def find_adapters(run_dir: Path, clusters: list[str], prefer_rl: bool = True) ->
     return found
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+def run(config: RunConfig) -> RouterResult:
     """`midtrain router train`: fit on the mix's train split, report on its held-out requests, write the bundle."""
     section = config.router or RouterSection()
     run_dir = config.run_dir
@@ -458,7 +458,6 @@ def run(config: RunConfig) -> dict[str, Any]:
     train, held_out = split_examples(examples, section.eval_fraction)
     if section.generated_requests:
         recipe = config.data.recipe
-        recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
         held_texts = {e.text for e in held_out}
         train += generated_examples(recipe, [*routed, *section.merge], section.generated_requests, held_texts)
     texts, labels = [e.text for e in train], [section.merge.get(e.cluster, e.cluster) for e in train]
@@ -469,25 +468,26 @@ def run(config: RunConfig) -> dict[str, Any]:
     )
     out = run_dir / "router"
     generated = sum(e.split == "generated" for e in train)
-    save_bundle(
+    bundle = save_bundle(
         router,
         out,
         config.model.name_or_path,
         {"train_examples": len(texts), "generated_examples": generated},
     )
-    return accuracy_report(router, held_out, out)
+    return RouterResult(bundle=bundle, accuracy=accuracy_report(router, held_out, out))
 
 
 def _save_arrow(
     config: RunConfig, routed: list[str], fallback: str, relative: dict[str, str]
-) -> dict[str, Any]:
+) -> RouterResult:
     """Arrow routes per token inside the model from the adapters' own weights: nothing to fit."""
     section = config.router or RouterSection()
     empty = np.zeros((len(routed), 1), np.float32), np.zeros(len(routed), np.float32)
     router = RequestRouter("arrow", routed, None, *empty, 0.0, fallback, relative)
     extra = {"arrow": section.arrow.model_dump()}
-    save_bundle(router, config.run_dir / "router", config.model.name_or_path, extra)
-    return {"method": "arrow", "adapters": routed}
+    return RouterResult(
+        bundle=save_bundle(router, config.run_dir / "router", config.model.name_or_path, extra)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,7 +529,7 @@ def export_vllm(router_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
         if Path(s).is_dir()
     ]
     max_rank = next(r for r in VLLM_MAX_LORA_RANKS if r >= max(ranks, default=16))
-    base = resolve_model(meta["base_model"])
+    base = resolve_model(meta.base_model)
     modules = [{"name": name, "path": src, "base_model_name": base} for name, src in sources.items()]
     flags = " ".join(f"--lora-modules '{json.dumps(m)}'" for m in modules)
     payload = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pipelines.config import StrictModel, load_model_file, load_yaml, validate_data
 from pipelines.errors import BadInput
@@ -27,8 +27,14 @@ class ModelSection(StrictModel):
 
 
 class DataSection(StrictModel):
-    recipe: str | Recipe = Field(description="Path to a data_recipes/*.yaml, or the recipe inline.")
+    recipe: Recipe = Field(description="Path to a data_recipes/*.yaml, or the recipe inline.")
     num_proc: int = Field(1, ge=1)
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _load_recipe_file(cls, value: object) -> object:
+        """A path is loaded here, once, with its own file and lines in any error: every stage reads a Recipe."""
+        return load_recipe(value) if isinstance(value, str | Path) else value
 
 
 class LoraSection(StrictModel):
@@ -274,10 +280,16 @@ class RunConfig(StrictModel):
     eval: EvalSection | None = None
     publish: PublishSection | None = None
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    _source_path: Path | None = PrivateAttr(None)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def source_path(self) -> str:
+        """The YAML this config was loaded from (for the report's "reproduce" commands)."""
+        return str(self._source_path) if self._source_path else f"configs/{self.name}.yaml"
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -295,8 +307,7 @@ def _find(path: str | Path) -> Path:
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config; a `data.recipe` path is loaded and validated too, with its own file and lines."""
     config = load_model_file(RunConfig, _find(path), overrides)
-    if isinstance(config.data.recipe, str):
-        config.data.recipe = load_recipe(config.data.recipe)
+    config._source_path = Path(path)
     return config
 
 

@@ -34,11 +34,9 @@ class Router:
         first = next(iter(self.sources.values()), None)
         has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
         # The adapter's own tokenizer carries the chat template it was trained with.
-        self.tokenizer = load_tokenizer(first if has_tokenizer else self.meta["base_model"])
+        self.tokenizer = load_tokenizer(first if has_tokenizer else self.meta.base_model)
         self.tokenizer.padding_side = "left"
-        base = AutoModelForCausalLM.from_pretrained(
-            resolve_model(self.meta["base_model"]), dtype=torch.float32
-        )
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(self.meta.base_model), dtype=torch.float32)
         self.model = self._attach_adapters(base)
         self.model.eval()
         self._lora_layers = (
@@ -53,7 +51,7 @@ class Router:
         if self.requests.method == "arrow":
             from peft import ArrowConfig, create_arrow_model
 
-            arrow = self.meta.get("arrow", {})
+            arrow = self.meta.arrow or {}
             config = ArrowConfig(
                 top_k=min(arrow.get("top_k", 2), len(self.sources)),
                 router_temperature=arrow.get("router_temperature", 1.0),

@@ -292,8 +292,8 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
 
     from pipelines.chat import load_tokenizer
+    from pipelines.resources import PeakMemory
     from pipelines.sft.stage import build_trainer
-    from pipelines.tracking import PeakMemory
 
     workdir = args.workdir
     model_path = Path((workdir / "model_path.txt").read_text().strip())

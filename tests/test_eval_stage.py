@@ -17,13 +17,15 @@ from test_router import (  # tests/ is on sys.path (rootdir conftest)
     write_shards,
 )
 
+from pipelines.artifacts import EvalResults
 from pipelines.errors import BadInput
 from pipelines.eval import stage
 from pipelines.eval.bfcl import load_category, reference_calls, tool_name
+from pipelines.eval.results import HELDOUT_METRICS
 from pipelines.router import run as train_router
 from pipelines.run_config import EvalSection, RouterSection, RunConfig
 
-METRIC_KEYS = {*stage.HELDOUT_METRICS, "n"}
+METRIC_KEYS = {*HELDOUT_METRICS, "n"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,18 +77,17 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
     )
     results = stage.run(_config(run_dir, tiny_model_dir, section))
 
-    assert set(results) == {"model", "limit", "targets", "skipped", "seconds"}
-    assert results["model"] == str(tiny_model_dir) and results["limit"] == 2
-    assert list(results["targets"]) == ["base", "sft/plan", "sft/tool", "routed"]
-    assert set(results["skipped"]) == {"rl"} and "does not exist" in results["skipped"]["rl"]
-    assert set(results["seconds"]) == set(results["targets"])
-    for suites in results["targets"].values():
+    assert results.model == str(tiny_model_dir) and results.limit == 2
+    assert list(results.targets) == ["base", "sft/plan", "sft/tool", "routed"]
+    assert set(results.skipped) == {"rl"} and "does not exist" in results.skipped["rl"]
+    assert set(results.seconds) == set(results.targets)
+    for suites in results.targets.values():
         assert set(suites) == {"bfcl", "heldout"}
         _check_metrics(suites["bfcl"], {"simple_python", "irrelevance", "overall", "n"})
         _check_metrics(suites["heldout"], METRIC_KEYS)
         assert suites["bfcl"]["n"] == 4 and suites["heldout"]["n"] == 2
     out = run_dir / "eval"
-    assert json.loads((out / "results.json").read_text()) == results
+    assert EvalResults.read(out) == results
     assert (out / "results.png").stat().st_size > 5000
     table = (out / "results.md").read_text()
     assert "| sft/tool |" in table and "bfcl/overall" in table and "- rl:" in table
@@ -254,7 +255,7 @@ def test_scoring_on_stub_generator(run_dir: Path, tiny_model_dir: Path, tokenize
     stub = _stub(tokenizer, config)
     results = stage.run(config, stub)
 
-    base = results["targets"]["base"]
+    base = results.targets["base"]
     two_thirds = round(2 / 3, 6)
     assert base["bfcl"] == {
         "simple_python": two_thirds,
@@ -268,7 +269,7 @@ def test_scoring_on_stub_generator(run_dir: Path, tiny_model_dir: Path, tokenize
     assert heldout["call_accuracy"] == pytest.approx(4 / 6)  # the recovery's extra call is not exact
     assert heldout["recovery_rate"] == 1.0 and heldout["irrelevance_accuracy"] == 1.0
     assert 0.5 < heldout["format_rate"] < 1.0  # no_call scores 0, the unknown tool costs the recovery a share
-    assert results["targets"]["sft/tool"] == base  # same stub replies whatever the adapter
+    assert results.targets["sft/tool"] == base  # same stub replies whatever the adapter
     assert stub.adapters_seen == {None, *(str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))}
 
     rows = [r for r in _predictions(run_dir) if r["target"] == "base"]
@@ -295,10 +296,10 @@ def test_skipped_targets_and_nothing_to_run(tmp_path: Path, tiny_model_dir: Path
     stub = StubPolicy(tokenizer, {}, {})
     stub.reply = lambda prompt: "No tool fits."  # type: ignore[method-assign]
     results = stage.run(_config(run_dir, tiny_model_dir, section), stub)
-    assert list(results["targets"]) == ["base"]
-    assert set(results["skipped"]) == {"sft/broken", "rl", "routed", "heldout"}
-    assert "router.json does not exist" in results["skipped"]["routed"]
-    assert results["targets"]["base"] == {"bfcl": {"irrelevance": 1.0, "overall": 1.0, "n": 1}}
+    assert list(results.targets) == ["base"]
+    assert set(results.skipped) == {"sft/broken", "rl", "routed", "heldout"}
+    assert "router.json does not exist" in results.skipped["routed"]
+    assert results.targets["base"] == {"bfcl": {"irrelevance": 1.0, "overall": 1.0, "n": 1}}
 
 
 def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -323,8 +324,8 @@ def test_cli_eval_limit_and_targets(run_dir: Path, tiny_model_dir: Path, tmp_pat
     path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["eval", str(path), "--limit", "1", "--targets", "base,sft"])
     assert result.exit_code == 0, result.output
-    saved = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert saved["limit"] == 1 and list(saved["targets"]) == ["base", "sft/plan", "sft/tool"]
+    saved = EvalResults.read(run_dir / "eval")
+    assert saved.limit == 1 and list(saved.targets) == ["base", "sft/plan", "sft/tool"]
     assert re.search(r"\| base \|", result.output)
 
     bad = CliRunner().invoke(app, ["eval", str(path), "--targets", "base,nope"])

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipelines import publish
+from pipelines.artifacts import EvalResults
 from pipelines.errors import BadInput
 from pipelines.router import run as train_router
 from pipelines.run_config import PublishSection, RouterSection, RunConfig
@@ -49,19 +50,18 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     for cluster, seed in (("tool", 1), ("plan", 2)):
         make_adapter(tiny_model_dir, run_dir / "sft" / cluster, seed)
     train_router(_config(run_dir, tiny_model_dir))
-    (run_dir / "eval").mkdir()
-    (run_dir / "eval" / "results.json").write_text(
-        json.dumps(
-            {
-                "targets": {
-                    "sft/tool": {"bfcl": {"simple_python": 0.25, "n": 8}, "heldout": {"outcome": 0.5}},
-                    "sft/plan": {"bfcl": {"simple_python": 0.125}},
-                    "routed": {"bfcl": {"simple_python": 0.3}},
-                }
-            }
-        )
-    )
+    _eval_results(
+        {
+            "sft/tool": {"bfcl": {"simple_python": 0.25, "n": 8}, "heldout": {"outcome": 0.5}},
+            "sft/plan": {"bfcl": {"simple_python": 0.125}},
+            "routed": {"bfcl": {"simple_python": 0.3}},
+        }
+    ).write(run_dir / "eval")
     return run_dir
+
+
+def _eval_results(targets: dict) -> EvalResults:
+    return EvalResults(model="tiny", limit=8, targets=targets, skipped={}, seconds={})
 
 
 def _config(run_dir: Path, model: Path, **publish_kwargs) -> RunConfig:
@@ -77,7 +77,7 @@ def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp
     plan = publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out")
     folders = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert folders == ["midtrain-tiny-router", "midtrain-tiny-sft-plan", "midtrain-tiny-sft-tool"]
-    assert plan["repos"][0] == "your-username/midtrain-tiny-sft-plan" and plan["private"] is True
+    assert plan.repos[0] == "your-username/midtrain-tiny-sft-plan" and plan.private is True
     tool = tmp_path / "out" / "midtrain-tiny-sft-tool"
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {
         p.name for p in tool.iterdir()
@@ -138,7 +138,7 @@ def test_upload_calls_and_files(run_dir: Path, tiny_model_dir: Path) -> None:
     api = RecordedHfApi()
     plan = publish.run(_config(run_dir, tiny_model_dir, dry_run=False), api=api)
     repos = ["alice/midtrain-tiny-sft-plan", "alice/midtrain-tiny-sft-tool", "alice/midtrain-tiny-router"]
-    assert plan["repos"] == repos
+    assert plan.repos == repos
     assert [c for c in api.calls if c[0] == "create_repo"] == [("create_repo", r, True) for r in repos]
     assert [c[1] for c in api.calls if c[0] == "upload_folder"] == repos
     assert ("create_collection", "midtrain tiny", "alice") in api.calls
@@ -150,7 +150,7 @@ def test_upload_calls_and_files(run_dir: Path, tiny_model_dir: Path) -> None:
 def test_refuses_without_eval_unless_allowed(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     results = run_dir / "eval" / "results.json"
     saved = results.read_text()
-    results.write_text(json.dumps({"targets": {"sft/tool": {"bfcl": {"simple_python": 0.25}}}}))
+    _eval_results({"sft/tool": {"bfcl": {"simple_python": 0.25}}}).write(run_dir / "eval")
     try:
         with pytest.raises(BadInput, match="no eval results for sft-plan, router"):
             publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "a")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from transformers import TrainerCallback
 
+from pipelines.artifacts import UnitState
 from pipelines.envs import DOMAINS
 from pipelines.envs.base import Step, Task, ToolEnv
 from pipelines.errors import BadInput
@@ -209,13 +210,13 @@ def test_two_grpo_steps_over_all_domains_write_servable_outputs(tmp_path: Path, 
     domains = sorted(ev.fixed_method_domains(["all"]))
     config = make_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
     save_sft_adapter(config, tiny_model_dir, "tool")
-    summary = run(config)["tool"]
+    summary = run(config).clusters["tool"]
 
     out = config.run_dir / "rl" / "tool"
-    assert summary["steps"] == 2 and summary["start"] == "sft/tool"
-    assert summary["tasks"]["by_domain"] == dict.fromkeys(domains, 1)
+    assert summary.steps == 2 and summary.start == "sft/tool"
+    assert summary.tasks["by_domain"] == dict.fromkeys(domains, 1)
     # The env classes' own get_reward columns are logged but weigh nothing (outcome already counts them).
-    assert {k: v for k, v in summary["reward_weights"].items() if k.endswith("Env")} == {
+    assert {k: v for k, v in summary.reward_weights.items() if k.endswith("Env")} == {
         DOMAINS[d][0].__name__: 0.0 for d in domains
     }
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -287,10 +288,10 @@ def test_grpo_goes_on_when_an_environment_raises(tmp_path: Path, tiny_model_dir:
         tmp_path, tiny_model_dir, domains=["broken"], from_base=True, n_tasks=2, eval_tasks_per_domain=0,
         train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
     )  # fmt: skip
-    summary = run(config)["tool"]
-    assert summary["steps"] == 1 and summary["start"] == "base"
-    assert summary["failures"]["env_error"] == 2  # both rollouts: reset raised, scored 0
-    assert summary["final_rewards"]["outcome"] == 0.0
+    summary = run(config).clusters["tool"]
+    assert summary.steps == 1 and summary.start == "base"
+    assert summary.failures["env_error"] == 2  # both rollouts: reset raised, scored 0
+    assert summary.final_rewards["outcome"] == 0.0
     assert not (config.run_dir / "rl" / "tool" / "eval_before_after.json").exists()
 
 
@@ -317,7 +318,7 @@ def _logged(out: Path, key: str) -> dict[int, float]:
 
 
 def test_killed_grpo_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from pipelines.rl.train import BEFORE_FILE, FAILURES_FILE, RUN_STATE_FILE, run
+    from pipelines.rl.train import BEFORE_FILE, FAILURES_FILE, run
     from pipelines.sft.outputs import check_vllm_compatible
 
     train = {"max_steps": 3, "save_steps": 1, "save_total_limit": 1, "per_device_train_batch_size": 2,
@@ -333,24 +334,26 @@ def test_killed_grpo_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
     assert (out / "checkpoint-2" / FAILURES_FILE).is_file() and not (out / "training_summary.json").exists()
     failures_at_2 = json.loads((out / "checkpoint-2" / FAILURES_FILE).read_text())
-    fingerprint = json.loads((out / RUN_STATE_FILE).read_text())["config_fingerprint"]
+    fingerprint = UnitState.read(out).config_fingerprint
     # Mark the first session's evaluation of the starting policy: the resumed run must report it, not a new one.
     stored = json.loads((out / BEFORE_FILE).read_text())
     stored["before"]["session"] = "first"
     (out / BEFORE_FILE).write_text(json.dumps(stored))
 
     steps = StepsRun()
-    summary = run(config, callbacks=[steps])["tool"]
+    summary = run(config, callbacks=[steps]).clusters["tool"]
     assert (steps.start, steps.ran) == (2, [3])  # resumed at step 2 and ran only step 3
-    assert summary["steps"] == 3 and summary["resumed_from_step"] == 2
-    assert summary["config_fingerprint"] == fingerprint
-    assert all(summary["failures"].get(kind, 0) >= n for kind, n in failures_at_2.items())
-    assert sum(summary["failures"].values()) > sum(failures_at_2.values())  # step 3's rollouts added theirs
+    assert summary.steps == 3 and summary.resumed_from_step == 2
+    assert summary.config_fingerprint == fingerprint
+    assert all(summary.failures.get(kind, 0) >= n for kind, n in failures_at_2.items())
+    assert sum(summary.failures.values()) > sum(failures_at_2.values())  # step 3's rollouts added theirs
     for key in ("loss", "reward", "rewards/outcome/mean"):
         assert sorted(_logged(out, key)) == [1, 2, 3], key  # one clean history: steps 1-2 kept, 3 added
     assert json.loads((out / "eval_before_after.json").read_text())["before"]["session"] == "first"
     assert not list(out.glob("checkpoint-*")) and not (out / BEFORE_FILE).exists()
     assert check_vllm_compatible(out) == []
+    # Finished with this config: the next run keeps it.
+    assert run(config).clusters["tool"] == summary
 
 
 def _checkpoint(out: Path, step: int, complete: bool = True) -> Path:
@@ -366,29 +369,38 @@ def _checkpoint(out: Path, step: int, complete: bool = True) -> Path:
 def test_resume_takes_the_last_complete_checkpoint_and_a_changed_config_starts_over(
     tmp_path: Path, caplog
 ) -> None:
-    from pipelines.rl.train import RUN_STATE_FILE, prepare_output_dir, restored_failures
+    from pipelines.rl.train import prepare_output_dir, restored_failures
 
     out = tmp_path / "rl" / "tool"
-    assert prepare_output_dir(out, "f1", resume=True) is None  # fresh: the folder records the fingerprint
-    assert json.loads((out / RUN_STATE_FILE).read_text()) == {"config_fingerprint": "f1"}
+    assert prepare_output_dir(out, "tool", "f1", restart=False).action == "start"  # fresh
+    assert UnitState.read(out).config_fingerprint == "f1"  # the folder records the fingerprint
     _checkpoint(out, 2)
     _checkpoint(out, 10)
     _checkpoint(out, 11, complete=False)  # killed mid-save: its failure totals never got written
-    checkpoint = prepare_output_dir(out, "f1", resume=True)
-    assert checkpoint == out / "checkpoint-10"
-    assert restored_failures(checkpoint).as_dict() == {"malformed_call": 10}
+    plan = prepare_output_dir(out, "tool", "f1", restart=False)
+    assert (plan.action, plan.checkpoint) == ("resume", out / "checkpoint-10")
+    assert restored_failures(plan.checkpoint).as_dict() == {"malformed_call": 10}
     assert restored_failures(None).as_dict() == {}
 
-    with caplog.at_level("WARNING", logger="midtrain.rl"):
-        assert prepare_output_dir(out, "f2-changed", resume=True) is None
-    assert (
-        "checkpoint-10 was trained with another rl config" in caplog.text and "starting this" in caplog.text
-    )
+    with caplog.at_level("WARNING", logger="midtrain"):
+        assert prepare_output_dir(out, "tool", "f2-changed", restart=False).action == "start"
+    assert "rl config or its inputs changed" in caplog.text and "starting it over" in caplog.text
     assert not list(out.glob("checkpoint-*"))
-    assert json.loads((out / RUN_STATE_FILE).read_text()) == {"config_fingerprint": "f2-changed"}
+    assert UnitState.read(out).config_fingerprint == "f2-changed"
     _checkpoint(out, 3)
-    assert prepare_output_dir(out, "f2-changed", resume=False) is None  # --restart
+    assert prepare_output_dir(out, "tool", "f2-changed", restart=True).action == "start"  # --restart
     assert not (out / "checkpoint-3").exists()
+
+
+def test_a_unit_folder_midtrain_did_not_write_is_never_cleared(tmp_path: Path) -> None:
+    from pipelines.rl.train import prepare_output_dir
+
+    out = tmp_path / "rl" / "tool"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(BadInput, match="was not written by midtrain"):
+        prepare_output_dir(out, "tool", "f1", restart=True)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_rl_fingerprint_follows_what_shapes_the_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -489,9 +501,9 @@ def test_grpo_with_tool_views_shows_each_prompt_only_its_view(
     monkeypatch.setattr(
         rl_train, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1]
     )
-    summary = rl_train.run(config)["tool"]
+    summary = rl_train.run(config).clusters["tool"]
 
-    assert summary["steps"] == 1
+    assert summary.steps == 1
     shown = {key: sorted(m.__name__ for m in methods) for key, methods in trainers[0]._env_tools.items()}
     assert {key.split(":")[0] for key in shown} == {"calculator", "docsearch"}
     # TRL renders each prompt with its view's tools: the task's own plus one distractor.

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.artifacts import RouterAccuracy
 from pipelines.errors import BadInput
 from pipelines.router import BASE, load_bundle, request_text, run
 from pipelines.run_config import RouterSection, RunConfig, SFTSection
@@ -147,11 +148,11 @@ def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float 
 
 @pytest.mark.parametrize("method", ["tfidf", "embedding"])
 def test_router_trains_and_round_trips(run_dir: Path, tiny_model_dir: Path, method: str) -> None:
-    report = run(_config(run_dir, tiny_model_dir, method))
-    assert report["accuracy"] >= 0.9 and report["n"] >= 10
+    report = run(_config(run_dir, tiny_model_dir, method)).accuracy
+    assert report.accuracy >= 0.9 and report.n >= 10
     assert (run_dir / "router" / "confusion.png").stat().st_size > 1000
     router, meta = load_bundle(run_dir / "router")
-    assert meta["adapters"] == {"plan": "../sft/plan", "tool": "../sft/tool"}
+    assert meta.adapters == {"plan": "../sft/plan", "tool": "../sft/tool"}
     texts = ["Convert 3 km to miles.", "First list the files, then read one and finally count the lines."]
     again, _ = load_bundle(run_dir / "router")
     np.testing.assert_array_equal(router.probabilities(texts), again.probabilities(texts))
@@ -285,13 +286,13 @@ def test_merge_trains_indistinguishable_cluster_as_target(tmp_path: Path, tiny_m
     config = _config(run_dir, tiny_model_dir)
     config.sft.clusters = ["tool", "plan", "reflect"]
     config.router.merge = {"reflect": "tool"}
-    report = run(config)
+    report = run(config).accuracy
     router, meta = load_bundle(run_dir / "router")
-    assert meta["label_map"] == router.label_map == {"reflect": "tool"}
+    assert meta.label_map == router.label_map == {"reflect": "tool"}
     assert router.labels == ["plan", "tool"] and set(router.adapters) == {"plan", "tool"}
-    assert report["label_map"] == {"reflect": "tool"} and report["accuracy"] >= 0.9
-    assert set(report["by_source"]["reflect/single"]) == {"tool"}
-    assert json.loads((run_dir / "router" / "accuracy.json").read_text())["by_source"] == report["by_source"]
+    assert report.label_map == {"reflect": "tool"} and report.accuracy >= 0.9
+    assert set(report.by_source["reflect/single"]) == {"tool"}
+    assert RouterAccuracy.read(run_dir / "router") == report
 
 
 def test_merge_onto_unrouted_cluster_is_bad_input(run_dir: Path, tiny_model_dir: Path) -> None:
@@ -382,10 +383,8 @@ def test_router_trains_on_generated_requests_and_scores_on_the_mix(
 ) -> None:
     config = _config(run_dir, tiny_model_dir)
     config.router.generated_requests = 150
-    result = run(config)
+    result = run(config).accuracy
     _, meta = load_bundle(run_dir / "router")
-    assert meta["generated_examples"] > 100 and meta["train_examples"] > meta["generated_examples"]
-    held_out = json.loads((run_dir / "router" / "accuracy.json").read_text())
-    assert held_out["n"] == result["n"] and "generated" not in {
-        k.split("/")[0] for k in held_out["by_source"]
-    }
+    assert meta.generated_examples > 100 and meta.train_examples > meta.generated_examples
+    held_out = RouterAccuracy.read(run_dir / "router")
+    assert held_out.n == result.n and "generated" not in {k.split("/")[0] for k in held_out.by_source}

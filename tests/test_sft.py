@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from pipelines.artifacts import SFTSummary
 from pipelines.chat import render_trace
 from pipelines.errors import BadInput
 from pipelines.recipe import Recipe
@@ -403,7 +404,7 @@ def test_train_updates_lora_only_loss_falls_and_outputs_load(
     )
     write_mix(config.run_dir / "data", tokenizer, mix_traces(2), [_doc_trace(5)])
     snapshots = ParamSnapshots()
-    summary = run(config, callbacks=[snapshots])["text"]
+    summary = run(config, callbacks=[snapshots]).adapters["text"]
 
     lora = [n for n in snapshots.begin if "lora_" in n]
     assert lora and all(not torch.equal(snapshots.begin[n], snapshots.end[n]) for n in lora)
@@ -423,7 +424,7 @@ def test_train_updates_lora_only_loss_falls_and_outputs_load(
     assert (out / "loss.png").stat().st_size > 1000
     assert check_vllm_compatible(out) == []
     stored = json.loads((out / "training_summary.json").read_text())
-    assert stored["steps"] == summary["steps"] == 20
+    assert stored["steps"] == summary.steps == 20
     # Both docs fit one packed row, so every step sees exactly their real (unpadded) tokens.
     doc_tokens = sum(len(tokenizer(t.text)["input_ids"]) + 1 for t in mix_traces(2) if t.kind == "text")
     assert stored["tokens_seen"] == 20 * doc_tokens
@@ -452,28 +453,65 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, tiny_model_dir:
         run(killed, callbacks=[CrashAt(3)])
     out = killed.run_dir / "sft" / "notes"
     assert (out / "checkpoint-3").is_dir() and not (out / "training_summary.json").exists()
-    changed = killed.model_copy(deep=True)
-    changed.sft.train.learning_rate = 2e-3
-    with pytest.raises(BadInput, match="checkpoint-3 was trained with another config or mix"):
-        run(changed, resume=True)
-    summary = run(killed, resume=True)["notes"]
+    summary = run(killed).adapters["notes"]  # no flag: an interrupted adapter with the same config resumes
     assert not list(out.glob("checkpoint-*"))
 
-    assert summary["resumed_from_step"] == 3 and summary["steps"] == 6
+    assert summary.resumed_from_step == 3 and summary.steps == 6
     expected = _logged_losses(straight.run_dir / "sft" / "notes")
     resumed = _logged_losses(killed.run_dir / "sft" / "notes")
     assert sorted(resumed) == list(range(1, 7))
     for step in range(1, 7):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
-    a = json.loads((straight.run_dir / "sft" / "notes" / "training_summary.json").read_text())
-    assert summary["tokens_seen"] == a["tokens_seen"]
-    assert summary["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-6)
+    a = SFTSummary.read(straight.run_dir / "sft" / "notes")
+    assert summary.tokens_seen == a.tokens_seen
+    assert summary.final_train_loss == pytest.approx(a.final_train_loss, rel=1e-6)
     weights_a = load_file(straight.run_dir / "sft" / "notes" / "adapter_model.safetensors")
     weights_b = load_file(killed.run_dir / "sft" / "notes" / "adapter_model.safetensors")
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6) for k in weights_a)
-    # A finished adapter is skipped on a second --resume.
-    assert run(killed, resume=True)["notes"]["wall_time_s"] == summary["wall_time_s"]
+    # A finished adapter is kept by the next run; --restart trains it again.
+    assert run(killed).adapters["notes"].wall_time_s == summary.wall_time_s
+    assert run(killed, restart=True).adapters["notes"].wall_time_s != summary.wall_time_s
+
+
+def test_an_edited_interrupted_run_starts_the_changed_adapter_over(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kill mid-training, edit `sft`, run again: the stale checkpoint is not resumed (other weights would
+    continue under a new config) and nothing asks for a flag: the adapter starts over, with a warning."""
+    notes = {"clusters": ["notes"], "replay_fraction": 0.0}
+    train = {"max_steps": 4, "save_steps": 2, "max_length": 64, "per_device_train_batch_size": 2}
+    killed = config_on_mix(tmp_path, tiny_model_dir, mix_dir, train=train, **notes)
+    with pytest.raises(KeyboardInterrupt):
+        run(killed, callbacks=[CrashAt(2)])
+    edited = killed.model_copy(deep=True)
+    edited.sft.train.learning_rate = 2e-3
+    with caplog.at_level("WARNING", logger="midtrain"):
+        summary = run(edited).adapters["notes"]
+    assert summary.resumed_from_step == 0 and summary.steps == 4
+    assert "config or its inputs changed" in caplog.text and "starting it over" in caplog.text
+
+
+def test_adding_a_cluster_to_a_finished_run_trains_only_the_new_adapter(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path
+) -> None:
+    """Through `midtrain run`'s own stage runner: the sft stage's fingerprint changes with `sft.clusters`, so
+    the stage runs again, and its units keep the finished adapter whose own fingerprint did not change."""
+    from pipelines import run as pipeline
+
+    train = {"max_steps": 2, "max_length": 1024, "save_steps": 100}
+    first = config_on_mix(
+        tmp_path, tiny_model_dir, mix_dir, clusters=["notes"], replay_fraction=0.0, train=train
+    )
+    pipeline.run_stage(first, "sft", pipeline.fingerprints(first)["sft"])
+    kept = SFTSummary.read(first.run_dir / "sft" / "notes")
+    second = first.model_copy(deep=True)
+    second.sft.clusters = ["notes", "plan"]
+    assert pipeline.fingerprints(second)["sft"] != pipeline.fingerprints(first)["sft"]
+    assert [stage.name for stage, must in pipeline.plan(second, only="sft") if must] == ["sft"]
+    result = pipeline.run_stage(second, "sft", pipeline.fingerprints(second)["sft"])
+    assert result.summary["adapters"]["notes"] == kept.model_dump(mode="json")
+    assert SFTSummary.read(second.run_dir / "sft" / "plan").steps == 2
 
 
 def test_grad_accumulation_matches_larger_batch(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:
@@ -531,7 +569,7 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
 ) -> None:
     config = config_on_mix(tmp_path, tiny_model_dir, mix_dir, clusters=["plan"], train={"max_steps": 2})
     config.tracking.report_to = ["wandb"]
-    summary = run(config)["plan"]
+    summary = run(config).adapters["plan"]
     runs = list((config.run_dir / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     records = _wandb_records(next(runs[0].glob("run-*.wandb")))
@@ -541,7 +579,7 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
         for r in records
         for item in (r.run.config.update if r.WhichOneof("record_type") == "run" else r.config.update)
     }
-    assert json.loads(config_items["data_manifest_sha256"]) == summary["data_manifest_sha256"]
+    assert json.loads(config_items["data_manifest_sha256"]) == summary.data_manifest_sha256
     assert json.loads(config_items["midtrain"])["sft"]["lora"]["r"] == 4
     history = [
         {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
@@ -549,7 +587,7 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
         if r.history.item
     ]
     assert len([row["train/loss"] for row in history if "train/loss" in row]) == 2
-    assert [row["eval/loss"] for row in history if "eval/loss" in row] == [summary["final_eval_loss"]]
+    assert [row["eval/loss"] for row in history if "eval/loss" in row] == [summary.final_eval_loss]
     assert kinds.count("exit") == 1
 
 
@@ -618,12 +656,12 @@ def test_two_nf4_cluster_adapters_on_the_embedded_model(
         train={"max_steps": 2, "save_steps": 2},
     )
     write_mix(config.run_dir / "data", tokenizer, [_chat_trace(i, "plan") for i in range(2)] + note_traces(2))
-    summaries = run(config)
+    summaries = run(config).adapters
     assert sorted(summaries) == ["notes", "plan"]
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
     for name, summary in summaries.items():
         out = config.run_dir / "sft" / name
-        assert summary["quantized"] and summary["steps"] == 2 and math.isfinite(summary["final_train_loss"])
+        assert summary.quantized and summary.steps == 2 and math.isfinite(summary.final_train_loss)
         assert check_vllm_compatible(out) == []
         model = PeftModel.from_pretrained(base, out, adapter_name=name)
         lora_b = [p for n, p in model.named_parameters() if "lora_B" in n and name in n]

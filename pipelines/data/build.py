@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 
 from pipelines.chat import Rendered, load_tokenizer, render_batch, render_trace, training_chat_template
 from pipelines.data import manifest as mf
@@ -110,11 +112,12 @@ class BuildSettings:
     thought_schema: str | None = None  # None: the recipe's
 
 
-@dataclass
-class BuildResult:
+class BuildResult(BaseModel):
+    """What the data stage returns: where the mix is, its manifest (the lockfile) and phase timings."""
+
     out_dir: Path
     manifest: dict[str, Any]
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = PydanticField(default_factory=dict)
 
 
 @dataclass
@@ -144,8 +147,6 @@ class _RowMeta:
 def run(config: RunConfig, out_dir: Path | None = None, num_proc: int | None = None) -> BuildResult:
     """The data stage of a run config: `runs/<name>/data`, the model's tokenizer and chat template."""
     recipe = config.data.recipe
-    if not isinstance(recipe, Recipe):
-        raise BadInput(f"data.recipe {recipe!r} was not loaded; use run_config.load_run_config")
     if config.model.thought_schema != recipe.thought_schema:
         raise BadInput(
             f"model.thought_schema {config.model.thought_schema!r} differs from the recipe's thought_schema "
@@ -257,7 +258,7 @@ class _Builder:
         self._plot(manifest)
         self.timings["write"] = time.perf_counter() - mark
         self.timings["total"] = time.perf_counter() - started
-        return BuildResult(self.work, manifest, self.timings)
+        return BuildResult(out_dir=self.work, manifest=manifest, timings=self.timings)
 
     def _setup(self) -> None:
         mark = time.perf_counter()

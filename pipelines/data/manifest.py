@@ -9,13 +9,12 @@ builds of the same recipe on the same library versions write the same manifest b
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
-import platform
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from pipelines import resources
 from pipelines.errors import BadInput
 from pipelines.hashing import sha256_file
 from pipelines.recipe import Recipe
@@ -43,13 +42,7 @@ def recipe_record(recipe: Recipe) -> dict[str, Any]:
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return resources.library_versions(LIBRARIES)
 
 
 def tokenizer_record(

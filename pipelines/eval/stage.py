@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.artifacts import EvalResults
 from pipelines.chat import load_tokenizer, parse_reply, render_prompt
 from pipelines.errors import BadInput
 from pipelines.eval.bfcl import (
@@ -47,13 +48,14 @@ from pipelines.eval.bfcl import (
     load_category,
     score_example,
 )
-from pipelines.recipe import Decontamination
+from pipelines.eval.results import plot_results, results_table
 from pipelines.rl import rewards
 from pipelines.rl.evaluate import (
     DomainTask,
     Episode,
     fixed_method_domains,
     foreign_domains,
+    heldout_spec,
     heldout_tasks,
     irrelevant_task,
     run_episodes,
@@ -72,7 +74,6 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_TASKS_PER_DOMAIN = 20  # held-out tasks per domain when eval.limit is None (BFCL then runs everything)
 PREFIX_CACHE_MIN_TOKENS = 32  # shorter shared prefixes are not worth a separate forward
 PREFIX_CACHE_TOKENS = 16_384  # prefix tokens whose KV is kept (LRU): ~750 MB on the embedded model
-HELDOUT_METRICS = ("outcome", "format_rate", "call_accuracy", "recovery_rate", "irrelevance_accuracy")
 
 # (prompt token ids, adapter folder per row (None = base, ARROW), max new tokens) → generated ids per row
 GenerateFn = Callable[[list[list[int]], list[str | None], int], list[list[int]]]
@@ -132,7 +133,7 @@ def _routed_target(router_dir: Path) -> tuple[Target | None, str]:
         return None, f"{router_dir}/router.json does not exist (run `midtrain router train CONFIG` first)"
     try:
         _, meta = load_bundle(router_dir)
-        for ref in meta["adapters"].values():
+        for ref in meta.adapters.values():
             adapter_source(router_dir, ref)
     except BadInput as exc:
         return None, str(exc)
@@ -144,8 +145,8 @@ class RouteTable:
 
     def __init__(self, router_dir: Path) -> None:
         self.router, meta = load_bundle(router_dir)
-        self.arrow = meta["method"] == "arrow"
-        self.sources = {name: adapter_source(router_dir, ref) for name, ref in meta["adapters"].items()}
+        self.arrow = meta.method == "arrow"
+        self.sources = {name: adapter_source(router_dir, ref) for name, ref in meta.adapters.items()}
 
     def adapters(self, texts: list[str]) -> list[str | None]:
         if self.arrow:
@@ -535,18 +536,12 @@ class Heldout:
     skipped: str = ""  # why there are no tasks, when there are none
 
 
-def heldout_spec(config: RunConfig, section: EvalSection) -> tuple[int, int]:
-    """(seed, decontaminated pool size): eval.heldout_seed, else rl.eval_seed, else the recipe's
-    decontamination.heldout_seed, whose first heldout_n tasks the SFT mix was decontaminated against. The default
-    gives exactly the RL stage's held-out tasks, so its before/after numbers and these agree."""
-    recipe = config.data.recipe
-    decontamination = Decontamination() if isinstance(recipe, str) else recipe.decontamination
-    seed = section.heldout_seed
-    if seed is None and config.rl is not None:
-        seed = config.rl.eval_seed
-    if seed is None or seed == decontamination.heldout_seed:
-        return decontamination.heldout_seed, decontamination.heldout_n
-    return seed, 0
+def heldout_seed(config: RunConfig, section: EvalSection) -> int | None:
+    """eval.heldout_seed, else rl.eval_seed: by default exactly the RL stage's held-out tasks, so its
+    before/after numbers and these agree."""
+    if section.heldout_seed is not None:
+        return section.heldout_seed
+    return config.rl.eval_seed if config.rl is not None else None
 
 
 def load_heldout(config: RunConfig, section: EvalSection) -> Heldout:
@@ -557,7 +552,7 @@ def load_heldout(config: RunConfig, section: EvalSection) -> Heldout:
     if not domains:
         return Heldout([], {}, "no registered environment domain has fixed tool methods")
     per_domain = section.limit or DEFAULT_TASKS_PER_DOMAIN
-    seed, decontaminated_n = heldout_spec(config, section)
+    seed, decontaminated_n = heldout_spec(config.data.recipe, heldout_seed(config, section))
     held_out = heldout_tasks(domains, per_domain, seed, section.heldout_max_difficulty, decontaminated_n)
     if not held_out.decontaminated:
         log.warning("eval: some held-out tasks lie outside the set the SFT mix was decontaminated against")
@@ -741,7 +736,7 @@ class Tokenizers:
         return self.get(target.adapter if has_own else None)
 
 
-def run(config: RunConfig, generate: GenerateFn | None = None) -> dict[str, Any]:
+def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
     """Evaluate every target on every suite; write results.json/.md/.png and predictions.jsonl."""
     section = config.eval or EvalSection()
     schema = load_thought_schema(config.model.thought_schema)
@@ -773,8 +768,9 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> dict[str, Any]
         predictions += rows
         log.info("eval %s: %s in %.1fs", target.key, _headline(suites), seconds[target.key])
     results |= {"skipped": skipped, "seconds": seconds}
-    write_outputs(config.run_dir / "eval", results, predictions)
-    return results
+    typed = EvalResults.model_validate(results)
+    write_outputs(config.run_dir / "eval", typed, predictions)
+    return typed
 
 
 def eval_target(
@@ -823,54 +819,10 @@ def _headline(suites: dict[str, Any]) -> str:
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------
-def write_outputs(out_dir: Path, results: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
-    from pipelines.eval.plots import plot_results
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+def write_outputs(out_dir: Path, results: EvalResults, predictions: list[dict[str, Any]]) -> None:
+    results.write(out_dir)
     with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as handle:
         for row in predictions:
             handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     (out_dir / "results.md").write_text(results_table(results))
     plot_results(results, out_dir / "results.png")
-
-
-def metric_columns(results: dict[str, Any]) -> list[str]:
-    """`suite/metric` columns in a stable order: BFCL categories then overall, then the held-out metrics."""
-    columns: list[str] = []
-    for suites in results["targets"].values():
-        for suite, metrics in suites.items():
-            columns += [f"{suite}/{m}" for m in metrics if m != "n" and f"{suite}/{m}" not in columns]
-    bfcl = [c for c in columns if c.startswith("bfcl/") and c != "bfcl/overall"]
-    overall = ["bfcl/overall"] if "bfcl/overall" in columns else []
-    heldout = [f"heldout/{m}" for m in HELDOUT_METRICS if f"heldout/{m}" in columns]
-    return bfcl + overall + heldout
-
-
-def metric_value(suites: dict[str, Any], column: str) -> float | None:
-    suite, metric = column.split("/", 1)
-    return suites.get(suite, {}).get(metric)
-
-
-def results_table(results: dict[str, Any]) -> str:
-    """results.md: one row per target, one column per metric, then n, timings and skipped targets."""
-    columns = metric_columns(results)
-    lines = [
-        f"# Eval: {results['model']} (limit {results['limit']})",
-        "",
-        "| target | " + " | ".join(columns) + " | seconds |",
-        "|---" * (len(columns) + 2) + "|",
-    ]
-    for key, suites in results["targets"].items():
-        cells = [_cell(metric_value(suites, c)) for c in columns]
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {results['seconds'].get(key, 0):.1f} |")
-    first = next(iter(results["targets"].values()), {})
-    sizes = ", ".join(f"{suite} n={metrics.get('n')}" for suite, metrics in first.items())
-    lines += ["", f"Examples per target: {sizes}. `–`: undefined (no such case occurred)."]
-    if results["skipped"]:
-        lines += ["", "Skipped:", *[f"- {k}: {v}" for k, v in results["skipped"].items()]]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"

@@ -23,6 +23,7 @@ from typing import Any
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, chat_encoding, parse_reply
 from pipelines.envs.base import Task, ToolEnv
 from pipelines.errors import BadInput
+from pipelines.recipe import Recipe
 from pipelines.rl import rewards
 from pipelines.thought import ThoughtSchema
 
@@ -161,6 +162,16 @@ def sample_tasks(
         seen.add(task.task_id)
         out.append(DomainTask(domain, task))
     return out
+
+
+def heldout_spec(recipe: Recipe, seed: int | None) -> tuple[int, int]:
+    """(seed, decontaminated pool size) of held-out tasks. The recipe's `decontamination.heldout_seed` is the
+    default, and its first `heldout_n` tasks are the ones the SFT mix was decontaminated against; any other seed
+    has no decontaminated pool (0), which callers report."""
+    own = recipe.decontamination
+    if seed is None or seed == own.heldout_seed:
+        return own.heldout_seed, own.heldout_n
+    return seed, 0
 
 
 @dataclass

@@ -11,14 +11,13 @@ Per cluster, into `runs/<name>/rl/<cluster>/`:
    component over steps), `training_summary.json` (failure counts included).
 
 Checkpoints every `rl.train.save_steps` (at most `save_total_limit` kept) carry the run's failure totals; the
-folder records the stage's config fingerprint (`rl_run.json`). Running the stage again after an interruption
-resumes from the last complete checkpoint when the fingerprint matches, and starts over (saying why) when the
-config or the starting SFT adapter changed. A finished run keeps no checkpoints, so running it again trains anew.
+folder records the cluster's fingerprint (pipelines/units.py): running the stage again keeps a finished cluster
+with the same fingerprint, resumes an interrupted one from its last complete checkpoint, and starts over (saying
+why) when the config or the starting SFT adapter changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -31,19 +30,19 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pipelines.artifacts import RLResult, RLSummary
 from pipelines.errors import BadInput, MidtrainError
-from pipelines.hashing import sha256_file
-from pipelines.recipe import Decontamination
+from pipelines.hashing import fingerprint, sha256_file
+from pipelines.resources import PeakMemory, library_versions
 from pipelines.rl import evaluate as rl_eval
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
 from pipelines.run_config import RLSection, RunConfig
-from pipelines.sft.outputs import ADAPTER_WEIGHTS, read_json, write_json
-from pipelines.tracking import LocalMetricsCallback, PeakMemory, read_metrics, wandb_session
+from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_json, write_json
+from pipelines.tracking import LocalMetricsCallback, read_metrics, wandb_session
+from pipelines.units import plan_unit, prepare_unit
 
 log = logging.getLogger("midtrain.rl")
-SUMMARY_FILE = "training_summary.json"
 REWARDS_PLOT = "rewards.png"
-RUN_STATE_FILE = "rl_run.json"  # the config fingerprint the folder's checkpoints were trained with
 BEFORE_FILE = "heldout_before.json"  # the starting policy's held-out evaluation, kept until the run finishes
 FAILURES_FILE = "rl_failures.json"  # failure totals at a checkpoint; written last, so it marks it complete
 # Settings that change how a run is recorded, not what it learns: editing them keeps its checkpoints valid.
@@ -52,26 +51,19 @@ UNFINGERPRINTED_TRAIN_KEYS = {"save_steps", "save_total_limit", "logging_steps"}
 
 # -- inputs ----------------------------------------------------------------------------------------------------
 def heldout_spec(config: RunConfig) -> tuple[int, int]:
-    """(seed, decontaminated pool size) of the held-out tasks: `rl.eval_seed` if set, else the recipe's
-    `decontamination.heldout_seed`, whose first `heldout_n` tasks the SFT mix was decontaminated against."""
+    """(seed, decontaminated pool size) of the RL stage's held-out tasks (`rl.eval_seed`, else the recipe's)."""
     assert config.rl is not None
-    recipe = config.data.recipe
-    decontamination = Decontamination() if isinstance(recipe, str) else recipe.decontamination
-    if config.rl.eval_seed is not None and config.rl.eval_seed != decontamination.heldout_seed:
-        return config.rl.eval_seed, 0
-    return decontamination.heldout_seed, decontamination.heldout_n
+    return rl_eval.heldout_spec(config.data.recipe, config.rl.eval_seed)
 
 
 def check_seeds(config: RunConfig, eval_seed: int) -> None:
     """RL prompts must not come from a seed that produced SFT data or the held-out tasks."""
     assert config.rl is not None
-    recipe = config.data.recipe
     sft_seeds: dict[int, str] = {}
-    if not isinstance(recipe, str):
-        for category, spec in recipe.categories.items():
-            for source in spec.sources:
-                if getattr(source, "type", None) == "generated":
-                    sft_seeds[source.seed] = f"data.recipe.categories.{category} source {source.name!r}"
+    for category, spec in config.data.recipe.categories.items():
+        for source in spec.sources:
+            if getattr(source, "type", None) == "generated":
+                sft_seeds[source.seed] = f"data.recipe.categories.{category} source {source.name!r}"
     seed = config.rl.task_seed
     if seed in sft_seeds:
         raise BadInput(
@@ -249,16 +241,16 @@ def rl_fingerprint(config: RunConfig, cluster: str) -> str:
     of training) and the starting adapter. `rl.clusters` is left out: adding a cluster keeps the others valid."""
     rl = config.rl
     assert rl is not None
-    payload = {
-        "stage": "rl",
-        "cluster": cluster,
-        "model": config.model.model_dump(mode="json"),
-        "rl": rl.model_dump(mode="json", exclude={"clusters": True, "train": UNFINGERPRINTED_TRAIN_KEYS}),
-        "heldout": list(heldout_spec(config)),
-        "start": start_fingerprint(config, cluster),
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return fingerprint(
+        {
+            "stage": "rl",
+            "cluster": cluster,
+            "model": config.model.model_dump(mode="json"),
+            "rl": rl.model_dump(mode="json", exclude={"clusters": True, "train": UNFINGERPRINTED_TRAIN_KEYS}),
+            "heldout": list(heldout_spec(config)),
+            "start": start_fingerprint(config, cluster),
+        }
+    )
 
 
 def last_complete_checkpoint(out_dir: Path) -> Path | None:
@@ -271,28 +263,22 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> Path | None:
-    """The checkpoint to resume from (same fingerprint), or None after clearing the folder for a fresh start."""
-    checkpoint = last_complete_checkpoint(out_dir) if resume and out_dir.is_dir() else None
-    if checkpoint is not None:
-        stored = (read_json(out_dir / RUN_STATE_FILE) or {}).get("config_fingerprint")
-        if stored == fingerprint:
-            log.info("rl: %s: resuming from %s", out_dir.name, checkpoint)
-            return checkpoint
-        # Restarting rather than refusing: an RL checkpoint is only worth its few steps, and `midtrain run`
-        # must be able to re-run this stage after an upstream change without a manual cleanup.
-        log.warning(
-            "rl: %s: %s was trained with another rl config or start adapter (fingerprint %s != %s); "
-            "starting this cluster over",
-            out_dir.name,
-            checkpoint,
-            str(stored)[:12],
-            fingerprint[:12],
-        )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    write_json(out_dir / RUN_STATE_FILE, {"config_fingerprint": fingerprint})
-    return None
+def finished_fingerprint(out_dir: Path) -> str | None:
+    """The fingerprint a finished, servable RL adapter in `out_dir` was trained with (None: not finished)."""
+    if not RLSummary.path_in(out_dir).is_file() or check_vllm_compatible(out_dir):
+        return None
+    return RLSummary.read(out_dir).config_fingerprint
+
+
+def prepare_output_dir(out_dir: Path, cluster: str, cluster_fingerprint: str, restart: bool) -> Any:
+    """Skip, resume or start over this cluster's folder (pipelines/units.py); returns the plan."""
+    plan = plan_unit(
+        out_dir, "rl", cluster_fingerprint, finished_fingerprint, last_complete_checkpoint, restart
+    )
+    if plan.action == "resume":
+        log.info("rl: %s: resuming from %s", cluster, plan.checkpoint)
+    prepare_unit(out_dir, "rl", cluster, cluster_fingerprint, plan)
+    return plan
 
 
 class FailureTotalsCallback(TrainerCallback):
@@ -341,14 +327,16 @@ def starting_evaluation(out_dir: Path, evaluate: Any) -> dict[str, Any] | None:
 # -- the stage -------------------------------------------------------------------------------------------------
 def run(
     config: RunConfig,
+    *,
     clusters: Sequence[str] | None = None,
     callbacks: Sequence[Any] = (),
-    resume: bool = True,
-) -> dict[str, dict[str, Any]]:
+    restart: bool = False,
+) -> RLResult:
     """GRPO for every cluster of `rl.clusters` (or the `clusters` subset); return each training summary.
 
-    `resume`: continue an interrupted cluster from its last checkpoint when its fingerprint still matches
-    (else it starts over); False always starts over. `callbacks`: extra `TrainerCallback`s for every trainer.
+    Per cluster (pipelines/units.py): finished with the same fingerprint → kept; interrupted → resumed from its
+    last complete checkpoint; changed → started over. `restart`: start every cluster over. `callbacks`: extra
+    `TrainerCallback`s for every trainer.
     """
     if config.rl is None:
         raise BadInput("the config has no `rl` section")
@@ -379,9 +367,11 @@ def run(
     if not rl.from_base:
         for name in names:
             sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
-    return {
-        name: train_cluster(config, name, domains, train_items, held_out, callbacks, resume) for name in names
+    summaries = {
+        name: train_cluster(config, name, domains, train_items, held_out, callbacks, restart)
+        for name in names
     }
+    return RLResult(clusters=summaries)
 
 
 def train_cluster(
@@ -391,12 +381,16 @@ def train_cluster(
     train_items: list[rl_eval.DomainTask],
     held_out: rl_eval.HeldOut | None,
     callbacks: Sequence[Any] = (),
-    resume: bool = True,
-) -> dict[str, Any]:
+    restart: bool = False,
+) -> RLSummary:
     """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary."""
     out_dir = config.run_dir / "rl" / cluster
-    fingerprint = rl_fingerprint(config, cluster)
-    job = ClusterJob(cluster, out_dir, fingerprint, prepare_output_dir(out_dir, fingerprint, resume))
+    cluster_fingerprint = rl_fingerprint(config, cluster)
+    plan = prepare_output_dir(out_dir, cluster, cluster_fingerprint, restart)
+    if plan.action == "skip":
+        log.info("rl: %s already trained with this config; kept", cluster)
+        return RLSummary.read(out_dir)
+    job = ClusterJob(cluster, out_dir, cluster_fingerprint, plan.checkpoint)
     assert config.rl is not None
     train_items, train_envs = bind_environments(config.rl, domains, train_items)
     eval_items, eval_envs = bind_environments(config.rl, domains, held_out.items if held_out else [])
@@ -413,7 +407,7 @@ def train_cluster(
             out_dir=out_dir,
             name=f"{config.name}-rl-{cluster}",
             group=config.name,
-            config=wandb_config | {"config_fingerprint": fingerprint},
+            config=wandb_config | {"config_fingerprint": cluster_fingerprint},
             resume=job.checkpoint is not None,
         ) as wandb_run,
         PeakMemory() as peak,
@@ -423,19 +417,19 @@ def train_cluster(
         wall_time = time.perf_counter() - started
         after = evaluate()
         summary = _summary(trainer, output, wall_time, peak, failures, train_items, job, config)
-        summary |= _heldout_report(out_dir, held_out, before, after)
+        summary.heldout = _heldout_report(out_dir, held_out, before, after)
         if wandb_run is not None:
-            wandb_run.summary.update(_flat_numbers(summary))
+            wandb_run.summary.update(_flat_numbers(summary.model_dump(mode="json")))
     _save_outputs(trainer, out_dir, summary)
     return summary
 
 
 def _heldout_report(
     out_dir: Path, held_out: rl_eval.HeldOut | None, before: dict | None, after: dict | None
-) -> dict[str, Any]:
-    """Write `eval_before_after.json`; return the summary's `heldout` entry (empty without held-out tasks)."""
+) -> dict[str, Any] | None:
+    """Write `eval_before_after.json`; return the summary's `heldout` entry (None without held-out tasks)."""
     if held_out is None or before is None or after is None:
-        return {}
+        return None
     comparison = rl_eval.before_after(before, after, held_out)
     write_json(out_dir / rl_eval.EVAL_FILE, comparison)
     report = {
@@ -443,7 +437,7 @@ def _heldout_report(
         "outcome_before": before["outcome"],
         "outcome_after": after["outcome"],
     }
-    return {"heldout": {**report, **comparison["delta"]}}
+    return {**report, **comparison["delta"]}
 
 
 def _flat_numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -491,9 +485,7 @@ def _summary(
     items: list[rl_eval.DomainTask],
     job: ClusterJob,
     config: RunConfig,
-) -> dict[str, Any]:
-    from pipelines.sft.outputs import library_versions
-
+) -> RLSummary:
     rl = config.rl
     assert rl is not None
     history = trainer.state.log_history
@@ -501,30 +493,29 @@ def _summary(
     for item in items:
         domains[item.domain] = domains.get(item.domain, 0) + 1
     steps = trainer.state.global_step
-    return {
-        "cluster": job.cluster,
-        "start": "base" if rl.from_base else f"sft/{job.cluster}",
-        "base_model": config.model.name_or_path,
-        "config_fingerprint": job.fingerprint,
-        "steps": steps,
-        "resumed_from_step": job.start_step,
-        # Time, loss and peak memory are this session's; rewards, failures and history cover the whole run.
-        "wall_time_s": round(wall_time, 3),
-        "seconds_per_step": round(wall_time / max(1, steps - job.start_step), 3),
-        "mean_train_loss_this_session": output.training_loss,
-        "final_reward": _last(history, "reward"),
-        "final_rewards": {k.split("/")[1]: v for k, v in _last_row(history, "rewards/").items()},
-        "tool_call_frequency": _last(history, "tools/call_frequency"),
-        "tool_failure_frequency": _last(history, "tools/failure_frequency"),
-        "failures": failures.as_dict(),
-        "reward_weights": dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist(), strict=True)),
-        "tasks": {"n": len(items), "by_domain": domains, "seed": rl.task_seed},
-        "peak_memory_bytes": peak.peak_bytes,
-        "peak_memory_kind": peak.kind,
-        "device": str(trainer.args.device),
-        "quantized": bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
-        "versions": library_versions(),
-    }
+    return RLSummary(
+        cluster=job.cluster,
+        start="base" if rl.from_base else f"sft/{job.cluster}",
+        base_model=config.model.name_or_path,
+        config_fingerprint=job.fingerprint,
+        steps=steps,
+        resumed_from_step=job.start_step,
+        wall_time_s=round(wall_time, 3),
+        seconds_per_step=round(wall_time / max(1, steps - job.start_step), 3),
+        mean_train_loss_this_session=output.training_loss,
+        final_reward=_last(history, "reward"),
+        final_rewards={k.split("/")[1]: v for k, v in _last_row(history, "rewards/").items()},
+        tool_call_frequency=_last(history, "tools/call_frequency"),
+        tool_failure_frequency=_last(history, "tools/failure_frequency"),
+        failures=failures.as_dict(),
+        reward_weights=dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist(), strict=True)),
+        tasks={"n": len(items), "by_domain": domains, "seed": rl.task_seed},
+        peak_memory_bytes=peak.peak_bytes,
+        peak_memory_kind=peak.kind,
+        device=str(trainer.args.device),
+        quantized=bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
+        versions=library_versions(),
+    )
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float | None:
@@ -540,19 +531,17 @@ def _last_row(history: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     return {}
 
 
-def _save_outputs(trainer: Any, out_dir: Path, summary: dict[str, Any]) -> None:
+def _save_outputs(trainer: Any, out_dir: Path, summary: RLSummary) -> None:
     """Adapter + tokenizer, refused if vLLM could not serve it; reward curves; summary."""
-    from pipelines.sft.outputs import check_vllm_compatible
-
     trainer.save_model(str(out_dir))
     trainer.processing_class.save_pretrained(str(out_dir))
     problems = check_vllm_compatible(out_dir)
     if problems:
         raise MidtrainError(f"{out_dir}: adapter is not vLLM-compatible: {'; '.join(problems)}")
     write_rewards_plot(out_dir / "metrics.jsonl", out_dir / REWARDS_PLOT)
-    write_json(out_dir / SUMMARY_FILE, summary)
+    summary.write(out_dir)
     # A finished run has no use for its checkpoints (optimizer state included) or the stored starting numbers
-    # (they are in eval_before_after.json); running the stage again starts over.
+    # (they are in eval_before_after.json); running the stage again keeps it while its fingerprint matches.
     for checkpoint in out_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
     (out_dir / BEFORE_FILE).unlink(missing_ok=True)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.artifacts import SFTSummary
+from pipelines.hashing import fingerprint
 from pipelines.run_config import RunConfig
 
-SUMMARY_FILE = "training_summary.json"
-RUN_STATE_FILE = "sft_run.json"
 VLLM_MAX_LORA_RANK = 64
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -54,15 +53,15 @@ def adapter_fingerprint(config: RunConfig, adapter: str, manifest_sha256: str) -
     The list of clusters is left out: adding a cluster to the config must not invalidate the others.
     """
     assert config.sft is not None
-    payload = {
-        "stage": "sft",
-        "adapter": adapter,
-        "model": config.model.model_dump(mode="json"),
-        "sft": config.sft.model_dump(mode="json", exclude={"clusters", "generalist"}),
-        "data_manifest_sha256": manifest_sha256,
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return fingerprint(
+        {
+            "stage": "sft",
+            "adapter": adapter,
+            "model": config.model.model_dump(mode="json"),
+            "sft": config.sft.model_dump(mode="json", exclude={"clusters", "generalist"}),
+            "data_manifest_sha256": manifest_sha256,
+        }
+    )
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -79,20 +78,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def is_complete(out_dir: Path, fingerprint: str) -> bool:
-    """The adapter in `out_dir` finished training with exactly this config and mix."""
-    summary = read_json(out_dir / SUMMARY_FILE)
-    return (
-        bool(summary)
-        and summary.get("config_fingerprint") == fingerprint
-        and not check_vllm_compatible(out_dir)
-    )
-
-
-def library_versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    return {m.__name__: m.__version__ for m in (torch, transformers, trl, peft)}
+def finished_fingerprint(out_dir: Path) -> str | None:
+    """The fingerprint a finished, servable adapter in `out_dir` was trained with (None: not finished)."""
+    path = SFTSummary.path_in(out_dir)
+    if not path.is_file() or check_vllm_compatible(out_dir):
+        return None
+    return SFTSummary.read(out_dir).config_fingerprint
