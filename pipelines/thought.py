@@ -1,6 +1,6 @@
 """Thought schemas: how an assistant turn's structured reasoning is written into text and read back.
 
-A schema (configs/thought_schemas/*.yaml) names the sections and their tags. `render` and `parse` are exact
+A schema (pipelines/thought_schemas/*.yaml, shipped with the package; or any YAML path) names the sections and their tags. `render` and `parse` are exact
 inverses for section texts that are stripped and free of the schema's own tags (validated on render), which is
 what lets SFT data, RL reward parsing and eval all agree on one format.
 """
@@ -16,7 +16,8 @@ from pipelines.config import StrictModel, load_model_file
 from pipelines.errors import BadInput
 from pipelines.schema import ThinkingSection
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "configs" / "thought_schemas"
+# Package data, not repo files: a wheel install must find the built-in schemas.
+SCHEMA_DIR = Path(__file__).resolve().parent / "thought_schemas"
 
 
 class Tags(StrictModel):

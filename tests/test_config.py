@@ -16,7 +16,7 @@ from pipelines.thought import ThoughtSchema, load_thought_schema
 
 SHIPPED = sorted(
     p
-    for d in ("configs", "data_recipes")
+    for d in ("configs", "data_recipes", "pipelines/thought_schemas")
     for p in (REPO_ROOT / d).rglob("*.yaml")
     if "accelerate" not in p.parts
 )

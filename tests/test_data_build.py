@@ -23,8 +23,7 @@ from pipelines.hashing import sha256_file
 from pipelines.run_config import RunConfig, load_recipe
 from pipelines.schema import Trace
 from pipelines.thought import load_thought_schema
-from tests.test_clean import prose
-from tests.test_schema import ADD
+from tests.helpers import ADD, prose
 
 RECIPE = """\
 name: unit-mix

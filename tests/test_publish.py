@@ -16,7 +16,7 @@ from pipelines.artifacts import EvalResults
 from pipelines.errors import BadInput
 from pipelines.router import run as train_router
 from pipelines.run_config import PublishSection, RouterSection, RunConfig
-from tests.test_router import make_adapter, two_cluster_config, write_shards
+from tests.helpers import make_adapter, two_cluster_config, write_shards
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pipelines.chat import (
 )
 from pipelines.schema import Trace
 from pipelines.thought import ThoughtSchema
-from tests.test_schema import ADD, valid_row
+from tests.helpers import ADD, valid_row
 
 
 def _traces(schema: ThoughtSchema) -> list[Trace]:

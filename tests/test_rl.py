@@ -22,7 +22,7 @@ from pipelines.errors import BadInput
 from pipelines.rl import evaluate as ev
 from pipelines.run_config import RunConfig
 from pipelines.thought import load_thought_schema
-from tests.test_sft import CrashAt
+from tests.helpers import CrashAt
 
 SCHEMA = load_thought_schema("think-plan-reflect")
 

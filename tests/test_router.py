@@ -4,115 +4,24 @@ generation gives each row exactly its adapter's output."""
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines.artifacts import RouterAccuracy
 from pipelines.errors import BadInput
 from pipelines.router import BASE, load_bundle, request_text, run
-from pipelines.run_config import RouterSection, RunConfig, SFTSection
-from pipelines.schema import Trace
-
-TOOL = [
-    {
-        "type": "function",
-        "function": {"name": "convert_units", "parameters": {"type": "object", "properties": {}}},
-    }
-]
-SINGLE = [
-    "Convert {n} km to miles.",
-    "How many grams is {n} pounds?",
-    "What is {n} celsius in fahrenheit?",
-    "Turn {n} hours into minutes please.",
-    "Express {n} inches in centimeters.",
-]
-CALCULATOR_TOOLS = [
-    "compute_statistics",
-    "convert_units",
-    "evaluate_expression",
-    "list_memory",
-    "percent_change",
-    "store_value",
-]
-MULTI = [
-    "First list the files in /docs, then read the largest one and finally count its lines ({n}).",
-    "Step by step: create folder report{n}, move notes.txt into it, then show me the tree.",
-    "Find employees hired after {n}, then raise their salary and finally list the updated rows.",
-    "Plan this: look up event {n}, reschedule it to Friday, then add a todo for the follow-up.",
-]
-
-
-def _trace(i: int, cluster: str, text: str) -> Trace:
-    return Trace(
-        id=f"{cluster}-{i}",
-        source="unit",
-        kind="tool",
-        cluster=cluster,
-        tools=TOOL,
-        messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
-    )
-
-
-def write_shards(data_dir: Path, n: int = 120, with_reflect: bool = False) -> None:
-    """Shards in the data-stage contract layout (only the columns the router reads need real values).
-
-    `with_reflect`: every third row is a `reflect` (recovery) trace whose request is drawn from the same
-    single-call templates as `tool`, as in the generator, where the error only shows after the request.
-    """
-    rng = random.Random(0)
-    data_dir.mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        cluster, templates = ("tool", SINGLE) if i % 2 else ("plan", MULTI)
-        if with_reflect and i % 3 == 0:
-            cluster, templates = "reflect", SINGLE
-        trace = _trace(i, cluster, rng.choice(templates).format(n=rng.randint(1, 999)))
-        rows.append(
-            {
-                "id": trace.id,
-                "source": "unit",
-                "category": "tool",
-                "kind": "tool",
-                "cluster": cluster,
-                "pattern": "single",
-                "difficulty": 1,
-                "epoch": 0,
-                "n_tokens": 1,
-                "n_loss_tokens": 1,
-                "input_ids": [1],
-                "assistant_masks": [1],
-                "trace": trace.to_json(),
-            }
-        )
-    rows.append({**rows[0], "epoch": 1})  # an upsampled repeat must not be counted twice
-    pq.write_table(pa.Table.from_pylist(rows[: n - 10]), data_dir / "train-00000.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "eval-00000.parquet")
-
-
-def make_adapter(base_dir: Path, out: Path, seed: int) -> None:
-    """A random (non-zero) LoRA adapter, saved with the tokenizer like the SFT stage does."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.mul_(20.0)  # make each adapter change greedy outputs visibly
-    peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+from pipelines.run_config import RouterSection, RunConfig
+from tests.helpers import (
+    CALCULATOR_TOOLS,
+    _trace,
+    make_adapter,
+    two_cluster_config,
+    write_shards,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +32,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     make_adapter(tiny_model_dir, run_dir / "sft" / "tool", seed=1)
     make_adapter(tiny_model_dir, run_dir / "sft" / "plan", seed=2)
     return run_dir
-
-
-def two_cluster_config(run_dir: Path, model: Path, router: RouterSection, **sections: Any) -> RunConfig:
-    """A run with `tool` + `plan` SFT adapters and a router, plus whatever stage sections a test adds."""
-    return RunConfig(
-        name=run_dir.name,
-        output_dir=str(run_dir.parent),
-        model={"name_or_path": str(model)},
-        data={"recipe": "data_recipes/agentic-v1.yaml"},
-        sft=SFTSection(clusters=["tool", "plan"]),
-        router=router,
-        **sections,
-    )
 
 
 def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float = 0.3) -> RunConfig:

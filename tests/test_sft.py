@@ -31,6 +31,7 @@ from pipelines.schema import Trace
 from pipelines.sft import check_vllm_compatible, run
 from pipelines.sft import data as mixdata
 from pipelines.thought import load_thought_schema
+from tests.helpers import CrashAt
 
 CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Perth", "Dakar"]
 WEATHER_TOOL = {
@@ -233,17 +234,6 @@ class ParamSnapshots(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.end = self._copy(model)
-
-
-class CrashAt(TrainerCallback):
-    """Simulates a killed run: raise right after the checkpoint of `step` is written."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"simulated kill at step {self.step}")
 
 
 def _logged_losses(out_dir: Path, key: str = "loss") -> dict[int, float]:

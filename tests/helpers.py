@@ -1,0 +1,235 @@
+"""Builders shared by several test modules (test modules never import each other)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers import TrainerCallback
+
+from pipelines.run_config import RouterSection, RunConfig, SFTSection
+from pipelines.schema import Trace
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "unit": {"enum": ["m", "km"]}},
+            "required": ["a", "b"],
+        },
+    },
+}
+
+
+def valid_row() -> dict:
+    return {
+        "id": "t1",
+        "source": "unit",
+        "kind": "tool",
+        "cluster": "tool",
+        "tools": [ADD],
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "add 1 and 2", "_instance": "i1"},
+            {"role": "user", "content": "add 3 and 4", "_instance": "i2"},
+            {
+                "role": "assistant",
+                "thinking": [{"section": "plan", "text": "two adds"}],
+                "tool_calls": [
+                    {"id": "c1", "name": "add", "arguments": {"a": 1, "b": 2}, "_instance": "i1"},
+                    {"id": "c2", "name": "add", "arguments": {"a": 3, "b": 4}, "_instance": "i2"},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "3", "_instance": "i1"},
+            {"role": "tool", "tool_call_id": "c2", "content": "7", "_instance": "i2"},
+            {"role": "assistant", "content": "i1: 3, i2: 7"},
+        ],
+        "meta": {"pattern": "instanced", "difficulty": 2},
+    }
+
+
+VOCAB = [
+    "river",
+    "mountain",
+    "forest",
+    "ocean",
+    "desert",
+    "valley",
+    "canyon",
+    "island",
+    "harbor",
+    "bridge",
+    "tower",
+    "castle",
+    "garden",
+    "meadow",
+    "lantern",
+    "compass",
+    "engine",
+    "signal",
+    "window",
+    "market",
+    "letter",
+    "parcel",
+    "ticket",
+    "invoice",
+    "ledger",
+    "column",
+    "table",
+    "record",
+    "archive",
+    "planet",
+    "comet",
+    "orbit",
+    "rocket",
+    "meteor",
+    "galaxy",
+    "nebula",
+    "quartz",
+    "marble",
+    "granite",
+    "copper",
+    "silver",
+    "cobalt",
+    "amber",
+    "violet",
+]
+
+
+def prose(seed: int, n_words: int = 120) -> str:
+    rng = random.Random(seed)
+    sentences = []
+    while sum(len(s.split()) for s in sentences) < n_words:
+        words = [rng.choice(VOCAB) for _ in range(rng.randint(6, 14))]
+        sentences.append(" ".join(words).capitalize() + ".")
+    return "\n".join(" ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3))
+
+
+TOOL = [
+    {
+        "type": "function",
+        "function": {"name": "convert_units", "parameters": {"type": "object", "properties": {}}},
+    }
+]
+
+
+SINGLE = [
+    "Convert {n} km to miles.",
+    "How many grams is {n} pounds?",
+    "What is {n} celsius in fahrenheit?",
+    "Turn {n} hours into minutes please.",
+    "Express {n} inches in centimeters.",
+]
+
+
+CALCULATOR_TOOLS = [
+    "compute_statistics",
+    "convert_units",
+    "evaluate_expression",
+    "list_memory",
+    "percent_change",
+    "store_value",
+]
+
+
+MULTI = [
+    "First list the files in /docs, then read the largest one and finally count its lines ({n}).",
+    "Step by step: create folder report{n}, move notes.txt into it, then show me the tree.",
+    "Find employees hired after {n}, then raise their salary and finally list the updated rows.",
+    "Plan this: look up event {n}, reschedule it to Friday, then add a todo for the follow-up.",
+]
+
+
+def _trace(i: int, cluster: str, text: str) -> Trace:
+    return Trace(
+        id=f"{cluster}-{i}",
+        source="unit",
+        kind="tool",
+        cluster=cluster,
+        tools=TOOL,
+        messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
+    )
+
+
+def write_shards(data_dir: Path, n: int = 120, with_reflect: bool = False) -> None:
+    """Shards in the data-stage contract layout (only the columns the router reads need real values).
+
+    `with_reflect`: every third row is a `reflect` (recovery) trace whose request is drawn from the same
+    single-call templates as `tool`, as in the generator, where the error only shows after the request.
+    """
+    rng = random.Random(0)
+    data_dir.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        cluster, templates = ("tool", SINGLE) if i % 2 else ("plan", MULTI)
+        if with_reflect and i % 3 == 0:
+            cluster, templates = "reflect", SINGLE
+        trace = _trace(i, cluster, rng.choice(templates).format(n=rng.randint(1, 999)))
+        rows.append(
+            {
+                "id": trace.id,
+                "source": "unit",
+                "category": "tool",
+                "kind": "tool",
+                "cluster": cluster,
+                "pattern": "single",
+                "difficulty": 1,
+                "epoch": 0,
+                "n_tokens": 1,
+                "n_loss_tokens": 1,
+                "input_ids": [1],
+                "assistant_masks": [1],
+                "trace": trace.to_json(),
+            }
+        )
+    rows.append({**rows[0], "epoch": 1})  # an upsampled repeat must not be counted twice
+    pq.write_table(pa.Table.from_pylist(rows[: n - 10]), data_dir / "train-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "eval-00000.parquet")
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int) -> None:
+    """A random (non-zero) LoRA adapter, saved with the tokenizer like the SFT stage does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(20.0)  # make each adapter change greedy outputs visibly
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+
+
+def two_cluster_config(run_dir: Path, model: Path, router: RouterSection, **sections: Any) -> RunConfig:
+    """A run with `tool` + `plan` SFT adapters and a router, plus whatever stage sections a test adds."""
+    return RunConfig(
+        name=run_dir.name,
+        output_dir=str(run_dir.parent),
+        model={"name_or_path": str(model)},
+        data={"recipe": "data_recipes/agentic-v1.yaml"},
+        sft=SFTSection(clusters=["tool", "plan"]),
+        router=router,
+        **sections,
+    )
+
+
+class CrashAt(TrainerCallback):
+    """Simulates a killed run: raise right after the checkpoint of `step` is written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated kill at step {self.step}")
