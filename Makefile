@@ -45,6 +45,10 @@ format: setup
 pytest: setup
 	$(VENV)/bin/pytest -q
 
+# The unit tier (no model weights): the edit-test loop, under a minute.
+pytest-fast: setup
+	$(VENV)/bin/pytest -q -m unit
+
 test: lint pytest
 
 # Re-resolve the lock from pyproject.toml: after changing a dependency, or to take newer releases once

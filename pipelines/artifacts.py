@@ -121,7 +121,7 @@ class RLSummary(Artifact):
     seconds_per_step: float
     mean_train_loss_this_session: float | None
     final_reward: float | None
-    final_rewards: dict[str, float]
+    final_rewards: dict[str, float | None]  # None: the reward did not apply to any rollout of that step
     tool_call_frequency: float | None
     tool_failure_frequency: float | None
     failures: dict[str, int]

@@ -200,8 +200,9 @@ def router_train(
     from pipelines import router
     from pipelines.run_config import load_run_config
 
-    report = router.run(load_run_config(config, set_ or []))
-    print_json({k: v for k, v in report.items() if k != "confusion"})
+    result = router.run(load_run_config(config, set_ or []))
+    shown = result.accuracy.model_dump(mode="json", by_alias=True, exclude={"confusion"}) if result.accuracy else {}
+    print_json({"method": result.bundle.method, "labels": result.bundle.labels, **shown})
 
 
 @router_app.command("export")

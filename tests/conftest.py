@@ -7,6 +7,23 @@ from pathlib import Path
 import pytest
 
 
+# Tiers: a test that needs model weights is a `train` test: it asks for `embedded_model_dir` itself, or
+# `tiny_model_dir` (directly or through a module fixture built on it), or is marked slow/e2e. The rest are
+# `unit` tests, which `make pytest-fast` runs; the embedded *tokenizer* alone keeps a test unit.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        info = getattr(item, "_fixtureinfo", None)
+        direct = set(info.argnames) if info else set()
+        closure = set(info.names_closure) if info else set()
+        if "e2e" in marks:
+            continue
+        if "slow" in marks or "embedded_model_dir" in direct or "tiny_model_dir" in closure:
+            item.add_marker(pytest.mark.train)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted once from the GGUF shipped on PyPI (cached in MIDTRAIN_HOME)."""
