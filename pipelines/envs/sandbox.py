@@ -26,7 +26,7 @@ Isolation levels (`SandboxSettings.isolation` is the minimum a run accepts; ever
   the known pure-Python attacks, and nothing stops native code. RL and evaluation refuse to run model code at
   this level unless the config says `sandbox.isolation: hook_only`; they then warn and record it.
 
-Backends implement `SandboxBackend` (`run(job) -> SandboxResult`, `describe()`): `local` and `bwrap` here; a
+Backends implement `SandboxBackend` (`unavailable()`, `run(job) -> SandboxResult`): `local` and `bwrap` here; a
 remote code-execution service (SandboxFusion, E2B) registers its own with `register_backend`.
 """
 
@@ -320,14 +320,17 @@ def _describe(backend_name: str, disable: frozenset[str], required: str) -> Isol
 
 
 def _missing(layers: tuple[str, ...], disable: frozenset[str]) -> tuple[str, ...]:
+    """Each kernel guarantee these layers do not give, with why."""
     support = sandbox_kernel.kernel_support()
+    off = "switched off by sandbox.disable"
+    seccomp = off if "seccomp" in disable else support.seccomp_missing or "not applied"
+    landlock = off if "landlock" in disable else f"this kernel's Landlock ABI is {support.landlock_abi}"
     why = {
-        "files": "landlock disabled"
-        if "landlock" in disable
-        else f"no Landlock (ABI {support.landlock_abi}) and no bubblewrap filesystem view",
-        "network": "seccomp disabled" if "seccomp" in disable else support.seccomp_missing or "no netns",
-        "processes": "seccomp disabled" if "seccomp" in disable else support.seccomp_missing or "no seccomp",
-        "signals": "seccomp disabled" if "seccomp" in disable else support.seccomp_missing or "no pidns",
+        "files": f"no Landlock ({landlock}) and no bubblewrap filesystem view",
+        "network": f"no seccomp ({seccomp}) and no network namespace",
+        "processes": f"no seccomp ({seccomp})"
+        + ("; RLIMIT_NPROC does not bind root" if support.root else ""),
+        "signals": f"no seccomp ({seccomp}), no PID namespace, no Landlock ABI >= 6",
     }
     given = sandbox_child.guarantees(list(layers))
     return tuple(f"{name}: {why[name]}" for name, ok in given.items() if not ok)
@@ -544,7 +547,6 @@ def _stage1_config(job: SandboxJob, launch: _Launch, channels: _Channels, key: b
         "path_events": _PATH_EVENTS,
         "refused_events": _REFUSED_EVENTS,
         "fcntl_refused": _FCNTL_REFUSED,
-        "file_boundary": hook_only,
         "violation_fd": channels.violations_write,
         "key": key.hex(),
     }

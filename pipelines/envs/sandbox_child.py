@@ -273,8 +273,6 @@ def _landlock(libc, spec: dict, workdir: str) -> None:  # type: ignore[no-untype
             except FileNotFoundError:  # a library folder this machine (or this bubblewrap view) lacks
                 continue
             try:
-                if not os.path.isdir(path):
-                    rights &= spec["file_rights"]
                 rule = ctypes.create_string_buffer(
                     struct.pack("=Qi", rights & spec["fs_rights"], path_fd), 12
                 )
@@ -390,7 +388,6 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
         for name, (paths, fds, writes) in config["path_events"].items()
     }
     refused_events, fcntl_refused = config["refused_events"], config["fcntl_refused"]
-    file_boundary = config["file_boundary"]  # no kernel file layer: refuse what the hook cannot follow
     violation_fd, key = config["violation_fd"], bytes.fromhex(config["key"])
     sanitized = frozenset(_SANITIZED_MODULES)
     sequence, inside = [0], set()
@@ -472,9 +469,10 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
             return  # an already-open descriptor: its path was checked when it was opened
         text = as_text(raw)
         if text is None:
-            if file_boundary:
-                refuse(f"{event} with a path object (pass str(path))")
-            return  # a path object: the kernel layers decide (calling its __fspath__ here would run user code)
+            # A path object, passed by a Python-level event (os.walk, shutil.rmtree, …): every os call those make
+            # is audited with the str it uses (os.* events carry the converted path). Its __fspath__ would be
+            # user code running inside the hook, so it is not called here.
+            return
         real = resolve(text)
         if not within(real, workdir):
             if event == "open" and is_directory(real):

@@ -89,6 +89,7 @@ _LL_FILE_RIGHTS = (
 _LL_READ_ONLY = _LL_READ_FILE | _LL_READ_DIR
 
 
+@functools.cache
 def landlock_spec(abi: int) -> dict[str, Any]:
     """What the child needs to build its ruleset: handled rights by ABI version and the read-only rules."""
     fs_rights = (1 << 13) - 1  # ABI 1: EXECUTE … MAKE_SYM
@@ -98,10 +99,13 @@ def landlock_spec(abi: int) -> dict[str, Any]:
     return {
         "abi": abi,
         "fs_rights": fs_rights,
-        "file_rights": _LL_FILE_RIGHTS,
         "net_rights": 0b11 if abi >= 4 else 0,  # BIND_TCP | CONNECT_TCP, with no port allowed
         "scoped": 0b11 if abi >= 6 else 0,  # ABSTRACT_UNIX_SOCKET | SIGNAL: nothing outside the sandbox
-        "rules": [list(rule) for rule in read_only_rules()],
+        # Rights a file cannot carry are masked here, once, so the child need not stat every path.
+        "rules": [
+            [path, rights if os.path.isdir(path) else rights & _LL_FILE_RIGHTS]
+            for path, rights in read_only_rules()
+        ],
     }
 
 
