@@ -308,11 +308,12 @@ ATTACKS = {
 
 
 def offered_configs() -> dict[str, SandboxSettings]:
+    """Each backend with its kernel layers alone and with its hook alone; `local` also with everything on
+    (bubblewrap with everything on adds nothing the two bwrap rows do not check)."""
     candidates = {
         "local": SandboxSettings(isolation="hook_only"),
         "local-kernel-alone": KERNEL_ONLY,
         "local-hook-alone": HOOK_ONLY,
-        "bwrap": SandboxSettings(backend="bwrap", isolation="hook_only"),
         "bwrap-kernel-alone": SandboxSettings(backend="bwrap", disable=["audit_hook"]),
         "bwrap-hook-alone": SandboxSettings(backend="bwrap", isolation="hook_only", disable=OLD_KERNEL),
     }
@@ -792,7 +793,7 @@ def test_input_file_names_must_stay_in_the_workdir(scratch: Path) -> None:
 
 def test_no_process_is_left_behind(scratch: Path) -> None:
     result = run_sandboxed(
-        "import os, time\nprint(os.getcwd(), flush=True)\ntime.sleep(60)", limits=Limits(wall_seconds=1.5)
+        "import os, time\nprint(os.getcwd(), flush=True)\ntime.sleep(60)", limits=Limits(wall_seconds=1.0)
     )
     assert result.timed_out and result.killed_reason == "wall_time"
     workdir = result.stdout.split()[0]

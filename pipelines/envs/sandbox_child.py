@@ -87,8 +87,6 @@ def _report(fd: int, key: str, value: str) -> None:
 def _enter_namespaces(libc, config: dict) -> list[str]:  # type: ignore[no-untyped-def]
     """New mount/network/PID/IPC namespaces (with a user namespace where we are not root), then a tmpfs of
     `disk_bytes` over the workdir; each one only where the kernel allows it (the parent is told which)."""
-    import ctypes
-
     newns, newuser, newpid, newnet, newipc = 0x20000, 0x10000000, 0x20000000, 0x40000000, 0x08000000
     root = os.geteuid() == 0
     attempts = [newns | newnet | newpid | newipc] if root else []
@@ -109,13 +107,15 @@ def _enter_namespaces(libc, config: dict) -> list[str]:  # type: ignore[no-untyp
         ):
             with open(f"/proc/self/{name}", "w") as handle:
                 handle.write(text)
+    # Without the tmpfs (a container may refuse mounts even here) the parent measures the folder instead; never
+    # mount before mounts are private, or the tmpfs would appear on the host.
     ms_rec, ms_private, ms_nosuid, ms_nodev = 0x4000, 0x40000, 0x2, 0x4
     if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
-        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+        return layers
     workdir = config["workdir"].encode()
     options = f"size={config['disk_bytes']},mode=0700".encode()
     if libc.mount(b"tmpfs", workdir, b"tmpfs", ms_nosuid | ms_nodev, options) != 0:
-        raise OSError(ctypes.get_errno(), "mount tmpfs on the working directory")
+        return layers
     os.chdir(config["workdir"])  # our cwd was the directory underneath the new mount
     return [*layers, "tmpfs"]
 
