@@ -133,6 +133,7 @@ class RLSummary(Artifact):
     quantized: bool
     versions: dict[str, str]
     heldout: dict[str, Any] | None = None  # held-out outcome before/after and deltas, when there were tasks
+    sandbox: dict[str, Any] | None = None  # the isolation model-written code ran under, when any ran
 
 
 class ClusterMetrics(BaseModel):
@@ -193,6 +194,7 @@ class EvalResults(Artifact):
     targets: dict[str, dict[str, dict[str, Any]]]
     skipped: dict[str, str]
     seconds: dict[str, float]
+    sandbox: dict[str, Any] | None = None  # the isolation model-written code ran under, when any ran
 
     def metric(self, target: str, suite: str, metric: str) -> Any:
         return self.targets.get(target, {}).get(suite, {}).get(metric)

@@ -201,7 +201,11 @@ def router_train(
     from pipelines.run_config import load_run_config
 
     result = router.run(load_run_config(config, set_ or []))
-    shown = result.accuracy.model_dump(mode="json", by_alias=True, exclude={"confusion"}) if result.accuracy else {}
+    shown = (
+        result.accuracy.model_dump(mode="json", by_alias=True, exclude={"confusion"})
+        if result.accuracy
+        else {}
+    )
     print_json({"method": result.bundle.method, "labels": result.bundle.labels, **shown})
 
 

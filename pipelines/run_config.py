@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pipelines.config import StrictModel, load_model_file, load_yaml, validate_data
+from pipelines.envs.sandbox import SandboxSettings
 from pipelines.errors import BadInput
 from pipelines.models import DEFAULT_MODEL
 from pipelines.recipe import Recipe
@@ -280,6 +281,10 @@ class RunConfig(StrictModel):
     eval: EvalSection | None = None
     publish: PublishSection | None = None
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    sandbox: SandboxSettings = Field(
+        default_factory=SandboxSettings,
+        description="Where model-written code runs (RL rollouts, held-out evaluation) and the isolation it needs.",
+    )
     _source_path: Path | None = PrivateAttr(None)
 
     @property

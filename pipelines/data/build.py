@@ -60,7 +60,7 @@ from pipelines.data.clean import (
 )
 from pipelines.data.decontam import ContaminationIndex, build_index
 from pipelines.data.mix import SourcePool, is_eval_id, order_eval, order_train, plan_mix, sample_source
-from pipelines.data.sources import Reject, open_source
+from pipelines.data.sources import Reject, open_source, resolve_hub_commits
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.models import DEFAULT_MODEL
 from pipelines.recipe import Recipe
@@ -168,15 +168,23 @@ def default_out_dir(target: RunConfig | Recipe) -> Path:
 
 
 def build(
-    recipe: Recipe, out_dir: str | Path, settings: BuildSettings | None = None, num_proc: int = 1
+    recipe: Recipe,
+    out_dir: str | Path,
+    settings: BuildSettings | None = None,
+    num_proc: int = 1,
+    hub_commits: dict[str, str] | None = None,
 ) -> BuildResult:
-    """Build the mix into `out_dir` (replaced atomically: a failed build leaves the old output intact)."""
+    """Build the mix into `out_dir` (replaced atomically: a failed build leaves the old output intact).
+
+    Hub revisions are resolved to commits first (`hub_commits`, a lockfile's, skips that), so an unreachable
+    Hub or an offline machine fails before any work is done."""
     settings = settings or BuildSettings()
+    commits = resolve_hub_commits(recipe, hub_commits)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
-        result = _Builder(pin_paths(recipe), settings, work, num_proc).run()
+        result = _Builder(pin_paths(recipe), settings, work, num_proc, commits).run()
         _replace_dir(work, out_dir)
     finally:
         if work.exists():
@@ -226,8 +234,16 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 # -- the builder ---------------------------------------------------------------------------------------------
 class _Builder:
-    def __init__(self, recipe: Recipe, settings: BuildSettings, work: Path, num_proc: int) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        settings: BuildSettings,
+        work: Path,
+        num_proc: int,
+        hub_commits: dict[str, str] | None = None,
+    ) -> None:
         self.recipe = recipe
+        self.hub_commits = hub_commits or {}
         self.settings = settings
         self.work = work
         self.num_proc = num_proc
@@ -278,7 +294,7 @@ class _Builder:
         self.pools[spec.name] = SourcePool(
             spec.name, category, spec.weight, spec.max_epochs or self.recipe.max_epochs
         )
-        reader = open_source(spec, category)
+        reader = open_source(spec, category, self.hub_commits.get(spec.name))
         rejects: list[tuple[int, Reject]] = []
         batch: list[tuple[int, Trace]] = []
         batch_chars = 0
@@ -712,14 +728,15 @@ class VerifyResult:
 
 
 def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
-    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte."""
+    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte. Hub sources are
+    read at the commits the manifest recorded, not wherever their branch points today."""
     data_dir = Path(data_dir)
     manifest = mf.read_manifest(data_dir)
     recipe = Recipe.model_validate(manifest["recipe"])
     settings = BuildSettings(**manifest["build"])
     with tempfile.TemporaryDirectory(prefix=".verify-", dir=data_dir.parent) as tmp:
         rebuilt = Path(tmp) / "data"
-        build(recipe, rebuilt, settings, num_proc)
+        build(recipe, rebuilt, settings, num_proc, hub_commits=mf.hub_commits(manifest))
         return compare_dirs(data_dir, rebuilt)
 
 

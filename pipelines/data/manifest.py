@@ -1,6 +1,7 @@
-"""manifest.json: the mix lockfile. It records everything a byte-exact rebuild needs (the recipe as built,
-tokenizer and template hashes, thought schema, seeds, library versions) and everything a reader wants to
-check (per-source rows/tokens/rejects/epochs, target vs achieved shares, each output file's sha256).
+"""manifest.json: the mix lockfile. It records everything a byte-exact rebuild needs (the recipe as built, the
+Hub commit each `hf` source was read at, tokenizer and template hashes, thought schema, seeds, library versions)
+and everything a reader wants to check (per-source rows/tokens/rejects/epochs, target vs achieved shares, each
+output file's sha256).
 
 Nothing time- or machine-dependent goes in (no timestamps, no absolute cache paths of the tokenizer), so two
 builds of the same recipe on the same library versions write the same manifest bytes.
@@ -82,6 +83,17 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise BadInput(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
+
+
+def hub_commits(manifest: dict[str, Any]) -> dict[str, str]:
+    """Source name → the Hub commit the lockfile says the source was read at (`data verify` rebuilds at these,
+    wherever the branch named in the recipe has moved since)."""
+    commits = {}
+    for source in manifest.get("sources", []):
+        pinned = source.get("revision")
+        if source.get("type") == "hf" and isinstance(pinned, dict) and isinstance(pinned.get("commit"), str):
+            commits[source["name"]] = pinned["commit"]
+    return commits
 
 
 def file_record(

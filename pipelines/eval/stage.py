@@ -40,6 +40,7 @@ from typing import Any
 
 from pipelines.artifacts import EvalResults
 from pipelines.chat import load_tokenizer, parse_reply, render_prompt
+from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput
 from pipelines.eval.bfcl import (
     BfclExample,
@@ -748,6 +749,7 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
     heldout = load_heldout(config, section)
     if heldout.skipped:
         skipped["heldout"] = heldout.skipped
+    sandbox = admit_model_code_for(heldout.env_classes, config.sandbox, "eval")
     if not examples and not heldout.items:
         raise BadInput(
             "eval: nothing to evaluate (eval.bfcl_categories and the held-out suite are both empty)"
@@ -768,6 +770,7 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
         predictions += rows
         log.info("eval %s: %s in %.1fs", target.key, _headline(suites), seconds[target.key])
     results |= {"skipped": skipped, "seconds": seconds}
+    results |= {"sandbox": sandbox} if sandbox is not None else {}
     typed = EvalResults.model_validate(results)
     write_outputs(config.run_dir / "eval", typed, predictions)
     return typed

@@ -31,6 +31,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from pipelines.artifacts import RLResult, RLSummary
+from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.hashing import fingerprint, sha256_file
 from pipelines.resources import PeakMemory, library_versions
@@ -343,6 +344,7 @@ def run(
     rl = config.rl
     names = adapter_clusters(rl, clusters)
     domains = rl_eval.fixed_method_domains(rl.domains)
+    sandbox = admit_model_code_for(domains, config.sandbox, "rl")  # before anything loads or trains
     eval_seed, decontaminated_n = heldout_spec(config)
     check_seeds(config, eval_seed)
     held_out = (
@@ -368,7 +370,7 @@ def run(
         for name in names:
             sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
     summaries = {
-        name: train_cluster(config, name, domains, train_items, held_out, callbacks, restart)
+        name: train_cluster(config, name, domains, train_items, held_out, callbacks, restart, sandbox)
         for name in names
     }
     return RLResult(clusters=summaries)
@@ -382,8 +384,10 @@ def train_cluster(
     held_out: rl_eval.HeldOut | None,
     callbacks: Sequence[Any] = (),
     restart: bool = False,
+    sandbox: dict[str, Any] | None = None,
 ) -> RLSummary:
-    """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary."""
+    """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary.
+    `sandbox`: the isolation model-written code ran under (recorded in the summary), None when none ran."""
     out_dir = config.run_dir / "rl" / cluster
     cluster_fingerprint = rl_fingerprint(config, cluster)
     plan = prepare_output_dir(out_dir, cluster, cluster_fingerprint, restart)
@@ -418,6 +422,7 @@ def train_cluster(
         after = evaluate()
         summary = _summary(trainer, output, wall_time, peak, failures, train_items, job, config)
         summary.heldout = _heldout_report(out_dir, held_out, before, after)
+        summary.sandbox = sandbox
         if wandb_run is not None:
             wandb_run.summary.update(_flat_numbers(summary.model_dump(mode="json")))
     _save_outputs(trainer, out_dir, summary)
