@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 
 from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput, MidtrainError
+from pipelines.folders import fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.recipe import Decontamination
 from pipelines.rl import evaluate as rl_eval
@@ -290,8 +291,7 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> Path | 
             str(stored)[:12],
             fingerprint[:12],
         )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    fresh_output_dir(out_dir, "rl output folder")
     write_json(out_dir / RUN_STATE_FILE, {"config_fingerprint": fingerprint})
     return None
 
