@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -165,7 +165,7 @@ class RouterBundle(Artifact):
 
     FILE: ClassVar[str] = "router.json"
     version: int
-    method: str
+    method: Literal["embedding", "tfidf", "arrow"]
     labels: list[str]
     threshold: float
     fallback: str
@@ -201,7 +201,7 @@ class EvalResults(Artifact):
 
 
 class PublishPlan(BaseModel):
-    """`<staging>-plan.json` next to the staging folder: what was (or would be) pushed where."""
+    """`plan.json` inside the staging folder: what was (or would be) pushed where."""
 
     model_config = ConfigDict(extra="forbid")
     dry_run: bool

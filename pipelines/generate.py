@@ -998,6 +998,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def _print_summary(result: GenerationResult, out: Path, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     total = max(len(result.traces), 1)
@@ -1012,7 +1013,7 @@ def _print_summary(result: GenerationResult, out: Path, console: Any) -> None:
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.reject_reasons.items())) or "none"
     s = result.summary()
     console.print(
-        f"wrote {len(result.traces)} traces to {out} | verified {s['pass_rate']:.2%} of {result.attempts} attempts"
+        f"wrote {len(result.traces)} traces to {escape(str(out))} | verified {s['pass_rate']:.2%} of {result.attempts} attempts"
         f" | rejects: {reasons} | distinct signatures {result.distinct_signatures}"
         f" ({result.distinct_tool_names} names) | {s['traces_per_second']} traces/s",
         highlight=False,

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.artifacts import EvalResults, ReportIndex, RLSummary, RouterAccuracy, SFTSummary, StageMarker
+from pipelines.config import load_json
+from pipelines.data.manifest import read_manifest
 from pipelines.eval.results import metric_columns, metric_value
 from pipelines.run_config import RunConfig
 from pipelines.stages import STAGES
@@ -20,7 +22,7 @@ Block = tuple[str, Any]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return load_json(path, f"midtrain's {path.name}") if path.is_file() else None
 
 
 def _fmt(value: Any) -> str:
@@ -50,7 +52,7 @@ def stages_section(config: RunConfig) -> list[Block]:
 
 
 def data_section(run_dir: Path) -> list[Block]:
-    manifest = _read(run_dir / "data" / "manifest.json")
+    manifest = read_manifest(run_dir / "data") if (run_dir / "data" / "manifest.json").is_file() else None
     if not manifest:
         return []
     mix = manifest["mix"]

@@ -331,25 +331,53 @@ def save_bundle(
 
 
 def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, RouterBundle]:
+    """The router and its `router.json`, checked: a garbage or hand-broken bundle is BadInput naming the file,
+    not a KeyError later."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     router_dir = Path(router_dir)
     if not RouterBundle.path_in(router_dir).is_file():
         raise BadInput(f"{router_dir}: no router.json (train one with `midtrain router train CONFIG`)")
     meta = RouterBundle.read(router_dir)
-    tensors = load_file(str(router_dir / "router.safetensors"))
+    tensors_path = router_dir / "router.safetensors"
+    if not tensors_path.is_file():
+        raise BadInput(f"{tensors_path}: missing (the router bundle is incomplete; train it again)")
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BadInput(f"{tensors_path}: not a readable safetensors file ({exc})") from None
+    weight, bias = tensors.get("head.weight"), tensors.get("head.bias")
+    n_labels = len(meta.labels)
+    if (
+        weight is None
+        or bias is None
+        or weight.ndim != 2
+        or weight.shape[0] != n_labels
+        or bias.shape != (n_labels,)
+    ):
+        raise BadInput(
+            f"{tensors_path}: the head does not match router.json's {n_labels} labels (head.weight "
+            f"{None if weight is None else weight.shape}, head.bias {None if bias is None else bias.shape})"
+        )
     featurizer_tensors = {
         k.removeprefix("featurizer."): v for k, v in tensors.items() if k.startswith("featurizer.")
     }
     featurizer = None
     if meta.method in FEATURIZERS:
-        featurizer = FEATURIZERS[meta.method].restore(featurizer_tensors, meta.featurizer)
+        try:
+            featurizer = FEATURIZERS[meta.method].restore(featurizer_tensors, meta.featurizer)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(
+                f"{router_dir}: the {meta.method} featurizer cannot be restored from router.json and "
+                f"router.safetensors ({type(exc).__name__}: {exc})"
+            ) from None
     router = RequestRouter(
         meta.method,
         meta.labels,
         featurizer,
-        tensors["head.weight"],
-        tensors["head.bias"],
+        weight,
+        bias,
         meta.threshold,
         meta.fallback,
         meta.adapters,

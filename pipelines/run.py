@@ -9,6 +9,7 @@ ones resume, changed ones start over.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,13 @@ def fingerprints(config: RunConfig) -> dict[str, str]:
 
 
 def marker(config: RunConfig, stage: Stage) -> StageMarker | None:
-    return StageMarker.read_if_present(stage.out_dir(config))
+    """The stage's done-marker, or None. A malformed marker (truncated, hand-edited) only means the stage is
+    not known to be done: it runs again, which rewrites the marker."""
+    try:
+        return StageMarker.read_if_present(stage.out_dir(config))
+    except BadInput as exc:
+        logging.getLogger("midtrain").warning("%s; the %s stage will run again", exc, stage.name)
+        return None
 
 
 def finished(config: RunConfig, stage: Stage, stage_fingerprint: str) -> bool:

@@ -11,14 +11,13 @@ so no command needs a `--resume` flag to make progress after an interruption or 
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pipelines import folders
 from pipelines.artifacts import UnitState
-from pipelines.errors import BadInput
 
 log = logging.getLogger("midtrain.units")
 # State files of earlier midtrain versions: a folder holding one is ours to clear too.
@@ -56,23 +55,20 @@ def plan_unit(
 
 
 def prepare_unit(out_dir: Path, stage: str, unit: str, fingerprint: str, plan: UnitPlan) -> None:
-    """Make the folder match the plan: a fresh start clears what an earlier run of this unit left."""
+    """Make the folder match the plan: a fresh start clears what an earlier run of this unit left, only if
+    midtrain wrote it (pipelines/folders.py); the new folder records the fingerprint."""
     if plan.action != "start":
         return
     if plan.reason not in ("new", "restart requested"):
         log.warning("%s: %s: %s; starting it over", stage, unit, plan.reason)
-    clear_unit_dir(out_dir)
+    _adopt_earlier_unit(out_dir, stage)
+    folders.fresh_output_dir(out_dir, f"{stage} output folder")
     UnitState(stage=stage, unit=unit, config_fingerprint=fingerprint).write(out_dir)
 
 
-def clear_unit_dir(out_dir: Path) -> None:
-    """Delete a unit folder only if midtrain made it (its state file is there) or it is empty."""
-    if not out_dir.exists():
+def _adopt_earlier_unit(out_dir: Path, stage: str) -> None:
+    """A unit folder of a midtrain version from before output markers holds its state file: that proves it ours."""
+    if not out_dir.is_dir() or folders.is_ours(out_dir):
         return
-    ours = UnitState.path_in(out_dir).is_file() or any((out_dir / f).is_file() for f in LEGACY_STATE_FILES)
-    if not ours and any(out_dir.iterdir()):
-        raise BadInput(
-            f"{out_dir}: exists and was not written by midtrain (no {UnitState.FILE}); "
-            "move it away or choose another output_dir"
-        )
-    shutil.rmtree(out_dir)
+    if UnitState.path_in(out_dir).is_file() or any((out_dir / f).is_file() for f in LEGACY_STATE_FILES):
+        folders.mark(out_dir, f"{stage} output folder")

@@ -28,7 +28,7 @@ name: e2e-mix
 seed: 0
 total_tokens: 30000
 eval_fraction: 0.1
-max_seq_len: 1024
+max_seq_len: 2048
 categories:
   tool:
     share: 0.7
@@ -36,7 +36,7 @@ categories:
       - name: gen
         type: generated
         domains: [calculator]
-        n: 160
+        n: 80
         seed: 0
         cluster_by_pattern: {single: tool, parallel: tool, instanced: tool, sequential: plan, clarify: plan,
                              irrelevance: plan, recovery: tool, code: tool}
@@ -57,7 +57,7 @@ sft:
   replay_fraction: 0.0
   quantization: {{mode: none}}
   lora: {{r: 4, alpha: 8}}
-  train: {{max_steps: 2, per_device_train_batch_size: 1, max_length: 1024, save_steps: 100,
+  train: {{max_steps: 2, per_device_train_batch_size: 1, max_length: 2048, save_steps: 100,
            gradient_checkpointing: false}}
 rl:
   clusters: [tool]

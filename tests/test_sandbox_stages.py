@@ -22,7 +22,7 @@ def test_rl_and_eval_refuse_before_loading_anything(tmp_path: Path) -> None:
         {
             "name": "sandboxed",
             "output_dir": str(tmp_path),
-            "data": {"recipe": "data_recipes/cpu-smoke.yaml"},
+            "data": {"recipe": "data_recipes/agentic-v1.yaml"},
             "rl": {"domains": ["coderunner"], "from_base": True},
             "eval": {"targets": ["base"], "bfcl_categories": [], "heldout_domains": ["coderunner"]},
             "sandbox": {"disable": OLD_KERNEL},

@@ -44,13 +44,15 @@ class Reject:
     """One dropped row, as written to rejects.jsonl; `reason` is a fixed code, `detail` the specifics."""
 
     source: str
-    row_id: str
+    row_id: str  # where the row was read: `file.jsonl:LINE`, `file.parquet[INDEX]`, `SPLIT[INDEX]`
     stage: str
     reason: str
     detail: str = ""
+    trace_id: str = ""  # the row's own id, once it became a Trace (ids need not be unique)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        record = {k: v for k, v in asdict(self).items() if v or k != "trace_id"}
+        return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
     @property
     def key(self) -> str:
@@ -74,13 +76,15 @@ class SourceReader:
     def reject(self, row_id: str, reason: str, detail: str = "", stage: str = "source") -> Reject:
         return Reject(self.spec.name, row_id, stage, reason, detail)
 
-    def finish(self, trace: Trace) -> Trace:
-        """Apply the recipe's cluster labels: a fixed `cluster` wins, then `cluster_by_pattern`, else the row's."""
+    def finish(self, trace: Trace, origin: str | None = None) -> Trace:
+        """Apply the recipe's cluster labels: a fixed `cluster` wins, then `cluster_by_pattern`, else the row's.
+        `origin` is where the row was read, when that is not its id."""
         cluster = self.spec.cluster_of(str(trace.meta.get("pattern", "")))
         updates: dict[str, Any] = {"source": self.spec.name}
         if cluster:
             updates["cluster"] = cluster
-        return trace.model_copy(update=updates)
+        finished = trace.model_copy(update=updates)
+        return finished.with_origin(origin) if origin else finished
 
 
 # -- python_code ---------------------------------------------------------------------------------------------
@@ -334,6 +338,7 @@ class ConvertedReader(SourceReader):
     def __init__(self, spec: SourceBase, category: str, commit: str | None = None) -> None:
         super().__init__(spec, category)
         self.commit = commit
+        self.truncated: list[dict[str, str]] = []
 
     def rows(self) -> Iterator[Trace | Reject]:
         from pipelines.data import converters, readers
@@ -344,6 +349,8 @@ class ConvertedReader(SourceReader):
             spec = spec.model_copy(update={"revision": self.commit})
         for row_id, row in readers.read_source(spec):
             if isinstance(row, readers.Reject):
+                if row.reason == "truncated_file":
+                    self.truncated.append({"row_id": row_id, "detail": row.detail})
                 yield self.reject(row_id, row.reason, row.detail, stage="read")
                 continue
             if isinstance(self.spec, HFSource):  # local files are pinned by their own sha256 instead
@@ -361,7 +368,7 @@ class ConvertedReader(SourceReader):
             except converters.ConversionError as exc:
                 yield self.reject(row_id, exc.reason, exc.detail, stage="schema")
                 continue
-            yield self.finish(trace)
+            yield self.finish(trace, origin=row_id)
 
     def revision(self) -> dict[str, Any]:
         if isinstance(self.spec, HFSource):
@@ -374,7 +381,9 @@ class ConvertedReader(SourceReader):
                 "commit": self.commit,
                 "rows_sha256": self._digest.hexdigest(),
             }
-        return {"path": self.spec.path, "sha256": path_sha256(Path(self.spec.path), self.spec.glob)}
+        pinned = {"path": self.spec.path, "sha256": path_sha256(Path(self.spec.path), self.spec.glob)}
+        # `on_truncated: keep` read past an unreadable part: the lockfile says what was lost.
+        return pinned | ({"truncated": self.truncated} if self.truncated else {})
 
 
 def path_sha256(path: Path, glob: str = "**/*") -> str:
