@@ -7,14 +7,13 @@ the other fails at the reader with the file named (exit 2), instead of a KeyErro
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.errors import BadInput
+from pipelines.config import load_json_model
 
 A = TypeVar("A", bound="Artifact")
 
@@ -32,19 +31,7 @@ class Artifact(BaseModel):
     @classmethod
     def read(cls: type[A], folder: Path) -> A:
         """The artifact in `folder`; a missing, unreadable or malformed file is bad input naming the file."""
-        path = cls.path_in(folder)
-        try:
-            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise BadInput(f"{path}: missing (run the stage that writes it first)") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInput(f"{path}: cannot be read ({exc})") from None
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise BadInput(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from None
+        return load_json_model(cls, cls.path_in(folder), f"midtrain's {cls.FILE}")
 
     @classmethod
     def read_if_present(cls: type[A], folder: Path) -> A | None:
