@@ -47,13 +47,6 @@ def project_chat_template() -> str:
     return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
 
 
-def project_training_chat_template() -> str:
-    import trl
-
-    path = Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja"
-    return path.read_text(encoding="utf-8")
-
-
 def resolve_model(ref: str, revision: str | None = None) -> str:
     """Path or Hub id for `from_pretrained`. Embedded models are materialised on first use."""
     if ref.startswith(EMBEDDED_PREFIX):
