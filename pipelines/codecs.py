@@ -200,9 +200,8 @@ class Codec:
     vllm_tool_parser: str | None  # vLLM's `--tool-call-parser` for this format (None: vLLM has none)
     tokens: FamilyTokens
     template_kwargs: dict[str, Any] = field(default_factory=dict)
-    vllm_reasoning_parser: str | None = (
-        None  # vLLM's `--reasoning-parser`, for a template-framed reasoning block
-    )
+    # vLLM's `--reasoning-parser` when the template frames the reasoning itself (Qwen3's <think>).
+    vllm_reasoning_parser: str | None = None
     keep_call_ids: bool = True
     trl_tool_loop: bool = True  # TRL's GRPO tool loop can render this family's tool turns
     write_calls: Callable[[list[dict[str, Any]]], str] | None = None  # calls written into the content
