@@ -48,12 +48,13 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     # Adapter folders carry the tokenizer they were trained with but no model config.
+    requested = _requested(chat_template)
     tokenizer_only = (Path(model_ref) / "tokenizer_config.json").is_file()
     source = model_ref if tokenizer_only else resolve_model(model_ref)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_files_only)
     if not (chat_template == "auto" and tool_format == "auto" and carried_family(tokenizer)):
         # (A tokenizer midtrain saved, an adapter's, already carries its template and parser, as trained.)
-        install(tokenizer, *choose_template(_own_template(tokenizer), _requested(chat_template), tool_format))
+        install(tokenizer, *choose_template(_own_template(tokenizer), requested, tool_format))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -432,12 +431,16 @@ def test_template_check_passes_the_shipped_configs(args) -> None:
     assert "✗" not in done.output and "«" in done.output  # the example shows its loss spans
 
 
-def test_template_check_fails_a_broken_template_naming_pattern_and_check() -> None:
-    """The real command (exit codes are set by `main`): a template that renders only a turn's first call."""
+def test_template_check_fails_a_broken_template_naming_pattern_and_check(monkeypatch, capsys) -> None:
+    """Through `main`, which maps errors to exit codes: a template that renders only a turn's first call."""
+    from pipelines.cli import main
+
     broken = FAMILY_TEMPLATES / "broken" / "qwen2_5_first_call_only.jinja"
-    cmd = [sys.executable, "-m", "pipelines.cli", "template", "check", "configs/smollm2-135m-demo.yaml"]
-    cmd += ["--set", f"model.chat_template={broken}", "--offline"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "template check failed: parallel × round_trip: assistant turn 0" in done.stderr
-    assert "│ parallel" in done.stdout and "FAIL parallel × round_trip" in done.stdout
+    argv = ["midtrain", "template", "check", "configs/smollm2-135m-demo.yaml", "--offline"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", f"model.chat_template={broken}"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    assert "template check failed: parallel × round_trip: assistant turn 0" in " ".join(err.split())
+    assert "│ parallel" in out and "FAIL parallel × round_trip" in out
