@@ -27,6 +27,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Data stage: generate traces, 
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+template_app = typer.Typer(no_args_is_help=True, help="Chat templates and tool-call formats.")
+app.add_typer(template_app, name="template")
 
 console = Console(stderr=True)
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: a.b.c=value")]
@@ -148,6 +150,29 @@ def data_inspect(data_dir: Annotated[Path, typer.Argument(help="A `data build` o
 
     path = inspect_dir(data_dir, Console(width=None if sys.stdout.isatty() else 140))
     print(f"wrote {path}")
+
+
+@template_app.command("check")
+def template_check(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")],
+    set_: SetOption = None,
+    offline: Annotated[
+        bool, typer.Option(help="Use only tokenizers already on disk (no Hub download)")
+    ] = False,
+    tokenizer: Annotated[Path | None, typer.Option(help="Check with this tokenizer folder instead")] = None,
+) -> None:
+    """Render a trace of every pattern with the config's model, template and thought schema; check the loss
+    mask, prefix preservation and parse round-trips. Exit 1 naming the pattern and check that failed."""
+    from pipelines import template_check as tc
+    from pipelines.run_config import load_run_config
+    from pipelines.thought import load_thought_schema
+
+    run_config = load_run_config(config, set_ or [])
+    tok, source = tc.check_tokenizer(run_config.model, offline, str(tokenizer) if tokenizer else None)
+    report = tc.check_traces(tok, load_thought_schema(run_config.model.thought_schema), tc.sample_traces())
+    tc.print_report(report, Console(soft_wrap=True), source)
+    if not report.ok:
+        raise MidtrainError(f"template check failed: {report.failures()[0]}")
 
 
 @app.command("sft")

@@ -48,13 +48,6 @@ def project_chat_template() -> str:
     return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
 
 
-def project_training_chat_template() -> str:
-    import trl
-
-    path = Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja"
-    return path.read_text(encoding="utf-8")
-
-
 def check_reference(ref: str) -> None:
     """BadInput unless `ref` can name a model at all: a known `embedded:` name, an existing local folder, or
     something shaped like a Hub id. Offline and instant, so config validation runs it on every load."""

@@ -32,6 +32,11 @@ class ModelSection(StrictModel):
         description="`auto`: the model's own if it supports tools, else the project's; or a .jinja path.",
     )
     thought_schema: str = "think-plan-reflect"
+    tool_format: Literal["auto", "hermes", "qwen3", "llama3", "mistral", "smollm2", "json"] = Field(
+        "auto",
+        description="How tool calls are written and read (pipelines/codecs.py). `auto`: the family the chat "
+        "template writes; a family name picks it (and its template, unless chat_template names a file).",
+    )
 
     # Checked when the config loads (offline, instant), so `config show` catches a typo before anything runs;
     # whether a Hub id exists needs the network and is checked by `config show` and by the first stage.

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer, parse_reply
+from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer
+from pipelines.codecs import Codec, ParsedReply, codec_for
 from pipelines.errors import BadInput
 from pipelines.models import resolve_model
 from pipelines.router import BASE, Route, adapter_source, compose_request_text, load_bundle
@@ -36,6 +37,7 @@ class Router:
         # The adapter's own tokenizer carries the chat template it was trained with.
         self.tokenizer = load_tokenizer(first if has_tokenizer else self.meta.base_model)
         self.tokenizer.padding_side = "left"
+        self.codec: Codec = codec_for(self.tokenizer)  # writes the prompts, reads the replies
         base = AutoModelForCausalLM.from_pretrained(resolve_model(self.meta.base_model), dtype=torch.float32)
         self.model = self._attach_adapters(base)
         self.model.eval()
@@ -71,9 +73,7 @@ class Router:
     def _prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         if messages and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
-        return self.tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=True
-        )
+        return self.codec.render(self.tokenizer, messages, tools, add_generation_prompt=True)
 
     def generate(
         self,
@@ -192,11 +192,11 @@ def chat(
         route = router.route(route_text(messages, tools))
         for _ in range(max_tool_rounds + 1):
             _, text = router.generate(messages, tools, max_new_tokens, route=route)
-            reply = parse_reply(text, router.schema)
+            reply = router.codec.parse(text, router.schema, tools)
             emit(
                 f"[{route.adapter} · {route.cluster} {route.confidence:.2f}] {reply.content or text.strip()}"
             )
-            messages.append(_assistant_message(reply, text))
+            messages.append(_assistant_message(router.codec, reply, text))
             if not reply.tool_calls or env is None:
                 break
             for call in reply.tool_calls:
@@ -205,8 +205,9 @@ def chat(
                 messages.append({"role": "tool", "content": observation})
 
 
-def _assistant_message(reply: Any, raw: str) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": raw.split("<tool_call>", 1)[0].strip()}
+def _assistant_message(codec: Codec, reply: ParsedReply, raw: str) -> dict[str, Any]:
+    """The reply as a history message: its text before the calls (reasoning included), and its calls."""
+    message: dict[str, Any] = {"role": "assistant", "content": codec.text_before_calls(raw)}
     if reply.tool_calls:
         message["tool_calls"] = [{"type": "function", "function": c} for c in reply.tool_calls]
     return message

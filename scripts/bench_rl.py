@@ -72,7 +72,7 @@ def plain_trainer(config: RunConfig, rows: list[dict[str, Any]], out_dir: Path) 
     return GRPOTrainer(
         model=model,
         reward_funcs=[constant_reward],
-        args=stage.grpo_args(config, "plain", out_dir, [1.0]),
+        args=stage.grpo_args(config, "plain", out_dir, [1.0], {}),
         train_dataset=Dataset.from_list(rendered_rows(config, rows, tokenizer)),
         processing_class=tokenizer,
     )

@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 
-from pipelines.chat import parse_reply, render_trace
+from pipelines.chat import render_trace
+from pipelines.codecs import codec_for
 from pipelines.envs import DOMAINS
 from pipelines.envs.base import Task
 from pipelines.envs.instanced import split_answers, tasks_of
@@ -247,7 +248,10 @@ def test_each_pattern_renders_with_assistant_only_loss(by_pattern, tokenizer):
                 assert msg.content.strip()[:12] in outside, (pattern, msg.role)
         for run, msg in zip(runs, assistant, strict=True):
             assert "<tool_response>" not in run and "<|im_start|>user" not in run
-            reply = parse_reply(run, schema)
+            assert run.endswith(
+                "<|im_end|>"
+            )  # the turn ends on its end-of-turn token: the model learns to stop
+            reply = codec_for(tokenizer).parse(run, schema)
             assert reply.thinking == msg.thinking, pattern
             wanted = [{"name": c.name, "arguments": {**c.arguments, **({"_instance": c.instance} if c.instance else {})}}
                       for c in msg.tool_calls]  # fmt: skip

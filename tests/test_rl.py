@@ -16,6 +16,7 @@ import pytest
 from transformers import TrainerCallback
 
 from pipelines.artifacts import UnitState
+from pipelines.codecs import hermes
 from pipelines.envs import DOMAINS
 from pipelines.envs.base import Step, Task, ToolEnv
 from pipelines.errors import BadInput
@@ -108,16 +109,28 @@ def test_task_seed_must_differ_from_sft_and_heldout_seeds(tmp_path: Path) -> Non
 
 
 # -- the live evaluation loop ----------------------------------------------------------------------------------
-def test_assistant_message_keeps_unparsable_calls_as_raw_text() -> None:
-    text = (
-        '<think><plan>go</plan></think>\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>\n'
-        '<tool_call>{"name": "g", "arguments": {oops}</tool_call><|im_end|>junk'
-    )
-    message, ended = ev.assistant_message(text, SCHEMA, "<|im_end|>")
-    assert ended
+def test_assistant_message_is_trls_own_parse(tokenizer) -> None:
+    """The loop reads replies with TRL's `parse_response`, as GRPO does: valid calls move to `tool_calls`; a reply
+    with one unparsable call stays raw text as a whole (TRL's fallback), and the rewards count both blocks as
+    never run."""
+    from pipelines.chat import prompt_ids
+    from pipelines.codecs import codec_for
+    from pipelines.rl.rewards import parse_rollout
+
+    prompt = prompt_ids(tokenizer, [{"role": "user", "content": "go"}], None)
+    good = '<think><plan>go</plan></think>\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+
+    def reply(text: str) -> dict[str, Any]:
+        ids = tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        return ev.assistant_message(tokenizer, ids, prompt, None)
+
+    message = reply(good)
     assert message["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]
-    assert message["content"].endswith('<tool_call>{"name": "g", "arguments": {oops}</tool_call>')
-    assert "junk" not in message["content"]
+    assert message["reasoning_content"] == "<plan>go</plan>"
+    mixed = reply(good + '\n<tool_call>{"name": "g", "arguments": {oops}</tool_call>')
+    assert "tool_calls" not in mixed and mixed["content"].count("<tool_call>") == 2
+    rollout = parse_rollout([mixed], codec_for(tokenizer))
+    assert (rollout.calls, rollout.malformed) == ([], 2)
 
 
 class ScriptedPolicy:
@@ -275,7 +288,7 @@ def test_guarded_env_never_raises_and_scores_zero() -> None:
     failures = rewards.FailureCounts()
     done = [{"role": "assistant", "content": "poked"}]
     assert rewards.outcome(
-        completions=[done], task=[task.to_json()], environments=[env], failures=failures
+        completions=[done], task=[task.to_json()], environments=[env], failures=failures, codec=hermes()
     ) == [0.0]
     assert failures.as_dict() == {"env_error": 1}
 

@@ -212,6 +212,7 @@ def test_serving_text_is_the_training_text() -> None:
 
 def test_chat_executes_tool_calls_in_the_environment() -> None:
     """The chat loop runs a reply's tool call live and feeds the observation back for the next reply."""
+    from pipelines.codecs import hermes
     from pipelines.router import Route
     from pipelines.serve import chat
     from pipelines.thought import load_thought_schema
@@ -219,6 +220,7 @@ def test_chat_executes_tool_calls_in_the_environment() -> None:
     class ScriptedRouter:
         def __init__(self) -> None:
             self.schema = load_thought_schema("think-plan-reflect")
+            self.codec = hermes()  # what Router reads off its tokenizer; the replies below are Hermes
             call = '{"name": "evaluate_expression", "arguments": {"expression": "37 * 12"}}'
             self.replies = [f"<tool_call>{call}</tool_call>", "37 * 12 = 444."]
             self.seen: list[list[dict]] = []

@@ -68,6 +68,7 @@ from pipelines.models import DEFAULT_MODEL
 from pipelines.recipe import Recipe
 from pipelines.run_config import REPO_ROOT, RunConfig
 from pipelines.schema import Trace, validate_trace
+from pipelines.template_check import FirstRowsCheck
 from pipelines.thought import ThoughtSchema, load_thought_schema
 
 OUTPUT_SCHEMA = pa.schema(
@@ -112,6 +113,7 @@ class BuildSettings:
     tokenizer_revision: str | None = None
     chat_template: str = "auto"
     thought_schema: str | None = None  # None: the recipe's
+    tool_format: str = "auto"
 
 
 class BuildResult(BaseModel):
@@ -159,6 +161,7 @@ def run(config: RunConfig, out_dir: Path | None = None, num_proc: int | None = N
         tokenizer_revision=config.model.revision,
         chat_template=config.model.chat_template,
         thought_schema=config.model.thought_schema,
+        tool_format=config.model.tool_format,
     )
     return build(recipe, out_dir or config.run_dir / "data", settings, num_proc or config.data.num_proc)
 
@@ -294,8 +297,9 @@ class _Builder:
     def setup(self) -> None:
         mark = time.perf_counter()
         s = self.settings
-        self.tokenizer = _tokenizer(s.tokenizer, s.chat_template, s.tokenizer_revision)
+        self.tokenizer = _tokenizer(s.tokenizer, s.chat_template, s.tokenizer_revision, s.tool_format)
         self.schema: ThoughtSchema = load_thought_schema(self.schema_name)
+        self.template_check = FirstRowsCheck(self.tokenizer, self.schema)
         self.training_template = training_chat_template(self.tokenizer)
         self.exact = ExactDeduper()
         self.near = NearDeduper(self.recipe.near_dedup) if self.recipe.near_dedup.enabled else None
@@ -378,6 +382,7 @@ class _Builder:
         """A rendered row: spill it, or say why not (render error, too long)."""
         if isinstance(rendered, str):
             return Reject(trace.source, trace.origin, "render", "render_error", rendered, trace.id)
+        self.template_check(trace)
         n_tokens = len(rendered.input_ids)
         if n_tokens > self.recipe.max_seq_len:
             detail = f"{n_tokens} tokens > max_seq_len {self.recipe.max_seq_len}"
@@ -435,6 +440,7 @@ class _Builder:
                 "tokenizer_revision": s.tokenizer_revision,
                 "chat_template": s.chat_template,
                 "thought_schema": self.schema_name,
+                "tool_format": s.tool_format,
             },
             "tokenizer": mf.tokenizer_record(
                 self.tokenizer, s.tokenizer, s.tokenizer_revision, self.training_template
@@ -462,9 +468,9 @@ class _Builder:
 
 
 @lru_cache(maxsize=2)
-def _tokenizer(ref: str, chat_template: str, revision: str | None) -> Any:
+def _tokenizer(ref: str, chat_template: str, revision: str | None, tool_format: str) -> Any:
     """One load per process: `verify` rebuilds right after reading the manifest, with the same tokenizer."""
-    return load_tokenizer(ref, chat_template, revision)
+    return load_tokenizer(ref, chat_template, revision, tool_format)
 
 
 def _seeds(recipe: Recipe) -> dict[str, Any]:
@@ -502,7 +508,10 @@ def _worker_init(settings: dict[str, Any] | None, schema_name: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if settings is not None:
         _WORKER["tokenizer"] = load_tokenizer(
-            settings["tokenizer"], settings["chat_template"], settings["tokenizer_revision"]
+            settings["tokenizer"],
+            settings["chat_template"],
+            settings["tokenizer_revision"],
+            settings["tool_format"],
         )
     _WORKER["schema"] = load_thought_schema(schema_name)
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.artifacts import EvalResults
-from pipelines.chat import load_tokenizer, parse_reply, render_prompt
+from pipelines.chat import load_tokenizer, render_prompt
+from pipelines.codecs import Codec, codec_for
 from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput
 from pipelines.eval.bfcl import (
@@ -453,7 +454,8 @@ class PolicyModel:
 
 def decode_reply(tokenizer: Any, ids: list[int]) -> str:
     """New token ids → reply text, cut at the end-of-turn token (padding comes after it)."""
-    return tokenizer.decode(ids, skip_special_tokens=False).split(tokenizer.eos_token, 1)[0]
+    end = codec_for(tokenizer).end_of_turn
+    return tokenizer.decode(ids, skip_special_tokens=False).split(end, 1)[0]
 
 
 def generate_texts(
@@ -495,14 +497,18 @@ def eval_bfcl(
     replies = generate_texts(
         generate, tokenizer, prompts, adapters, section.max_new_tokens, section.batch_size
     )
+    codec = codec_for(tokenizer)
     rows = [
-        bfcl_prediction(target.key, ex, reply, schema) for ex, reply in zip(examples, replies, strict=True)
+        bfcl_prediction(target.key, ex, reply, schema, codec)
+        for ex, reply in zip(examples, replies, strict=True)
     ]
     return bfcl_metrics(examples, [row["ok"] for row in rows]), rows
 
 
-def bfcl_prediction(target: str, example: BfclExample, reply: str, schema: ThoughtSchema) -> dict[str, Any]:
-    parsed = parse_reply(reply, schema)
+def bfcl_prediction(
+    target: str, example: BfclExample, reply: str, schema: ThoughtSchema, codec: Codec
+) -> dict[str, Any]:
+    parsed = codec.parse(reply, schema)
     decoded = decode_tool_calls(parsed.tool_calls, example.functions)
     ok, error = score_example(example, decoded)
     if not ok and parsed.errors:
@@ -624,29 +630,36 @@ def eval_heldout(
         model = PolicyModel(generate, adapter, tokenizer.pad_token_id, section.max_new_tokens)
         items = [heldout.items[i] for i in indices]
         done = run_episodes(
-            model, tokenizer, items, heldout.env_classes, schema,
+            model, tokenizer, items, heldout.env_classes,
             section.max_tool_rounds, section.rollout_tokens, section.batch_size,
         )  # fmt: skip
         for i, episode in zip(indices, done, strict=True):
             episodes[i] = episode
     finished = [ep for ep in episodes if ep is not None]
-    outcomes = episode_outcomes(finished, schema)
-    rows = [heldout_prediction(target.key, ep, o, schema) for ep, o in zip(finished, outcomes, strict=True)]
-    return heldout_metrics(finished, outcomes, schema), rows
+    codec = codec_for(tokenizer)
+    outcomes = episode_outcomes(finished, schema, codec)
+    rows = [
+        heldout_prediction(target.key, ep, o, schema, codec) for ep, o in zip(finished, outcomes, strict=True)
+    ]
+    return heldout_metrics(finished, outcomes, schema, codec), rows
 
 
-def episode_outcomes(episodes: Sequence[Episode], schema: ThoughtSchema) -> list[float]:
+def episode_outcomes(episodes: Sequence[Episode], schema: ThoughtSchema, codec: Codec) -> list[float]:
     """Each episode's outcome (1.0 = the environment's ground truth met; irrelevant: declined without a call)."""
     outcomes = []
     for ep in episodes:
-        rollout = rewards.parse_rollout(ep.completion, schema)
+        rollout = rewards.parse_rollout(ep.completion, codec, schema)
         value, _ = rewards.outcome_score(rollout, ep.item.task, ep.env)
         outcomes.append(value)
     return outcomes
 
 
 def had_tool_error(episode: Episode) -> bool:
-    return any(rewards.is_error_result(text) for _, text in rewards.parse_rollout(episode.completion).results)
+    return any(
+        rewards.is_error_result(str(m.get("content", "")))
+        for m in episode.completion
+        if isinstance(m, dict) and m.get("role") == "tool"
+    )
 
 
 def recovery_rate(episodes: Sequence[Episode], outcomes: Sequence[float]) -> float | None:
@@ -662,12 +675,12 @@ def irrelevance_accuracy(episodes: Sequence[Episode], outcomes: Sequence[float])
 
 
 def heldout_metrics(
-    episodes: Sequence[Episode], outcomes: Sequence[float], schema: ThoughtSchema
+    episodes: Sequence[Episode], outcomes: Sequence[float], schema: ThoughtSchema, codec: Codec
 ) -> dict[str, Any]:
     """Outcome, format rate and call accuracy on tasks that need calls (as the RL stage reports them), recovery
     rate after a tool error, irrelevance accuracy, and n = every episode."""
     relevant = [i for i, ep in enumerate(episodes) if not rewards.is_irrelevant(ep.item.task)]
-    scored = score_episodes([episodes[i] for i in relevant], schema) if relevant else {}
+    scored = score_episodes([episodes[i] for i in relevant], schema, codec) if relevant else {}
     return {
         "outcome": scored.get("outcome"),
         "format_rate": scored.get("format_rate"),
@@ -679,9 +692,9 @@ def heldout_metrics(
 
 
 def heldout_prediction(
-    target: str, episode: Episode, outcome: float, schema: ThoughtSchema
+    target: str, episode: Episode, outcome: float, schema: ThoughtSchema, codec: Codec
 ) -> dict[str, Any]:
-    rollout = rewards.parse_rollout(episode.completion, schema)
+    rollout = rewards.parse_rollout(episode.completion, codec, schema)
     irrelevant = rewards.is_irrelevant(episode.item.task)
     return {
         "target": target,
@@ -726,7 +739,9 @@ class Tokenizers:
             self._loaded[key] = (
                 load_tokenizer(source)
                 if source
-                else load_tokenizer(model.name_or_path, model.chat_template, model.revision)
+                else load_tokenizer(
+                    model.name_or_path, model.chat_template, model.revision, model.tool_format
+                )
             )
         return self._loaded[key]
 
@@ -810,7 +825,8 @@ def eval_target(
 def _engine(config: RunConfig, tokenizer: Any, targets: list[Target]) -> Engine:
     start = time.perf_counter()
     router_dir = next((t.router_dir for t in targets if t.router_dir is not None), None)
-    engine = Engine(config, tokenizer.pad_token_id, tokenizer.eos_token_id, router_dir)
+    end_of_turn = tokenizer.convert_tokens_to_ids(codec_for(tokenizer).end_of_turn)  # = eos for most families
+    engine = Engine(config, tokenizer.pad_token_id, end_of_turn, router_dir)
     log.info("eval: base model loaded in %.1fs on %s", time.perf_counter() - start, engine.device)
     return engine
 

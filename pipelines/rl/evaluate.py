@@ -2,8 +2,11 @@
 
 The loop mirrors TRL's tool loop (generate → parse calls → run them in the env → append the results → generate
 again, at most `max_iterations` rounds of tools, one token budget for the whole rollout), but greedy and
-batched over episodes, so the numbers before and after RL are deterministic and cheap. Rollouts come out in
-TRL's message shape, so `pipelines.rl.rewards` scores them exactly as it scores training rollouts.
+batched over episodes, so the numbers before and after RL are deterministic and cheap. As in TRL, a rollout's
+tokens are built by concatenation (prompt + generated tokens + the template's tool-result suffix), never by
+re-rendering the conversation, and each reply is parsed with TRL's own `parse_response` (the codec's response
+template): rollouts come out in TRL's message shape, so `pipelines.rl.rewards` scores them exactly as it scores
+training rollouts.
 
 Used by the RL stage (`eval_before_after.json`) and reusable by the eval stage: `heldout_tasks` picks the
 tasks, `evaluate_policy` runs any causal LM (+ adapter), `evaluate_adapter` loads one from disk first.
@@ -13,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pipelines.chat import DEFAULT_SYSTEM_PROMPT, chat_encoding, parse_reply
+from pipelines.chat import DEFAULT_SYSTEM_PROMPT, prompt_ids
+from pipelines.codecs import Codec, codec_for
 from pipelines.envs.base import Task, ToolEnv
 from pipelines.errors import BadInput
 from pipelines.recipe import Recipe
@@ -28,7 +31,6 @@ from pipelines.rl import rewards
 from pipelines.thought import ThoughtSchema
 
 log = logging.getLogger("midtrain.rl")
-_CALL_BLOCK_RE = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
 EVAL_FILE = "eval_before_after.json"
 
 
@@ -230,6 +232,9 @@ class Episode:
     tools: list[dict[str, Any]]
     conversation: list[dict[str, Any]]
     completion: list[dict[str, Any]] = field(default_factory=list)
+    ids: list[int] = field(
+        default_factory=list
+    )  # prompt + generated + tool-result tokens, as TRL builds them
     prompt_tokens: int = 0
     used_tokens: int = 0  # generated and tool-result tokens so far (TRL's max_completion_length counts both)
     tool_rounds: int = 0
@@ -244,27 +249,24 @@ def start_episode(item: DomainTask, env_class: type[ToolEnv]) -> Episode:
     return Episode(item, env, tools, prompt_messages(item.task))
 
 
-def assistant_message(text: str, schema: ThoughtSchema, eos: str) -> tuple[dict[str, Any], bool]:
-    """Reply text → TRL-shaped assistant message, and whether the reply ended (vs. ran out of tokens).
-
-    Calls that parse move to `tool_calls`; a block that does not parse stays in `content` as raw text, exactly
-    where TRL leaves it, so the `format` reward sees the same thing in training and evaluation.
+def assistant_message(
+    tokenizer: Any, reply_ids: list[int], prompt_ids: list[int], tools: Any
+) -> dict[str, Any]:
+    """Reply tokens → TRL-shaped assistant message, through TRL's own `parse_response` (the function GRPO parses
+    rollouts with): calls that parse move to `tool_calls`; a reply whose calls do not all parse stays in
+    `content` as text, exactly as TRL leaves it, so the `format` reward sees the same thing in training and here.
     """
-    ended = eos in text
-    text = text.split(eos, 1)[0]
-    calls: list[dict[str, Any]] = []
+    from trl.chat_template_utils import parse_response
 
-    def take(match: re.Match[str]) -> str:
-        parsed = parse_reply(match.group(0), schema).tool_calls
-        if not parsed:
-            return match.group(0)
-        calls.extend({"type": "function", "function": call} for call in parsed)
-        return ""
+    return parse_response(tokenizer, list(reply_ids), prefix=list(prompt_ids), tools=tools)
 
-    message: dict[str, Any] = {"role": "assistant", "content": _CALL_BLOCK_RE.sub(take, text).strip()}
-    if calls:
-        message["tool_calls"] = calls
-    return message, ended
+
+def _until_end(ids: list[int], end_ids: set[int]) -> tuple[list[int], bool]:
+    """The reply up to and including its first end-of-turn token, and whether it had one."""
+    for i, token in enumerate(ids):
+        if token in end_ids:
+            return ids[: i + 1], True
+    return ids, False
 
 
 def run_calls(episode: Episode, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -280,14 +282,10 @@ def run_calls(episode: Episode, calls: list[dict[str, Any]]) -> list[dict[str, A
     return results
 
 
-def _render(tokenizer: Any, episode: Episode) -> list[int]:
-    return chat_encoding(
-        tokenizer, episode.conversation, tools=episode.tools or None, add_generation_prompt=True
-    )["input_ids"]
-
-
-def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuation of each prompt (left-padded batch); returns only the new tokens."""
+def _generate(
+    model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, end_ids: list[int]
+) -> list[list[int]]:
+    """Greedy continuation of each prompt (left-padded batch), stopping at an end-of-turn token; new tokens only."""
     import torch
 
     width = max(len(p) for p in prompts)
@@ -302,35 +300,40 @@ def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_toke
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=end_ids,
             use_cache=True,
         )
     return [row[width:].tolist() for row in out]
 
 
-def _step(
-    model: Any, tokenizer: Any, batch: list[Episode], schema: ThoughtSchema, budget: int, limit: int
-) -> None:
+def _step(model: Any, tokenizer: Any, codec: Codec, batch: list[Episode], budget: int, limit: int) -> None:
     """One round for a batch of live episodes: generate, parse, run the calls, append the results."""
-    prompts = [_render(tokenizer, ep) for ep in batch]
-    for ep, ids in zip(batch, prompts, strict=True):
-        ep.prompt_tokens = ep.prompt_tokens or len(ids)
-        ep.used_tokens = len(ids) - ep.prompt_tokens
-    room = [budget - ep.used_tokens for ep in batch]
-    outputs = _generate(model, tokenizer, prompts, max(1, max(room)))
+    for ep in batch:
+        if not ep.ids:
+            ep.ids = prompt_ids(tokenizer, ep.conversation, ep.tools or None)
+            ep.prompt_tokens = len(ep.ids)
+    room = [budget - (len(ep.ids) - ep.prompt_tokens) for ep in batch]
+    end_ids = codec.end_of_turn_ids(tokenizer)
+    outputs = _generate(model, tokenizer, [ep.ids for ep in batch], max(1, max(room)), end_ids)
     for ep, new_ids, left in zip(batch, outputs, room, strict=True):
-        text = tokenizer.decode(new_ids[: max(0, left)], skip_special_tokens=False)
-        message, ended = assistant_message(text, schema, tokenizer.eos_token)
+        reply, ended = _until_end(new_ids[: max(0, left)], set(end_ids))
+        message = assistant_message(tokenizer, reply, ep.ids, ep.tools or None)
         ep.completion.append(message)
         ep.conversation.append(message)
-        calls = message.get("tool_calls", [])
+        ep.ids = ep.ids + reply
+        calls = message.get("tool_calls") or []
         ep.truncated = not ended
         if not ended or not calls or ep.tool_rounds >= limit:
             ep.done = True  # answered, out of tokens, or out of tool rounds (a runaway: calls left pending)
             continue
         results = run_calls(ep, calls)
+        suffix = tokenizer(codec.tool_suffix(tokenizer, results), add_special_tokens=False)["input_ids"]
+        if len(ep.ids) + len(suffix) - ep.prompt_tokens > budget:
+            ep.done = True  # as TRL: results that would overrun the budget are dropped and the rollout ends
+            continue
         ep.completion.extend(results)
         ep.conversation.extend(results)
+        ep.ids = ep.ids + suffix
         ep.tool_rounds += 1
 
 
@@ -339,7 +342,6 @@ def run_episodes(
     tokenizer: Any,
     items: Sequence[DomainTask],
     env_classes: dict[str, type[ToolEnv]],
-    schema: ThoughtSchema,
     max_iterations: int,
     max_completion_length: int,
     batch_size: int = 8,
@@ -347,6 +349,7 @@ def run_episodes(
     """Greedy live rollouts of every task; the model is put in eval mode for the loop and restored after."""
     was_training = getattr(model, "training", False)
     model.eval()
+    codec = codec_for(tokenizer)
     episodes = [start_episode(item, env_classes[item.env_key]) for item in items]
     try:
         while live := [ep for ep in episodes if not ep.done]:
@@ -354,8 +357,8 @@ def run_episodes(
                 _step(
                     model,
                     tokenizer,
+                    codec,
                     live[start : start + batch_size],
-                    schema,
                     max_completion_length,
                     max_iterations,
                 )
@@ -367,13 +370,13 @@ def run_episodes(
 
 # -- scores ----------------------------------------------------------------------------------------------------
 def score_episodes(
-    episodes: Sequence[Episode], schema: ThoughtSchema, tool_call_scale: float = 1.0
+    episodes: Sequence[Episode], schema: ThoughtSchema, codec: Codec, tool_call_scale: float = 1.0
 ) -> dict[str, Any]:
     """Mean outcome reward, format rate, call accuracy (every reference call made exactly, nothing else), each
     reward's mean, outcome per domain, and failure counts."""
     failures = rewards.FailureCounts()
     funcs, _ = rewards.build_reward_funcs(
-        dict.fromkeys(rewards.REWARD_NAMES, 1.0), schema, failures, tool_call_scale
+        dict.fromkeys(rewards.REWARD_NAMES, 1.0), codec, schema, failures, tool_call_scale
     )
     completions = [ep.completion for ep in episodes]
     tasks = [ep.item.task.to_json() for ep in episodes]
@@ -383,7 +386,9 @@ def score_episodes(
         rewards.reward_name(f): f(completions=completions, task=tasks, environments=envs, truncated=truncated)
         for f in funcs
     }
-    exact = [_exact_calls(ep, per_reward["tool_call"][i], tool_call_scale) for i, ep in enumerate(episodes)]
+    exact = [
+        _exact_calls(ep, codec, per_reward["tool_call"][i], tool_call_scale) for i, ep in enumerate(episodes)
+    ]
     by_domain: dict[str, list[float]] = {}
     for ep, value in zip(episodes, per_reward["outcome"], strict=True):
         by_domain.setdefault(ep.item.domain, []).append(value or 0.0)
@@ -394,14 +399,16 @@ def score_episodes(
         "call_accuracy": _mean(exact),
         "rewards": {name: _mean(values) for name, values in per_reward.items()},
         "outcome_by_domain": {d: _mean(v) for d, v in sorted(by_domain.items())},
-        "mean_tool_calls": _mean([float(rewards.parse_rollout(ep.completion).attempted) for ep in episodes]),
+        "mean_tool_calls": _mean(
+            [float(rewards.parse_rollout(ep.completion, codec).attempted) for ep in episodes]
+        ),
         "failures": failures.as_dict(),
     }
 
 
-def _exact_calls(episode: Episode, tool_call_value: float | None, scale: float) -> float:
+def _exact_calls(episode: Episode, codec: Codec, tool_call_value: float | None, scale: float) -> float:
     if tool_call_value is None:  # no reference calls: exact means no call at all
-        return 1.0 if rewards.parse_rollout(episode.completion).attempted == 0 else 0.0
+        return 1.0 if rewards.parse_rollout(episode.completion, codec).attempted == 0 else 0.0
     return 1.0 if tool_call_value >= scale - 1e-9 else 0.0
 
 
@@ -423,9 +430,9 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Run and score `items` with `model`; also returns each task's id, outcome and rollout for inspection."""
     episodes = run_episodes(
-        model, tokenizer, items, env_classes, schema, max_iterations, max_completion_length, batch_size
+        model, tokenizer, items, env_classes, max_iterations, max_completion_length, batch_size
     )
-    metrics = score_episodes(episodes, schema, tool_call_scale)
+    metrics = score_episodes(episodes, schema, codec_for(tokenizer), tool_call_scale)
     metrics["episodes"] = [
         {"task_id": ep.item.task.task_id, "domain": ep.item.domain, "completion": ep.completion}
         for ep in episodes

@@ -149,11 +149,17 @@ def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
         adapter = sft_adapter_dir(config, cluster)
         tokenizer_source = str(adapter)
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    return model, load_tokenizer(tokenizer_source, config.model.chat_template)
+    model_config = config.model
+    return model, load_tokenizer(
+        tokenizer_source, model_config.chat_template, tool_format=model_config.tool_format
+    )
 
 
-def grpo_args(config: RunConfig, cluster: str, out_dir: Path, weights: list[float]) -> Any:
-    """GRPOConfig: the shared `rl.train` mapping plus group size, rollout limits, KL and reward weights."""
+def grpo_args(
+    config: RunConfig, cluster: str, out_dir: Path, weights: list[float], template_kwargs: dict[str, Any]
+) -> Any:
+    """GRPOConfig: the shared `rl.train` mapping plus group size, rollout limits, KL and reward weights, and the
+    codec's template arguments (Llama's fixed date), so TRL renders prompts as the SFT data was rendered."""
     from trl import GRPOConfig
 
     from pipelines.train_args import training_kwargs
@@ -169,6 +175,7 @@ def grpo_args(config: RunConfig, cluster: str, out_dir: Path, weights: list[floa
         beta=rl.beta,
         reward_weights=weights,
         remove_unused_columns=False,
+        chat_template_kwargs=dict(template_kwargs) or None,
     )
 
 
@@ -192,13 +199,16 @@ def build_trainer(
     assert rl is not None
     schema = load_thought_schema(config.model.thought_schema)
     model, tokenizer = load_policy(config, cluster)
+    codec = trl_codec(tokenizer)
     eos_ids = _eos_token_ids(model, tokenizer)
-    funcs, weights = build_reward_funcs(rl.reward_weights, schema, failures, rl.tool_call_scale, eos_ids)
+    funcs, weights = build_reward_funcs(
+        rl.reward_weights, codec, schema, failures, rl.tool_call_scale, eos_ids
+    )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental upstream
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=list(funcs),  # TRL appends the env rewards to the list it is given
-        args=grpo_args(config, cluster, out_dir, weights),
+        args=grpo_args(config, cluster, out_dir, weights, codec.template_kwargs),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         environment_factory=dict(env_classes),
@@ -211,6 +221,21 @@ def build_trainer(
     # get weight 0 in the advantage.
     trainer.reward_weights[len(funcs) :] = 0.0
     return trainer
+
+
+def trl_codec(tokenizer: Any) -> Any:
+    """The tokenizer's codec, if TRL's GRPO tool loop can use it: that loop renders tool turns with the chat
+    template itself, so the generic `json` format (tools and results written by midtrain as plain text) cannot."""
+    from pipelines.codecs import codec_for
+
+    codec = codec_for(tokenizer)
+    if not codec.trl_tool_loop:
+        raise BadInput(
+            f"rl: the {codec.name!r} tool format is written by midtrain in plain text, but TRL's GRPO tool loop "
+            "renders tool turns with the chat template itself; use a model (or model.chat_template) whose "
+            "template renders tools, or set model.tool_format to one of hermes, qwen3, llama3, mistral, smollm2"
+        )
+    return codec
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:

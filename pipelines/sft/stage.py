@@ -144,7 +144,7 @@ def _load_tokenizer(config: RunConfig) -> Any:
     from pipelines.models import fetch_model
 
     path = fetch_model(config.model.name_or_path, config.model.revision)
-    return load_tokenizer(str(path), config.model.chat_template)
+    return load_tokenizer(str(path), config.model.chat_template, tool_format=config.model.tool_format)
 
 
 def _vocab_size(config: RunConfig) -> int:
