@@ -72,6 +72,11 @@ class Unverifiable(Exception):
     """Whether a Hub model exists cannot be told from here (offline, or the Hub is unreachable)."""
 
 
+class ModelUnavailable(BadInput):
+    """A Hub model that is neither cached nor downloadable from here (offline, or the Hub unreachable): bad input
+    for a stage that needs its weights; a tool that only needs its format (`template check`) can stand in."""
+
+
 @lru_cache(maxsize=32)
 def check_hub_model(repo_id: str, revision: str | None = None) -> str:
     """Where a Hub model will come from: "cache" or "hub". BadInput when the Hub says it does not exist (or
@@ -123,7 +128,7 @@ def resolve_model(ref: str, revision: str | None = None) -> str:
     try:
         check_hub_model(ref, revision)
     except Unverifiable as exc:
-        raise BadInput(str(exc)) from None
+        raise ModelUnavailable(str(exc)) from None
     return ref
 
 

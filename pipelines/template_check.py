@@ -371,7 +371,7 @@ def check_tokenizer(model: Any, offline: bool = False, tokenizer_dir: str | None
     embedded tokenizer with the family's special tokens and canonical template, saying so."""
     from pipelines.chat import load_tokenizer
     from pipelines.codecs import add_family_tokens, choose_template, install, make_codec
-    from pipelines.models import DEFAULT_MODEL, fetch_embedded
+    from pipelines.models import DEFAULT_MODEL, ModelUnavailable, fetch_embedded
 
     ref = tokenizer_dir or model.name_or_path
     try:
@@ -379,7 +379,7 @@ def check_tokenizer(model: Any, offline: bool = False, tokenizer_dir: str | None
             ref, model.chat_template, model.revision, model.tool_format, local_files_only=offline
         )
         return tokenizer, ref
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ModelUnavailable) as exc:
         if tokenizer_dir is not None:
             raise
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

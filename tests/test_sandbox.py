@@ -637,7 +637,7 @@ def test_backend_setting_is_validated_and_pluggable(scratch: Path) -> None:
 def test_run_config_has_a_sandbox_section() -> None:
     from pipelines.run_config import RunConfig
 
-    base = {"name": "x", "data": {"recipe": "data_recipes/cpu-smoke.yaml"}}
+    base = {"name": "x", "data": {"recipe": "data_recipes/agentic-v1.yaml"}}
     assert RunConfig.model_validate(base).sandbox == SandboxSettings()
     config = RunConfig.model_validate(base | {"sandbox": {"backend": "bwrap", "isolation": "hook_only"}})
     assert config.sandbox.backend == "bwrap" and config.sandbox.isolation == "hook_only"

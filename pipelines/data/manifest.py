@@ -139,6 +139,7 @@ class BuildRecord(BaseModel):
     tokenizer_revision: str | None
     chat_template: str
     thought_schema: str | None
+    tool_format: str = "auto"  # manifests written before tool-call codecs have none
 
 
 class ManifestRecord(_Record):
