@@ -550,7 +550,10 @@ def heldout_spec(config: RunConfig, section: EvalSection) -> tuple[int, int]:
 
 
 def load_heldout(config: RunConfig, section: EvalSection) -> Heldout:
-    """The RL stage's held-out tasks per domain, plus irrelevance tasks from a derived seed."""
+    """The RL stage's held-out tasks per domain, plus irrelevance tasks from a derived seed; or, with
+    `eval.tasks`, the task file's held-out rows."""
+    if section.tasks is not None:
+        return task_file_heldout(section)
     if not section.heldout_domains:
         return Heldout([], {}, "eval.heldout_domains is empty")
     domains = _domains(section.heldout_domains)
@@ -564,6 +567,28 @@ def load_heldout(config: RunConfig, section: EvalSection) -> Heldout:
     n_irrelevant = math.ceil(per_domain * section.heldout_irrelevance_fraction)
     irrelevant = irrelevance_tasks(domains, n_irrelevant, seed, section.heldout_max_difficulty)
     return Heldout(held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()})
+
+
+def task_file_heldout(section: EvalSection) -> Heldout:
+    """`eval.tasks`: its `heldout` rows (at most `limit` per environment), each in its environment or the view
+    of the tools it names."""
+    from pipelines.rl.evaluate import guarded
+    from pipelines.rl.tool_views import with_task_tools
+    from pipelines.tasks_file import load_task_file
+
+    assert section.tasks is not None
+    task_set = load_task_file(section.tasks, section.env)
+    counts: Counter[str] = Counter()
+    items = []
+    for task in task_set.heldout:
+        if section.limit is None or counts[task.domain] < section.limit:
+            counts[task.domain] += 1
+            items.append(DomainTask(task.domain, task))
+    if not items:
+        return Heldout([], {}, f"eval.tasks {section.tasks}: no `heldout` rows")
+    classes = {name: guarded(cls) for name, cls in task_set.envs.items()}
+    items, classes = with_task_tools(items, classes)
+    return Heldout(items, classes)
 
 
 def _domains(names: list[str]) -> dict[str, tuple[type, Any]]:
@@ -774,6 +799,9 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> dict[str, Any]
         log.info("eval %s: %s in %.1fs", target.key, _headline(suites), seconds[target.key])
     results |= {"skipped": skipped, "seconds": seconds}
     write_outputs(config.run_dir / "eval", results, predictions)
+    from pipelines.envs.external import close_environments
+
+    close_environments()
     return results
 
 
