@@ -187,7 +187,9 @@ def load_task_file(path: str | Path, default_env: Any = None, base_dir: Path | N
             ref = row.env if row.env is not None else default_env
             if ref is None:
                 raise _RowError("env", "no `env` on the row and none configured")
-            ref_key = json.dumps(ref.model_dump(mode="json") if hasattr(ref, "model_dump") else ref, sort_keys=True)
+            ref_key = json.dumps(
+                ref.model_dump(mode="json") if hasattr(ref, "model_dump") else ref, sort_keys=True
+            )
             if ref_key not in env_names:
                 name, cls = load_env(ref, path.parent)
                 if name in result.envs and result.envs[name] is not cls:
@@ -229,6 +231,21 @@ def load_task_file(path: str | Path, default_env: Any = None, base_dir: Path | N
         log.warning("%s: %d row(s) rejected (first: line %d, %s)", path, len(result.rejects),
                     result.rejects[0]["line"], result.rejects[0]["detail"])  # fmt: skip
     return result
+
+
+def task_file_heldout_rows(path: str | Path) -> list[tuple[str, str]]:
+    """(id, user text) of each valid held-out row, without starting any environment: what decontamination
+    indexes (a row that does not validate is rejected wherever the file is used, and is no test)."""
+    path = _find(Path(path), None)
+    out = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = TaskRow.model_validate_json(raw)
+        except ValidationError:
+            continue
+        if row.split == "heldout":
+            out.append((row.id, "\n".join(m["content"] for m in row.conversation() if m["role"] == "user")))
+    return out
 
 
 class _RowError(Exception):

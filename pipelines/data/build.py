@@ -175,7 +175,7 @@ def build(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
-        result = _Builder(pin_paths(recipe), settings, work, num_proc).run()
+        result = _Builder(pin_paths(recipe, out_dir), settings, work, num_proc).run()
         _replace_dir(work, out_dir)
     finally:
         if work.exists():
@@ -184,12 +184,23 @@ def build(
     return result
 
 
-def pin_paths(recipe: Recipe) -> Recipe:
-    """Absolute paths for local files, package roots and eval files, so the manifest rebuilds from anywhere."""
+def pin_paths(recipe: Recipe, out_dir: Path | None = None) -> Recipe:
+    """Absolute paths for local files, package roots, task files, env files, teacher caches and eval files, so
+    the manifest rebuilds from anywhere. A teacher source's cache defaults to
+    `<out_dir>/../teacher-cache/<source>.jsonl`: inside the run, outside the data folder a build replaces."""
     data = recipe.model_dump(mode="json")
     for cat in data["categories"].values():
         for src in cat["sources"]:
-            if src["type"] == "local":
+            if src["type"] == "teacher":
+                src["tasks"] = str(_existing(src["tasks"], f"source {src['name']!r}: tasks"))
+                if isinstance(src.get("env"), str) and src["env"].endswith((".yaml", ".yml")):
+                    src["env"] = str(_existing(src["env"], f"source {src['name']!r}: env"))
+                if src.get("cache") is None:
+                    folder = (out_dir or Path("runs") / recipe.name / "data").resolve().parent
+                    src["cache"] = str(folder / "teacher-cache" / f"{src['name']}.jsonl")
+                else:
+                    src["cache"] = str(Path(src["cache"]).expanduser().resolve())
+            elif src["type"] == "local":
                 src["path"] = str(_existing(src["path"], f"source {src['name']!r}: path"))
             elif src["type"] == "python_code":
                 src["roots"] = [
@@ -197,10 +208,17 @@ def pin_paths(recipe: Recipe) -> Recipe:
                     for r in src["roots"]
                 ]
     sets = data["decontamination"]["sets"]
-    data["decontamination"]["sets"] = [
-        s if s in ("bfcl", "heldout") else str(_existing(s, "decontamination set")) for s in sets
-    ]
+    data["decontamination"]["sets"] = [s if s in ("bfcl", "heldout") else _pinned_set(s) for s in sets]
     return Recipe.model_validate(data)
+
+
+def _pinned_set(entry: str) -> str:
+    from pipelines.tasks_file import TASKS_SET_PREFIX
+
+    if entry.startswith(TASKS_SET_PREFIX):
+        path = entry.removeprefix(TASKS_SET_PREFIX)
+        return TASKS_SET_PREFIX + str(_existing(path, "decontamination set (task file)"))
+    return str(_existing(entry, "decontamination set"))
 
 
 def _existing(path: str, what: str) -> Path:
@@ -278,6 +296,8 @@ class _Builder:
             spec.name, category, spec.weight, spec.max_epochs or self.recipe.max_epochs
         )
         reader = open_source(spec, category)
+        if spec.type == "teacher":  # the teacher is asked for, and checked against, the mix's thought schema
+            reader.thought_schema = self.schema_name  # type: ignore[attr-defined]
         rejects: list[tuple[int, Reject]] = []
         batch: list[tuple[int, Trace]] = []
         batch_chars = 0
@@ -716,7 +736,9 @@ def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
     manifest = mf.read_manifest(data_dir)
     recipe = Recipe.model_validate(manifest["recipe"])
     settings = BuildSettings(**manifest["build"])
-    with tempfile.TemporaryDirectory(prefix=".verify-", dir=data_dir.parent) as tmp:
+    from pipelines.teacher import offline_teacher
+
+    with tempfile.TemporaryDirectory(prefix=".verify-", dir=data_dir.parent) as tmp, offline_teacher():
         rebuilt = Path(tmp) / "data"
         build(recipe, rebuilt, settings, num_proc)
         return compare_dirs(data_dir, rebuilt)
