@@ -234,3 +234,38 @@ def test_one_grpo_step_with_the_mcp_env(tmp_path: Path, tiny_model_dir: Path, mo
     assert {t.__name__ for t in trainer.tools} == set(tasks.envs["shop"]._tool_methods())
     assert trainer.train().global_step == 1
     assert len(resets) == 2
+
+
+def test_streamable_http_transport(tmp_path: Path) -> None:
+    """`{type: mcp, url: …}`: the same server over streamable HTTP, one MCP session per rollout."""
+    import httpx
+
+    from tests.openai_server import free_port
+
+    port = free_port()
+    log = (tmp_path / "http.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, SERVER[1], "--http", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        spec = McpEnvSpec(type="mcp", name="shop-http", url=f"http://127.0.0.1:{port}/mcp", timeout_s=20)
+        cls = env_class(spec)
+        assert "quote_shipping" in cls._tool_methods()
+        env = cls()
+        env.reset()
+        assert (
+            json.loads(env._call_tool("quote_shipping", {"weight_kg": 1, "speed": "standard"})[0])["price"]
+            == 2.0
+        )
+        env._close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
