@@ -70,6 +70,12 @@ class TeacherSource(SourceBase):
     )
     teacher: TeacherSettings
     samples_per_task: int = Field(1, ge=1, description="Episodes per task (distinct seeds).")
+    propose: int = Field(
+        0,
+        ge=0,
+        description="Tasks the teacher first proposes per environment from its tool schemas (APIGen-MT style); "
+        "kept only if their reference calls run cleanly and their answer is in the results.",
+    )
     seed: int = 0
     replay: Literal["exact", "executes"] = Field(
         "exact",

@@ -121,15 +121,7 @@ class TeacherClient:
 
         self.settings = settings
         self.cache = cache
-        headers = {}
-        if settings.api_key_env:
-            key = os.environ.get(settings.api_key_env)
-            if not key:
-                raise BadInput(f"teacher.api_key_env: environment variable {settings.api_key_env} is not set")
-            headers["Authorization"] = f"Bearer {key}"
-        self.http = httpx.Client(
-            base_url=settings.base_url.rstrip("/"), headers=headers, timeout=settings.timeout_s
-        )
+        self.http = httpx.Client(base_url=settings.base_url.rstrip("/"), timeout=settings.timeout_s)
         self.requests = 0
 
     def complete(
@@ -153,12 +145,22 @@ class TeacherClient:
         self.cache.put(key, response)
         return response
 
+    def _headers(self) -> dict[str, str]:
+        """The API key, read only when a request is really sent (an offline rebuild needs none)."""
+        name = self.settings.api_key_env
+        if not name:
+            return {}
+        key = os.environ.get(name)
+        if not key:
+            raise BadInput(f"teacher.api_key_env: environment variable {name} is not set")
+        return {"Authorization": f"Bearer {key}"}
+
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
         for attempt in range(self.settings.retries + 1):
             try:
-                reply = self.http.post("/chat/completions", json=body)
+                reply = self.http.post("/chat/completions", json=body, headers=self._headers())
             except httpx.HTTPError as exc:
                 error: str = f"{type(exc).__name__}: {exc}"
             else:
@@ -219,6 +221,10 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
         raise Rejected("format", f"turn {turn}: {'; '.join(parsed.errors)}")
     thinking, visible = parsed.thinking, parsed.content.strip()
     reasoning = str(message.get("reasoning_content") or message.get("reasoning") or "").strip()
+    opened = content.lstrip()
+    if not thinking and opened.startswith(schema.wrapper.open) and schema.wrapper.close in opened:
+        # Reasoning in the wrapper but not in sections: it is the section this turn calls for.
+        reasoning = reasoning or opened[len(schema.wrapper.open) : opened.index(schema.wrapper.close)].strip()
     if not thinking and reasoning:
         thinking = [ThinkingSection(section=_section_for(turn, after_error, final), text=reasoning)]
     thinking = [ThinkingSection(section=t.section, text=t.text.strip()) for t in thinking if t.text.strip()]
@@ -395,14 +401,22 @@ def seed_of(source_seed: int, task_id: str, sample: int) -> int:
 def teacher_traces(
     tasks: list[Task], env_class: dict[str, type[ToolEnv]], settings: TeacherSettings, cache_path: Path,
     schema: ThoughtSchema, samples_per_task: int = 1, seed: int = 0, replay: str = "exact",
-    clusters: dict[str, str] | None = None,
+    clusters: dict[str, str] | None = None, propose: int = 0, avoid: frozenset[str] = frozenset(),
 ) -> TeacherRun:  # fmt: skip
-    """Every (task, sample) episode, verified: a Trace, or a reject `{"id", "reason", "detail"}`."""
+    """Every (task, sample) episode, verified: a Trace, or a reject `{"id", "reason", "detail"}`. With
+    `propose`, the teacher first proposes that many tasks per environment (`propose_tasks`); the ones whose
+    reference solution verifies join the tasks (requests in `avoid`, the held-out ones, are refused)."""
     from pipelines.generate import DEFAULT_CLUSTERS
 
     cache = TeacherCache(cache_path)
     client = TeacherClient(settings, cache)
     labels = {**DEFAULT_CLUSTERS, **(clusters or {})}
+    proposal_rejects: list[Trace | dict[str, str]] = []
+    if propose:
+        for name in sorted(env_class):
+            found, refused = propose_tasks(name, env_class[name], client, propose, seed, avoid)
+            tasks = [*tasks, *found]
+            proposal_rejects += refused
     jobs = [(task, sample) for task in tasks for sample in range(samples_per_task)]
 
     def one(job: tuple[Task, int]) -> Trace | dict[str, str]:
@@ -419,7 +433,106 @@ def teacher_traces(
         from pipelines.envs.external import close_environments
 
         close_environments()
-    return TeacherRun(results, cache.used_sha256(), client.requests, len(cache.used) - client.requests)
+    return TeacherRun(
+        proposal_rejects + results, cache.used_sha256(), client.requests, len(cache.used) - client.requests
+    )
+
+
+# -- tasks the teacher proposes (APIGen-MT style) -------------------------------------------------------------
+PROPOSE_PROMPT = (
+    "You write test tasks for an assistant that can call the tools below. Write ONE realistic user request "
+    "that needs one to three of these tools, and its reference solution. Answer with one JSON object and "
+    'nothing else: {"prompt": "<the user request>", "calls": [{"name": "<tool>", "arguments": {…}}], '
+    '"answer": "<a short fact the final reply must state, copied from what the calls return, or null>"}.\n'
+    "Tools:\n"
+)
+
+
+def propose_tasks(
+    env_name: str, env_class: type[ToolEnv], client: TeacherClient, n: int, seed: int, avoid: frozenset[str]
+) -> tuple[list[Task], list[dict[str, str]]]:
+    """`n` proposals (one request each, distinct seeds); a proposal is kept only if its reference calls all run
+    without error in a fresh environment and its answer (if any) is in their results."""
+    tools = env_class._tool_schemas()
+    prompt = PROPOSE_PROMPT + json.dumps([function_spec(t) for t in tools], ensure_ascii=False)
+    kept: list[Task] = []
+    refused: list[dict[str, str]] = []
+    seen = set(avoid)
+    for index in range(n):
+        task_id = f"proposed-{env_name}-{seed}-{index}"
+        try:
+            response = client.complete([{"role": "user", "content": prompt}], [], seed_of(seed, task_id, 0))
+            content = str(((response.get("choices") or [{}])[0].get("message") or {}).get("content") or "")
+            task = verify_proposal(task_id, _json_object(content), env_name, env_class)
+        except (Rejected, TeacherError) as exc:
+            reason, detail = (
+                (exc.reason, exc.detail) if isinstance(exc, Rejected) else ("teacher_error", str(exc))
+            )
+            refused.append({"id": task_id, "reason": reason, "detail": detail[:400]})
+            continue
+        key = " ".join(task.request.lower().split())
+        if key in seen:
+            refused.append({"id": task_id, "reason": "proposal_duplicate", "detail": task.request[:200]})
+            continue
+        seen.add(key)
+        kept.append(task)
+    return kept, refused
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        value = json.loads(text[start : end + 1]) if start != -1 and end > start else None
+    except json.JSONDecodeError as exc:
+        raise Rejected("proposal_format", f"not JSON ({exc.msg}): {text[:160]!r}") from None
+    if not isinstance(value, dict):
+        raise Rejected("proposal_format", f"no JSON object in the reply: {text[:160]!r}")
+    return value
+
+
+def verify_proposal(task_id: str, proposal: dict[str, Any], env_name: str, env_class: type[ToolEnv]) -> Task:
+    """A proposal as a train Task, if its reference solution verifies: every call runs cleanly in a fresh
+    environment and the task's own judge passes on the reference's final state (and answer)."""
+    from pydantic import ValidationError
+
+    from pipelines.tasks_file import TaskRow, _RowError, row_to_task
+
+    answer = proposal.get("answer")
+    row = {
+        "id": task_id,
+        "prompt": proposal.get("prompt"),
+        "expected_calls": proposal.get("calls"),
+        "meta": {"proposed": True},
+    }
+    if isinstance(answer, (str, int, float)) and str(answer).strip():
+        row["answer"] = str(answer)
+    try:
+        task = row_to_task(TaskRow.model_validate(row), env_name, env_class)
+    except ValidationError as exc:
+        raise Rejected("proposal_format", "; ".join(e["msg"] for e in exc.errors())[:300]) from None
+    except _RowError as exc:
+        raise Rejected("proposal_format", exc.detail) from None
+    if not task.solution:
+        raise Rejected("proposal_format", "no reference calls")
+    env = env_class()
+    try:
+        env.reset(task=task.to_json())
+        results = []
+        for turn in task.solution:
+            for step in turn:
+                text, is_error = env._call_tool(step.tool, step.arguments)
+                if is_error:
+                    raise Rejected("proposal_unverified", f"reference call {step.tool}: {text[:200]}")
+                results.append(text)
+        final = "\n".join(results) if task.answer is None else f"{task.answer}"
+        env._record_final_answer(final)
+        if task.answer is not None and not any(task.answer.lower() in r.lower() for r in results):
+            raise Rejected("proposal_unverified", f"answer {task.answer!r} is not in what the calls return")
+        if env.get_reward() < 1.0:
+            raise Rejected("proposal_unverified", "the task's judge refuses its own reference solution")
+    finally:
+        _close(env)
+    return task
 
 
 def episode_trace(task: Task, sample: int, env_class: type[ToolEnv], client: TeacherClient, schema: ThoughtSchema,
@@ -435,7 +548,7 @@ def episode_trace(task: Task, sample: int, env_class: type[ToolEnv], client: Tea
         trace = _trace(task, sample, episode, offered, settings, labels)
     except Rejected as exc:
         return {"id": draw_id, "reason": exc.reason, "detail": exc.detail}
-    except TeacherOffline:
+    except BadInput:  # a cache miss offline, a missing API key: the build stops, with the reason
         raise
     except (
         Exception

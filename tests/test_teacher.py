@@ -18,12 +18,15 @@ from pipelines.errors import BadInput
 from pipelines.schema import Message, ThinkingSection, ToolCall, Trace
 from pipelines.tasks_file import load_task_file
 from pipelines.teacher import (
+    Rejected,
     TeacherOffline,
     TeacherSettings,
+    _json_object,
     check_format,
     check_replay,
     offline_teacher,
     teacher_traces,
+    verify_proposal,
 )
 from pipelines.thought import load_thought_schema
 from tests.openai_server import serve
@@ -156,6 +159,58 @@ def test_verification_accepts_a_right_trace_and_names_what_is_wrong(tmp_path: Pa
     assert verdict(bad_args)[0][0] == "format"
 
 
+def test_a_proposed_task_is_kept_only_when_its_reference_solution_verifies(tmp_path: Path) -> None:
+    env_class = load_task_file(tasks_file(tmp_path), PY_SHOP).envs["pyshop"]
+    calls = [{"name": "add_to_cart", "arguments": {"product_id": "apple", "quantity": 2}}]
+    task = verify_proposal(
+        "p-1", {"prompt": "Two apples please; total?", "calls": calls, "answer": "1.0"}, "pyshop", env_class
+    )
+    assert (
+        task.task_id == "p-1" and task.judge["split"] == "train" and task.solution[0][0].tool == "add_to_cart"
+    )
+    unverified = [
+        ({"prompt": "A kettle.", "calls": [{"name": "add_to_cart", "arguments": {"product_id": "kettle"}}]}, "proposal_unverified"),
+        ({"prompt": "Apples.", "calls": calls, "answer": "7.5"}, "proposal_unverified"),
+        ({"prompt": "Fly.", "calls": [{"name": "fly", "arguments": {}}]}, "proposal_format"),
+        ({"prompt": "Nothing.", "calls": []}, "proposal_format"),
+    ]  # fmt: skip
+    for proposal, reason in unverified:
+        with pytest.raises(Rejected) as caught:
+            verify_proposal("p-x", proposal, "pyshop", env_class)
+        assert caught.value.reason == reason, proposal
+    with pytest.raises(Rejected, match="proposal_format"):
+        _json_object("Sure! Here is a task: prompt = add apples")
+    assert _json_object('Here: {"prompt": "x", "calls": []} done')["prompt"] == "x"
+
+
+def test_reasoning_in_the_schema_or_mapped_into_it_and_replies_without_any_rejected() -> None:
+    from pipelines.teacher import _calls, _thinking
+
+    sectioned = '<think><plan>Add two apples.</plan></think>\n<tool_call>\n{"name": "add_to_cart", "arguments": {"product_id": "apple"}}\n</tool_call>'
+    assert _thinking({}, sectioned, SCHEMA, 0, False, False) == (
+        [ThinkingSection(section="plan", text="Add two apples.")],
+        "",
+    )
+    assert _calls({}, sectioned, SCHEMA, 0) == [
+        ("add_to_cart", {"product_id": "apple"})
+    ]  # parsed from the text
+    api = {"tool_calls": [{"type": "function", "function": {"name": "get_cart", "arguments": "{}"}}]}
+    assert _calls(api, "", SCHEMA, 1) == [("get_cart", {})]  # the API's own tool_calls
+    # Unsectioned reasoning, or a reasoning model's `reasoning_content`, becomes the section the turn calls for.
+    assert (
+        _thinking({}, "<think>Looks right.</think>\nIt is 1.0.", SCHEMA, 2, False, True)[0][0].section
+        == "verify"
+    )
+    assert (
+        _thinking({"reasoning_content": "It failed."}, "", SCHEMA, 1, True, False)[0][0].section == "reflect"
+    )
+    with pytest.raises(Rejected) as caught:
+        _thinking({}, "The total is 1.0.", SCHEMA, 0, False, True)
+    assert caught.value.reason == "thought_schema"
+    with pytest.raises(Rejected, match="not JSON"):
+        _calls({"tool_calls": [{"function": {"name": "x", "arguments": "{oops"}}]}, "", SCHEMA, 0)
+
+
 # -- against the server ----------------------------------------------------------------------------------------
 def test_teacher_episodes_over_a_real_server_end_as_traces_or_reasoned_rejects_and_replay_from_cache(
     server: tuple[str, str], tmp_path: Path
@@ -182,7 +237,14 @@ def test_teacher_over_the_mcp_fixture(server: tuple[str, str], tmp_path: Path) -
     )
     task_set = load_task_file(ROOT / "configs/tasks/shop.jsonl", spec)
     run = teacher_traces(
-        task_set.train[:2], task_set.envs, settings(server, max_turns=1), tmp_path / "c.jsonl", SCHEMA
+        task_set.train[:2],
+        task_set.envs,
+        settings(server, max_turns=1),
+        tmp_path / "c.jsonl",
+        SCHEMA,
+        propose=2,
     )
-    assert len(run.results) == 2 and run.requests == 2
+    proposals = [r for r in run.results if isinstance(r, dict) and r["id"].startswith("proposed-shop-")]
+    assert len(proposals) == 2 and all(r["reason"].startswith("proposal_") for r in proposals)
+    assert len(run.results) == 4 and run.requests == 4
     assert all(isinstance(r, Trace) or r["reason"] for r in run.results)

@@ -195,6 +195,12 @@ def pin_paths(recipe: Recipe, out_dir: Path | None = None) -> Recipe:
                 src["tasks"] = str(_existing(src["tasks"], f"source {src['name']!r}: tasks"))
                 if isinstance(src.get("env"), str) and src["env"].endswith((".yaml", ".yml")):
                     src["env"] = str(_existing(src["env"], f"source {src['name']!r}: env"))
+                elif isinstance(src.get("env"), dict):  # an inline block: its relative paths are the cwd's
+                    env = src["env"]
+                    if env.get("cwd") is not None:
+                        env["cwd"] = str(Path(env["cwd"]).expanduser().resolve())
+                    if env.get("path"):
+                        env["path"] = [str(Path(p).expanduser().resolve()) for p in env["path"]]
                 if src.get("cache") is None:
                     folder = (out_dir or Path("runs") / recipe.name / "data").resolve().parent
                     src["cache"] = str(folder / "teacher-cache" / f"{src['name']}.jsonl")

@@ -280,9 +280,10 @@ class TeacherReader(SourceReader):
             )
         tasks = task_set.train[: spec.max_rows] if spec.max_rows else task_set.train
         self._tasks_sha256 = path_sha256(task_set.path)
+        held = frozenset(" ".join(t.request.lower().split()) for t in task_set.heldout)
         run = teacher_traces(
             tasks, task_set.envs, spec.teacher, Path(spec.cache), load_thought_schema(self.thought_schema),
-            spec.samples_per_task, spec.seed, spec.replay,
+            spec.samples_per_task, spec.seed, spec.replay, propose=spec.propose, avoid=held,
         )  # fmt: skip
         self._run = run
         for item in run.results:
