@@ -100,7 +100,9 @@ def test_server_tools_become_methods_trl_renders_with_the_server_schema() -> Non
         env_class(shop("shop-fly", tools=["fly"]))
 
 
-def test_cli_env_show_and_call(tmp_path: Path) -> None:
+def test_cli_env_show_and_call() -> None:
+    from pipelines.envs.tool_cli import call_tool
+
     def midtrain(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
                               cwd=ROOT, timeout=240)  # fmt: skip
@@ -109,20 +111,17 @@ def test_cli_env_show_and_call(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     tools = {t["name"]: t for t in json.loads(shown.stdout)["tools"]}
     assert tools["quote_shipping"]["input_schema"]["properties"]["speed"]["enum"] == ["standard", "express"]
-    ok = midtrain(
-        "env", "call", "configs/envs/shop.yaml", "quote_shipping", '{"weight_kg": 2, "speed": "express"}'
-    )
-    assert ok.returncode == 0 and json.loads(ok.stdout) == {
-        "speed": "express",
-        "weight_kg": 2.0,
-        "price": 10.0,
-    }
     bad = midtrain(
         "env", "call", "configs/envs/shop.yaml", "quote_shipping", '{"weight_kg": 2, "speed": "fast"}'
     )
     assert bad.returncode == 2 and "'fast' is not one of ['standard', 'express']" in bad.stderr
-    unknown = midtrain("env", "call", "configs/envs/shop.yaml", "fly", "{}")
-    assert unknown.returncode == 2 and "has no tool 'fly'" in unknown.stderr
+    # In process, the same function the command runs:
+    result = call_tool("configs/envs/shop.yaml", "quote_shipping", '{"weight_kg": 2, "speed": "express"}')
+    assert json.loads(result) == {"speed": "express", "weight_kg": 2.0, "price": 10.0}
+    with pytest.raises(BadInput, match="has no tool 'fly'"):
+        call_tool("configs/envs/shop.yaml", "fly", "{}")
+    with pytest.raises(BadInput, match="no product with id 'nope'"):  # the server's own refusal: exit 2 too
+        call_tool("configs/envs/shop.yaml", "add_to_cart", '{"product_id": "nope"}')
 
 
 # -- rollouts --------------------------------------------------------------------------------------------------
