@@ -91,6 +91,27 @@ def test_task_file_rows_are_checked_and_rejected_with_file_line_and_reason(tmp_p
         load_task_file(tmp_path / "empty.jsonl", PY_SHOP)
 
 
+def test_python_envs_a_toolenv_subclass_as_is_a_plain_class_wrapped() -> None:
+    from pipelines.env_spec import env_class
+    from pipelines.envs.calculator import CalculatorEnv
+
+    calculator = PythonEnvSpec.model_validate(
+        {"type": "python", "class": "pipelines.envs.calculator:CalculatorEnv"}
+    )
+    assert env_class(calculator) is CalculatorEnv
+    shop = env_class(PY_SHOP)
+    assert shop._tool_methods() == ["add_to_cart", "get_cart"]
+    env = shop()
+    env.reset(task=None)
+    env._backend.reset({"cart": {"mug": 1}})
+    assert json.loads(env._call_tool("get_cart", {})[0])["total"] == 6.5
+    text, is_error = env._call_tool("add_to_cart", {"product_id": "kettle"})
+    assert is_error and "no product 'kettle'" in text  # the method's exception, shown to the model
+    assert env.get_reward() == 0.0  # no task: the class's own get_reward applies only to a started task
+    with pytest.raises(BadInput, match="cannot import 'nowhere'"):
+        env_class(PythonEnvSpec.model_validate({"type": "python", "class": "nowhere:Env"}))
+
+
 def test_the_judge_scores_answer_calls_state_and_verifier(tmp_path: Path) -> None:
     task_set = load_task_file(tasks_file(tmp_path), PY_SHOP)
     env_class = task_set.envs["pyshop"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import keyword
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional, Union
@@ -29,6 +30,7 @@ from pipelines.envs.base import ToolEnv, ToolError, _to_text
 from pipelines.errors import BadInput
 from pipelines.schema import argument_errors
 
+log = logging.getLogger("midtrain.envs")
 RESERVED_TOOL_NAMES = frozenset({"reset", "get_reward", "domain"})
 _SECTION_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters|Returns|Raises|Yields):\s*$", re.MULTILINE)
 _CHOICES_TAIL = re.compile(r"\(choices:\s*(.*?)\)\s*$", re.IGNORECASE)
@@ -116,6 +118,7 @@ class ExternalEnv(ToolEnv):
         except EnvFailure as exc:
             self._env_failure = str(exc)
             self._results.append({"name": name, "arguments": arguments, "result": str(exc), "error": True})
+            log.warning("rollout lost: %s", exc)
             raise
         self._results.append({"name": name, "arguments": arguments, "result": text, "error": is_error})
         if is_error:

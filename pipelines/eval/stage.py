@@ -721,8 +721,14 @@ def heldout_prediction(
         "raw": episode.completion,
         "calls": [{"name": c.name, "arguments": c.arguments} for c in rollout.calls],
         "ok": outcome >= 1.0,
-        "error": "" if outcome >= 1.0 else episode_error(rollout, irrelevant),
+        "error": "" if outcome >= 1.0 else _failed_env(episode) or episode_error(rollout, irrelevant),
     }
+
+
+def _failed_env(episode: Episode) -> str:
+    """An environment that died mid-episode (an MCP server crash or timeout) is the reason, whatever the model did."""
+    failure = getattr(episode.env, "_env_failure", None) or getattr(episode.env, "_reset_error", None)
+    return f"environment failed: {failure}" if failure else ""
 
 
 def episode_error(rollout: rewards.Rollout, irrelevant: bool) -> str:
