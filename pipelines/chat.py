@@ -33,7 +33,7 @@ def load_tokenizer(model_ref: str, chat_template: str = "auto", revision: str | 
 
     # Adapter folders carry the tokenizer they were trained with but no model config.
     tokenizer_only = (Path(model_ref) / "tokenizer_config.json").is_file()
-    source = model_ref if tokenizer_only else resolve_model(model_ref)
+    source = model_ref if tokenizer_only else resolve_model(model_ref, revision)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     if chat_template == "auto":
         current = tokenizer.chat_template or ""

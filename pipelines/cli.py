@@ -5,15 +5,18 @@ Stage modules are imported inside each command so `midtrain config show` stays f
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipelines.errors import BadInput, MidtrainError
 
@@ -60,9 +63,12 @@ def config_show(
     """Print the resolved, validated config as YAML."""
     import yaml
 
-    from pipelines.run_config import load_any
+    from pipelines.run_config import RunConfig, check_model_exists, load_any
 
     resolved = load_any(config, set_ or [])
+    note = check_model_exists(resolved, config, set_) if isinstance(resolved, RunConfig) else None
+    if note:
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
 
 
@@ -381,7 +387,7 @@ def run_all(
     for r in results:
         table.add_row(r.stage, r.status, _duration(r.wall_s), f"{r.peak_rss_mb:.0f} MB")
     console.print(table)
-    console.print(f"report: {resolved.run_dir / 'report.md'}")
+    console.print(f"report: {escape(str(resolved.run_dir / 'report.md'))}", highlight=False)
 
 
 def _previous(config, stage: str) -> dict:
@@ -404,30 +410,100 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, `kill`), raised in the main thread so cleanup runs as for Ctrl-C."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker inherited the handler: die as SIGTERM intends
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated
+
+
+# Errors of the user's file system (a read-only or missing output folder): bad input, exit 2.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+
+
+def _say(label: str, message: str) -> None:
+    """One message on stderr. User text (paths, names, values) is escaped: it is never Rich markup."""
+    console.print(f"[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _command_name(command: typer.core.TyperGroup, args: list[str]) -> str:
+    """`midtrain data build`: the command words of `args`, for the one line that says what stopped."""
+    words = ["midtrain"]
+    current: object = command
+    for arg in args:
+        current = getattr(current, "commands", {}).get(arg)
+        if current is None:
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the CLI on `args` and return the exit code. Every way out is mapped here, never inside typer: typer
+    turns Ctrl-C into a silent exit code and EOFError (which gzip raises on a truncated file) into an abort."""
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    command = typer.main.get_command(app)
+    name = _command_name(command, args)
+    try:
+        with command.make_context("midtrain", list(args)) as ctx:
+            command.invoke(ctx)
+        return 0
+    except BadInput as exc:
+        _say("error:", str(exc))
+        return exc.exit_code
+    except MidtrainError as exc:
+        _say("failed:", str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say("interrupted:", f"{name} stopped by Ctrl-C (SIGINT) before it finished")
+        return 130
+    except Terminated:
+        _say("terminated:", f"{name} stopped by SIGTERM before it finished")
+        return 143
+    except typer.Exit as exc:  # raised on purpose (--help exits 0)
+        return exc.exit_code
+    except typer.Abort:
+        _say("aborted:", f"{name} stopped before it finished")
+        return 1
+    except BrokenPipeError:
+        # `midtrain … | head`: the reader has gone. Quiet, but not a success.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit, so the final flush is silent
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+        _say("error:" if exc.errno in _ENVIRONMENT_ERRNOS else "failed:", f"{where}: {exc.strerror or exc}")
+        return 2 if exc.errno in _ENVIRONMENT_ERRNOS else 1
+    except Exception as exc:
+        # Usage errors from typer's vendored click carry `show()` and their own exit code (2).
+        code = getattr(exc, "exit_code", None)
+        if hasattr(exc, "show") and isinstance(code, int):
+            exc.show()
+            return code
+        raise
+
+
 def main() -> None:
-    """Console-script entry: map our exceptions to exit codes, with one clear message on stderr."""
+    """Console-script entry: exit code 0 ok, 1 failure, 2 bad input, 130 Ctrl-C, 143 SIGTERM."""
     # Every stage reports progress (resume points, per-target eval lines) on the `midtrain` logger; set up once
     # here so `midtrain run` shows the same lines as the single-stage commands.
     logging.basicConfig(format="%(message)s")
     logging.getLogger("midtrain").setLevel(logging.INFO)
-    try:
-        app(standalone_mode=False)
-    except BadInput as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except MidtrainError as exc:
-        console.print(f"[bold red]failed:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:
-        # Usage errors from typer's vendored click carry `show()` and their own exit code (2).
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    code = run_cli(sys.argv[1:])
+    if code:
+        sys.exit(code)
 
 
 def print_json(payload: object) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT
-from pipelines.envs import DOMAINS, api_pool
+from pipelines.envs import DOMAINS, api_pool, sandbox
 from pipelines.envs.base import Mistake, Step, Task, ToolEnv
 from pipelines.envs.instanced import (
     INSTANCE_IDS,
@@ -830,7 +830,20 @@ def generate_one(
     """One deterministic draw → (trace, None) when verified, else (None, reject). Never raises for bad draws."""
     rng = random.Random(f"{seed}/{attempt}")
     pattern, domain = _draw(rng, mix, domains)
-    draw_id = f"seed{seed}-attempt{attempt}-{domain}-{pattern}"
+    with sandbox.own_code():  # the teacher runs the problem bank's own code, never a model's
+        return _generate_draw(
+            rng, pattern, domain, f"seed{seed}-attempt{attempt}-{domain}-{pattern}", clusters, schema
+        )
+
+
+def _generate_draw(
+    rng: random.Random,
+    pattern: str,
+    domain: str,
+    draw_id: str,
+    clusters: dict[str, str],
+    schema: ThoughtSchema,
+) -> tuple[Trace | None, dict[str, str] | None, str, str]:
     try:
         trace = episode_to_trace(build_episode(domain, pattern, rng, schema), clusters)
     except Rejected as exc:
@@ -985,6 +998,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def _print_summary(result: GenerationResult, out: Path, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     total = max(len(result.traces), 1)
@@ -999,7 +1013,7 @@ def _print_summary(result: GenerationResult, out: Path, console: Any) -> None:
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.reject_reasons.items())) or "none"
     s = result.summary()
     console.print(
-        f"wrote {len(result.traces)} traces to {out} | verified {s['pass_rate']:.2%} of {result.attempts} attempts"
+        f"wrote {len(result.traces)} traces to {escape(str(out))} | verified {s['pass_rate']:.2%} of {result.attempts} attempts"
         f" | rejects: {reasons} | distinct signatures {result.distinct_signatures}"
         f" ({result.distinct_tool_names} names) | {s['traces_per_second']} traces/s",
         highlight=False,

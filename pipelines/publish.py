@@ -17,8 +17,12 @@ from typing import Any
 
 import yaml
 
+from pipelines.config import load_json
+from pipelines.data.manifest import read_manifest
 from pipelines.errors import BadInput
+from pipelines.folders import check_replaceable, fresh_output_dir
 from pipelines.hashing import sha256_file
+from pipelines.router import load_bundle_meta
 from pipelines.run_config import PublishSection, RunConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -114,7 +118,7 @@ def manifest_summary(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "data" / "manifest.json"
     if not path.is_file():
         return None
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(path.parent)
     categories = manifest.get("mix", {}).get("categories", {})
     return {
         "manifest_sha256": sha256_file(path),
@@ -317,12 +321,12 @@ def stage(
     base = release.base_model
     if item.kind == "adapter":
         # The local base path means nothing on the Hub: point the adapter at the public base model.
-        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        adapter_config = load_json(folder / "adapter_config.json", "a PEFT adapter config")
         adapter_config["base_model_name_or_path"] = base
         (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
     else:
         # A published bundle resolves its adapters from their Hub repos, not from sibling folders.
-        bundle = json.loads((folder / "router.json").read_text())
+        bundle = load_bundle_meta(folder)
         bundle["adapters"] = {
             c: release.adapter_repos[c] for c in bundle["adapters"] if c in release.adapter_repos
         }
@@ -360,7 +364,7 @@ def _check_publishable(config: RunConfig, items: list[PublishItem], allow_no_eva
             + "; ".join(f"{n}: missing {', '.join(f)}" for n, f in broken.items())
         )
     results_path = config.run_dir / "eval" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    results = load_json(results_path, "`midtrain eval` results") if results_path.is_file() else None
     metrics = {i.name: eval_results_for(results, i) for i in items}
     no_eval = [n for n, m in metrics.items() if m is None]
     if no_eval and not (allow_no_eval or (config.publish or PublishSection()).allow_no_eval):
@@ -378,6 +382,10 @@ def run(
     api: Any | None = None,
 ) -> dict[str, Any]:
     section = config.publish or PublishSection()
+    staging = Path(dry_run_dir) if dry_run_dir else config.run_dir / "publish"
+    check_replaceable(
+        staging, "publish folder"
+    )  # first: a wrong --dry-run DIR is the cheapest mistake to report
     items = collect_items(config)
     metrics = _check_publishable(config, items, allow_no_eval)
     dry_run = dry_run_dir is not None or section.dry_run
@@ -385,9 +393,7 @@ def run(
     namespace = section.namespace or user
     repos = {i.name: repo_id(config, i, namespace) for i in items}
     adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter"}  # rl overrides sft
-    staging = Path(dry_run_dir) if dry_run_dir else config.run_dir / "publish"
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = fresh_output_dir(staging, "publish folder")
     release = Release(config, _public_base_model(config), manifest_summary(config.run_dir), adapter_repos)
     problems = {}
     for item in items:
@@ -405,7 +411,9 @@ def run(
     }
     if not dry_run:
         plan["urls"] = upload(hub, staging, repos, section.private, plan["collection"], namespace)
-    (staging.parent / f"{staging.name}-plan.json").write_text(json.dumps(plan, indent=2))
+    # Inside the folder midtrain owns (never next to it, where it could overwrite a user's file); uploads
+    # take only the repo subfolders.
+    (staging / "plan.json").write_text(json.dumps(plan, indent=2))
     return plan
 
 

@@ -14,6 +14,18 @@ CATEGORIES = ("tool", "code", "text")
 CONVERTER_FORMATS = ("trace", "openai", "sharegpt", "xlam", "glaive", "hermes", "toolace", "text")
 
 
+def checked_thought_schema(name_or_path: str) -> str:
+    """A thought schema that loads (a shipped name or a YAML path); its problem as a ValueError otherwise."""
+    from pipelines.errors import BadInput
+    from pipelines.thought import load_thought_schema
+
+    try:
+        load_thought_schema(name_or_path)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
+    return name_or_path
+
+
 class SourceBase(StrictModel):
     name: str = Field(description="Unique within the recipe; names rows in rejects.jsonl and the manifest.")
     weight: float = Field(1.0, gt=0, description="Relative token weight within its category.")
@@ -50,6 +62,12 @@ class LocalSource(SourceBase):
     format: Literal[CONVERTER_FORMATS] = "trace"  # type: ignore[valid-type]
     glob: str = "**/*"
     text_field: str = "text"
+    on_truncated: Literal["error", "keep"] = Field(
+        "error",
+        description="A truncated .jsonl.gz or a parquet file with a corrupt row group: `error` stops the build "
+        "(exit 2, naming the file and the row or row group), `keep` keeps the rows that could be read and "
+        "records the loss in rejects.jsonl and in the manifest's source revision.",
+    )
 
 
 class GeneratedSource(SourceBase):
@@ -170,6 +188,11 @@ class Recipe(StrictModel):
     filters: QualityFilters = Field(default_factory=QualityFilters)
     near_dedup: NearDedup = Field(default_factory=NearDedup)
     decontamination: Decontamination = Field(default_factory=Decontamination)
+
+    @field_validator("thought_schema")
+    @classmethod
+    def _known_thought_schema(cls, value: str) -> str:
+        return checked_thought_schema(value)
 
     @field_validator("categories")
     @classmethod

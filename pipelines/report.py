@@ -11,13 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import load_json
+from pipelines.data.manifest import read_manifest
 from pipelines.run_config import RunConfig
 
 Block = tuple[str, Any]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return load_json(path, f"midtrain's {path.name}") if path.is_file() else None
 
 
 def _fmt(value: Any) -> str:
@@ -49,7 +51,7 @@ def stages_section(config: RunConfig) -> list[Block]:
 
 
 def data_section(run_dir: Path) -> list[Block]:
-    manifest = _read(run_dir / "data" / "manifest.json")
+    manifest = read_manifest(run_dir / "data") if (run_dir / "data" / "manifest.json").is_file() else None
     if not manifest:
         return []
     mix = manifest["mix"]

@@ -15,10 +15,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.config import load_json, validate_data
 from pipelines.errors import BadInput
 from pipelines.run_config import RouterSection, RunConfig, load_recipe
 from pipelines.schema import Trace
@@ -328,31 +330,81 @@ def save_bundle(
     (out / "router.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False))
 
 
+class BundleMeta(BaseModel):
+    """router.json as `save_bundle` writes it; extra keys (train counts, arrow settings) are kept."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    version: int = BUNDLE_VERSION
+    method: Literal["embedding", "tfidf", "arrow"]
+    labels: list[str]
+    threshold: float
+    fallback: str
+    base_model: str
+    adapters: dict[str, str]
+    label_map: dict[str, str] = Field(default_factory=dict)  # bundles from before `router.merge` have none
+    featurizer: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_bundle_meta(router_dir: Path) -> dict[str, Any]:
+    """router.json, checked: a garbage or hand-broken file is BadInput naming it, not a KeyError later."""
+    meta_path = Path(router_dir) / "router.json"
+    if not meta_path.is_file():
+        raise BadInput(f"{router_dir}: no router.json (train one with `midtrain router train CONFIG`)")
+    data = load_json(meta_path, "a router bundle's router.json")
+    if not isinstance(data, dict):
+        raise BadInput(f"{meta_path}: expected a JSON object, got {type(data).__name__}")
+    validate_data(BundleMeta, data, str(meta_path))
+    return data
+
+
 def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, dict[str, Any]]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     router_dir = Path(router_dir)
-    meta_path = router_dir / "router.json"
-    if not meta_path.is_file():
-        raise BadInput(f"{router_dir}: no router.json (train one with `midtrain router train CONFIG`)")
-    meta = json.loads(meta_path.read_text())
-    tensors = load_file(str(router_dir / "router.safetensors"))
+    meta = load_bundle_meta(router_dir)
+    tensors_path = router_dir / "router.safetensors"
+    if not tensors_path.is_file():
+        raise BadInput(f"{tensors_path}: missing (the router bundle is incomplete; train it again)")
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BadInput(f"{tensors_path}: not a readable safetensors file ({exc})") from None
+    weight, bias = tensors.get("head.weight"), tensors.get("head.bias")
+    n_labels = len(meta["labels"])
+    if (
+        weight is None
+        or bias is None
+        or weight.ndim != 2
+        or weight.shape[0] != n_labels
+        or bias.shape != (n_labels,)
+    ):
+        raise BadInput(
+            f"{tensors_path}: the head does not match router.json's {n_labels} labels (head.weight "
+            f"{None if weight is None else weight.shape}, head.bias {None if bias is None else bias.shape})"
+        )
     featurizer_tensors = {
         k.removeprefix("featurizer."): v for k, v in tensors.items() if k.startswith("featurizer.")
     }
     featurizer = None
     if meta["method"] in FEATURIZERS:
-        featurizer = FEATURIZERS[meta["method"]].restore(featurizer_tensors, meta["featurizer"])
+        try:
+            featurizer = FEATURIZERS[meta["method"]].restore(featurizer_tensors, meta["featurizer"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(
+                f"{router_dir}: the {meta['method']} featurizer cannot be restored from router.json and "
+                f"router.safetensors ({type(exc).__name__}: {exc})"
+            ) from None
     router = RequestRouter(
         meta["method"],
         meta["labels"],
         featurizer,
-        tensors["head.weight"],
-        tensors["head.bias"],
+        weight,
+        bias,
         meta["threshold"],
         meta["fallback"],
         meta["adapters"],
-        meta.get("label_map", {}),  # bundles from before `router.merge` have none
+        meta.get("label_map", {}),
     )
     return router, meta
 

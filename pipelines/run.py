@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import load_json
 from pipelines.errors import BadInput
 from pipelines.run_config import RunConfig
 
@@ -76,8 +78,8 @@ def stage_dir(config: RunConfig, stage: str) -> Path:
 
 
 def finished(config: RunConfig, stage: str, fingerprint: str) -> bool:
-    marker = stage_dir(config, stage) / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    record = stage_record(config, stage)
+    return record is not None and record.get("fingerprint") == fingerprint
 
 
 class PeakMemory:
@@ -218,5 +220,14 @@ def _jsonable(value: Any) -> dict[str, Any]:
 
 
 def stage_record(config: RunConfig, stage: str) -> dict[str, Any] | None:
+    """The stage's done-marker, or None. A marker that is not a JSON object (truncated, hand-edited) only
+    means the stage is not known to be done: it runs again, which rewrites the marker."""
     marker = stage_dir(config, stage) / MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    try:
+        record = load_json(marker, "a stage's done-marker")
+    except BadInput as exc:
+        logging.getLogger("midtrain").warning("%s; the %s stage will run again", exc, stage)
+        return None
+    return record if isinstance(record, dict) else None

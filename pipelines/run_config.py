@@ -7,11 +7,19 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import StrictModel, load_model_file, load_yaml, validate_data
+from pipelines.config import (
+    StrictModel,
+    load_model_file,
+    load_yaml,
+    override_paths,
+    validate_data,
+    where_is,
+)
 from pipelines.env_spec import EnvRef
+from pipelines.envs.sandbox import SandboxSettings
 from pipelines.errors import BadInput
-from pipelines.models import DEFAULT_MODEL
-from pipelines.recipe import Recipe
+from pipelines.models import DEFAULT_MODEL, check_reference
+from pipelines.recipe import Recipe, checked_thought_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +33,29 @@ class ModelSection(StrictModel):
         description="`auto`: the model's own if it supports tools, else the project's; or a .jinja path.",
     )
     thought_schema: str = "think-plan-reflect"
+
+    # Checked when the config loads (offline, instant), so `config show` catches a typo before anything runs;
+    # whether a Hub id exists needs the network and is checked by `config show` and by the first stage.
+    @field_validator("name_or_path")
+    @classmethod
+    def _model_reference(cls, value: str) -> str:
+        try:
+            check_reference(value)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("thought_schema")
+    @classmethod
+    def _known_thought_schema(cls, value: str) -> str:
+        return checked_thought_schema(value)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_file(cls, value: str) -> str:
+        if value not in ("auto", "project") and not Path(value).expanduser().is_file():
+            raise ValueError(f"chat template file {value!r} not found (or use `auto` or `project`)")
+        return value
 
 
 class DataSection(StrictModel):
@@ -291,6 +322,10 @@ class RunConfig(StrictModel):
     eval: EvalSection | None = None
     publish: PublishSection | None = None
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    sandbox: SandboxSettings = Field(
+        default_factory=SandboxSettings,
+        description="Where model-written code runs (RL rollouts, held-out evaluation) and the isolation it needs.",
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -317,6 +352,25 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return config
 
 
+def check_model_exists(config: RunConfig, path: str | Path, overrides: list[str] | None = None) -> str | None:
+    """The half of the model check that needs the Hub: BadInput (with file:line or --set) when the Hub says the
+    model does not exist; a note when it cannot be told (HF_HUB_OFFLINE, no network); None when it is fine."""
+    from pipelines.models import EMBEDDED_PREFIX, Unverifiable, check_hub_model
+
+    ref = config.model.name_or_path
+    if ref.startswith(EMBEDDED_PREFIX) or Path(ref).expanduser().exists():
+        return None
+    _, lines = load_yaml(_find(path))
+    where = where_is(("model", "name_or_path"), str(path), lines, override_paths(overrides or []))
+    try:
+        check_hub_model(ref, config.model.revision)
+    except Unverifiable as exc:
+        return f"{where}: model.name_or_path: not checked: {exc}"
+    except BadInput as exc:
+        raise BadInput(f"{where}: model.name_or_path: {exc}") from None
+    return None
+
+
 def load_any(path: str | Path, overrides: list[str] | None = None) -> RunConfig | Recipe:
     """A run config or a bare recipe (`midtrain data build` takes either): told apart by the `categories` key."""
     data, _ = load_yaml(_find(path))
@@ -327,4 +381,4 @@ def load_any(path: str | Path, overrides: list[str] | None = None) -> RunConfig 
     return load_run_config(path, overrides)
 
 
-__all__ = ["RunConfig", "load_any", "load_recipe", "load_run_config", "validate_data"]
+__all__ = ["RunConfig", "check_model_exists", "load_any", "load_recipe", "load_run_config", "validate_data"]

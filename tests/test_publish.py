@@ -15,6 +15,7 @@ from pipelines import publish
 from pipelines.errors import BadInput
 from pipelines.router import run as train_router
 from pipelines.run_config import PublishSection, RouterSection, RunConfig
+from tests import fake_runs
 from tests.test_router import make_adapter, two_cluster_config, write_shards
 
 
@@ -24,26 +25,23 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     write_shards(run_dir / "data")
     (run_dir / "data" / "manifest.json").write_text(
         json.dumps(
-            {
-                "recipe": {"name": "agentic-v1"},
-                "mix": {
-                    "total_tokens": 1000,
-                    "categories": {"tool": {"tokens": 1000, "share": 1.0, "target_share": 1.0}},
-                },
-                "sources": [
-                    {
-                        "name": "xlam",
-                        "type": "hf",
-                        # The data stage's shape: what pins a source's bytes is nested under `revision`.
-                        "revision": {
+            fake_runs.manifest(
+                # The data stage's shape: what pins a source's bytes is nested under `revision`.
+                [
+                    fake_runs.source(
+                        "xlam",
+                        "hf",
+                        {
                             "dataset": "Salesforce/xlam-function-calling-60k",
                             "revision": "abc123",
                             "rows_sha256": "f00d",
                         },
-                        "tokens_out": 1000,
-                    }
+                        1000,
+                    )
                 ],
-            }
+                {"tool": fake_runs.share(1000, 1.0, 1.0)},
+                1000,
+            )
         )
     )
     for cluster, seed in (("tool", 1), ("plan", 2)):
@@ -75,8 +73,9 @@ def _config(run_dir: Path, model: Path, **publish_kwargs) -> RunConfig:
 
 def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     plan = publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out")
-    folders = sorted(p.name for p in (tmp_path / "out").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
     assert folders == ["midtrain-tiny-router", "midtrain-tiny-sft-plan", "midtrain-tiny-sft-tool"]
+    assert json.loads((tmp_path / "out" / "plan.json").read_text()) == plan  # inside the folder midtrain owns
     assert plan["repos"][0] == "your-username/midtrain-tiny-sft-plan" and plan["private"] is True
     tool = tmp_path / "out" / "midtrain-tiny-sft-tool"
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {
@@ -93,7 +92,7 @@ def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp
     assert "Salesforce/xlam-function-calling-60k" in meta["datasets"]
     assert "abc123" in card and "vllm serve" in card and "PeftModel.from_pretrained" in card
     assert '"achieved": 1.0' in card and '"recipe": "agentic-v1"' in card
-    for folder in (tmp_path / "out").iterdir():
+    for folder in (p for p in (tmp_path / "out").iterdir() if p.is_dir()):
         assert publish.check_card((folder / "README.md").read_text(), folder) == []
     bundle = json.loads((tmp_path / "out" / "midtrain-tiny-router" / "router.json").read_text())
     assert bundle["adapters"] == {

@@ -11,6 +11,7 @@ from pipelines import run as pipeline
 from pipelines.errors import BadInput
 from pipelines.report import write_report
 from pipelines.run_config import load_run_config
+from tests import fake_runs
 
 DEMO = "configs/smollm2-135m-demo.yaml"
 
@@ -65,24 +66,12 @@ def test_report_renders_every_section_present(tmp_path: Path) -> None:
     (run_dir / "data").mkdir(parents=True)
     (run_dir / "data" / "manifest.json").write_text(
         json.dumps(
-            {
-                "mix": {
-                    "total_tokens": 1000,
-                    "total_tokens_target": 1000,
-                    "categories": {"tool": {"tokens": 450, "share": 0.45, "target_share": 0.45}},
-                },
-                "sources": [
-                    {
-                        "name": "gen",
-                        "type": "generated",
-                        "rows_out": 3,
-                        "tokens_out": 450,
-                        "epochs_used": 1.0,
-                        "rejects_total": 1,
-                    }
-                ],
-                "rejects": {"total": 1, "by_reason": {"near_duplicate": 1}},
-            }
+            fake_runs.manifest(
+                [fake_runs.source("gen", "generated", {"seed": 0}, 450, rejects_total=1)],
+                {"tool": fake_runs.share(450, 0.45, 0.45)},
+                1000,
+                by_reason={"near_duplicate": 1},
+            )
         )
     )
     (run_dir / "router").mkdir()

@@ -32,7 +32,7 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
+import signal
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +45,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import folders
 from pipelines.chat import Rendered, load_tokenizer, render_batch, render_trace, training_chat_template
+from pipelines.config import validate_data
 from pipelines.data import manifest as mf
 from pipelines.data.clean import (
     ExactDeduper,
@@ -58,7 +60,7 @@ from pipelines.data.clean import (
 )
 from pipelines.data.decontam import ContaminationIndex, build_index
 from pipelines.data.mix import SourcePool, is_eval_id, order_eval, order_train, plan_mix, sample_source
-from pipelines.data.sources import Reject, open_source
+from pipelines.data.sources import Reject, open_source, resolve_hub_commits
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.models import DEFAULT_MODEL
 from pipelines.recipe import Recipe
@@ -167,21 +169,54 @@ def default_out_dir(target: RunConfig | Recipe) -> Path:
 
 
 def build(
-    recipe: Recipe, out_dir: str | Path, settings: BuildSettings | None = None, num_proc: int = 1
+    recipe: Recipe,
+    out_dir: str | Path,
+    settings: BuildSettings | None = None,
+    num_proc: int = 1,
+    hub_commits: dict[str, str] | None = None,
 ) -> BuildResult:
-    """Build the mix into `out_dir` (replaced atomically: a failed build leaves the old output intact)."""
+    """Build the mix into `out_dir` (replaced atomically: a failed build leaves the old output intact). A folder
+    that midtrain did not write is never replaced (BadInput).
+
+    Hub revisions are resolved to commits first (`hub_commits`, a lockfile's, skips that), so an unreachable
+    Hub or an offline machine fails before any work is done."""
     settings = settings or BuildSettings()
+    commits = resolve_hub_commits(recipe, hub_commits)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    _adopt_earlier_output(out_dir)
+    folders.check_replaceable(out_dir, "output folder")  # before the work, not after it
+    folders.check_writable(out_dir.parent, "output folder")
+    for label in (f"{out_dir.name}.build", f"{out_dir.name}.old"):
+        folders.clean_stale_scratch(out_dir.parent, label)
+    builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits)
+    builder.setup()  # tokenizer, thought schema, eval sets: their problems surface before any folder is made
+    work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
-        result = _Builder(pin_paths(recipe, out_dir), settings, work, num_proc).run()
-        _replace_dir(work, out_dir)
+        result = builder.run(work)
+        folders.replace_dir(work, out_dir, "output folder")
     finally:
         if work.exists():
             shutil.rmtree(work)
     result.out_dir = out_dir
     return result
+
+
+def _adopt_earlier_output(out_dir: Path) -> None:
+    """Mark an output of a midtrain version from before output markers as ours, when that is provable: its
+    manifest has our format and every file in the folder is one the manifest lists (or the plot)."""
+    manifest_path = out_dir / mf.MANIFEST
+    if folders.is_ours(out_dir) or out_dir.is_symlink() or not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(manifest, dict) or manifest.get("format") != mf.FORMAT:
+        return
+    files = manifest.get("files")
+    known = {mf.MANIFEST, "mix.png", *(files if isinstance(files, dict) else {})}
+    if all(p.is_file() and not p.is_symlink() and p.name in known for p in out_dir.iterdir()):
+        folders.mark(out_dir, "output folder")
 
 
 def pin_paths(recipe: Recipe, out_dir: Path | None = None) -> Recipe:
@@ -236,23 +271,18 @@ def _existing(path: str, what: str) -> Path:
     return candidate.resolve()
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    old = dst.with_name(dst.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 # -- the builder ---------------------------------------------------------------------------------------------
 class _Builder:
-    def __init__(self, recipe: Recipe, settings: BuildSettings, work: Path, num_proc: int) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        settings: BuildSettings,
+        num_proc: int,
+        hub_commits: dict[str, str] | None = None,
+    ) -> None:
         self.recipe = recipe
+        self.hub_commits = hub_commits or {}
         self.settings = settings
-        self.work = work
         self.num_proc = num_proc
         self.schema_name = settings.thought_schema or recipe.thought_schema
         self.timings: dict[str, float] = {}
@@ -260,9 +290,10 @@ class _Builder:
         self.pools: dict[str, SourcePool] = {}
         self.meta: list[_RowMeta] = []
 
-    def run(self) -> BuildResult:
-        started = time.perf_counter()
-        self._setup()
+    def run(self, work: Path) -> BuildResult:
+        """Build into the scratch folder `work` (after `setup`)."""
+        self.work = work
+        started = time.perf_counter() - self.timings["setup"]
         self.spill = _Spill(self.work / "spill.parquet")
         with (self.work / mf.REJECTS).open("w", encoding="utf-8") as rejects, _RenderPool(self) as renderer:
             self.rejects_out = rejects
@@ -283,7 +314,7 @@ class _Builder:
         self.timings["total"] = time.perf_counter() - started
         return BuildResult(self.work, manifest, self.timings)
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
         mark = time.perf_counter()
         s = self.settings
         self.tokenizer = _tokenizer(s.tokenizer, s.chat_template, s.tokenizer_revision)
@@ -301,7 +332,7 @@ class _Builder:
         self.pools[spec.name] = SourcePool(
             spec.name, category, spec.weight, spec.max_epochs or self.recipe.max_epochs
         )
-        reader = open_source(spec, category)
+        reader = open_source(spec, category, self.hub_commits.get(spec.name))
         if spec.type == "teacher":  # the teacher is asked for, and checked against, the mix's thought schema
             reader.thought_schema = self.schema_name  # type: ignore[attr-defined]
         rejects: list[tuple[int, Reject]] = []
@@ -344,7 +375,7 @@ class _Builder:
         verdict, stage = self._verdict(trace)
         if verdict is None:
             return None
-        return Reject(trace.source, trace.id, stage, verdict.reason, verdict.detail)
+        return Reject(trace.source, trace.origin, stage, verdict.reason, verdict.detail, trace.id)
 
     def _verdict(self, trace: Trace) -> tuple[Verdict | None, str]:
         problems = validate_trace(trace)
@@ -355,11 +386,14 @@ class _Builder:
             verdict = quality_verdict(text, self.recipe.filters)
             if verdict:
                 return verdict, "quality"
-        verdict = self.exact.check_and_add(content_hash(text), trace.id)
+        # Duplicates name where the kept row was read (two rows may share an id; two Hub sources both have a
+        # `train[0]`), which also keeps one row's label from matching another's.
+        where = f"{trace.origin} ({trace.source})"
+        verdict = self.exact.check_and_add(content_hash(text), where)
         if verdict:
             return verdict, "exact_dedup"
         hashes = word_hashes(text)
-        if self.near is not None and (verdict := self.near.check_and_add(hashes, trace.id)):
+        if self.near is not None and (verdict := self.near.check_and_add(hashes, where)):
             return verdict, "near_dedup"
         verdict = self.contamination.task_verdict(trace.meta.get("task_id"))
         verdict = verdict or self.contamination.verdict(hashes)
@@ -368,11 +402,11 @@ class _Builder:
     def accept(self, category: str, seq: int, trace: Trace, rendered: Rendered | str) -> Reject | None:
         """A rendered row: spill it, or say why not (render error, too long)."""
         if isinstance(rendered, str):
-            return Reject(trace.source, trace.id, "render", "render_error", rendered)
+            return Reject(trace.source, trace.origin, "render", "render_error", rendered, trace.id)
         n_tokens = len(rendered.input_ids)
         if n_tokens > self.recipe.max_seq_len:
             detail = f"{n_tokens} tokens > max_seq_len {self.recipe.max_seq_len}"
-            return Reject(trace.source, trace.id, "render", "too_long_tokens", detail)
+            return Reject(trace.source, trace.origin, "render", "too_long_tokens", detail, trace.id)
         tool = trace.kind == "tool"
         difficulty = len(trace.calls()) if tool else 0
         n_loss = rendered.n_loss_tokens if tool else n_tokens  # documents: every token is in the loss
@@ -489,6 +523,8 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(settings: dict[str, Any] | None, schema_name: str) -> None:
     """Forked workers inherit the parent's tokenizer; spawned ones (no fork on this OS) load their own."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if settings is not None:
         _WORKER["tokenizer"] = load_tokenizer(
             settings["tokenizer"], settings["chat_template"], settings["tokenizer_revision"]
@@ -737,17 +773,23 @@ class VerifyResult:
 
 
 def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
-    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte."""
+    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte. Hub sources are
+    read at the commits the manifest recorded, not wherever their branch points today."""
     data_dir = Path(data_dir)
     manifest = mf.read_manifest(data_dir)
-    recipe = Recipe.model_validate(manifest["recipe"])
-    settings = BuildSettings(**manifest["build"])
     from pipelines.teacher import offline_teacher
 
-    with tempfile.TemporaryDirectory(prefix=".verify-", dir=data_dir.parent) as tmp, offline_teacher():
-        rebuilt = Path(tmp) / "data"
-        build(recipe, rebuilt, settings, num_proc)
+    recipe = validate_data(Recipe, manifest["recipe"], f"{data_dir / mf.MANIFEST}: recipe")
+    settings = BuildSettings(**manifest["build"])  # its fields were checked by read_manifest
+    folders.clean_stale_scratch(data_dir.parent, "verify")
+    scratch = folders.scratch_dir(data_dir.parent, "verify")
+    try:
+        rebuilt = scratch / "data"
+        with offline_teacher():  # a teacher source answers from its cache; a miss is an error, not a request
+            build(recipe, rebuilt, settings, num_proc, hub_commits=mf.hub_commits(manifest))
         return compare_dirs(data_dir, rebuilt)
+    finally:
+        shutil.rmtree(scratch)
 
 
 def compare_dirs(original: Path, rebuilt: Path) -> VerifyResult:

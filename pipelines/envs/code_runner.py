@@ -39,7 +39,7 @@ from pipelines.envs.base import (
     turn_of,
 )
 from pipelines.envs.code_problems import PROBLEMS, RECIPES, ComputeRecipe, Problem
-from pipelines.envs.sandbox import Limits, SandboxResult, run_sandboxed
+from pipelines.envs.sandbox import Limits, SandboxResult, SandboxSettings, admit_model_code, run_sandboxed
 
 DOMAIN = "coderunner"
 SOLUTION_FILE = "solution.py"
@@ -295,6 +295,8 @@ def _script_observation(result: SandboxResult) -> str:
         problem = f"killed: the script used more than {SCRATCH_LIMITS.cpu_seconds} s of CPU time"
     elif result.killed_reason == "output_limit":
         problem = f"killed: the script printed more than {SCRATCH_LIMITS.output_bytes} bytes"
+    elif result.killed_reason == "disk_limit":
+        problem = f"killed: the script wrote more than {SCRATCH_LIMITS.disk_mb} MB to disk"
     elif result.killed_reason:
         problem = f"killed ({result.killed_reason})"
     elif result.exit_code != 0:
@@ -303,6 +305,14 @@ def _script_observation(result: SandboxResult) -> str:
         return output + (f"\n[stderr]\n{errors}" if errors else "") if output or errors else "(no output)"
     parts = [problem, errors and f"[stderr]\n{errors}", output and f"[stdout]\n{output}"]
     raise ToolError("\n".join(p for p in parts if p))
+
+
+def admit_model_code_for(domains: Any, settings: SandboxSettings, stage: str) -> dict[str, Any] | None:
+    """Before a stage runs model-written code (it has this domain): check the sandbox meets `settings` (else
+    SandboxUnavailable, exit 2) and make it the process's; the isolation report for the stage's outputs."""
+    if DOMAIN not in domains:
+        return None
+    return admit_model_code(settings, stage).as_dict()
 
 
 # -- sampling: function tasks -------------------------------------------------------------------------------

@@ -1,107 +1,104 @@
-"""Run untrusted Python (model-written code, in RL and trace generation) in a separate, locked-down process.
+"""Run untrusted Python (model-written code, in RL and evaluation) in a separate, locked-down process.
 
-Defence in depth; every attack in tests/test_sandbox.py is stopped by the audit hook with a clear message and,
-where the kernel offers it, again by the kernel layers with the hook switched off:
+Layers, each reported per run in `SandboxResult.isolation`:
 
 1. Process: a fresh `python -I -S -B -u` (isolated, no site-packages, stdlib only) in a new session, with no
    inherited environment (only HOME and TMPDIR, both the workdir, and LC_ALL), a scratch working directory that
-   is deleted afterwards, a wall-clock limit that kills the whole process group, an output cap (the run is
-   killed past it) and rlimits on CPU time, address space, file size, open files and core dumps. RLIMIT_NPROC=0
-   is only the fallback where seccomp is missing: it does nothing for root, who runs most containers.
-2. Kernel, applied between fork and exec (Linux): `no_new_privs`; an empty capability bounding set when the
-   parent is root (the child keeps uid 0 but no privilege); Landlock: read-only access to the interpreter, its
-   stdlib and the system libraries (minus ctypes and other memory-poking modules), read-write access to the
-   working directory only, no TCP, signals scoped to the sandbox; seccomp: no sockets, no fork/vfork/non-thread
-   clone, no ptrace/mount/namespaces/module loading/rlimit raising, no signals to other processes.
-3. Interpreter: an audit hook installed before user code runs refuses file access outside the working
-   directory (stdlib reads excepted), sockets, process creation, ctypes-like imports and introspection that could
-   reach the hook. Each refusal raises PermissionError("sandbox: …") and is reported to the parent, which is
-   what lets the code runner answer with a precise tool error. PEP 578 hooks are not a security boundary on their
-   own (crafted bytecode can defeat them); layers 1-2 are what contain a run that gets past it, so use
-   `kernel_isolation="require"` where that matters.
+   is deleted afterwards, rlimits on CPU time, address space, file size, open files and core dumps, an output
+   cap, a wall-clock limit enforced twice (the parent kills the process group; inside, a warden process kills
+   the code past the limit even when the parent is gone), a parent-death signal, and a cap on total disk use
+   (a tmpfs of `disk_mb` where mount namespaces exist, else the parent measures the folder and kills the run).
+2. Kernel, set up by the child itself after exec (sandbox_child.py; nothing runs between fork and exec in the
+   possibly threaded parent): network, PID, IPC and mount namespaces where the kernel allows them (detected,
+   never assumed); `no_new_privs`; an empty capability bounding set; Landlock (stdlib and system libraries
+   read-only, the workdir read-write, no TCP, signals scoped); a seccomp allow-list built by syscall name
+   (sandbox_kernel.py). The `bwrap` backend adds bubblewrap's own filesystem view (only the interpreter, its
+   libraries and a tmpfs workdir exist).
+3. Interpreter: an audit hook refuses file access outside the working directory, sockets, process creation,
+   signals to other processes, ctypes-like imports and introspection that could reach the hook. Each refusal
+   raises PermissionError("sandbox: …") and is reported to the parent on a channel only the hook can write to
+   (messages carry a tag keyed by a per-run secret), which lets the code runner answer with a precise tool error.
+
+Isolation levels (`SandboxSettings.isolation` is the minimum a run accepts; every available layer is used):
+- `kernel`: files, network, process creation and signals are each contained by the kernel, so code that gets
+  past the audit hook (a native extension, crafted bytecode) is still contained.
+- `hook_only`: the audit hook is the only complete layer. PEP 578 hooks are not a security boundary: it stops
+  the known pure-Python attacks, and nothing stops native code. RL and evaluation refuse to run model code at
+  this level unless the config says `sandbox.isolation: hook_only`; they then warn and record it.
+
+Backends implement `SandboxBackend` (`unavailable()`, `run(job) -> SandboxResult`): `local` and `bwrap` here; a
+remote code-execution service (SandboxFusion, E2B) registers its own with `register_backend`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import glob
-import inspect
-import json
+import hmac
+import logging
+import marshal
 import os
-import resource
+import re
 import selectors
 import shutil
 import signal
-import struct
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipelines.config import StrictModel
-from pipelines.errors import MidtrainError
+from pipelines.envs import sandbox_child, sandbox_kernel
+from pipelines.envs.sandbox_kernel import BLOCKED_MODULES
+from pipelines.errors import BadInput, MidtrainError
 
-# Refused by name in the audit hook and, under Landlock, unreadable on disk: they can poke memory (ctypes,
-# _testcapi), spawn processes (_posixsubprocess) or start interpreters that the hook does not cover.
-BLOCKED_MODULES = (
-    "ctypes",
-    "_ctypes",
-    "_ctypes_test",
-    "_posixsubprocess",
-    "_testcapi",
-    "_testinternalcapi",
-    "_testbuffer",
-    "_testclinic",
-    "_testimportmultiple",
-    "_testmultiphase",
-    "_testsinglephase",
-    "_xxsubinterpreters",
-    "_xxinterpchannels",
-    "_xxinterpqueues",
-    "_interpreters",
-    "_interpchannels",
-    "_interpqueues",
-    "_xxtestfuzz",
-    "_cffi_backend",
-)
+log = logging.getLogger("midtrain.sandbox")
+
 USER_FILE = "main.py"
+WORKDIR_PREFIX = "midtrain-sandbox-"
 _OUTPUT_TRUNCATED = "\n[sandbox: output truncated at {limit} bytes]"
+Level = Literal["none", "hook_only", "kernel"]
 
+# Modules whose C code opens files (or processes, or sockets) without an audit event the hook could check.
+# With a kernel file layer they are harmless (the kernel sees their opens); at hook_only they are refused.
+HOOK_ONLY_BLOCKED_MODULES = (
+    "_sqlite3", "_dbm", "_gdbm", "readline", "_posixshmem", "_multiprocessing", "_ssl", "pwd", "grp", "spwd",
+    "_curses", "_curses_panel", "_tkinter", "ossaudiodev", "nis", "syslog",
+)  # fmt: skip
 
-# Audit events the hook checks: event -> (positions of its path arguments, does it write).
-_PATH_EVENTS: dict[str, tuple[tuple[int, ...], bool]] = {
-    "os.listdir": ((0,), False),
-    "os.scandir": ((0,), False),
-    "os.walk": ((0,), False),
-    "os.fwalk": ((0,), False),
-    "glob.glob": ((0,), False),
-    "glob.glob/2": ((0,), False),
-    "os.listxattr": ((0,), False),
-    "os.getxattr": ((0,), False),
-    "os.chdir": ((0,), True),
-    "os.mkdir": ((0,), True),
-    "os.rmdir": ((0,), True),
-    "os.remove": ((0,), True),
-    "os.rename": ((0, 1), True),
-    "os.link": ((0, 1), True),
-    "os.chmod": ((0,), True),
-    "os.chown": ((0,), True),
-    "os.chflags": ((0,), True),
-    "os.truncate": ((0,), True),
-    "os.utime": ((0,), True),
-    "os.mkfifo": ((0,), True),
-    "os.mknod": ((0,), True),
-    "os.setxattr": ((0,), True),
-    "os.removexattr": ((0,), True),
-    "shutil.rmtree": ((0,), True),
-    "sqlite3.connect": ((0,), True),
+# Audit events the hook checks: event -> (positions of its path arguments, positions of its dir_fd arguments,
+# does it write). A relative path with a dir_fd is resolved by the kernel against that directory, not the cwd.
+_PATH_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], bool]] = {
+    "os.listdir": ((0,), (), False),
+    "os.scandir": ((0,), (), False),
+    "os.walk": ((0,), (), False),
+    "os.fwalk": ((0,), (4,), False),
+    "glob.glob": ((0,), (), False),
+    "glob.glob/2": ((0, 2), (3,), False),
+    "os.listxattr": ((0,), (), False),
+    "os.getxattr": ((0,), (), False),
+    "os.chdir": ((0,), (), True),
+    "os.mkdir": ((0,), (2,), True),
+    "os.rmdir": ((0,), (1,), True),
+    "os.remove": ((0,), (1,), True),
+    "os.rename": ((0, 1), (2, 3), True),
+    "os.link": ((0, 1), (2, 3), True),
+    "os.chmod": ((0,), (2,), True),
+    "os.chown": ((0,), (3,), True),
+    "os.chflags": ((0,), (), True),
+    "os.truncate": ((0,), (), True),
+    "os.utime": ((0,), (3,), True),
+    "os.mkfifo": ((0,), (2,), True),
+    "os.mknod": ((0,), (3,), True),
+    "os.setxattr": ((0,), (), True),
+    "os.removexattr": ((0,), (), True),
+    "shutil.rmtree": ((0,), (1,), True),
 }
 # Audit events the hook refuses outright: event -> what the refusal message calls it.
 _REFUSED_EVENTS: dict[str, str] = {
@@ -120,16 +117,21 @@ _REFUSED_EVENTS: dict[str, str] = {
     "gc.get_referents": "gc introspection",
     "sys._current_frames": "frame introspection",
     "sys._current_exceptions": "frame introspection",
+    "sys.addaudithook": "adding audit hooks",
     "code.__new__": "building code objects",
     "resource.setrlimit": "changing resource limits",
     "resource.prlimit": "changing resource limits",
     "sqlite3.enable_load_extension": "loading native code",
     "sqlite3.load_extension": "loading native code",
 }
+# fcntl(F_SETOWN, F_SETSIG, F_SETOWN_EX) and ioctl(FIOSETOWN, SIOCSPGRP, FIOASYNC, TIOCSTI): with O_ASYNC they
+# make the kernel signal another process (SIGKILL included), e.g. the RL trainer.
+_FCNTL_REFUSED = {"fcntl.fcntl": [8, 10, 15], "fcntl.ioctl": [0x8901, 0x8902, 0x5452, 0x5412]}
 
 
-class SandboxUnavailable(MidtrainError):
-    """`kernel_isolation="require"` on a machine without Landlock or seccomp."""
+class SandboxUnavailable(BadInput):
+    """The machine cannot give a run the isolation level its settings require (exit 2: the config asks for
+    what this machine cannot do; the message says what is missing and the choices)."""
 
 
 class Limits(StrictModel):
@@ -142,13 +144,33 @@ class Limits(StrictModel):
     memory_mb: int = Field(512, ge=64, description="RLIMIT_AS: allocations past it raise MemoryError")
     output_bytes: int = Field(64 * 1024, ge=1024, description="stdout+stderr cap; the run is killed past it")
     file_size_mb: int = Field(16, ge=1, description="RLIMIT_FSIZE: the largest file the code may write")
+    disk_mb: int = Field(
+        64, ge=1, description="total size of everything the code writes (tmpfs size, or killed past it)"
+    )
     open_files: int = Field(64, ge=16, description="RLIMIT_NOFILE")
-    kernel_isolation: Literal["auto", "require", "off"] = Field(
-        "auto", description="Landlock+seccomp+capability drop: use when available, require, or skip"
+
+
+class SandboxSettings(StrictModel):
+    """Where and how model-written code runs (the run config's `sandbox:` section)."""
+
+    backend: str = Field("local", description="`local`, `bwrap` (bubblewrap), or a registered backend")
+    isolation: Literal["kernel", "hook_only"] = Field(
+        "kernel",
+        description="Minimum isolation for model-written code. `kernel`: refuse to run it unless the kernel "
+        "contains files, network, processes and signals; `hook_only`: accept the audit hook alone (not a "
+        "security boundary; warned and recorded).",
     )
-    audit_hook: bool = Field(
-        True, description="the in-interpreter hook; turn off only to test the kernel layers"
+    disable: list[Literal["landlock", "seccomp", "namespaces", "audit_hook"]] = Field(
+        default_factory=list,
+        description="Layers to switch off: to reproduce an older kernel, or to test the others alone.",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown sandbox backend {value!r}; known: {', '.join(sorted(BACKENDS))}")
+        return value
 
 
 @dataclass
@@ -159,14 +181,159 @@ class SandboxResult:
     stderr: str
     exit_code: int  # the process's return code; negative = killed by that signal
     timed_out: bool
-    killed_reason: str | None  # wall_time | cpu_time | output_limit | file_size | signal SIGxxx
+    killed_reason: str | None  # wall_time | cpu_time | output_limit | disk_limit | file_size | signal SIGxxx
     violations: list[str] = field(default_factory=list)  # what the audit hook refused, in order
     isolation: tuple[str, ...] = ()  # layers that were active
+    level: str = ""  # the isolation level those layers give (see isolation_level)
+    forged_violations: int = 0  # lines on the violation channel without the hook's tag (written by the code)
     duration_s: float = 0.0
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and self.killed_reason is None and not self.violations
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    """One run, as every backend receives it."""
+
+    code: str
+    stdin: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    required: Level = "kernel"
+    disable: frozenset[str] = frozenset()
+    workdir_root: str | None = None
+
+
+class SandboxBackend(Protocol):
+    """Runs a job somewhere isolated. A remote service implements these two methods the same way."""
+
+    name: str
+
+    def unavailable(self) -> str | None:
+        """None when this backend can run here, else why not (e.g. `bwrap` not installed)."""
+
+    def run(self, job: SandboxJob) -> SandboxResult:
+        """Run the job; raise SandboxUnavailable when it cannot meet `job.required`."""
+
+
+BACKENDS: dict[str, Callable[[], SandboxBackend]] = {}
+
+
+def register_backend(name: str, factory: Callable[[], SandboxBackend]) -> None:
+    """Make `sandbox.backend: <name>` available (e.g. a SandboxFusion or E2B client)."""
+    BACKENDS[name] = factory
+    _backend.cache_clear()
+
+
+@functools.cache
+def _backend(name: str) -> SandboxBackend:
+    return BACKENDS[name]()
+
+
+# -- the policy for model-written code --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IsolationReport:
+    """What a backend gives on this machine, for logs, manifests and run summaries."""
+
+    backend: str
+    level: str
+    required: str
+    layers: tuple[str, ...]
+    missing: tuple[str, ...]  # kernel guarantees not given, with the reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "level": self.level,
+            "required": self.required,
+            "layers": list(self.layers),
+            "missing": list(self.missing),
+        }
+
+
+_active = SandboxSettings()
+
+
+def active_settings() -> SandboxSettings:
+    return _active
+
+
+def admit_model_code(settings: SandboxSettings, stage: str) -> IsolationReport:
+    """Make `settings` the sandbox for model-written code in this process, or refuse (SandboxUnavailable) when the
+    machine cannot meet `settings.isolation`. At `hook_only` the decision is logged as a warning."""
+    global _active
+    report = describe(settings)
+    if sandbox_child.LEVELS.index(report.level) < sandbox_child.LEVELS.index(settings.isolation):
+        raise SandboxUnavailable(
+            f"{stage}: refusing to run model-written code: the `{report.backend}` sandbox gives isolation level "
+            f"{report.level!r} here, not {settings.isolation!r} ({'; '.join(report.missing)}). Fix the machine, "
+            "try `sandbox.backend: bwrap`, or accept the audit hook alone with `sandbox.isolation: hook_only` "
+            "(not a security boundary: native code gets past it)"
+        )
+    if report.level != "kernel":
+        log.warning(
+            "%s: model-written code runs with the audit hook as its only complete isolation layer "
+            "(sandbox.isolation: hook_only; missing: %s)",
+            stage,
+            "; ".join(report.missing),
+        )
+    _active = settings
+    return report
+
+
+@contextlib.contextmanager
+def using(settings: SandboxSettings) -> Iterator[None]:
+    """Run a block with other settings (e.g. our own reference code, which needs no kernel isolation)."""
+    global _active
+    previous, _active = _active, settings
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+@contextlib.contextmanager
+def own_code() -> Iterator[None]:
+    """Run our own code (the problem bank's references and drafts, never a model's) at whatever level the
+    machine gives: the active backend and layers, with `hook_only` accepted."""
+    with using(_active.model_copy(update={"isolation": "hook_only"})):
+        yield
+
+
+def describe(settings: SandboxSettings) -> IsolationReport:
+    """The level a backend gives here with these settings, measured by one probe run (cached)."""
+    return _describe(settings.backend, frozenset(settings.disable), settings.isolation)
+
+
+@functools.cache
+def _describe(backend_name: str, disable: frozenset[str], required: str) -> IsolationReport:
+    backend = _backend(backend_name)
+    reason = backend.unavailable()
+    if reason is not None:
+        raise SandboxUnavailable(f"sandbox backend {backend_name!r}: {reason}")
+    probe = backend.run(SandboxJob(code="pass\n", required="none", disable=disable))
+    return IsolationReport(
+        backend_name, probe.level, required, probe.isolation, _missing(probe.isolation, disable)
+    )
+
+
+def _missing(layers: tuple[str, ...], disable: frozenset[str]) -> tuple[str, ...]:
+    """Each kernel guarantee these layers do not give, with why."""
+    support = sandbox_kernel.kernel_support()
+    off = "switched off by sandbox.disable"
+    seccomp = off if "seccomp" in disable else support.seccomp_missing or "not applied"
+    landlock = off if "landlock" in disable else f"this kernel's Landlock ABI is {support.landlock_abi}"
+    why = {
+        "files": f"no Landlock ({landlock}) and no bubblewrap filesystem view",
+        "network": f"no seccomp ({seccomp}) and no network namespace",
+        "processes": f"no seccomp ({seccomp})"
+        + ("; RLIMIT_NPROC does not bind root" if support.root else ""),
+        "signals": f"no seccomp ({seccomp}), no PID namespace, no Landlock ABI >= 6",
+    }
+    given = sandbox_child.guarantees(list(layers))
+    return tuple(f"{name}: {why[name]}" for name, ok in given.items() if not ok)
 
 
 def run_sandboxed(
@@ -175,110 +342,274 @@ def run_sandboxed(
     limits: Limits | None = None,
     files: dict[str, str] | None = None,
     workdir_root: str | Path | None = None,
+    settings: SandboxSettings | None = None,
 ) -> SandboxResult:
-    """Run `code` as `main.py` in a fresh sandbox; `files` are written next to it first (e.g. solution.py)."""
-    limits = limits or Limits()
-    support = _kernel_support()
-    _check_required(limits, support)
-    workdir = os.path.realpath(tempfile.mkdtemp(prefix="midtrain-sandbox-", dir=workdir_root))
-    try:
-        _write_inputs(workdir, code, files or {})
-        return _execute(workdir, stdin, limits, support)
-    finally:
-        _remove_tree(workdir)
-
-
-def _write_inputs(workdir: str, code: str, files: dict[str, str]) -> None:
-    for name, text in {**files, USER_FILE: code}.items():
-        target = os.path.realpath(os.path.join(workdir, name))
-        if os.path.dirname(target) != workdir:
+    """Run `code` as `main.py` in a fresh sandbox; `files` are written next to it first (e.g. solution.py).
+    `settings` default to the process's active ones (`admit_model_code`)."""
+    settings = settings or _active
+    for name in files or {}:
+        if not name or "/" in name or name in (".", "..", USER_FILE) or "\0" in name:
             raise ValueError(f"sandbox input file name {name!r} must be a plain file name")
-        Path(target).write_text(text, encoding="utf-8")
-
-
-def _remove_tree(workdir: str) -> None:
-    """Delete the workdir even if the code made parts of it unreadable (chmod 000) to block the cleanup."""
-
-    def make_writable_and_retry(func: Callable[[str], Any], path: str, _exc: Any) -> None:
-        parent = os.path.dirname(path)
-        for target in (parent, path):
-            if os.path.exists(target) and not os.path.islink(target):
-                os.chmod(target, 0o700)
-        func(path)
-
-    if os.path.isdir(workdir):
-        shutil.rmtree(workdir, onerror=make_writable_and_retry)
-
-
-# -- running the process ------------------------------------------------------------------------------------
-
-
-def _execute(workdir: str, stdin: str, limits: Limits, support: _KernelSupport) -> SandboxResult:
-    use_kernel = limits.kernel_isolation != "off"
-    violations_read, violations_write = os.pipe()
-    ruleset_fd = (
-        _landlock_ruleset(support.landlock_abi, workdir) if use_kernel and support.landlock_abi else None
+    job = SandboxJob(
+        code=code,
+        stdin=stdin,
+        files=dict(files or {}),
+        limits=limits or Limits(),
+        required=settings.isolation,
+        disable=frozenset(settings.disable),
+        workdir_root=str(workdir_root) if workdir_root is not None else None,
     )
-    config = {
-        "workdir": workdir,
-        "readable": list(_child_paths().stdlib_dirs),
-        "blocked_modules": list(BLOCKED_MODULES),
-        "path_events": _PATH_EVENTS,
-        "refused_events": _REFUSED_EVENTS,
-        "violation_fd": violations_write,
-        "audit_hook": limits.audit_hook,
-    }
-    started = time.monotonic()
-    try:
-        proc = _spawn(
-            workdir, config, stdin, _make_preexec(limits, support if use_kernel else None, ruleset_fd)
+    backend = _backend(settings.backend)
+    reason = backend.unavailable()
+    if reason is not None:
+        raise SandboxUnavailable(f"sandbox backend {settings.backend!r}: {reason}")
+    return backend.run(job)
+
+
+# -- local and bubblewrap: a child process running sandbox_child.py ---------------------------------------------
+@dataclass
+class _Launch:
+    """How a process backend starts stage 1, and what it already provides."""
+
+    argv_prefix: list[str]  # [] for local; bwrap and its options for bwrap
+    cwd: str | None
+    workdir: str  # the working directory as the child sees it
+    host_workdir: str | None  # the folder on this machine to watch and delete (local), else None
+    base_layers: list[str]
+    namespaces: bool  # stage 1 should try namespaces itself
+    parent_pid: int | None
+
+
+class _ProcessBackend:
+    """Shared by `local` and `bwrap`: the stage-1 config, the channels, collecting output, the result."""
+
+    name = ""
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def launch(self, job: SandboxJob) -> _Launch:
+        raise NotImplementedError
+
+    def run(self, job: SandboxJob) -> SandboxResult:
+        launch = self.launch(job)
+        try:
+            return _run_with_retries(job, launch)
+        finally:
+            if launch.host_workdir is not None:
+                remove_tree(launch.host_workdir)
+
+
+class LocalBackend(_ProcessBackend):
+    """The interpreter started directly; namespaces and tmpfs by the child where the kernel allows them."""
+
+    name = "local"
+
+    def launch(self, job: SandboxJob) -> _Launch:
+        root = job.workdir_root or tempfile.gettempdir()
+        clean_stale_workdirs(root)
+        workdir = os.path.realpath(tempfile.mkdtemp(prefix=_workdir_prefix(), dir=root))
+        return _Launch([], workdir, workdir, workdir, [], "namespaces" not in job.disable, os.getpid())
+
+
+class BwrapBackend(_ProcessBackend):
+    """bubblewrap (Debian `bubblewrap`): new user/mount/PID/network/IPC/UTS namespaces, a root filesystem that
+    holds only the interpreter, its libraries and a size-capped tmpfs workdir; stage 1 adds the rest."""
+
+    name = "bwrap"
+    WORKDIR = "/sandbox"
+
+    def unavailable(self) -> str | None:
+        return _bwrap_unavailable()
+
+    def launch(self, job: SandboxJob) -> _Launch:
+        argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+        argv += ["--clearenv", "--cap-drop", "ALL", *_bwrap_view()]
+        argv += ["--perms", "0700", "--size", str(job.limits.disk_mb * 2**20), "--tmpfs", self.WORKDIR]
+        argv += ["--chdir", self.WORKDIR, "--"]
+        layers = ["bwrap", "mountns", "tmpfs", "netns", "pidns", "ipcns"]
+        return _Launch(argv, None, self.WORKDIR, None, layers, False, None)
+
+
+register_backend("local", LocalBackend)
+register_backend("bwrap", BwrapBackend)
+
+
+@functools.cache
+def _bwrap_unavailable() -> str | None:
+    binary = shutil.which("bwrap")
+    if binary is None:
+        return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    probe = subprocess.run(
+        [binary, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "/bin/true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"bubblewrap cannot create its namespaces here: {probe.stderr.strip()[:300]}"
+    return None
+
+
+@functools.cache
+def _bwrap_view() -> tuple[str, ...]:
+    """Read-only binds of exactly what the child reads; blocked modules and other Pythons masked."""
+    paths = sandbox_kernel.child_paths()
+    args: list[str] = []
+    for link in ("/lib", "/lib64", "/bin", "/sbin"):
+        if os.path.islink(link):
+            args += ["--symlink", os.readlink(link), link]
+    binds = [*sandbox_kernel.read_only_roots(), paths.executable, "/etc/ld.so.cache"]
+    binds += [p for p in (sandbox_kernel.elf_interpreter(paths.executable),) if p]
+    for path in dict.fromkeys(binds):
+        args += ["--ro-bind-try", path, path]
+    for path in sandbox_kernel.excluded_paths():
+        if os.path.basename(path).split(".")[0] in _STAGE1_MODULES:
+            continue  # stage 1 needs them; Landlock, where present, still hides them from the code
+        args += (
+            ["--tmpfs", path, "--remount-ro", path]
+            if os.path.isdir(path)
+            else ["--ro-bind", "/dev/null", path]
         )
-    except BaseException:
-        os.close(violations_read)
-        raise
-    finally:
-        os.close(violations_write)
-        if ruleset_fd is not None:
-            os.close(ruleset_fd)
-    outcome = _collect(proc, violations_read, limits, started + limits.wall_seconds)
-    layers = _active_layers(limits, support)
-    return _result(proc.returncode, outcome, limits, layers, time.monotonic() - started)
+    return (*args, "--dev", "/dev")
 
 
 _START_ATTEMPTS = 3
+_STAGE1_MODULES = ("ctypes", "_ctypes")
+
+
+def _run_with_retries(job: SandboxJob, launch: _Launch) -> SandboxResult:
+    """A setup failure happens before any user code ran, so starting again is safe; seen as transient under load
+    (once in 10,000 runs at load 10). A level the machine cannot give is not retried."""
+    for attempt in range(_START_ATTEMPTS):
+        result, setup_error = _execute(job, launch)
+        if setup_error is None:
+            return result
+        if attempt == _START_ATTEMPTS - 1:
+            raise MidtrainError(f"sandbox: could not set up the sandboxed interpreter: {setup_error}")
+        time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _Channels:
+    """The pipes between parent and child; the parent keeps the read ends."""
+
+    violations_read: int
+    violations_write: int
+    report_read: int
+    report_write: int
+
+    @classmethod
+    def open(cls) -> _Channels:
+        return cls(*os.pipe(), *os.pipe())
+
+    def close_child_ends(self) -> None:
+        for fd in (self.violations_write, self.report_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _execute(job: SandboxJob, launch: _Launch) -> tuple[SandboxResult, str | None]:
+    channels = _Channels.open()
+    key = os.urandom(32)
+    config = _stage1_config(job, launch, channels, key)
+    started = time.monotonic()
+    try:
+        proc = _spawn(job, launch, config, channels)
+    except BaseException:
+        channels.close_child_ends()
+        for fd in (channels.violations_read, channels.report_read):
+            os.close(fd)
+        raise
+    channels.close_child_ends()
+    outcome = _collect(proc, channels, job.limits, started + job.limits.wall_seconds, launch.host_workdir)
+    report = _parse_report(outcome.report)
+    if "unavailable" in report:
+        raise SandboxUnavailable(f"sandbox ({launch.workdir}): {report['unavailable']}")
+    if "layers" not in report or "error" in report:
+        detail = report.get("error") or outcome.stderr.decode("utf-8", "replace").strip()[-500:]
+        return _result(proc.returncode, outcome, job.limits, report, key, 0.0), detail or "no report"
+    return _result(proc.returncode, outcome, job.limits, report, key, time.monotonic() - started), None
+
+
+def _stage1_config(job: SandboxJob, launch: _Launch, channels: _Channels, key: bytes) -> dict[str, Any]:
+    support = sandbox_kernel.kernel_support()
+    paths = sandbox_kernel.child_paths()
+    mb = 1024 * 1024
+    hook_only = (
+        not (support.landlock_abi and "landlock" not in job.disable) and "bwrap" not in launch.base_layers
+    )
+    hook = {
+        "readable": list(paths.stdlib_dirs),
+        "blocked_modules": [*BLOCKED_MODULES, *(HOOK_ONLY_BLOCKED_MODULES if hook_only else ())],
+        "path_events": _PATH_EVENTS,
+        "refused_events": _REFUSED_EVENTS,
+        "fcntl_refused": _FCNTL_REFUSED,
+        "violation_fd": channels.violations_write,
+        "key": key.hex(),
+    }
+    seccomp = None
+    if support.seccomp_bpf is not None and "seccomp" not in job.disable:
+        seccomp = {"bpf": support.seccomp_bpf.hex(), "pid_placeholder": sandbox_kernel.PID_PLACEHOLDER}
+    landlock = None
+    if support.landlock_abi and "landlock" not in job.disable:
+        landlock = sandbox_kernel.landlock_spec(support.landlock_abi)
+    return {
+        "workdir": launch.workdir,
+        "files": {**job.files, USER_FILE: job.code},
+        "parent_pid": launch.parent_pid,
+        "namespaces": launch.namespaces,
+        "disk_bytes": job.limits.disk_mb * mb,
+        "limits": {
+            "cpu": job.limits.cpu_seconds,
+            "memory": job.limits.memory_mb * mb,
+            "file_size": job.limits.file_size_mb * mb,
+            "open_files": job.limits.open_files,
+        },
+        "landlock": landlock,
+        "seccomp": seccomp,
+        "drop_capabilities": support.root,
+        "executable": paths.executable,
+        "program": _child_program(),
+        "wall_seconds": job.limits.wall_seconds,
+        "report_fd": channels.report_write,
+        "violation_fd": channels.violations_write,
+        "hook": None if "audit_hook" in job.disable else hook,
+        "required": job.required,
+        "env": {"HOME": launch.workdir, "TMPDIR": launch.workdir, "LC_ALL": "C.UTF-8"},
+        "base_layers": ["process", *launch.base_layers],
+    }
+
+
+@functools.cache
+def _child_program() -> str:
+    return Path(sandbox_child.__file__).read_text(encoding="utf-8") + "\n_main()\n"
 
 
 def _spawn(
-    workdir: str, config: dict[str, Any], stdin: str, preexec: Callable[[], None]
+    job: SandboxJob, launch: _Launch, config: dict[str, Any], channels: _Channels
 ) -> subprocess.Popen[bytes]:
-    argv = [_child_paths().executable, "-I", "-S", "-B", "-u", "-c", _bootstrap_program(config)]
-    env = {"HOME": workdir, "TMPDIR": workdir, "LC_ALL": "C.UTF-8"}
-    with (
-        tempfile.TemporaryFile() as stdin_file
-    ):  # outside the workdir: the code cannot read it back as a file
-        stdin_file.write(stdin.encode("utf-8"))
-        # Seen once in 10,000 runs on a machine at load 10: the isolation setup in preexec_fn failed
-        # transiently. No user code has run at that point, so starting again is safe; a persistent failure
-        # still surfaces after the last attempt.
-        for attempt in range(_START_ATTEMPTS):
-            stdin_file.seek(0)
-            try:
-                return subprocess.Popen(
-                    argv,
-                    stdin=stdin_file,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    cwd=workdir,
-                    env=env,
-                    pass_fds=(config["violation_fd"],),
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                if attempt == _START_ATTEMPTS - 1:
-                    raise MidtrainError(f"sandbox: could not start the sandboxed interpreter: {exc}") from exc
-                time.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
+    # The config and stdin travel as unlinked files outside the workdir: no size limit, nothing left behind.
+    with tempfile.TemporaryFile() as config_file, tempfile.TemporaryFile() as stdin_file:
+        config_file.write(marshal.dumps(config))  # the child is this same interpreter version
+        config_file.seek(0)
+        stdin_file.write(job.stdin.encode("utf-8"))
+        stdin_file.seek(0)
+        executable = sandbox_kernel.child_paths().executable
+        argv = [*launch.argv_prefix, executable, "-I", "-S", "-B", "-u", "-c", _child_program()]
+        argv += ["stage1", str(config_file.fileno())]
+        return subprocess.Popen(
+            argv,
+            stdin=stdin_file,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=launch.cwd,
+            env={"LC_ALL": "C.UTF-8"},
+            pass_fds=(config_file.fileno(), channels.violations_write, channels.report_write),
+            start_new_session=True,
+        )
 
 
 @dataclass
@@ -286,15 +617,27 @@ class _Outcome:
     stdout: bytes = b""
     stderr: bytes = b""
     violations: bytes = b""
+    report: bytes = b""
     killed_by_us: str | None = None
 
 
-def _collect(proc: subprocess.Popen[bytes], violations_fd: int, limits: Limits, deadline: float) -> _Outcome:
-    """Read stdout, stderr and the violation channel until EOF, the output cap or the deadline."""
+_DISK_POLL_S = 0.05
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], channels: _Channels, limits: Limits, deadline: float, watch: str | None
+) -> _Outcome:
+    """Read stdout, stderr, the violation and report channels until EOF, a limit or the deadline."""
     assert proc.stdout is not None and proc.stderr is not None
-    streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", violations_fd: "violations"}
+    streams = {
+        proc.stdout.fileno(): "stdout",
+        proc.stderr.fileno(): "stderr",
+        channels.violations_read: "violations",
+        channels.report_read: "report",
+    }
     buffers = {name: bytearray() for name in streams.values()}
     outcome = _Outcome()
+    disk_bytes = limits.disk_mb * 1024 * 1024
     with selectors.DefaultSelector() as selector:
         for fd in streams:
             selector.register(fd, selectors.EVENT_READ)
@@ -303,22 +646,40 @@ def _collect(proc: subprocess.Popen[bytes], violations_fd: int, limits: Limits, 
             if remaining <= 0:
                 outcome.killed_by_us = "wall_time"
                 break
-            for key, _ in selector.select(remaining):
+            for key, _ in selector.select(min(remaining, _DISK_POLL_S) if watch else remaining):
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(key.fd)
                     continue
                 buffers[streams[key.fd]] += chunk
-                if sum(len(buffer) for buffer in buffers.values()) > limits.output_bytes:
+                if len(buffers["stdout"]) + len(buffers["stderr"]) > limits.output_bytes:
                     outcome.killed_by_us = "output_limit"
+            if watch and re.search(rb"^layers\t.*\btmpfs\b", buffers["report"], re.MULTILINE):
+                watch = None  # the kernel caps the workdir's size itself
+            if watch and _disk_usage(watch, disk_bytes) > disk_bytes:
+                outcome.killed_by_us = "disk_limit"
     _finish(proc, outcome, deadline)
-    os.close(violations_fd)
+    for fd in (channels.violations_read, channels.report_read):
+        os.close(fd)
     proc.stdout.close()
     proc.stderr.close()
-    outcome.stdout, outcome.stderr, outcome.violations = (
-        bytes(buffers[k]) for k in ("stdout", "stderr", "violations")
-    )
+    outcome.stdout, outcome.stderr = bytes(buffers["stdout"]), bytes(buffers["stderr"])
+    outcome.violations, outcome.report = bytes(buffers["violations"]), bytes(buffers["report"])
     return outcome
+
+
+def _disk_usage(root: str, limit: int) -> int:
+    """Allocated bytes under `root`, stopping once past `limit` (folders the code made unreadable count 0)."""
+    total, pending = 0, [root]
+    while pending and total <= limit:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    total += info.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+    return total
 
 
 def _finish(proc: subprocess.Popen[bytes], outcome: _Outcome, deadline: float) -> None:
@@ -334,23 +695,50 @@ def _finish(proc: subprocess.Popen[bytes], outcome: _Outcome, deadline: float) -
     proc.wait()
 
 
+def _parse_report(raw: bytes) -> dict[str, Any]:
+    """Stage 1's `key<TAB>value` lines: layers (comma-separated), level, error, unavailable, warden."""
+    report: dict[str, Any] = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition("\t")
+        report[key] = value.split(",") if key == "layers" else value
+    return report
+
+
+def _verified_violations(raw: bytes, key: bytes) -> tuple[list[str], int]:
+    """The hook's messages (tag, sequence number, text); anything else on the channel was written by the code."""
+    messages, forged, expected = [], 0, 1
+    for line in raw.splitlines():
+        tag, _, body = line.partition(b" ")
+        number, _, text = body.partition(b" ")
+        good = blake2b(body, digest_size=16, key=key).hexdigest().encode()
+        if hmac.compare_digest(tag, good) and number == str(expected).encode():
+            messages.append(text.decode("utf-8", "replace"))
+            expected += 1
+        elif line.strip():
+            forged += 1
+    return messages, forged
+
+
 def _result(
-    returncode: int, outcome: _Outcome, limits: Limits, layers: tuple[str, ...], took: float
+    returncode: int, outcome: _Outcome, limits: Limits, report: dict[str, Any], key: bytes, took: float
 ) -> SandboxResult:
     stdout, stderr = outcome.stdout, outcome.stderr
     if outcome.killed_by_us == "output_limit":  # keep the first output_bytes, stdout first
         stdout = stdout[: limits.output_bytes]
         stderr = stderr[: max(limits.output_bytes - len(stdout), 0)]
         stderr += _OUTPUT_TRUNCATED.format(limit=limits.output_bytes).encode()
-    violations = [line for line in outcome.violations.decode("utf-8", "replace").splitlines() if line]
+    violations, forged = _verified_violations(outcome.violations, key)
+    killed = outcome.killed_by_us or ("wall_time" if report.get("warden") else None)
     return SandboxResult(
         stdout=stdout.decode("utf-8", "replace"),
         stderr=stderr.decode("utf-8", "replace"),
         exit_code=returncode,
-        timed_out=outcome.killed_by_us == "wall_time",
-        killed_reason=outcome.killed_by_us or _signal_reason(returncode),
+        timed_out=killed == "wall_time",
+        killed_reason=killed or _signal_reason(returncode),
         violations=violations,
-        isolation=layers,
+        isolation=tuple(report.get("layers", ())),
+        level=str(report.get("level", "")),
+        forged_violations=forged,
         duration_s=round(took, 4),
     )
 
@@ -371,506 +759,67 @@ def _signal_reason(returncode: int) -> str | None:
         return f"signal {number}"
 
 
-# -- the child's interpreter, paths and bootstrap -----------------------------------------------------------
+# -- working directories ------------------------------------------------------------------------------------------
+def _workdir_prefix() -> str:
+    """`midtrain-sandbox-<pid>-<start time>-`: the owner, so a later run can tell a killed run's leftovers."""
+    return f"{WORKDIR_PREFIX}{os.getpid()}-{_start_time(os.getpid())}-"
 
 
-@dataclass(frozen=True)
-class _ChildPaths:
-    executable: str  # the base interpreter (a venv's python would add the venv to the picture for nothing)
-    stdlib_dirs: tuple[str, ...]  # the child's own sys.path under -I -S, resolved
-
-
-@functools.cache
-def _child_paths() -> _ChildPaths:
-    executable = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-    probe = subprocess.run(
-        [executable, "-I", "-S", "-c", "import json, sys; print(json.dumps(sys.path))"],
-        capture_output=True,
-        text=True,
-        env={},
-        timeout=60,
-        check=True,
-    )
-    dirs = [os.path.realpath(p) for p in json.loads(probe.stdout) if os.path.isdir(p)]
-    return _ChildPaths(executable=executable, stdlib_dirs=tuple(dict.fromkeys(dirs)))
-
-
-def _bootstrap_program(config: dict[str, Any]) -> str:
-    return f"{_child_source()}\n_sandbox_child({config!r})\n"
-
-
-@functools.cache
-def _child_source() -> str:
-    return inspect.getsource(_sandbox_child)
-
-
-def _sandbox_child(config):  # type: ignore[no-untyped-def]  # runs inside the sandboxed interpreter only
-    """Install the audit hook, then run main.py as __main__ (this function's source is the child's -c program)."""
-    import sys
-
-    def install_audit_hook(
-        workdir, readable_dirs, blocked_modules, path_events, refused_events, violation_fd
-    ):  # type: ignore[no-untyped-def]
-        # Everything the hook uses is captured here, so user code cannot monkeypatch it (os.path, builtins…).
-        # Once installed, no frame or module holds the hook: only gc introspection could reach it, and the
-        # hook refuses that.
-        import posix
-
-        lstat, readlink, getcwd = posix.lstat, posix.readlink, posix.getcwd
-        write, fspath = posix.write, posix.fspath
-        isinstance_, str_, bytes_ = isinstance, str, bytes
-        int_, any_, reversed_, PermissionError_ = int, any, reversed, PermissionError
-        write_flags = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
-        readable_files = ("/dev/null", "/dev/urandom")
-        blocked = frozenset(blocked_modules)
-
-        def refuse(what):  # type: ignore[no-untyped-def]
-            message = "sandbox: " + what + " is not allowed"
-            try:  # noqa: SIM105  (no contextlib in here: the hook must not import while auditing)
-                write(violation_fd, (message + "\n").encode("utf-8", "replace"))
-            except OSError:  # the code closed the channel: the refusal itself still stands
-                pass
-            raise PermissionError_(message)
-
-        def as_text(path):  # type: ignore[no-untyped-def]
-            if path is None:
-                return "."
-            if isinstance_(path, str_):
-                return "".join((path,))  # an exact str copy: a str subclass cannot lie to the checks below
-            if isinstance_(path, bytes_):
-                return bytes_.decode(path, "utf-8", "surrogateescape")
-            return as_text(fspath(path))
-
-        def resolve(path):  # type: ignore[no-untyped-def]
-            """realpath() on captured primitives: follows every symlink, so links cannot smuggle a path out."""
-            pending = (path if path.startswith("/") else getcwd() + "/" + path).split("/")
-            pending.reverse()
-            parts, hops = [], 0
-            while pending:
-                part = pending.pop()
-                if part in ("", "."):
-                    continue
-                if part == "..":
-                    if parts:
-                        parts.pop()
-                    continue
-                candidate = "/" + "/".join([*parts, part])
-                try:
-                    is_link = (lstat(candidate).st_mode & 0o170000) == 0o120000
-                except OSError:
-                    is_link = False
-                if not is_link:
-                    parts.append(part)
-                    continue
-                hops += 1
-                if hops > 40:
-                    refuse("a symlink loop")
-                target = readlink(candidate)
-                if target.startswith("/"):
-                    parts = []
-                pending.extend(reversed_(target.split("/")))
-            return "/" + "/".join(parts)
-
-        def within(path, root):  # type: ignore[no-untyped-def]
-            return path == root or path.startswith(root + "/")
-
-        def check_path(event, raw, writing):  # type: ignore[no-untyped-def]
-            if isinstance_(raw, int_):
-                return  # an already-open descriptor: its path was checked when it was opened
-            text = as_text(raw)
-            real = resolve(text)
-            if within(real, workdir):
-                return
-            if not writing and (real in readable_files or any_(within(real, root) for root in readable_dirs)):
-                return
-            refuse(f"{event} of {text!r} (outside the working directory)")
-
-        def is_write(mode, flags):  # type: ignore[no-untyped-def]
-            if isinstance_(mode, str_):
-                return any_(c in mode for c in "wax+")
-            return isinstance_(flags, int_) and (flags & write_flags) != 0
-
-        def check_symlink(target, link):  # type: ignore[no-untyped-def]
-            text = as_text(target)
-            if text.startswith("/") or ".." in text.split("/"):
-                refuse(f"a symlink to {text!r} (only links within the working directory)")
-            check_path("os.symlink", link, True)
-
-        def hook(event, args):  # type: ignore[no-untyped-def]
-            if event == "open":
-                check_path("open", args[0], is_write(args[1], args[2]))
-            elif event in path_events:
-                positions, writing = path_events[event]
-                for position in positions:
-                    check_path(event, args[position], writing)
-            elif event == "os.symlink":
-                check_symlink(args[0], args[1])
-            elif event == "import":
-                name = "".join((args[0],))
-                if name in blocked or name.partition(".")[0] in blocked:
-                    refuse(f"importing {name}")
-            elif event in refused_events:
-                refuse(f"{refused_events[event]} ({event})")
-            elif event.startswith(
-                ("socket.", "ctypes.", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.")
-            ):
-                refuse(f"network and native access ({event})")
-
-        sys.addaudithook(hook)
-
-    if config["audit_hook"]:
-        install_audit_hook(
-            config["workdir"],
-            tuple(config["readable"]),
-            tuple(config["blocked_modules"]),
-            config["path_events"],
-            config["refused_events"],
-            config["violation_fd"],
-        )
-    del install_audit_hook
-    # -I leaves the script's folder off sys.path; put it back so `import solution` works.
-    sys.path.insert(0, config["workdir"])
-    sys.argv = ["main.py"]
-    with open("main.py", encoding="utf-8") as handle:
-        source = handle.read()
-    namespace = {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__}
-    del config
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (pids are reused; pid + start time is not)."""
     try:
-        exec(compile(source, "main.py", "exec"), namespace)
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        import traceback
-
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)  # hide this bootstrap frame
-        sys.exit(1)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
-# -- kernel layers: probing, rlimits, capabilities, Landlock, seccomp ---------------------------------------
-
-_PR_SET_SECCOMP, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_GET_SECCOMP = 22, 24, 38, 47, 21
-_SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
-
-
-@dataclass(frozen=True)
-class _KernelSupport:
-    landlock_abi: int  # 0 = not available
-    seccomp_arch: str | None  # a supported architecture with seccomp filters available, else None
-    root: bool
+_OWNED_NAME = re.compile(re.escape(WORKDIR_PREFIX) + r"(\d+)-(\d+)-[A-Za-z0-9_]+$")
+_LEGACY_NAME = re.compile(re.escape(WORKDIR_PREFIX) + r"[A-Za-z0-9_]{8}$")  # before owners were in the name
+_LEGACY_AGE_S = 2 * 3600  # longer than any run may last (Limits.wall_seconds <= 3600)
+_cleaned: set[str] = set()
 
 
-@functools.cache
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-@functools.cache
-def _kernel_support() -> _KernelSupport:
-    if not sys.platform.startswith("linux"):
-        return _KernelSupport(0, None, False)
-    import platform
-
-    libc = _libc()
-    abi = libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
-    seccomp_mode = libc.prctl(_PR_GET_SECCOMP, 0, 0, 0, 0)
-    arch = platform.machine()
-    return _KernelSupport(
-        landlock_abi=max(abi, 0),
-        seccomp_arch=arch if seccomp_mode >= 0 and arch in _SECCOMP_ARCHES else None,
-        root=os.geteuid() == 0,
-    )
-
-
-def _check_required(limits: Limits, support: _KernelSupport) -> None:
-    if limits.kernel_isolation == "require" and not (support.landlock_abi and support.seccomp_arch):
-        raise SandboxUnavailable(
-            f"sandbox: kernel_isolation='require' but this machine has Landlock ABI {support.landlock_abi} "
-            f"and seccomp for {support.seccomp_arch or 'no supported architecture'}; use 'auto' to run with "
-            "the process and audit-hook layers only"
-        )
-
-
-def _active_layers(limits: Limits, support: _KernelSupport) -> tuple[str, ...]:
-    layers = ["process", "rlimits"]
-    if limits.kernel_isolation != "off":
-        layers += ["no_capabilities"] if support.root else []
-        layers += [f"landlock-v{support.landlock_abi}"] if support.landlock_abi else []
-        layers += ["seccomp"] if support.seccomp_arch else []
-    if limits.audit_hook:
-        layers.append("audit_hook")
-    return tuple(layers)
-
-
-def _make_preexec(
-    limits: Limits, support: _KernelSupport | None, ruleset_fd: int | None
-) -> Callable[[], None]:
-    """What the child does between fork and exec. No imports or locks here: the parent may have threads."""
-    libc = _libc() if support is not None else None
-
-    def preexec() -> None:
-        _set_rlimits(limits, nproc=support is None or support.seccomp_arch is None)
-        if support is None or libc is None:
-            return
-        if support.root:
-            _drop_capabilities(libc)
-        _checked(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
-        if ruleset_fd is not None:
-            _checked(libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0), "landlock_restrict_self")
-        if support.seccomp_arch is not None:
-            _install_seccomp(libc, support.seccomp_arch, os.getpid())
-
-    return preexec
-
-
-def _set_rlimits(limits: Limits, nproc: bool) -> None:
-    mb = 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_mb * mb, limits.file_size_mb * mb))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if nproc:  # the fallback when seccomp cannot refuse fork; counts the whole uid, so threads fail too
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-
-
-def _drop_capabilities(libc: Any) -> None:
-    """Empty the bounding and ambient sets: after exec, uid 0 gets no capabilities (CAP_KILL, CAP_SYS_ADMIN…)."""
-    _checked(libc.prctl(_PR_CAP_AMBIENT, 4, 0, 0, 0), "prctl(CAP_AMBIENT_CLEAR_ALL)")
-    for capability in range(64):
-        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            break  # EINVAL past the kernel's last capability
-
-
-def _checked(result: int, what: str) -> None:
-    if result < 0:
-        import ctypes
-
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"sandbox: {what} failed: {os.strerror(errno)}")
-
-
-# Landlock (https://docs.kernel.org/userspace-api/landlock.html): access rights by ABI version.
-_LL_EXECUTE, _LL_WRITE_FILE, _LL_READ_FILE, _LL_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-_LL_FILE_RIGHTS = (
-    _LL_EXECUTE | _LL_WRITE_FILE | _LL_READ_FILE | (1 << 14) | (1 << 15)
-)  # + TRUNCATE, IOCTL_DEV
-_LL_READ_ONLY = _LL_READ_FILE | _LL_READ_DIR
-
-
-def _landlock_fs_rights(abi: int) -> int:
-    rights = (1 << 13) - 1  # ABI 1: EXECUTE … MAKE_SYM
-    if abi >= 2:
-        rights |= 1 << 13  # REFER
-    if abi >= 3:
-        rights |= 1 << 14  # TRUNCATE
-    if abi >= 5:
-        rights |= 1 << 15  # IOCTL_DEV
-    return rights
-
-
-def _landlock_ruleset(abi: int, workdir: str) -> int:
-    """A ruleset fd: the stdlib/system libraries read-only, the workdir read-write, no TCP, scoped signals."""
-    import ctypes
-
-    fs_rights = _landlock_fs_rights(abi)
-    net_rights = 0b11 if abi >= 4 else 0  # BIND_TCP | CONNECT_TCP, with no port allowed
-    scoped = 0b11 if abi >= 6 else 0  # ABSTRACT_UNIX_SOCKET | SIGNAL
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    attr = ctypes.create_string_buffer(struct.pack("=QQQ", fs_rights, net_rights, scoped)[:size], size)
-    ruleset = _libc().syscall(_SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(size), 0)
-    _checked(ruleset, "landlock_create_ruleset")
-    try:
-        for path, rights in _read_only_rules():
-            _landlock_allow(ruleset, path, rights & fs_rights)
-        _landlock_allow(ruleset, workdir, fs_rights)
-    except BaseException:
-        os.close(ruleset)
-        raise
-    return ruleset
-
-
-def _landlock_allow(ruleset: int, path: str, rights: int) -> None:
-    import ctypes
-
-    try:
-        path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        if not os.path.isdir(path):
-            rights &= _LL_FILE_RIGHTS
-        rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, path_fd), 12)
-        _checked(_libc().syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, 1, rule, 0), f"landlock_add_rule({path})")
-    finally:
-        os.close(path_fd)
-
-
-@functools.cache
-def _read_only_rules() -> tuple[tuple[str, int], ...]:
-    """The interpreter, its stdlib and the shared libraries, minus BLOCKED_MODULES and other Python installs."""
-    paths = _child_paths()
-    roots = [*paths.stdlib_dirs, os.path.dirname(os.path.dirname(paths.executable)) + "/lib"]
-    roots += ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"]
-    roots = [os.path.realpath(r) for r in roots if os.path.isdir(r)]
-    excluded = frozenset(_excluded_paths(paths.stdlib_dirs, roots))
-    # Execute rights: the interpreter and its ELF loader only (no other program can be exec'd).
-    rules = [
-        (p, _LL_EXECUTE | _LL_READ_FILE) for p in (paths.executable, _elf_interpreter(paths.executable)) if p
-    ]
-    for root in dict.fromkeys(roots):
-        if not any(root.startswith(other + "/") for other in roots):  # nested roots are covered already
-            rules += _grant_tree(root, excluded)
-    rules += [("/etc/ld.so.cache", _LL_READ_FILE), ("/dev/urandom", _LL_READ_FILE)]
-    rules += [("/dev/null", _LL_READ_FILE | _LL_WRITE_FILE)]
-    return tuple(rules)
-
-
-def _excluded_paths(stdlib_dirs: tuple[str, ...], roots: list[str]) -> list[str]:
-    """BLOCKED_MODULES files of the child's stdlib, plus every other Python tree under the granted roots
-    (another install's _ctypes or a site-packages _cffi_backend would load just as well)."""
-    blocked = set(BLOCKED_MODULES)
-    excluded = [
-        os.path.realpath(entry.path)
-        for directory in stdlib_dirs
-        for entry in os.scandir(directory)
-        if entry.name.split(".")[0] in blocked
-        or (entry.name in ("site-packages", "dist-packages") and entry.is_dir())
-    ]
-    for root in roots:
-        for candidate in sorted(glob.glob(os.path.join(root, "python[0-9]*"))):
-            real = os.path.realpath(candidate)
-            if not any(real == d or d.startswith(real + "/") for d in stdlib_dirs):
-                excluded.append(real)
-    return excluded
-
-
-def _grant_tree(root: str, excluded: frozenset[str]) -> list[tuple[str, int]]:
-    """One rule for `root`, or (when an excluded file lies beneath) one per entry, recursing towards it."""
-    if root in excluded:
+def clean_stale_workdirs(root: str) -> list[str]:
+    """Remove working directories of killed runs under `root`, once per process: only folders with our name,
+    owned by this user, whose process is gone (or, for older names without an owner, older than any run)."""
+    if root in _cleaned:
         return []
-    if not any(path.startswith(root + "/") for path in excluded):
-        return [(root, _LL_READ_ONLY)]
-    # Listing the directory is fine (the rule covers listing below it, never reading the excluded files).
-    rules: list[tuple[str, int]] = [(root, _LL_READ_DIR)]
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        target = os.path.realpath(entry.path)
-        if target.startswith(
-            root + "/"
-        ):  # a link out of the tree (e.g. /usr/lib/cpp -> /usr/bin) is not granted
-            rules += _grant_tree(target, excluded)
-    return rules
+    _cleaned.add(root)
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith(WORKDIR_PREFIX) and _is_stale(entry):
+                remove_tree(entry.path)
+                removed.append(entry.path)
+    if removed:
+        log.info("sandbox: removed %d working folder(s) left by killed runs under %s", len(removed), root)
+    return removed
 
 
-def _elf_interpreter(executable: str) -> str | None:
-    """The PT_INTERP loader (e.g. /lib64/ld-linux-x86-64.so.2) of a 64-bit little-endian ELF, resolved."""
-    with open(executable, "rb") as handle:
-        header = handle.read(64)
-        if header[:6] != b"\x7fELF\x02\x01":
-            return None
-        phoff, phentsize, phnum = (
-            struct.unpack_from("<Q", header, 0x20)[0],
-            *struct.unpack_from("<HH", header, 0x36),
-        )
-        for index in range(phnum):
-            handle.seek(phoff + index * phentsize)
-            p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack("<IIQQQQ", handle.read(40))
-            if p_type == 3:  # PT_INTERP
-                handle.seek(p_offset)
-                return os.path.realpath(handle.read(p_filesz).rstrip(b"\0").decode())
-    return None
+def _is_stale(entry: os.DirEntry[str]) -> bool:
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.geteuid():
+        return False
+    owned = _OWNED_NAME.match(entry.name)
+    if owned:
+        pid, started = owned.groups()
+        return _start_time(int(pid)) != started
+    return bool(_LEGACY_NAME.match(entry.name)) and time.time() - info.st_mtime > _LEGACY_AGE_S
 
 
-# seccomp: syscall numbers per architecture (x86_64: asm/unistd_64.h; aarch64: asm-generic/unistd.h).
-_SECCOMP_ARCHES: dict[str, dict[str, Any]] = {
-    "x86_64": {
-        "audit_arch": 0xC000003E,
-        # socket socketpair fork vfork ptrace process_vm_readv/writev mount umount2 pivot_root chroot unshare
-        # setns setrlimit kexec_load kexec_file_load init_module finit_module delete_module reboot swapon
-        # swapoff bpf perf_event_open userfaultfd io_uring_* keyctl add_key request_key acct settimeofday
-        # clock_settime adjtimex open_by_handle_at name_to_handle_at kcmp fs{open,mount,config,pick}
-        # move_mount open_tree mount_setattr quotactl syslog vhangup pidfd_getfd process_madvise iopl ioperm
-        # modify_ldt uselib tkill pidfd_send_signal
-        "denied": (
-            41, 53, 57, 58, 101, 310, 311, 165, 166, 155, 161, 272, 308, 160, 246, 320, 175, 313, 176, 169,
-            167, 168, 321, 298, 323, 425, 426, 427, 250, 248, 249, 163, 164, 227, 159, 304, 303, 312, 430, 432,
-            431, 433, 429, 428, 442, 179, 103, 153, 438, 440, 172, 173, 154, 134, 200, 424,
-        ),
-        "clone": 56,
-        "clone3": 435,
-        "prlimit64": 302,
-        "own_pid_only": (62, 234, 129, 297),  # kill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo
-    },
-    "aarch64": {
-        "audit_arch": 0xC00000B7,
-        # the same list in the generic table (aarch64 has no fork/vfork/iopl/ioperm/modify_ldt/uselib)
-        "denied": (
-            198, 199, 117, 270, 271, 40, 39, 41, 51, 97, 268, 164, 104, 294, 105, 273, 106, 142, 224, 225,
-            280, 241, 282, 425, 426, 427, 219, 217, 218, 89, 170, 112, 171, 265, 264, 272, 430, 432, 431, 433,
-            429, 428, 442, 60, 116, 58, 438, 440, 130, 424,
-        ),
-        "clone": 220,
-        "clone3": 435,
-        "prlimit64": 261,
-        "own_pid_only": (129, 131, 138, 240),
-    },
-}  # fmt: skip
-_RET_ALLOW, _RET_KILL, _EPERM, _ENOSYS = 0x7FFF0000, 0x80000000, 1, 38
-_RET_EPERM, _RET_ENOSYS = 0x00050000 | _EPERM, 0x00050000 | _ENOSYS
-_LD_W_ABS, _JEQ, _JSET, _JGE, _RET = 0x20, 0x15, 0x45, 0x35, 0x06
+def remove_tree(workdir: str) -> None:
+    """Delete the workdir even if the code made parts of it unreadable (chmod 000) to block the cleanup."""
 
+    def make_writable_and_retry(func: Callable[[str], Any], path: str, _exc: Any) -> None:
+        parent = os.path.dirname(path)
+        for target in (parent, path):
+            if os.path.exists(target) and not os.path.islink(target):
+                os.chmod(target, 0o700)
+        func(path)
 
-def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-    return struct.pack("=HBBI", code, jt, jf, k)
-
-
-def _seccomp_program(arch: str, pid: int) -> bytes:
-    """A BPF filter: deny the listed syscalls with EPERM, allow the rest (args at offset 16 + 8*i, low word)."""
-    table = _SECCOMP_ARCHES[arch]
-    program = [
-        _bpf(_LD_W_ABS, 4),
-        _bpf(_JEQ, table["audit_arch"], 1, 0),
-        _bpf(_RET, _RET_KILL),
-        _bpf(_LD_W_ABS, 0),
-    ]
-    if arch == "x86_64":  # x32 syscalls share the arch value; refuse them all
-        program += [_bpf(_JGE, 0x40000000, 0, 1), _bpf(_RET, _RET_EPERM)]
-    for number in table["denied"]:
-        program += [_bpf(_JEQ, number, 0, 1), _bpf(_RET, _RET_EPERM)]
-    program += [_bpf(_JEQ, table["clone3"], 0, 1), _bpf(_RET, _RET_ENOSYS)]  # glibc falls back to clone()
-    program += [  # clone(): threads only (CLONE_THREAD), never a new process
-        _bpf(_JEQ, table["clone"], 0, 4),
-        _bpf(_LD_W_ABS, 16),
-        _bpf(_JSET, 0x00010000, 0, 1),
-        _bpf(_RET, _RET_ALLOW),
-        _bpf(_RET, _RET_EPERM),
-    ]
-    program += [  # prlimit64(): reading limits only (new_limit pointer NULL)
-        _bpf(_JEQ, table["prlimit64"], 0, 6),
-        _bpf(_LD_W_ABS, 32),
-        _bpf(_JEQ, 0, 0, 3),
-        _bpf(_LD_W_ABS, 36),
-        _bpf(_JEQ, 0, 0, 1),
-        _bpf(_RET, _RET_ALLOW),
-        _bpf(_RET, _RET_EPERM),
-    ]
-    for number in table["own_pid_only"]:  # signals: to this process only
-        program += [
-            _bpf(_JEQ, number, 0, 4),
-            _bpf(_LD_W_ABS, 16),
-            _bpf(_JEQ, pid, 1, 0),
-            _bpf(_RET, _RET_EPERM),
-            _bpf(_RET, _RET_ALLOW),
-        ]
-    return b"".join([*program, _bpf(_RET, _RET_ALLOW)])
-
-
-def _install_seccomp(libc: Any, arch: str, pid: int) -> None:
-    import ctypes
-
-    code = _seccomp_program(arch, pid)
-    filters = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("=HxxxxxxQ", len(code) // 8, ctypes.addressof(filters))
-    fprog_buffer = ctypes.create_string_buffer(fprog, len(fprog))
-    _checked(libc.prctl(_PR_SET_SECCOMP, 2, fprog_buffer, 0, 0), "prctl(SET_SECCOMP)")
+    if os.path.isdir(workdir):
+        shutil.rmtree(workdir, onerror=make_writable_and_retry)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.chat import load_tokenizer, parse_reply, render_prompt
+from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput
 from pipelines.eval.bfcl import (
     BfclExample,
@@ -784,6 +785,7 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> dict[str, Any]
     heldout = load_heldout(config, section)
     if heldout.skipped:
         skipped["heldout"] = heldout.skipped
+    sandbox = admit_model_code_for(heldout.env_classes, config.sandbox, "eval")
     if not examples and not heldout.items:
         raise BadInput(
             "eval: nothing to evaluate (eval.bfcl_categories and the held-out suite are both empty)"
@@ -804,6 +806,7 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> dict[str, Any]
         predictions += rows
         log.info("eval %s: %s in %.1fs", target.key, _headline(suites), seconds[target.key])
     results |= {"skipped": skipped, "seconds": seconds}
+    results |= {"sandbox": sandbox} if sandbox is not None else {}
     write_outputs(config.run_dir / "eval", results, predictions)
     from pipelines.envs.external import close_environments
 

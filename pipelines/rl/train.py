@@ -31,7 +31,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput, MidtrainError
+from pipelines.folders import fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.recipe import Decontamination
 from pipelines.rl import evaluate as rl_eval
@@ -310,8 +312,7 @@ def prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> Path | 
             str(stored)[:12],
             fingerprint[:12],
         )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    fresh_output_dir(out_dir, "rl output folder")
     write_json(out_dir / RUN_STATE_FILE, {"config_fingerprint": fingerprint})
     return None
 
@@ -390,6 +391,7 @@ def run(
 
             close_environments()  # the MCP sessions TRL's environment pool still holds
     domains = rl_eval.fixed_method_domains(rl.domains)
+    sandbox = admit_model_code_for(domains, config.sandbox, "rl")  # before anything loads or trains
     eval_seed, decontaminated_n = heldout_spec(config)
     check_seeds(config, eval_seed)
     held_out = (
@@ -415,7 +417,8 @@ def run(
         for name in names:
             sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
     return {
-        name: train_cluster(config, name, domains, train_items, held_out, callbacks, resume) for name in names
+        name: train_cluster(config, name, domains, train_items, held_out, callbacks, resume, sandbox)
+        for name in names
     }
 
 
@@ -472,8 +475,10 @@ def train_cluster(
     held_out: rl_eval.HeldOut | None,
     callbacks: Sequence[Any] = (),
     resume: bool = True,
+    sandbox: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary."""
+    """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary.
+    `sandbox`: the isolation model-written code ran under (recorded in the summary), None when none ran."""
     out_dir = config.run_dir / "rl" / cluster
     fingerprint = rl_fingerprint(config, cluster)
     job = ClusterJob(cluster, out_dir, fingerprint, prepare_output_dir(out_dir, fingerprint, resume))
@@ -504,6 +509,7 @@ def train_cluster(
         after = evaluate()
         summary = _summary(trainer, output, wall_time, peak, failures, train_items, job, config)
         summary |= _heldout_report(out_dir, held_out, before, after)
+        summary |= {"sandbox": sandbox} if sandbox is not None else {}
         if wandb_run is not None:
             wandb_run.summary.update(_flat_numbers(summary))
     _save_outputs(trainer, out_dir, summary)

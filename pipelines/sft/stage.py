@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BadInput, MidtrainError
+from pipelines.folders import fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.run_config import RunConfig, SFTSection
 from pipelines.sft import data as mixdata
@@ -174,8 +175,7 @@ def _prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> str | 
         log.info("sft: resuming %s from %s", out_dir.name, checkpoint)
         return checkpoint
     if _is_main_process():
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        fresh_output_dir(out_dir, "sft output folder")
         write_json(out_dir / RUN_STATE_FILE, {"config_fingerprint": fingerprint})
     _barrier()
     return None
