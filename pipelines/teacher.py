@@ -161,8 +161,15 @@ class TeacherClient:
         for attempt in range(self.settings.retries + 1):
             try:
                 reply = self.http.post("/chat/completions", json=body, headers=self._headers())
-            except httpx.HTTPError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 error: str = f"{type(exc).__name__}: {exc}"
+                if (
+                    attempt == self.settings.retries
+                ):  # nobody listens there: a setup problem, not one episode's
+                    raise BadInput(f"teacher.base_url {self.settings.base_url}: cannot connect ({error}); start "
+                                   "the server or fix base_url") from None  # fmt: skip
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
             else:
                 if reply.status_code < 500:
                     if reply.status_code >= 400:

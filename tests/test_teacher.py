@@ -232,6 +232,15 @@ def test_reasoning_in_the_schema_or_mapped_into_it_and_replies_without_any_rejec
         _calls({"tool_calls": [{"function": {"name": "x", "arguments": "{oops"}}]}, "", SCHEMA, 0)
 
 
+def test_an_endpoint_nobody_listens_on_stops_the_build(tmp_path: Path) -> None:
+    from tests.openai_server import free_port
+
+    task_set = load_task_file(tasks_file(tmp_path), PY_SHOP)
+    nowhere = TeacherSettings(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", retries=0)
+    with pytest.raises(BadInput, match="cannot connect"):
+        teacher_traces(task_set.train[:1], task_set.envs, nowhere, tmp_path / "c.jsonl", SCHEMA)
+
+
 # -- against the server ----------------------------------------------------------------------------------------
 def test_teacher_episodes_over_a_real_server_end_as_traces_or_reasoned_rejects_and_replay_from_cache(
     server: tuple[str, str], tmp_path: Path
