@@ -12,7 +12,7 @@ LATEST_VENV ?= /tmp/midtrain-latest-venv
 # --no-deps: the lock already lists every package; pip must not add or upgrade anything on its own.
 PIP_LOCKED := $(PIP) install -q --no-deps --require-hashes
 
-.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest clean
+.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-integration clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,11 @@ pytest-fast: setup
 	$(VENV)/bin/pytest -q -m unit
 
 test: lint pytest
+
+# Tests too slow for `make test`: the embedded SmolLM2 as an LLM teacher over the MCP fixture, served by
+# `transformers serve` (or MIDTRAIN_TEACHER_URL + MIDTRAIN_TEACHER_MODEL: any OpenAI-compatible server).
+test-integration: setup
+	MIDTRAIN_INTEGRATION=1 $(VENV)/bin/pytest -q -s tests/test_teacher_integration.py
 
 # Re-resolve the lock from pyproject.toml: after changing a dependency, or to take newer releases once
 # `make test-latest` has shown they pass. Commit both lock files.

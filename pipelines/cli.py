@@ -219,6 +219,38 @@ def rl(
     print_json({name: s.model_dump(include=keys) for name, s in result.clusters.items()})
 
 
+env_app = typer.Typer(no_args_is_help=True, help="Tool environments: built-in, Python classes, MCP servers.")
+app.add_typer(env_app, name="env")
+EnvArg = Annotated[
+    str, typer.Argument(help="An env YAML file (type: mcp | python | builtin) or a built-in domain")
+]
+
+
+@env_app.command("show")
+def env_show(
+    env: EnvArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tools as JSON")] = False,
+) -> None:
+    """Start the environment, list its tools (name, description, JSON schema) and stop it."""
+    from pipelines.envs.tool_cli import show_tools
+
+    show_tools(env, as_json, Console(width=None if sys.stdout.isatty() else 140))
+
+
+@env_app.command("call")
+def env_call(
+    env: EnvArg,
+    tool: Annotated[str, typer.Argument(help="Tool name")],
+    arguments: Annotated[
+        str, typer.Argument(help='Arguments as a JSON object, e.g. \'{"city": "Paris"}\'')
+    ] = "{}",
+) -> None:
+    """Run one tool call in a fresh environment and print the result (exit 2: bad tool or arguments)."""
+    from pipelines.envs.tool_cli import call_tool
+
+    print(call_tool(env, tool, arguments))
+
+
 router_app = typer.Typer(no_args_is_help=True, help="Router: pick the adapter per request.")
 app.add_typer(router_app, name="router")
 
@@ -256,7 +288,10 @@ def route(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
     text: Annotated[str, typer.Argument(help="The request")],
     env: Annotated[
-        str | None, typer.Option(help="Offer this environment's tools, as `midtrain chat --env` does")
+        str | None,
+        typer.Option(
+            help="Offer this environment's tools (a domain or an env YAML), as `midtrain chat --env` does"
+        ),
     ] = None,
 ) -> None:
     """Print the cluster, confidence and adapter the router picks for a request."""
@@ -279,7 +314,10 @@ def route(
 def chat(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
     env: Annotated[
-        str | None, typer.Option(help="Execute tool calls in this environment (e.g. calculator)")
+        str | None,
+        typer.Option(
+            help="Execute tool calls in this environment: a built-in domain or an env YAML (MCP, Python)"
+        ),
     ] = None,
     max_new_tokens: int = 256,
 ) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel
+from pipelines.env_spec import EnvRef
+from pipelines.teacher_settings import TeacherSettings
 
 CATEGORIES = ("tool", "code", "text")
 CONVERTER_FORMATS = ("trace", "openai", "sharegpt", "xlam", "glaive", "hermes", "toolace", "text")
@@ -76,6 +78,34 @@ class GeneratedSource(SourceBase):
     patterns: dict[str, float] | None = Field(None, description="Pattern → probability; None = defaults.")
 
 
+class TeacherSource(SourceBase):
+    """Traces an LLM teacher writes over an environment, on a task file's `train` rows (pipelines/teacher.py)."""
+
+    type: Literal["teacher"]
+    tasks: str = Field(description="Task file (JSONL); only its `train` rows are used, held-out rows never.")
+    env: EnvRef | None = Field(
+        None, description="Environment of rows that name none (domain, env YAML, block)."
+    )
+    teacher: TeacherSettings
+    samples_per_task: int = Field(1, ge=1, description="Episodes per task (distinct seeds).")
+    propose: int = Field(
+        0,
+        ge=0,
+        description="Tasks the teacher first proposes per environment from its tool schemas (APIGen-MT style); "
+        "kept only if their reference calls run cleanly and their answer is in the results.",
+    )
+    seed: int = 0
+    replay: Literal["exact", "executes"] = Field(
+        "exact",
+        description="Replay check: identical observations (deterministic servers), or only no new errors.",
+    )
+    cache: str | None = Field(
+        None,
+        description="Teacher response cache (JSONL); default `<data dir>/../teacher-cache/<source name>.jsonl`. "
+        "`data verify` rebuilds from it offline.",
+    )
+
+
 class PythonCodeSource(SourceBase):
     type: Literal["python_code"]
     roots: list[str] = Field(
@@ -99,7 +129,8 @@ class PydocTextSource(SourceBase):
 
 
 Source = Annotated[
-    HFSource | LocalSource | GeneratedSource | PythonCodeSource | PydocTextSource, Field(discriminator="type")
+    HFSource | LocalSource | GeneratedSource | TeacherSource | PythonCodeSource | PydocTextSource,
+    Field(discriminator="type"),
 ]
 
 
@@ -135,7 +166,8 @@ class Decontamination(StrictModel):
     )
     sets: list[str] = Field(
         default_factory=lambda: ["bfcl", "heldout"],
-        description="`bfcl` (every file in bfcl-eval), `heldout` (the project's eval tasks), or jsonl paths.",
+        description="`bfcl` (every file in bfcl-eval), `heldout` (the project's eval tasks), `tasks:PATH` (a task "
+        "file's held-out rows: requests and ids), or jsonl paths (every string in them).",
     )
     heldout_seed: int = 1_000_003
     heldout_n: int = 300

@@ -15,6 +15,7 @@ from pipelines.config import (
     validate_data,
     where_is,
 )
+from pipelines.env_spec import EnvRef
 from pipelines.envs.sandbox import SandboxSettings
 from pipelines.errors import BadInput
 from pipelines.models import DEFAULT_MODEL, check_reference
@@ -156,6 +157,16 @@ class RLSection(StrictModel):
     domains: list[str] = Field(
         default_factory=lambda: ["all"], description="`all`: every domain whose tools are fixed methods."
     )
+    tasks: str | None = Field(
+        None,
+        description="A task file (JSONL, see pipelines/tasks_file.py): train on its `train` rows, evaluate before "
+        "and after on its `heldout` rows (up to eval_tasks_per_domain per environment); `domains`, `n_tasks` and "
+        "the samplers' settings then do not apply.",
+    )
+    env: EnvRef | None = Field(
+        None,
+        description="The environment of the task file's rows that name none: a domain, an env YAML, a block.",
+    )
     task_seed: int = Field(2_000_003, description="Disjoint from SFT generation seeds.")
     n_tasks: int = Field(64, ge=1)
     max_difficulty: int = Field(
@@ -269,6 +280,12 @@ class EvalSection(StrictModel):
         "(the RL stage's own held-out tasks, so its before/after numbers and these agree).",
     )
     heldout_max_difficulty: int = Field(3, ge=1, le=8, description="Held-out tasks need 1..this many calls.")
+    tasks: str | None = Field(
+        None,
+        description="A task file (JSONL): the held-out suite is its `heldout` rows (at most `limit` per "
+        "environment when limit is set) instead of the built-in domains' tasks.",
+    )
+    env: EnvRef | None = Field(None, description="The environment of the task file's rows that name none.")
     heldout_irrelevance_fraction: float = Field(
         0.25,
         ge=0,

@@ -66,6 +66,9 @@ def compile_main(tmp: Path) -> str:
     _write(tmp / "override.txt", ['torch ; sys_platform == "never"'])
     (tmp / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
     out = tmp / "main.lock"
+    # uv prefers the pins already in its output file, so adding a package moves no others.
+    if MAIN_LOCK.is_file():
+        out.write_bytes(MAIN_LOCK.read_bytes())
     uv(tmp, "pyproject.toml", "build.in", "--extra", "dev", "--universal", "--generate-hashes",
        "--override", "override.txt", "-c", "constraints.txt", "--no-emit-package", "torch", "-o", "main.lock")  # fmt: skip
     _write(tmp / "data.in", DATA_PACKAGES)

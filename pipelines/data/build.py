@@ -192,7 +192,7 @@ def build(
     folders.check_writable(out_dir.parent, "output folder")
     for label in (f"{out_dir.name}.build", f"{out_dir.name}.old"):
         folders.clean_stale_scratch(out_dir.parent, label)
-    builder = _Builder(pin_paths(recipe), settings, num_proc, commits)
+    builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits)
     builder.setup()  # tokenizer, thought schema, eval sets: their problems surface before any folder is made
     work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
@@ -223,12 +223,29 @@ def _adopt_earlier_output(out_dir: Path) -> None:
         folders.mark(out_dir, "output folder")
 
 
-def pin_paths(recipe: Recipe) -> Recipe:
-    """Absolute paths for local files, package roots and eval files, so the manifest rebuilds from anywhere."""
+def pin_paths(recipe: Recipe, out_dir: Path | None = None) -> Recipe:
+    """Absolute paths for local files, package roots, task files, env files, teacher caches and eval files, so
+    the manifest rebuilds from anywhere. A teacher source's cache defaults to
+    `<out_dir>/../teacher-cache/<source>.jsonl`: inside the run, outside the data folder a build replaces."""
     data = recipe.model_dump(mode="json")
     for cat in data["categories"].values():
         for src in cat["sources"]:
-            if src["type"] == "local":
+            if src["type"] == "teacher":
+                src["tasks"] = str(_existing(src["tasks"], f"source {src['name']!r}: tasks"))
+                if isinstance(src.get("env"), str) and src["env"].endswith((".yaml", ".yml")):
+                    src["env"] = str(_existing(src["env"], f"source {src['name']!r}: env"))
+                elif isinstance(src.get("env"), dict):  # an inline block: its relative paths are the cwd's
+                    env = src["env"]
+                    if env.get("cwd") is not None:
+                        env["cwd"] = str(Path(env["cwd"]).expanduser().resolve())
+                    if env.get("path"):
+                        env["path"] = [str(Path(p).expanduser().resolve()) for p in env["path"]]
+                if src.get("cache") is None:
+                    folder = (out_dir or Path("runs") / recipe.name / "data").resolve().parent
+                    src["cache"] = str(folder / "teacher-cache" / f"{src['name']}.jsonl")
+                else:
+                    src["cache"] = str(Path(src["cache"]).expanduser().resolve())
+            elif src["type"] == "local":
                 src["path"] = str(_existing(src["path"], f"source {src['name']!r}: path"))
             elif src["type"] == "python_code":
                 src["roots"] = [
@@ -236,10 +253,17 @@ def pin_paths(recipe: Recipe) -> Recipe:
                     for r in src["roots"]
                 ]
     sets = data["decontamination"]["sets"]
-    data["decontamination"]["sets"] = [
-        s if s in ("bfcl", "heldout") else str(_existing(s, "decontamination set")) for s in sets
-    ]
+    data["decontamination"]["sets"] = [s if s in ("bfcl", "heldout") else _pinned_set(s) for s in sets]
     return Recipe.model_validate(data)
+
+
+def _pinned_set(entry: str) -> str:
+    from pipelines.tasks_file import TASKS_SET_PREFIX
+
+    if entry.startswith(TASKS_SET_PREFIX):
+        path = entry.removeprefix(TASKS_SET_PREFIX)
+        return TASKS_SET_PREFIX + str(_existing(path, "decontamination set (task file)"))
+    return str(_existing(entry, "decontamination set"))
 
 
 def _existing(path: str, what: str) -> Path:
@@ -314,6 +338,8 @@ class _Builder:
             spec.name, category, spec.weight, spec.max_epochs or self.recipe.max_epochs
         )
         reader = open_source(spec, category, self.hub_commits.get(spec.name))
+        if spec.type == "teacher":  # the teacher is asked for, and checked against, the mix's thought schema
+            reader.thought_schema = self.schema_name  # type: ignore[attr-defined]
         rejects: list[tuple[int, Reject]] = []
         batch: list[tuple[int, Trace]] = []
         batch_chars = 0
@@ -761,13 +787,16 @@ def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
     read at the commits the manifest recorded, not wherever their branch points today."""
     data_dir = Path(data_dir)
     manifest = mf.read_manifest(data_dir)
+    from pipelines.teacher import offline_teacher
+
     recipe = validate_data(Recipe, manifest["recipe"], f"{data_dir / mf.MANIFEST}: recipe")
     settings = BuildSettings(**manifest["build"])  # its fields were checked by read_manifest
     folders.clean_stale_scratch(data_dir.parent, "verify")
     scratch = folders.scratch_dir(data_dir.parent, "verify")
     try:
         rebuilt = scratch / "data"
-        build(recipe, rebuilt, settings, num_proc, hub_commits=mf.hub_commits(manifest))
+        with offline_teacher():  # a teacher source answers from its cache; a miss is an error, not a request
+            build(recipe, rebuilt, settings, num_proc, hub_commits=mf.hub_commits(manifest))
         return compare_dirs(data_dir, rebuilt)
     finally:
         shutil.rmtree(scratch)

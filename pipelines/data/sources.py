@@ -33,6 +33,7 @@ from pipelines.recipe import (
     PythonCodeSource,
     Recipe,
     SourceBase,
+    TeacherSource,
 )
 from pipelines.schema import Trace
 
@@ -267,6 +268,55 @@ class GeneratedReader(SourceReader):
         }
 
 
+# -- teacher -------------------------------------------------------------------------------------------------
+class TeacherReader(SourceReader):
+    """Traces an LLM teacher writes over a task file's train rows, verified (pipelines.teacher); the task
+    file's bad rows and the teacher's failed episodes are rejects with their reasons."""
+
+    spec: TeacherSource
+
+    def rows(self) -> Iterator[Trace | Reject]:
+        from pipelines.tasks_file import load_task_file
+        from pipelines.teacher import teacher_traces
+        from pipelines.thought import load_thought_schema
+
+        spec = self.spec
+        assert spec.cache is not None, "pin_paths sets the cache path"
+        task_set = load_task_file(spec.tasks, spec.env)
+        for bad in task_set.rejects:
+            yield self.reject(
+                f"{bad['file']}:{bad['line']}", bad["reason"], f"{bad['id']}: {bad['detail']}", "tasks"
+            )
+        tasks = task_set.train[: spec.max_rows] if spec.max_rows else task_set.train
+        self._tasks_sha256 = path_sha256(task_set.path)
+        held = frozenset(" ".join(t.request.lower().split()) for t in task_set.heldout)
+        run = teacher_traces(
+            tasks, task_set.envs, spec.teacher, Path(spec.cache), load_thought_schema(self.thought_schema),
+            spec.samples_per_task, spec.seed, spec.replay, propose=spec.propose, avoid=held,
+        )  # fmt: skip
+        self._run = run
+        for item in run.results:
+            if isinstance(item, Trace):
+                self._digest.update(item.to_json().encode("utf-8") + b"\n")
+                yield self.finish(item)
+            else:
+                yield self.reject(item["id"], item["reason"], item["detail"], "teacher")
+
+    thought_schema = "think-plan-reflect"  # set by the builder to the recipe's schema
+
+    def revision(self) -> dict[str, Any]:
+        run = getattr(self, "_run", None)
+        return {
+            "teacher": self.spec.teacher.model,
+            "tasks": self.spec.tasks,
+            "tasks_sha256": getattr(self, "_tasks_sha256", ""),
+            "cache": self.spec.cache,
+            "cache_sha256": run.cache_sha256 if run else "",
+            "responses_used": (run.requests + run.cached) if run else 0,
+            "sha256": self._digest.hexdigest(),
+        }
+
+
 # -- Hub revisions -------------------------------------------------------------------------------------------
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
@@ -400,6 +450,7 @@ _READERS: dict[str, type[SourceReader]] = {
     "python_code": PythonCodeReader,
     "pydoc_text": PydocTextReader,
     "generated": GeneratedReader,
+    "teacher": TeacherReader,
     "hf": ConvertedReader,
     "local": ConvertedReader,
 }

@@ -63,9 +63,17 @@ class Task:
     mistakes: list[Mistake] = field(default_factory=list)
     plan: str = ""  # one-paragraph plan the teacher writes before acting
     final_template: str = "{answer}"  # how the teacher phrases the final answer
+    # User tasks (pipelines/tasks_file.py): how success is judged, and the conversation that opens the task.
+    # Both stay out of the JSON when unset, so built-in tasks (and the traces that embed them) keep their bytes.
+    judge: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        data = asdict(self)
+        for optional in ("judge", "messages"):
+            if data[optional] is None:
+                del data[optional]
+        return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
     @staticmethod
     def from_json(text: str | dict[str, Any]) -> Task:
@@ -108,7 +116,12 @@ class ToolEnv:
         return None
 
     def get_reward(self) -> float:
-        """1.0 when the final state (and answer, if recorded) match the task's ground truth, else 0.0."""
+        """1.0 when the final state (and answer, if recorded) match the task's ground truth, else 0.0; a user
+        task with a `judge` scores what its judge says (`pipelines.tasks_file.judge_score`, in [0, 1])."""
+        if self._task is not None and self._task.judge is not None:
+            from pipelines.tasks_file import judge_score
+
+            return judge_score(self, self._task, self._final_answer)
         return 1.0 if self._task is not None and self._check(self._task, self._final_answer) else 0.0
 
     # -- for the generator, rewards and eval (private to TRL) ------------------------------------------------

@@ -552,7 +552,10 @@ def heldout_seed(config: RunConfig, section: EvalSection) -> int | None:
 
 
 def load_heldout(config: RunConfig, section: EvalSection) -> Heldout:
-    """The RL stage's held-out tasks per domain, plus irrelevance tasks from a derived seed."""
+    """The RL stage's held-out tasks per domain, plus irrelevance tasks from a derived seed; or, with
+    `eval.tasks`, the task file's held-out rows."""
+    if section.tasks is not None:
+        return task_file_heldout(section)
     if not section.heldout_domains:
         return Heldout([], {}, "eval.heldout_domains is empty")
     domains = _domains(section.heldout_domains)
@@ -566,6 +569,28 @@ def load_heldout(config: RunConfig, section: EvalSection) -> Heldout:
     n_irrelevant = math.ceil(per_domain * section.heldout_irrelevance_fraction)
     irrelevant = irrelevance_tasks(domains, n_irrelevant, seed, section.heldout_max_difficulty)
     return Heldout(held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()})
+
+
+def task_file_heldout(section: EvalSection) -> Heldout:
+    """`eval.tasks`: its `heldout` rows (at most `limit` per environment), each in its environment or the view
+    of the tools it names."""
+    from pipelines.rl.evaluate import guarded
+    from pipelines.rl.tool_views import with_task_tools
+    from pipelines.tasks_file import load_task_file
+
+    assert section.tasks is not None
+    task_set = load_task_file(section.tasks, section.env)
+    counts: Counter[str] = Counter()
+    items = []
+    for task in task_set.heldout:
+        if section.limit is None or counts[task.domain] < section.limit:
+            counts[task.domain] += 1
+            items.append(DomainTask(task.domain, task))
+    if not items:
+        return Heldout([], {}, f"eval.tasks {section.tasks}: no `heldout` rows")
+    classes = {name: guarded(cls) for name, cls in task_set.envs.items()}
+    items, classes = with_task_tools(items, classes)
+    return Heldout(items, classes)
 
 
 def _domains(names: list[str]) -> dict[str, tuple[type, Any]]:
@@ -705,8 +730,14 @@ def heldout_prediction(
         "raw": episode.completion,
         "calls": [{"name": c.name, "arguments": c.arguments} for c in rollout.calls],
         "ok": outcome >= 1.0,
-        "error": "" if outcome >= 1.0 else episode_error(rollout, irrelevant),
+        "error": "" if outcome >= 1.0 else _failed_env(episode) or episode_error(rollout, irrelevant),
     }
+
+
+def _failed_env(episode: Episode) -> str:
+    """An environment that died mid-episode (an MCP server crash or timeout) is the reason, whatever the model did."""
+    failure = getattr(episode.env, "_env_failure", None) or getattr(episode.env, "_reset_error", None)
+    return f"environment failed: {failure}" if failure else ""
 
 
 def episode_error(rollout: rewards.Rollout, irrelevant: bool) -> str:
@@ -788,6 +819,9 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
     results |= {"sandbox": sandbox} if sandbox is not None else {}
     typed = EvalResults.model_validate(results)
     write_outputs(config.run_dir / "eval", typed, predictions)
+    from pipelines.envs.external import close_environments
+
+    close_environments()
     return typed
 
 

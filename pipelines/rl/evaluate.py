@@ -220,7 +220,15 @@ def heldout_tasks(
 
 
 def prompt_messages(task: Task) -> list[dict[str, str]]:
-    """The conversation a task starts with; the tools come from the environment, as in TRL."""
+    """The conversation a task starts with (a task file's own messages, after the default system prompt unless
+    they bring one); the tools come from the environment, as in TRL."""
+    if task.messages:
+        opening = [dict(m) for m in task.messages]
+        return (
+            opening
+            if opening[0]["role"] == "system"
+            else [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *opening]
+        )
     return [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": task.request}]
 
 

@@ -176,7 +176,10 @@ def reference_calls(task: Task) -> list[Call]:
 
 
 def is_irrelevant(task: Task) -> bool:
-    """A request no available tool fits: the reference solution makes no call."""
+    """A request no available tool fits: the reference solution makes no call. A task-file task is one only when
+    it says so (`expected_calls: []`); without expected calls it is judged by its answer, state or verifier."""
+    if task.judge is not None:
+        return task.judge.get("calls") == []
     return not any(task.solution)
 
 
@@ -337,6 +340,9 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
         return 0.0, failures
     if getattr(environment, "_reset_error", None):  # see pipelines.rl.train.guarded: the task never started
         failures["env_error"] += 1
+        return 0.0, failures
+    if getattr(environment, "_env_failure", None):  # the environment died mid-rollout (an MCP server crash)
+        failures["env_crash"] += 1
         return 0.0, failures
     try:
         environment._record_final_answer(rollout.final_text)

@@ -83,3 +83,21 @@ def with_tool_views(
         views[key] = tool_view(base, offered)
         bound.append(replace(item, environment=key))
     return bound, views
+
+
+def with_task_tools(
+    items: Sequence[DomainTask], env_classes: dict[str, type[ToolEnv]]
+) -> tuple[list[DomainTask], dict[str, type[ToolEnv]]]:
+    """Tasks from a task file that name their `tools` run in a view offering exactly those; the others (and
+    every environment's full toolset) stay as they are."""
+    views = dict(env_classes)
+    bound = []
+    for item in items:
+        offered = (item.task.judge or {}).get("tools")
+        if not offered:
+            bound.append(item)
+            continue
+        key = environment_key(item.domain, frozenset(offered))
+        views[key] = tool_view(env_classes[item.domain], frozenset(offered))
+        bound.append(replace(item, environment=key))
+    return bound, views

@@ -37,7 +37,7 @@ from pipelines.hashing import fingerprint, sha256_file
 from pipelines.resources import PeakMemory, library_versions
 from pipelines.rl import evaluate as rl_eval
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
-from pipelines.run_config import RLSection, RunConfig
+from pipelines.run_config import REPO_ROOT, RLSection, RunConfig
 from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_json, write_json
 from pipelines.tracking import LocalMetricsCallback, read_metrics, wandb_session
 from pipelines.units import plan_unit, prepare_unit
@@ -74,6 +74,21 @@ def check_seeds(config: RunConfig, eval_seed: int) -> None:
         raise BadInput(f"rl.task_seed={seed} equals the held-out seed; pick another rl.task_seed")
 
 
+def prompt_rows_for_tasks(
+    items: Sequence[rl_eval.DomainTask], env_classes: dict[str, type]
+) -> list[dict[str, Any]]:
+    """TRL rows of task-file tasks: their own opening messages, in the environment each one names."""
+    return [
+        {
+            "prompt": rl_eval.prompt_messages(item.task),
+            "task": item.task.to_json(),
+            "environment": item.env_key,
+            "tools": json.dumps(env_classes[item.env_key]._tool_schemas(), sort_keys=True),
+        }
+        for item in items
+    ]
+
+
 def prompt_rows(
     items: Sequence[rl_eval.DomainTask], env_classes: dict[str, type] | None = None
 ) -> list[dict[str, Any]]:
@@ -83,6 +98,10 @@ def prompt_rows(
 
     rows = []
     for item in items:
+        if item.task.judge is not None:  # a task-file task: its environment need not be a built-in domain
+            assert env_classes is not None, "task-file tasks need their environment classes"
+            rows += prompt_rows_for_tasks([item], env_classes)
+            continue
         row = task_to_prompt_row(item.task)
         if item.environment:
             assert env_classes is not None, "tool views need their classes"
@@ -97,11 +116,13 @@ def bind_environments(
 ) -> tuple[list[rl_eval.DomainTask], dict[str, type]]:
     """`items` and the `environment_factory` classes that run them: one per domain (`offered_tools: all`) or
     one per tool view (`offered_tools: task`, see `pipelines.rl.tool_views`)."""
+    from pipelines.rl.tool_views import with_task_tools, with_tool_views
+
     env_classes = {name: spec[0] for name, spec in domains.items()}
+    if rl.tasks is not None:  # a task file's rows say which tools they offer
+        return with_task_tools(items, env_classes)
     if rl.offered_tools == "all":
         return items, env_classes
-    from pipelines.rl.tool_views import with_tool_views
-
     return with_tool_views(items, env_classes, rl.distractor_tools)
 
 
@@ -368,6 +389,32 @@ def run(
         raise BadInput("the config has no `rl` section")
     rl = config.rl
     names = adapter_clusters(rl, clusters)
+    if rl.tasks is not None:
+        domains, train_items, held_out = task_file_inputs(config)
+        sandbox = None  # a task file's environments run no model-written code of ours
+    else:
+        domains, train_items, held_out, sandbox = builtin_inputs(config)
+    if not rl.from_base:
+        for name in names:
+            sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
+    try:
+        summaries = {
+            name: train_cluster(config, name, domains, train_items, held_out, callbacks, restart, sandbox)
+            for name in names
+        }
+    finally:
+        from pipelines.envs.external import close_environments
+
+        close_environments()  # the MCP sessions TRL's environment pool still holds
+    return RLResult(clusters=summaries)
+
+
+def builtin_inputs(
+    config: RunConfig,
+) -> tuple[dict[str, tuple[type, Any]], list[rl_eval.DomainTask], rl_eval.HeldOut | None, dict | None]:
+    """(environments, training tasks, held-out tasks, sandbox level) from the built-in domains' samplers."""
+    rl = config.rl
+    assert rl is not None
     domains = rl_eval.fixed_method_domains(rl.domains)
     sandbox = admit_model_code_for(domains, config.sandbox, "rl")  # before anything loads or trains
     eval_seed, decontaminated_n = heldout_spec(config)
@@ -391,14 +438,52 @@ def run(
         rl.irrelevance_fraction,
         exclude_ids={item.task.task_id for item in held_out.items} if held_out else frozenset(),
     )
-    if not rl.from_base:
-        for name in names:
-            sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
-    summaries = {
-        name: train_cluster(config, name, domains, train_items, held_out, callbacks, restart, sandbox)
-        for name in names
-    }
-    return RLResult(clusters=summaries)
+    return domains, train_items, held_out, sandbox
+
+
+def task_file_inputs(
+    config: RunConfig,
+) -> tuple[dict[str, tuple[type, Any]], list[rl_eval.DomainTask], rl_eval.HeldOut | None]:
+    """(environments, training tasks, held-out tasks) from `rl.tasks`: its train rows, and up to
+    `eval_tasks_per_domain` held-out rows per environment; rejected rows go to `rl/task_rejects.jsonl`."""
+    from pipelines.tasks_file import load_task_file
+
+    rl = config.rl
+    assert rl is not None and rl.tasks is not None
+    task_set = load_task_file(rl.tasks, rl.env)
+    if task_set.rejects:
+        task_set.write_rejects(config.run_dir / "rl" / "task_rejects.jsonl")
+    if not task_set.train:
+        raise BadInput(f"rl.tasks {rl.tasks}: no `train` rows to train on ({len(task_set.heldout)} held out)")
+    domains = {name: (rl_eval.guarded(cls), None) for name, cls in task_set.envs.items()}
+    train_items = [rl_eval.DomainTask(task.domain, task) for task in task_set.train]
+    picked: dict[str, int] = {}
+    held = []
+    for task in task_set.heldout:
+        if picked.get(task.domain, 0) < rl.eval_tasks_per_domain:
+            picked[task.domain] = picked.get(task.domain, 0) + 1
+            held.append(rl_eval.DomainTask(task.domain, task))
+    decontaminated = tasks_decontaminated(config, task_set.path)
+    if held and not decontaminated:
+        log.warning("rl: the recipe's decontamination.sets lack `tasks:%s`: the SFT mix was not checked against "
+                    "these held-out tasks", rl.tasks)  # fmt: skip
+    held_out = rl_eval.HeldOut(held, seed=0, pool_size=len(task_set.heldout), decontaminated=decontaminated)
+    return domains, train_items, held_out if held else None
+
+
+def tasks_decontaminated(config: RunConfig, task_file: Path) -> bool:
+    """Does the recipe decontaminate against this task file's held-out rows (a `tasks:PATH` set)?"""
+    from pipelines.tasks_file import TASKS_SET_PREFIX
+
+    recipe = config.data.recipe
+    sets = [] if isinstance(recipe, str) else recipe.decontamination.sets
+    for entry in sets:
+        if entry.startswith(TASKS_SET_PREFIX):
+            path = Path(entry.removeprefix(TASKS_SET_PREFIX))
+            candidates = [path, REPO_ROOT / path] if not path.is_absolute() else [path]
+            if any(c.is_file() and c.resolve() == task_file for c in candidates):
+                return True
+    return False
 
 
 def train_cluster(
