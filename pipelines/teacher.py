@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.chat import DEFAULT_SYSTEM_PROMPT, parse_reply
+from pipelines.chat import DEFAULT_SYSTEM_PROMPT
+from pipelines.codecs import make_codec
 from pipelines.envs.base import Task, ToolEnv
 from pipelines.errors import BadInput
 from pipelines.schema import Message, ThinkingSection, ToolCall, Trace, content_id, function_spec, parse_trace
@@ -45,6 +46,9 @@ from pipelines.teacher_settings import TeacherSettings
 from pipelines.thought import ThoughtSchema
 
 log = logging.getLogger("midtrain.teacher")
+# A teacher's replies arrive as OpenAI messages; a server without a tool-call parser leaves the calls in the
+# text, where an instruction-tuned teacher writes them in the Hermes `<tool_call>` form. Both are read here.
+_TEXT_CALLS = make_codec("hermes")
 SOURCE = "teacher"
 _OFFLINE = {"depth": 0}  # process-wide, not thread-local: episodes run in a thread pool
 
@@ -223,7 +227,7 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
               final: bool) -> tuple[list[ThinkingSection], str]:  # fmt: skip
     """The turn's reasoning as sections (parsed from the text, or mapped from `reasoning_content`) and its
     visible content; a turn without parseable reasoning is a `thought_schema` reject."""
-    parsed = parse_reply(content, schema)
+    parsed = _TEXT_CALLS.parse(content, schema)
     if parsed.errors:
         raise Rejected("format", f"turn {turn}: {'; '.join(parsed.errors)}")
     thinking, visible = parsed.thinking, parsed.content.strip()
@@ -248,7 +252,7 @@ def _calls(message: dict[str, Any], content: str, schema: ThoughtSchema, turn: i
     """(name, arguments) of each call: the API's `tool_calls`, else `<tool_call>` blocks in the text."""
     raw = message.get("tool_calls") or []
     if not raw:
-        return [(c["name"], c["arguments"]) for c in parse_reply(content, schema).tool_calls]
+        return [(c["name"], c["arguments"]) for c in _TEXT_CALLS.parse(content, schema).tool_calls]
     calls = []
     for i, call in enumerate(raw):
         function = call.get("function") or {}
