@@ -89,7 +89,7 @@ def data_generate(
     rejects: Annotated[Path | None, typer.Option(help="Write rejects (id, reason, detail) here")] = None,
 ) -> None:
     """Executed, verified agentic traces from the built-in tool environments."""
-    from pipelines.generate import generate_to_file
+    from pipelines.tasks.generate import generate_to_file
 
     generate_to_file(domains, n, seed, out, patterns, rejects, console)
 

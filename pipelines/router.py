@@ -84,8 +84,8 @@ def generated_examples(recipe: Any, clusters: list[str], n: int, exclude: set[st
     a few milliseconds to generate and no training tokens. Seeds are offset from the sources' own, so these are
     new draws; only patterns whose cluster is routed are drawn; a request equal to a held-out one is dropped.
     """
-    from pipelines.envs import DOMAINS
-    from pipelines.generate import DEFAULT_CLUSTERS, generate_traces, resolve_patterns
+    from pipelines.tasks.domains import DOMAINS
+    from pipelines.tasks.generate import DEFAULT_CLUSTERS, generate_traces, resolve_patterns
 
     sources = [s for c in recipe.categories.values() for s in c.sources if s.type == "generated"]
     total = sum(s.n for s in sources)

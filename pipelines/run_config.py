@@ -15,11 +15,11 @@ from pipelines.config import (
     validate_data,
     where_is,
 )
-from pipelines.env_spec import EnvRef
-from pipelines.envs.sandbox import SandboxSettings
+from pipelines.envs.spec import EnvRef
 from pipelines.errors import BadInput
 from pipelines.models import DEFAULT_MODEL, check_reference
 from pipelines.recipe import Recipe, checked_thought_schema
+from pipelines.sandbox import SandboxSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,7 +159,7 @@ class RLSection(StrictModel):
     )
     tasks: str | None = Field(
         None,
-        description="A task file (JSONL, see pipelines/tasks_file.py): train on its `train` rows, evaluate before "
+        description="A task file (JSONL, see pipelines/tasks/task_file.py): train on its `train` rows, evaluate before "
         "and after on its `heldout` rows (up to eval_tasks_per_domain per environment); `domains`, `n_tasks` and "
         "the samplers' settings then do not apply.",
     )

@@ -215,8 +215,8 @@ def _assistant_message(codec: Codec, reply: ParsedReply, raw: str) -> dict[str, 
 
 def env_class(domain: str) -> Any:
     """A built-in domain's class, or the class of an env YAML file (MCP server, Python class)."""
-    from pipelines.env_spec import is_env_file, load_env
-    from pipelines.envs import DOMAINS
+    from pipelines.envs.spec import is_env_file, load_env
+    from pipelines.tasks.domains import DOMAINS
 
     if is_env_file(domain):
         return load_env(domain)[1]

@@ -52,7 +52,7 @@ def constant_reward(completions: list[Any], **kwargs: Any) -> list[float]:
 
 def rendered_rows(config: RunConfig, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, str]]:
     """Our prompts as the exact text TRL renders for the stage (same tools, same generation prompt)."""
-    from pipelines.envs import DOMAINS
+    from pipelines.tasks.domains import DOMAINS
 
     out = []
     for row in rows:

@@ -25,11 +25,11 @@ from pipelines.codecs import (
     detect_family,
     make_codec,
 )
-from pipelines.envs import DOMAINS
 from pipelines.errors import BadInput
 from pipelines.rl import evaluate as ev
 from pipelines.run_config import ModelSection
 from pipelines.schema import ThinkingSection
+from pipelines.tasks.domains import DOMAINS
 from pipelines.thought import load_thought_schema
 from tests.conftest import FAMILY_TEMPLATES
 
@@ -312,10 +312,10 @@ def test_one_grpo_step_runs_the_tool_loop_in_each_format(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from pipelines.envs.base import Task
-    from pipelines.generate import sample_prompt_rows
     from pipelines.rl.rewards import build_reward_funcs
     from pipelines.rl.tool_views import tool_view
+    from pipelines.tasks.generate import sample_prompt_rows
+    from pipelines.tasks.records import Task
 
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     tok = load_tokenizer(str(tiny_model(family_tok(family_tokenizer, family), tmp_path / "model")))

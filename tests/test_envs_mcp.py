@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.env_spec import McpEnvSpec, env_class, load_env, resolve_env
 from pipelines.envs.external import EnvFailure
+from pipelines.envs.spec import McpEnvSpec, env_class, load_env, resolve_env
 from pipelines.errors import BadInput
 from pipelines.rl import evaluate as ev
-from pipelines.tasks_file import load_task_file
+from pipelines.tasks.task_file import load_task_file
 from pipelines.thought import load_thought_schema
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,11 +17,12 @@ from transformers import TrainerCallback
 
 from pipelines.artifacts import UnitState
 from pipelines.codecs import hermes
-from pipelines.envs import DOMAINS
-from pipelines.envs.base import Step, Task, ToolEnv
+from pipelines.envs.base import ToolEnv
 from pipelines.errors import BadInput
 from pipelines.rl import evaluate as ev
 from pipelines.run_config import RunConfig
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import Step, Task
 from pipelines.thought import load_thought_schema
 from tests.helpers import CrashAt
 

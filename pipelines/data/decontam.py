@@ -122,8 +122,8 @@ class ContaminationIndex:
         self.task_ids.update({t.task_id: "heldout" for t in tasks})
 
     def add_task_file(self, path: str) -> None:
-        """A task file's held-out rows (pipelines.tasks_file), by request text and by id, as set `tasks:PATH`."""
-        from pipelines.tasks_file import task_file_heldout_rows
+        """A task file's held-out rows (pipelines.tasks.task_file), by request text and by id, as set `tasks:PATH`."""
+        from pipelines.tasks.task_file import task_file_heldout_rows
 
         set_name = f"tasks:{Path(path).name}"
         rows = task_file_heldout_rows(path)
@@ -287,7 +287,7 @@ def bfcl_questions(data_dir: Path | None = None) -> Iterator[tuple[str, str]]:
 
 def heldout_tasks(config: Decontamination) -> list[Any]:
     """The held-out eval tasks: the environments' task samplers with `heldout_seed`/`heldout_n`."""
-    from pipelines.envs import sample_tasks
+    from pipelines.tasks.domains import sample_tasks
 
     return sample_tasks(["all"], config.heldout_n, config.heldout_seed)
 

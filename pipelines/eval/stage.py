@@ -576,7 +576,7 @@ def task_file_heldout(section: EvalSection) -> Heldout:
     of the tools it names."""
     from pipelines.rl.evaluate import guarded
     from pipelines.rl.tool_views import with_task_tools
-    from pipelines.tasks_file import load_task_file
+    from pipelines.tasks.task_file import load_task_file
 
     assert section.tasks is not None
     task_set = load_task_file(section.tasks, section.env)

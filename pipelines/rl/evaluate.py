@@ -24,10 +24,11 @@ from typing import Any
 
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, prompt_ids
 from pipelines.codecs import Codec, codec_for
-from pipelines.envs.base import Task, ToolEnv
+from pipelines.envs.base import ToolEnv
 from pipelines.errors import BadInput
 from pipelines.recipe import Recipe
 from pipelines.rl import rewards
+from pipelines.tasks.records import Task
 from pipelines.thought import ThoughtSchema
 
 log = logging.getLogger("midtrain.rl")
@@ -82,7 +83,7 @@ def fixed_method_domains(names: Sequence[str]) -> dict[str, tuple[type[ToolEnv],
 
     TRL's `environment_factory` can only expose methods as tools; the API pool's per-task tools cannot be.
     """
-    from pipelines.envs import DOMAINS
+    from pipelines.tasks.domains import DOMAINS
 
     fixed = {name: (guarded(env), sampler) for name, (env, sampler) in DOMAINS.items() if env._tool_methods()}
     if "all" in names:
@@ -129,7 +130,7 @@ def irrelevant_task(domain: str, foreign: Task, own: Task | None = None) -> Task
 
 def foreign_domains(domain: str, names: Sequence[str]) -> list[str]:
     """Domains whose requests `domain`'s tools certainly cannot serve (the generator's irrelevance table)."""
-    from pipelines.generate import IRRELEVANT_TOOLSETS
+    from pipelines.tasks.generate import IRRELEVANT_TOOLSETS
 
     return [other for other in names if other != domain and domain in IRRELEVANT_TOOLSETS.get(other, ())]
 
@@ -199,7 +200,7 @@ def heldout_tasks(
     That sampler's task i does not depend on n, so when the first `decontaminated_n` tasks hold too few of a
     domain the pool grows and the first tasks stay the same; `decontaminated` then says so.
     """
-    from pipelines.envs import sample_tasks as sample_shared
+    from pipelines.tasks import sample_tasks as sample_shared
 
     pool_size = max(decontaminated_n, per_domain * len(domains))
     while True:
@@ -479,8 +480,8 @@ def evaluate_adapter(
     from transformers import AutoModelForCausalLM
 
     from pipelines.chat import load_tokenizer
-    from pipelines.envs import DOMAINS
     from pipelines.models import fetch_model
+    from pipelines.tasks.domains import DOMAINS
 
     path = fetch_model(model_ref)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

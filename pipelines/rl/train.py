@@ -94,7 +94,7 @@ def prompt_rows(
 ) -> list[dict[str, Any]]:
     """TRL rows: `prompt`, `task` (env ground truth), `environment` (the `environment_factory` key: the domain,
     or its tool view), `tools` (the specs that environment offers, as JSON text)."""
-    from pipelines.generate import task_to_prompt_row
+    from pipelines.tasks.generate import task_to_prompt_row
 
     rows = []
     for item in items:
@@ -446,7 +446,7 @@ def task_file_inputs(
 ) -> tuple[dict[str, tuple[type, Any]], list[rl_eval.DomainTask], rl_eval.HeldOut | None]:
     """(environments, training tasks, held-out tasks) from `rl.tasks`: its train rows, and up to
     `eval_tasks_per_domain` held-out rows per environment; rejected rows go to `rl/task_rejects.jsonl`."""
-    from pipelines.tasks_file import load_task_file
+    from pipelines.tasks.task_file import load_task_file
 
     rl = config.rl
     assert rl is not None and rl.tasks is not None
@@ -473,7 +473,7 @@ def task_file_inputs(
 
 def tasks_decontaminated(config: RunConfig, task_file: Path) -> bool:
     """Does the recipe decontaminate against this task file's held-out rows (a `tasks:PATH` set)?"""
-    from pipelines.tasks_file import TASKS_SET_PREFIX
+    from pipelines.tasks.task_file import TASKS_SET_PREFIX
 
     recipe = config.data.recipe
     sets = [] if isinstance(recipe, str) else recipe.decontamination.sets
