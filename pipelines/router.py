@@ -21,11 +21,9 @@ import numpy as np
 
 from pipelines.artifacts import RouterAccuracy, RouterBundle, RouterResult
 from pipelines.errors import BadInput
+from pipelines.inference import BASE
 from pipelines.run_config import RouterSection, RunConfig
 from pipelines.schema import Trace
-
-BASE = "__base__"  # PEFT's name for "no adapter" in mixed-batch generation
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Examples from the mix

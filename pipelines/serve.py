@@ -1,8 +1,10 @@
 """Serve a router bundle in Python: one base model, every adapter preloaded, the right one per request.
 
-`Router.generate` routes one request and switches to its adapter (cheap: the weights are already in memory,
-see `Router.switch`); `Router.generate_batch` serves a mixed batch in one forward pass with PEFT's `adapter_names`, each row
-with its own adapter. `chat` is the interactive loop behind `midtrain chat`, executing tool calls live.
+`Router.generate` routes one request and answers with its adapter; `Router.generate_batch` serves a mixed batch,
+each row with its own adapter. Both decode with the one inference engine (`pipelines.inference.Engine`): one
+adapter for a batch is a pointer switch (the weights are already in memory), a mixed batch runs in one forward
+pass per token with PEFT's `adapter_names`. `chat` is the interactive loop behind `midtrain chat`, executing
+tool calls live.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from pipelines.codecs import Codec, ParsedReply, codec_for
 from pipelines.errors import BadInput
+from pipelines.inference import Engine, activate_adapter, decode_reply, tuner_layers
 from pipelines.models import resolve_model
 from pipelines.router import BASE, Route, adapter_source, compose_request_text, load_bundle
 from pipelines.schema import function_spec
@@ -41,9 +44,10 @@ class Router:
         base = AutoModelForCausalLM.from_pretrained(resolve_model(self.meta.base_model), dtype=torch.float32)
         self.model = self._attach_adapters(base)
         self.model.eval()
-        self._lora_layers = (
-            tuner_layers(self.model) if self.sources and self.requests.method != "arrow" else []
-        )
+        arrow = self.requests.method == "arrow"
+        self._lora_layers = tuner_layers(self.model) if self.sources and not arrow else []
+        loaded = {} if arrow else {path: name for name, path in self.sources.items()}
+        self.engine = Engine.for_tokenizer(self.model, self.tokenizer, adapters=loaded)
 
     def _attach_adapters(self, base: Any) -> Any:
         from peft import PeftModel
@@ -83,29 +87,8 @@ class Router:
         route: Route | None = None,
     ) -> tuple[Route, str]:
         """Route on the conversation's user turns (or use `route`), then generate with that adapter alone."""
-        import contextlib
-
-        import torch
-
         route = route or self.route(route_text(messages, tools))
-        if not self.sources or self.requests.method == "arrow":
-            return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
-        use_adapter = route.adapter in self.sources
-        if use_adapter:
-            self.switch(route.adapter)
-        inputs = self.tokenizer(
-            [self._prompt(messages, tools)], return_tensors="pt", add_special_tokens=False
-        )
-        base_only = contextlib.nullcontext() if use_adapter else self.model.disable_adapter()
-        with torch.no_grad(), base_only:
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
-        return route, _strip_padding(text, self.tokenizer)
+        return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
 
     def generate_batch(
         self,
@@ -113,23 +96,17 @@ class Router:
         max_new_tokens: int = 256,
         routes: list[Route] | None = None,
     ) -> list[tuple[Route, str]]:
-        """Greedy generation for a batch whose rows may each use a different adapter (one forward pass)."""
-        import torch
-
+        """Greedy replies for a batch whose rows may each use a different adapter (one forward pass per token);
+        each reply ends at its end-of-turn token."""
         routes = routes or [self.route(route_text(m, t)) for m, t in requests]
-        prompts = [self._prompt(m, t) for m, t in requests]
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if self.sources and self.requests.method != "arrow":
-            kwargs["adapter_names"] = [r.adapter if r.adapter in self.sources else BASE for r in routes]
-        with torch.no_grad():
-            out = self.model.generate(**inputs, **kwargs)
-        texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
-        return [(r, _strip_padding(t, self.tokenizer)) for r, t in zip(routes, texts, strict=True)]
+        prompts = [
+            self.tokenizer(self._prompt(m, t), add_special_tokens=False)["input_ids"] for m, t in requests
+        ]
+        adapters = [r.adapter if r.adapter in self.sources else None for r in routes]
+        if self.requests.method == "arrow":
+            adapters = [None] * len(requests)  # the Arrow model mixes its adapters per token by itself
+        replies = self.engine(prompts, adapters, max_new_tokens)
+        return [(r, decode_reply(self.tokenizer, ids)) for r, ids in zip(routes, replies, strict=True)]
 
     def switch(self, adapter: str) -> None:
         """Make one adapter active for plain `model(...)`/`generate` calls (single-request serving)."""
@@ -138,35 +115,10 @@ class Router:
         activate_adapter(self.model, self._lora_layers, adapter)
 
 
-def tuner_layers(model: Any) -> list[Any]:
-    """The PEFT layers (one per adapted module) whose active adapter a switch repoints."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
-
-
-def activate_adapter(model: Any, layers: list[Any], adapter: str) -> None:
-    """Switch a frozen `PeftModel` to `adapter`: repoint each LoRA layer's active adapter, nothing else.
-
-    PEFT's `set_adapter` also walks every module of the model and re-sets `requires_grad` on every adapter
-    weight, which made a switch cost ~10 ms on the 30-layer embedded model. Serving never trains, so the
-    pointer is all that changes; the state left is the same as `set_adapter`'s (tests/test_router.py).
-    """
-    for layer in layers:
-        layer._active_adapter = [adapter]
-    model.active_adapter = adapter  # PeftModel and its LoraModel each keep their own record
-    model.base_model.active_adapter = adapter
-
-
 def route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
     """The router's input for a live conversation, built exactly as for the mix's traces in training."""
     users = [m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str)]
     return compose_request_text(users, [function_spec(t).get("name", "") for t in tools or []])
-
-
-def _strip_padding(text: str, tokenizer: Any) -> str:
-    text = text.replace(tokenizer.pad_token or "", "") if tokenizer.pad_token != tokenizer.eos_token else text
-    return text.split(tokenizer.eos_token, 1)[0] if tokenizer.eos_token else text
 
 
 def chat(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,28 @@ def manifest(
         "rejects": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "files": {},
     }
+
+
+# -- policies for the live loop (pipelines.episodes) ----------------------------------------------------------
+class ScriptedPolicy:
+    """A stand-in policy (a `GenerateFn`) that plays the reference solution of whichever task its prompt holds."""
+
+    def __init__(self, tokenizer: Any, items: list[Any]) -> None:
+        self.tokenizer = tokenizer
+        self.items = items
+
+    def _reply(self, prompt: str) -> str:
+        item = next(i for i in self.items if i.task.request in prompt)
+        turns = item.task.solution
+        done = prompt.count("<tool_response>")  # calls answered so far
+        calls_before = [sum(len(t) for t in turns[:k]) for k in range(len(turns) + 1)]
+        if done in calls_before[:-1]:
+            turn = turns[calls_before.index(done)]
+            blocks = [json.dumps({"name": s.tool, "arguments": s.arguments}) for s in turn]
+            return "".join(f"<tool_call>\n{b}\n</tool_call>\n" for b in blocks).strip() + "<|im_end|>"
+        return f"<think><verify>done</verify></think>\n{item.task.final_template.format(answer=item.task.answer)}<|im_end|>"
+
+    def __call__(self, prompts: list[list[int]], adapters: list, max_new_tokens: int) -> list[list[int]]:
+        """A `GenerateFn`: each prompt's scripted reply, cut at the token budget."""
+        replies = [self._reply(self.tokenizer.decode(ids)) for ids in prompts]
+        return [self.tokenizer(r, add_special_tokens=False)["input_ids"][:max_new_tokens] for r in replies]

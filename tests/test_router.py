@@ -98,7 +98,8 @@ def test_mixed_batch_gives_each_row_its_adapter(run_dir: Path, tiny_model_dir: P
 def test_switch_leaves_the_state_peft_set_adapter_leaves(run_dir: Path, tiny_model_dir: Path) -> None:
     import torch
 
-    from pipelines.serve import Router, tuner_layers
+    from pipelines.inference import tuner_layers
+    from pipelines.serve import Router
 
     run(_config(run_dir, tiny_model_dir, threshold=0.0))
     router = Router(run_dir / "router")

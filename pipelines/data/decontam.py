@@ -12,7 +12,7 @@ Eval sets (`Decontamination.sets` in the recipe):
   is a question whichever leaderboard category uses it);
 - `tasks:PATH`: a task file's `split: heldout` rows (their user messages, and their ids);
 - `heldout`: the project's own held-out eval tasks, sampled by the environments' task samplers
-  (`pipelines.envs.sample_tasks`) with `heldout_seed`/`heldout_n`: their request texts, and their task ids
+  (`pipelines.tasks.domains.draw_tasks`) with `heldout_seed`/`heldout_n`: their request texts, and their task ids
   (a generated trace whose `meta.task_id` is a held-out task's is dropped however it is phrased);
 - any other entry: a .jsonl/.json path whose string values are eval texts.
 
@@ -287,9 +287,9 @@ def bfcl_questions(data_dir: Path | None = None) -> Iterator[tuple[str, str]]:
 
 def heldout_tasks(config: Decontamination) -> list[Any]:
     """The held-out eval tasks: the environments' task samplers with `heldout_seed`/`heldout_n`."""
-    from pipelines.tasks.domains import sample_tasks
+    from pipelines.tasks.domains import draw_tasks
 
-    return sample_tasks(["all"], config.heldout_n, config.heldout_seed)
+    return draw_tasks(["all"], config.heldout_n, config.heldout_seed)
 
 
 def file_texts(path: Path) -> Iterator[tuple[str, str]]:

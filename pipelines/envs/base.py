@@ -1,4 +1,4 @@
-"""The tool-environment contract shared by the trace generator, RL and eval (see DESIGN.md, Environments).
+"""The tool-environment contract shared by the trace generator, RL and eval (see docs/DESIGN.md, Environments).
 
 TRL's `GRPOTrainer(environment_factory=…)` exposes *every* public function of the environment class as a tool
 (inherited ones included) and calls `reset(**row)` with all dataset columns. So: tools are the public methods
@@ -11,6 +11,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable
+from functools import cache
 from typing import Any, ClassVar
 
 from pipelines.tasks.records import Task, every_answer_said
@@ -123,3 +124,31 @@ def _to_text(result: Any) -> str:
     if isinstance(result, str):
         return result
     return json.dumps(result, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@cache
+def guarded(env_class: type[ToolEnv]) -> type[ToolEnv]:
+    """`env_class` with a `reset` and `get_reward` that never raise, for rollouts that must not crash a run.
+
+    TRL calls both unguarded (its tool calls it does guard). A failing reset leaves no task and `_reset_error`
+    set, which the `outcome` reward counts as an `env_error` and scores 0. Same class name, so TRL's per-domain
+    reward column keeps the domain's name; cached, so one class maps to one subclass.
+    """
+
+    def reset(self: ToolEnv, **row: Any) -> str | None:
+        self._reset_error = None
+        try:
+            return env_class.reset(self, **row)
+        except Exception as exc:
+            self._reset_error = f"{type(exc).__name__}: {exc}"
+            self._task = None
+            return None
+
+    def get_reward(self: ToolEnv) -> float:
+        try:
+            return float(env_class.get_reward(self))
+        except Exception:
+            return 0.0
+
+    namespace = {"reset": reset, "get_reward": get_reward, "__doc__": env_class.__doc__}
+    return type(env_class.__name__, (env_class,), {"__module__": env_class.__module__, **namespace})

@@ -21,8 +21,8 @@ from functools import cache
 from typing import Any
 
 from pipelines.envs.base import ToolEnv
-from pipelines.rl.evaluate import DomainTask
 from pipelines.tasks.records import Task
+from pipelines.tasks.sampling import DomainTask
 
 
 class _HiddenTool:

@@ -28,8 +28,9 @@ DOMAINS: dict[str, tuple[type[ToolEnv], Callable[..., Task]]] = {
 }
 
 
-def sample_tasks(domains: list[str], n: int, seed: int) -> list[Task]:
-    """`n` tasks round-robin over `domains` (`["all"]`: every registered one), deterministic from `seed`."""
+def draw_tasks(domains: list[str], n: int, seed: int) -> list[Task]:
+    """`n` tasks round-robin over `domains` (`["all"]`: every registered one), deterministic from `seed`: task i
+    does not depend on n. The data stage decontaminates against `draw_tasks(["all"], heldout_n, heldout_seed)`."""
     import random
 
     names = sorted(DOMAINS) if list(domains) == ["all"] else list(domains)
