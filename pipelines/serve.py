@@ -2,17 +2,15 @@
 
 `Router.generate` routes one request and switches to its adapter (cheap: the weights are already in memory,
 see `Router.switch`); `Router.generate_batch` serves a mixed batch in one forward pass with PEFT's `adapter_names`, each row
-with its own adapter. `chat` is the interactive loop behind `midtrain chat`, executing tool calls live.
+with its own adapter. The HTTP endpoint over it is `pipelines/server.py` (`midtrain serve`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer, parse_reply
+from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from pipelines.errors import BadInput
 from pipelines.models import resolve_model
 from pipelines.router import BASE, Route, adapter_source, compose_request_text, load_bundle
@@ -31,11 +29,7 @@ class Router:
         self.sources = {
             name: adapter_source(self.router_dir, ref) for name, ref in self.requests.adapters.items()
         }
-        first = next(iter(self.sources.values()), None)
-        has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
-        # The adapter's own tokenizer carries the chat template it was trained with.
-        self.tokenizer = load_tokenizer(first if has_tokenizer else self.meta["base_model"])
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = serving_tokenizer(self.sources, self.meta["base_model"])
         base = AutoModelForCausalLM.from_pretrained(
             resolve_model(self.meta["base_model"]), dtype=torch.float32
         )
@@ -71,11 +65,7 @@ class Router:
         return self.requests.route([text])[0]
 
     def _prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        if messages and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
-        return self.tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=True
-        )
+        return prompt_text(self.tokenizer, messages, tools)
 
     def generate(
         self,
@@ -140,6 +130,22 @@ class Router:
         activate_adapter(self.model, self._lora_layers, adapter)
 
 
+def serving_tokenizer(sources: dict[str, str], base_model: str) -> Any:
+    """The first adapter's own tokenizer (it carries the chat template it was trained with), else the base's."""
+    first = next(iter(sources.values()), None)
+    has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(first if has_tokenizer else base_model)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """The generation prompt for a conversation; a system turn is added when there is none, as in training."""
+    if messages and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+
+
 def tuner_layers(model: Any) -> list[Any]:
     """The PEFT layers (one per adapted module) whose active adapter a switch repoints."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -171,60 +177,9 @@ def _strip_padding(text: str, tokenizer: Any) -> str:
     return text.split(tokenizer.eos_token, 1)[0] if tokenizer.eos_token else text
 
 
-def chat(
-    router: Router,
-    lines: Iterable[str],
-    emit: Callable[[str], None],
-    domain: str | None = None,
-    max_tool_rounds: int = 4,
-    max_new_tokens: int = 256,
-) -> None:
-    """Interactive loop: each user line is routed once; tool calls run live in `domain`'s environment."""
-    env, tools = _chat_env(domain)
-    messages: list[dict[str, Any]] = []
-    for line in lines:
-        line = line.strip()
-        if line in ("/quit", "/exit"):
-            return
-        if line == "/reset" or not line:
-            messages = []
-            env, tools = _chat_env(domain)
-            continue
-        messages.append({"role": "user", "content": line})
-        route = router.route(route_text(messages, tools))
-        for _ in range(max_tool_rounds + 1):
-            _, text = router.generate(messages, tools, max_new_tokens, route=route)
-            reply = parse_reply(text, router.schema)
-            emit(
-                f"[{route.adapter} · {route.cluster} {route.confidence:.2f}] {reply.content or text.strip()}"
-            )
-            messages.append(_assistant_message(reply, text))
-            if not reply.tool_calls or env is None:
-                break
-            for call in reply.tool_calls:
-                observation, _ = env._call_tool(call["name"], call["arguments"])
-                emit(f"  tool {call['name']}({json.dumps(call['arguments'])}) → {observation[:200]}")
-                messages.append({"role": "tool", "content": observation})
-
-
-def _assistant_message(reply: Any, raw: str) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": raw.split("<tool_call>", 1)[0].strip()}
-    if reply.tool_calls:
-        message["tool_calls"] = [{"type": "function", "function": c} for c in reply.tool_calls]
-    return message
-
-
 def env_class(domain: str) -> Any:
     from pipelines.envs import DOMAINS
 
     if domain not in DOMAINS:
         raise BadInput(f"unknown environment {domain!r} (have: {', '.join(sorted(DOMAINS))})")
     return DOMAINS[domain][0]
-
-
-def _chat_env(domain: str | None) -> tuple[Any, list[dict[str, Any]] | None]:
-    if domain is None:
-        return None, None
-    env = env_class(domain)()
-    env.reset()
-    return env, env._tool_schemas()

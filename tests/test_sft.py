@@ -556,30 +556,66 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
 # --- vLLM compatibility ------------------------------------------------------------------------------------
 
 
+Q_PROJ = "base_model.model.model.layers.0.self_attn.q_proj"
+PLAIN_LORA = {f"{Q_PROJ}.lora_A.weight": (16, 8), f"{Q_PROJ}.lora_B.weight": (8, 16)}
+
+
+def write_adapter(path: Path, change: dict | None = None, tensors: dict | None = None) -> Path:
+    """adapter_config.json + a real safetensors file whose tensor names and shapes are `tensors`."""
+    from safetensors.numpy import save_file
+
+    config = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "bias": "none", "use_dora": False}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps(config | (change or {})))
+    shapes = PLAIN_LORA if tensors is None else tensors
+    save_file(
+        {k: np.zeros(s, np.float32) for k, s in shapes.items()}, str(path / "adapter_model.safetensors")
+    )
+    return path
+
+
 @pytest.mark.parametrize(
-    ("change", "problem"),
+    ("change", "tensors", "problem"),
     [
-        ({"r": 128}, "rank 128 > 64"),
-        ({"use_dora": True}, "use_dora is true"),
-        ({"modules_to_save": ["lm_head"]}, "modules_to_save ['lm_head'] is set"),
-        ({"bias": "lora_only"}, "bias is 'lora_only'"),
-        ({"rank_pattern": {"q_proj": 96}}, "rank 96 > 64"),
+        ({"r": 1024}, None, "rank 1024 > 512"),
+        ({"rank_pattern": {"q_proj": 1024}}, None, "rank 1024 > 512"),
+        ({"use_dora": True}, None, "use_dora is set"),
+        ({"lora_bias": True}, None, "lora_bias is set"),
+        ({"init_lora_weights": "pissa"}, None, "init_lora_weights is 'pissa'"),
+        ({"modules_to_save": ["lm_head"]}, None, "modules_to_save ['lm_head'] is set"),
+        ({"bias": "lora_only"}, None, "bias is 'lora_only'"),
+        # What PEFT writes for DoRA magnitudes and LoRA biases: vLLM raises "... is unsupported LoRA weight".
+        ({}, PLAIN_LORA | {f"{Q_PROJ}.lora_magnitude_vector": (16,)}, "tensors vLLM cannot parse"),
+        ({}, PLAIN_LORA | {f"{Q_PROJ}.lora_B.bias": (16,)}, f"{Q_PROJ}.lora_B.bias"),
     ],
 )
-def test_vllm_check_catches_unservable_adapters(tmp_path: Path, change: dict, problem: str) -> None:
-    config = {"peft_type": "LORA", "r": 16, "bias": "none", "use_dora": False, "modules_to_save": None}
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
-    assert check_vllm_compatible(tmp_path) == []
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config | change))
-    problems = check_vllm_compatible(tmp_path)
+def test_vllm_check_catches_unservable_adapters(
+    tmp_path: Path, change: dict, tensors: dict | None, problem: str
+) -> None:
+    assert check_vllm_compatible(write_adapter(tmp_path / "ok")) == []
+    problems = check_vllm_compatible(write_adapter(tmp_path / "bad", change, tensors))
     assert len(problems) == 1 and problem in problems[0]
 
 
-def test_vllm_check_reports_missing_files(tmp_path: Path) -> None:
+def test_vllm_check_reads_embedding_widths_and_skips_base_embeddings(tmp_path: Path) -> None:
+    embed = "base_model.model.model.embed_tokens"
+    tensors = PLAIN_LORA | {
+        f"{embed}.lora_embedding_A": (16, 100),
+        f"{embed}.lora_embedding_B": (64, 16),
+        f"{embed}.base_layer.weight": (100, 64),  # vLLM skips these on purpose
+    }
+    adapter = write_adapter(tmp_path, tensors=tensors)
+    assert check_vllm_compatible(adapter) == [] and check_vllm_compatible(adapter, base_vocab_size=100) == []
+    (problem,) = check_vllm_compatible(adapter, base_vocab_size=120)
+    assert "embedding LoRA width 100 != the base vocabulary 120" in problem
+
+
+def test_vllm_check_reports_missing_and_unreadable_files(tmp_path: Path) -> None:
     assert "missing" in check_vllm_compatible(tmp_path)[0]
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')
     assert "no adapter weights" in check_vllm_compatible(tmp_path)[0]
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"truncated")
+    assert "cannot read the adapter weights" in check_vllm_compatible(tmp_path)[0]
 
 
 def test_cli_bad_cluster_exits_2(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:

@@ -112,6 +112,17 @@ def bind_environments(
     return with_tool_views(items, env_classes, rl.distractor_tools)
 
 
+def check_generation_backend(rl: RLSection) -> None:
+    """`generation.backend: vllm` needs vLLM importable here (TRL imports it only when the trainer starts)."""
+    import importlib.util
+
+    if rl.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BadInput(
+            "rl.generation.backend: vllm needs the vllm package in this environment (`pip install vllm` on a "
+            "GPU machine); or set rl.generation.backend: hf"
+        )
+
+
 def adapter_clusters(rl: RLSection, only: Sequence[str] | None) -> list[str]:
     if not only:
         return list(rl.clusters)
@@ -176,6 +187,7 @@ def grpo_args(config: RunConfig, cluster: str, out_dir: Path, weights: list[floa
         beta=rl.beta,
         reward_weights=weights,
         remove_unused_columns=False,
+        **rl.generation.grpo_kwargs(),
     )
 
 
@@ -353,6 +365,7 @@ def run(
     if config.rl is None:
         raise BadInput("the config has no `rl` section")
     rl = config.rl
+    check_generation_backend(rl)
     names = adapter_clusters(rl, clusters)
     domains = rl_eval.fixed_method_domains(rl.domains)
     eval_seed, decontaminated_n = heldout_spec(config)
