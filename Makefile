@@ -89,7 +89,7 @@ $(VLLM_VENV)/.installed: $(VLLM_LOCK) pyproject.toml
 # with tool calls; `midtrain serve --backend vllm` in front of it; GRPO with colocated vLLM rollouts.
 # Not part of `make test` (see README, "Serving": the venv and the run take longer than CI's budget allows).
 test-vllm: setup-vllm
-	$(VLLM_VENV)/bin/pytest -q -m vllm -p no:cacheprovider tests
+	$(VLLM_VENV)/bin/pytest -q -m vllm -p no:cacheprovider --timeout 3600 -s tests/test_vllm.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

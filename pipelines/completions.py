@@ -164,11 +164,16 @@ class PeftEngine:
             finally:
                 cancelled.set()  # a client that went away, or a stop string: stop generating
                 worker.join()
+                if "ids" in result:
+                    self._account(
+                        result["ids"][0, len(prompt_ids) :].tolist(), len(prompt_ids), sampling, out
+                    )
         if "error" in result:
             raise result["error"]
-        new_ids = result["ids"][0, len(prompt_ids) :].tolist()
+
+    def _account(self, new_ids: list[int], prompt_tokens: int, sampling: Sampling, out: Generation) -> None:
         eos = set(_eos_ids(self.router.model, self.tokenizer))
-        out.prompt_tokens, out.completion_tokens = len(prompt_ids), len(new_ids)
+        out.prompt_tokens, out.completion_tokens = prompt_tokens, len(new_ids)
         ended = bool(new_ids) and new_ids[-1] in eos
         out.finish_reason = "length" if len(new_ids) >= sampling.max_tokens and not ended else "stop"
 
@@ -218,6 +223,7 @@ class VllmEngine:
             "stream": True,
             "stream_options": {"include_usage": True},
             "skip_special_tokens": False,  # a family's tool-call marker may be a special token
+            "stop": sampling.stop or None,  # vLLM stops there itself, so its usage still arrives
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed

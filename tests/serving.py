@@ -18,7 +18,7 @@ from pipelines.run_config import RouterSection
 from tests.test_router import make_adapter, two_cluster_config
 from tests.test_sft import WEATHER_TOOL, _chat_trace, _tool_trace, write_mix
 
-WEATHER_QUESTION = "Is it warm in Oslo today? Case 2."  # the mix's trace 2
+WEATHER_QUESTION = "Is it warm in Oslo today? Case 2."  # the user turn of `_tool_trace(2, "tool")`
 BOOKING_QUESTION = "Book a table for 3."
 TOOLS = [WEATHER_TOOL]
 
@@ -28,10 +28,10 @@ def mix_traces() -> list[Any]:
     return [_tool_trace(i, "tool") for i in range(4)] + [_chat_trace(i, "plan") for i in range(4)]
 
 
-def tool_calling_tiny_base(tiny_model_dir: Path, out: Path, tokenizer: Any, steps: int = 150) -> Path:
-    """The 2-layer tiny model, fully trained on the mix's assistant tokens until it writes the get_weather
-    call for the weather question (a random 2-layer model writes no tool call; LoRA alone on it learns too
-    slowly for a test). Seconds on CPU."""
+def tool_calling_tiny_base(tiny_model_dir: Path, out: Path, tokenizer: Any, steps: int = 200) -> Path:
+    """The 2-layer tiny model, fully trained on the weather trace's assistant tokens until it writes its
+    get_weather call (a random 2-layer model writes no tool call, and LoRA alone on it learns too slowly for a
+    test). The loss is computed at the assistant positions only, so the 49k-word output layer costs little."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -39,15 +39,15 @@ def tool_calling_tiny_base(tiny_model_dir: Path, out: Path, tokenizer: Any, step
     from pipelines.thought import load_thought_schema
 
     torch.manual_seed(0)
-    schema = load_thought_schema("think-plan-reflect")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    rows = [render_trace(trace, tokenizer, schema) for trace in mix_traces()]
+    row = render_trace(_tool_trace(2, "tool"), tokenizer, load_thought_schema("think-plan-reflect"))
+    ids = torch.tensor([row.input_ids])
+    positions = torch.tensor([i for i in range(len(row.input_ids) - 1) if row.assistant_masks[i + 1]])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
-        for row in rows:
-            ids = torch.tensor([row.input_ids])
-            labels = ids.masked_fill(torch.tensor([row.assistant_masks]) == 0, -100)
-            model(input_ids=ids, labels=labels).loss.backward()
+        hidden = model.model(input_ids=ids).last_hidden_state[0, positions]
+        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden), ids[0, positions + 1])
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     model.save_pretrained(out, safe_serialization=True)

@@ -27,7 +27,6 @@ from tests.serving import (
     WEATHER_QUESTION,
     free_port,
     midtrain_cli,
-    mix_traces,
     routed_run,
     start,
     stop,
@@ -45,7 +44,7 @@ def _sft_tool_adapter(root: Path, model_dir: Path, tokenizer: Any) -> Path:
     """midtrain's SFT stage on the embedded model, one cluster, enough steps to write the weather call."""
     from pipelines.run_config import RunConfig
     from pipelines.sft import run
-    from tests.test_sft import RECIPE, write_mix
+    from tests.test_sft import RECIPE, _tool_trace, write_mix
 
     config = RunConfig.model_validate(
         {
@@ -58,14 +57,16 @@ def _sft_tool_adapter(root: Path, model_dir: Path, tokenizer: Any) -> Path:
                 "replay_fraction": 0.0,
                 "quantization": {"mode": "none"},
                 "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-                "train": {"max_steps": 16, "per_device_train_batch_size": 1, "learning_rate": 2e-3,
-                          "warmup_ratio": 0.0, "max_length": 1024, "save_steps": 100,
+                # One ~300-token row per step (the weather trace the test asks about): a CPU step costs what its
+                # tokens cost, and 8 steps at this rate are enough for the adapter to write the call.
+                "train": {"max_steps": 8, "per_device_train_batch_size": 1, "learning_rate": 3e-3,
+                          "warmup_ratio": 0.0, "max_length": 384, "save_steps": 100,
                           "gradient_checkpointing": False},
             },
             "tracking": {"report_to": ["none"]},
         }
     )  # fmt: skip
-    write_mix(config.run_dir / "data", tokenizer, mix_traces())
+    write_mix(config.run_dir / "data", tokenizer, [_tool_trace(2, "tool")])
     run(config)
     return config.run_dir / "sft" / "tool"
 
