@@ -89,8 +89,9 @@ class ServeCommand:
         ]
         args = ["--enable-lora", "--max-lora-rank", str(round_up_rank(self.max_rank))]
         args += ["--max-loras", str(max(1, len(self.adapters)))]
-        for module in modules:
-            args += ["--lora-modules", module]
+        # One --lora-modules with every module: the flag takes a list, and repeating it keeps only the last one
+        # (vLLM warns "Found duplicate keys --lora-modules" and serves a single adapter).
+        args += ["--lora-modules", *modules]
         args += ["--chat-template", self.chat_template]
         args += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
         args += ["--host", self.host] if self.host else []

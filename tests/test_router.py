@@ -276,6 +276,9 @@ def test_vllm_export(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> Non
     assert "--enable-lora" in args and "--enable-auto-tool-choice" in args
     assert args[args.index("--max-lora-rank") + 1] == "8"  # the adapters' rank, not a fixed 64
     assert args[args.index("--max-loras") + 1] == "2"
+    assert (
+        args.count("--lora-modules") == 1
+    )  # one flag, every module after it (repeated, vLLM keeps the last)
     assert args[args.index("--tool-call-parser") + 1] == "hermes"
     assert args[args.index("--port") + 1] == "8123" and args[args.index("--model") + 1] == str(tiny_model_dir)
     template = Path(args[args.index("--chat-template") + 1])

@@ -78,7 +78,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path, 
     root = tmp_path_factory.mktemp("vllm")
     started = time.perf_counter()
     tool = _sft_tool_adapter(root / "train", embedded_model_dir, tokenizer)
-    make_adapter(embedded_model_dir, root / "plan", seed=2, scale=2.0)
+    # A small random LoRA: the model's own coherent text, moved a little. Exact greedy equality across two
+    # engines needs clear argmaxes; a large random LoRA writes noise whose near-ties float rounding decides.
+    make_adapter(embedded_model_dir, root / "plan", seed=2, scale=0.1)
     TIMINGS["sft_s"] = time.perf_counter() - started
     return routed_run(root, embedded_model_dir, tokenizer, {"tool": tool, "plan": root / "plan"})
 
@@ -219,5 +221,7 @@ def test_midtrain_serve_in_front_of_vllm_answers_as_the_peft_backend(
 def test_exported_command_is_shell_safe(vllm_server: Any) -> None:
     """The printed line is one shell command whose JSON module specs survive quoting."""
     args = shlex.split(vllm_server[1])
-    modules = [json.loads(args[i + 1]) for i, a in enumerate(args) if a == "--lora-modules"]
+    assert args.count("--lora-modules") == 1  # repeated, vLLM keeps only the last one
+    start = args.index("--lora-modules") + 1
+    modules = [json.loads(a) for a in args[start : start + 2]]
     assert sorted(m["name"] for m in modules) == ["plan", "tool"]
