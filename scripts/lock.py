@@ -139,7 +139,11 @@ def compile_vllm(tmp: Path, locks: list[Path]) -> str:
        "--python-platform", "x86_64-manylinux_2_28", "--generate-hashes", "-c", "vllm-constraints.txt",
        *dropped, "-o", "vllm.lock")  # fmt: skip
     text = (tmp / "vllm.lock").read_text(encoding="utf-8")
-    return text + "\n# Shipped-data packages (compiled with --no-deps)\n" + (tmp / "data.lock").read_text(encoding="utf-8")
+    return (
+        text
+        + "\n# Shipped-data packages (compiled with --no-deps)\n"
+        + (tmp / "data.lock").read_text(encoding="utf-8")
+    )
 
 
 HEADER = (
@@ -155,7 +159,9 @@ def cmd_compile(_: argparse.Namespace) -> int:
         MAIN_LOCK.write_text(main, encoding="utf-8")
         torch = HEADER.format(name=TORCH_LOCK.name, target="setup") + compile_torch(tmp, MAIN_LOCK)
         TORCH_LOCK.write_text(torch, encoding="utf-8")
-        vllm = HEADER.format(name=VLLM_LOCK.name, target="setup-vllm") + compile_vllm(tmp, [MAIN_LOCK, TORCH_LOCK])
+        vllm = HEADER.format(name=VLLM_LOCK.name, target="setup-vllm") + compile_vllm(
+            tmp, [MAIN_LOCK, TORCH_LOCK]
+        )
         VLLM_LOCK.write_text(vllm, encoding="utf-8")
     for path in (MAIN_LOCK, TORCH_LOCK, VLLM_LOCK):
         print(f"wrote {path.relative_to(ROOT)}: {len(locked_versions(path.read_text()))} packages")
