@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,22 @@ class Engine:
         )  # fmt: skip
         return new_ids
 
+    def stream(
+        self, prompt: list[int], adapter: str | None, max_new_tokens: int, pick: Pick | None = None
+    ) -> Iterator[int]:
+        """One request's tokens as they are decoded (the served endpoint's streaming path): the same loop as
+        `__call__` on a batch of one, with `pick` for sampling. Closing the iterator stops the decoding."""
+        import torch
+
+        name = self.adapter_name(adapter)
+        model = self.arrow_model if name == ARROW else self.model
+        context, _ = self._select([name]) if model is self.model else (contextlib.nullcontext(), None)
+        ids = torch.tensor([prompt], device=self.device)
+        with context:
+            for step in decode_steps(model, ids, torch.ones_like(ids), None, max_new_tokens, self.stop_ids,
+                                     pick=pick):  # fmt: skip
+                yield step[0][1]
+
     # -- prefix KV reuse ----------------------------------------------------------------------------------------
     # Held-out prompts of a domain share the system turn with every tool schema (~1,000 tokens on the embedded
     # model) on every step of every episode. Prefilling it once per adapter instead of once per row and step is
@@ -245,13 +261,36 @@ def greedy_decode(
     stop_ids: Collection[int],
     adapter_names: list[str] | None = None,
 ) -> list[list[int]]:
-    """Greedy decoding that drops each row from the batch once it emits a stop (end-of-turn) token.
+    """Greedy replies for a batch: each row ends with its stop (end-of-turn) token or after `max_new_tokens`."""
+    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    steps = decode_steps(model, input_ids, attention_mask, cache, max_new_tokens, stop_ids, adapter_names)
+    for step in steps:
+        for row, token in step:
+            out[row].append(token)
+    return out
+
+
+Pick = Callable[[Any], Any]  # last-position logits (rows × vocab) → next token id per row
+
+
+def decode_steps(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    cache: Any,
+    max_new_tokens: int,
+    stop_ids: Collection[int],
+    adapter_names: list[str] | None = None,
+    pick: Pick | None = None,
+) -> Iterator[list[tuple[int, int]]]:
+    """The one decode loop: yields, per step, (row, token) for every row still running; a row leaves the batch
+    once it emits a stop token.
 
     `generate` keeps finished rows in the batch until the last one ends, so one rambling reply makes every row
-    pay for its length; here the batch shrinks (KV cache rows, mask, adapters) as rows finish. Plain argmax, no
-    logits processors: what greedy `generate` does for a model without penalties in its generation config.
-    `cache` may hold KV for the first columns of `input_ids` (the prefix cache); the rest is prefilled. Each row
-    ends with its stop token, or after `max_new_tokens`.
+    pay for its length; here the batch shrinks (KV cache rows, mask, adapters) as rows finish. `pick` chooses
+    the next token (default: argmax, what greedy `generate` does for a model without penalties in its generation
+    config; `sampler` gives temperature/top-p). `cache` may hold KV for the first columns of `input_ids` (the
+    prefix cache); the rest is prefilled. Run step by step it streams one request (`Engine.stream`).
     """
     import torch
     from transformers import DynamicCache
@@ -262,7 +301,6 @@ def greedy_decode(
     done = cache.get_seq_length()
     step_ids, step_positions = input_ids[:, done:], positions[:, done:]
     rows = list(range(input_ids.shape[0]))  # original index of each row still in the batch
-    out: list[list[int]] = [[] for _ in rows]
     for _ in range(max_new_tokens):
         kwargs = {"adapter_names": [adapter_names[r] for r in rows]} if adapter_names else {}
         with torch.no_grad():
@@ -270,9 +308,8 @@ def greedy_decode(
                 input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
                 past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs,
             ).logits[:, -1]  # fmt: skip
-        next_ids = logits.argmax(-1)
-        for row, token in zip(rows, next_ids.tolist(), strict=True):
-            out[row].append(token)
+            next_ids = pick(logits) if pick is not None else logits.argmax(-1)
+        yield list(zip(rows, next_ids.tolist(), strict=True))
         keep = (~torch.isin(next_ids, stops)).nonzero().flatten()
         if keep.numel() == 0:
             break
@@ -284,7 +321,31 @@ def greedy_decode(
         ones = attention_mask.new_ones((len(rows), 1))
         attention_mask = torch.cat([attention_mask, ones], dim=1)
         step_ids, step_positions = next_ids[:, None], step_positions[:, -1:] + 1
-    return out
+
+
+def sampler(temperature: float, top_p: float = 1.0, seed: int | None = None) -> Pick | None:
+    """OpenAI-style sampling: softmax(logits / temperature) cut to the smallest set of tokens whose probability
+    reaches `top_p`; `seed` makes it repeatable. Temperature 0 is greedy (None: argmax)."""
+    if temperature <= 0:
+        return None
+    import torch
+
+    generators: dict[Any, Any] = {}
+
+    def pick(logits: Any) -> Any:
+        generator = generators.get(logits.device)
+        if generator is None:
+            generator = generators[logits.device] = torch.Generator(device=logits.device)
+            generator.manual_seed(seed) if seed is not None else generator.seed()
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
+            sorted_probs[before >= top_p] = 0.0  # the top token always stays (its `before` is 0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    return pick
 
 
 def tuner_layers(model: Any) -> list[Any]:

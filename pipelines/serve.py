@@ -3,19 +3,17 @@
 `Router.generate` routes one request and answers with its adapter; `Router.generate_batch` serves a mixed batch,
 each row with its own adapter. Both decode with the one inference engine (`pipelines.inference.Engine`): one
 adapter for a batch is a pointer switch (the weights are already in memory), a mixed batch runs in one forward
-pass per token with PEFT's `adapter_names`. `chat` is the interactive loop behind `midtrain chat`, executing
-tool calls live.
+pass per token with PEFT's `adapter_names`. The HTTP endpoint over it is `pipelines/server.py` (`midtrain
+serve`); `midtrain chat` is its client (`pipelines/chat_client.py`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from pipelines.codecs import Codec, ParsedReply, codec_for
+from pipelines.codecs import Codec, codec_for
 from pipelines.errors import BadInput
 from pipelines.inference import Engine, activate_adapter, decode_reply, tuner_layers
 from pipelines.models import resolve_model
@@ -35,11 +33,7 @@ class Router:
         self.sources = {
             name: adapter_source(self.router_dir, ref) for name, ref in self.requests.adapters.items()
         }
-        first = next(iter(self.sources.values()), None)
-        has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
-        # The adapter's own tokenizer carries the chat template it was trained with.
-        self.tokenizer = load_tokenizer(first if has_tokenizer else self.meta.base_model)
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = serving_tokenizer(self.sources, self.meta.base_model)
         self.codec: Codec = codec_for(self.tokenizer)  # writes the prompts, reads the replies
         base = AutoModelForCausalLM.from_pretrained(resolve_model(self.meta.base_model), dtype=torch.float32)
         self.model = self._attach_adapters(base)
@@ -75,9 +69,7 @@ class Router:
         return self.requests.route([text])[0]
 
     def _prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        if messages and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
-        return self.codec.render(self.tokenizer, messages, tools, add_generation_prompt=True)
+        return prompt_text(self.tokenizer, messages, tools)
 
     def generate(
         self,
@@ -115,54 +107,27 @@ class Router:
         activate_adapter(self.model, self._lora_layers, adapter)
 
 
+def serving_tokenizer(sources: dict[str, str], base_model: str) -> Any:
+    """The first adapter's own tokenizer (it carries the chat template it was trained with), else the base's."""
+    first = next(iter(sources.values()), None)
+    has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(first if has_tokenizer else base_model)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """The generation prompt for a conversation, written by the tokenizer's codec; a system turn is added when
+    there is none, as in training."""
+    if messages and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
+    return codec_for(tokenizer).render(tokenizer, messages, tools, add_generation_prompt=True)
+
+
 def route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
     """The router's input for a live conversation, built exactly as for the mix's traces in training."""
     users = [m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str)]
     return compose_request_text(users, [function_spec(t).get("name", "") for t in tools or []])
-
-
-def chat(
-    router: Router,
-    lines: Iterable[str],
-    emit: Callable[[str], None],
-    domain: str | None = None,
-    max_tool_rounds: int = 4,
-    max_new_tokens: int = 256,
-) -> None:
-    """Interactive loop: each user line is routed once; tool calls run live in `domain`'s environment."""
-    env, tools = _chat_env(domain)
-    messages: list[dict[str, Any]] = []
-    for line in lines:
-        line = line.strip()
-        if line in ("/quit", "/exit"):
-            return
-        if line == "/reset" or not line:
-            messages = []
-            env, tools = _chat_env(domain)
-            continue
-        messages.append({"role": "user", "content": line})
-        route = router.route(route_text(messages, tools))
-        for _ in range(max_tool_rounds + 1):
-            _, text = router.generate(messages, tools, max_new_tokens, route=route)
-            reply = router.codec.parse(text, router.schema, tools)
-            emit(
-                f"[{route.adapter} · {route.cluster} {route.confidence:.2f}] {reply.content or text.strip()}"
-            )
-            messages.append(_assistant_message(router.codec, reply, text))
-            if not reply.tool_calls or env is None:
-                break
-            for call in reply.tool_calls:
-                observation, _ = env._call_tool(call["name"], call["arguments"])
-                emit(f"  tool {call['name']}({json.dumps(call['arguments'])}) → {observation[:200]}")
-                messages.append({"role": "tool", "content": observation})
-
-
-def _assistant_message(codec: Codec, reply: ParsedReply, raw: str) -> dict[str, Any]:
-    """The reply as a history message: its text before the calls (reasoning included), and its calls."""
-    message: dict[str, Any] = {"role": "assistant", "content": codec.text_before_calls(raw)}
-    if reply.tool_calls:
-        message["tool_calls"] = [{"type": "function", "function": c} for c in reply.tool_calls]
-    return message
 
 
 def env_class(domain: str) -> Any:
@@ -175,11 +140,3 @@ def env_class(domain: str) -> Any:
     if domain not in DOMAINS:
         raise BadInput(f"unknown environment {domain!r} (have: {', '.join(sorted(DOMAINS))})")
     return DOMAINS[domain][0]
-
-
-def _chat_env(domain: str | None) -> tuple[Any, list[dict[str, Any]] | None]:
-    if domain is None:
-        return None, None
-    env = env_class(domain)()
-    env.reset()
-    return env, env._tool_schemas()

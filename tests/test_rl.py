@@ -25,36 +25,9 @@ from pipelines.tasks import sampling
 from pipelines.tasks.domains import DOMAINS
 from pipelines.tasks.records import Step, Task
 from pipelines.thought import load_thought_schema
-from tests.helpers import CrashAt, ScriptedPolicy
+from tests.helpers import CrashAt, ScriptedPolicy, rl_config
 
 SCHEMA = load_thought_schema("think-plan-reflect")
-
-
-def make_config(tmp_path: Path, model_dir: Path, **rl: Any) -> RunConfig:
-    section = {
-        "clusters": ["tool"],
-        "domains": ["all"],
-        "n_tasks": 4,
-        "eval_tasks_per_domain": 1,
-        "num_generations": 2,
-        "max_completion_length": 16,
-        "max_tool_calling_iterations": 2,
-        "irrelevance_fraction": 0.5,
-        "quantization": {"mode": "none"},
-        "train": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
-                  "gradient_checkpointing": False},
-    }  # fmt: skip
-    section.update(rl)
-    return RunConfig.model_validate(
-        {
-            "name": "rltest",
-            "output_dir": str(tmp_path / "runs"),
-            "model": {"name_or_path": str(model_dir)},
-            "data": {"recipe": "data_recipes/agentic-v1.yaml"},
-            "rl": section,
-            "tracking": {"report_to": ["none"]},
-        }
-    )
 
 
 def save_sft_adapter(config: RunConfig, model_dir: Path, cluster: str) -> Path:
@@ -186,7 +159,7 @@ def test_two_grpo_steps_over_all_domains_write_servable_outputs(tmp_path: Path, 
     from pipelines.sft.outputs import check_vllm_compatible
 
     domains = sorted(sampling.fixed_method_domains(["all"]))
-    config = make_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
+    config = rl_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
     save_sft_adapter(config, tiny_model_dir, "tool")
     summary = run(config).clusters["tool"]
 
@@ -216,9 +189,9 @@ def test_missing_sft_adapter_is_bad_input_before_training(tmp_path: Path, tiny_m
     from pipelines.rl.train import run
 
     with pytest.raises(BadInput, match=r"no SFT adapter for cluster 'tool'.*midtrain sft"):
-        run(make_config(tmp_path, tiny_model_dir))
+        run(rl_config(tmp_path, tiny_model_dir))
     with pytest.raises(BadInput, match="not in rl.clusters"):
-        run(make_config(tmp_path, tiny_model_dir), clusters=["plan"])
+        run(rl_config(tmp_path, tiny_model_dir), clusters=["plan"])
 
 
 class BrokenEnv(ToolEnv):
@@ -262,7 +235,7 @@ def test_grpo_goes_on_when_an_environment_raises(tmp_path: Path, tiny_model_dir:
     from pipelines.rl.train import run
 
     monkeypatch.setitem(DOMAINS, "broken", (BrokenEnv, broken_task))
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["broken"], from_base=True, n_tasks=2, eval_tasks_per_domain=0,
         train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
     )  # fmt: skip
@@ -301,7 +274,7 @@ def test_killed_grpo_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
 
     train = {"max_steps": 3, "save_steps": 1, "save_total_limit": 1, "per_device_train_batch_size": 2,
              "learning_rate": 1e-3, "gradient_checkpointing": False}  # fmt: skip
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["calculator"], n_tasks=3, eval_tasks_per_domain=1, train=train
     )
     save_sft_adapter(config, tiny_model_dir, "tool")
@@ -384,7 +357,7 @@ def test_a_unit_folder_midtrain_did_not_write_is_never_cleared(tmp_path: Path) -
 def test_rl_fingerprint_follows_what_shapes_the_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
     from pipelines.rl.train import rl_fingerprint
 
-    config = make_config(tmp_path, tiny_model_dir)
+    config = rl_config(tmp_path, tiny_model_dir)
     adapter = save_sft_adapter(config, tiny_model_dir, "tool")
     base = rl_fingerprint(config, "tool")
 
@@ -470,7 +443,7 @@ def test_grpo_with_tool_views_shows_each_prompt_only_its_view(
 ) -> None:
     import pipelines.rl.train as rl_train
 
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["calculator", "docsearch"], offered_tools="task", max_difficulty=1,
         distractor_tools=1, n_tasks=2, irrelevance_fraction=0.0,
         train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},

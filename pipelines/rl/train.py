@@ -129,6 +129,17 @@ def bind_environments(
     return with_tool_views(items, env_classes, rl.distractor_tools)
 
 
+def check_generation_backend(rl: RLSection) -> None:
+    """`generation.backend: vllm` needs vLLM importable here (TRL imports it only when the trainer starts)."""
+    import importlib.util
+
+    if rl.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BadInput(
+            "rl.generation.backend: vllm needs the vllm package in this environment (`pip install vllm` on a "
+            "GPU machine); or set rl.generation.backend: hf"
+        )
+
+
 def adapter_clusters(rl: RLSection, only: Sequence[str] | None) -> list[str]:
     if not only:
         return list(rl.clusters)
@@ -200,6 +211,7 @@ def grpo_args(
         reward_weights=weights,
         remove_unused_columns=False,
         chat_template_kwargs=dict(template_kwargs) or None,
+        **rl.generation.grpo_kwargs(),
     )
 
 
@@ -391,6 +403,7 @@ def run(
     if config.rl is None:
         raise BadInput("the config has no `rl` section")
     rl = config.rl
+    check_generation_backend(rl)
     names = adapter_clusters(rl, clusters)
     if rl.tasks is not None:
         domains, train_items, held_out = task_file_inputs(config)
