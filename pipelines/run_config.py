@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -362,6 +362,22 @@ class EvalSection(StrictModel):
         ge=1,
         description="Rows per generate call; CPU decoding is memory-bound, so wide batches are cheap.",
     )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Who decodes: `hf` (midtrain's engine on transformers + PEFT) or `vllm` (vLLM's offline "
+        "engine, every adapter as a LoRA; for large models on a GPU). Prompts, parsing and scores are the same.",
+    )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra arguments for vLLM's `LLM(...)` with backend vllm: gpu_memory_utilization, "
+        "max_model_len, tensor_parallel_size, enforce_eager, ...",
+    )
+
+    @model_validator(mode="after")
+    def _engine_args_need_vllm(self) -> EvalSection:
+        if self.vllm_engine_args and self.backend != "vllm":
+            raise ValueError("eval.vllm_engine_args is set but eval.backend is not vllm")
+        return self
 
 
 class PublishSection(StrictModel):
