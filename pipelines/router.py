@@ -397,7 +397,13 @@ def score(router: RequestRouter, held_out: list[Example]) -> dict[str, Any]:
     texts = [e.text for e in held_out]
     labels = [router.label_of(e.cluster) for e in held_out]
     predicted = [r.cluster for r in router.route(texts)] if texts else []
-    report = classification_report(labels, predicted, labels=router.labels, output_dict=True, zero_division=0)
+    report: dict[
+        str, Any
+    ] = (  # none held out (a small mix: every example went to training): n = 0, no report
+        classification_report(labels, predicted, labels=router.labels, output_dict=True, zero_division=0)
+        if texts
+        else {}
+    )
     by_source: dict[str, Counter] = {}
     for example, guess in zip(held_out, predicted, strict=True):
         by_source.setdefault(f"{example.cluster}/{example.pattern or '-'}", Counter())[guess] += 1

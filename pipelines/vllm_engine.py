@@ -22,7 +22,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import BadInput
+from pipelines.errors import BadInput, MidtrainError
 from pipelines.inference import ARROW, BASE
 
 log = logging.getLogger("midtrain.eval")
@@ -69,7 +69,17 @@ class VllmGenerate:
         )
         self.stop_ids = sorted(stop_ids)
         start = time.perf_counter()
-        self.llm = LLM(model=base, dtype=dtype, seed=0, **lora, **(engine_args or {}))
+        try:
+            self.llm = LLM(model=base, dtype=dtype, seed=0, **lora, **(engine_args or {}))
+        except (
+            Exception
+        ) as exc:  # vLLM raises RuntimeError/ValueError for memory, devices, unsupported models
+            self.close()
+            raise MidtrainError(
+                f"eval.backend vllm: vLLM's engine did not start ({type(exc).__name__}: {str(exc)[:300]}); its "
+                "log above has the cause. On CPU, eval.vllm_engine_args.gpu_memory_utilization is the share of "
+                "RAM vLLM reserves (0.92 by default)."
+            ) from exc
         log.info("eval: vLLM engine with %d adapters up in %.1fs", len(folders), time.perf_counter() - start)
 
     def __call__(

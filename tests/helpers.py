@@ -503,3 +503,30 @@ def rl_config(tmp_path: Path, model_dir: Path, **rl: Any) -> RunConfig:
             "tracking": {"report_to": ["none"]},
         }
     )
+
+
+def tiny_model(tok: Any, out: Path) -> Path:
+    """A 2-layer random Llama-shaped model over `tok` (a family tokenizer: its vocabulary, special tokens and
+    template), saved with the tokenizer: a model folder any stage can load."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(
+        out, safe_serialization=True
+    )
+    tok.save_pretrained(out)
+    return out

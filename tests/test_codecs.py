@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +32,7 @@ from pipelines.tasks import sampling
 from pipelines.tasks.domains import DOMAINS
 from pipelines.thought import load_thought_schema
 from tests.conftest import FAMILY_TEMPLATES
+from tests.helpers import tiny_model
 
 SCHEMA = load_thought_schema("think-plan-reflect")
 TRL_FAMILIES = ["hermes", "qwen3", "llama3", "mistral", "smollm2"]
@@ -260,31 +260,6 @@ def score_completions_only(monkeypatch):
     import trl.trainer.utils
 
     monkeypatch.setattr(trl.trainer.utils, "_use_triton", lambda device: True, raising=False)
-
-
-def tiny_model(tok: Any, out: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(
-        out, safe_serialization=True
-    )
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.mark.parametrize("family", TRL_FAMILIES)

@@ -53,7 +53,10 @@ def tokenizer_record(
     tokenizer: Any, ref: str, revision: str | None, training_template: str
 ) -> dict[str, Any]:
     """Identity of the tokenizer by content: tokenizer.json's sha256 (the serialized backend when the folder
-    has none) and the chat templates' sha256 (the one for prompts and the `{% generation %}` training one)."""
+    has none), the chat templates' sha256 (the one for prompts and the `{% generation %}` training one) and the
+    tool-call format its codec writes."""
+    from pipelines.codecs import codec_for
+
     folder = Path(getattr(tokenizer, "name_or_path", "") or "")
     file = folder / "tokenizer.json"
     tok_sha = sha256_file(file) if file.is_file() else sha256_text(tokenizer.backend_tokenizer.to_str())
@@ -65,6 +68,9 @@ def tokenizer_record(
         "training_chat_template_sha256": sha256_text(training_template or ""),
         "eos_token": tokenizer.eos_token,
         "vocab_size": len(tokenizer),
+        "tool_format": codec_for(
+            tokenizer
+        ).name,  # the codec the mix was rendered with (what training learns)
     }
 
 
