@@ -68,7 +68,7 @@ def read_source(
 
 
 def read_part(source: HFSource | LocalSource, part: dict[str, Any]) -> RowStream:
-    """Rows of one part of a source (see the module doc; `units.plan_parts` writes `part`). Parts are planned
+    """Rows of one part of a source (see the module doc; `plan.plan_parts` writes `part`). Parts are planned
     only for sources read whole otherwise, so `max_rows` is already in the part's bounds."""
     kind = part["kind"]
     if kind == "hf_range":
@@ -76,6 +76,8 @@ def read_part(source: HFSource | LocalSource, part: dict[str, Any]) -> RowStream
         dataset = _load_hf(source, None)
         return _iter_hf(dataset.select(range(part["start"], part["stop"])), source, first=part["start"])
     assert isinstance(source, LocalSource)
+    if kind == "documents":
+        return _read_documents(Path(part["root"]), [Path(f) for f in part["files"]], source)
     path = Path(part["file"])
     if kind == "jsonl_range":
         return _read_jsonl(path, source, part["start"], part["end"], part["first_line"])
@@ -83,8 +85,6 @@ def read_part(source: HFSource | LocalSource, part: dict[str, Any]) -> RowStream
         return _read_parquet(
             path, source, range(part["first_group"], part["stop_group"]), part["first_index"]
         )
-    if kind == "documents":
-        return _read_documents(Path(part["root"]), [Path(f) for f in part["files"]], source)
     return _read_file(path, source)  # "file": one whole data file of a directory source
 
 
