@@ -166,10 +166,6 @@ def build(
     Hub or an offline machine fails before any work is done."""
     settings = settings or BuildSettings()
     executor = executor or ExecutorSettings()
-    if executor.kind == "slurm":
-        raise BadInput(
-            "executor 'slurm' submits jobs: use `midtrain data build --executor slurm` (submit_slurm)"
-        )
     commits = resolve_hub_commits(recipe, hub_commits)
     out_dir = Path(out_dir)
     _adopt_earlier_output(out_dir)
@@ -182,7 +178,6 @@ def build(
     work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
         result = builder.run(work)
-        assert result is not None, "only the slurm executor finishes later"
         folders.replace_dir(work, out_dir, "output folder")
     finally:
         if work.exists():
@@ -306,23 +301,16 @@ class _Builder:
                 }
         self.timings["setup"] = time.perf_counter() - mark
 
-    def run(self, work: Path) -> BuildResult | None:
-        """Build into the scratch folder `work` (after `setup`); None when the units were submitted to run
-        later (Slurm), with the finishing step behind them."""
+    def run(self, work: Path) -> BuildResult:
+        """Build into the scratch folder `work` (after `setup`): the units on the executor, then the global
+        steps here: dedup across units, the mix, the shards, the manifest."""
         self.work = work
         self.started = time.perf_counter() - self.timings["setup"]
         self.plan.write(work)
         write_decontam_index(work, self.contamination)
         mark = time.perf_counter()
-        if not executors.run_units(self.executor, work, len(self.plan.units), self.num_proc):
-            return None
+        executors.run_units(self.executor, work, len(self.plan.units), self.num_proc)
         self.timings["ingest"] = time.perf_counter() - mark
-        return self.finish()
-
-    def finish(self) -> BuildResult:
-        """The global steps, once every unit is done: dedup across units, the mix, the shards, the manifest."""
-        if not hasattr(self, "started"):
-            self.started = time.perf_counter()
         mark = time.perf_counter()
         summaries = self._unit_summaries()
         spill = self._merge_units(summaries)

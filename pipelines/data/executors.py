@@ -12,9 +12,10 @@ so which executor ran them, with how many workers or tasks, never shows in the o
 - `ray`: datatrove's `RayPipelineExecutor` on the Ray cluster `ray.init()` finds (`RAY_ADDRESS`; a local one
   when unset). Needs `pip install 'datatrove[ray]'`; the work folder (next to `--out`) must be on storage
   every node mounts.
-- `slurm`: datatrove's `SlurmPipelineExecutor`: the units as a Slurm job array, and the finishing step
-  (dedup, mix, write) as one more job that starts when the array has finished. `data build` returns once
-  both are submitted; the output appears at `--out` when the last job ends.
+- `slurm`: datatrove's `SlurmPipelineExecutor`: the units as a Slurm job array (`tasks` array tasks,
+  `workers` at a time), submitted with sbatch; this process waits for the array, then dedups, mixes and writes
+  as always. Run it where sbatch works (a login node, or a small job of its own); the work folder (next to
+  `--out`) must be on storage the compute nodes mount.
 
 Why datatrove and not Ray Data (docs/data-at-scale.md has the numbers): a datatrove task is "rank r of
 world_size", a static and reproducible split that maps onto our work units, and one pipeline step runs
@@ -27,25 +28,25 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from pipelines.data import ingest
 from pipelines.data.plan import ExecutorSettings
-from pipelines.errors import BadInput
+from pipelines.errors import BadInput, MidtrainError
 
 
-def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int) -> bool:
-    """Run every unit of the plan in `work`. True when the units are done now; False when they were submitted
-    to run later (Slurm), with the finishing step submitted behind them."""
+def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int) -> None:
+    """Run every unit of the plan in `work`; returns when all have run (done or failed)."""
     if settings.kind == "local":
         _run_local(work, n_units, workers)
-        return True
-    if settings.kind == "slurm":
-        return False  # build.submit_slurm submits the array and the finishing job
+        return
     executor = datatrove_executor(settings, work, n_units, workers)
     executor.run()
-    return True
+    if settings.kind == "slurm":
+        _wait_for_slurm(executor, work)
 
 
 # -- local ---------------------------------------------------------------------------------------------------
@@ -97,6 +98,27 @@ def datatrove_executor(settings: ExecutorSettings, work: Path, n_units: int, wor
         return LocalPipelineExecutor(
             [ingest_step(work)], tasks=tasks, workers=concurrent, logging_dir=logs, start_method="fork"
         )
+    if settings.kind == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        if settings.slurm is None:
+            raise BadInput("executor 'slurm' needs data.executor.slurm.partition (or --slurm-partition)")
+        slurm = settings.slurm
+        return SlurmPipelineExecutor(
+            [ingest_step(work)],
+            tasks=tasks,
+            workers=settings.workers or -1,
+            time=slurm.time,
+            partition=slurm.partition,
+            cpus_per_task=slurm.cpus_per_task,
+            mem_per_cpu_gb=slurm.mem_per_cpu_gb,
+            job_name="midtrain-data",
+            env_command=slurm.env_command,
+            sbatch_args=slurm.sbatch_args,
+            logging_dir=logs,
+            slurm_logs_folder=str(work / "datatrove" / "slurm_logs"),
+            mail_type="NONE",
+        )
     if settings.kind == "ray":
         try:
             import ray  # noqa: F401
@@ -110,3 +132,24 @@ def datatrove_executor(settings: ExecutorSettings, work: Path, n_units: int, wor
             [ingest_step(work)], tasks=tasks, workers=settings.workers or -1, logging_dir=logs
         )
     raise ValueError(settings.kind)
+
+
+SLURM_POLL_SECONDS = 30
+
+
+def _wait_for_slurm(executor: Any, work: Path) -> None:
+    """Until every array task has completed, a unit has failed, or the job has left the queue unfinished."""
+    while True:
+        if not executor.get_incomplete_ranks() or any((work / ingest.FAILED).glob("*.json")):
+            return
+        queued = subprocess.run(
+            ["squeue", "--noheader", "--jobs", str(executor.job_id)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if queued.returncode == 0 and not queued.stdout.strip() and executor.get_incomplete_ranks():
+            raise MidtrainError(
+                f"Slurm job {executor.job_id} left the queue with tasks unfinished; logs: {work / 'datatrove'}"
+            )
+        time.sleep(SLURM_POLL_SECONDS)
