@@ -19,7 +19,7 @@ from pipelines.data.build import BuildSettings, build, compare_dirs
 from pipelines.data.clean import NearDeduper, word_hashes
 from pipelines.data.dedup import resolve_duplicates
 from pipelines.data.plan import ExecutorSettings, plan_parts, plan_units
-from pipelines.data.readers import read_local, read_part
+from pipelines.data.readers import read_local, read_part, read_source
 from pipelines.errors import BadInput
 from pipelines.recipe import LocalSource, NearDedup, Recipe
 from tests.helpers import prose
@@ -214,6 +214,10 @@ def test_hub_dataset_parts_are_index_ranges_with_the_same_ids(
     parts = plan_parts(source, None, 1)
     assert [(p["start"], p["stop"]) for p in parts] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
     assert [row for part in parts for row in read_part(source, part)] == list(read_hf(source))
+    capped = source.model_copy(update={"max_rows": 12})
+    parts = plan_parts(capped, None, 1)
+    assert [(p["start"], p["stop"]) for p in parts] == [(0, 5), (5, 10), (10, 12)]
+    assert [row for part in parts for row in read_part(capped, part)] == list(read_source(capped))
 
 
 # -- the global near-dedup rule --------------------------------------------------------------------------------
@@ -258,3 +262,141 @@ def test_cross_unit_near_dedup_equals_the_sequential_datasketch_rule(tmp_path: P
         for cand, dup in dups.items()
     }
     assert got == expected
+
+
+def test_cli_executor_options_are_checked_before_any_work(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    import yaml
+
+    from pipelines.cli import main
+
+    recipe = corpus / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(corpus).model_dump(mode="json")))
+    for options, message in (
+        (["--executor", "spark"], "kind"),
+        (["--executor", "slurm"], "needs data.executor.slurm.partition"),
+        (["--workers", "0"], "workers"),
+    ):
+        argv = ["midtrain", "data", "build", str(recipe), "--out", str(corpus / "cli-out"), *options]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2, options
+        assert message in capsys.readouterr().err, options
+        assert not (corpus / "cli-out").exists()
+
+
+# -- the executors' processes --------------------------------------------------------------------------------
+def test_every_data_module_imports_alone_in_a_fresh_process() -> None:
+    """A Slurm or Ray task (and a forkserver worker) starts from a fresh interpreter and unpickles the step:
+    each module must import first, on its own (ingest and build import each other)."""
+    import subprocess
+    import sys
+
+    for module in ("ingest", "datatrove_steps", "executors", "build", "plan", "dedup"):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import pipelines.data.{module}"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, (module, done.stderr[-2000:])
+
+
+def test_local_workers_start_from_a_forkserver_and_die_on_terminate() -> None:
+    """Never a fork of the threaded driver (a worker forked holding a lock never dies); SIGTERM kills a worker
+    even mid-task, and Ctrl-C is left to the driver."""
+    import signal
+    import time
+
+    from pipelines.data.executors import init_worker, worker_context
+
+    context = worker_context()
+    assert context.get_start_method() == "forkserver"
+    pool = context.Pool(2, initializer=init_worker)
+    try:
+        handlers = pool.map(signal.getsignal, [signal.SIGTERM, signal.SIGINT])
+        assert handlers == [signal.SIG_DFL, signal.SIG_IGN]
+        pool.map_async(time.sleep, [120, 120])
+        time.sleep(0.5)  # both workers inside their task
+        started = time.monotonic()
+    finally:
+        pool.terminate()
+        pool.join()
+    assert time.monotonic() - started < 15
+
+
+# -- the billion-token recipe and its commands ----------------------------------------------------------------
+def _hub_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub datasets' real row counts (as their dataset cards give them): planning only needs len()."""
+    from pipelines.data import readers
+
+    lengths = {
+        "Salesforce/xlam-function-calling-60k": 60_000,
+        "NousResearch/hermes-function-calling-v1": 1_893,
+        "Team-ACE/ToolACE": 11_300,
+        "bigcode/the-stack-dedup": 12_962_249,
+        "HuggingFaceFW/fineweb-edu": 9_672_101,
+    }
+    monkeypatch.setattr(readers, "load_hf", lambda spec: range(lengths[spec.dataset]))
+
+
+def test_the_billion_token_recipe_plans_parallel_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.run_config import REPO_ROOT, load_recipe
+
+    _hub_lengths(monkeypatch)
+    recipe = load_recipe(REPO_ROOT / "data_recipes" / "agentic-hub-1b.yaml")
+    assert recipe.total_tokens == 1_000_000_000
+    assert {name: cat.share for name, cat in recipe.categories.items()} == {
+        "tool": 0.45,
+        "code": 0.25,
+        "text": 0.30,
+    }
+    units = plan_units(recipe, {}, ExecutorSettings().unit_bytes)
+    per_source: dict[str, int] = {}
+    for unit in units:
+        per_source[unit.source] = per_source.get(unit.source, 0) + 1
+    assert per_source["fineweb-edu"] == 4  # max_rows 350k: ranges of 100k rows
+    assert per_source["the-stack-dedup-python"] == 2
+    assert [per_source[f"generated-{i}"] for i in range(32)] == [1] * 32
+    generated = [s for _, s in recipe.sources() if s.name.startswith("generated-")]
+    assert [s.seed for s in generated] == list(range(32))
+    assert sum(s.n for s in generated) == 1_600_000
+    assert len({json.dumps(s.cluster_by_pattern, sort_keys=True) for s in generated}) == 1  # the YAML merge
+    # 3 tool sets, 32 generated, 2 + 1 code, 4 + 1 text: the array's useful width (docs/data-at-scale.md)
+    assert len(units) == 43
+
+
+def test_the_documented_cluster_commands_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `midtrain data build` command in docs/data-at-scale.md runs the CLI up to the build call, with
+    the executor it says."""
+    import shlex
+    import sys
+
+    from pipelines.cli import main
+    from pipelines.data import build as build_module
+    from pipelines.run_config import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "data-at-scale.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = [line.strip() for line in text.splitlines() if "midtrain data build data_recipes" in line]
+    seen: dict[str, dict] = {}
+
+    def fake_build(
+        recipe: Recipe, out_dir: Path, num_proc: int = 1, executor: ExecutorSettings | None = None
+    ):
+        seen[executor.kind] = {"num_proc": num_proc, **executor.model_dump()}
+        raise SystemExit(0)
+
+    monkeypatch.setattr(build_module, "build", fake_build)
+    for command in commands:
+        words = shlex.split(command)
+        words = words[words.index("midtrain") :]
+        monkeypatch.setattr(sys, "argv", words)
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 0, command
+    assert set(seen) == {"local", "slurm", "ray"}
+    assert seen["local"]["num_proc"] == 32
+    assert seen["slurm"]["tasks"] == 43 and seen["slurm"]["slurm"]["partition"] == "cpu"
+    assert seen["slurm"]["slurm"]["env_command"].startswith("source ")
+    assert seen["ray"]["tasks"] == 43

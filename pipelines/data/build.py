@@ -44,12 +44,11 @@ from pydantic import Field as PydanticField
 from pipelines import folders
 from pipelines.chat import Rendered, load_tokenizer, render_batch, render_trace, training_chat_template
 from pipelines.config import validate_data
-from pipelines.data import executors
+from pipelines.data import executors, ingest  # ingest imports this module: its attributes at run time
 from pipelines.data import manifest as mf
 from pipelines.data.clean import NearDeduper
 from pipelines.data.decontam import ContaminationIndex, build_index
 from pipelines.data.dedup import Duplicate, UnitKeys, locate, resolve_duplicates
-from pipelines.data.ingest import DECONTAM_INDEX, DONE, FAILED, UNITS, unit_dir, write_decontam_index
 from pipelines.data.mix import SourcePool, is_eval_id, order_eval, order_train, plan_mix, sample_source
 from pipelines.data.plan import PLAN, BuildPlan, BuildSettings, ExecutorSettings, WorkUnit, plan_units
 from pipelines.data.sources import Reject, combine_part_revisions, path_sha256, resolve_hub_commits
@@ -307,7 +306,7 @@ class _Builder:
         self.work = work
         self.started = time.perf_counter() - self.timings["setup"]
         self.plan.write(work)
-        write_decontam_index(work, self.contamination)
+        ingest.write_decontam_index(work, self.contamination)
         mark = time.perf_counter()
         executors.run_units(self.executor, work, len(self.plan.units), self.num_proc)
         self.timings["ingest"] = time.perf_counter() - mark
@@ -330,14 +329,14 @@ class _Builder:
 
     # -- after the units: their results, in plan order ---------------------------------------------------------
     def _unit_summaries(self) -> list[dict[str, Any]]:
-        failed = sorted((self.work / FAILED).glob("*.json")) if (self.work / FAILED).is_dir() else []
+        failed = sorted((self.work / ingest.FAILED).glob("*.json"))  # none when the folder is absent
         if failed:  # the first failing unit in plan order, as the error it was
             record = json.loads(failed[0].read_text(encoding="utf-8"))
             error = BadInput if record["exit_code"] == 2 else MidtrainError
             raise error(record["message"])
         summaries = []
         for unit in self.plan.units:
-            done = unit_dir(self.work, unit.index) / DONE
+            done = ingest.unit_dir(self.work, unit.index) / ingest.DONE
             if not done.is_file():
                 raise MidtrainError(
                     f"work unit {unit.index} (source {unit.source!r}) did not finish; the executor's logs are "
@@ -350,7 +349,7 @@ class _Builder:
         """Dedup across units, then per unit in order: its rejects (and the duplicates) to rejects.jsonl in row
         order, its kept rows into the source pools. Returns where the kept rows' bytes are."""
         near = NearDeduper(self.recipe.near_dedup) if self.recipe.near_dedup.enabled else None
-        folders_ = [unit_dir(self.work, u.index) for u in self.plan.units]
+        folders_ = [ingest.unit_dir(self.work, u.index) for u in self.plan.units]
         duplicates = resolve_duplicates([UnitKeys(f) for f in folders_], near.bands if near else None)
         self.candidate_offsets = np.cumsum([0] + [s["candidates"] for s in summaries])
         spill = _SpillIndex()
@@ -426,7 +425,7 @@ class _Builder:
 
     @lru_cache(maxsize=16)  # noqa: B019 - one builder per build; the cache goes with it
     def _origins(self, unit: int) -> list[str]:
-        path = unit_dir(self.work, unit) / "cands.parquet"
+        path = ingest.unit_dir(self.work, unit) / "cands.parquet"
         return pq.read_table(path, columns=["origin"]).column("origin").to_pylist()
 
     def _pool_unit_rows(
@@ -452,10 +451,10 @@ class _Builder:
 
     def _remove_scratch_files(self) -> None:
         """The work folder becomes the output folder: only the outputs stay."""
-        for name in (UNITS, FAILED, "datatrove"):
+        for name in (ingest.UNITS, ingest.FAILED, "datatrove"):
             if (self.work / name).exists():
                 shutil.rmtree(self.work / name)
-        for name in (PLAN, DECONTAM_INDEX):
+        for name in (PLAN, ingest.DECONTAM_INDEX):
             (self.work / name).unlink(missing_ok=True)
 
     # -- mix -----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +20,12 @@ class IngestUnits(PipelineStep):
     def __init__(self, work: str) -> None:
         super().__init__()
         self.work = work
+        self.driver_pid = os.getpid()
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Any:
+        if os.getpid() != self.driver_pid:  # a task process: quiet on Ctrl-C, killed by SIGTERM
+            from pipelines.data.executors import init_worker
+
+            init_worker()
         ingest.run_units(Path(self.work), rank, world_size)
-        yield from ()
-
-
-class FinishBuild(PipelineStep):
-    """The global step after every unit: dedup, mix, write the output folder (one task)."""
-
-    name = "midtrain dedup, mix, write"
-    type = "🧮 - MIDTRAIN"
-
-    def __init__(self, work: str, out_dir: str) -> None:
-        super().__init__()
-        self.work = work
-        self.out_dir = out_dir
-
-    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Any:
-        from pipelines.data.build import finish_submitted
-
-        finish_submitted(Path(self.work), Path(self.out_dir))
         yield from ()

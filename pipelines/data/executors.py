@@ -5,8 +5,8 @@ pipeline step for datatrove's executors), over the units planned in the build's 
 then dedups, mixes and writes (pipelines/data/build.py). Units are results on disk, read back in plan order,
 so which executor ran them, with how many workers or tasks, never shows in the output bytes (tested).
 
-- `local` (default): in this process (`workers: 1`) or a pool of `workers` forked processes taking units as
-  they free up. Nothing to install or configure.
+- `local` (default): in this process (`workers: 1`) or a pool of `workers` processes (started from a
+  forkserver, never forked from the threaded driver) taking units as they free up. Nothing to install.
 - `datatrove`: datatrove's `LocalPipelineExecutor` (`tasks` tasks, `workers` at a time; completions and logs
   under the work folder). The same executor family as the cluster ones, on one machine.
 - `ray`: datatrove's `RayPipelineExecutor` on the Ray cluster `ray.init()` finds (`RAY_ADDRESS`; a local one
@@ -54,24 +54,42 @@ def _run_local(work: Path, n_units: int, workers: int) -> None:
     if workers <= 1 or n_units <= 1:
         ingest.run_units(work, 0, 1)
         return
-    # Forked workers inherit the loaded tokenizer and modules: they start in milliseconds. Each call is one
-    # unit (rank u of n_units), handed to whichever worker is free.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = context.Pool(min(workers, n_units), initializer=_quiet_worker)
+    # Each call is one unit (rank u of n_units), handed to whichever worker is free; a worker loads the
+    # build's context (tokenizer, eval index) once, for its first unit.
+    pool = worker_context().Pool(min(workers, n_units), initializer=init_worker)
     try:
         for _ in pool.imap_unordered(_run_one, [(str(work), u, n_units) for u in range(n_units)]):
             pass
-        pool.close()
+    except BaseException:
+        pool.terminate()  # an error or Ctrl-C: stop the other units now (SIGTERM, the default action)
+        raise
+    else:
+        pool.close()  # every unit done: idle workers exit on the close sentinel
     finally:
-        pool.terminate()
         pool.join()
 
 
-def _quiet_worker() -> None:
+def worker_context() -> Any:
+    """forkserver where the OS has it, else spawn; never a plain fork of the driver.
+
+    The driver runs with threads alive (the tokenizer's Rust pool, the build's render thread, torch's OpenMP
+    pool): a fork copies their locks in whatever state they are, and a worker that starts holding one never
+    runs and never dies (a CI run hung 15 min in `Pool.terminate` on such a worker). The forkserver is a fresh
+    single-threaded process that imports the ingest step once, so each worker starts in milliseconds and only
+    loads the tokenizer (from the local cache: the driver has already fetched it)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([ingest.__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; workers stay quiet.
+    # SIGTERM (Pool.terminate) must kill a worker even when it is inside native code: the default action.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_one(job: tuple[str, int, int]) -> None:
@@ -94,16 +112,15 @@ def datatrove_executor(settings: ExecutorSettings, work: Path, n_units: int, wor
     if settings.kind == "datatrove":
         from datatrove.executor import LocalPipelineExecutor
 
-        # fork: tasks inherit the driver's loaded tokenizer instead of importing transformers again.
+        # forkserver (datatrove's default), for the reason in `worker_context`: never fork the threaded driver.
         return LocalPipelineExecutor(
-            [ingest_step(work)], tasks=tasks, workers=concurrent, logging_dir=logs, start_method="fork"
+            [ingest_step(work)], tasks=tasks, workers=concurrent, logging_dir=logs, start_method="forkserver"
         )
     if settings.kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
-        if settings.slurm is None:
-            raise BadInput("executor 'slurm' needs data.executor.slurm.partition (or --slurm-partition)")
         slurm = settings.slurm
+        assert slurm is not None, "ExecutorSettings checks it"
         return SlurmPipelineExecutor(
             [ingest_step(work)],
             tasks=tasks,

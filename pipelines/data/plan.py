@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipelines.config import StrictModel
 from pipelines.data import readers
@@ -49,7 +49,7 @@ ExecutorKind = Literal["local", "datatrove", "ray", "slurm"]
 
 
 class SlurmSettings(StrictModel):
-    partition: str = Field(description="Slurm partition for the array and the finishing job.")
+    partition: str = Field(description="Slurm partition of the job array.")
     time: str = Field("04:00:00", description="Time limit per task (sbatch --time).")
     cpus_per_task: int = Field(2, ge=1, description="Cores per task: one renders, one reads and cleans.")
     mem_per_cpu_gb: int = Field(4, ge=1)
@@ -80,6 +80,12 @@ class ExecutorSettings(StrictModel):
         description="Target size of a work unit: large sources are cut into parts of about this size.",
     )
     slurm: SlurmSettings | None = None
+
+    @model_validator(mode="after")
+    def _slurm_needs_a_partition(self) -> ExecutorSettings:
+        if self.kind == "slurm" and self.slurm is None:
+            raise ValueError("executor 'slurm' needs data.executor.slurm.partition (or --slurm-partition)")
+        return self
 
     @property
     def unit_bytes(self) -> int:
@@ -156,15 +162,16 @@ def plan_units(recipe: Recipe, hub_commits: dict[str, str], unit_bytes: int) -> 
 
 
 def plan_parts(spec: SourceBase, commit: str | None, unit_bytes: int) -> list[dict[str, Any]]:
-    """The parts of a source; [] (or one part) when it is read whole. Sources with `max_rows` are read whole
-    (the cut-off row is only known while reading), and so are generated, teacher, stdlib and streamed Hub
-    sources, whose readers produce one ordered stream."""
+    """The parts of a source; [] (or one part) when it is read whole. A downloaded Hub dataset has a length,
+    so `max_rows` is an index range of it; a local source with `max_rows` is read whole (its cut-off row is
+    only known while reading), and so are generated, teacher, stdlib and streamed Hub sources, whose readers
+    produce one ordered stream (split those into several sources to spread them)."""
+    if isinstance(spec, HFSource) and not spec.streaming:
+        return _hf_parts(spec, commit)
     if spec.max_rows is not None:
         return []
     if isinstance(spec, LocalSource):
         return _local_parts(spec, unit_bytes)
-    if isinstance(spec, HFSource) and not spec.streaming:
-        return _hf_parts(spec, commit)
     return []
 
 
@@ -252,6 +259,8 @@ def _hf_parts(spec: HFSource, commit: str | None) -> list[dict[str, Any]]:
     HF cache, which multi-node workers must share); each worker then maps its range from that cache."""
     at_commit = spec.model_copy(update={"revision": commit}) if commit else spec
     length = len(readers.load_hf(at_commit))
+    if spec.max_rows is not None:
+        length = min(length, spec.max_rows)
     return [
         {"kind": "hf_range", "start": start, "stop": min(start + HF_PART_ROWS, length)}
         for start in range(0, length, HF_PART_ROWS)
