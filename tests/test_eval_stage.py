@@ -11,11 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from test_router import (  # tests/ is on sys.path (rootdir conftest)
-    make_adapter,
-    two_cluster_config,
-    write_shards,
-)
 
 from pipelines.artifacts import EvalResults
 from pipelines.errors import BadInput
@@ -24,6 +19,7 @@ from pipelines.eval.bfcl import load_category, reference_calls, tool_name
 from pipelines.eval.results import HELDOUT_METRICS
 from pipelines.router import run as train_router
 from pipelines.run_config import EvalSection, RouterSection, RunConfig
+from tests.helpers import make_adapter, two_cluster_config, write_shards
 
 METRIC_KEYS = {*HELDOUT_METRICS, "n"}
 
@@ -104,67 +100,6 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
     by_path = {str((run_dir / "sft" / c).resolve()): f"sft/{c}" for c in ("tool", "plan")} | {None: "base"}
     for example_id, adapter in zip(ids, routes.adapters(texts), strict=True):
         assert bfcl["routed", example_id] == bfcl[by_path[adapter], example_id]
-
-
-def test_prefix_cache_gives_the_plain_generation(
-    run_dir: Path, tiny_model_dir: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Reusing first turns' KV (per adapter and prefix, left-padded, across calls) changes no greedy output."""
-    eos = tokenizer.eos_token_id
-    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    turn_a = [*ids("You can convert units and evaluate expressions. " * 6), eos]
-    turn_b = [*ids("You manage files: list, read, write and move them in a sandbox. " * 5), eos]
-    tool, plan = (str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))
-    calls = [
-        [(turn_a + ids("Convert 3 km"), tool), (turn_a + ids("What is 2+2?"), tool), (turn_b + ids("ls"), plan),
-         (turn_b + ids("Read notes.txt and count the lines"), plan), (turn_a + ids("Convert 5 kg"), None)],
-        [(turn_a + ids("Convert 3 km to miles, then add 4."), tool), (turn_a + ids("Convert 5 kg"), None)],
-    ]  # fmt: skip
-    cached = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
-    assert sorted(len(p) for _, p in engine._prefix_cache) == sorted(
-        [len(turn_a), len(turn_b)]
-    )  # base: alone
-    monkeypatch.setattr(stage, "PREFIX_CACHE_MIN_TOKENS", 10**9)
-    plain = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
-    assert plain == cached
-
-
-def test_greedy_decode_matches_generate_row_by_row(
-    run_dir: Path, tiny_model_dir: Path, tokenizer: Any
-) -> None:
-    """A mixed-adapter, left-padded batch whose rows finish at different steps gives each row exactly what
-    `generate` gives it alone, with its adapter."""
-    import contextlib
-
-    import torch
-
-    eos = tokenizer.eos_token_id
-    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
-    texts = ["Convert 3 km to miles.", "List every file in /docs and read the largest one.", "Hi"]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    adapters = [None, *(str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))]
-    # A random model rarely ends a turn: make a token row 0 emits third the end-of-turn token, so rows finish
-    # at different steps and the batch has to shrink.
-    stop = engine(prompts, adapters, 12)[0][2]
-    engine.eos_token_id = stop
-    batched = engine(prompts, adapters, 12)
-    assert len(batched[0]) <= 3 and max(len(ids) for ids in batched) == 12
-    for prompt, adapter, got in zip(prompts, adapters, batched, strict=True):
-        if adapter is None:
-            context = engine.model.disable_adapter()
-        else:
-            engine.model.set_adapter(engine.names[adapter])
-            context = contextlib.nullcontext()
-        with context, torch.no_grad():
-            alone = engine.model.generate(
-                input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=stop,
-                pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-        assert got == alone[0, len(prompt) :].tolist()
 
 
 # -- scoring on a stub generator ----------------------------------------------------------------------------------
@@ -306,6 +241,21 @@ def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) 
     section = EvalSection(heldout_domains=["nope"], targets=["base"])
     with pytest.raises(BadInput, match=r"eval\.heldout_domains: unknown domain 'nope'"):
         stage.run(_config(tmp_path / "r", tiny_model_dir, section), lambda p, a, n: [[] for _ in p])
+
+
+def test_vllm_backend_without_vllm_is_bad_input(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Here (no vLLM in the project's venv) the backend is refused before any model loads, the key named; the
+    backend itself runs in `make test-vllm` (tests/test_vllm.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/test_vllm.py runs the backend")
+    section = EvalSection(backend="vllm", targets=["base"], bfcl_categories=["simple_python"], limit=1,
+                          heldout_domains=[])  # fmt: skip
+    with pytest.raises(BadInput, match=r"eval\.backend: vllm needs vLLM"):
+        stage.run(_config(tmp_path / "r", tiny_model_dir, section))
+    with pytest.raises(ValueError, match="vllm_engine_args is set but eval.backend is not vllm"):
+        EvalSection(vllm_engine_args={"max_model_len": 4096})
 
 
 def test_cli_eval_limit_and_targets(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

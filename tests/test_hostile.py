@@ -29,7 +29,7 @@ from pipelines.config import load_yaml
 from pipelines.data.build import BuildSettings, build
 from pipelines.errors import BadInput
 from pipelines.run_config import load_recipe, load_run_config
-from tests.test_clean import prose
+from tests.helpers import prose
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = REPO / "tests" / "fixtures" / "hostile"
@@ -118,7 +118,7 @@ def test_an_interrupted_build_exits_nonzero_says_so_and_leaves_nothing(
         cwd=REPO,
     )
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.build-*/spill.parquet")):  # ingest has begun
+    while not list(tmp_path.glob(".out.build-*/units/*")):  # ingest has begun (a work unit is running)
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
     time.sleep(1.0)

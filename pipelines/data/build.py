@@ -238,7 +238,7 @@ def pin_paths(recipe: Recipe, out_dir: Path | None = None) -> Recipe:
 
 
 def _pinned_set(entry: str) -> str:
-    from pipelines.tasks_file import TASKS_SET_PREFIX
+    from pipelines.tasks.task_file import TASKS_SET_PREFIX
 
     if entry.startswith(TASKS_SET_PREFIX):
         path = entry.removeprefix(TASKS_SET_PREFIX)
@@ -525,7 +525,7 @@ class _Builder:
 def _teacher_offline() -> bool:
     """Whether this build runs under `teacher.offline_teacher()` (`data verify`); its workers are told so.
     Looked up without importing the teacher: a build without teacher sources never loads it."""
-    teacher = sys.modules.get("pipelines.teacher")
+    teacher = sys.modules.get("pipelines.tasks.llm_teacher")
     return bool(teacher is not None and teacher.teacher_offline())
 
 
@@ -745,7 +745,7 @@ def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
     read at the commits the manifest recorded, not wherever their branch points today."""
     data_dir = Path(data_dir)
     manifest = mf.read_manifest(data_dir)
-    from pipelines.teacher import offline_teacher
+    from pipelines.tasks.llm_teacher import offline_teacher
 
     recipe = validate_data(Recipe, manifest["recipe"], f"{data_dir / mf.MANIFEST}: recipe")
     settings = BuildSettings(**manifest["build"])  # its fields were checked by read_manifest

@@ -148,7 +148,7 @@ def ingest_unit(context: UnitContext, unit: WorkUnit) -> None:
     if spec.type == "teacher":  # the teacher is asked for, and checked against, the mix's thought schema
         reader.thought_schema = plan.schema_name  # type: ignore[attr-defined]
     if plan.offline_teacher:
-        from pipelines.teacher import offline_teacher
+        from pipelines.tasks.llm_teacher import offline_teacher
 
         with offline_teacher():
             rows = _UnitRows(context, unit, folder)
