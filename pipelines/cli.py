@@ -100,26 +100,61 @@ def data_build(
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<name>/data)")] = None,
     set_: SetOption = None,
     num_proc: Annotated[
-        int | None, typer.Option(help="Render processes (default: data.num_proc or 1)")
+        int | None, typer.Option(help="Worker processes of the local executor (default: data.num_proc or 1)")
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="local (default), datatrove (its local multi-task executor), ray or slurm"),
+    ] = None,
+    tasks: Annotated[
+        int | None, typer.Option(help="datatrove/ray/slurm tasks (default: one per unit)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="datatrove/ray/slurm tasks running at once")] = None,
+    unit_mb: Annotated[
+        float | None, typer.Option(help="Work unit size: large sources are cut into parts")
+    ] = None,
+    slurm_partition: Annotated[str | None, typer.Option(help="Slurm partition (executor slurm)")] = None,
+    slurm_time: Annotated[str | None, typer.Option(help="Slurm time limit per task, e.g. 04:00:00")] = None,
+    slurm_env: Annotated[
+        str | None, typer.Option(help="Shell line that activates this environment in the Slurm job")
     ] = None,
 ) -> None:
-    """Clean, decontaminate, render and mix by tokens into sharded parquet + manifest.json (the lockfile)."""
+    """Clean, decontaminate, render and mix by tokens into sharded parquet + manifest.json (the lockfile).
+
+    The work runs as units (large sources cut into parts) on an executor; every executor and any number of
+    workers or tasks gives the same bytes (docs/data-at-scale.md)."""
     from pipelines.data.build import build, default_out_dir, run
     from pipelines.data.inspect import tables
     from pipelines.run_config import RunConfig, load_any
 
     target = load_any(config, set_ or [])
     out_dir = out or default_out_dir(target)
+    options = {"kind": executor, "tasks": tasks, "workers": workers, "unit_mb": unit_mb}
+    slurm = {"partition": slurm_partition, "time": slurm_time, "env_command": slurm_env}
     if isinstance(target, RunConfig):
+        target.data.executor = _executor_settings(target.data.executor.model_dump(), options, slurm)
         result = run(target, out_dir, num_proc)
     else:
-        result = build(target, out_dir, num_proc=num_proc or 1)
+        settings = _executor_settings({}, options, slurm)
+        result = build(target, out_dir, num_proc=num_proc or 1, executor=settings)
     out_console = Console(width=None if sys.stdout.isatty() else 140)  # logs keep whole tables
     for table in tables(result.manifest)[:1] + tables(result.manifest)[3:4]:
         out_console.print(table)
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     mix = result.manifest["mix"]
     print(f"wrote {result.out_dir}: {mix['total_tokens']:,} tokens ({timings})")
+
+
+def _executor_settings(base: dict, options: dict, slurm: dict):  # -> ExecutorSettings
+    """The config's `data.executor` (or the defaults) with the command line's options on top."""
+    from pipelines.config import validate_data
+    from pipelines.data.plan import ExecutorSettings
+
+    merged = base | {k: v for k, v in options.items() if v is not None}
+    given = {k: v for k, v in slurm.items() if v is not None}
+    if given:
+        merged["slurm"] = (merged.get("slurm") or {}) | given
+    return validate_data(ExecutorSettings, merged, "data build options")
 
 
 @data_app.command("verify")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -462,9 +463,11 @@ def write_hermes_calls(calls: list[dict[str, Any]]) -> str:
 
 # -- the families --------------------------------------------------------------------------------------------------
 def _trl_template(name: str) -> str:
-    import trl
-
-    return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
+    # The package's folder without importing it: `import trl` costs seconds (it scans every installed
+    # distribution), paid again by every data-build worker that loads a tokenizer.
+    spec = importlib.util.find_spec("trl")
+    assert spec is not None and spec.origin is not None, "trl is a dependency"
+    return (Path(spec.origin).parent / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
 
 
 def _own_template(name: str) -> str:

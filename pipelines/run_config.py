@@ -15,6 +15,7 @@ from pipelines.config import (
     validate_data,
     where_is,
 )
+from pipelines.data.plan import ExecutorSettings
 from pipelines.envs.spec import EnvRef
 from pipelines.errors import BadInput
 from pipelines.models import DEFAULT_MODEL, check_reference
@@ -65,7 +66,11 @@ class ModelSection(StrictModel):
 
 class DataSection(StrictModel):
     recipe: Recipe = Field(description="Path to a data_recipes/*.yaml, or the recipe inline.")
-    num_proc: int = Field(1, ge=1)
+    num_proc: int = Field(1, ge=1, description="Worker processes of the local executor.")
+    executor: ExecutorSettings = Field(
+        default_factory=ExecutorSettings,
+        description="Who runs the build's work units: local processes, or datatrove's local/Slurm/Ray executors.",
+    )
 
     @field_validator("recipe", mode="before")
     @classmethod

@@ -2,6 +2,13 @@
 
     python scripts/bench_data.py                 # the 200 MB run reported in the issue
     python scripts/bench_data.py --size-mb 20    # a quick one
+    python scripts/bench_data.py --scale --base-mb 10   # 0.1×, 1×, 10× of 10 MB; then 1 and 2 workers
+
+`--scale` runs every measurement in a fresh process (so each peak RSS is that build's own): per corpus size
+the raw tokenizer pass and the build (1 worker), with tokens/s, the build/raw ratio, peak RSS (the driver
+and its largest worker) and disk (the corpus, the build's largest scratch footprint, the output); then, on
+the 1× corpus, tokens/s against worker count for the local executor and for datatrove's local multi-task
+executor (the engine the cluster executors share), each against the raw tokenizer in the same process.
 
 The corpus is synthesised deterministically from the standard library's own text: code documents are random
 runs of paragraphs from stdlib `.py` files, text documents random runs of paragraphs from the pydoc topics,
@@ -18,7 +25,9 @@ RSS < 2 GB (RSS is the process's high-water mark, so it covers both passes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import re
 import resource
@@ -72,7 +81,7 @@ def synth_docs(pool: list[str], target_bytes: int, seed: int, vocab: list[str]) 
         yield doc
 
 
-def write_corpus(folder: Path, size_mb: int) -> dict[str, Path]:
+def write_corpus(folder: Path, size_mb: float) -> dict[str, Path]:
     """code.jsonl and text.jsonl (half the bytes each), rewritten only when the size changed."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / "size_mb.txt"
@@ -81,7 +90,7 @@ def write_corpus(folder: Path, size_mb: int) -> dict[str, Path]:
         return files
     code, prose = paragraphs()
     vocab = sorted({w for p in prose[:2000] for w in re.findall(r"[a-z]{4,12}", p)})
-    half = size_mb * 1_000_000 // 2
+    half = int(size_mb * 1_000_000) // 2
     for (name, path), pool in zip(files.items(), (code, prose), strict=True):
         with path.open("w", encoding="utf-8") as fh:
             for i, doc in enumerate(synth_docs(pool, half, seed=len(name), vocab=vocab)):
@@ -146,12 +155,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mb", type=int, default=200)
+    parser.add_argument("--size-mb", type=float, default=200)
+    parser.add_argument("--scale", action="store_true", help="0.1×, 1×, 10× of --base-mb, then 1..N workers")
+    parser.add_argument("--base-mb", type=float, default=10)
+    parser.add_argument("--max-workers", type=int, default=2)
+    parser.add_argument("--unit-mb", type=float, default=2, help="work unit size (--scale)")
+    parser.add_argument("--executor", default="local", help="local or datatrove (with --json)")
+    parser.add_argument("--json", action="store_true", help="one measurement, printed as a JSON line")
     parser.add_argument("--corpus-dir", type=Path, default=REPO / "runs" / "bench_data" / "corpus")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_data" / "data")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--num-proc", type=int, default=1)
     args = parser.parse_args()
+    if args.scale:
+        scale(args)
+        return
+    if args.json:
+        print(json.dumps(measure(args)))
+        return
 
     start = time.perf_counter()
     files = write_corpus(args.corpus_dir, args.size_mb)
@@ -186,6 +207,112 @@ def report(result: Any, raw_tokens: int, raw_rate: float, build_seconds: float) 
         f"rejects: {manifest['rejects']['by_reason']}"
     )
     print(f"end-to-end: {raw_tokens / build_seconds:,.0f} tok/s over the same {raw_tokens:,} corpus tokens")
+
+
+# -- --scale ---------------------------------------------------------------------------------------------------
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One build in this (fresh) process: raw tokenizer pass, then the build, with RSS and disk."""
+    from pipelines.data.plan import ExecutorSettings
+
+    files = write_corpus(args.corpus_dir, args.size_mb)
+    raw_tokens, raw_seconds, _ = raw_tokenize(files, args.model, batch=256)
+    executor = ExecutorSettings(kind=args.executor, unit_mb=args.unit_mb, workers=args.num_proc)
+    watcher = _DiskWatcher(args.out.parent)
+    watcher.start()
+    start = time.perf_counter()
+    result = build(bench_recipe(files), args.out, num_proc=args.num_proc, executor=executor)
+    seconds = time.perf_counter() - start
+    watcher.stop()
+    return {
+        "corpus_mb": sum(p.stat().st_size for p in files.values()) / 1e6,
+        "tokens": raw_tokens,
+        "raw_tok_s": raw_tokens / raw_seconds,
+        "build_s": seconds,
+        "build_tok_s": raw_tokens / seconds,
+        "units": len(list(Path(args.out).glob("*.parquet"))),
+        "rss_driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "scratch_peak_mb": watcher.peak / 1e6,
+        "output_mb": _folder_bytes(args.out) / 1e6,
+        "timings": result.timings,
+    }
+
+
+class _DiskWatcher:
+    """The largest size of a folder tree seen, polled every second from a thread (the build's scratch folder
+    lives next to its output and is gone when the build returns)."""
+
+    def __init__(self, folder: Path) -> None:
+        import threading
+
+        self.folder, self.peak = folder, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            self.peak = max(self.peak, _folder_bytes(self.folder))
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in Path(folder).rglob("*"):
+        with contextlib.suppress(OSError):  # removed while we looked
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def _child(args: argparse.Namespace, size_mb: float, num_proc: int, executor: str) -> dict[str, Any]:
+    import shutil
+    import subprocess
+
+    root = REPO / "runs" / "bench_data_scale"
+    shutil.rmtree(
+        root / f"out-{executor}", ignore_errors=True
+    )  # the bench's own folder: disk peaks start at 0
+    cmd = [
+        sys.executable, __file__, "--json", "--size-mb", str(size_mb), "--num-proc", str(num_proc),
+        "--executor", executor, "--unit-mb", str(args.unit_mb), "--model", args.model,
+        "--corpus-dir", str(root / f"corpus-{size_mb:g}mb"), "--out", str(root / f"out-{executor}" / "data"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scale(args: argparse.Namespace) -> None:
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared machines: compare ratios)"
+    )
+    print(f"work units of {args.unit_mb:g} MB; every line is a fresh process")
+    print(f"{'size':>6} {'corpus MB':>9} {'tokens':>11} {'raw tok/s':>10} {'build tok/s':>11} {'ratio':>5} "
+          f"{'RSS driver MB':>13} {'RSS worker MB':>13} {'scratch MB':>10} {'output MB':>9}")  # fmt: skip
+    for factor in (0.1, 1.0, 10.0):
+        m = _child(args, args.base_mb * factor, 1, "local")
+        print(f"{factor:>5g}× {m['corpus_mb']:>9.1f} {m['tokens']:>11,} {m['raw_tok_s']:>10,.0f} "
+              f"{m['build_tok_s']:>11,.0f} {m['build_tok_s'] / m['raw_tok_s']:>5.2f} {m['rss_driver_mb']:>13,.0f} "
+              f"{m['rss_worker_mb']:>13,.0f} {m['scratch_peak_mb']:>10,.1f} {m['output_mb']:>9,.1f}")  # fmt: skip
+    print(
+        f"\nworkers on the 1× corpus ({args.base_mb:g} MB): tokens/s, and against the raw tokenizer (1 core)"
+    )
+    print(
+        f"{'executor':>10} {'workers':>7} {'build tok/s':>11} {'per worker':>10} {'ratio':>5} {'speed-up':>8} {'RSS driver MB':>13}"
+    )
+    for executor in ("local", "datatrove"):
+        first = None
+        for workers in range(1, args.max_workers + 1):
+            m = _child(args, args.base_mb, workers, executor)
+            first = first or m["build_tok_s"]
+            print(f"{executor:>10} {workers:>7} {m['build_tok_s']:>11,.0f} {m['build_tok_s'] / workers:>10,.0f} "
+                  f"{m['build_tok_s'] / m['raw_tok_s']:>5.2f} {m['build_tok_s'] / first:>8.2f} {m['rss_driver_mb']:>13,.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from transformers import TrainerCallback
 
 from pipelines.chat import render_trace
+from pipelines.data.decontam import bfcl_questions
 from pipelines.data.manifest import FORMAT
 from pipelines.recipe import Recipe
 from pipelines.run_config import RouterSection, RunConfig, SFTSection
@@ -149,6 +150,67 @@ MULTI = [
     "Find employees hired after {n}, then raise their salary and finally list the updated rows.",
     "Plan this: look up event {n}, reschedule it to Friday, then add a todo for the follow-up.",
 ]
+
+
+# -- the data build's planted corpus (test_data_build, test_data_scale) --------------------------------------
+def tool_trace(trace_id: str, story: str, a: int, b: int, pattern: str = "single") -> dict:
+    return {
+        "id": trace_id,
+        "source": "unit",
+        "kind": "tool",
+        "cluster": "tool",
+        "tools": [ADD],
+        "messages": [
+            {"role": "user", "content": f"{story}\nPlease add {a} and {b}."},
+            {
+                "role": "assistant",
+                "thinking": [{"section": "plan", "text": f"Add {a} and {b} with the tool."}],
+                "tool_calls": [{"id": "c1", "name": "add", "arguments": {"a": a, "b": b}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": str(a + b)},
+            {"role": "assistant", "content": f"The sum is {a + b}."},
+        ],
+        "meta": {"pattern": pattern, "difficulty": 1},
+    }
+
+
+def planted_tools() -> list[dict]:
+    rng = random.Random(0)
+    rows = [
+        tool_trace(
+            f"t{i}",
+            prose(100 + i, 60),
+            rng.randint(1, 999),
+            rng.randint(1, 999),
+            "sequential" if i % 3 == 0 else "single",
+        )
+        for i in range(80)
+    ]
+    bad = tool_trace("bad-call", prose(7, 40), 1, 2)
+    bad["messages"][1]["tool_calls"][0]["name"] = "mul"
+    dup = json.loads(json.dumps(rows[0]))
+    dup["id"] = "dup-of-t0"
+    dup["messages"][0]["content"] = "  " + dup["messages"][0]["content"].upper()
+    near = json.loads(json.dumps(rows[1]))
+    near["id"] = "near-t1"
+    near["messages"][0]["content"] = near["messages"][0]["content"].replace(".", ", indeed.", 1)
+    question = next(t for label, t in bfcl_questions() if "live_multiple" in label and len(t.split()) > 25)
+    planted = tool_trace("bfcl-planted", f"{prose(8, 30)}\n{question}", 5, 6)
+    too_long = tool_trace("too-long", prose(9, 3000), 3, 4)
+    return [*rows, bad, dup, near, planted, too_long]
+
+
+def planted_docs() -> list[dict]:
+    docs = [{"id": f"doc{i}", "text": prose(500 + i, 200)} for i in range(60)]
+    docs += [
+        {"id": "short-doc", "text": "Too short to teach anything."},
+        {"id": "repeat-doc", "text": "buy cheap watches online now\n" * 30 + prose(9, 40)},
+        {"id": "symbol-doc", "text": "{}[]()<>=+-*/%&|^~!@#$ " * 40 + "words"},
+        {"id": "digit-doc", "text": "3.14159 2.71828 1.41421 " * 40 + "pi"},
+        {"id": "dup-doc", "text": docs[0]["text"].upper().replace("\n", "\n\n")},
+        {"id": "near-doc", "text": docs[1]["text"] + " And one more word."},
+    ]
+    return docs
 
 
 def _trace(i: int, cluster: str, text: str) -> Trace:

@@ -118,7 +118,7 @@ def test_an_interrupted_build_exits_nonzero_says_so_and_leaves_nothing(
         cwd=REPO,
     )
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.build-*/spill.parquet")):  # ingest has begun
+    while not list(tmp_path.glob(".out.build-*/units/*")):  # ingest has begun (a work unit is running)
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
     time.sleep(1.0)

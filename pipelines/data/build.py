@@ -1,27 +1,24 @@
 """`midtrain data build`: recipe → cleaned, decontaminated, rendered, token-mixed parquet shards + lockfile.
 
-Pipeline, per source in recipe order (the order decides which duplicate survives):
-read → Trace → schema validation → quality filters (code/text) → exact dedup → near-dup (MinHash LSH) →
-decontamination (n-gram overlap with eval sets) → render + tokenize in batches → reject rows longer than
-`max_seq_len` → append to a spill parquet. Then: plan token targets, sample per source (seeded, capped
-upsampling), split train/eval by Trace id, order, and stream the output shards out of the spill.
+The build is a pipeline with one parallel step and one global step:
+1. Work units (pipelines/data/plan.py: each source, large ones cut into parts by their bytes, row groups or
+   rows) run on an executor (pipelines/data/executors.py: this machine's processes by default, or datatrove's
+   local, Slurm and Ray executors). Per unit, in row order (pipelines/data/ingest.py): read → Trace → schema
+   validation → quality filters → content digest + MinHash values → decontamination (n-gram overlap with the
+   eval sets, an index built once here and loaded by every worker) → render + tokenize → reject rows longer
+   than `max_seq_len` → the unit's spill parquet.
+2. Here, once every unit is done, reading their results in plan order: exact and near dedup across all units
+   (pipelines/data/dedup.py; the earlier row in recipe order survives, as it would in one process), rejects
+   merged into one file in source row order, then the token mix (plan targets, seeded sampling with capped
+   upsampling, train/eval split by Trace id, order) and the output shards, gathered from the units' spills.
+Units are cut by the input alone and read back in order, so the output bytes, shards and lockfile are the
+same for any executor and any number of workers or tasks (tests/test_data_scale.py).
 
-Memory: rows never accumulate. Sources stream, rendered rows go to the spill file batch by batch, output
-shards are gathered from the spill one shard at a time, so row data in memory is bounded by batch and shard
-size. What does grow with the corpus is per-row bookkeeping: what mixing needs (id, token count,
-difficulty, cluster: ~0.3 KB) and the global dedup state (exact-hash table and datasketch's LSH index:
-~3 KB per kept row with the default 128 permutations), i.e. ~3 GB per million kept rows. Past that, the
-LSH index moves out of process (datasketch's Redis/Cassandra `storage_config`) or to a sharded pipeline.
-
-Scaling up. On a bigger machine the same recipe runs with `data.num_proc: N` (or `--num-proc N`): rendering
-(the chat template is Python, tokenization is Rust) fans out to N processes with bounded in-flight batches,
-and results are consumed in submission order, so the output bytes do not depend on N. The remaining serial
-part is cleaning (hashing and MinHash, numpy-vectorised, well under the tokenizer's cost per byte). Moving
-to a cluster means sharding the two global steps: exact dedup becomes a shuffle by content hash, near-dup
-becomes datatrove's MinHash pipeline (signatures per shard → bucket by band → cluster → filter) and
-decontamination a broadcast of the eval n-gram set; reading, filtering and rendering are embarrassingly
-parallel (datatrove or Ray Data executors over file shards). Mixing stays on one node: it needs only
-(id, tokens) per row. The spill and the shards would live on object storage instead of local disk.
+Memory: rows never accumulate. A worker holds one render batch and one spill row group (~2M tokens); output
+shards are gathered from the spills one shard at a time. What grows with the corpus is per-row bookkeeping
+in this process: what mixing needs (id, token count, difficulty, cluster: ~0.3 KB per kept row) and, while
+dedup runs, 16 bytes per row plus one LSH band (64 bytes) per row at a time. scripts/bench_data.py --scale
+measures it.
 """
 
 from __future__ import annotations
@@ -29,14 +26,11 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-import multiprocessing
-import os
 import shutil
-import signal
+import sys
 import time
-from collections import Counter, defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -50,25 +44,18 @@ from pydantic import Field as PydanticField
 from pipelines import folders
 from pipelines.chat import Rendered, load_tokenizer, render_batch, render_trace, training_chat_template
 from pipelines.config import validate_data
+from pipelines.data import executors, ingest  # ingest imports this module: its attributes at run time
 from pipelines.data import manifest as mf
-from pipelines.data.clean import (
-    ExactDeduper,
-    NearDeduper,
-    Verdict,
-    content_hash,
-    dedup_text,
-    quality_verdict,
-    word_hashes,
-)
+from pipelines.data.clean import NearDeduper
 from pipelines.data.decontam import ContaminationIndex, build_index
+from pipelines.data.dedup import Duplicate, UnitKeys, locate, resolve_duplicates
 from pipelines.data.mix import SourcePool, is_eval_id, order_eval, order_train, plan_mix, sample_source
-from pipelines.data.sources import Reject, open_source, resolve_hub_commits
+from pipelines.data.plan import PLAN, BuildPlan, BuildSettings, ExecutorSettings, WorkUnit, plan_units
+from pipelines.data.sources import Reject, combine_part_revisions, path_sha256, resolve_hub_commits
 from pipelines.errors import BadInput, MidtrainError
-from pipelines.models import DEFAULT_MODEL
-from pipelines.recipe import Recipe
+from pipelines.recipe import LocalSource, Recipe
 from pipelines.run_config import REPO_ROOT, RunConfig
-from pipelines.schema import Trace, validate_trace
-from pipelines.template_check import FirstRowsCheck
+from pipelines.schema import Trace
 from pipelines.thought import ThoughtSchema, load_thought_schema
 
 OUTPUT_SCHEMA = pa.schema(
@@ -105,17 +92,6 @@ SPILL_FLUSH_TOKENS = 2_000_000
 MAX_OPEN_BUCKETS = 128
 
 
-@dataclass(frozen=True)
-class BuildSettings:
-    """Everything besides the recipe that decides the output bytes (recorded in the manifest)."""
-
-    tokenizer: str = DEFAULT_MODEL
-    tokenizer_revision: str | None = None
-    chat_template: str = "auto"
-    thought_schema: str | None = None  # None: the recipe's
-    tool_format: str = "auto"
-
-
 class BuildResult(BaseModel):
     """What the data stage returns: where the mix is, its manifest (the lockfile) and phase timings."""
 
@@ -136,7 +112,7 @@ class SourceStats:
     revision: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class _RowMeta:
     """What mixing and the manifest need of a spilled row (the row itself stays on disk)."""
 
@@ -163,7 +139,8 @@ def run(config: RunConfig, out_dir: Path | None = None, num_proc: int | None = N
         thought_schema=config.model.thought_schema,
         tool_format=config.model.tool_format,
     )
-    return build(recipe, out_dir or config.run_dir / "data", settings, num_proc or config.data.num_proc)
+    out = out_dir or config.run_dir / "data"
+    return build(recipe, out, settings, num_proc or config.data.num_proc, executor=config.data.executor)
 
 
 def default_out_dir(target: RunConfig | Recipe) -> Path:
@@ -178,13 +155,16 @@ def build(
     settings: BuildSettings | None = None,
     num_proc: int = 1,
     hub_commits: dict[str, str] | None = None,
+    executor: ExecutorSettings | None = None,
 ) -> BuildResult:
     """Build the mix into `out_dir` (replaced atomically: a failed build leaves the old output intact). A folder
-    that midtrain did not write is never replaced (BadInput).
+    that midtrain did not write is never replaced (BadInput). `num_proc` worker processes on the local
+    executor; `executor` picks another (none of it changes the output bytes).
 
     Hub revisions are resolved to commits first (`hub_commits`, a lockfile's, skips that), so an unreachable
     Hub or an offline machine fails before any work is done."""
     settings = settings or BuildSettings()
+    executor = executor or ExecutorSettings()
     commits = resolve_hub_commits(recipe, hub_commits)
     out_dir = Path(out_dir)
     _adopt_earlier_output(out_dir)
@@ -192,7 +172,7 @@ def build(
     folders.check_writable(out_dir.parent, "output folder")
     for label in (f"{out_dir.name}.build", f"{out_dir.name}.old"):
         folders.clean_stale_scratch(out_dir.parent, label)
-    builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits)
+    builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits, executor)
     builder.setup()  # tokenizer, thought schema, eval sets: their problems surface before any folder is made
     work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
@@ -277,157 +257,205 @@ def _existing(path: str, what: str) -> Path:
 
 # -- the builder ---------------------------------------------------------------------------------------------
 class _Builder:
+    """The driver: plans the work units, has an executor run them, then the global steps (dedup, mix, write)."""
+
     def __init__(
         self,
         recipe: Recipe,
         settings: BuildSettings,
         num_proc: int,
         hub_commits: dict[str, str] | None = None,
+        executor: ExecutorSettings | None = None,
     ) -> None:
         self.recipe = recipe
         self.hub_commits = hub_commits or {}
         self.settings = settings
         self.num_proc = num_proc
+        self.executor = executor or ExecutorSettings()
         self.schema_name = settings.thought_schema or recipe.thought_schema
         self.timings: dict[str, float] = {}
         self.stats: dict[str, SourceStats] = {}
         self.pools: dict[str, SourcePool] = {}
-        self.meta: list[_RowMeta] = []
+        self.meta: dict[int, _RowMeta] = {}  # by spill row, kept rows only
+
+    def setup(self) -> None:
+        """Tokenizer, thought schema, eval sets and the unit plan: their problems surface before any folder
+        is made."""
+        mark = time.perf_counter()
+        s = self.settings
+        self.tokenizer = tokenizer_for(s.tokenizer, s.chat_template, s.tokenizer_revision, s.tool_format)
+        self.schema: ThoughtSchema = load_thought_schema(self.schema_name)
+        self.training_template = training_chat_template(self.tokenizer)
+        self.contamination: ContaminationIndex = build_index(self.recipe.decontamination)
+        units = plan_units(self.recipe, self.hub_commits, self.executor.unit_bytes)
+        self.plan = BuildPlan(
+            self.recipe, s, self.hub_commits, units, self.executor.unit_bytes, _teacher_offline()
+        )
+        for _, spec in self.recipe.sources():
+            if isinstance(spec, LocalSource) and sum(u.source == spec.name for u in units) > 1:
+                path = Path(spec.path)
+                self.plan.local_revisions[spec.name] = {
+                    "path": spec.path,
+                    "sha256": path_sha256(path, spec.glob),
+                }
+        self.timings["setup"] = time.perf_counter() - mark
 
     def run(self, work: Path) -> BuildResult:
-        """Build into the scratch folder `work` (after `setup`)."""
+        """Build into the scratch folder `work` (after `setup`): the units on the executor, then the global
+        steps here: dedup across units, the mix, the shards, the manifest."""
         self.work = work
-        started = time.perf_counter() - self.timings["setup"]
-        self.spill = _Spill(self.work / "spill.parquet")
-        with (self.work / mf.REJECTS).open("w", encoding="utf-8") as rejects, _RenderPool(self) as renderer:
-            self.rejects_out = rejects
-            for category, spec in self.recipe.sources():
-                self._ingest(category, spec, renderer)
-        self.spill.close()
-        self.timings["ingest"] = time.perf_counter() - started
+        self.started = time.perf_counter() - self.timings["setup"]
+        self.plan.write(work)
+        ingest.write_decontam_index(work, self.contamination)
+        mark = time.perf_counter()
+        executors.run_units(self.executor, work, len(self.plan.units), self.num_proc)
+        self.timings["ingest"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        summaries = self._unit_summaries()
+        spill = self._merge_units(summaries)
+        self.timings["dedup"] = time.perf_counter() - mark
         mark = time.perf_counter()
         plan, selections = self._mix()
         self.timings["mix"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        files = self._write_outputs(selections)
-        (self.work / "spill.parquet").unlink()
+        files = self._write_outputs(selections, spill)
+        self._remove_scratch_files()
         manifest = self._manifest(plan, selections, files)
         mf.write_manifest(self.work, manifest)
         self._plot(manifest)
         self.timings["write"] = time.perf_counter() - mark
-        self.timings["total"] = time.perf_counter() - started
+        self.timings["total"] = time.perf_counter() - self.started
         return BuildResult(out_dir=self.work, manifest=manifest, timings=self.timings)
 
-    def setup(self) -> None:
-        mark = time.perf_counter()
-        s = self.settings
-        self.tokenizer = _tokenizer(s.tokenizer, s.chat_template, s.tokenizer_revision, s.tool_format)
-        self.schema: ThoughtSchema = load_thought_schema(self.schema_name)
-        self.template_check = FirstRowsCheck(self.tokenizer, self.schema)
-        self.training_template = training_chat_template(self.tokenizer)
-        self.exact = ExactDeduper()
-        self.near = NearDeduper(self.recipe.near_dedup) if self.recipe.near_dedup.enabled else None
-        self.contamination: ContaminationIndex = build_index(self.recipe.decontamination)
-        self.timings["setup"] = time.perf_counter() - mark
+    # -- after the units: their results, in plan order ---------------------------------------------------------
+    def _unit_summaries(self) -> list[dict[str, Any]]:
+        failed = sorted((self.work / ingest.FAILED).glob("*.json"))  # none when the folder is absent
+        if failed:  # the first failing unit in plan order, as the error it was
+            record = json.loads(failed[0].read_text(encoding="utf-8"))
+            error = BadInput if record["exit_code"] == 2 else MidtrainError
+            raise error(record["message"])
+        summaries = []
+        for unit in self.plan.units:
+            done = ingest.unit_dir(self.work, unit.index) / ingest.DONE
+            if not done.is_file():
+                raise MidtrainError(
+                    f"work unit {unit.index} (source {unit.source!r}) did not finish; the executor's logs are "
+                    f"under {self.work / 'datatrove' / 'logs'} (datatrove executors)"
+                )
+            summaries.append(json.loads(done.read_text(encoding="utf-8")))
+        return summaries
 
-    # -- ingest: read, clean, render, spill ----------------------------------------------------------------
-    def _ingest(self, category: str, spec: Any, renderer: _RenderPool) -> None:
-        stats = SourceStats(spec.name, spec.type, category)
-        self.stats[spec.name] = stats
-        self.pools[spec.name] = SourcePool(
-            spec.name, category, spec.weight, spec.max_epochs or self.recipe.max_epochs
-        )
-        reader = open_source(spec, category, self.hub_commits.get(spec.name))
-        if spec.type == "teacher":  # the teacher is asked for, and checked against, the mix's thought schema
-            reader.thought_schema = self.schema_name  # type: ignore[attr-defined]
-        rejects: list[tuple[int, Reject]] = []
-        batch: list[tuple[int, Trace]] = []
-        batch_chars = 0
-        for seq, item in enumerate(reader.rows()):
-            stats.rows_in += 1
-            problem = item if isinstance(item, Reject) else self._clean(item)
-            if problem is not None:
-                rejects.append((seq, problem))
-                continue
-            assert isinstance(item, Trace), "a Reject went to `rejects` above"
-            batch.append((seq, item))
-            batch_chars += len(item.text) + sum(len(m.content) for m in item.messages)
-            if len(batch) >= RENDER_BATCH_ROWS or batch_chars >= RENDER_BATCH_CHARS:
-                renderer.submit(category, batch, rejects)
-                batch, batch_chars = [], 0
-                self._write_rejects(stats, rejects, renderer.oldest_pending(default=seq + 1))
-        renderer.submit(category, batch, rejects)
-        renderer.drain()
-        stats.revision = reader.revision()
-        self._write_rejects(stats, rejects, None)
-        written = stats.rows_clean + stats.rejects.total()
-        if written != stats.rows_in:  # every row read is either in the pool or in rejects.jsonl
-            raise MidtrainError(f"source {spec.name!r}: read {stats.rows_in} rows, accounted for {written}")
+    def _merge_units(self, summaries: list[dict[str, Any]]) -> _SpillIndex:
+        """Dedup across units, then per unit in order: its rejects (and the duplicates) to rejects.jsonl in row
+        order, its kept rows into the source pools. Returns where the kept rows' bytes are."""
+        near = NearDeduper(self.recipe.near_dedup) if self.recipe.near_dedup.enabled else None
+        folders_ = [ingest.unit_dir(self.work, u.index) for u in self.plan.units]
+        duplicates = resolve_duplicates([UnitKeys(f) for f in folders_], near.bands if near else None)
+        self.candidate_offsets = np.cumsum([0] + [s["candidates"] for s in summaries])
+        spill = _SpillIndex()
+        revisions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        with (self.work / mf.REJECTS).open("w", encoding="utf-8") as rejects_out:
+            for unit, summary, folder, dups in zip(
+                self.plan.units, summaries, folders_, duplicates, strict=True
+            ):
+                stats = self._source_stats(unit)
+                stats.rows_in += summary["rows_in"]
+                revisions[unit.source].append(summary["revision"])
+                cands = pq.read_table(folder / "cands.parquet").to_pydict()
+                self._write_unit_rejects(stats, unit, folder, cands, dups, rejects_out)
+                self._pool_unit_rows(unit, folder, cands, dups, spill.add(folder / "rows.parquet", summary))
+        for _, spec in self.recipe.sources():
+            parts = revisions[spec.name]
+            whole = len(parts) == 1 and not next(u for u in self.plan.units if u.source == spec.name).part
+            self.stats[spec.name].revision = (
+                parts[0]
+                if whole
+                else combine_part_revisions(
+                    spec, self.hub_commits.get(spec.name), parts, self.plan.local_revisions.get(spec.name)
+                )
+            )
+            stats = self.stats[spec.name]
+            if stats.rows_clean + stats.rejects.total() != stats.rows_in:
+                raise MidtrainError(
+                    f"source {spec.name!r}: read {stats.rows_in} rows, accounted for "
+                    f"{stats.rows_clean + stats.rejects.total()}"
+                )
+        return spill
 
-    def _write_rejects(
-        self, stats: SourceStats, rejects: list[tuple[int, Reject]], before: int | None
+    def _source_stats(self, unit: WorkUnit) -> SourceStats:
+        if unit.source not in self.stats:
+            spec = self.plan.spec(unit.source)
+            self.stats[unit.source] = SourceStats(spec.name, spec.type, unit.category)
+            self.pools[unit.source] = SourcePool(
+                spec.name, unit.category, spec.weight, spec.max_epochs or self.recipe.max_epochs
+            )
+        return self.stats[unit.source]
+
+    def _write_unit_rejects(
+        self,
+        stats: SourceStats,
+        unit: WorkUnit,
+        folder: Path,
+        cands: dict[str, list[Any]],
+        dups: dict[int, Duplicate],
+        out: Any,
     ) -> None:
-        """Write, in row order, the rejects no pending render batch can precede; keep the rest buffered, in
-        the same list (pending batches append their render rejects to it). So rejects.jsonl is in source row
-        order whatever the render concurrency, in bounded memory."""
-        rejects.sort(key=lambda r: r[0])
-        cut = len(rejects) if before is None else sum(1 for r in rejects if r[0] < before)
-        for _, reject in rejects[:cut]:
-            stats.rejects[reject.key] += 1
-            self.rejects_out.write(reject.to_json() + "\n")
-        del rejects[:cut]
+        records: list[tuple[int, str, str]] = []
+        with (folder / "rejects.jsonl").open(encoding="utf-8") as lines:
+            for line in lines:
+                seq, cand, key, text = json.loads(line)
+                if cand < 0 or cand not in dups:  # a duplicate's own reason wins over decontam and render
+                    records.append((seq, key, text))
+        for cand, dup in dups.items():
+            verb = "same content as" if dup.reason == "exact_duplicate" else "near-duplicate of"
+            detail = f"{verb} {self._label(dup.kept)}"
+            reject = Reject(
+                unit.source, cands["origin"][cand], dup.stage, dup.reason, detail, cands["trace_id"][cand]
+            )
+            records.append((cands["seq"][cand], reject.key, reject.to_json()))
+        records.sort(key=lambda r: r[0])
+        for _, key, text in records:
+            stats.rejects[key] += 1
+            out.write(text + "\n")
 
-    def _clean(self, trace: Trace) -> Reject | None:
-        verdict, stage = self._verdict(trace)
-        if verdict is None:
-            return None
-        return Reject(trace.source, trace.origin, stage, verdict.reason, verdict.detail, trace.id)
+    def _label(self, row: int) -> str:
+        """How a duplicate names the row it repeats: where that row was read, and its source."""
+        unit, cand = locate(row, self.candidate_offsets)
+        return f"{self._origins(unit)[cand]} ({self.plan.units[unit].source})"
 
-    def _verdict(self, trace: Trace) -> tuple[Verdict | None, str]:
-        problems = validate_trace(trace)
-        if problems:
-            return Verdict("invalid_trace", "; ".join(problems[:5])), "schema"
-        text = dedup_text(trace)
-        if trace.kind != "tool":
-            verdict = quality_verdict(text, self.recipe.filters)
-            if verdict:
-                return verdict, "quality"
-        # Duplicates name where the kept row was read (two rows may share an id; two Hub sources both have a
-        # `train[0]`), which also keeps one row's label from matching another's.
-        where = f"{trace.origin} ({trace.source})"
-        verdict = self.exact.check_and_add(content_hash(text), where)
-        if verdict:
-            return verdict, "exact_dedup"
-        hashes = word_hashes(text)
-        if self.near is not None and (verdict := self.near.check_and_add(hashes, where)):
-            return verdict, "near_dedup"
-        verdict = self.contamination.task_verdict(trace.meta.get("task_id"))
-        verdict = verdict or self.contamination.verdict(hashes)
-        return (verdict, "decontam") if verdict else (None, "")
+    @lru_cache(maxsize=16)  # noqa: B019 - one builder per build; the cache goes with it
+    def _origins(self, unit: int) -> list[str]:
+        path = ingest.unit_dir(self.work, unit) / "cands.parquet"
+        return pq.read_table(path, columns=["origin"]).column("origin").to_pylist()
 
-    def accept(self, category: str, seq: int, trace: Trace, rendered: Rendered | str) -> Reject | None:
-        """A rendered row: spill it, or say why not (render error, too long)."""
-        if isinstance(rendered, str):
-            return Reject(trace.source, trace.origin, "render", "render_error", rendered, trace.id)
-        self.template_check(trace)
-        n_tokens = len(rendered.input_ids)
-        if n_tokens > self.recipe.max_seq_len:
-            detail = f"{n_tokens} tokens > max_seq_len {self.recipe.max_seq_len}"
-            return Reject(trace.source, trace.origin, "render", "too_long_tokens", detail, trace.id)
-        tool = trace.kind == "tool"
-        difficulty = len(trace.calls()) if tool else 0
-        n_loss = rendered.n_loss_tokens if tool else n_tokens  # documents: every token is in the loss
-        row = self.spill.add(trace, category, rendered, difficulty, n_loss)
-        self.meta.append(_RowMeta(trace.source, trace.cluster, n_tokens, n_loss, difficulty))
-        pool = self.pools[trace.source]
-        pool.rows.append(row)
-        pool.tokens.append(n_tokens)
-        pool.ids.append(trace.id)
-        pool.eval_mask.append(is_eval_id(trace.id, self.recipe.seed, self.recipe.eval_fraction))
-        stats = self.stats[trace.source]
-        stats.rows_clean += 1
-        stats.tokens_in += n_tokens
-        return None
+    def _pool_unit_rows(
+        self, unit: WorkUnit, folder: Path, cands: dict[str, list[Any]], dups: dict[int, Duplicate], base: int
+    ) -> None:
+        kept = sorted(row for cand, row in enumerate(cands["spill_row"]) if row >= 0 and cand not in dups)
+        if not kept:
+            return
+        columns = ["id", "cluster", "n_tokens", "n_loss_tokens", "difficulty"]
+        small = pq.read_table(folder / "rows.parquet", columns=columns).take(kept).to_pydict()
+        pool, stats = self.pools[unit.source], self.stats[unit.source]
+        for i, row in enumerate(kept):
+            n_tokens = small["n_tokens"][i]
+            self.meta[base + row] = _RowMeta(
+                unit.source, small["cluster"][i], n_tokens, small["n_loss_tokens"][i], small["difficulty"][i]
+            )
+            pool.rows.append(base + row)
+            pool.tokens.append(n_tokens)
+            pool.ids.append(small["id"][i])
+            pool.eval_mask.append(is_eval_id(small["id"][i], self.recipe.seed, self.recipe.eval_fraction))
+            stats.rows_clean += 1
+            stats.tokens_in += n_tokens
+
+    def _remove_scratch_files(self) -> None:
+        """The work folder becomes the output folder: only the outputs stay."""
+        for name in (ingest.UNITS, ingest.FAILED, "datatrove"):
+            if (self.work / name).exists():
+                shutil.rmtree(self.work / name)
+        for name in (PLAN, ingest.DECONTAM_INDEX):
+            (self.work / name).unlink(missing_ok=True)
 
     # -- mix -----------------------------------------------------------------------------------------------
     def _mix(self) -> tuple[Any, dict[str, Any]]:
@@ -439,14 +467,14 @@ class _Builder:
         return plan, selections
 
     # -- outputs -------------------------------------------------------------------------------------------
-    def _write_outputs(self, selections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def _write_outputs(self, selections: dict[str, Any], spill: _SpillIndex) -> dict[str, dict[str, Any]]:
         train = [item for sel in selections.values() for item in sel.train]
         evals = [row for sel in selections.values() for row in sel.eval]
         difficulty = {row: self.meta[row].difficulty for row, _ in train}
         train = order_train(train, difficulty, self.recipe.seed, self.recipe.curriculum)
         ordered_eval = [(row, 0) for row in order_eval(evals, self.recipe.seed)]
         files: dict[str, dict[str, Any]] = {}
-        shuffler = _Shuffler(self.work / "spill.parquet", self.spill.row_group_starts, self.work)
+        shuffler = _Shuffler(spill, self.work)
         for prefix, rows in (("train", train), ("eval", ordered_eval)):
             for path, table in shuffler.write(prefix, rows, self.recipe.shard_rows):
                 tokens = pa.compute.sum(table["n_tokens"]).as_py()
@@ -494,8 +522,15 @@ class _Builder:
         plot_mix(self.work, manifest)
 
 
+def _teacher_offline() -> bool:
+    """Whether this build runs under `teacher.offline_teacher()` (`data verify`); its workers are told so.
+    Looked up without importing the teacher: a build without teacher sources never loads it."""
+    teacher = sys.modules.get("pipelines.tasks.llm_teacher")
+    return bool(teacher is not None and teacher.teacher_offline())
+
+
 @lru_cache(maxsize=2)
-def _tokenizer(ref: str, chat_template: str, revision: str | None, tool_format: str) -> Any:
+def tokenizer_for(ref: str, chat_template: str, revision: str | None, tool_format: str) -> Any:
     """One load per process: `verify` rebuilds right after reading the manifest, with the same tokenizer."""
     return load_tokenizer(ref, chat_template, revision, tool_format)
 
@@ -525,116 +560,6 @@ def render_rows(traces: list[Trace], tokenizer: Any, schema: ThoughtSchema) -> l
         return out
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_context() -> Any:
-    """forkserver where the OS has it, else spawn; never a plain fork of this process.
-
-    The builder runs with threads alive (the tokenizer's Rust pool, tqdm's monitor, torch's OpenMP pool): a
-    fork copies their locks in whatever state they are, and a worker that starts holding one never runs and
-    never dies (a CI run hung 15 min in `Pool.terminate` on such a worker). The forkserver is a fresh
-    single-threaded process; it imports this module once, so each worker still starts in milliseconds and only
-    loads the tokenizer (from the local cache: the parent has already loaded it)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def _worker_init(settings: dict[str, Any], schema_name: str) -> None:
-    """Each worker loads its own tokenizer and schema."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
-    # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; workers stay quiet.
-    # SIGTERM (Pool.terminate) must kill a worker even when it is inside native code: the default action.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _WORKER["tokenizer"] = load_tokenizer(
-        settings["tokenizer"],
-        settings["chat_template"],
-        settings["tokenizer_revision"],
-        settings["tool_format"],
-    )
-    _WORKER["schema"] = load_thought_schema(schema_name)
-
-
-def _worker_render(traces_json: list[str]) -> list[tuple[list[int], list[int]] | str]:
-    traces = [Trace.model_validate_json(t) for t in traces_json]
-    out = render_rows(traces, _WORKER["tokenizer"], _WORKER["schema"])
-    return [r if isinstance(r, str) else (r.input_ids, r.assistant_masks) for r in out]
-
-
-class _RenderPool:
-    """Renders batches in submission order, overlapped with cleaning.
-
-    num_proc 1: one render thread. Tokenization runs in Rust without the GIL, so the main thread cleans the
-    next batch meanwhile. num_proc N: N worker processes (the chat template is Python, so tool traces need
-    processes to scale). Either way at most 2×N batches are in flight, which bounds memory."""
-
-    def __init__(self, builder: _Builder) -> None:
-        self.builder = builder
-        self.pool: Any = None
-        self.thread: ThreadPoolExecutor | None = None
-        self.pending: deque[tuple[Any, str, list[tuple[int, Trace]], list[tuple[int, Reject]]]] = deque()
-
-    def __enter__(self) -> _RenderPool:
-        if self.builder.num_proc <= 1:
-            self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
-            return self
-        initargs = (asdict(self.builder.settings), self.builder.schema_name)
-        self.pool = _worker_context().Pool(self.builder.num_proc, initializer=_worker_init, initargs=initargs)
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self.thread is not None:
-            self.thread.shutdown(wait=True, cancel_futures=True)
-        if self.pool is not None:
-            if exc_type is None:  # every batch collected: idle workers exit on the close sentinel
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
-
-    def submit(
-        self, category: str, batch: list[tuple[int, Trace]], rejects: list[tuple[int, Reject]]
-    ) -> None:
-        if not batch:
-            return
-        traces = [t for _, t in batch]
-        if self.thread is not None:
-            job = self.thread.submit(render_rows, traces, self.builder.tokenizer, self.builder.schema)
-        else:
-            job = self.pool.apply_async(_worker_render, ([trace_json(t) for t in traces],))
-        self.pending.append((job, category, batch, rejects))
-        while len(self.pending) > 2 * self.builder.num_proc:
-            self._collect()
-
-    def oldest_pending(self, default: int) -> int:
-        """Row number of the first row still being rendered (its rejects are not known yet)."""
-        return self.pending[0][2][0][0] if self.pending else default
-
-    def drain(self) -> None:
-        while self.pending:
-            self._collect()
-
-    def _collect(self) -> None:
-        job, category, batch, rejects = self.pending.popleft()
-        if self.thread is not None:
-            rendered = job.result()
-        else:
-            rendered = [r if isinstance(r, str) else Rendered(list(r[0]), list(r[1])) for r in job.get()]
-        self._accept(category, batch, rendered, rejects)
-
-    def _accept(
-        self, category: str, batch: list[tuple[int, Trace]], rendered: list[Any], rejects: list[Any]
-    ) -> None:
-        for (seq, trace), item in zip(batch, rendered, strict=True):
-            reject = self.builder.accept(category, seq, trace, item)
-            if reject is not None:
-                rejects.append((seq, reject))
-
-
 # -- spill and shards ----------------------------------------------------------------------------------------
 def trace_json(trace: Trace) -> str:
     """The Trace as one-line JSON in its own key order. Not `Trace.to_json()`, which sorts keys: the chat
@@ -643,7 +568,7 @@ def trace_json(trace: Trace) -> str:
     return json.dumps(trace.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
-class _Spill:
+class Spill:
     """Rendered rows in arrival order, flushed to parquet row groups every ~2M tokens."""
 
     def __init__(self, path: Path) -> None:
@@ -713,6 +638,29 @@ def _list_array(lists: list[Any], dtype: type, ones_lengths: list[int] | None = 
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
+class _SpillIndex:
+    """The spill of a build: the units' `rows.parquet` files one after another, numbered by a global row
+    index (unit order, then row order), read one row group at a time."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []  # global index of each row group's first row, ascending
+        self.groups: list[tuple[Path, int]] = []  # (file, row group in that file)
+        self.rows = 0
+
+    def add(self, path: Path, summary: dict[str, Any]) -> int:
+        """Append a unit's spill; returns the global index of its first row."""
+        base = self.rows
+        for group, start in enumerate(summary["row_group_starts"]):
+            self.starts.append(base + start)
+            self.groups.append((path, group))
+        self.rows += summary["spilled"]
+        return base
+
+    def read(self, group: int) -> pa.Table:
+        path, index = self.groups[group]
+        return pq.ParquetFile(path).read_row_group(index)
+
+
 class _Shuffler:
     """Writes rows of the spill, in any global order, as output shards, reading the spill once per group of
     up to MAX_OPEN_BUCKETS shards (not once per shard: a shuffled shard draws from every spill row group).
@@ -721,9 +669,9 @@ class _Shuffler:
     its shard's bucket file; pass 2 sorts one bucket at a time by position and writes the shard. Memory: one
     spill row group plus one shard."""
 
-    def __init__(self, spill: Path, row_group_starts: list[int], work: Path) -> None:
-        self.file = pq.ParquetFile(spill)
-        self.starts = row_group_starts
+    def __init__(self, spill: _SpillIndex, work: Path) -> None:
+        self.spill = spill
+        self.starts = spill.starts
         self.work = work
 
     def write(self, prefix: str, rows: list[tuple[int, int]], shard_rows: int) -> list[tuple[Path, pa.Table]]:
@@ -747,9 +695,7 @@ class _Shuffler:
         try:
             for group in sorted(by_group):
                 positions = by_group[group]
-                piece = self.file.read_row_group(group).take(
-                    [rows[p][0] - self.starts[group] for p in positions]
-                )
+                piece = self.spill.read(group).take([rows[p][0] - self.starts[group] for p in positions])
                 piece = piece.append_column("_pos", pa.array(positions, type=pa.int64()))
                 start = 0
                 for shard, run in itertools.groupby(positions, key=lambda p: p // shard_rows):

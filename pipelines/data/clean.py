@@ -55,7 +55,12 @@ def normalise(text: str) -> str:
 
 
 def content_hash(text: str) -> str:
-    return hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=16).hexdigest()
+    return content_digest(text).hex()
+
+
+def content_digest(text: str) -> bytes:
+    """16 bytes that equal exactly when two texts are the same up to case and whitespace."""
+    return hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=16).digest()
 
 
 # -- quality filters -----------------------------------------------------------------------------------------
@@ -193,7 +198,11 @@ class ExactDeduper:
 
 class NearDeduper:
     """MinHash LSH over word shingles (datasketch). Signatures are computed with numpy in one shot per row;
-    `signature` is bit-identical to `MinHash(hashfunc=identity).update_batch(shingles)` (tested)."""
+    `signature` is bit-identical to `MinHash(hashfunc=identity).update_batch(shingles)` (tested).
+
+    `check_and_add` is the rule in one process: a row is a near-duplicate when it shares an LSH band with a
+    row kept before it. The build applies the same rule across all its work units at once
+    (`dedup.resolve_duplicates`, tested against this class), from the signatures its workers wrote."""
 
     def __init__(self, config: NearDedup) -> None:
         self.config = config
@@ -209,13 +218,28 @@ class NearDeduper:
         grams = ngram_hashes(hashes, min(self.config.shingle_words, max(len(hashes), 1)))
         return (grams >> np.uint64(32)).astype(np.uint32)
 
+    @property
+    def bands(self) -> list[tuple[int, int]]:
+        """The LSH bands datasketch picks for this threshold and num_perm: two rows are candidates when all
+        values of one band are equal (what `dedup.resolve_duplicates` groups by)."""
+        return list(self._lsh.hashranges)
+
+    def signature_values(self, hashes: np.ndarray) -> np.ndarray | None:
+        """A row's MinHash values (uint32, num_perm of them), or None when it has no words to shingle."""
+        shingles = self.shingles(hashes)
+        return self._values(shingles) if len(shingles) else None
+
     def signature(self, shingles: np.ndarray) -> MinHash:
+        values = self._values(shingles)
+        return MinHash(seed=1, hashvalues=values, permutations=self._proto.permutations, scheme="affine32")
+
+    def _values(self, shingles: np.ndarray) -> np.ndarray:
         values = np.full(self.config.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         for start in range(0, len(shingles), 4096):  # bounded temp matrix: num_perm × 4096
             permuted = np.multiply.outer(self._a, _fmix(shingles[start : start + 4096], _FMIX32))
             permuted += self._b[:, None]
             np.minimum(values, permuted.min(axis=1), out=values)
-        return MinHash(seed=1, hashvalues=values, permutations=self._proto.permutations, scheme="affine32")
+        return values
 
     def check_and_add(self, hashes: np.ndarray, row_id: str) -> Verdict | None:
         shingles = self.shingles(hashes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def mix_report(
     plan: Any,
     pools: dict[str, Any],
     selections: dict[str, Any],
-    meta: list[Any],
+    meta: Mapping[int, Any],
     stats: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest's `sources`, `mix`, `splits` and `rejects` sections (tokens are train + eval)."""
@@ -277,7 +278,7 @@ def _source_entry(stat: Any, pool: Any, sel: Any, plan: Any) -> dict[str, Any]:
 
 
 def _cluster_shares(
-    pools: dict[str, Any], selections: dict[str, Any], meta: list[Any], plan: Any
+    pools: dict[str, Any], selections: dict[str, Any], meta: Mapping[int, Any], plan: Any
 ) -> dict[str, Any]:
     """Achieved tokens per cluster; target = each source's target split by its pool's cluster proportions."""
     achieved: dict[str, float] = defaultdict(float)
@@ -292,7 +293,7 @@ def _cluster_shares(
     return shares(dict(achieved), dict(target))
 
 
-def _splits(selections: dict[str, Any], meta: list[Any], pools: dict[str, Any]) -> dict[str, Any]:
+def _splits(selections: dict[str, Any], meta: Mapping[int, Any], pools: dict[str, Any]) -> dict[str, Any]:
     ids = {row: pool.ids[i] for pool in pools.values() for i, row in enumerate(pool.rows)}
     train = [row for sel in selections.values() for row, _ in sel.train]
     evals = [row for sel in selections.values() for row in sel.eval]

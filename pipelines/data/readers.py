@@ -10,6 +10,12 @@ directory for text/code directories, and `SPLIT[INDEX]` for Hub datasets (`ds[IN
 
 Memory stays bounded by one row (or one parquet record batch), not by the source: JSONL and parquet stream;
 only `.json` files are parsed whole, because JSON arrays cannot be streamed without another parser.
+
+A source can also be read in parts (`read_part`), which is how the data stage spreads one large source over
+many workers (pipelines/data/units.py plans the parts): a byte range of a JSONL file that starts on a line
+(with the number of that line, so row ids stay `file.jsonl:LINE`), a range of a parquet file's row groups
+(with the index of its first row), a group of text documents, or an index range of a Hub dataset. Reading
+every part of a source in order yields exactly the rows, ids and rejects of reading it whole.
 """
 
 from __future__ import annotations
@@ -61,6 +67,27 @@ def read_source(
     return islice(rows, source.max_rows) if source.max_rows else rows
 
 
+def read_part(source: HFSource | LocalSource, part: dict[str, Any]) -> RowStream:
+    """Rows of one part of a source (see the module doc; `plan.plan_parts` writes `part`). Parts are planned
+    only for sources read whole otherwise, so `max_rows` is already in the part's bounds."""
+    kind = part["kind"]
+    if kind == "hf_range":
+        assert isinstance(source, HFSource)
+        dataset = _load_hf(source, None)
+        return _iter_hf(dataset.select(range(part["start"], part["stop"])), source, first=part["start"])
+    assert isinstance(source, LocalSource)
+    if kind == "documents":
+        return _read_documents(Path(part["root"]), [Path(f) for f in part["files"]], source)
+    path = Path(part["file"])
+    if kind == "jsonl_range":
+        return _read_jsonl(path, source, part["start"], part["end"], part["first_line"])
+    if kind == "parquet_groups":
+        return _read_parquet(
+            path, source, range(part["first_group"], part["stop_group"]), part["first_index"]
+        )
+    return _read_file(path, source)  # "file": one whole data file of a directory source
+
+
 # -- local files ---------------------------------------------------------------------------------------------
 def read_local(source: LocalSource, base_dir: Path | None = None) -> RowStream:
     """Rows of a .jsonl(.gz)/.json/.parquet file, a directory of them, or a directory of text/code files.
@@ -110,12 +137,19 @@ def _read_file(path: Path, source: LocalSource) -> RowStream:
     return _read_documents(path.parent, [path], source)
 
 
-def _read_jsonl(path: Path, source: LocalSource) -> RowStream:
+def _read_jsonl(
+    path: Path, source: LocalSource, start: int = 0, end: int | None = None, first_line: int = 1
+) -> RowStream:
+    """Lines of a JSONL file; with `start`/`end`, the lines that start in that byte range (`start` is the first
+    byte of line `first_line`). Ranges are for uncompressed files only."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    line_no = 0
+    line_no = first_line - 1
+    position = start
     with opener(path, "rb") as handle:
+        if start:
+            handle.seek(start)
         lines = iter(handle)
-        while True:
+        while end is None or position < end:
             try:
                 raw = next(lines)
             except StopIteration:
@@ -124,6 +158,7 @@ def _read_jsonl(path: Path, source: LocalSource) -> RowStream:
                 yield _unreadable(source, path, f"{path}:{line_no + 1}", f"after line {line_no}", exc)
                 return
             line_no += 1
+            position += len(raw)
             row_id = f"{path}:{line_no}"
             try:
                 text = raw.decode("utf-8")
@@ -255,19 +290,18 @@ def _read_json(path: Path, source: LocalSource) -> RowStream:
             yield row_id, Reject(source.name, row_id, "not_an_object", detail)
 
 
-def _read_parquet(path: Path, source: LocalSource) -> RowStream:
+def _read_parquet(
+    path: Path, source: LocalSource, groups: range | None = None, first_index: int = 0
+) -> RowStream:
+    """Rows of a parquet file, or of the row groups `groups` (whose first row has index `first_index`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise BadInput(f"local source {source.name!r}: {path}: not a readable parquet file ({exc})") from None
+    parquet = open_parquet(path, source)
     n_groups = parquet.metadata.num_row_groups
-    start = 0
+    start = first_index
     # Row group by row group, in record batches: memory stays at one batch however large the file is, and a
     # corrupt row group is named (the footer can be intact while a page in the middle is not).
-    for group in range(n_groups):
+    for group in groups if groups is not None else range(n_groups):
         index = start
         try:
             for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
@@ -280,7 +314,33 @@ def _read_parquet(path: Path, source: LocalSource) -> RowStream:
         start += parquet.metadata.row_group(group).num_rows
 
 
+def open_parquet(path: Path, source: LocalSource) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadInput(f"local source {source.name!r}: {path}: not a readable parquet file ({exc})") from None
+
+
 # -- text/code directories -----------------------------------------------------------------------------------
+def source_files(source: LocalSource) -> tuple[Path, list[Path]]:
+    """(root, files) of a local source in reading order: the file itself, or a directory's matching files."""
+    path = Path(source.path).expanduser()
+    if not path.exists():
+        raise BadInput(f"local source {source.name!r}: {path}: no such file or directory")
+    if path.is_file():
+        _check_suffix(path, source)
+        return path.parent, [path]
+    return path, _directory_files(path, source)
+
+
+def data_kind(path: Path) -> str | None:
+    """`.jsonl`, `.jsonl.gz`, `.json`, `.parquet`, or None for a text/code document."""
+    return _data_kind(path)
+
+
 def _directory_files(root: Path, source: LocalSource) -> list[Path]:
     """Files under `root` matching the glob, in a fixed order; hidden paths (.git, editor files) are no data."""
     matched = [p for p in root.glob(source.glob) if p.is_file() and not _hidden(p.relative_to(root).parts)]
@@ -341,8 +401,13 @@ def _load_hf(source: HFSource, cache_dir: str | Path | None) -> Any:
         raise _hf_unreachable(source, exc) from None
 
 
-def _iter_hf(dataset: Any, source: HFSource) -> RowStream:
-    index = 0
+def load_hf(source: HFSource) -> Any:
+    """The dataset a source names (downloaded and prepared unless it streams), for planning its parts."""
+    return _load_hf(source, None)
+
+
+def _iter_hf(dataset: Any, source: HFSource, first: int = 0) -> RowStream:
+    index = first
     rows = iter(dataset)
     while True:
         try:

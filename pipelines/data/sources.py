@@ -386,9 +386,12 @@ class ConvertedReader(SourceReader):
 
     spec: HFSource | LocalSource
 
-    def __init__(self, spec: SourceBase, category: str, commit: str | None = None) -> None:
+    def __init__(
+        self, spec: SourceBase, category: str, commit: str | None = None, part: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(spec, category)
         self.commit = commit
+        self.part = part
         self.truncated: list[dict[str, str]] = []
 
     def rows(self) -> Iterator[Trace | Reject]:
@@ -398,7 +401,8 @@ class ConvertedReader(SourceReader):
         spec = self.spec
         if isinstance(spec, HFSource) and self.commit:
             spec = spec.model_copy(update={"revision": self.commit})
-        for row_id, row in readers.read_source(spec):
+        raw = readers.read_part(spec, self.part) if self.part else readers.read_source(spec)
+        for row_id, row in raw:
             if isinstance(row, readers.Reject):
                 if row.reason == "truncated_file":
                     self.truncated.append({"row_id": row_id, "detail": row.detail})
@@ -436,6 +440,35 @@ class ConvertedReader(SourceReader):
         # `on_truncated: keep` read past an unreadable part: the lockfile says what was lost.
         return pinned | ({"truncated": self.truncated} if self.truncated else {})
 
+    def part_revision(self) -> dict[str, Any]:
+        """What one part contributes to its source's lockfile entry (`combine_part_revisions`)."""
+        if isinstance(self.spec, HFSource):
+            return {"rows_sha256": self._digest.hexdigest()}
+        return {"truncated": self.truncated}
+
+
+def combine_part_revisions(
+    spec: SourceBase, commit: str | None, parts: list[dict[str, Any]], local: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The lockfile entry of a source read in parts: a local source's is the one it has read whole (its
+    path's sha256, hashed once when the build was planned); a Hub source's row digest is the sha256 over its
+    parts' row digests (parts of `plan.HF_PART_ROWS` rows), and says so."""
+    if isinstance(spec, HFSource):
+        digest = hashlib.sha256("".join(p["rows_sha256"] for p in parts).encode()).hexdigest()
+        return {
+            "dataset": spec.dataset,
+            "config": spec.config,
+            "split": spec.split,
+            "revision": spec.revision,
+            "commit": commit,
+            "rows_sha256": digest,
+            "parts": len(parts),
+            "rows_sha256_over": "row digests of the parts, in order",
+        }
+    assert local is not None
+    truncated = [t for p in parts for t in p["truncated"]]
+    return local | ({"truncated": truncated} if truncated else {})
+
 
 def path_sha256(path: Path, glob: str = "**/*") -> str:
     """sha256 of a file, or of a directory's matching files (relative names + bytes, in sorted order)."""
@@ -457,8 +490,11 @@ _READERS: dict[str, type[SourceReader]] = {
 }
 
 
-def open_source(spec: SourceBase, category: str, commit: str | None = None) -> SourceReader:
-    """The reader of a recipe source; `commit` pins a Hub source (see `resolve_hub_commits`)."""
-    if isinstance(spec, HFSource):
-        return ConvertedReader(spec, category, commit)
+def open_source(
+    spec: SourceBase, category: str, commit: str | None = None, part: dict[str, Any] | None = None
+) -> SourceReader:
+    """The reader of a recipe source, or of one `part` of it (pipelines/data/plan.py); `commit` pins a Hub
+    source (see `resolve_hub_commits`)."""
+    if isinstance(spec, HFSource | LocalSource):
+        return ConvertedReader(spec, category, commit, part)
     return _READERS[spec.type](spec, category)  # type: ignore[attr-defined]

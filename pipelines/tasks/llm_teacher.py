@@ -65,6 +65,11 @@ def offline_teacher() -> Iterator[None]:
         _OFFLINE["depth"] -= 1
 
 
+def teacher_offline() -> bool:
+    """Whether this code runs inside `offline_teacher()` (a build records it for its worker processes)."""
+    return _OFFLINE["depth"] > 0
+
+
 class TeacherOffline(BadInput):
     """A rebuild needed a response the cache does not hold."""
 

@@ -1,0 +1,172 @@
+"""Who runs the work units of a data build: this machine's processes, or datatrove's executors.
+
+Every executor runs the same step, `ingest.run_units(work, rank, world_size)` (as datatrove's `IngestUnits`
+pipeline step for datatrove's executors), over the units planned in the build's work folder; the driver
+then dedups, mixes and writes (pipelines/data/build.py). Units are results on disk, read back in plan order,
+so which executor ran them, with how many workers or tasks, never shows in the output bytes (tested).
+
+- `local` (default): in this process (`workers: 1`) or a pool of `workers` processes (started from a
+  forkserver, never forked from the threaded driver) taking units as they free up. Nothing to install.
+- `datatrove`: datatrove's `LocalPipelineExecutor` (`tasks` tasks, `workers` at a time; completions and logs
+  under the work folder). The same executor family as the cluster ones, on one machine.
+- `ray`: datatrove's `RayPipelineExecutor` on the Ray cluster `ray.init()` finds (`RAY_ADDRESS`; a local one
+  when unset). Needs `pip install 'datatrove[ray]'`; the work folder (next to `--out`) must be on storage
+  every node mounts.
+- `slurm`: datatrove's `SlurmPipelineExecutor`: the units as a Slurm job array (`tasks` array tasks,
+  `workers` at a time), submitted with sbatch; this process waits for the array, then dedups, mixes and writes
+  as always. Run it where sbatch works (a login node, or a small job of its own); the work folder (next to
+  `--out`) must be on storage the compute nodes mount.
+
+Why datatrove and not Ray Data (docs/data-at-scale.md has the numbers): a datatrove task is "rank r of
+world_size", a static and reproducible split that maps onto our work units, and one pipeline step runs
+unchanged on its local, Slurm and Ray executors; Ray Data schedules blocks dynamically and needs a running
+Ray cluster even on one machine.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.data import ingest
+from pipelines.data.plan import ExecutorSettings
+from pipelines.errors import BadInput, MidtrainError
+
+
+def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int) -> None:
+    """Run every unit of the plan in `work`; returns when all have run (done or failed)."""
+    if settings.kind == "local":
+        _run_local(work, n_units, workers)
+        return
+    executor = datatrove_executor(settings, work, n_units, workers)
+    executor.run()
+    if settings.kind == "slurm":
+        _wait_for_slurm(executor, work)
+
+
+# -- local ---------------------------------------------------------------------------------------------------
+def _run_local(work: Path, n_units: int, workers: int) -> None:
+    if workers <= 1 or n_units <= 1:
+        ingest.run_units(work, 0, 1)
+        return
+    # Each call is one unit (rank u of n_units), handed to whichever worker is free; a worker loads the
+    # build's context (tokenizer, eval index) once, for its first unit.
+    pool = worker_context().Pool(min(workers, n_units), initializer=init_worker)
+    try:
+        for _ in pool.imap_unordered(_run_one, [(str(work), u, n_units) for u in range(n_units)]):
+            pass
+    except BaseException:
+        pool.terminate()  # an error or Ctrl-C: stop the other units now (SIGTERM, the default action)
+        raise
+    else:
+        pool.close()  # every unit done: idle workers exit on the close sentinel
+    finally:
+        pool.join()
+
+
+def worker_context() -> Any:
+    """forkserver where the OS has it, else spawn; never a plain fork of the driver.
+
+    The driver runs with threads alive (the tokenizer's Rust pool, the build's render thread, torch's OpenMP
+    pool): a fork copies their locks in whatever state they are, and a worker that starts holding one never
+    runs and never dies (a CI run hung 15 min in `Pool.terminate` on such a worker). The forkserver is a fresh
+    single-threaded process that imports the ingest step once, so each worker starts in milliseconds and only
+    loads the tokenizer (from the local cache: the driver has already fetched it)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([ingest.__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def init_worker() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; workers stay quiet.
+    # SIGTERM (Pool.terminate) must kill a worker even when it is inside native code: the default action.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run_one(job: tuple[str, int, int]) -> None:
+    work, rank, world_size = job
+    ingest.run_units(Path(work), rank, world_size)
+
+
+# -- datatrove -----------------------------------------------------------------------------------------------
+def ingest_step(work: Path) -> Any:
+    """The build's parallel step as a datatrove pipeline step."""
+    from pipelines.data.datatrove_steps import IngestUnits
+
+    return IngestUnits(str(work))
+
+
+def datatrove_executor(settings: ExecutorSettings, work: Path, n_units: int, workers: int) -> Any:
+    tasks = settings.tasks or n_units
+    concurrent = settings.workers or workers
+    logs = str(work / "datatrove")
+    if settings.kind == "datatrove":
+        from datatrove.executor import LocalPipelineExecutor
+
+        # forkserver (datatrove's default), for the reason in `worker_context`: never fork the threaded driver.
+        return LocalPipelineExecutor(
+            [ingest_step(work)], tasks=tasks, workers=concurrent, logging_dir=logs, start_method="forkserver"
+        )
+    if settings.kind == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        slurm = settings.slurm
+        assert slurm is not None, "ExecutorSettings checks it"
+        return SlurmPipelineExecutor(
+            [ingest_step(work)],
+            tasks=tasks,
+            workers=settings.workers or -1,
+            time=slurm.time,
+            partition=slurm.partition,
+            cpus_per_task=slurm.cpus_per_task,
+            mem_per_cpu_gb=slurm.mem_per_cpu_gb,
+            job_name="midtrain-data",
+            env_command=slurm.env_command,
+            sbatch_args=slurm.sbatch_args,
+            logging_dir=logs,
+            slurm_logs_folder=str(work / "datatrove" / "slurm_logs"),
+            mail_type="NONE",
+        )
+    if settings.kind == "ray":
+        try:
+            import ray  # noqa: F401
+            from datatrove.executor.ray import RayPipelineExecutor
+        except ImportError:
+            raise BadInput(
+                "executor 'ray' needs Ray: pip install 'datatrove[ray]' (and RAY_ADDRESS=auto to use a running "
+                "cluster; without it Ray starts a local one)"
+            ) from None
+        return RayPipelineExecutor(
+            [ingest_step(work)], tasks=tasks, workers=settings.workers or -1, logging_dir=logs
+        )
+    raise ValueError(settings.kind)
+
+
+SLURM_POLL_SECONDS = 30
+
+
+def _wait_for_slurm(executor: Any, work: Path) -> None:
+    """Until every array task has completed, a unit has failed, or the job has left the queue unfinished."""
+    while True:
+        if not executor.get_incomplete_ranks() or any((work / ingest.FAILED).glob("*.json")):
+            return
+        queued = subprocess.run(
+            ["squeue", "--noheader", "--jobs", str(executor.job_id)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if queued.returncode == 0 and not queued.stdout.strip() and executor.get_incomplete_ranks():
+            raise MidtrainError(
+                f"Slurm job {executor.job_id} left the queue with tasks unfinished; logs: {work / 'datatrove'}"
+            )
+        time.sleep(SLURM_POLL_SECONDS)

@@ -1,0 +1,453 @@
+"""The data build distributed: sources cut into work units, run by the local executor with 1 or 4 worker
+processes and by datatrove's local multi-task executor, give the same bytes (mix, shards, rejects,
+lockfile); dedup and decontamination stay global across units; reading a source in parts reads what reading
+it whole reads; the cross-unit near-dedup equals the sequential datasketch rule."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.data.build import BuildSettings, build, compare_dirs
+from pipelines.data.clean import NearDeduper, word_hashes
+from pipelines.data.dedup import resolve_duplicates
+from pipelines.data.plan import ExecutorSettings, plan_parts, plan_units
+from pipelines.data.readers import read_local, read_part, read_source
+from pipelines.errors import BadInput
+from pipelines.recipe import LocalSource, NearDedup, Recipe
+from tests.helpers import planted_docs, planted_tools, prose
+
+UNIT_MB = 0.004  # ~4 KB units: the small corpus below becomes dozens of units
+
+RECIPE = {
+    "name": "scale-mix",
+    "seed": 3,
+    "total_tokens": 40_000,
+    "eval_fraction": 0.1,
+    "max_seq_len": 2048,
+    "shard_rows": 20,
+    "allow_shortfall": True,
+    "decontamination": {"sets": ["bfcl"]},
+    "categories": {
+        "tool": {"share": 0.5, "sources": [{"name": "tools", "type": "local", "format": "trace"}]},
+        "code": {"share": 0.2, "sources": [{"name": "code", "type": "local", "format": "text"}]},
+        "text": {
+            "share": 0.3,
+            "sources": [
+                {"name": "docs", "type": "local", "format": "text"},
+                {"name": "more-docs", "type": "local", "format": "text", "text_field": "body"},
+            ],
+        },
+    },
+}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Planted problems of test_data_build, plus duplicates that land in other units than their originals:
+    the last docs repeat early ones exactly and nearly, and `more-docs` (a parquet file of many row groups)
+    repeats a doc of `docs`."""
+    folder = tmp_path_factory.mktemp("scale")
+    _jsonl(folder / "tools.jsonl", planted_tools())
+    docs = planted_docs()
+    docs.append({"id": "late-exact", "text": docs[2]["text"].replace(" ", "  ")})
+    docs.append({"id": "late-near", "text": docs[3]["text"] + " Then it ended."})
+    _jsonl(folder / "docs.jsonl", docs)
+    code = folder / "code"
+    for i in range(12):
+        (code / f"pkg{i % 3}").mkdir(parents=True, exist_ok=True)
+        body = "\n".join(
+            f"def f_{i}_{j}(x):\n    return x * {j} + {i}  # {prose(i * 50 + j, 12)}" for j in range(8)
+        )
+        (code / f"pkg{i % 3}" / f"mod{i}.py").write_text(body + "\n", encoding="utf-8")
+    more = [{"id": f"m{i}", "body": prose(900 + i, 150)} for i in range(30)]
+    more.append({"id": "cross-source-dup", "body": docs[5]["text"]})
+    pq.write_table(pa.Table.from_pylist(more), folder / "more.parquet", row_group_size=4)
+    return folder
+
+
+def _recipe(corpus: Path) -> Recipe:
+    data = json.loads(json.dumps(RECIPE))
+    paths = {"tools": "tools.jsonl", "code": "code", "docs": "docs.jsonl", "more-docs": "more.parquet"}
+    for cat in data["categories"].values():
+        for src in cat["sources"]:
+            src["path"] = str(corpus / paths[src["name"]])
+    return Recipe.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def settings(embedded_model_dir: Path) -> BuildSettings:
+    return BuildSettings(tokenizer=str(embedded_model_dir))
+
+
+@pytest.fixture(scope="module")
+def whole(corpus: Path, settings: BuildSettings) -> tuple[Path, dict]:
+    """The reference: every source one unit, one process."""
+    result = build(_recipe(corpus), corpus / "whole", settings)
+    return result.out_dir, result.manifest
+
+
+def test_units_workers_and_datatrove_tasks_build_identical_bytes(
+    corpus: Path, settings: BuildSettings, whole: tuple[Path, dict]
+) -> None:
+    recipe = _recipe(corpus)
+    units = plan_units(recipe, {}, ExecutorSettings(unit_mb=UNIT_MB).unit_bytes)
+    by_source = {
+        name: sum(u.source == name for u in units) for name in ("tools", "code", "docs", "more-docs")
+    }
+    assert all(n >= 3 for n in by_source.values()), by_source  # every source really is cut into parts
+    runs = {
+        "1 worker": (1, ExecutorSettings(unit_mb=UNIT_MB)),
+        "4 workers": (4, ExecutorSettings(unit_mb=UNIT_MB)),
+        "datatrove 4 tasks, 2 at a time": (
+            1,
+            ExecutorSettings(kind="datatrove", unit_mb=UNIT_MB, tasks=4, workers=2),
+        ),
+    }
+    reference, manifest = whole
+    for label, (num_proc, executor) in runs.items():
+        out = corpus / label.replace(" ", "-").replace(",", "")
+        build(recipe, out, settings, num_proc=num_proc, executor=executor)
+        result = compare_dirs(reference, out)
+        assert result.identical, (label, result)
+        assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    assert manifest["mix"]["total_tokens"] > 20_000
+
+
+def test_dedup_and_decontamination_are_global_across_units(whole: tuple[Path, dict]) -> None:
+    out, manifest = whole
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    by_id = {r.get("trace_id"): r for r in rejects}
+    assert (
+        by_id["late-exact"]["reason"] == "exact_duplicate"
+        and "docs.jsonl:3 (docs)" in by_id["late-exact"]["detail"]
+    )
+    assert (
+        by_id["late-near"]["reason"] == "near_duplicate"
+        and "docs.jsonl:4 (docs)" in by_id["late-near"]["detail"]
+    )
+    cross = by_id["cross-source-dup"]
+    assert cross["reason"] == "exact_duplicate" and cross["row_id"].endswith("more.parquet[30]")
+    assert by_id["bfcl-planted"]["reason"] == "contaminated:bfcl"
+    assert (
+        by_id["dup-of-t0"]["reason"] == "exact_duplicate" and by_id["near-t1"]["reason"] == "near_duplicate"
+    )
+    rows_in = sum(s["rows_in"] for s in manifest["sources"])
+    kept = sum(s["rows_clean"] for s in manifest["sources"])
+    assert rows_in == kept + len(rejects) == kept + manifest["rejects"]["total"]
+
+
+def test_a_bad_row_in_a_worker_is_exit_2_naming_the_file(corpus: Path, settings: BuildSettings) -> None:
+    broken = corpus / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"id": "x", "text": "hello"}\n' * 50)[:-20])
+    data = json.loads(json.dumps(RECIPE))
+    data["categories"] = {
+        "text": {
+            "share": 1.0,
+            "sources": [{"name": "b", "type": "local", "path": str(broken), "format": "text"}],
+        }
+    }
+    with pytest.raises(BadInput, match=r"broken.jsonl.gz: truncated or corrupt"):
+        build(Recipe.model_validate(data), corpus / "broken-out", settings, num_proc=2,
+              executor=ExecutorSettings(unit_mb=UNIT_MB))  # fmt: skip
+    assert not (corpus / "broken-out").exists()
+    assert not list(corpus.glob(".broken-out.build-*"))  # the scratch folder is gone too
+
+
+# -- reading in parts ----------------------------------------------------------------------------------------
+def _part_rows(source: LocalSource, unit_bytes: int) -> list[tuple[str, object]]:
+    parts = plan_parts(source, None, unit_bytes)
+    assert len(parts) > 1
+    return [row for part in parts for row in read_part(source, part)]
+
+
+def test_jsonl_parts_keep_line_numbers_blank_lines_bom_and_bad_rows(tmp_path: Path) -> None:
+    lines = ['\ufeff{"id": "first"}'] + [json.dumps({"id": f"r{i}", "pad": "x" * (i % 7)}) for i in range(40)]
+    lines[9] = ""  # a blank line is skipped, not a row
+    lines[17] = "{not json"
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    source = LocalSource(name="s", type="local", path=str(path))
+    assert _part_rows(source, 97) == list(read_local(source))
+
+
+def test_parquet_and_document_parts_read_what_the_whole_source_reads(tmp_path: Path) -> None:
+    table = pa.Table.from_pylist([{"id": f"p{i}", "text": prose(i, 30)} for i in range(25)])
+    pq.write_table(table, tmp_path / "rows.parquet", row_group_size=3)
+    source = LocalSource(name="p", type="local", path=str(tmp_path / "rows.parquet"))
+    assert _part_rows(source, 500) == list(read_local(source))
+    docs = tmp_path / "docs"
+    for i in range(9):
+        (docs / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        (docs / f"d{i % 2}" / f"f{i}.txt").write_text(prose(i, 40), encoding="utf-8")
+    text = LocalSource(name="t", type="local", path=str(docs), format="text")
+    assert _part_rows(text, 600) == list(read_local(text))
+
+
+def test_hub_dataset_parts_are_index_ranges_with_the_same_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.data import plan
+    from pipelines.data.readers import read_hf
+    from pipelines.recipe import HFSource
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    pq.write_table(
+        pa.Table.from_pylist([{"text": prose(i, 10), "n": i} for i in range(23)]), folder / "train.parquet"
+    )
+    monkeypatch.setattr(plan, "HF_PART_ROWS", 5)
+    source = HFSource(name="h", type="hf", dataset=str(folder), revision="main", format="text")
+    parts = plan_parts(source, None, 1)
+    assert [(p["start"], p["stop"]) for p in parts] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    assert [row for part in parts for row in read_part(source, part)] == list(read_hf(source))
+    capped = source.model_copy(update={"max_rows": 12})
+    parts = plan_parts(capped, None, 1)
+    assert [(p["start"], p["stop"]) for p in parts] == [(0, 5), (5, 10), (10, 12)]
+    assert [row for part in parts for row in read_part(capped, part)] == list(read_source(capped))
+
+
+# -- the global near-dedup rule --------------------------------------------------------------------------------
+def test_cross_unit_near_dedup_equals_the_sequential_datasketch_rule(tmp_path: Path) -> None:
+    """Chains (A~B~C with A !~ C), exact copies and unrelated rows, split into units at random: the global pass
+    drops exactly the rows the in-process datasketch LSH drops, naming the same kept row."""
+    config = NearDedup(threshold=0.7, num_perm=64)
+    rng = random.Random(7)
+    base = [prose(2000 + i, 120).split() for i in range(12)]
+    texts = []
+    for words in base:
+        for _ in range(rng.randint(1, 4)):  # drifting variants: each a few words away from the previous one
+            texts.append(" ".join(words))
+            for _ in range(rng.randint(2, 9)):
+                words[rng.randrange(len(words))] = rng.choice(["alpha", "beta", "gamma", "delta", "omega"])
+    rng.shuffle(texts)
+    reference = NearDeduper(config)
+    expected = {}
+    for i, text in enumerate(texts):
+        verdict = reference.check_and_add(word_hashes(text), str(i))
+        if verdict is not None:
+            expected[i] = int(verdict.detail.removeprefix("near-duplicate of "))
+    assert 5 <= len(expected) < len(texts) - 5  # the fixture exercises both outcomes
+    signer = NearDeduper(config)
+    cuts = sorted(rng.sample(range(1, len(texts)), 6))
+    units = []
+    for u, (start, stop) in enumerate(zip([0, *cuts], [*cuts, len(texts)], strict=True)):
+        folder = tmp_path / f"u{u}"
+        folder.mkdir()
+        sigs = [signer.signature_values(word_hashes(t)) for t in texts[start:stop]]
+        digests = np.array([[u, i % 256, i // 256] + [0] * 13 for i in range(start, stop)], dtype=np.uint8)
+        np.save(folder / "digest.npy", digests)  # all distinct: this test is about near dedup
+        np.save(folder / "has_sig.npy", np.ones(stop - start, dtype=bool))
+        np.save(folder / "sig.npy", np.stack(sigs))
+        units.append((folder, start))
+    from pipelines.data.dedup import UnitKeys
+
+    found = resolve_duplicates([UnitKeys(f) for f, _ in units], signer.bands)
+    got = {
+        start + cand: dup.kept
+        for (_, start), dups in zip(units, found, strict=True)
+        for cand, dup in dups.items()
+    }
+    assert got == expected
+
+
+def test_cli_executor_options_are_checked_before_any_work(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    import yaml
+
+    from pipelines.cli import main
+
+    recipe = corpus / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(corpus).model_dump(mode="json")))
+    for options, message in (
+        (["--executor", "spark"], "kind"),
+        (["--executor", "slurm"], "needs data.executor.slurm.partition"),
+        (["--workers", "0"], "workers"),
+    ):
+        argv = ["midtrain", "data", "build", str(recipe), "--out", str(corpus / "cli-out"), *options]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2, options
+        assert message in capsys.readouterr().err, options
+        assert not (corpus / "cli-out").exists()
+
+
+# -- the executors' processes --------------------------------------------------------------------------------
+def test_every_data_module_imports_alone_in_a_fresh_process() -> None:
+    """A Slurm or Ray task (and a forkserver worker) starts from a fresh interpreter and unpickles the step:
+    each module must import first, on its own (ingest and build import each other)."""
+    import subprocess
+    import sys
+
+    for module in ("ingest", "datatrove_steps", "executors", "build", "plan", "dedup"):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import pipelines.data.{module}"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, (module, done.stderr[-2000:])
+
+
+def test_local_workers_start_from_a_forkserver_and_die_on_terminate() -> None:
+    """Never a fork of the threaded driver (a worker forked holding a lock never dies); SIGTERM kills a worker
+    even mid-task, and Ctrl-C is left to the driver."""
+    import signal
+    import time
+
+    from pipelines.data.executors import init_worker, worker_context
+
+    context = worker_context()
+    assert context.get_start_method() == "forkserver"
+    pool = context.Pool(2, initializer=init_worker)
+    try:
+        handlers = pool.map(signal.getsignal, [signal.SIGTERM, signal.SIGINT])
+        assert handlers == [signal.SIG_DFL, signal.SIG_IGN]
+        pool.map_async(time.sleep, [120, 120])
+        time.sleep(0.5)  # both workers inside their task
+        started = time.monotonic()
+    finally:
+        pool.terminate()
+        pool.join()
+    assert time.monotonic() - started < 15
+
+
+def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the workers ignore it, the driver stops its pool (terminate:
+    SIGTERM, the workers' default action) and exits 130; the workers, the forkserver and the scratch folder
+    are gone. (A single-process build's SIGINT/SIGTERM: tests/test_hostile.py.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(  # two units that read the standard library: still running when the signal comes
+        "name: slow\ntotal_tokens: 100000\nallow_shortfall: true\ndecontamination: {sets: []}\n"
+        "categories:\n  code: {share: 1.0, sources: [{name: a, type: python_code}, {name: b, type: python_code}]}\n"
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "data",
+            "build",
+            str(recipe),
+            "--out",
+            str(out),
+            "--num-proc",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    deadline = time.monotonic() + 180
+    driver = psutil.Process(proc.pid)
+    while len(list(tmp_path.glob(".out.build-*/units/*"))) < 2:  # both workers are inside a unit
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    descendants = driver.children(recursive=True)
+    assert len(descendants) >= 3  # the forkserver and two workers (and the resource tracker)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr + stdout and not out.exists()
+    _, alive = psutil.wait_procs(descendants, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not list(tmp_path.glob(".out.*")), "the scratch folder of the interrupted build was left behind"
+
+
+# -- the billion-token recipe and its commands ----------------------------------------------------------------
+def _hub_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row counts of the order of the Hub datasets' (planning only needs len(); max_rows caps the big ones)."""
+    from pipelines.data import readers
+
+    lengths = {
+        "Salesforce/xlam-function-calling-60k": 60_000,
+        "NousResearch/hermes-function-calling-v1": 1_893,
+        "Team-ACE/ToolACE": 11_300,
+        "bigcode/the-stack-dedup": 12_962_249,
+        "HuggingFaceFW/fineweb-edu": 9_672_101,
+    }
+    monkeypatch.setattr(readers, "load_hf", lambda spec: range(lengths[spec.dataset]))
+
+
+def test_the_billion_token_recipe_plans_parallel_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.run_config import REPO_ROOT, load_recipe
+
+    _hub_lengths(monkeypatch)
+    recipe = load_recipe(REPO_ROOT / "data_recipes" / "agentic-hub-1b.yaml")
+    assert recipe.total_tokens == 1_000_000_000
+    assert {name: cat.share for name, cat in recipe.categories.items()} == {
+        "tool": 0.45,
+        "code": 0.25,
+        "text": 0.30,
+    }
+    units = plan_units(recipe, {}, ExecutorSettings().unit_bytes)
+    per_source: dict[str, int] = {}
+    for unit in units:
+        per_source[unit.source] = per_source.get(unit.source, 0) + 1
+    assert per_source["fineweb-edu"] == 4  # max_rows 350k: ranges of 100k rows
+    assert per_source["the-stack-dedup-python"] == 2
+    assert [per_source[f"generated-{i}"] for i in range(32)] == [1] * 32
+    generated = [s for _, s in recipe.sources() if s.name.startswith("generated-")]
+    assert [s.seed for s in generated] == list(range(32))
+    assert sum(s.n for s in generated) == 1_600_000
+    assert len({json.dumps(s.cluster_by_pattern, sort_keys=True) for s in generated}) == 1  # the YAML merge
+    # 3 tool sets, 32 generated, 2 + 1 code, 4 + 1 text: the array's useful width (docs/data-at-scale.md)
+    assert len(units) == 43
+
+
+def test_the_documented_cluster_commands_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `midtrain data build` command in docs/data-at-scale.md runs the CLI up to the build call, with
+    the executor it says."""
+    import shlex
+    import sys
+
+    from pipelines.cli import main
+    from pipelines.data import build as build_module
+    from pipelines.run_config import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "data-at-scale.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = [line.strip() for line in text.splitlines() if "midtrain data build data_recipes" in line]
+    seen: dict[str, dict] = {}
+
+    def fake_build(
+        recipe: Recipe, out_dir: Path, num_proc: int = 1, executor: ExecutorSettings | None = None
+    ):
+        seen[executor.kind] = {"num_proc": num_proc, **executor.model_dump()}
+        raise SystemExit(0)
+
+    monkeypatch.setattr(build_module, "build", fake_build)
+    for command in commands:
+        words = shlex.split(command)
+        words = words[words.index("midtrain") :]
+        monkeypatch.setattr(sys, "argv", words)
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 0, command
+    assert set(seen) == {"local", "slurm", "ray"}
+    assert seen["local"]["num_proc"] == 32
+    assert seen["slurm"]["tasks"] == 43 and seen["slurm"]["slurm"]["partition"] == "cpu"
+    assert seen["slurm"]["slurm"]["env_command"].startswith("source ")
+    assert seen["ray"]["tasks"] == 43
