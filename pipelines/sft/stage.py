@@ -18,7 +18,8 @@ from pipelines.run_config import RunConfig, SFTSection
 from pipelines.sft import data as mixdata
 from pipelines.sft.model import (
     fsdp_enabled,
-    keep_adapter_in_compute_dtype,
+    keep_adapter_float32,
+    keep_nf4_weights_trainable,
     load_base_model,
     lora_config,
 )
@@ -32,6 +33,7 @@ from pipelines.sft.outputs import (
     read_json,
     write_json,
 )
+from pipelines.sft.packing import check_isolation
 from pipelines.tracking import LocalMetricsCallback, PeakMemory, wandb_session
 
 log = logging.getLogger("midtrain.sft")
@@ -240,7 +242,9 @@ def build_trainer(
         peft_config=lora_config(config.sft.lora),
         callbacks=[LocalMetricsCallback(out_dir), *callbacks],
     )
-    keep_adapter_in_compute_dtype(trainer.model, config.sft.quantization)
+    keep_adapter_float32(trainer.model, config.sft.quantization)
+    keep_nf4_weights_trainable(trainer.model)
+    check_isolation(trainer)
     return trainer
 
 
