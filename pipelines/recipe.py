@@ -7,9 +7,23 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel
+from pipelines.envs.spec import EnvRef
+from pipelines.tasks.teacher_settings import TeacherSettings
 
 CATEGORIES = ("tool", "code", "text")
 CONVERTER_FORMATS = ("trace", "openai", "sharegpt", "xlam", "glaive", "hermes", "toolace", "text")
+
+
+def checked_thought_schema(name_or_path: str) -> str:
+    """A thought schema that loads (a shipped name or a YAML path); its problem as a ValueError otherwise."""
+    from pipelines.errors import BadInput
+    from pipelines.thought import load_thought_schema
+
+    try:
+        load_thought_schema(name_or_path)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
+    return name_or_path
 
 
 class SourceBase(StrictModel):
@@ -48,6 +62,12 @@ class LocalSource(SourceBase):
     format: Literal[CONVERTER_FORMATS] = "trace"  # type: ignore[valid-type]
     glob: str = "**/*"
     text_field: str = "text"
+    on_truncated: Literal["error", "keep"] = Field(
+        "error",
+        description="A truncated .jsonl.gz or a parquet file with a corrupt row group: `error` stops the build "
+        "(exit 2, naming the file and the row or row group), `keep` keeps the rows that could be read and "
+        "records the loss in rejects.jsonl and in the manifest's source revision.",
+    )
 
 
 class GeneratedSource(SourceBase):
@@ -56,6 +76,34 @@ class GeneratedSource(SourceBase):
     n: int = Field(1000, gt=0)
     seed: int = 0
     patterns: dict[str, float] | None = Field(None, description="Pattern → probability; None = defaults.")
+
+
+class TeacherSource(SourceBase):
+    """Traces an LLM teacher writes over an environment, on a task file's `train` rows (pipelines/tasks/llm_teacher.py)."""
+
+    type: Literal["teacher"]
+    tasks: str = Field(description="Task file (JSONL); only its `train` rows are used, held-out rows never.")
+    env: EnvRef | None = Field(
+        None, description="Environment of rows that name none (domain, env YAML, block)."
+    )
+    teacher: TeacherSettings
+    samples_per_task: int = Field(1, ge=1, description="Episodes per task (distinct seeds).")
+    propose: int = Field(
+        0,
+        ge=0,
+        description="Tasks the teacher first proposes per environment from its tool schemas (APIGen-MT style); "
+        "kept only if their reference calls run cleanly and their answer is in the results.",
+    )
+    seed: int = 0
+    replay: Literal["exact", "executes"] = Field(
+        "exact",
+        description="Replay check: identical observations (deterministic servers), or only no new errors.",
+    )
+    cache: str | None = Field(
+        None,
+        description="Teacher response cache (JSONL); default `<data dir>/../teacher-cache/<source name>.jsonl`. "
+        "`data verify` rebuilds from it offline.",
+    )
 
 
 class PythonCodeSource(SourceBase):
@@ -81,7 +129,8 @@ class PydocTextSource(SourceBase):
 
 
 Source = Annotated[
-    HFSource | LocalSource | GeneratedSource | PythonCodeSource | PydocTextSource, Field(discriminator="type")
+    HFSource | LocalSource | GeneratedSource | TeacherSource | PythonCodeSource | PydocTextSource,
+    Field(discriminator="type"),
 ]
 
 
@@ -117,7 +166,8 @@ class Decontamination(StrictModel):
     )
     sets: list[str] = Field(
         default_factory=lambda: ["bfcl", "heldout"],
-        description="`bfcl` (every file in bfcl-eval), `heldout` (the project's eval tasks), or jsonl paths.",
+        description="`bfcl` (every file in bfcl-eval), `heldout` (the project's eval tasks), `tasks:PATH` (a task "
+        "file's held-out rows: requests and ids), or jsonl paths (every string in them).",
     )
     heldout_seed: int = 1_000_003
     heldout_n: int = 300
@@ -138,6 +188,11 @@ class Recipe(StrictModel):
     filters: QualityFilters = Field(default_factory=QualityFilters)
     near_dedup: NearDedup = Field(default_factory=NearDedup)
     decontamination: Decontamination = Field(default_factory=Decontamination)
+
+    @field_validator("thought_schema")
+    @classmethod
+    def _known_thought_schema(cls, value: str) -> str:
+        return checked_thought_schema(value)
 
     @field_validator("categories")
     @classmethod

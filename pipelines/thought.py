@@ -1,6 +1,6 @@
 """Thought schemas: how an assistant turn's structured reasoning is written into text and read back.
 
-A schema (configs/thought_schemas/*.yaml) names the sections and their tags. `render` and `parse` are exact
+A schema (pipelines/thought_schemas/*.yaml, shipped with the package; or any YAML path) names the sections and their tags. `render` and `parse` are exact
 inverses for section texts that are stripped and free of the schema's own tags (validated on render), which is
 what lets SFT data, RL reward parsing and eval all agree on one format.
 """
@@ -16,7 +16,8 @@ from pipelines.config import StrictModel, load_model_file
 from pipelines.errors import BadInput
 from pipelines.schema import ThinkingSection
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "configs" / "thought_schemas"
+# Package data, not repo files: a wheel install must find the built-in schemas.
+SCHEMA_DIR = Path(__file__).resolve().parent / "thought_schemas"
 
 
 class Tags(StrictModel):
@@ -59,9 +60,14 @@ class ThoughtSchema(StrictModel):
         return [t for t in tags if t]
 
     def render_reasoning(self, thinking: list[ThinkingSection]) -> str:
-        """Reasoning block alone (no content): what goes in `reasoning_content` or before the content."""
+        """Reasoning block alone (no content), in the schema's wrapper: what goes before the content."""
         if not thinking:
             return ""
+        return self.wrapper.open + self.render_sections(thinking) + self.wrapper.close
+
+    def render_sections(self, thinking: list[ThinkingSection]) -> str:
+        """The sections without the wrapper: `reasoning_content` for a template that frames reasoning itself
+        (Qwen3's `<think>`), which `parse_sections` reads back."""
         parts = []
         for item in thinking:
             tags = self.sections.get(self.aliases.get(item.section, item.section))
@@ -72,7 +78,7 @@ class ThoughtSchema(StrictModel):
                 )
             self._check_text(item.text, item.section)
             parts.append(f"{tags.open}{item.text}{tags.close}")
-        return self.wrapper.open + self.separator.join(parts) + self.wrapper.close
+        return self.separator.join(parts)
 
     def render(self, thinking: list[ThinkingSection], content: str) -> str:
         """Full assistant text: reasoning block, then the visible content in its tags."""
@@ -91,14 +97,14 @@ class ThoughtSchema(StrictModel):
             end = text.find(self.wrapper.close)
             if end != -1:
                 inner = text[len(self.wrapper.open) : end]
-                thinking = self._parse_sections(inner)
+                thinking = self.parse_sections(inner)
                 rest = text[end + len(self.wrapper.close) :]
                 rest = rest.removeprefix(self.after_reasoning) if rest.strip() else ""
         if self.content.open and rest.startswith(self.content.open) and rest.endswith(self.content.close):
             rest = rest[len(self.content.open) : len(rest) - len(self.content.close)]
         return thinking, rest
 
-    def _parse_sections(self, inner: str) -> list[ThinkingSection]:
+    def parse_sections(self, inner: str) -> list[ThinkingSection]:
         tagged = {tags.open: (name, tags.close) for name, tags in self.sections.items() if tags.open}
         plain = next((name for name, tags in self.sections.items() if not tags.open), None)
         out: list[ThinkingSection] = []

@@ -6,14 +6,12 @@ Three things, all usable from any `transformers.Trainer` (TRL's trainers include
   the run we open, so losses land in it; we add the run config and the data manifest hash.
 - `LocalMetricsCallback`: `metrics.jsonl` (one JSON object per log call) and `loss.png` next to the adapter,
   so a run can be inspected without wandb at all.
-- `PeakMemory`: peak memory of a block (CUDA allocator peak on GPU, sampled process RSS on CPU).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -178,47 +176,3 @@ def write_loss_plot(metrics_path: Path, plot_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(plot_path, dpi=100)
     plt.close(fig)
-
-
-class PeakMemory:
-    """Peak memory over a `with` block.
-
-    GPU: `torch.cuda.max_memory_allocated` (reset on entry). CPU: the process RSS, sampled by a background
-    thread (psutil), since `ru_maxrss` is a lifetime peak and would carry over from earlier adapters.
-    """
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self.kind = "rss"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        if torch.cuda.is_available():
-            self.kind = "cuda_max_memory_allocated"
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        import psutil
-
-        process = psutil.Process()
-        while True:
-            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        else:
-            self.peak_bytes = int(torch.cuda.max_memory_allocated())

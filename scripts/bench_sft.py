@@ -378,9 +378,9 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
 
     from pipelines.chat import load_tokenizer
+    from pipelines.resources import PeakMemory
     from pipelines.sft.packing import measure_isolation
     from pipelines.sft.stage import build_trainer
-    from pipelines.tracking import PeakMemory
 
     name, precision = parse_arm(args.arm, args.mixed_precision)
     workdir = args.workdir
@@ -517,7 +517,7 @@ def report(
         print(
             "leak: mean |logit change| of a document packed after another vs alone, in std of its logits "
             "(0 = isolated; a leak measures 0.4-0.5; the stage refuses to train above 0.05 or 4x the "
-            "numerical noise of the same probe, which NF4 on CPU puts at ~0.005)"
+            "numerical noise of the same probe, ~1e-6 on CPU)"
         )
 
 

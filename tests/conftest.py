@@ -7,6 +7,23 @@ from pathlib import Path
 import pytest
 
 
+# Tiers: a test that needs model weights is a `train` test: it asks for `embedded_model_dir` itself, or
+# `tiny_model_dir` (directly or through a module fixture built on it), or is marked slow/e2e. The rest are
+# `unit` tests, which `make pytest-fast` runs; the embedded *tokenizer* alone keeps a test unit.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        info = getattr(item, "_fixtureinfo", None)
+        direct = set(info.argnames) if info else set()
+        closure = set(info.names_closure) if info else set()
+        if "e2e" in marks:
+            continue
+        if "slow" in marks or "embedded_model_dir" in direct or "tiny_model_dir" in closure:
+            item.add_marker(pytest.mark.train)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted once from the GGUF shipped on PyPI (cached in MIDTRAIN_HOME)."""
@@ -54,3 +71,36 @@ def thought_schemas():
     from pipelines.thought import SCHEMA_DIR, load_thought_schema
 
     return [load_thought_schema(p.stem) for p in sorted(SCHEMA_DIR.glob("*.yaml"))]
+
+
+FAMILY_TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+# Gemma's turn tokens, for the generic `json` codec on Gemma 3's real template.
+GEMMA_TOKENS = ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>")
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer(tokenizer):
+    """`make(family, template_file=None)`: the embedded tokenizer with a family's special tokens, eos and
+    pre-tokenizer split, and that family's template (a vendored real one, or the codec's canonical one), as
+    `load_tokenizer` installs it. One copy per (family, template), shared by the session."""
+    import copy
+
+    from pipelines.codecs import FamilyTokens, add_family_tokens, choose_template, install
+
+    made: dict[tuple[str, str | None], object] = {}
+
+    def make(family: str, template_file: str | None = None):
+        key = (family, template_file)
+        if key not in made:
+            tok = copy.deepcopy(tokenizer)
+            real = (FAMILY_TEMPLATES / template_file).read_text(encoding="utf-8") if template_file else None
+            if template_file == "gemma3.jinja":
+                add_family_tokens(tok, "json", FamilyTokens("<bos>", "<end_of_turn>", GEMMA_TOKENS))
+            else:
+                add_family_tokens(tok, family)
+            # As `load_tokenizer` does with a model whose own template is `real`.
+            install(tok, *choose_template(real or tok.chat_template, None, family))
+            made[key] = tok
+        return made[key]
+
+    return make

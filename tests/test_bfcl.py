@@ -9,7 +9,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pipelines.chat import parse_reply, render_prompt
+from pipelines.chat import render_prompt
+from pipelines.codecs import hermes
 from pipelines.errors import BadInput
 from pipelines.eval import bfcl
 from pipelines.eval.bfcl import (
@@ -256,7 +257,7 @@ def test_model_reply_decodes_to_a_correct_score(category: str) -> None:
     for example in examples:
         calls = reference_calls(example)
         text = _reply_text(list(reversed(calls)), prefix="<think><plan>Call the tools.</plan></think>\n")
-        reply = parse_reply(text, schema)
+        reply = hermes().parse(text, schema)
         assert reply.errors == [] and reply.thinking[0].section == "plan"
         decoded = decode_tool_calls(reply.tool_calls, example.functions)
         assert sorted(json.dumps(c, sort_keys=True) for c in decoded) == sorted(
@@ -268,10 +269,12 @@ def test_model_reply_decodes_to_a_correct_score(category: str) -> None:
 def test_wrong_replies_score_wrong_with_bfcl_error_types() -> None:
     schema = load_thought_schema("think-plan-reflect")
     example = load_category("simple_python", limit=1)[0]  # calculate_triangle_area(base=10, height=5)
-    wrong_value = parse_reply(_reply_text([{"calculate_triangle_area": {"base": 11, "height": 5}}]), schema)
+    wrong_value = hermes().parse(
+        _reply_text([{"calculate_triangle_area": {"base": 11, "height": 5}}]), schema
+    )
     ok, error = score_example(example, decode_tool_calls(wrong_value.tool_calls, example.functions))
     assert not ok and error.startswith("value_error:others")
-    broken_json = parse_reply(
+    broken_json = hermes().parse(
         '<tool_call>\n{"name": "calculate_triangle_area", "arguments": {base: 10}}\n</tool_call>', schema
     )
     assert broken_json.errors and broken_json.tool_calls == []
@@ -282,11 +285,11 @@ def test_wrong_replies_score_wrong_with_bfcl_error_types() -> None:
 def test_irrelevance_is_correct_only_without_calls() -> None:
     schema = load_thought_schema("think-plan-reflect")
     example = load_category("irrelevance", limit=1)[0]
-    refusal = parse_reply("None of the tools can answer this.<|im_end|>", schema)
+    refusal = hermes().parse("None of the tools can answer this.<|im_end|>", schema)
     assert score_example(example, decode_tool_calls(refusal.tool_calls, example.functions)) == (True, "")
     assert score_example(example, [{}]) == (True, "")  # BFCL's is_empty_output counts [{}] as no call
     name = example.functions[0]["name"]
-    call = parse_reply(_reply_text([{name: {}}]), schema)
+    call = hermes().parse(_reply_text([{name: {}}]), schema)
     ok, error = score_example(example, decode_tool_calls(call.tool_calls, example.functions))
     assert not ok and error.startswith("irrelevance_error:decoder_success")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -26,63 +25,7 @@ from pipelines.data.sources import Reject, _paragraph_chunks, distribution_licen
 from pipelines.errors import BadInput
 from pipelines.recipe import Decontamination, NearDedup, PydocTextSource, PythonCodeSource, QualityFilters
 from pipelines.schema import Trace
-from tests.test_schema import valid_row
-
-VOCAB = [
-    "river",
-    "mountain",
-    "forest",
-    "ocean",
-    "desert",
-    "valley",
-    "canyon",
-    "island",
-    "harbor",
-    "bridge",
-    "tower",
-    "castle",
-    "garden",
-    "meadow",
-    "lantern",
-    "compass",
-    "engine",
-    "signal",
-    "window",
-    "market",
-    "letter",
-    "parcel",
-    "ticket",
-    "invoice",
-    "ledger",
-    "column",
-    "table",
-    "record",
-    "archive",
-    "planet",
-    "comet",
-    "orbit",
-    "rocket",
-    "meteor",
-    "galaxy",
-    "nebula",
-    "quartz",
-    "marble",
-    "granite",
-    "copper",
-    "silver",
-    "cobalt",
-    "amber",
-    "violet",
-]
-
-
-def prose(seed: int, n_words: int = 120) -> str:
-    rng = random.Random(seed)
-    sentences = []
-    while sum(len(s.split()) for s in sentences) < n_words:
-        words = [rng.choice(VOCAB) for _ in range(rng.randint(6, 14))]
-        sentences.append(" ".join(words).capitalize() + ".")
-    return "\n".join(" ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3))
+from tests.helpers import prose, valid_row
 
 
 # -- quality filters -----------------------------------------------------------------------------------------

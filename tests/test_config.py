@@ -16,7 +16,7 @@ from pipelines.thought import ThoughtSchema, load_thought_schema
 
 SHIPPED = sorted(
     p
-    for d in ("configs", "data_recipes")
+    for d in ("configs", "data_recipes", "pipelines/thought_schemas")
     for p in (REPO_ROOT / d).rglob("*.yaml")
     if "accelerate" not in p.parts
 )
@@ -26,6 +26,10 @@ SHIPPED = sorted(
 def test_every_shipped_yaml_validates(path: Path) -> None:
     if "thought_schemas" in path.parts:
         assert isinstance(load_thought_schema(str(path)), ThoughtSchema)
+    elif "envs" in path.parts:  # env blocks (configs/envs/*.yaml): validated, not started
+        from pipelines.envs.spec import resolve_env
+
+        assert resolve_env(str(path)).name == path.stem
     else:
         assert isinstance(load_any(path), RunConfig | Recipe)
 

@@ -23,8 +23,7 @@ from pipelines.hashing import sha256_file
 from pipelines.run_config import RunConfig, load_recipe
 from pipelines.schema import Trace
 from pipelines.thought import load_thought_schema
-from tests.test_clean import prose
-from tests.test_schema import ADD
+from tests.helpers import ADD, prose
 
 RECIPE = """\
 name: unit-mix
@@ -209,7 +208,7 @@ def test_clusters_follow_the_recipe(built: tuple[Path, dict]) -> None:
 def test_every_planted_problem_is_rejected_and_counted(built: tuple[Path, dict]) -> None:
     out, manifest = built
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    by_id = {r["row_id"]: f"{r['stage']}/{r['reason']}" for r in rejects}
+    by_id = {r.get("trace_id") or r["row_id"]: f"{r['stage']}/{r['reason']}" for r in rejects}
     expected = {
         f"{out.parent}/tools.jsonl:81": "schema/undeclared_tool",  # no id yet: the reader's file:line
         "dup-of-t0": "exact_dedup/exact_duplicate",
@@ -225,6 +224,12 @@ def test_every_planted_problem_is_rejected_and_counted(built: tuple[Path, dict])
     }
     assert {row_id: by_id.get(row_id) for row_id in expected} == expected
     assert all(r["source"] and r["row_id"] and r["stage"] and r["reason"] for r in rejects)
+    # Every reject of a local file says where its row is, whatever stage dropped it (ids need not be unique).
+    local = {"tools": "tools.jsonl", "docs": "docs.jsonl"}
+    for r in rejects:
+        if r["source"] in local:
+            path, line = r["row_id"].rsplit(":", 1)
+            assert path == f"{out.parent}/{local[r['source']]}" and line.isdigit(), r
     counted = Counter(f"{r['stage']}/{r['reason']}" for r in rejects)
     assert manifest["rejects"]["by_reason"] == dict(counted)
     assert manifest["rejects"]["total"] == len(rejects)

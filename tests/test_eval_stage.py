@@ -11,19 +11,17 @@ from typing import Any
 
 import pytest
 import yaml
-from test_router import (  # tests/ is on sys.path (rootdir conftest)
-    make_adapter,
-    two_cluster_config,
-    write_shards,
-)
 
+from pipelines.artifacts import EvalResults
 from pipelines.errors import BadInput
 from pipelines.eval import stage
 from pipelines.eval.bfcl import load_category, reference_calls, tool_name
+from pipelines.eval.results import HELDOUT_METRICS
 from pipelines.router import run as train_router
 from pipelines.run_config import EvalSection, RouterSection, RunConfig
+from tests.helpers import make_adapter, two_cluster_config, write_shards
 
-METRIC_KEYS = {*stage.HELDOUT_METRICS, "n"}
+METRIC_KEYS = {*HELDOUT_METRICS, "n"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,18 +73,17 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
     )
     results = stage.run(_config(run_dir, tiny_model_dir, section))
 
-    assert set(results) == {"model", "limit", "targets", "skipped", "seconds"}
-    assert results["model"] == str(tiny_model_dir) and results["limit"] == 2
-    assert list(results["targets"]) == ["base", "sft/plan", "sft/tool", "routed"]
-    assert set(results["skipped"]) == {"rl"} and "does not exist" in results["skipped"]["rl"]
-    assert set(results["seconds"]) == set(results["targets"])
-    for suites in results["targets"].values():
+    assert results.model == str(tiny_model_dir) and results.limit == 2
+    assert list(results.targets) == ["base", "sft/plan", "sft/tool", "routed"]
+    assert set(results.skipped) == {"rl"} and "does not exist" in results.skipped["rl"]
+    assert set(results.seconds) == set(results.targets)
+    for suites in results.targets.values():
         assert set(suites) == {"bfcl", "heldout"}
         _check_metrics(suites["bfcl"], {"simple_python", "irrelevance", "overall", "n"})
         _check_metrics(suites["heldout"], METRIC_KEYS)
         assert suites["bfcl"]["n"] == 4 and suites["heldout"]["n"] == 2
     out = run_dir / "eval"
-    assert json.loads((out / "results.json").read_text()) == results
+    assert EvalResults.read(out) == results
     assert (out / "results.png").stat().st_size > 5000
     table = (out / "results.md").read_text()
     assert "| sft/tool |" in table and "bfcl/overall" in table and "- rl:" in table
@@ -103,67 +100,6 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
     by_path = {str((run_dir / "sft" / c).resolve()): f"sft/{c}" for c in ("tool", "plan")} | {None: "base"}
     for example_id, adapter in zip(ids, routes.adapters(texts), strict=True):
         assert bfcl["routed", example_id] == bfcl[by_path[adapter], example_id]
-
-
-def test_prefix_cache_gives_the_plain_generation(
-    run_dir: Path, tiny_model_dir: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Reusing first turns' KV (per adapter and prefix, left-padded, across calls) changes no greedy output."""
-    eos = tokenizer.eos_token_id
-    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    turn_a = [*ids("You can convert units and evaluate expressions. " * 6), eos]
-    turn_b = [*ids("You manage files: list, read, write and move them in a sandbox. " * 5), eos]
-    tool, plan = (str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))
-    calls = [
-        [(turn_a + ids("Convert 3 km"), tool), (turn_a + ids("What is 2+2?"), tool), (turn_b + ids("ls"), plan),
-         (turn_b + ids("Read notes.txt and count the lines"), plan), (turn_a + ids("Convert 5 kg"), None)],
-        [(turn_a + ids("Convert 3 km to miles, then add 4."), tool), (turn_a + ids("Convert 5 kg"), None)],
-    ]  # fmt: skip
-    cached = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
-    assert sorted(len(p) for _, p in engine._prefix_cache) == sorted(
-        [len(turn_a), len(turn_b)]
-    )  # base: alone
-    monkeypatch.setattr(stage, "PREFIX_CACHE_MIN_TOKENS", 10**9)
-    plain = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
-    assert plain == cached
-
-
-def test_greedy_decode_matches_generate_row_by_row(
-    run_dir: Path, tiny_model_dir: Path, tokenizer: Any
-) -> None:
-    """A mixed-adapter, left-padded batch whose rows finish at different steps gives each row exactly what
-    `generate` gives it alone, with its adapter."""
-    import contextlib
-
-    import torch
-
-    eos = tokenizer.eos_token_id
-    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
-    texts = ["Convert 3 km to miles.", "List every file in /docs and read the largest one.", "Hi"]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    adapters = [None, *(str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))]
-    # A random model rarely ends a turn: make a token row 0 emits third the end-of-turn token, so rows finish
-    # at different steps and the batch has to shrink.
-    stop = engine(prompts, adapters, 12)[0][2]
-    engine.eos_token_id = stop
-    batched = engine(prompts, adapters, 12)
-    assert len(batched[0]) <= 3 and max(len(ids) for ids in batched) == 12
-    for prompt, adapter, got in zip(prompts, adapters, batched, strict=True):
-        if adapter is None:
-            context = engine.model.disable_adapter()
-        else:
-            engine.model.set_adapter(engine.names[adapter])
-            context = contextlib.nullcontext()
-        with context, torch.no_grad():
-            alone = engine.model.generate(
-                input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=stop,
-                pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-        assert got == alone[0, len(prompt) :].tolist()
 
 
 # -- scoring on a stub generator ----------------------------------------------------------------------------------
@@ -254,7 +190,7 @@ def test_scoring_on_stub_generator(run_dir: Path, tiny_model_dir: Path, tokenize
     stub = _stub(tokenizer, config)
     results = stage.run(config, stub)
 
-    base = results["targets"]["base"]
+    base = results.targets["base"]
     two_thirds = round(2 / 3, 6)
     assert base["bfcl"] == {
         "simple_python": two_thirds,
@@ -268,7 +204,7 @@ def test_scoring_on_stub_generator(run_dir: Path, tiny_model_dir: Path, tokenize
     assert heldout["call_accuracy"] == pytest.approx(4 / 6)  # the recovery's extra call is not exact
     assert heldout["recovery_rate"] == 1.0 and heldout["irrelevance_accuracy"] == 1.0
     assert 0.5 < heldout["format_rate"] < 1.0  # no_call scores 0, the unknown tool costs the recovery a share
-    assert results["targets"]["sft/tool"] == base  # same stub replies whatever the adapter
+    assert results.targets["sft/tool"] == base  # same stub replies whatever the adapter
     assert stub.adapters_seen == {None, *(str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))}
 
     rows = [r for r in _predictions(run_dir) if r["target"] == "base"]
@@ -295,16 +231,31 @@ def test_skipped_targets_and_nothing_to_run(tmp_path: Path, tiny_model_dir: Path
     stub = StubPolicy(tokenizer, {}, {})
     stub.reply = lambda prompt: "No tool fits."  # type: ignore[method-assign]
     results = stage.run(_config(run_dir, tiny_model_dir, section), stub)
-    assert list(results["targets"]) == ["base"]
-    assert set(results["skipped"]) == {"sft/broken", "rl", "routed", "heldout"}
-    assert "router.json does not exist" in results["skipped"]["routed"]
-    assert results["targets"]["base"] == {"bfcl": {"irrelevance": 1.0, "overall": 1.0, "n": 1}}
+    assert list(results.targets) == ["base"]
+    assert set(results.skipped) == {"sft/broken", "rl", "routed", "heldout"}
+    assert "router.json does not exist" in results.skipped["routed"]
+    assert results.targets["base"] == {"bfcl": {"irrelevance": 1.0, "overall": 1.0, "n": 1}}
 
 
 def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) -> None:
     section = EvalSection(heldout_domains=["nope"], targets=["base"])
     with pytest.raises(BadInput, match=r"eval\.heldout_domains: unknown domain 'nope'"):
         stage.run(_config(tmp_path / "r", tiny_model_dir, section), lambda p, a, n: [[] for _ in p])
+
+
+def test_vllm_backend_without_vllm_is_bad_input(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Here (no vLLM in the project's venv) the backend is refused before any model loads, the key named; the
+    backend itself runs in `make test-vllm` (tests/test_vllm.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/test_vllm.py runs the backend")
+    section = EvalSection(backend="vllm", targets=["base"], bfcl_categories=["simple_python"], limit=1,
+                          heldout_domains=[])  # fmt: skip
+    with pytest.raises(BadInput, match=r"eval\.backend: vllm needs vLLM"):
+        stage.run(_config(tmp_path / "r", tiny_model_dir, section))
+    with pytest.raises(ValueError, match="vllm_engine_args is set but eval.backend is not vllm"):
+        EvalSection(vllm_engine_args={"max_model_len": 4096})
 
 
 def test_cli_eval_limit_and_targets(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -323,8 +274,8 @@ def test_cli_eval_limit_and_targets(run_dir: Path, tiny_model_dir: Path, tmp_pat
     path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["eval", str(path), "--limit", "1", "--targets", "base,sft"])
     assert result.exit_code == 0, result.output
-    saved = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert saved["limit"] == 1 and list(saved["targets"]) == ["base", "sft/plan", "sft/tool"]
+    saved = EvalResults.read(run_dir / "eval")
+    assert saved.limit == 1 and list(saved.targets) == ["base", "sft/plan", "sft/tool"]
     assert re.search(r"\| base \|", result.output)
 
     bad = CliRunner().invoke(app, ["eval", str(path), "--targets", "base,nope"])

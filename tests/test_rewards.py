@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 
 from pipelines.chat import chat_encoding
-from pipelines.envs.base import Step, Task, ToolEnv, ToolError
+from pipelines.codecs import hermes
+from pipelines.envs.base import ToolEnv, ToolError
 from pipelines.rl import rewards
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs, parse_rollout
+from pipelines.tasks.records import Step, Task
 from pipelines.thought import load_thought_schema
+
+HERMES = hermes()  # the embedded model's format, which these rollouts are written in
 
 
 class ToyEnv(ToolEnv):
@@ -114,7 +118,7 @@ def play(env: ToolEnv, task: Task, *turns: dict[str, Any]) -> list[dict[str, Any
 
 def score_all(task: Task, completion: Any, env: ToolEnv | None, **extra: Any) -> dict[str, float | None]:
     funcs, _ = build_reward_funcs(
-        dict.fromkeys(rewards.REWARD_NAMES, 1.0), load_thought_schema("think-plan-reflect")
+        dict.fromkeys(rewards.REWARD_NAMES, 1.0), HERMES, load_thought_schema("think-plan-reflect")
     )
     envs = [env] if env is not None else None
     return {
@@ -195,7 +199,7 @@ def test_malformed_json_scores_low_and_is_counted() -> None:
     completion = play(env, ADD_TASK, turn(raw))
     logged: dict[str, list[float]] = {}
     failures = FailureCounts()
-    funcs, _ = build_reward_funcs(dict.fromkeys(rewards.REWARD_NAMES, 1.0), failures=failures)
+    funcs, _ = build_reward_funcs(dict.fromkeys(rewards.REWARD_NAMES, 1.0), HERMES, failures=failures)
     scores = {
         rewards.reward_name(f): f(
             completions=[completion],
@@ -221,7 +225,7 @@ def test_parse_rollout_reads_calls_results_and_final_answer() -> None:
         turn("<tool_call>{bad</tool_call>", call("add", a=2, b=3)),
         turn("<think>x</think>\n5"),
     )
-    rollout = parse_rollout(completion, load_thought_schema("think-plan-reflect"))
+    rollout = parse_rollout(completion, HERMES, load_thought_schema("think-plan-reflect"))
     assert [(c.name, c.arguments) for c in rollout.calls] == [("add", {"a": 2, "b": 3})]
     assert rollout.malformed == 1
     assert rollout.results == [("add", "5")]
@@ -255,10 +259,10 @@ def test_cross_instance_call() -> None:
     ]
     expected = [value for _, value in CROSS_INSTANCE_CASES.values()]
     tasks = [INSTANCED_TASK.to_json()] * len(completions)
-    assert rewards.instance(completions=completions, task=tasks) == expected
+    assert rewards.instance(codec=HERMES, completions=completions, task=tasks) == expected
     # Instances do not exist outside instanced tasks.
     right = [store_x_per_instance({"a": 1, "b": 2}), turn("Stored both.")]
-    assert rewards.instance(completions=[right], task=[ADD_TASK.to_json()]) == [None]
+    assert rewards.instance(codec=HERMES, completions=[right], task=[ADD_TASK.to_json()]) == [None]
 
 
 def test_call_on_irrelevant_request() -> None:
@@ -292,7 +296,7 @@ def test_environment_that_raises_scores_low_and_never_crashes() -> None:
     env = BrokenEnv()
     failures = FailureCounts()
     completion = play(env, ADD_TASK, turn("", call("explode")), turn("5"))
-    funcs, _ = build_reward_funcs(dict.fromkeys(rewards.REWARD_NAMES, 1.0), failures=failures)
+    funcs, _ = build_reward_funcs(dict.fromkeys(rewards.REWARD_NAMES, 1.0), HERMES, failures=failures)
     scores = {
         rewards.reward_name(f): f(completions=[completion], task=[ADD_TASK.to_json()], environments=[env])[0]
         for f in funcs
@@ -310,7 +314,12 @@ def test_garbage_rollouts_never_raise() -> None:
         [],
     ]
     for name, func in rewards.REWARD_FUNCS.items():
-        values = func(completions=garbage, task=[ADD_TASK.to_json()] * len(garbage), environments=[None] * 4)
+        values = func(
+            completions=garbage,
+            task=[ADD_TASK.to_json()] * len(garbage),
+            environments=[None] * 4,
+            codec=HERMES,
+        )
         assert len(values) == 4, name
         assert all(v is None or math.isfinite(v) for v in values), name
 
@@ -322,34 +331,47 @@ def test_runaway_episode_is_counted_and_scores_no_outcome() -> None:
     completion = play(env, ADD_TASK, turn("", call("add", a=2, b=3)))
     completion.append(turn("", call("add", a=2, b=3)))
     value = rewards.outcome(
-        completions=[completion], task=[ADD_TASK.to_json()], environments=[env], failures=failures
+        codec=HERMES,
+        completions=[completion],
+        task=[ADD_TASK.to_json()],
+        environments=[env],
+        failures=failures,
     )
     assert value == [0.0]
     assert failures.as_dict() == {"runaway": 1}
     # Cut off by the token budget: TRL's completion ids end without an end-of-turn token.
     cut = [turn("The sum is")]
     kwargs = {"completion_ids": [[11, 12], [11, 2]], "eos_token_ids": (2,), "failures": failures}
-    rewards.outcome(completions=[cut, cut], task=[ADD_TASK.to_json()] * 2, environments=[env, env], **kwargs)
+    rewards.outcome(
+        codec=HERMES, completions=[cut, cut], task=[ADD_TASK.to_json()] * 2, environments=[env, env], **kwargs
+    )
     assert failures.as_dict() == {"runaway": 1, "truncated": 1}
 
 
 def test_build_reward_funcs_puts_outcome_first_and_drops_zero_weights() -> None:
-    funcs, weights = build_reward_funcs({"format": 0.5, "efficiency": 0.0, "outcome": 2.0, "tool_call": 1.0})
+    funcs, weights = build_reward_funcs(
+        {"format": 0.5, "efficiency": 0.0, "outcome": 2.0, "tool_call": 1.0}, HERMES
+    )
     assert [rewards.reward_name(f) for f in funcs] == ["outcome", "format", "tool_call"]
     assert weights == [2.0, 0.5, 1.0]
     with pytest.raises(ValueError, match="unknown reward"):
-        build_reward_funcs({"fromat": 1.0})
+        build_reward_funcs({"fromat": 1.0}, HERMES)
 
 
-def test_trl_parsed_completions_read_as_calls_and_raw_text(tokenizer) -> None:
+@pytest.mark.parametrize("parser", ["codec", "trl"])
+def test_trl_parsed_completions_read_as_calls_and_raw_text(tokenizer, parser: str) -> None:
     """The contract with TRL: what its `parse_response` makes of our chat template's replies is what the rewards
-    read (a valid call → `tool_calls`; a broken one → raw text counted as malformed)."""
+    read (a valid call → `tool_calls`; a broken one → raw text counted as malformed), with the codec's response
+    template (what `load_tokenizer` sets, so what GRPO uses) and with TRL's own for this template."""
     from trl.chat_template_utils import add_response_schema, parse_response
 
     from pipelines.envs.calculator import CalculatorEnv
 
-    tok = add_response_schema(copy.deepcopy(tokenizer))  # the fixture is shared: leave it untouched
-    assert tok.response_template is not None  # TRL recognised the project's template
+    tok = copy.deepcopy(tokenizer)  # the fixture is shared: leave it untouched
+    assert tok.response_template == HERMES.response_template
+    if parser == "trl":
+        add_response_schema(tok)
+        assert tok.response_template != HERMES.response_template  # TRL recognised the project's template
     env = CalculatorEnv()
     tools = [getattr(env, name) for name in env._tool_methods()]
     prefix = chat_encoding(
@@ -365,13 +387,13 @@ def test_trl_parsed_completions_read_as_calls_and_raw_text(tokenizer) -> None:
     good = parsed(
         '<tool_call>\n{"name": "evaluate_expression", "arguments": {"expression": "2+3"}}\n</tool_call><|im_end|>'
     )
-    rollout = parse_rollout([good])
+    rollout = parse_rollout([good], HERMES)
     assert [(c.name, c.arguments) for c in rollout.calls] == [("evaluate_expression", {"expression": "2+3"})]
     assert rollout.malformed == 0
     broken = parsed(
         '<tool_call>\n{"name": "evaluate_expression", "arguments": {"expression": }\n</tool_call><|im_end|>'
     )
-    rollout = parse_rollout([broken])
+    rollout = parse_rollout([broken], HERMES)
     assert (rollout.calls, rollout.malformed) == ([], 1)
 
 
@@ -386,8 +408,8 @@ def test_instanced_rows_in_the_generators_format() -> None:
     assert rewards.declared_instances(task) == ["t1", "t2"] and task.difficulty == 2
     right = [store_x_per_instance({"t1": 1, "t2": 2})]
     crossed = [store_x_per_instance({"t1": 2, "t2": 1})]
-    assert rewards.instance(completions=[right, crossed], task=[row, row]) == [1.0, 0.0]
-    assert rewards.tool_call(completions=[right, crossed], task=[row, row]) == [
+    assert rewards.instance(codec=HERMES, completions=[right, crossed], task=[row, row]) == [1.0, 0.0]
+    assert rewards.tool_call(codec=HERMES, completions=[right, crossed], task=[row, row]) == [
         1.0,
         pytest.approx(2 * (1 + 2 + 4) / 9 - 1),
     ]

@@ -15,42 +15,19 @@ from typing import Any
 import pytest
 from transformers import TrainerCallback
 
-from pipelines.envs import DOMAINS
-from pipelines.envs.base import Step, Task, ToolEnv
+from pipelines import episodes
+from pipelines.artifacts import UnitState
+from pipelines.codecs import hermes
+from pipelines.envs.base import ToolEnv, guarded
 from pipelines.errors import BadInput
-from pipelines.rl import evaluate as ev
 from pipelines.run_config import RunConfig
+from pipelines.tasks import sampling
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import Step, Task
 from pipelines.thought import load_thought_schema
-from tests.test_sft import CrashAt
+from tests.helpers import CrashAt, ScriptedPolicy, rl_config
 
 SCHEMA = load_thought_schema("think-plan-reflect")
-
-
-def make_config(tmp_path: Path, model_dir: Path, **rl: Any) -> RunConfig:
-    section = {
-        "clusters": ["tool"],
-        "domains": ["all"],
-        "n_tasks": 4,
-        "eval_tasks_per_domain": 1,
-        "num_generations": 2,
-        "max_completion_length": 16,
-        "max_tool_calling_iterations": 2,
-        "irrelevance_fraction": 0.5,
-        "quantization": {"mode": "none"},
-        "train": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
-                  "gradient_checkpointing": False},
-    }  # fmt: skip
-    section.update(rl)
-    return RunConfig.model_validate(
-        {
-            "name": "rltest",
-            "output_dir": str(tmp_path / "runs"),
-            "model": {"name_or_path": str(model_dir)},
-            "data": {"recipe": "data_recipes/agentic-v1.yaml"},
-            "rl": section,
-            "tracking": {"report_to": ["none"]},
-        }
-    )
 
 
 def save_sft_adapter(config: RunConfig, model_dir: Path, cluster: str) -> Path:
@@ -70,23 +47,23 @@ def save_sft_adapter(config: RunConfig, model_dir: Path, cluster: str) -> Path:
 
 # -- tasks -----------------------------------------------------------------------------------------------------
 def test_domains_are_the_fixed_method_ones() -> None:
-    fixed = ev.fixed_method_domains(["all"])
+    fixed = sampling.fixed_method_domains(["all"])
     assert "api" not in fixed and {"calculator", "filesystem"} <= set(fixed)
     assert all(env._tool_methods() for env, _ in fixed.values())
     with pytest.raises(BadInput, match="no fixed tool methods"):
-        ev.fixed_method_domains(["api"])
+        sampling.fixed_method_domains(["api"])
     with pytest.raises(BadInput, match="unknown domain 'calc'"):
-        ev.fixed_method_domains(["calc"])
+        sampling.fixed_method_domains(["calc"])
 
 
 def test_training_tasks_are_seeded_bounded_and_disjoint_from_heldout() -> None:
-    domains = ev.fixed_method_domains(["all"])
-    held = ev.heldout_tasks(domains, 2, 1_000_003, 3, decontaminated_n=300)
+    domains = sampling.fixed_method_domains(["all"])
+    held = sampling.heldout_tasks(domains, 2, 1_000_003, 3, decontaminated_n=300)
     assert sorted({i.domain for i in held.items}) == sorted(domains) and len(held.items) == 2 * len(domains)
     assert held.decontaminated and all(i.task.difficulty <= 3 for i in held.items)
     held_ids = {i.task.task_id for i in held.items}
-    first = ev.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
-    again = ev.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
+    first = sampling.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
+    again = sampling.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
     assert [i.task.task_id for i in first] == [i.task.task_id for i in again]
     assert not held_ids & {i.task.task_id for i in first}
     irrelevant = [i for i in first if not i.task.solution]
@@ -107,70 +84,43 @@ def test_task_seed_must_differ_from_sft_and_heldout_seeds(tmp_path: Path) -> Non
 
 
 # -- the live evaluation loop ----------------------------------------------------------------------------------
-def test_assistant_message_keeps_unparsable_calls_as_raw_text() -> None:
-    text = (
-        '<think><plan>go</plan></think>\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>\n'
-        '<tool_call>{"name": "g", "arguments": {oops}</tool_call><|im_end|>junk'
-    )
-    message, ended = ev.assistant_message(text, SCHEMA, "<|im_end|>")
-    assert ended
+def test_assistant_message_is_trls_own_parse(tokenizer) -> None:
+    """The loop reads replies with TRL's `parse_response`, as GRPO does: valid calls move to `tool_calls`; a reply
+    with one unparsable call stays raw text as a whole (TRL's fallback), and the rewards count both blocks as
+    never run."""
+    from pipelines.chat import prompt_ids
+    from pipelines.codecs import codec_for
+    from pipelines.rl.rewards import parse_rollout
+
+    prompt = prompt_ids(tokenizer, [{"role": "user", "content": "go"}], None)
+    good = '<think><plan>go</plan></think>\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+
+    def reply(text: str) -> dict[str, Any]:
+        ids = tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        return episodes.assistant_message(tokenizer, ids, prompt, None)
+
+    message = reply(good)
     assert message["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]
-    assert message["content"].endswith('<tool_call>{"name": "g", "arguments": {oops}</tool_call>')
-    assert "junk" not in message["content"]
-
-
-class ScriptedPolicy:
-    """A stand-in causal LM that plays the reference solution of whichever task its prompt holds."""
-
-    training = False
-
-    def __init__(self, tokenizer: Any, items: list[ev.DomainTask]) -> None:
-        self.tokenizer = tokenizer
-        self.items = items
-
-    def parameters(self) -> Any:
-        import torch
-
-        yield torch.zeros(1)
-
-    def eval(self) -> None: ...
-
-    def train(self) -> None: ...
-
-    def _reply(self, prompt: str) -> str:
-        item = next(i for i in self.items if i.task.request in prompt)
-        turns = item.task.solution
-        done = prompt.count("<tool_response>")  # calls answered so far
-        calls_before = [sum(len(t) for t in turns[:k]) for k in range(len(turns) + 1)]
-        if done in calls_before[:-1]:
-            turn = turns[calls_before.index(done)]
-            blocks = [json.dumps({"name": s.tool, "arguments": s.arguments}) for s in turn]
-            return "".join(f"<tool_call>\n{b}\n</tool_call>\n" for b in blocks).strip() + "<|im_end|>"
-        return f"<think><verify>done</verify></think>\n{item.task.final_template.format(answer=item.task.answer)}<|im_end|>"
-
-    def generate(self, input_ids: Any, attention_mask: Any, max_new_tokens: int, **kwargs: Any) -> Any:
-        import torch
-
-        rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
-            prompt = self.tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
-            reply = self.tokenizer(self._reply(prompt), add_special_tokens=False)["input_ids"][
-                :max_new_tokens
-            ]
-            rows.append(ids + reply)
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [self.tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    assert message["reasoning_content"] == "<plan>go</plan>"
+    mixed = reply(good + '\n<tool_call>{"name": "g", "arguments": {oops}</tool_call>')
+    assert "tool_calls" not in mixed and mixed["content"].count("<tool_call>") == 2
+    rollout = parse_rollout([mixed], codec_for(tokenizer))
+    assert (rollout.calls, rollout.malformed) == ([], 2)
 
 
 def test_live_loop_runs_calls_in_the_env_and_scores_a_correct_policy_full(tokenizer) -> None:
     rng = random.Random(3)
     items = [
-        ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)),
-        ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 2, True)),  # two parallel calls in one turn
-        ev.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)),
+        sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)),
+        sampling.DomainTask(
+            "calculator", DOMAINS["calculator"][1](rng, 2, True)
+        ),  # two parallel calls in one turn
+        sampling.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)),
     ]
     classes = {name: DOMAINS[name][0] for name in ("calculator", "filesystem")}
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 4, 1024)
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 4, 1024
+    )
     assert (result["outcome"], result["format_rate"], result["call_accuracy"]) == (1.0, 1.0, 1.0)
     assert result["rewards"]["execution"] == 1.0 and result["failures"] == {}
     episode = result["episodes"][1]["completion"]
@@ -180,7 +130,7 @@ def test_live_loop_runs_calls_in_the_env_and_scores_a_correct_policy_full(tokeni
 
 def test_live_loop_stops_a_runaway_policy_at_the_iteration_limit(tokenizer) -> None:
     task = DOMAINS["calculator"][1](random.Random(5), 1)
-    items = [ev.DomainTask("calculator", task)]
+    items = [sampling.DomainTask("calculator", task)]
 
     class Looping(ScriptedPolicy):
         def _reply(self, prompt: str) -> str:
@@ -188,12 +138,14 @@ def test_live_loop_stops_a_runaway_policy_at_the_iteration_limit(tokenizer) -> N
             return f"<tool_call>{json.dumps({'name': step.tool, 'arguments': step.arguments})}</tool_call><|im_end|>"
 
     classes = {"calculator": DOMAINS["calculator"][0]}
-    result = ev.evaluate_policy(Looping(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 4096)
+    result = episodes.evaluate_policy(Looping(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 4096)
     completion = result["episodes"][0]["completion"]
     assert [m["role"] for m in completion] == ["assistant", "tool", "assistant", "tool", "assistant"]
     assert result["outcome"] == 0.0 and result["failures"]["runaway"] == 1
     # A token budget smaller than one reply: the rollout is cut off, counted as truncated.
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 8)
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 8
+    )
     assert result["failures"] == {"malformed_call": 1, "truncated": 1}
     assert result["episodes"][0]["completion"][0]["content"].startswith("<tool_call>")
 
@@ -206,16 +158,16 @@ def test_two_grpo_steps_over_all_domains_write_servable_outputs(tmp_path: Path, 
     from pipelines.rl.train import run
     from pipelines.sft.outputs import check_vllm_compatible
 
-    domains = sorted(ev.fixed_method_domains(["all"]))
-    config = make_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
+    domains = sorted(sampling.fixed_method_domains(["all"]))
+    config = rl_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
     save_sft_adapter(config, tiny_model_dir, "tool")
-    summary = run(config)["tool"]
+    summary = run(config).clusters["tool"]
 
     out = config.run_dir / "rl" / "tool"
-    assert summary["steps"] == 2 and summary["start"] == "sft/tool"
-    assert summary["tasks"]["by_domain"] == dict.fromkeys(domains, 1)
+    assert summary.steps == 2 and summary.start == "sft/tool"
+    assert summary.tasks["by_domain"] == dict.fromkeys(domains, 1)
     # The env classes' own get_reward columns are logged but weigh nothing (outcome already counts them).
-    assert {k: v for k, v in summary["reward_weights"].items() if k.endswith("Env")} == {
+    assert {k: v for k, v in summary.reward_weights.items() if k.endswith("Env")} == {
         DOMAINS[d][0].__name__: 0.0 for d in domains
     }
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -237,9 +189,9 @@ def test_missing_sft_adapter_is_bad_input_before_training(tmp_path: Path, tiny_m
     from pipelines.rl.train import run
 
     with pytest.raises(BadInput, match=r"no SFT adapter for cluster 'tool'.*midtrain sft"):
-        run(make_config(tmp_path, tiny_model_dir))
+        run(rl_config(tmp_path, tiny_model_dir))
     with pytest.raises(BadInput, match="not in rl.clusters"):
-        run(make_config(tmp_path, tiny_model_dir), clusters=["plan"])
+        run(rl_config(tmp_path, tiny_model_dir), clusters=["plan"])
 
 
 class BrokenEnv(ToolEnv):
@@ -266,15 +218,15 @@ def broken_task(rng: random.Random, difficulty: int | None = None, parallel: boo
 def test_guarded_env_never_raises_and_scores_zero() -> None:
     from pipelines.rl import rewards
 
-    env = ev.guarded(BrokenEnv)()
-    assert ev.guarded(BrokenEnv) is ev.guarded(BrokenEnv) and type(env).__name__ == "BrokenEnv"
+    env = guarded(BrokenEnv)()
+    assert guarded(BrokenEnv) is guarded(BrokenEnv) and type(env).__name__ == "BrokenEnv"
     task = broken_task(random.Random(0))
     assert env.reset(task=task.to_json()) is None and "disk on fire" in env._reset_error
     assert env.get_reward() == 0.0
     failures = rewards.FailureCounts()
     done = [{"role": "assistant", "content": "poked"}]
     assert rewards.outcome(
-        completions=[done], task=[task.to_json()], environments=[env], failures=failures
+        completions=[done], task=[task.to_json()], environments=[env], failures=failures, codec=hermes()
     ) == [0.0]
     assert failures.as_dict() == {"env_error": 1}
 
@@ -283,14 +235,14 @@ def test_grpo_goes_on_when_an_environment_raises(tmp_path: Path, tiny_model_dir:
     from pipelines.rl.train import run
 
     monkeypatch.setitem(DOMAINS, "broken", (BrokenEnv, broken_task))
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["broken"], from_base=True, n_tasks=2, eval_tasks_per_domain=0,
         train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
     )  # fmt: skip
-    summary = run(config)["tool"]
-    assert summary["steps"] == 1 and summary["start"] == "base"
-    assert summary["failures"]["env_error"] == 2  # both rollouts: reset raised, scored 0
-    assert summary["final_rewards"]["outcome"] == 0.0
+    summary = run(config).clusters["tool"]
+    assert summary.steps == 1 and summary.start == "base"
+    assert summary.failures["env_error"] == 2  # both rollouts: reset raised, scored 0
+    assert summary.final_rewards["outcome"] == 0.0
     assert not (config.run_dir / "rl" / "tool" / "eval_before_after.json").exists()
 
 
@@ -317,12 +269,12 @@ def _logged(out: Path, key: str) -> dict[int, float]:
 
 
 def test_killed_grpo_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from pipelines.rl.train import BEFORE_FILE, FAILURES_FILE, RUN_STATE_FILE, run
+    from pipelines.rl.train import BEFORE_FILE, FAILURES_FILE, run
     from pipelines.sft.outputs import check_vllm_compatible
 
     train = {"max_steps": 3, "save_steps": 1, "save_total_limit": 1, "per_device_train_batch_size": 2,
              "learning_rate": 1e-3, "gradient_checkpointing": False}  # fmt: skip
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["calculator"], n_tasks=3, eval_tasks_per_domain=1, train=train
     )
     save_sft_adapter(config, tiny_model_dir, "tool")
@@ -333,24 +285,26 @@ def test_killed_grpo_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
     assert (out / "checkpoint-2" / FAILURES_FILE).is_file() and not (out / "training_summary.json").exists()
     failures_at_2 = json.loads((out / "checkpoint-2" / FAILURES_FILE).read_text())
-    fingerprint = json.loads((out / RUN_STATE_FILE).read_text())["config_fingerprint"]
+    fingerprint = UnitState.read(out).config_fingerprint
     # Mark the first session's evaluation of the starting policy: the resumed run must report it, not a new one.
     stored = json.loads((out / BEFORE_FILE).read_text())
     stored["before"]["session"] = "first"
     (out / BEFORE_FILE).write_text(json.dumps(stored))
 
     steps = StepsRun()
-    summary = run(config, callbacks=[steps])["tool"]
+    summary = run(config, callbacks=[steps]).clusters["tool"]
     assert (steps.start, steps.ran) == (2, [3])  # resumed at step 2 and ran only step 3
-    assert summary["steps"] == 3 and summary["resumed_from_step"] == 2
-    assert summary["config_fingerprint"] == fingerprint
-    assert all(summary["failures"].get(kind, 0) >= n for kind, n in failures_at_2.items())
-    assert sum(summary["failures"].values()) > sum(failures_at_2.values())  # step 3's rollouts added theirs
+    assert summary.steps == 3 and summary.resumed_from_step == 2
+    assert summary.config_fingerprint == fingerprint
+    assert all(summary.failures.get(kind, 0) >= n for kind, n in failures_at_2.items())
+    assert sum(summary.failures.values()) > sum(failures_at_2.values())  # step 3's rollouts added theirs
     for key in ("loss", "reward", "rewards/outcome/mean"):
         assert sorted(_logged(out, key)) == [1, 2, 3], key  # one clean history: steps 1-2 kept, 3 added
     assert json.loads((out / "eval_before_after.json").read_text())["before"]["session"] == "first"
     assert not list(out.glob("checkpoint-*")) and not (out / BEFORE_FILE).exists()
     assert check_vllm_compatible(out) == []
+    # Finished with this config: the next run keeps it.
+    assert run(config).clusters["tool"] == summary
 
 
 def _checkpoint(out: Path, step: int, complete: bool = True) -> Path:
@@ -366,35 +320,44 @@ def _checkpoint(out: Path, step: int, complete: bool = True) -> Path:
 def test_resume_takes_the_last_complete_checkpoint_and_a_changed_config_starts_over(
     tmp_path: Path, caplog
 ) -> None:
-    from pipelines.rl.train import RUN_STATE_FILE, prepare_output_dir, restored_failures
+    from pipelines.rl.train import prepare_output_dir, restored_failures
 
     out = tmp_path / "rl" / "tool"
-    assert prepare_output_dir(out, "f1", resume=True) is None  # fresh: the folder records the fingerprint
-    assert json.loads((out / RUN_STATE_FILE).read_text()) == {"config_fingerprint": "f1"}
+    assert prepare_output_dir(out, "tool", "f1", restart=False).action == "start"  # fresh
+    assert UnitState.read(out).config_fingerprint == "f1"  # the folder records the fingerprint
     _checkpoint(out, 2)
     _checkpoint(out, 10)
     _checkpoint(out, 11, complete=False)  # killed mid-save: its failure totals never got written
-    checkpoint = prepare_output_dir(out, "f1", resume=True)
-    assert checkpoint == out / "checkpoint-10"
-    assert restored_failures(checkpoint).as_dict() == {"malformed_call": 10}
+    plan = prepare_output_dir(out, "tool", "f1", restart=False)
+    assert (plan.action, plan.checkpoint) == ("resume", out / "checkpoint-10")
+    assert restored_failures(plan.checkpoint).as_dict() == {"malformed_call": 10}
     assert restored_failures(None).as_dict() == {}
 
-    with caplog.at_level("WARNING", logger="midtrain.rl"):
-        assert prepare_output_dir(out, "f2-changed", resume=True) is None
-    assert (
-        "checkpoint-10 was trained with another rl config" in caplog.text and "starting this" in caplog.text
-    )
+    with caplog.at_level("WARNING", logger="midtrain"):
+        assert prepare_output_dir(out, "tool", "f2-changed", restart=False).action == "start"
+    assert "rl config or its inputs changed" in caplog.text and "starting it over" in caplog.text
     assert not list(out.glob("checkpoint-*"))
-    assert json.loads((out / RUN_STATE_FILE).read_text()) == {"config_fingerprint": "f2-changed"}
+    assert UnitState.read(out).config_fingerprint == "f2-changed"
     _checkpoint(out, 3)
-    assert prepare_output_dir(out, "f2-changed", resume=False) is None  # --restart
+    assert prepare_output_dir(out, "tool", "f2-changed", restart=True).action == "start"  # --restart
     assert not (out / "checkpoint-3").exists()
+
+
+def test_a_unit_folder_midtrain_did_not_write_is_never_cleared(tmp_path: Path) -> None:
+    from pipelines.rl.train import prepare_output_dir
+
+    out = tmp_path / "rl" / "tool"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(BadInput, match="was not written by midtrain"):
+        prepare_output_dir(out, "tool", "f1", restart=True)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_rl_fingerprint_follows_what_shapes_the_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
     from pipelines.rl.train import rl_fingerprint
 
-    config = make_config(tmp_path, tiny_model_dir)
+    config = rl_config(tmp_path, tiny_model_dir)
     adapter = save_sft_adapter(config, tiny_model_dir, "tool")
     base = rl_fingerprint(config, "tool")
 
@@ -455,7 +418,7 @@ def test_offered_tools_are_the_task_tools_plus_distractors_shared_by_tasks_needi
         needed = frozenset(step.tool for turn in task.solution for step in turn)
         by_needed.setdefault(needed, set()).add(offered_tools(env_class, task, 2))
     assert all(len(views) == 1 for views in by_needed.values())
-    no_fit = ev.irrelevant_task("calculator", DOMAINS["docsearch"][1](rng, 1))
+    no_fit = sampling.irrelevant_task("calculator", DOMAINS["docsearch"][1](rng, 1))
     assert len(offered_tools(env_class, no_fit, 2)) == 3  # something to decline
     assert len(offered_tools(env_class, tasks[0], 99)) == len(env_class._tool_methods())
 
@@ -464,12 +427,14 @@ def test_live_loop_with_tool_views_runs_a_correct_policy_in_each_view(tokenizer)
     from pipelines.rl.tool_views import with_tool_views
 
     rng = random.Random(3)
-    items = [ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)) for _ in range(3)]
-    items.append(ev.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)))
+    items = [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)) for _ in range(3)]
+    items.append(sampling.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)))
     bound, views = with_tool_views(items, {d: DOMAINS[d][0] for d in ("calculator", "filesystem")}, 1)
     assert [b.domain for b in bound] == [i.domain for i in items]
     assert all(b.environment in views and b.environment.startswith(f"{b.domain}:") for b in bound)
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, bound), tokenizer, bound, views, SCHEMA, 4, 1024)
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, bound), tokenizer, bound, views, SCHEMA, 4, 1024
+    )
     assert (result["outcome"], result["format_rate"], result["call_accuracy"]) == (1.0, 1.0, 1.0)
 
 
@@ -478,7 +443,7 @@ def test_grpo_with_tool_views_shows_each_prompt_only_its_view(
 ) -> None:
     import pipelines.rl.train as rl_train
 
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["calculator", "docsearch"], offered_tools="task", max_difficulty=1,
         distractor_tools=1, n_tasks=2, irrelevance_fraction=0.0,
         train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
@@ -489,9 +454,9 @@ def test_grpo_with_tool_views_shows_each_prompt_only_its_view(
     monkeypatch.setattr(
         rl_train, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1]
     )
-    summary = rl_train.run(config)["tool"]
+    summary = rl_train.run(config).clusters["tool"]
 
-    assert summary["steps"] == 1
+    assert summary.steps == 1
     shown = {key: sorted(m.__name__ for m in methods) for key, methods in trainers[0]._env_tools.items()}
     assert {key.split(":")[0] for key in shown} == {"calculator", "docsearch"}
     # TRL renders each prompt with its view's tools: the task's own plus one distractor.

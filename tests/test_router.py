@@ -4,114 +4,26 @@ generation gives each row exactly its adapter's output."""
 from __future__ import annotations
 
 import json
-import random
+import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from pipelines.artifacts import RouterAccuracy
+from pipelines.chat import load_tokenizer
 from pipelines.errors import BadInput
 from pipelines.router import BASE, load_bundle, request_text, run
-from pipelines.run_config import RouterSection, RunConfig, SFTSection
-from pipelines.schema import Trace
-
-TOOL = [
-    {
-        "type": "function",
-        "function": {"name": "convert_units", "parameters": {"type": "object", "properties": {}}},
-    }
-]
-SINGLE = [
-    "Convert {n} km to miles.",
-    "How many grams is {n} pounds?",
-    "What is {n} celsius in fahrenheit?",
-    "Turn {n} hours into minutes please.",
-    "Express {n} inches in centimeters.",
-]
-CALCULATOR_TOOLS = [
-    "compute_statistics",
-    "convert_units",
-    "evaluate_expression",
-    "list_memory",
-    "percent_change",
-    "store_value",
-]
-MULTI = [
-    "First list the files in /docs, then read the largest one and finally count its lines ({n}).",
-    "Step by step: create folder report{n}, move notes.txt into it, then show me the tree.",
-    "Find employees hired after {n}, then raise their salary and finally list the updated rows.",
-    "Plan this: look up event {n}, reschedule it to Friday, then add a todo for the follow-up.",
-]
-
-
-def _trace(i: int, cluster: str, text: str) -> Trace:
-    return Trace(
-        id=f"{cluster}-{i}",
-        source="unit",
-        kind="tool",
-        cluster=cluster,
-        tools=TOOL,
-        messages=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
-    )
-
-
-def write_shards(data_dir: Path, n: int = 120, with_reflect: bool = False) -> None:
-    """Shards in the data-stage contract layout (only the columns the router reads need real values).
-
-    `with_reflect`: every third row is a `reflect` (recovery) trace whose request is drawn from the same
-    single-call templates as `tool`, as in the generator, where the error only shows after the request.
-    """
-    rng = random.Random(0)
-    data_dir.mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        cluster, templates = ("tool", SINGLE) if i % 2 else ("plan", MULTI)
-        if with_reflect and i % 3 == 0:
-            cluster, templates = "reflect", SINGLE
-        trace = _trace(i, cluster, rng.choice(templates).format(n=rng.randint(1, 999)))
-        rows.append(
-            {
-                "id": trace.id,
-                "source": "unit",
-                "category": "tool",
-                "kind": "tool",
-                "cluster": cluster,
-                "pattern": "single",
-                "difficulty": 1,
-                "epoch": 0,
-                "n_tokens": 1,
-                "n_loss_tokens": 1,
-                "input_ids": [1],
-                "assistant_masks": [1],
-                "trace": trace.to_json(),
-            }
-        )
-    rows.append({**rows[0], "epoch": 1})  # an upsampled repeat must not be counted twice
-    pq.write_table(pa.Table.from_pylist(rows[: n - 10]), data_dir / "train-00000.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "eval-00000.parquet")
-
-
-def make_adapter(base_dir: Path, out: Path, seed: int) -> None:
-    """A random (non-zero) LoRA adapter, saved with the tokenizer like the SFT stage does."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.mul_(20.0)  # make each adapter change greedy outputs visibly
-    peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+from pipelines.run_config import RouterSection, RunConfig
+from tests.helpers import (
+    CALCULATOR_TOOLS,
+    _trace,
+    make_adapter,
+    two_cluster_config,
+    write_shards,
+)
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +36,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     return run_dir
 
 
-def two_cluster_config(run_dir: Path, model: Path, router: RouterSection, **sections: Any) -> RunConfig:
-    """A run with `tool` + `plan` SFT adapters and a router, plus whatever stage sections a test adds."""
-    return RunConfig(
-        name=run_dir.name,
-        output_dir=str(run_dir.parent),
-        model={"name_or_path": str(model)},
-        data={"recipe": "data_recipes/agentic-v1.yaml"},
-        sft=SFTSection(clusters=["tool", "plan"]),
-        router=router,
-        **sections,
-    )
-
-
 def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float = 0.3) -> RunConfig:
     return two_cluster_config(
         run_dir,
@@ -147,11 +46,11 @@ def _config(run_dir: Path, model: Path, method: str = "tfidf", threshold: float 
 
 @pytest.mark.parametrize("method", ["tfidf", "embedding"])
 def test_router_trains_and_round_trips(run_dir: Path, tiny_model_dir: Path, method: str) -> None:
-    report = run(_config(run_dir, tiny_model_dir, method))
-    assert report["accuracy"] >= 0.9 and report["n"] >= 10
+    report = run(_config(run_dir, tiny_model_dir, method)).accuracy
+    assert report.accuracy >= 0.9 and report.n >= 10
     assert (run_dir / "router" / "confusion.png").stat().st_size > 1000
     router, meta = load_bundle(run_dir / "router")
-    assert meta["adapters"] == {"plan": "../sft/plan", "tool": "../sft/tool"}
+    assert meta.adapters == {"plan": "../sft/plan", "tool": "../sft/tool"}
     texts = ["Convert 3 km to miles.", "First list the files, then read one and finally count the lines."]
     again, _ = load_bundle(run_dir / "router")
     np.testing.assert_array_equal(router.probabilities(texts), again.probabilities(texts))
@@ -201,7 +100,8 @@ def test_mixed_batch_gives_each_row_its_adapter(run_dir: Path, tiny_model_dir: P
 def test_switch_leaves_the_state_peft_set_adapter_leaves(run_dir: Path, tiny_model_dir: Path) -> None:
     import torch
 
-    from pipelines.serve import Router, tuner_layers
+    from pipelines.inference import tuner_layers
+    from pipelines.serve import Router
 
     run(_config(run_dir, tiny_model_dir, threshold=0.0))
     router = Router(run_dir / "router")
@@ -253,25 +153,34 @@ def test_route_and_chat_cli(run_dir: Path, tiny_model_dir: Path) -> None:
 def test_vllm_export(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     run(_config(run_dir, tiny_model_dir))
     out = tmp_path / "lora.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "router",
-            "export",
-            str(run_dir / "router"),
-            "--vllm",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    modules = json.loads(out.read_text())
-    assert {m["name"] for m in modules["lora_modules"]} == {"tool", "plan"}
-    assert all(Path(m["path"]).is_dir() for m in modules["lora_modules"])
-    assert "--max-lora-rank 8" in modules["command"]
+    cli = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "router",
+        "export",
+        str(run_dir / "router"),
+        "--vllm",
+        str(out),
+    ]
+    printed = subprocess.run([*cli, "--port", "8123"], check=True, capture_output=True, text=True).stdout
+    export = json.loads(out.read_text())
+    assert {m["name"] for m in export["lora_modules"]} == {"tool", "plan"}
+    assert all(Path(m["path"]).is_dir() for m in export["lora_modules"])
+    assert printed.strip() == export["command"]
+    args = shlex.split(printed)
+    assert args[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert "--enable-lora" in args and "--enable-auto-tool-choice" in args
+    assert args[args.index("--max-lora-rank") + 1] == "8"  # the adapters' rank, not a fixed 64
+    assert args[args.index("--max-loras") + 1] == "2"
+    assert (
+        args.count("--lora-modules") == 1
+    )  # one flag, every module after it (repeated, vLLM keeps the last)
+    assert args[args.index("--tool-call-parser") + 1] == "hermes"
+    assert args[args.index("--port") + 1] == "8123" and args[args.index("--model") + 1] == str(tiny_model_dir)
+    template = Path(args[args.index("--chat-template") + 1])
+    assert template.read_text() == load_tokenizer(str(run_dir / "sft" / "tool")).chat_template
+    assert export["command_gpu"].startswith(f"vllm serve {tiny_model_dir} --enable-lora")
 
 
 def test_merge_trains_indistinguishable_cluster_as_target(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -285,13 +194,13 @@ def test_merge_trains_indistinguishable_cluster_as_target(tmp_path: Path, tiny_m
     config = _config(run_dir, tiny_model_dir)
     config.sft.clusters = ["tool", "plan", "reflect"]
     config.router.merge = {"reflect": "tool"}
-    report = run(config)
+    report = run(config).accuracy
     router, meta = load_bundle(run_dir / "router")
-    assert meta["label_map"] == router.label_map == {"reflect": "tool"}
+    assert meta.label_map == router.label_map == {"reflect": "tool"}
     assert router.labels == ["plan", "tool"] and set(router.adapters) == {"plan", "tool"}
-    assert report["label_map"] == {"reflect": "tool"} and report["accuracy"] >= 0.9
-    assert set(report["by_source"]["reflect/single"]) == {"tool"}
-    assert json.loads((run_dir / "router" / "accuracy.json").read_text())["by_source"] == report["by_source"]
+    assert report.label_map == {"reflect": "tool"} and report.accuracy >= 0.9
+    assert set(report.by_source["reflect/single"]) == {"tool"}
+    assert RouterAccuracy.read(run_dir / "router") == report
 
 
 def test_merge_onto_unrouted_cluster_is_bad_input(run_dir: Path, tiny_model_dir: Path) -> None:
@@ -314,34 +223,32 @@ def test_serving_text_is_the_training_text() -> None:
 
 
 def test_chat_executes_tool_calls_in_the_environment() -> None:
-    """The chat loop runs a reply's tool call live and feeds the observation back for the next reply."""
-    from pipelines.router import Route
-    from pipelines.serve import chat
-    from pipelines.thought import load_thought_schema
+    """The chat client runs a reply's tool call live and sends the observation back as a `tool` message."""
+    from pipelines.chat_client import chat
 
-    class ScriptedRouter:
-        def __init__(self) -> None:
-            self.schema = load_thought_schema("think-plan-reflect")
-            call = '{"name": "evaluate_expression", "arguments": {"expression": "37 * 12"}}'
-            self.replies = [f"<tool_call>{call}</tool_call>", "37 * 12 = 444."]
-            self.seen: list[list[dict]] = []
+    call = {"id": "call_1", "type": "function", "function": {"name": "evaluate_expression",
+                                                              "arguments": '{"expression": "37 * 12"}'}}  # fmt: skip
+    replies = [{"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "assistant", "content": "37 * 12 = 444."}]  # fmt: skip
+    seen: list[dict] = []
 
-        def route(self, text: str) -> Route:
-            assert text.endswith("[tools] " + " ".join(CALCULATOR_TOOLS))
-            return Route("tool", 0.9, "tool", False)
-
-        def generate(self, messages: list[dict], tools: list, max_new_tokens: int, route: Route) -> tuple:
-            self.seen.append(list(messages))
-            return route, self.replies[len(self.seen) - 1]
+    def complete(body: dict) -> dict:
+        seen.append(json.loads(json.dumps(body)))
+        assert [t["function"]["name"] for t in body["tools"]] == CALCULATOR_TOOLS
+        route = {"adapter": "tool", "cluster": "tool", "score": 0.9}
+        return {"choices": [{"message": replies[len(seen) - 1]}], "midtrain": route}
 
     lines: list[str] = []
-    scripted = ScriptedRouter()
-    chat(scripted, ["What is 37 * 12?", "/quit"], lines.append, domain="calculator")
+    chat(complete, ["What is 37 * 12?", "/quit"], lines.append, domain="calculator")
+    assert lines[0] == "[tool · tool 0.90]"
     assert (
         lines[1].startswith('  tool evaluate_expression({"expression": "37 * 12"}) → ') and "444" in lines[1]
     )
     assert lines[2] == "[tool · tool 0.90] 37 * 12 = 444."
-    assert scripted.seen[1][-1]["role"] == "tool" and "444" in scripted.seen[1][-1]["content"]
+    tool_message = seen[1]["messages"][-1]
+    assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "call_1"
+    assert "444" in tool_message["content"] and seen[1]["messages"][-2]["tool_calls"] == [call]
+    assert seen[0]["temperature"] == 0 and seen[0]["model"] == "midtrain"
 
 
 def test_generated_requests_come_from_the_recipe_sources_labelled_as_the_mix(tmp_path: Path) -> None:
@@ -382,10 +289,8 @@ def test_router_trains_on_generated_requests_and_scores_on_the_mix(
 ) -> None:
     config = _config(run_dir, tiny_model_dir)
     config.router.generated_requests = 150
-    result = run(config)
+    result = run(config).accuracy
     _, meta = load_bundle(run_dir / "router")
-    assert meta["generated_examples"] > 100 and meta["train_examples"] > meta["generated_examples"]
-    held_out = json.loads((run_dir / "router" / "accuracy.json").read_text())
-    assert held_out["n"] == result["n"] and "generated" not in {
-        k.split("/")[0] for k in held_out["by_source"]
-    }
+    assert meta.generated_examples > 100 and meta.train_examples > meta.generated_examples
+    held_out = RouterAccuracy.read(run_dir / "router")
+    assert held_out.n == result.n and "generated" not in {k.split("/")[0] for k in held_out.by_source}

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import report
 from pipelines import run as pipeline
+from pipelines.artifacts import ClusterMetrics, EvalResults, RouterAccuracy, StageMarker
 from pipelines.errors import BadInput
-from pipelines.report import write_report
 from pipelines.run_config import load_run_config
+from pipelines.stages import BY_NAME, STAGES
+from tests import helpers
 
 DEMO = "configs/smollm2-135m-demo.yaml"
+NAMES = [stage.name for stage in STAGES]
 
 
 def _config(tmp_path: Path, *overrides: str):
@@ -22,41 +26,64 @@ def _config(tmp_path: Path, *overrides: str):
 def test_editing_rl_invalidates_rl_and_downstream_only(tmp_path: Path) -> None:
     before = pipeline.fingerprints(_config(tmp_path))
     after = pipeline.fingerprints(_config(tmp_path, "rl.train.max_steps=7"))
-    changed = {s for s in pipeline.STAGES if before[s] != after[s]}
+    changed = {s for s in NAMES if before[s] != after[s]}
     assert changed == {"rl", "router", "eval", "publish", "report"}
     data_edit = pipeline.fingerprints(_config(tmp_path, "data.num_proc=2"))
-    assert {s for s in pipeline.STAGES if before[s] != data_edit[s]} == set(
-        pipeline.STAGES
-    )  # all consume data
+    assert {s for s in NAMES if before[s] != data_edit[s]} == set(NAMES)  # all consume data
 
 
-def _mark_done(config, stages) -> None:
+def _mark_done(config, names) -> None:
     prints = pipeline.fingerprints(config)
-    for stage in stages:
-        folder = pipeline.stage_dir(config, stage)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / pipeline.MARKER).write_text(
-            json.dumps({"fingerprint": prints[stage], "wall_s": 1.0, "peak_rss_mb": 10.0})
+    for name in names:
+        StageMarker(stage=name, fingerprint=prints[name], wall_s=1.0, peak_rss_mb=10.0).write(
+            BY_NAME[name].out_dir(config)
         )
+
+
+def _plan(config, **kwargs) -> dict[str, bool]:
+    return {stage.name: must for stage, must in pipeline.plan(config, **kwargs)}
 
 
 def test_plan_skips_finished_and_honours_from_and_only(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _mark_done(config, ["data", "sft"])
-    plan = dict(pipeline.plan(config))
+    plan = _plan(config)
     assert plan["data"] is False and plan["sft"] is False and plan["rl"] is True
-    assert dict(pipeline.plan(config, start="sft"))["sft"] is True
-    assert dict(pipeline.plan(config, start="sft"))["data"] is False
-    assert pipeline.plan(config, only="data") == [("data", True)]
+    assert _plan(config, start="sft")["sft"] is True
+    assert _plan(config, start="sft")["data"] is False
+    assert _plan(config, only="data") == {"data": True}
     edited = _config(tmp_path, "sft.train.max_steps=3")
-    assert dict(pipeline.plan(edited))["sft"] is True and dict(pipeline.plan(edited))["data"] is False
+    assert _plan(edited)["sft"] is True and _plan(edited)["data"] is False
     with pytest.raises(BadInput, match="--from 'bogus': not an enabled stage"):
         pipeline.plan(config, start="bogus")
 
 
 def test_disabled_sections_are_not_planned(tmp_path: Path) -> None:
     config = _config(tmp_path, "publish.enabled=false")
-    assert "publish" not in pipeline.enabled_stages(config)
+    assert "publish" not in [stage.name for stage in pipeline.enabled_stages(config)]
+
+
+def test_every_stage_module_has_the_same_face() -> None:
+    """Each registered stage's module exposes `run(config)` (extras keyword-only) and returns a typed artifact."""
+    import inspect
+
+    for stage in STAGES:
+        run = stage.entry()
+        params = list(inspect.signature(run).parameters.values())
+        assert params[0].name == "config", stage.name
+        assert all(p.default is not inspect.Parameter.empty for p in params[1:]), stage.name
+        assert inspect.signature(run).return_annotation not in (inspect.Signature.empty, "None"), stage.name
+
+
+def test_a_malformed_marker_means_not_done_and_says_so(tmp_path: Path, caplog) -> None:
+    config = _config(tmp_path)
+    _mark_done(config, ["data"])
+    folder = BY_NAME["data"].out_dir(config)
+    (folder / StageMarker.FILE).write_text(json.dumps({"fingerprint": 3, "wall_s": 1.0, "peak_rss_mb": 2.0}))
+    with caplog.at_level("WARNING", logger="midtrain"):
+        assert _plan(config)["data"] is True
+    assert ".midtrain-stage.json: fingerprint: Input should be a valid string" in caplog.text
+    assert "the data stage will run again" in caplog.text
 
 
 def test_report_renders_every_section_present(tmp_path: Path) -> None:
@@ -65,50 +92,35 @@ def test_report_renders_every_section_present(tmp_path: Path) -> None:
     (run_dir / "data").mkdir(parents=True)
     (run_dir / "data" / "manifest.json").write_text(
         json.dumps(
-            {
-                "mix": {
-                    "total_tokens": 1000,
-                    "total_tokens_target": 1000,
-                    "categories": {"tool": {"tokens": 450, "share": 0.45, "target_share": 0.45}},
-                },
-                "sources": [
-                    {
-                        "name": "gen",
-                        "type": "generated",
-                        "rows_out": 3,
-                        "tokens_out": 450,
-                        "epochs_used": 1.0,
-                        "rejects_total": 1,
-                    }
-                ],
-                "rejects": {"total": 1, "by_reason": {"near_duplicate": 1}},
-            }
+            helpers.manifest(
+                [helpers.source("gen", "generated", {"seed": 0}, 450, rejects_total=1)],
+                {"tool": helpers.share(450, 0.45, 0.45)},
+                1000,
+                by_reason={"near_duplicate": 1},
+            )
         )
     )
-    (run_dir / "router").mkdir()
-    (run_dir / "router" / "accuracy.json").write_text(
-        json.dumps(
-            {
-                "accuracy": 0.95,
-                "n": 20,
-                "per_cluster": {"tool": {"precision": 1.0, "recall": 0.9, "f1-score": 0.95, "support": 10}},
-            }
-        )
-    )
-    (run_dir / "eval").mkdir()
-    (run_dir / "eval" / "results.json").write_text(
-        json.dumps(
-            {
-                "targets": {
-                    "base": {"bfcl": {"simple_python": 0.1, "n": 5}},
-                    "sft/tool": {"bfcl": {"simple_python": 0.4}},
-                },
-                "skipped": {"rl": "no rl adapters"},
-            }
-        )
-    )
+    RouterAccuracy(
+        accuracy=0.95,
+        n=20,
+        labels=["tool", "plan"],
+        label_map={},
+        confusion=[[9, 1], [0, 10]],
+        per_cluster={"tool": ClusterMetrics(precision=1.0, recall=0.9, f1=0.95, support=10)},
+        by_source={},
+    ).write(run_dir / "router")
+    EvalResults(
+        model="m",
+        limit=5,
+        targets={
+            "base": {"bfcl": {"simple_python": 0.1, "n": 5}},
+            "sft/tool": {"bfcl": {"simple_python": 0.4}},
+        },
+        skipped={"rl": "no rl adapters"},
+        seconds={},
+    ).write(run_dir / "eval")
     _mark_done(config, ["data"])
-    out = write_report(config, DEMO)
+    out = report.run(config)
     markdown = (run_dir / "report.md").read_text()
     assert "| tool | 450 | 0.450 | 0.450 |" in markdown
     assert "| near_duplicate | 1 |" in markdown
@@ -118,4 +130,4 @@ def test_report_renders_every_section_present(tmp_path: Path) -> None:
     page = (run_dir / "report.html").read_text()
     tables = sum(line.startswith("| --- |") for line in markdown.splitlines())
     assert page.count("<table>") == tables == 6 and page.endswith("</html>\n")
-    assert out["images"] == []  # no PNGs were written by this fake run
+    assert out.images == []  # no PNGs were written by this fake run

@@ -3,7 +3,6 @@ skipping the data stage that had already finished (tiny model, real stages, real
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.artifacts import SFTSummary, StageMarker
 from pipelines.run_config import REPO_ROOT
 
 RECIPE = """\
@@ -87,8 +87,7 @@ def test_killed_run_resumes_mid_sft(tmp_path: Path, tiny_model_dir: Path) -> Non
     output, _ = second.communicate(timeout=400)
     assert second.returncode == 0, output
     assert "data — up to date, skipped" in output
-    summary = json.loads((adapter_dir / "training_summary.json").read_text())
-    assert summary["steps"] == 12 and summary["resumed_from_step"] >= 2
-    markers = json.loads((tmp_path / "runs" / "resume" / "sft" / ".midtrain-stage.json").read_text())
-    assert markers["resumed"] is True
+    summary = SFTSummary.read(adapter_dir)
+    assert summary.steps == 12 and summary.resumed_from_step >= 2
+    assert StageMarker.read(tmp_path / "runs" / "resume" / "sft").resumed is True
     assert (tmp_path / "runs" / "resume" / "report.md").is_file()

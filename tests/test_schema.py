@@ -8,46 +8,7 @@ import json
 import pytest
 
 from pipelines.schema import argument_errors, parse_trace
-
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "unit": {"enum": ["m", "km"]}},
-            "required": ["a", "b"],
-        },
-    },
-}
-
-
-def valid_row() -> dict:
-    return {
-        "id": "t1",
-        "source": "unit",
-        "kind": "tool",
-        "cluster": "tool",
-        "tools": [ADD],
-        "messages": [
-            {"role": "system", "content": "sys"},
-            {"role": "user", "content": "add 1 and 2", "_instance": "i1"},
-            {"role": "user", "content": "add 3 and 4", "_instance": "i2"},
-            {
-                "role": "assistant",
-                "thinking": [{"section": "plan", "text": "two adds"}],
-                "tool_calls": [
-                    {"id": "c1", "name": "add", "arguments": {"a": 1, "b": 2}, "_instance": "i1"},
-                    {"id": "c2", "name": "add", "arguments": {"a": 3, "b": 4}, "_instance": "i2"},
-                ],
-            },
-            {"role": "tool", "tool_call_id": "c1", "content": "3", "_instance": "i1"},
-            {"role": "tool", "tool_call_id": "c2", "content": "7", "_instance": "i2"},
-            {"role": "assistant", "content": "i1: 3, i2: 7"},
-        ],
-        "meta": {"pattern": "instanced", "difficulty": 2},
-    }
+from tests.helpers import valid_row
 
 
 def test_valid_trace_passes_and_serialises_canonically() -> None:

@@ -15,190 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from pipelines.chat import render_trace
+from pipelines.artifacts import SFTSummary
 from pipelines.errors import BadInput
-from pipelines.recipe import Recipe
 from pipelines.run_config import REPO_ROOT, RunConfig
-from pipelines.schema import Trace
 from pipelines.sft import check_vllm_compatible, run
 from pipelines.sft import data as mixdata
-from pipelines.thought import load_thought_schema
-
-CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Perth", "Dakar"]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "City name."}},
-            "required": ["city"],
-        },
-    },
-}
-
-
-def _tool_trace(i: int, cluster: str) -> Trace:
-    """A weather lookup; the thinking section matches the cluster so clusters differ in what they teach."""
-    city = CITIES[i % len(CITIES)]
-    section = {"plan": "plan", "reflect": "reflect"}.get(cluster, "observe")
-    return Trace.model_validate(
-        {
-            "id": f"{cluster}-{i}",
-            "source": "handwritten",
-            "kind": "tool",
-            "cluster": cluster,
-            "tools": [WEATHER_TOOL],
-            "messages": [
-                {"role": "user", "content": f"Is it warm in {city} today? Case {i}."},
-                {
-                    "role": "assistant",
-                    "thinking": [{"section": section, "text": f"Look up {city} first, then answer."}],
-                    "tool_calls": [{"id": f"c{i}", "name": "get_weather", "arguments": {"city": city}}],
-                },
-                {"role": "tool", "tool_call_id": f"c{i}", "content": f'{{"temp_c": {10 + 3 * i}}}'},
-                {"role": "assistant", "content": f"{city} is at {10 + 3 * i} degrees C" + "." * (i % 5)},
-            ],
-            "meta": {"pattern": "single", "difficulty": 1},
-        }
-    )
-
-
-def _chat_trace(i: int, cluster: str) -> Trace:
-    """A tool-less exchange (a clarification): a trace row of ~70 tokens instead of ~300 with a tool schema."""
-    return Trace.model_validate(
-        {
-            "id": f"{cluster}-chat-{i}",
-            "source": "handwritten",
-            "kind": "tool",
-            "cluster": cluster,
-            "messages": [
-                {"role": "user", "content": f"Book a table for {i + 2}."},
-                {
-                    "role": "assistant",
-                    "thinking": [{"section": "plan", "text": "The restaurant and time are missing; ask."}],
-                    "content": "Which restaurant, and at what time?",
-                },
-            ],
-            "meta": {"pattern": "clarify", "difficulty": 0},
-        }
-    )
-
-
-def _doc_trace(i: int, n_words: int | None = None, cluster: str = "text") -> Trace:
-    words = " ".join(f"word{j}" for j in range(n_words or 5 + 7 * i))
-    return Trace(
-        id=f"{cluster}-{i}", source="handwritten", kind="text", cluster=cluster, text=f"Doc {i}: {words}."
-    )
-
-
-def mix_traces(per_cluster: int = 4, clusters: tuple[str, ...] = ("plan", "tool", "reflect")) -> list[Trace]:
-    traces = [_tool_trace(i, c) for c in clusters for i in range(per_cluster)]
-    return traces + [_doc_trace(i) for i in range(per_cluster)]
-
-
-def note_traces(n: int = 8) -> list[Trace]:
-    """Short docs of 36-57 tokens: at max_length 64 no two share a packed row, so each is one row."""
-    return [_doc_trace(i, 12 + i, cluster="notes") for i in range(n)]
-
-
-def _rows(traces: list[Trace], tokenizer: Any) -> dict[str, list]:
-    schema = load_thought_schema("think-plan-reflect")
-    cols: dict[str, list] = {k: [] for k in ("id", "source", "category", "kind", "cluster", "pattern")}
-    cols |= {k: [] for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens", "input_ids")}
-    cols |= {"assistant_masks": [], "trace": []}
-    for trace in traces:
-        rendered = render_trace(trace, tokenizer, schema)
-        values = {
-            "id": trace.id,
-            "source": trace.source,
-            "category": trace.kind,
-            "kind": trace.kind,
-            "cluster": trace.cluster,
-            "pattern": trace.meta.get("pattern", ""),
-            "difficulty": trace.meta.get("difficulty", 0),
-            "epoch": 0,
-            "n_tokens": len(rendered.input_ids),
-            "n_loss_tokens": rendered.n_loss_tokens,
-            "input_ids": rendered.input_ids,
-            "assistant_masks": rendered.assistant_masks,
-            "trace": trace.to_json(),
-        }
-        for key, value in values.items():
-            cols[key].append(value)
-    return cols
-
-
-MIX_SCHEMA = pa.schema(
-    [
-        *[(k, pa.string()) for k in ("id", "source", "category", "kind", "cluster", "pattern")],
-        *[(k, pa.int32()) for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens")],
-        ("input_ids", pa.list_(pa.int32())),
-        ("assistant_masks", pa.list_(pa.int8())),
-        ("trace", pa.string()),
-    ]
+from tests.helpers import (
+    CrashAt,
+    _chat_trace,
+    _doc_trace,
+    _tool_trace,
+    mix_traces,
+    note_traces,
+    write_mix,
 )
-
-
-def write_mix(data_dir: Path, tokenizer: Any, train: list[Trace], held_out: list[Trace] = ()) -> Path:
-    """A mix in the data-stage layout: train-00000/00001 shards, eval-00000, manifest.json."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    half = (len(train) + 1) // 2
-    shards = {"train-00000": train[:half], "train-00001": train[half:], "eval-00000": list(held_out)}
-    for name, traces in shards.items():
-        if traces:
-            pq.write_table(
-                pa.table(_rows(traces, tokenizer), schema=MIX_SCHEMA), data_dir / f"{name}.parquet"
-            )
-    (data_dir / "manifest.json").write_text(json.dumps({"recipe": {"name": "test"}, "shards": list(shards)}))
-    return data_dir
-
-
-RECIPE = Recipe.model_validate(
-    {
-        "name": "t",
-        "total_tokens": 1000,
-        "categories": {"text": {"share": 1.0, "sources": [{"name": "p", "type": "pydoc_text"}]}},
-    }
-)
-
-
-def make_config(tmp_path: Path, model_dir: Path, **sft: Any) -> RunConfig:
-    """A run config on `model_dir`, no wandb; `sft` keys override the section (nested dicts merge)."""
-    section: dict[str, Any] = {
-        "clusters": ["plan", "tool"],
-        "replay_fraction": 0.2,
-        "quantization": {"mode": "none"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "train": {
-            "max_steps": 4,
-            "per_device_train_batch_size": 1,
-            "learning_rate": 1e-3,
-            "max_length": 320,
-            "save_steps": 2,
-            "gradient_checkpointing": False,
-        },
-    }
-    for key, value in sft.items():
-        section[key] = {**section[key], **value} if isinstance(value, dict) else value
-    return RunConfig.model_validate(
-        {
-            "name": "t",
-            "output_dir": str(tmp_path / "runs"),
-            "model": {"name_or_path": str(model_dir)},
-            "data": {"recipe": RECIPE},
-            "sft": section,
-            "tracking": {"report_to": ["none"]},
-        }
-    )
+from tests.helpers import sft_config as make_config
 
 
 @pytest.fixture(scope="module")
@@ -232,17 +68,6 @@ class ParamSnapshots(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.end = self._copy(model)
-
-
-class CrashAt(TrainerCallback):
-    """Simulates a killed run: raise right after the checkpoint of `step` is written."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"simulated kill at step {self.step}")
 
 
 def _logged_losses(out_dir: Path, key: str = "loss") -> dict[int, float]:
@@ -435,7 +260,7 @@ def test_train_updates_lora_only_loss_falls_and_outputs_load(
     )
     write_mix(config.run_dir / "data", tokenizer, mix_traces(2), [_doc_trace(5)])
     snapshots = ParamSnapshots()
-    summary = run(config, callbacks=[snapshots])["text"]
+    summary = run(config, callbacks=[snapshots]).adapters["text"]
 
     lora = [n for n in snapshots.begin if "lora_" in n]
     assert lora and all(not torch.equal(snapshots.begin[n], snapshots.end[n]) for n in lora)
@@ -455,7 +280,7 @@ def test_train_updates_lora_only_loss_falls_and_outputs_load(
     assert (out / "loss.png").stat().st_size > 1000
     assert check_vllm_compatible(out) == []
     stored = json.loads((out / "training_summary.json").read_text())
-    assert stored["steps"] == summary["steps"] == 20
+    assert stored["steps"] == summary.steps == 20
     # Both docs fit one packed row, so every step sees exactly their real (unpadded) tokens.
     doc_tokens = sum(len(tokenizer(t.text)["input_ids"]) + 1 for t in mix_traces(2) if t.kind == "text")
     assert stored["tokens_seen"] == 20 * doc_tokens
@@ -484,28 +309,65 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, tiny_model_dir:
         run(killed, callbacks=[CrashAt(3)])
     out = killed.run_dir / "sft" / "notes"
     assert (out / "checkpoint-3").is_dir() and not (out / "training_summary.json").exists()
-    changed = killed.model_copy(deep=True)
-    changed.sft.train.learning_rate = 2e-3
-    with pytest.raises(BadInput, match="checkpoint-3 was trained with another config or mix"):
-        run(changed, resume=True)
-    summary = run(killed, resume=True)["notes"]
+    summary = run(killed).adapters["notes"]  # no flag: an interrupted adapter with the same config resumes
     assert not list(out.glob("checkpoint-*"))
 
-    assert summary["resumed_from_step"] == 3 and summary["steps"] == 6
+    assert summary.resumed_from_step == 3 and summary.steps == 6
     expected = _logged_losses(straight.run_dir / "sft" / "notes")
     resumed = _logged_losses(killed.run_dir / "sft" / "notes")
     assert sorted(resumed) == list(range(1, 7))
     for step in range(1, 7):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
-    a = json.loads((straight.run_dir / "sft" / "notes" / "training_summary.json").read_text())
-    assert summary["tokens_seen"] == a["tokens_seen"]
-    assert summary["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-6)
+    a = SFTSummary.read(straight.run_dir / "sft" / "notes")
+    assert summary.tokens_seen == a.tokens_seen
+    assert summary.final_train_loss == pytest.approx(a.final_train_loss, rel=1e-6)
     weights_a = load_file(straight.run_dir / "sft" / "notes" / "adapter_model.safetensors")
     weights_b = load_file(killed.run_dir / "sft" / "notes" / "adapter_model.safetensors")
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6) for k in weights_a)
-    # A finished adapter is skipped on a second --resume.
-    assert run(killed, resume=True)["notes"]["wall_time_s"] == summary["wall_time_s"]
+    # A finished adapter is kept by the next run; --restart trains it again.
+    assert run(killed).adapters["notes"].wall_time_s == summary.wall_time_s
+    assert run(killed, restart=True).adapters["notes"].wall_time_s != summary.wall_time_s
+
+
+def test_an_edited_interrupted_run_starts_the_changed_adapter_over(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kill mid-training, edit `sft`, run again: the stale checkpoint is not resumed (other weights would
+    continue under a new config) and nothing asks for a flag: the adapter starts over, with a warning."""
+    notes = {"clusters": ["notes"], "replay_fraction": 0.0}
+    train = {"max_steps": 4, "save_steps": 2, "max_length": 64, "per_device_train_batch_size": 2}
+    killed = config_on_mix(tmp_path, tiny_model_dir, mix_dir, train=train, **notes)
+    with pytest.raises(KeyboardInterrupt):
+        run(killed, callbacks=[CrashAt(2)])
+    edited = killed.model_copy(deep=True)
+    edited.sft.train.learning_rate = 2e-3
+    with caplog.at_level("WARNING", logger="midtrain"):
+        summary = run(edited).adapters["notes"]
+    assert summary.resumed_from_step == 0 and summary.steps == 4
+    assert "config or its inputs changed" in caplog.text and "starting it over" in caplog.text
+
+
+def test_adding_a_cluster_to_a_finished_run_trains_only_the_new_adapter(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path
+) -> None:
+    """Through `midtrain run`'s own stage runner: the sft stage's fingerprint changes with `sft.clusters`, so
+    the stage runs again, and its units keep the finished adapter whose own fingerprint did not change."""
+    from pipelines import run as pipeline
+
+    train = {"max_steps": 2, "max_length": 1024, "save_steps": 100}
+    first = config_on_mix(
+        tmp_path, tiny_model_dir, mix_dir, clusters=["notes"], replay_fraction=0.0, train=train
+    )
+    pipeline.run_stage(first, "sft", pipeline.fingerprints(first)["sft"])
+    kept = SFTSummary.read(first.run_dir / "sft" / "notes")
+    second = first.model_copy(deep=True)
+    second.sft.clusters = ["notes", "plan"]
+    assert pipeline.fingerprints(second)["sft"] != pipeline.fingerprints(first)["sft"]
+    assert [stage.name for stage, must in pipeline.plan(second, only="sft") if must] == ["sft"]
+    result = pipeline.run_stage(second, "sft", pipeline.fingerprints(second)["sft"])
+    assert result.summary["adapters"]["notes"] == kept.model_dump(mode="json")
+    assert SFTSummary.read(second.run_dir / "sft" / "plan").steps == 2
 
 
 def test_grad_accumulation_matches_larger_batch(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:
@@ -563,7 +425,7 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
 ) -> None:
     config = config_on_mix(tmp_path, tiny_model_dir, mix_dir, clusters=["plan"], train={"max_steps": 2})
     config.tracking.report_to = ["wandb"]
-    summary = run(config)["plan"]
+    summary = run(config).adapters["plan"]
     runs = list((config.run_dir / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     records = _wandb_records(next(runs[0].glob("run-*.wandb")))
@@ -573,7 +435,7 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
         for r in records
         for item in (r.run.config.update if r.WhichOneof("record_type") == "run" else r.config.update)
     }
-    assert json.loads(config_items["data_manifest_sha256"]) == summary["data_manifest_sha256"]
+    assert json.loads(config_items["data_manifest_sha256"]) == summary.data_manifest_sha256
     assert json.loads(config_items["midtrain"])["sft"]["lora"]["r"] == 4
     history = [
         {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
@@ -581,37 +443,73 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
         if r.history.item
     ]
     assert len([row["train/loss"] for row in history if "train/loss" in row]) == 2
-    assert [row["eval/loss"] for row in history if "eval/loss" in row] == [summary["final_eval_loss"]]
+    assert [row["eval/loss"] for row in history if "eval/loss" in row] == [summary.final_eval_loss]
     assert kinds.count("exit") == 1
 
 
 # --- vLLM compatibility ------------------------------------------------------------------------------------
 
 
+Q_PROJ = "base_model.model.model.layers.0.self_attn.q_proj"
+PLAIN_LORA = {f"{Q_PROJ}.lora_A.weight": (16, 8), f"{Q_PROJ}.lora_B.weight": (8, 16)}
+
+
+def write_adapter(path: Path, change: dict | None = None, tensors: dict | None = None) -> Path:
+    """adapter_config.json + a real safetensors file whose tensor names and shapes are `tensors`."""
+    from safetensors.numpy import save_file
+
+    config = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "bias": "none", "use_dora": False}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps(config | (change or {})))
+    shapes = PLAIN_LORA if tensors is None else tensors
+    save_file(
+        {k: np.zeros(s, np.float32) for k, s in shapes.items()}, str(path / "adapter_model.safetensors")
+    )
+    return path
+
+
 @pytest.mark.parametrize(
-    ("change", "problem"),
+    ("change", "tensors", "problem"),
     [
-        ({"r": 128}, "rank 128 > 64"),
-        ({"use_dora": True}, "use_dora is true"),
-        ({"modules_to_save": ["lm_head"]}, "modules_to_save ['lm_head'] is set"),
-        ({"bias": "lora_only"}, "bias is 'lora_only'"),
-        ({"rank_pattern": {"q_proj": 96}}, "rank 96 > 64"),
+        ({"r": 1024}, None, "rank 1024 > 512"),
+        ({"rank_pattern": {"q_proj": 1024}}, None, "rank 1024 > 512"),
+        ({"use_dora": True}, None, "use_dora is set"),
+        ({"lora_bias": True}, None, "lora_bias is set"),
+        ({"init_lora_weights": "pissa"}, None, "init_lora_weights is 'pissa'"),
+        ({"modules_to_save": ["lm_head"]}, None, "modules_to_save ['lm_head'] is set"),
+        ({"bias": "lora_only"}, None, "bias is 'lora_only'"),
+        # What PEFT writes for DoRA magnitudes and LoRA biases: vLLM raises "... is unsupported LoRA weight".
+        ({}, PLAIN_LORA | {f"{Q_PROJ}.lora_magnitude_vector": (16,)}, "tensors vLLM cannot parse"),
+        ({}, PLAIN_LORA | {f"{Q_PROJ}.lora_B.bias": (16,)}, f"{Q_PROJ}.lora_B.bias"),
     ],
 )
-def test_vllm_check_catches_unservable_adapters(tmp_path: Path, change: dict, problem: str) -> None:
-    config = {"peft_type": "LORA", "r": 16, "bias": "none", "use_dora": False, "modules_to_save": None}
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
-    assert check_vllm_compatible(tmp_path) == []
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config | change))
-    problems = check_vllm_compatible(tmp_path)
+def test_vllm_check_catches_unservable_adapters(
+    tmp_path: Path, change: dict, tensors: dict | None, problem: str
+) -> None:
+    assert check_vllm_compatible(write_adapter(tmp_path / "ok")) == []
+    problems = check_vllm_compatible(write_adapter(tmp_path / "bad", change, tensors))
     assert len(problems) == 1 and problem in problems[0]
 
 
-def test_vllm_check_reports_missing_files(tmp_path: Path) -> None:
+def test_vllm_check_reads_embedding_widths_and_skips_base_embeddings(tmp_path: Path) -> None:
+    embed = "base_model.model.model.embed_tokens"
+    tensors = PLAIN_LORA | {
+        f"{embed}.lora_embedding_A": (16, 100),
+        f"{embed}.lora_embedding_B": (64, 16),
+        f"{embed}.base_layer.weight": (100, 64),  # vLLM skips these on purpose
+    }
+    adapter = write_adapter(tmp_path, tensors=tensors)
+    assert check_vllm_compatible(adapter) == [] and check_vllm_compatible(adapter, base_vocab_size=100) == []
+    (problem,) = check_vllm_compatible(adapter, base_vocab_size=120)
+    assert "embedding LoRA width 100 != the base vocabulary 120" in problem
+
+
+def test_vllm_check_reports_missing_and_unreadable_files(tmp_path: Path) -> None:
     assert "missing" in check_vllm_compatible(tmp_path)[0]
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')
     assert "no adapter weights" in check_vllm_compatible(tmp_path)[0]
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"truncated")
+    assert "cannot read the adapter weights" in check_vllm_compatible(tmp_path)[0]
 
 
 def test_cli_bad_cluster_exits_2(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:
@@ -650,12 +548,12 @@ def test_two_nf4_cluster_adapters_on_the_embedded_model(
         train={"max_steps": 2, "save_steps": 2},
     )
     write_mix(config.run_dir / "data", tokenizer, [_chat_trace(i, "plan") for i in range(2)] + note_traces(2))
-    summaries = run(config)
+    summaries = run(config).adapters
     assert sorted(summaries) == ["notes", "plan"]
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
     for name, summary in summaries.items():
         out = config.run_dir / "sft" / name
-        assert summary["quantized"] and summary["steps"] == 2 and math.isfinite(summary["final_train_loss"])
+        assert summary.quantized and summary.steps == 2 and math.isfinite(summary.final_train_loss)
         assert check_vllm_compatible(out) == []
         model = PeftModel.from_pretrained(base, out, adapter_name=name)
         lora_b = [p for n, p in model.named_parameters() if "lora_B" in n and name in n]

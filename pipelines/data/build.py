@@ -32,7 +32,7 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
+import signal
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,8 +44,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 
+from pipelines import folders
 from pipelines.chat import Rendered, load_tokenizer, render_batch, render_trace, training_chat_template
+from pipelines.config import validate_data
 from pipelines.data import manifest as mf
 from pipelines.data.clean import (
     ExactDeduper,
@@ -58,12 +62,13 @@ from pipelines.data.clean import (
 )
 from pipelines.data.decontam import ContaminationIndex, build_index
 from pipelines.data.mix import SourcePool, is_eval_id, order_eval, order_train, plan_mix, sample_source
-from pipelines.data.sources import Reject, open_source
+from pipelines.data.sources import Reject, open_source, resolve_hub_commits
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.models import DEFAULT_MODEL
 from pipelines.recipe import Recipe
 from pipelines.run_config import REPO_ROOT, RunConfig
 from pipelines.schema import Trace, validate_trace
+from pipelines.template_check import FirstRowsCheck
 from pipelines.thought import ThoughtSchema, load_thought_schema
 
 OUTPUT_SCHEMA = pa.schema(
@@ -108,13 +113,15 @@ class BuildSettings:
     tokenizer_revision: str | None = None
     chat_template: str = "auto"
     thought_schema: str | None = None  # None: the recipe's
+    tool_format: str = "auto"
 
 
-@dataclass
-class BuildResult:
+class BuildResult(BaseModel):
+    """What the data stage returns: where the mix is, its manifest (the lockfile) and phase timings."""
+
     out_dir: Path
     manifest: dict[str, Any]
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = PydanticField(default_factory=dict)
 
 
 @dataclass
@@ -144,8 +151,6 @@ class _RowMeta:
 def run(config: RunConfig, out_dir: Path | None = None, num_proc: int | None = None) -> BuildResult:
     """The data stage of a run config: `runs/<name>/data`, the model's tokenizer and chat template."""
     recipe = config.data.recipe
-    if not isinstance(recipe, Recipe):
-        raise BadInput(f"data.recipe {recipe!r} was not loaded; use run_config.load_run_config")
     if config.model.thought_schema != recipe.thought_schema:
         raise BadInput(
             f"model.thought_schema {config.model.thought_schema!r} differs from the recipe's thought_schema "
@@ -156,6 +161,7 @@ def run(config: RunConfig, out_dir: Path | None = None, num_proc: int | None = N
         tokenizer_revision=config.model.revision,
         chat_template=config.model.chat_template,
         thought_schema=config.model.thought_schema,
+        tool_format=config.model.tool_format,
     )
     return build(recipe, out_dir or config.run_dir / "data", settings, num_proc or config.data.num_proc)
 
@@ -167,16 +173,31 @@ def default_out_dir(target: RunConfig | Recipe) -> Path:
 
 
 def build(
-    recipe: Recipe, out_dir: str | Path, settings: BuildSettings | None = None, num_proc: int = 1
+    recipe: Recipe,
+    out_dir: str | Path,
+    settings: BuildSettings | None = None,
+    num_proc: int = 1,
+    hub_commits: dict[str, str] | None = None,
 ) -> BuildResult:
-    """Build the mix into `out_dir` (replaced atomically: a failed build leaves the old output intact)."""
+    """Build the mix into `out_dir` (replaced atomically: a failed build leaves the old output intact). A folder
+    that midtrain did not write is never replaced (BadInput).
+
+    Hub revisions are resolved to commits first (`hub_commits`, a lockfile's, skips that), so an unreachable
+    Hub or an offline machine fails before any work is done."""
     settings = settings or BuildSettings()
+    commits = resolve_hub_commits(recipe, hub_commits)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    _adopt_earlier_output(out_dir)
+    folders.check_replaceable(out_dir, "output folder")  # before the work, not after it
+    folders.check_writable(out_dir.parent, "output folder")
+    for label in (f"{out_dir.name}.build", f"{out_dir.name}.old"):
+        folders.clean_stale_scratch(out_dir.parent, label)
+    builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits)
+    builder.setup()  # tokenizer, thought schema, eval sets: their problems surface before any folder is made
+    work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
-        result = _Builder(pin_paths(recipe), settings, work, num_proc).run()
-        _replace_dir(work, out_dir)
+        result = builder.run(work)
+        folders.replace_dir(work, out_dir, "output folder")
     finally:
         if work.exists():
             shutil.rmtree(work)
@@ -184,12 +205,47 @@ def build(
     return result
 
 
-def pin_paths(recipe: Recipe) -> Recipe:
-    """Absolute paths for local files, package roots and eval files, so the manifest rebuilds from anywhere."""
+def _adopt_earlier_output(out_dir: Path) -> None:
+    """Mark an output of a midtrain version from before output markers as ours, when that is provable: its
+    manifest has our format and every file in the folder is one the manifest lists (or the plot)."""
+    manifest_path = out_dir / mf.MANIFEST
+    if folders.is_ours(out_dir) or out_dir.is_symlink() or not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(manifest, dict) or manifest.get("format") != mf.FORMAT:
+        return
+    files = manifest.get("files")
+    known = {mf.MANIFEST, "mix.png", *(files if isinstance(files, dict) else {})}
+    if all(p.is_file() and not p.is_symlink() and p.name in known for p in out_dir.iterdir()):
+        folders.mark(out_dir, "output folder")
+
+
+def pin_paths(recipe: Recipe, out_dir: Path | None = None) -> Recipe:
+    """Absolute paths for local files, package roots, task files, env files, teacher caches and eval files, so
+    the manifest rebuilds from anywhere. A teacher source's cache defaults to
+    `<out_dir>/../teacher-cache/<source>.jsonl`: inside the run, outside the data folder a build replaces."""
     data = recipe.model_dump(mode="json")
     for cat in data["categories"].values():
         for src in cat["sources"]:
-            if src["type"] == "local":
+            if src["type"] == "teacher":
+                src["tasks"] = str(_existing(src["tasks"], f"source {src['name']!r}: tasks"))
+                if isinstance(src.get("env"), str) and src["env"].endswith((".yaml", ".yml")):
+                    src["env"] = str(_existing(src["env"], f"source {src['name']!r}: env"))
+                elif isinstance(src.get("env"), dict):  # an inline block: its relative paths are the cwd's
+                    env = src["env"]
+                    if env.get("cwd") is not None:
+                        env["cwd"] = str(Path(env["cwd"]).expanduser().resolve())
+                    if env.get("path"):
+                        env["path"] = [str(Path(p).expanduser().resolve()) for p in env["path"]]
+                if src.get("cache") is None:
+                    folder = (out_dir or Path("runs") / recipe.name / "data").resolve().parent
+                    src["cache"] = str(folder / "teacher-cache" / f"{src['name']}.jsonl")
+                else:
+                    src["cache"] = str(Path(src["cache"]).expanduser().resolve())
+            elif src["type"] == "local":
                 src["path"] = str(_existing(src["path"], f"source {src['name']!r}: path"))
             elif src["type"] == "python_code":
                 src["roots"] = [
@@ -197,10 +253,17 @@ def pin_paths(recipe: Recipe) -> Recipe:
                     for r in src["roots"]
                 ]
     sets = data["decontamination"]["sets"]
-    data["decontamination"]["sets"] = [
-        s if s in ("bfcl", "heldout") else str(_existing(s, "decontamination set")) for s in sets
-    ]
+    data["decontamination"]["sets"] = [s if s in ("bfcl", "heldout") else _pinned_set(s) for s in sets]
     return Recipe.model_validate(data)
+
+
+def _pinned_set(entry: str) -> str:
+    from pipelines.tasks.task_file import TASKS_SET_PREFIX
+
+    if entry.startswith(TASKS_SET_PREFIX):
+        path = entry.removeprefix(TASKS_SET_PREFIX)
+        return TASKS_SET_PREFIX + str(_existing(path, "decontamination set (task file)"))
+    return str(_existing(entry, "decontamination set"))
 
 
 def _existing(path: str, what: str) -> Path:
@@ -212,23 +275,18 @@ def _existing(path: str, what: str) -> Path:
     return candidate.resolve()
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    old = dst.with_name(dst.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 # -- the builder ---------------------------------------------------------------------------------------------
 class _Builder:
-    def __init__(self, recipe: Recipe, settings: BuildSettings, work: Path, num_proc: int) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        settings: BuildSettings,
+        num_proc: int,
+        hub_commits: dict[str, str] | None = None,
+    ) -> None:
         self.recipe = recipe
+        self.hub_commits = hub_commits or {}
         self.settings = settings
-        self.work = work
         self.num_proc = num_proc
         self.schema_name = settings.thought_schema or recipe.thought_schema
         self.timings: dict[str, float] = {}
@@ -236,9 +294,10 @@ class _Builder:
         self.pools: dict[str, SourcePool] = {}
         self.meta: list[_RowMeta] = []
 
-    def run(self) -> BuildResult:
-        started = time.perf_counter()
-        self._setup()
+    def run(self, work: Path) -> BuildResult:
+        """Build into the scratch folder `work` (after `setup`)."""
+        self.work = work
+        started = time.perf_counter() - self.timings["setup"]
         self.spill = _Spill(self.work / "spill.parquet")
         with (self.work / mf.REJECTS).open("w", encoding="utf-8") as rejects, _RenderPool(self) as renderer:
             self.rejects_out = rejects
@@ -257,13 +316,14 @@ class _Builder:
         self._plot(manifest)
         self.timings["write"] = time.perf_counter() - mark
         self.timings["total"] = time.perf_counter() - started
-        return BuildResult(self.work, manifest, self.timings)
+        return BuildResult(out_dir=self.work, manifest=manifest, timings=self.timings)
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
         mark = time.perf_counter()
         s = self.settings
-        self.tokenizer = _tokenizer(s.tokenizer, s.chat_template, s.tokenizer_revision)
+        self.tokenizer = _tokenizer(s.tokenizer, s.chat_template, s.tokenizer_revision, s.tool_format)
         self.schema: ThoughtSchema = load_thought_schema(self.schema_name)
+        self.template_check = FirstRowsCheck(self.tokenizer, self.schema)
         self.training_template = training_chat_template(self.tokenizer)
         self.exact = ExactDeduper()
         self.near = NearDeduper(self.recipe.near_dedup) if self.recipe.near_dedup.enabled else None
@@ -277,7 +337,9 @@ class _Builder:
         self.pools[spec.name] = SourcePool(
             spec.name, category, spec.weight, spec.max_epochs or self.recipe.max_epochs
         )
-        reader = open_source(spec, category)
+        reader = open_source(spec, category, self.hub_commits.get(spec.name))
+        if spec.type == "teacher":  # the teacher is asked for, and checked against, the mix's thought schema
+            reader.thought_schema = self.schema_name  # type: ignore[attr-defined]
         rejects: list[tuple[int, Reject]] = []
         batch: list[tuple[int, Trace]] = []
         batch_chars = 0
@@ -318,7 +380,7 @@ class _Builder:
         verdict, stage = self._verdict(trace)
         if verdict is None:
             return None
-        return Reject(trace.source, trace.id, stage, verdict.reason, verdict.detail)
+        return Reject(trace.source, trace.origin, stage, verdict.reason, verdict.detail, trace.id)
 
     def _verdict(self, trace: Trace) -> tuple[Verdict | None, str]:
         problems = validate_trace(trace)
@@ -329,11 +391,14 @@ class _Builder:
             verdict = quality_verdict(text, self.recipe.filters)
             if verdict:
                 return verdict, "quality"
-        verdict = self.exact.check_and_add(content_hash(text), trace.id)
+        # Duplicates name where the kept row was read (two rows may share an id; two Hub sources both have a
+        # `train[0]`), which also keeps one row's label from matching another's.
+        where = f"{trace.origin} ({trace.source})"
+        verdict = self.exact.check_and_add(content_hash(text), where)
         if verdict:
             return verdict, "exact_dedup"
         hashes = word_hashes(text)
-        if self.near is not None and (verdict := self.near.check_and_add(hashes, trace.id)):
+        if self.near is not None and (verdict := self.near.check_and_add(hashes, where)):
             return verdict, "near_dedup"
         verdict = self.contamination.task_verdict(trace.meta.get("task_id"))
         verdict = verdict or self.contamination.verdict(hashes)
@@ -342,11 +407,12 @@ class _Builder:
     def accept(self, category: str, seq: int, trace: Trace, rendered: Rendered | str) -> Reject | None:
         """A rendered row: spill it, or say why not (render error, too long)."""
         if isinstance(rendered, str):
-            return Reject(trace.source, trace.id, "render", "render_error", rendered)
+            return Reject(trace.source, trace.origin, "render", "render_error", rendered, trace.id)
+        self.template_check(trace)
         n_tokens = len(rendered.input_ids)
         if n_tokens > self.recipe.max_seq_len:
             detail = f"{n_tokens} tokens > max_seq_len {self.recipe.max_seq_len}"
-            return Reject(trace.source, trace.id, "render", "too_long_tokens", detail)
+            return Reject(trace.source, trace.origin, "render", "too_long_tokens", detail, trace.id)
         tool = trace.kind == "tool"
         difficulty = len(trace.calls()) if tool else 0
         n_loss = rendered.n_loss_tokens if tool else n_tokens  # documents: every token is in the loss
@@ -400,6 +466,7 @@ class _Builder:
                 "tokenizer_revision": s.tokenizer_revision,
                 "chat_template": s.chat_template,
                 "thought_schema": self.schema_name,
+                "tool_format": s.tool_format,
             },
             "tokenizer": mf.tokenizer_record(
                 self.tokenizer, s.tokenizer, s.tokenizer_revision, self.training_template
@@ -427,9 +494,9 @@ class _Builder:
 
 
 @lru_cache(maxsize=2)
-def _tokenizer(ref: str, chat_template: str, revision: str | None) -> Any:
+def _tokenizer(ref: str, chat_template: str, revision: str | None, tool_format: str) -> Any:
     """One load per process: `verify` rebuilds right after reading the manifest, with the same tokenizer."""
-    return load_tokenizer(ref, chat_template, revision)
+    return load_tokenizer(ref, chat_template, revision, tool_format)
 
 
 def _seeds(recipe: Recipe) -> dict[str, Any]:
@@ -460,13 +527,34 @@ def render_rows(traces: list[Trace], tokenizer: Any, schema: ThoughtSchema) -> l
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(settings: dict[str, Any] | None, schema_name: str) -> None:
-    """Forked workers inherit the parent's tokenizer; spawned ones (no fork on this OS) load their own."""
+def _worker_context() -> Any:
+    """forkserver where the OS has it, else spawn; never a plain fork of this process.
+
+    The builder runs with threads alive (the tokenizer's Rust pool, tqdm's monitor, torch's OpenMP pool): a
+    fork copies their locks in whatever state they are, and a worker that starts holding one never runs and
+    never dies (a CI run hung 15 min in `Pool.terminate` on such a worker). The forkserver is a fresh
+    single-threaded process; it imports this module once, so each worker still starts in milliseconds and only
+    loads the tokenizer (from the local cache: the parent has already loaded it)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _worker_init(settings: dict[str, Any], schema_name: str) -> None:
+    """Each worker loads its own tokenizer and schema."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
-    if settings is not None:
-        _WORKER["tokenizer"] = load_tokenizer(
-            settings["tokenizer"], settings["chat_template"], settings["tokenizer_revision"]
-        )
+    # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; workers stay quiet.
+    # SIGTERM (Pool.terminate) must kill a worker even when it is inside native code: the default action.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _WORKER["tokenizer"] = load_tokenizer(
+        settings["tokenizer"],
+        settings["chat_template"],
+        settings["tokenizer_revision"],
+        settings["tool_format"],
+    )
     _WORKER["schema"] = load_thought_schema(schema_name)
 
 
@@ -493,23 +581,18 @@ class _RenderPool:
         if self.builder.num_proc <= 1:
             self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
             return self
-        methods = multiprocessing.get_all_start_methods()
-        if "fork" in methods:  # no re-import of transformers per worker: workers start in milliseconds
-            _WORKER["tokenizer"] = self.builder.tokenizer
-            settings = None
-            ctx = multiprocessing.get_context("fork")
-        else:
-            settings = asdict(self.builder.settings)
-            ctx = multiprocessing.get_context("spawn")
-        initargs = (settings, self.builder.schema_name)
-        self.pool = ctx.Pool(self.builder.num_proc, initializer=_worker_init, initargs=initargs)
+        initargs = (asdict(self.builder.settings), self.builder.schema_name)
+        self.pool = _worker_context().Pool(self.builder.num_proc, initializer=_worker_init, initargs=initargs)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.thread is not None:
             self.thread.shutdown(wait=True, cancel_futures=True)
         if self.pool is not None:
-            self.pool.terminate()
+            if exc_type is None:  # every batch collected: idle workers exit on the close sentinel
+                self.pool.close()
+            else:
+                self.pool.terminate()
             self.pool.join()
 
     def submit(
@@ -711,15 +794,23 @@ class VerifyResult:
 
 
 def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
-    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte."""
+    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte. Hub sources are
+    read at the commits the manifest recorded, not wherever their branch points today."""
     data_dir = Path(data_dir)
     manifest = mf.read_manifest(data_dir)
-    recipe = Recipe.model_validate(manifest["recipe"])
-    settings = BuildSettings(**manifest["build"])
-    with tempfile.TemporaryDirectory(prefix=".verify-", dir=data_dir.parent) as tmp:
-        rebuilt = Path(tmp) / "data"
-        build(recipe, rebuilt, settings, num_proc)
+    from pipelines.tasks.llm_teacher import offline_teacher
+
+    recipe = validate_data(Recipe, manifest["recipe"], f"{data_dir / mf.MANIFEST}: recipe")
+    settings = BuildSettings(**manifest["build"])  # its fields were checked by read_manifest
+    folders.clean_stale_scratch(data_dir.parent, "verify")
+    scratch = folders.scratch_dir(data_dir.parent, "verify")
+    try:
+        rebuilt = scratch / "data"
+        with offline_teacher():  # a teacher source answers from its cache; a miss is an error, not a request
+            build(recipe, rebuilt, settings, num_proc, hub_commits=mf.hub_commits(manifest))
         return compare_dirs(data_dir, rebuilt)
+    finally:
+        shutil.rmtree(scratch)
 
 
 def compare_dirs(original: Path, rebuilt: Path) -> VerifyResult:

@@ -1,4 +1,4 @@
-"""Convert the tool-use formats users bring into Trace records (see DESIGN.md, Trace).
+"""Convert the tool-use formats users bring into Trace records (see docs/DESIGN.md, Trace).
 
 One function per format, all `(row, RowContext) -> Trace`, picked by the recipe source's `format`:
 
@@ -8,15 +8,16 @@ One function per format, all `(row, RowContext) -> Trace`, picked by the recipe 
 - `xlam`     Salesforce xLAM: `query`, and `tools`/`answers` as JSON text with flat, Python-typed parameters;
 - `glaive`   glaive-function-calling-v2: `system` with the functions as JSON, raw `chat` text with
              `<functioncall>` and single-quoted argument strings;
-- `hermes`   NousResearch hermes-function-calling-v1: `<tools>` in the system turn, `<tool_call>` and
-             `<tool_response>` blocks in the turns (JSON or Python-literal dicts);
+- `hermes`   NousResearch hermes-function-calling-v1: `<tools>` in the system turn (or a `tools` column),
+             `<tool_call>` and `<tool_response>` blocks in the turns (JSON or Python-literal dicts);
 - `toolace`  Team-ACE ToolACE: the functions as JSON inside `system`, calls as `[Func(k="v"), …]` (parsed
              with `ast`, never evaluated);
 - `trace`    rows already in the Trace schema;
 - `text`     a text column, as a `text` (or `code`) document.
 
 Decisions every converter shares:
-- Conversations become kind `tool`, also when no tool is called (that is an `irrelevance` example).
+- Conversations become kind `tool`, also when tools are declared but none is called (an `irrelevance`
+  example); a conversation with neither tools nor calls is refused (below).
 - A system prompt that only declares the tools and the dataset's own call syntax is dropped: the chat template
   writes the tools and its own call format, and a second, contradicting format would be trained in.
   System prompts with other content are kept.
@@ -31,6 +32,19 @@ Decisions every converter shares:
 - Every converted trace must pass `schema.validate_trace`; when it does not, the row is rejected with the
   validator's reasons. Rejects carry a fixed `reason` code (the manifest counts by it) and a `detail` naming
   the field and what was expected.
+
+Quirks of the real datasets (tests/fixtures/real_rows/README.md names the rows) are either repaired, and the
+repair named in `meta["repairs"]`, or the row is rejected with a reason of its own; nothing is guessed silently:
+- a conversation with neither tools nor tool calls (glaive's "no access to external functions" rows, Hermes
+  json-mode rows, plain ShareGPT chats) is no tool-use trace: `no_tools`;
+- a tool name declared twice: identical definitions are kept once (`duplicate_tool_dropped`), different ones
+  make the row ambiguous (`duplicate_tool_name`);
+- an assistant text turn followed by an assistant call turn is one turn (`merged_assistant_turns`); two text
+  turns in a row cannot be trained as they stand (`split_assistant_turn`);
+- NaN/Infinity, which Python's json reads but JSON does not have, are refused (`non_finite_number`), never
+  written into the output;
+- a call giving `parameters` where `arguments` belongs is read as arguments (`parameters_key_as_arguments`).
+Format-specific ones are described at their converter.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import ast
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -108,14 +123,21 @@ def convert_row(
     if converter is None:
         raise BadInput(f"unknown source format {fmt!r}; known: {', '.join(CONVERTERS)}")
     ctx = RowContext(source, cluster, text_field, text_kind)
+    repairs: list[str] = []
+    token = _REPAIRS.set(repairs)
     try:
         if not isinstance(row, dict):
             raise ConversionError("not_an_object", f"expected a JSON object, got {type(row).__name__}")
-        return converter(row, ctx)
+        trace = converter(row, ctx)
     except ConversionError as exc:
         raise exc.at(row_id) from None
     except ValidationError as exc:  # a field of the wrong type reached a pydantic Trace/Message model
         raise ConversionError("schema_mismatch", _pydantic_detail(exc), row_id) from None
+    finally:
+        _REPAIRS.reset(token)
+    if repairs:
+        trace.meta = {**trace.meta, "repairs": sorted(repairs)}
+    return trace
 
 
 def convert_rows(
@@ -144,6 +166,28 @@ def convert_rows(
 
 
 # -- shared building blocks ----------------------------------------------------------------------------------
+# The repairs applied to the row being converted (a list per convert_row call; None outside one).
+_REPAIRS: ContextVar[list[str] | None] = ContextVar("converter_repairs", default=None)
+
+
+def _repaired(code: str) -> None:
+    """Name a fix applied to the current row: convert_row records it in `meta["repairs"]`."""
+    repairs = _REPAIRS.get()
+    if repairs is not None and code not in repairs:
+        repairs.append(code)
+
+
+def _loads(text: str, where: str) -> Any:
+    """Strict JSON: NaN and Infinity, which Python's json reads, are refused, since the output must stay JSON."""
+
+    def refuse(name: str) -> Any:
+        raise ConversionError(
+            "non_finite_number", f"{where}: {name} is not a JSON number (JSON has no NaN or Infinity)"
+        )
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def _pydantic_detail(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
@@ -173,7 +217,7 @@ def _json_text(value: Any, where: str) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return json.loads(value)
+        return _loads(value, where)
     except json.JSONDecodeError as exc:
         raise ConversionError("invalid_json", f"{where}: {exc.msg} at char {exc.pos}") from None
 
@@ -187,11 +231,16 @@ def _drop_nulls(value: Any) -> Any:
 
 
 def _jsonable(value: Any, where: str) -> Any:
-    """A JSON round trip: tuples become lists (jsonschema wants lists), sets and objects are refused."""
+    """A JSON round trip: tuples become lists (jsonschema wants lists), sets, objects and NaN/Infinity (a parquet
+    double, `1e999` in a Python-syntax call) are refused."""
     try:
-        return json.loads(json.dumps(value, ensure_ascii=False))
-    except (TypeError, ValueError) as exc:
+        return json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
+    except TypeError as exc:
         raise ConversionError("bad_tool_call", f"{where}: arguments are not JSON data ({exc})") from None
+    except ValueError:
+        raise ConversionError(
+            "non_finite_number", f"{where}: arguments hold NaN or Infinity, which JSON cannot write"
+        ) from None
 
 
 def _arguments(value: Any, where: str) -> dict[str, Any]:
@@ -200,7 +249,7 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
         return {}
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = _loads(value, f"{where}: arguments")
         except json.JSONDecodeError as exc:
             raise ConversionError(
                 "invalid_json", f"{where}: arguments: {exc.msg} at char {exc.pos}"
@@ -357,6 +406,10 @@ def _conversation(
     for i, msg in enumerate(messages):
         if msg.role == "assistant" and not (msg.content.strip() or msg.tool_calls or msg.thinking):
             raise ConversionError("empty_assistant_turn", f"messages[{i}]: no content and no tool calls")
+    messages = _join_split_turns(messages)
+    tools = _unique_tools(tools)
+    if not tools and not any(m.tool_calls for m in messages):
+        raise ConversionError("no_tools", _no_tools_detail(messages))
     trace = Trace(
         id=_own_id(row),
         source=ctx.source,
@@ -370,7 +423,64 @@ def _conversation(
     return trace
 
 
+def _join_split_turns(messages: list[Message]) -> list[Message]:
+    """An assistant text turn followed by the assistant's call turn is one turn split in two (glaive writes
+    "Sure, one moment. <|endoftext|> ASSISTANT: <functioncall> …"): joined, the text becomes the call's content.
+    Two text turns in a row cannot be joined safely (glaive's "AI:" → "ASSISTANT:" rewrite cuts sentences in
+    two) and a model could never produce them: refused."""
+    out: list[Message] = []
+    for i, msg in enumerate(messages):
+        prev = out[-1] if out else None
+        if prev is None or prev.role != "assistant" or msg.role != "assistant" or prev.tool_calls:
+            out.append(msg)
+            continue
+        if not msg.tool_calls:
+            raise ConversionError(
+                "split_assistant_turn",
+                f"messages[{i - 1}] and messages[{i}]: two assistant text turns in a row "
+                f"({prev.content[-40:]!r} | {msg.content[:40]!r})",
+            )
+        content = "\n".join(part for part in (prev.content.strip(), msg.content.strip()) if part)
+        thinking = [*prev.thinking, *msg.thinking]
+        out[-1] = msg.model_copy(update={"content": content, "thinking": thinking})
+        _repaired("merged_assistant_turns")
+    return out
+
+
+def _unique_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A name declared twice: one definition written twice is kept once; two different definitions make every
+    call to that name ambiguous (which schema holds it?), so the row is refused."""
+    seen: dict[str, dict[str, Any]] = {}
+    for tool in tools:
+        name = tool["function"]["name"]
+        if name not in seen:
+            seen[name] = tool
+        elif seen[name] == tool:
+            _repaired("duplicate_tool_dropped")
+        else:
+            raise ConversionError(
+                "duplicate_tool_name", f"tools: {name!r} is declared twice with different definitions"
+            )
+    return list(seen.values())
+
+
+def _no_tools_detail(messages: list[Message]) -> str:
+    system = next((m.content for m in messages if m.role == "system"), "")
+    if "<schema>" in system:
+        return (
+            "a JSON-mode row (the system prompt asks for JSON matching a <schema>): structured output with no "
+            "tools and no calls, not a tool-use trace"
+        )
+    return "no tools declared and no tool calls: a plain chat, not a tool-use trace"
+
+
 def _validate(trace: Trace) -> None:
+    try:
+        json.dumps(trace.to_dict(), allow_nan=False)
+    except ValueError:
+        raise ConversionError(
+            "non_finite_number", "the row holds NaN or Infinity, which JSON cannot write"
+        ) from None
     try:
         problems = validate_trace(trace)
     except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.UnknownType, TypeError) as exc:
@@ -489,11 +599,15 @@ def _sharegpt_turn(turn: Any, where: str, calls: _Calls) -> list[Message]:
 
 
 def _named_call(item: Any, where: str, calls: _Calls) -> ToolCall:
-    """`{"name": …, "arguments": …}` (arguments as an object or JSON text), the common call shape."""
+    """`{"name": …, "arguments": …}` (arguments as an object or JSON text), the common call shape. Some rows
+    (glaive-v2 row 81082) write `parameters` where `arguments` belongs: read as the arguments."""
     if not isinstance(item, dict):
         raise ConversionError(
             "bad_tool_call", f"{where}: expected {{name, arguments}}, got {type(item).__name__}"
         )
+    if "arguments" not in item and "parameters" in item:
+        _repaired("parameters_key_as_arguments")
+        return calls.new(item.get("name"), item["parameters"], where)
     return calls.new(item.get("name"), item.get("arguments"), where)
 
 
@@ -519,7 +633,12 @@ def from_xlam(row: dict[str, Any], ctx: RowContext) -> Trace:
 
 def _xlam_tool(spec: Any, where: str) -> dict[str, Any]:
     """xLAM's flat `{"param": {"type": "str, optional", "description", "default"?}}` → a JSON-schema object.
-    A parameter is required unless its type says `optional` or it has a default."""
+
+    A parameter is required unless its type says `optional` or it has a default. xLAM's RapidAPI tools write
+    `"default": ""` for "no default" (distilabel's sample row 57546: `skip`/`limit`/`category` are `int`/`str`
+    with `"default": ""` and every call passes them), so an empty default is no default: dropped, and the
+    parameter stays required unless its type says optional. Defaults written as strings of another declared
+    type (`"type": "int", "default": "2026"`) are given that type when they read as it exactly."""
     if not isinstance(spec, dict) or not isinstance(spec.get("parameters", {}), dict):
         raise ConversionError("bad_tool_spec", f"{where}: expected {{name, description, parameters: {{…}}}}")
     properties: dict[str, Any] = {}
@@ -530,12 +649,33 @@ def _xlam_tool(spec: Any, where: str) -> dict[str, Any]:
         type_text = str(param.get("type", ""))
         optional = "optional" in type_text.lower()
         prop = python_type_schema(type_text)
-        prop.update({k: v for k, v in param.items() if k not in ("type",) and v is not None})
+        prop.update({k: v for k, v in param.items() if k != "type" and v is not None})
+        if prop.get("default") == "":
+            del prop["default"]
+            _repaired("xlam_empty_default")
+        elif isinstance(prop.get("default"), str):
+            prop["default"] = _typed_default(prop["default"], prop.get("type"))
         properties[name] = prop
-        if not optional and "default" not in param:
+        if not optional and "default" not in prop:
             required.append(name)
     params = {"type": "object", "properties": properties, "required": required}
     return {"name": spec.get("name"), "description": spec.get("description", ""), "parameters": params}
+
+
+def _typed_default(value: str, kind: Any) -> Any:
+    """A default written as text, given the declared type when it reads as it exactly ("2026" for an integer →
+    2026, "true" for a boolean → True); anything else stays the dataset's text."""
+    text = value.strip()
+    typed: Any = value
+    if kind == "integer" and re.fullmatch(r"[+-]?\d+", text):
+        typed = int(text)
+    elif kind == "number" and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text):
+        typed = float(text)
+    elif kind == "boolean" and text.lower() in ("true", "false"):
+        typed = text.lower() == "true"
+    if typed is not value:
+        _repaired("xlam_default_typed")
+    return typed
 
 
 _PY_SCALARS = {
@@ -597,18 +737,28 @@ def _split_generic(text: str) -> tuple[str, list[str]]:
 
 
 # -- glaive --------------------------------------------------------------------------------------------------
-_GLAIVE_TURN = re.compile(r"(?:^|\n)[ \t]*(USER|ASSISTANT|FUNCTION RESPONSE):[ \t]?")
+# A turn marker starts the chat, or follows a blank line or an <|endoftext|>: glaive separates turns with
+# "\n\n\n" (some rows "\n\n"). A marker after a single line break is text: glaive rewrote "AI:" in the text as
+# "ASSISTANT:" ("The Next Big Thing in \nASSISTANT: Top Trends", row 9046), and such a turn is refused.
+_GLAIVE_TURN = re.compile(r"(?:\A|\n[ \t]*\n|<\|endoftext\|>)\s*(USER|ASSISTANT|FUNCTION RESPONSE):[ \t]?")
+_GLAIVE_STRAY = re.compile(r"(?:^|\n)[ \t]*(USER|ASSISTANT|FUNCTION RESPONSE):")
 _GLAIVE_ROLES = {"USER": "user", "ASSISTANT": "assistant", "FUNCTION RESPONSE": "tool"}
 # `{"name": "f", "arguments": '{"a": 1}'}`: the arguments are JSON inside a single-quoted (Python) string, so the
-# payload as a whole is not JSON. Greedy `.*` runs to the last `'`, since the JSON itself may contain `'`.
+# payload as a whole is not JSON. Greedy `.*` runs to the last `'`, since the JSON itself may contain `'`. Some
+# rows write `parameters` where `arguments` belongs.
 _GLAIVE_CALL = re.compile(
-    r"""^\{\s*"name"\s*:\s*"(?P<name>[^"]+)"\s*,\s*"arguments"\s*:\s*'(?P<args>.*)'\s*\}$""", re.DOTALL
+    r"""^\{\s*"name"\s*:\s*"(?P<name>[^"]+)"\s*,\s*"(?P<key>arguments|parameters)"\s*:\s*'(?P<args>.*)'\s*\}$""",
+    re.DOTALL,
 )
+# `\'` inside the single-quoted arguments is Python's escape for `'`, which JSON does not know (row 71039).
+_PYTHON_QUOTE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\'")
 _END_OF_TEXT = "<|endoftext|>"
 
 
 def from_glaive(row: dict[str, Any], ctx: RowContext) -> Trace:
-    """glaive-function-calling-v2: `system` ("SYSTEM: … Use them if required -" + JSON functions) + `chat`."""
+    """glaive-function-calling-v2: `system` ("SYSTEM: … Use them if required -" + JSON functions) + `chat`.
+
+    Text before `<functioncall>` in a turn (row 21816) is the call turn's content."""
     system = _field(row, "system", str, "the SYSTEM: prompt with the function definitions")
     chat = _field(row, "chat", str, "the raw USER:/ASSISTANT: chat text")
     tools, system_text = _glaive_tools(system)
@@ -655,7 +805,15 @@ def _glaive_turns(chat: str) -> list[tuple[str, str]]:
             "wrong_type", f"chat: text before the first USER:/ASSISTANT: marker: {parts[0][:60]!r}"
         )
     turns = []
-    for marker, body in zip(parts[1::2], parts[2::2], strict=True):
+    for index, (marker, body) in enumerate(zip(parts[1::2], parts[2::2], strict=True)):
+        stray = _GLAIVE_STRAY.search(body)
+        if stray:
+            around = body[max(0, stray.start() - 30) : stray.end() + 20]
+            raise ConversionError(
+                "stray_turn_marker",
+                f"chat turn {index} ({marker}): {stray.group(1)}: inside the turn's text ({around!r}); the "
+                "dataset rewrote text as a turn marker, so the turn cannot be told apart",
+            )
         turns.append((marker, body.strip().removesuffix(_END_OF_TEXT).strip()))
     if not turns:
         raise ConversionError("missing_field", "chat: no USER:/ASSISTANT: turns")
@@ -669,17 +827,40 @@ def _glaive_message(role: str, body: str, where: str, calls: _Calls) -> Message:
         return Message(role=role, content=body.replace(_END_OF_TEXT, "").strip())
     before, payload = body.split("<functioncall>", 1)
     payload = payload.replace(_END_OF_TEXT, "").strip()
+    where = f"{where} <functioncall>"
     match = _GLAIVE_CALL.match(payload)
     if match:
-        call = calls.new(match["name"], match["args"], f"{where} <functioncall>")
+        if match["key"] == "parameters":
+            _repaired("parameters_key_as_arguments")
+        call = calls.new(match["name"], _glaive_arguments(match["args"], where), where)
     else:
         try:
-            parsed = json.loads(payload)
+            parsed = _loads(payload, where)
         except json.JSONDecodeError:
-            detail = f'{where}: <functioncall> is neither JSON nor {{"name": …, "arguments": \'<JSON>\'}}'
+            detail = f'{where} is neither JSON nor {{"name": …, "arguments": \'<JSON>\'}}'
             raise ConversionError("bad_tool_call", f"{detail}: {payload[:80]!r}") from None
-        call = _named_call(parsed, f"{where} <functioncall>", calls)
+        call = _named_call(parsed, where, calls)
     return Message(role="assistant", content=before.strip(), tool_calls=[call])
+
+
+def _glaive_arguments(text: str, where: str) -> Any:
+    """The JSON inside the single-quoted arguments string; `\\'` (Python's escaped quote) read as `'`."""
+    try:
+        return _loads(text, f"{where}: arguments")
+    except json.JSONDecodeError as exc:
+        unescaped = _PYTHON_QUOTE_ESCAPE.sub(r"\1'", text)
+        if unescaped == text:
+            raise ConversionError(
+                "invalid_json", f"{where}: arguments: {exc.msg} at char {exc.pos}: {text[:80]!r}"
+            ) from None
+    try:
+        value = _loads(unescaped, f"{where}: arguments")
+    except json.JSONDecodeError as exc:
+        raise ConversionError(
+            "invalid_json", f"{where}: arguments: {exc.msg} at char {exc.pos}: {text[:80]!r}"
+        ) from None
+    _repaired("python_quote_escape")
+    return value
 
 
 # -- hermes --------------------------------------------------------------------------------------------------
@@ -691,24 +872,37 @@ _RESPONSE_NAME = re.compile(r"""["']name["']\s*:\s*["']([^"']+)["']""")
 
 
 def from_hermes(row: dict[str, Any], ctx: RowContext) -> Trace:
-    """hermes-function-calling-v1: ShareGPT turns with `<tools>`, `<tool_call>` and `<tool_response>` blocks."""
+    """hermes-function-calling-v1: ShareGPT turns with `<tools>`, `<tool_call>` and `<tool_response>` blocks.
+
+    The tools come from the row's `tools` column when it lists any (the Hub files carry one), else from the
+    system prompt's `<tools>` block. The card's extraction rows write a literal backslash-n around the call
+    (`<tool_call>\\n{…}\\n</tool_call>`) and nest `name` inside `arguments`; both are repaired. JSON-mode rows
+    (no tools, a `<schema>` to answer in) are structured output, not tool use: refused as `no_tools`."""
     turns = _field(row, "conversations", list, "a list of {from, value} turns")
-    tools: list[dict[str, Any]] = []
+    tools = _hermes_column_tools(row.get("tools"))
+    column_tools = bool(tools)
     messages: list[Message] = []
     calls = _Calls()
     for i, turn in enumerate(turns):
         where = f"conversations[{i}]"
         role, value = _from_value_turn(turn, where, _HERMES_ROLES)
         block = _tools_block(value) if role == "system" else None
-        if block is not None:
-            tools = _hermes_tools(block, f"{where} <tools>")  # the rest is boilerplate: dropped
+        if block is not None:  # the tool prompt is boilerplate: dropped
+            if not column_tools:
+                tools = _hermes_tools(block, f"{where} <tools>")
         elif role == "assistant":
-            messages.append(_hermes_assistant(value, where, calls))
+            messages.append(_hermes_assistant(value, where, calls, tools))
         elif role == "tool":
             messages += _hermes_results(value, where, calls)
         else:
             messages.append(Message(role=role, content=value))
     return _conversation("hermes", row, ctx, tools, messages)
+
+
+def _hermes_column_tools(value: Any) -> list[dict[str, Any]]:
+    """The `tools` column: JSON text of a list ("[]" or "null" when the row has none)."""
+    parsed = _json_text(value, "tools") if value is not None else None
+    return _tools(parsed, "tools") if parsed else []
 
 
 def _tools_block(system: str) -> str | None:
@@ -738,15 +932,41 @@ def _literal_text(text: str, where: str) -> Any:
         raise ConversionError("bad_tool_call", detail) from None
 
 
-def _hermes_assistant(value: str, where: str, calls: _Calls) -> Message:
+def _hermes_assistant(value: str, where: str, calls: _Calls, tools: list[dict[str, Any]]) -> Message:
     if value.count("<tool_call>") != value.count("</tool_call>"):
         raise ConversionError("bad_tool_call", f"{where}: unterminated <tool_call> block")
     made = []
     for j, block in enumerate(_TOOL_CALL_BLOCK.findall(value)):
-        payload = _literal_text(block.strip(), f"{where} <tool_call> {j}")
+        payload = _literal_text(_without_literal_newlines(block), f"{where} <tool_call> {j}")
+        payload = _lift_nested_name(payload, tools)
         made.append(_named_call(payload, f"{where} <tool_call> {j}", calls))
     content = _TOOL_CALL_BLOCK.sub("", value).strip()
     return Message(role="assistant", content=content, tool_calls=made)
+
+
+_EDGE_SPACE = re.compile(r"\A(?:\s|\\[nrt])+|(?:\s|\\[nrt])+\Z")
+
+
+def _without_literal_newlines(block: str) -> str:
+    """Whitespace around the call, including a literal backslash-n written where a newline belongs."""
+    stripped = _EDGE_SPACE.sub("", block)
+    if stripped != block.strip():
+        _repaired("literal_newline_in_tool_call")
+    return stripped
+
+
+def _lift_nested_name(payload: Any, tools: list[dict[str, Any]]) -> Any:
+    """`{"arguments": {…, "name": "ExpertQAExtractor"}}` → `{"name": …, "arguments": {…}}`, when that name is a
+    declared tool which has no parameter called `name` (then the key cannot be an argument)."""
+    if not isinstance(payload, dict) or "name" in payload or not isinstance(payload.get("arguments"), dict):
+        return payload
+    arguments = payload["arguments"]
+    name = arguments.get("name")
+    declared = {t["function"]["name"]: t["function"].get("parameters", {}) for t in tools}
+    if not isinstance(name, str) or name not in declared or "name" in declared[name].get("properties", {}):
+        return payload
+    _repaired("name_inside_arguments")
+    return {**payload, "name": name, "arguments": {k: v for k, v in arguments.items() if k != "name"}}
 
 
 def _hermes_results(value: str, where: str, calls: _Calls) -> list[Message]:

@@ -10,8 +10,9 @@ Eval sets (`Decontamination.sets` in the recipe):
 - `bfcl`: every question text in every JSON file that the installed `bfcl-eval` package ships under
   `bfcl_eval/data/` (live and non-live, multi-turn, memory prerequisites and the unused sets too: a question
   is a question whichever leaderboard category uses it);
+- `tasks:PATH`: a task file's `split: heldout` rows (their user messages, and their ids);
 - `heldout`: the project's own held-out eval tasks, sampled by the environments' task samplers
-  (`pipelines.envs.sample_tasks`) with `heldout_seed`/`heldout_n`: their request texts, and their task ids
+  (`pipelines.tasks.domains.draw_tasks`) with `heldout_seed`/`heldout_n`: their request texts, and their task ids
   (a generated trace whose `meta.task_id` is a held-out task's is dropped however it is phrased);
 - any other entry: a .jsonl/.json path whose string values are eval texts.
 
@@ -119,6 +120,15 @@ class ContaminationIndex:
         `meta.task_id`) is a leak even when its request is phrased differently."""
         self.add_texts("heldout", ((f"heldout:{t.task_id}", t.request) for t in tasks))
         self.task_ids.update({t.task_id: "heldout" for t in tasks})
+
+    def add_task_file(self, path: str) -> None:
+        """A task file's held-out rows (pipelines.tasks.task_file), by request text and by id, as set `tasks:PATH`."""
+        from pipelines.tasks.task_file import task_file_heldout_rows
+
+        set_name = f"tasks:{Path(path).name}"
+        rows = task_file_heldout_rows(path)
+        self.add_texts(set_name, ((f"{set_name}:{row_id}", text) for row_id, text in rows))
+        self.task_ids.update({row_id: set_name for row_id, _ in rows})
 
     def task_verdict(self, task_id: Any) -> Verdict | None:
         set_name = self.task_ids.get(str(task_id)) if task_id else None
@@ -246,6 +256,8 @@ def build_index(config: Decontamination) -> ContaminationIndex:
             index.add_bfcl()
         elif name == "heldout":
             index.add_heldout(heldout_tasks(config))
+        elif name.startswith("tasks:"):
+            index.add_task_file(name.removeprefix("tasks:"))
         else:
             index.add_texts(Path(name).name, file_texts(Path(name)))
     return index
@@ -275,9 +287,9 @@ def bfcl_questions(data_dir: Path | None = None) -> Iterator[tuple[str, str]]:
 
 def heldout_tasks(config: Decontamination) -> list[Any]:
     """The held-out eval tasks: the environments' task samplers with `heldout_seed`/`heldout_n`."""
-    from pipelines.envs import sample_tasks
+    from pipelines.tasks.domains import draw_tasks
 
-    return sample_tasks(["all"], config.heldout_n, config.heldout_seed)
+    return draw_tasks(["all"], config.heldout_n, config.heldout_seed)
 
 
 def file_texts(path: Path) -> Iterator[tuple[str, str]]:

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pipelines.data.manifest import read_manifest
 
@@ -50,7 +51,7 @@ def tables(manifest: dict[str, Any]) -> list[Table]:
     rejects.add_column("stage/reason")
     rejects.add_column("rows", justify="right")
     for reason, count in manifest["rejects"]["by_reason"].items():
-        rejects.add_row(reason, f"{count:,}")
+        rejects.add_row(Text(reason), f"{count:,}")
     out.append(rejects)
     return out
 
@@ -62,7 +63,7 @@ def _share_table(title: str, entries: dict[str, Any]) -> Table:
     for name, e in entries.items():
         delta = e["share"] - e.get("target_share", e["share"])
         table.add_row(
-            name,
+            Text(name),  # recipe names are user text, never Rich markup
             f"{e.get('target_share', 0):.4f}",
             f"{e['share']:.4f}",
             f"{delta:+.4f}",
@@ -79,7 +80,7 @@ def _sources_table(sources: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="left" if col in ("source", "category") else "right")
     for s in sources:
         table.add_row(
-            s["name"],
+            Text(s["name"]),
             s["category"],
             f"{s['rows_in']:,}",
             f"{s['rows_clean']:,}",

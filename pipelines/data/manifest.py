@@ -1,6 +1,7 @@
-"""manifest.json: the mix lockfile. It records everything a byte-exact rebuild needs (the recipe as built,
-tokenizer and template hashes, thought schema, seeds, library versions) and everything a reader wants to
-check (per-source rows/tokens/rejects/epochs, target vs achieved shares, each output file's sha256).
+"""manifest.json: the mix lockfile. It records everything a byte-exact rebuild needs (the recipe as built, the
+Hub commit each `hf` source was read at, tokenizer and template hashes, thought schema, seeds, library versions)
+and everything a reader wants to check (per-source rows/tokens/rejects/epochs, target vs achieved shares, each
+output file's sha256).
 
 Nothing time- or machine-dependent goes in (no timestamps, no absolute cache paths of the tokenizer), so two
 builds of the same recipe on the same library versions write the same manifest bytes.
@@ -9,13 +10,15 @@ builds of the same recipe on the same library versions write the same manifest b
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
-import platform
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
+from pipelines import resources
+from pipelines.config import load_json, validate_data
 from pipelines.errors import BadInput
 from pipelines.hashing import sha256_file
 from pipelines.recipe import Recipe
@@ -43,13 +46,7 @@ def recipe_record(recipe: Recipe) -> dict[str, Any]:
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return resources.library_versions(LIBRARIES)
 
 
 def tokenizer_record(
@@ -78,17 +75,111 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+class _Record(BaseModel):
+    # Strict types (a count is an int, not "12"), extra keys allowed: newer builds may add fields.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class FileRecord(_Record):
+    sha256: str
+    rows: int
+    tokens: int | None = None
+    loss_tokens: int | None = None
+
+
+class ShareRecord(_Record):
+    tokens: int
+    share: float
+    target_tokens: int | None = None
+    target_share: float | None = None
+
+
+class MixRecord(_Record):
+    total_tokens_target: int
+    total_tokens: int
+    rebalanced: bool
+    notes: list[str]
+    categories: dict[str, ShareRecord]
+    sources: dict[str, ShareRecord]
+    clusters: dict[str, ShareRecord]
+
+
+class SourceRecord(_Record):
+    name: str
+    type: str
+    category: str
+    revision: dict[str, Any]
+    rows_in: int
+    rows_clean: int
+    rows_out: int
+    tokens_in: int
+    tokens_out: int
+    epochs_used: float
+    rejects: dict[str, int]
+    rejects_total: int
+
+
+class SplitRecord(_Record):
+    rows: int
+    unique_ids: int
+    tokens: int
+    loss_tokens: int
+
+
+class RejectsRecord(_Record):
+    total: int
+    by_reason: dict[str, int]
+
+
+class BuildRecord(BaseModel):
+    """The manifest's `build` section: exactly the BuildSettings fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tokenizer: str
+    tokenizer_revision: str | None
+    chat_template: str
+    thought_schema: str | None
+    tool_format: str = "auto"  # manifests written before tool-call codecs have none
+
+
+class ManifestRecord(_Record):
+    """What the commands that read a manifest (verify, inspect, report, publish, sft) rely on."""
+
+    format: str
+    recipe: dict[str, Any]
+    recipe_sha256: str
+    build: BuildRecord
+    sources: list[SourceRecord]
+    mix: MixRecord
+    splits: dict[str, SplitRecord]
+    rejects: RejectsRecord
+    files: dict[str, FileRecord]
+
+
 def read_manifest(data_dir: Path) -> dict[str, Any]:
+    """The manifest as written, after checking every field the readers use: a hand-edited or foreign file is
+    one BadInput naming the file and key, never a KeyError or TypeError later."""
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise BadInput(f"{path}: not found (is {data_dir} a `midtrain data build` output folder?)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    manifest = load_json(path, "a `midtrain data build` manifest")
+    if not isinstance(manifest, dict):
+        raise BadInput(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
         raise BadInput(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    validate_data(ManifestRecord, manifest, str(path))
     return manifest
+
+
+def hub_commits(manifest: dict[str, Any]) -> dict[str, str]:
+    """Source name → the Hub commit the lockfile says the source was read at (`data verify` rebuilds at these,
+    wherever the branch named in the recipe has moved since)."""
+    commits = {}
+    for source in manifest.get("sources", []):
+        pinned = source.get("revision")
+        if source.get("type") == "hf" and isinstance(pinned, dict) and isinstance(pinned.get("commit"), str):
+            commits[source["name"]] = pinned["commit"]
+    return commits
 
 
 def file_record(

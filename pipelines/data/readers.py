@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -109,8 +112,18 @@ def _read_file(path: Path, source: LocalSource) -> RowStream:
 
 def _read_jsonl(path: Path, source: LocalSource) -> RowStream:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    line_no = 0
     with opener(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
+        lines = iter(handle)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error) as exc:  # a truncated or corrupt .gz stream
+                yield _unreadable(source, path, f"{path}:{line_no + 1}", f"after line {line_no}", exc)
+                return
+            line_no += 1
             row_id = f"{path}:{line_no}"
             try:
                 text = raw.decode("utf-8")
@@ -124,27 +137,105 @@ def _read_jsonl(path: Path, source: LocalSource) -> RowStream:
             yield row_id, _parse_json_row(text, row_id, source.name)
 
 
+def _unreadable(
+    source: LocalSource, path: Path, row_id: str, where: str, exc: BaseException
+) -> tuple[str, Row]:
+    """A file that stops being readable part-way: BadInput naming the file and the place, or, with
+    `on_truncated: keep`, one `truncated_file` reject that records where reading stopped (the rows before it
+    are kept)."""
+    problem = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    if source.on_truncated == "keep":
+        return row_id, Reject(source.name, row_id, "truncated_file", f"unreadable {where}: {problem}")
+    raise BadInput(
+        f"local source {source.name!r}: {path}: truncated or corrupt, unreadable {where} ({problem}). "
+        "Fetch the file again, or set `on_truncated: keep` on the source to keep the rows before that point "
+        "(the manifest then records what was lost)."
+    )
+
+
+# JSON values past this depth are rejected: no real row nests this deep, and deeper values break recursive
+# consumers (schema validation, chat templates) with RecursionError far from the row that caused it.
+MAX_JSON_NESTING = 100
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def _parse_json_row(text: str, row_id: str, source_name: str) -> Row:
     try:
-        row = json.loads(text)
+        row = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         return Reject(source_name, row_id, "malformed_json", f"column {exc.colno}: {exc.msg}")
+    except RecursionError:
+        detail = f"nested too deeply for the JSON parser (a row may nest at most {MAX_JSON_NESTING} levels)"
+        return Reject(source_name, row_id, "too_deeply_nested", detail)
+    except ValueError as exc:  # an integer past Python's digit limit, NaN/Infinity
+        return Reject(source_name, row_id, "invalid_number", _number_problem(exc))
     if not isinstance(row, dict):
         return Reject(
             source_name, row_id, "not_an_object", f"expected a JSON object, got {type(row).__name__}"
         )
-    return row
+    problem = json_value_problem(row, text)
+    return Reject(source_name, row_id, problem[0], problem[1]) if problem else row
+
+
+def _number_problem(exc: ValueError) -> str:
+    if "integer string conversion" in str(exc):
+        return f"an integer longer than {sys.get_int_max_str_digits()} digits"
+    return str(exc)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_value_problem(value: Any, text: str) -> tuple[str, str] | None:
+    """(reason, detail) when a parsed JSON value is nested past MAX_JSON_NESTING or holds a lone UTF-16
+    surrogate (`"\\ud800"` parses, but no UTF-8 writer can store it). `text` is the JSON it was parsed from: the
+    walk runs only when the text could hold either problem, so ordinary rows cost two substring scans."""
+    deep = text.count("[") + text.count("{") > MAX_JSON_NESTING
+    if not deep and not _SURROGATE_ESCAPE.search(text):
+        return None
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        item, depth, where = stack.pop()
+        if depth > MAX_JSON_NESTING:
+            return "too_deeply_nested", f"nested deeper than {MAX_JSON_NESTING} levels at {where or '<root>'}"
+        if isinstance(item, str):
+            if not _encodable(item):
+                return "lone_surrogate", f"a lone UTF-16 surrogate (not valid Unicode) in {where or '<root>'}"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _encodable(key):
+                    return "lone_surrogate", f"a lone UTF-16 surrogate in a key under {where or '<root>'}"
+                stack.append((child, depth + 1, f"{where}.{key}" if where else key))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_json(path: Path, source: LocalSource) -> RowStream:
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadInput(
             f"local source {source.name!r}: {path}:{exc.lineno}: malformed JSON: {exc.msg}"
         ) from None
     except UnicodeDecodeError as exc:
         raise BadInput(f"local source {source.name!r}: {path}: not UTF-8 ({exc.reason})") from None
+    except RecursionError:
+        raise BadInput(
+            f"local source {source.name!r}: {path}: nested deeper than the JSON parser allows"
+        ) from None
+    except ValueError as exc:
+        raise BadInput(f"local source {source.name!r}: {path}: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -154,7 +245,10 @@ def _read_json(path: Path, source: LocalSource) -> RowStream:
         )
     for index, row in enumerate(data):
         row_id = f"{path}[{index}]"
-        if isinstance(row, dict):
+        problem = json_value_problem(row, text) if isinstance(row, dict) else None
+        if problem:
+            yield row_id, Reject(source.name, row_id, *problem)
+        elif isinstance(row, dict):
             yield row_id, row
         else:
             detail = f"expected a JSON object, got {type(row).__name__}"
@@ -167,14 +261,23 @@ def _read_parquet(path: Path, source: LocalSource) -> RowStream:
 
     try:
         parquet = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise BadInput(f"local source {source.name!r}: {path}: not a readable parquet file ({exc})") from None
-    index = 0
-    # Record batches keep memory at one batch however large the file is.
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for row in batch.to_pylist():
-            yield f"{path}[{index}]", row
-            index += 1
+    n_groups = parquet.metadata.num_row_groups
+    start = 0
+    # Row group by row group, in record batches: memory stays at one batch however large the file is, and a
+    # corrupt row group is named (the footer can be intact while a page in the middle is not).
+    for group in range(n_groups):
+        index = start
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                for row in batch.to_pylist():
+                    yield f"{path}[{index}]", row
+                    index += 1
+        except (pa.ArrowException, OSError) as exc:
+            where = f"in row group {group} of {n_groups} (rows from {start}), at row {index}"
+            yield _unreadable(source, path, f"{path}[{index}]", where, exc)
+        start += parquet.metadata.row_group(group).num_rows
 
 
 # -- text/code directories -----------------------------------------------------------------------------------

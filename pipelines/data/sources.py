@@ -2,8 +2,12 @@
 
 Every reader yields, in a deterministic order, either a `Trace` or a `Reject` (a row that could not become a
 Trace, with its reason), and after the stream is exhausted `revision()` says exactly which bytes were read:
-a pinned Hub revision, a file sha256, or the Python version + a sha256 over the harvested stdlib files.
+a Hub commit sha, a file sha256, or the Python version + a sha256 over the harvested stdlib files.
 Readers stream: nothing here holds more than one row (or one generated batch) at a time.
+
+Hub sources are pinned by commit: `resolve_hub_commits` turns each source's `revision` (a branch, a tag or a
+sha) into the 40-hex commit it names, before the build reads anything; the rows are read at that commit and the
+lockfile records it next to the revision as written, and `data verify` rebuilds at the recorded commit.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from pipelines.recipe import (
     LocalSource,
     PydocTextSource,
     PythonCodeSource,
+    Recipe,
     SourceBase,
+    TeacherSource,
 )
 from pipelines.schema import Trace
 
@@ -39,13 +45,15 @@ class Reject:
     """One dropped row, as written to rejects.jsonl; `reason` is a fixed code, `detail` the specifics."""
 
     source: str
-    row_id: str
+    row_id: str  # where the row was read: `file.jsonl:LINE`, `file.parquet[INDEX]`, `SPLIT[INDEX]`
     stage: str
     reason: str
     detail: str = ""
+    trace_id: str = ""  # the row's own id, once it became a Trace (ids need not be unique)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        record = {k: v for k, v in asdict(self).items() if v or k != "trace_id"}
+        return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
     @property
     def key(self) -> str:
@@ -69,13 +77,15 @@ class SourceReader:
     def reject(self, row_id: str, reason: str, detail: str = "", stage: str = "source") -> Reject:
         return Reject(self.spec.name, row_id, stage, reason, detail)
 
-    def finish(self, trace: Trace) -> Trace:
-        """Apply the recipe's cluster labels: a fixed `cluster` wins, then `cluster_by_pattern`, else the row's."""
+    def finish(self, trace: Trace, origin: str | None = None) -> Trace:
+        """Apply the recipe's cluster labels: a fixed `cluster` wins, then `cluster_by_pattern`, else the row's.
+        `origin` is where the row was read, when that is not its id."""
         cluster = self.spec.cluster_of(str(trace.meta.get("pattern", "")))
         updates: dict[str, Any] = {"source": self.spec.name}
         if cluster:
             updates["cluster"] = cluster
-        return trace.model_copy(update=updates)
+        finished = trace.model_copy(update=updates)
+        return finished.with_origin(origin) if origin else finished
 
 
 # -- python_code ---------------------------------------------------------------------------------------------
@@ -227,13 +237,13 @@ def _paragraph_chunks(text: str, max_chars: int | None) -> list[str]:
 
 # -- generated -----------------------------------------------------------------------------------------------
 class GeneratedReader(SourceReader):
-    """Executed, verified traces from the built-in environments (pipelines.generate)."""
+    """Executed, verified traces from the built-in environments (pipelines.tasks.generate)."""
 
     spec: GeneratedSource
 
     def rows(self) -> Iterator[Trace | Reject]:
-        from pipelines.envs import DOMAINS
-        from pipelines.generate import generate_traces
+        from pipelines.tasks.domains import DOMAINS
+        from pipelines.tasks.generate import generate_traces
 
         spec = self.spec
         domains = sorted(DOMAINS) if spec.domains == ["all"] else spec.domains
@@ -250,12 +260,118 @@ class GeneratedReader(SourceReader):
     def revision(self) -> dict[str, Any]:
         spec = self.spec
         return {
-            "generator": "pipelines.generate",
+            "generator": "pipelines.tasks.generate",
             "domains": spec.domains,
             "seed": spec.seed,
             "n": spec.n,
             "sha256": self._digest.hexdigest(),
         }
+
+
+# -- teacher -------------------------------------------------------------------------------------------------
+class TeacherReader(SourceReader):
+    """Traces an LLM teacher writes over a task file's train rows, verified (pipelines.tasks.llm_teacher); the task
+    file's bad rows and the teacher's failed episodes are rejects with their reasons."""
+
+    spec: TeacherSource
+
+    def rows(self) -> Iterator[Trace | Reject]:
+        from pipelines.tasks.llm_teacher import teacher_traces
+        from pipelines.tasks.task_file import load_task_file
+        from pipelines.thought import load_thought_schema
+
+        spec = self.spec
+        assert spec.cache is not None, "pin_paths sets the cache path"
+        task_set = load_task_file(spec.tasks, spec.env)
+        for bad in task_set.rejects:
+            yield self.reject(
+                f"{bad['file']}:{bad['line']}", bad["reason"], f"{bad['id']}: {bad['detail']}", "tasks"
+            )
+        tasks = task_set.train[: spec.max_rows] if spec.max_rows else task_set.train
+        self._tasks_sha256 = path_sha256(task_set.path)
+        held = frozenset(" ".join(t.request.lower().split()) for t in task_set.heldout)
+        run = teacher_traces(
+            tasks, task_set.envs, spec.teacher, Path(spec.cache), load_thought_schema(self.thought_schema),
+            spec.samples_per_task, spec.seed, spec.replay, propose=spec.propose, avoid=held,
+        )  # fmt: skip
+        self._run = run
+        for item in run.results:
+            if isinstance(item, Trace):
+                self._digest.update(item.to_json().encode("utf-8") + b"\n")
+                yield self.finish(item)
+            else:
+                yield self.reject(item["id"], item["reason"], item["detail"], "teacher")
+
+    thought_schema = "think-plan-reflect"  # set by the builder to the recipe's schema
+
+    def revision(self) -> dict[str, Any]:
+        run = getattr(self, "_run", None)
+        return {
+            "teacher": self.spec.teacher.model,
+            "tasks": self.spec.tasks,
+            "tasks_sha256": getattr(self, "_tasks_sha256", ""),
+            "cache": self.spec.cache,
+            "cache_sha256": run.cache_sha256 if run else "",
+            "responses_used": (run.requests + run.cached) if run else 0,
+            "sha256": self._digest.hexdigest(),
+        }
+
+
+# -- Hub revisions -------------------------------------------------------------------------------------------
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def resolve_hub_commits(recipe: Recipe, pinned: dict[str, str] | None = None) -> dict[str, str]:
+    """Source name → the Hub commit sha each `hf` source reads. `pinned` (a lockfile's commits, for `data verify`)
+    wins over resolving; local dataset folders have no commit and are left out."""
+    commits: dict[str, str] = {}
+    for _, spec in recipe.sources():
+        if not isinstance(spec, HFSource):
+            continue
+        commit = (pinned or {}).get(spec.name) or hub_commit(spec)
+        if commit is not None:
+            commits[spec.name] = commit
+    return commits
+
+
+def hub_commit(spec: HFSource) -> str | None:
+    """The commit sha `spec.revision` names on the Hub (`HfApi().dataset_info(...).sha`); a revision that is already
+    a 40-hex sha needs no network. None for a local dataset folder, which `datasets` reads without a revision."""
+    if Path(spec.dataset).expanduser().exists():
+        return None
+    if _COMMIT_SHA.fullmatch(spec.revision):
+        return spec.revision
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub import errors as hub_errors
+
+    where = f"hf source {spec.name!r}: dataset {spec.dataset!r} revision {spec.revision!r}"
+    try:
+        info = HfApi().dataset_info(spec.dataset, revision=spec.revision)
+    except hub_errors.OfflineModeIsEnabled:
+        raise BadInput(
+            f"{where} is not a commit sha, and HF_HUB_OFFLINE is set, so it cannot be resolved to one.\n"
+            f"  Pin the commit in the recipe (`revision: <40-hex sha>`, listed at "
+            f"{constants.ENDPOINT}/datasets/{spec.dataset}/commits/{spec.revision}) to build offline from the "
+            "cache, or unset HF_HUB_OFFLINE."
+        ) from None
+    except hub_errors.GatedRepoError:
+        raise BadInput(
+            f"{where}: the dataset is gated: accept its conditions on the Hub, then `hf auth login` or set HF_TOKEN"
+        ) from None
+    except hub_errors.RevisionNotFoundError:
+        raise BadInput(f"{where}: no such branch, tag or commit in the dataset repo") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise BadInput(
+            f"{where}: dataset not found on the Hub (private or gated datasets need `hf auth login` or HF_TOKEN)"
+        ) from None
+    except (hub_errors.HTTPError, OSError) as exc:
+        raise BadInput(
+            f"{where}: cannot reach the Hub to resolve it to a commit ({type(exc).__name__}: {exc}).\n"
+            "  Offline: pin `revision:` to the commit sha and set HF_HUB_OFFLINE=1 to read the cached copy."
+        ) from None
+    if not isinstance(info.sha, str) or not _COMMIT_SHA.fullmatch(info.sha):
+        raise BadInput(f"{where}: the Hub answered no commit sha (got {info.sha!r})")
+    return info.sha
 
 
 # -- hf / local (readers + converters) -----------------------------------------------------------------------
@@ -264,16 +380,27 @@ class ConvertedReader(SourceReader):
 
     Reader rejects (malformed JSON, undecodable text) are stage `read`; rows that do not convert to a valid
     Trace (missing fields, calls to undeclared tools, arguments failing the tool's schema) are stage `schema`.
+    A Hub source is read at `commit` (its revision resolved by `hub_commit`) when one is given.
     """
 
     spec: HFSource | LocalSource
+
+    def __init__(self, spec: SourceBase, category: str, commit: str | None = None) -> None:
+        super().__init__(spec, category)
+        self.commit = commit
+        self.truncated: list[dict[str, str]] = []
 
     def rows(self) -> Iterator[Trace | Reject]:
         from pipelines.data import converters, readers
 
         text_kind = "code" if self.category == "code" else "text"
-        for row_id, row in readers.read_source(self.spec):
+        spec = self.spec
+        if isinstance(spec, HFSource) and self.commit:
+            spec = spec.model_copy(update={"revision": self.commit})
+        for row_id, row in readers.read_source(spec):
             if isinstance(row, readers.Reject):
+                if row.reason == "truncated_file":
+                    self.truncated.append({"row_id": row_id, "detail": row.detail})
                 yield self.reject(row_id, row.reason, row.detail, stage="read")
                 continue
             if isinstance(self.spec, HFSource):  # local files are pinned by their own sha256 instead
@@ -291,7 +418,7 @@ class ConvertedReader(SourceReader):
             except converters.ConversionError as exc:
                 yield self.reject(row_id, exc.reason, exc.detail, stage="schema")
                 continue
-            yield self.finish(trace)
+            yield self.finish(trace, origin=row_id)
 
     def revision(self) -> dict[str, Any]:
         if isinstance(self.spec, HFSource):
@@ -301,9 +428,12 @@ class ConvertedReader(SourceReader):
                 "config": spec.config,
                 "split": spec.split,
                 "revision": spec.revision,
+                "commit": self.commit,
                 "rows_sha256": self._digest.hexdigest(),
             }
-        return {"path": self.spec.path, "sha256": path_sha256(Path(self.spec.path), self.spec.glob)}
+        pinned = {"path": self.spec.path, "sha256": path_sha256(Path(self.spec.path), self.spec.glob)}
+        # `on_truncated: keep` read past an unreadable part: the lockfile says what was lost.
+        return pinned | ({"truncated": self.truncated} if self.truncated else {})
 
 
 def path_sha256(path: Path, glob: str = "**/*") -> str:
@@ -320,10 +450,14 @@ _READERS: dict[str, type[SourceReader]] = {
     "python_code": PythonCodeReader,
     "pydoc_text": PydocTextReader,
     "generated": GeneratedReader,
+    "teacher": TeacherReader,
     "hf": ConvertedReader,
     "local": ConvertedReader,
 }
 
 
-def open_source(spec: SourceBase, category: str) -> SourceReader:
+def open_source(spec: SourceBase, category: str, commit: str | None = None) -> SourceReader:
+    """The reader of a recipe source; `commit` pins a Hub source (see `resolve_hub_commits`)."""
+    if isinstance(spec, HFSource):
+        return ConvertedReader(spec, category, commit)
     return _READERS[spec.type](spec, category)  # type: ignore[attr-defined]

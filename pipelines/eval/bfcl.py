@@ -1,8 +1,8 @@
 """BFCL-format evaluation data: load the files shipped in `bfcl-eval`, prompt with them, score replies.
 
 The flow for one example: `load_category` → `example_to_trace` → `pipelines.chat.render_prompt` → model →
-`pipelines.chat.parse_reply(...).tool_calls` → `decode_tool_calls` → `score_example` (our AST checker,
-`pipelines.eval.ast_checker`, which follows BFCL's rules).
+`Codec.parse(...).tool_calls` (the tokenizer's codec, `pipelines.codecs`) → `decode_tool_calls` →
+`score_example` (our AST checker, `pipelines.eval.ast_checker`, which follows BFCL's rules).
 
 Decisions, each mirroring what BFCL does for a function-calling (FC) model, so scores stay comparable:
 - Function docs get BFCL's language hint (" Note that the provided function is in Python 3 syntax."), as
@@ -14,8 +14,8 @@ Decisions, each mirroring what BFCL does for a function-calling (FC) model, so s
   `^[a-zA-Z0-9_-]{1,64}$`, and BFCL renames them so for OpenAI, Mistral, Google, Anthropic and its own
   OSS-model style). `decode_tool_calls` maps them back to the original names, which is what BFCL's checker
   does with `underscore_to_dot`; a model that writes the original dotted name is accepted too.
-- A malformed `<tool_call>` is dropped by `parse_reply` (into its `errors`), as BFCL's Qwen FC handler drops
-  calls whose JSON does not load.
+- A malformed call is dropped by `Codec.parse` (into its `errors`), as BFCL's Qwen FC handler drops calls
+  whose JSON does not load.
 - A broken data file is an error (BadInput naming file and line), never a silently smaller benchmark: a
   score over a different set of examples would not be comparable.
 """
@@ -272,7 +272,7 @@ def example_to_trace(example: BfclExample) -> Trace:
 
 
 def decode_tool_calls(parsed_calls: list[dict[str, Any]], functions: list[dict[str, Any]]) -> list[Call]:
-    """`parse_reply(...).tool_calls` → BFCL's decoded form `[{original_name: {arg: value}}]`.
+    """`Codec.parse(...).tool_calls` → BFCL's decoded form `[{original_name: {arg: value}}]`.
 
     `functions` are the example's BFCL docs: they say which original name a sanitized tool name stands for.
     Names the model made up pass through unchanged (the checker then reports a wrong function name).

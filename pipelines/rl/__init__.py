@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def run(
-    config: Any, clusters: Any = None, callbacks: Any = (), resume: bool = True
-) -> dict[str, dict[str, Any]]:
-    """`pipelines.rl.train.run`: GRPO for every cluster of `rl.clusters` (resuming interrupted ones)."""
+def run(config: Any, *, clusters: Any = None, callbacks: Any = (), restart: bool = False) -> Any:
+    """`pipelines.rl.train.run`: GRPO for every cluster of `rl.clusters` (see pipelines/units.py for what a
+    repeated run keeps)."""
     from pipelines.rl.train import run as run_stage
 
-    return run_stage(config, clusters=clusters, callbacks=callbacks, resume=resume)
+    return run_stage(config, clusters=clusters, callbacks=callbacks, restart=restart)
 
 
 __all__ = ["run"]

@@ -2,9 +2,11 @@
 
 Every reward has TRL's reward-function signature, `(completions, task, environments=None, **kwargs)`, and
 returns one value per rollout. A rollout (`completions[i]`) is TRL's list of messages after the prompt:
-assistant turns (calls parsed into `tool_calls`; a call TRL could not parse stays as raw `<tool_call>` text in
-`content`) and the `tool` results it appended. The evaluator in `pipelines.rl.evaluate` builds rollouts of the
-same shape, so training and held-out evaluation score with the same code.
+assistant turns (calls parsed into `tool_calls` by TRL's `parse_response` with the codec's response template; a
+reply TRL could not parse stays as raw text in `content`, call blocks included) and the `tool` results it
+appended. The evaluator in `pipelines.rl.evaluate` builds rollouts with the same TRL function, so training and
+held-out evaluation score with the same code. The run's codec (`pipelines.codecs`, bound by
+`build_reward_funcs`) reads what is left in the content: the call blocks that never ran, the visible answer.
 
 `None` means "does not apply to this rollout" (e.g. `irrelevance` on a task that needs calls): TRL turns it into
 NaN, leaves it out of the weighted sum and out of that component's logged mean, so each component's curve
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +29,11 @@ from functools import lru_cache, partial
 from typing import Any
 
 from pipelines.chat import INSTANCE_KEY
-from pipelines.envs.base import Step, Task, ToolEnv
+from pipelines.codecs import Codec
+from pipelines.envs.base import ToolEnv
 from pipelines.run_config import RL_REWARD_NAMES
 from pipelines.schema import argument_errors, function_spec, parameters_schema
+from pipelines.tasks.records import Step, Task
 from pipelines.thought import ThoughtSchema
 
 REWARD_NAMES = RL_REWARD_NAMES
@@ -44,8 +47,6 @@ FLOORS = {
     "irrelevance": -1.0,
     "efficiency": -1.0,
 }
-_RAW_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
-_THINK_RE = re.compile(r"<(think|thinking)>.*?</\1>", re.DOTALL)
 _TRL_ERROR_PREFIX = "{'error':"
 
 
@@ -85,7 +86,7 @@ class Rollout:
     """What a completion did: the calls it made, the ones that never parsed, what came back, how it ended."""
 
     calls: list[Call]
-    malformed: int  # `<tool_call>` blocks left as raw text: they never ran
+    malformed: int  # call blocks left as raw text: they never ran
     results: list[tuple[str, str]]  # (tool name, observation text) of each tool message
     final_text: str  # visible content of the last assistant turn, reasoning stripped
     finished: bool  # the episode ended on an assistant turn without pending calls
@@ -96,7 +97,7 @@ class Rollout:
         return len(self.calls) + self.malformed
 
 
-def parse_rollout(completion: Any, schema: ThoughtSchema | None = None) -> Rollout:
+def parse_rollout(completion: Any, codec: Codec, schema: ThoughtSchema | None = None) -> Rollout:
     """Read TRL's message list (or plain text, for non-conversational prompts) into a `Rollout`."""
     messages = (
         completion if isinstance(completion, list) else [{"role": "assistant", "content": str(completion)}]
@@ -111,10 +112,10 @@ def parse_rollout(completion: Any, schema: ThoughtSchema | None = None) -> Rollo
             results.append((str(message.get("name", "")), _text(message.get("content"))))
         elif message.get("role") == "assistant":
             calls += [_call(c) for c in message.get("tool_calls") or []]
-            malformed += len(_RAW_CALL_RE.findall(_text(message.get("content"))))
+            malformed += codec.count_call_blocks(_text(message.get("content")))
     last = next((m for m in reversed(messages) if isinstance(m, dict)), {})
     finished = last.get("role") == "assistant" and not last.get("tool_calls")
-    final_text = visible_text(_text(last.get("content")), schema) if finished else ""
+    final_text = codec.parse(_text(last.get("content")), schema).content if finished else ""
     return Rollout(calls, malformed, results, final_text, finished)
 
 
@@ -134,14 +135,6 @@ def _call(raw: Any) -> Call:
         except json.JSONDecodeError:
             arguments = {"__unparsed__": arguments}
     return Call(str(function.get("name", "")), arguments if isinstance(arguments, dict) else {})
-
-
-def visible_text(text: str, schema: ThoughtSchema | None = None) -> str:
-    """The answer the user sees: reasoning removed, so an answer that only appears in thinking earns nothing."""
-    text = _RAW_CALL_RE.sub("", text)
-    if schema is not None:
-        return schema.parse(text.strip())[1].strip()
-    return _THINK_RE.sub("", text).replace("<output>", "").replace("</output>", "").strip()
 
 
 @lru_cache(maxsize=4096)
@@ -184,7 +177,10 @@ def reference_calls(task: Task) -> list[Call]:
 
 
 def is_irrelevant(task: Task) -> bool:
-    """A request no available tool fits: the reference solution makes no call."""
+    """A request no available tool fits: the reference solution makes no call. A task-file task is one only when
+    it says so (`expected_calls: []`); without expected calls it is judged by its answer, state or verifier."""
+    if task.judge is not None:
+        return task.judge.get("calls") == []
     return not any(task.solution)
 
 
@@ -346,6 +342,9 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
     if getattr(environment, "_reset_error", None):  # see pipelines.rl.train.guarded: the task never started
         failures["env_error"] += 1
         return 0.0, failures
+    if getattr(environment, "_env_failure", None):  # the environment died mid-rollout (an MCP server crash)
+        failures["env_crash"] += 1
+        return 0.0, failures
     try:
         environment._record_final_answer(rollout.final_text)
         value = float(environment.get_reward())
@@ -423,7 +422,7 @@ def _score_batch(
     kwargs: dict[str, Any],
 ) -> list[float | None]:
     """Run `score` on each rollout, turning any unexpected error into the floor value and a counted failure."""
-    schema = kwargs.get("thought_schema")
+    schema, codec = kwargs.get("thought_schema"), kwargs["codec"]
     tools = kwargs.get("tools") or [None] * len(completions)
     failures: Counter[str] = Counter()
     values: list[float | None] = []
@@ -431,7 +430,7 @@ def _score_batch(
     for i, completion in enumerate(completions):
         env = environments[i] if environments is not None and i < len(environments) else None
         try:
-            rollout = parse_rollout(completion, schema)
+            rollout = parse_rollout(completion, codec, schema)
             rollout.truncated = truncated[i]
             result = score(rollout, load_task(task[i]), env, tools[i])
         except Exception:
@@ -558,12 +557,13 @@ def reward_name(func: Callable[..., Any]) -> str:
 
 def build_reward_funcs(
     weights: dict[str, float],
+    codec: Codec,
     thought_schema: ThoughtSchema | None = None,
     failures: FailureCounts | None = None,
     tool_call_scale: float = 1.0,
     eos_token_ids: tuple[int, ...] = (),
 ) -> tuple[list[Callable[..., list]], list[float]]:
-    """The reward functions with a non-zero weight, bound to the run's thought schema and failure counter.
+    """The reward functions with a non-zero weight, bound to the run's codec, thought schema and failure counter.
 
     `functools.partial` keeps each function's name for TRL's per-reward logging (`rewards/<name>/mean`).
     `outcome` goes first whatever the weights' order: it records the final answer in each environment, which the
@@ -576,6 +576,7 @@ def build_reward_funcs(
         (n for n, w in weights.items() if w != 0), key=lambda n: (n != "outcome", REWARD_NAMES.index(n))
     )
     bound = {
+        "codec": codec,
         "thought_schema": thought_schema,
         "failures": failures,
         "tool_call_scale": tool_call_scale,

@@ -20,8 +20,9 @@ from dataclasses import replace
 from functools import cache
 from typing import Any
 
-from pipelines.envs.base import Task, ToolEnv
-from pipelines.rl.evaluate import DomainTask
+from pipelines.envs.base import ToolEnv
+from pipelines.tasks.records import Task
+from pipelines.tasks.sampling import DomainTask
 
 
 class _HiddenTool:
@@ -81,5 +82,23 @@ def with_tool_views(
         offered = offered_tools(base, item.task, distractors)
         key = environment_key(item.domain, offered)
         views[key] = tool_view(base, offered)
+        bound.append(replace(item, environment=key))
+    return bound, views
+
+
+def with_task_tools(
+    items: Sequence[DomainTask], env_classes: dict[str, type[ToolEnv]]
+) -> tuple[list[DomainTask], dict[str, type[ToolEnv]]]:
+    """Tasks from a task file that name their `tools` run in a view offering exactly those; the others (and
+    every environment's full toolset) stay as they are."""
+    views = dict(env_classes)
+    bound = []
+    for item in items:
+        offered = (item.task.judge or {}).get("tools")
+        if not offered:
+            bound.append(item)
+            continue
+        key = environment_key(item.domain, frozenset(offered))
+        views[key] = tool_view(env_classes[item.domain], frozenset(offered))
         bound.append(replace(item, environment=key))
     return bound, views

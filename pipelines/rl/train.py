@@ -11,14 +11,13 @@ Per cluster, into `runs/<name>/rl/<cluster>/`:
    component over steps), `training_summary.json` (failure counts included).
 
 Checkpoints every `rl.train.save_steps` (at most `save_total_limit` kept) carry the run's failure totals; the
-folder records the stage's config fingerprint (`rl_run.json`). Running the stage again after an interruption
-resumes from the last complete checkpoint when the fingerprint matches, and starts over (saying why) when the
-config or the starting SFT adapter changed. A finished run keeps no checkpoints, so running it again trains anew.
+folder records the cluster's fingerprint (pipelines/units.py): running the stage again keeps a finished cluster
+with the same fingerprint, resumes an interrupted one from its last complete checkpoint, and starts over (saying
+why) when the config or the starting SFT adapter changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -31,19 +30,23 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pipelines import episodes
+from pipelines.artifacts import RLResult, RLSummary
+from pipelines.envs.base import guarded
+from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput, MidtrainError
-from pipelines.hashing import sha256_file
-from pipelines.recipe import Decontamination
-from pipelines.rl import evaluate as rl_eval
+from pipelines.hashing import fingerprint, sha256_file
+from pipelines.inference import Engine
+from pipelines.resources import PeakMemory, library_versions
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
-from pipelines.run_config import RLSection, RunConfig
-from pipelines.sft.outputs import ADAPTER_WEIGHTS, read_json, write_json
-from pipelines.tracking import LocalMetricsCallback, PeakMemory, read_metrics, wandb_session
+from pipelines.run_config import REPO_ROOT, RLSection, RunConfig
+from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_json, write_json
+from pipelines.tasks import sampling
+from pipelines.tracking import LocalMetricsCallback, read_metrics, wandb_session
+from pipelines.units import plan_unit, prepare_unit
 
 log = logging.getLogger("midtrain.rl")
-SUMMARY_FILE = "training_summary.json"
 REWARDS_PLOT = "rewards.png"
-RUN_STATE_FILE = "rl_run.json"  # the config fingerprint the folder's checkpoints were trained with
 BEFORE_FILE = "heldout_before.json"  # the starting policy's held-out evaluation, kept until the run finishes
 FAILURES_FILE = "rl_failures.json"  # failure totals at a checkpoint; written last, so it marks it complete
 # Settings that change how a run is recorded, not what it learns: editing them keeps its checkpoints valid.
@@ -52,26 +55,19 @@ UNFINGERPRINTED_TRAIN_KEYS = {"save_steps", "save_total_limit", "logging_steps"}
 
 # -- inputs ----------------------------------------------------------------------------------------------------
 def heldout_spec(config: RunConfig) -> tuple[int, int]:
-    """(seed, decontaminated pool size) of the held-out tasks: `rl.eval_seed` if set, else the recipe's
-    `decontamination.heldout_seed`, whose first `heldout_n` tasks the SFT mix was decontaminated against."""
+    """(seed, decontaminated pool size) of the RL stage's held-out tasks (`rl.eval_seed`, else the recipe's)."""
     assert config.rl is not None
-    recipe = config.data.recipe
-    decontamination = Decontamination() if isinstance(recipe, str) else recipe.decontamination
-    if config.rl.eval_seed is not None and config.rl.eval_seed != decontamination.heldout_seed:
-        return config.rl.eval_seed, 0
-    return decontamination.heldout_seed, decontamination.heldout_n
+    return sampling.heldout_spec(config.data.recipe, config.rl.eval_seed)
 
 
 def check_seeds(config: RunConfig, eval_seed: int) -> None:
     """RL prompts must not come from a seed that produced SFT data or the held-out tasks."""
     assert config.rl is not None
-    recipe = config.data.recipe
     sft_seeds: dict[int, str] = {}
-    if not isinstance(recipe, str):
-        for category, spec in recipe.categories.items():
-            for source in spec.sources:
-                if getattr(source, "type", None) == "generated":
-                    sft_seeds[source.seed] = f"data.recipe.categories.{category} source {source.name!r}"
+    for category, spec in config.data.recipe.categories.items():
+        for source in spec.sources:
+            if getattr(source, "type", None) == "generated":
+                sft_seeds[source.seed] = f"data.recipe.categories.{category} source {source.name!r}"
     seed = config.rl.task_seed
     if seed in sft_seeds:
         raise BadInput(
@@ -81,15 +77,34 @@ def check_seeds(config: RunConfig, eval_seed: int) -> None:
         raise BadInput(f"rl.task_seed={seed} equals the held-out seed; pick another rl.task_seed")
 
 
+def prompt_rows_for_tasks(
+    items: Sequence[sampling.DomainTask], env_classes: dict[str, type]
+) -> list[dict[str, Any]]:
+    """TRL rows of task-file tasks: their own opening messages, in the environment each one names."""
+    return [
+        {
+            "prompt": episodes.prompt_messages(item.task),
+            "task": item.task.to_json(),
+            "environment": item.env_key,
+            "tools": json.dumps(env_classes[item.env_key]._tool_schemas(), sort_keys=True),
+        }
+        for item in items
+    ]
+
+
 def prompt_rows(
-    items: Sequence[rl_eval.DomainTask], env_classes: dict[str, type] | None = None
+    items: Sequence[sampling.DomainTask], env_classes: dict[str, type] | None = None
 ) -> list[dict[str, Any]]:
     """TRL rows: `prompt`, `task` (env ground truth), `environment` (the `environment_factory` key: the domain,
     or its tool view), `tools` (the specs that environment offers, as JSON text)."""
-    from pipelines.generate import task_to_prompt_row
+    from pipelines.tasks.generate import task_to_prompt_row
 
     rows = []
     for item in items:
+        if item.task.judge is not None:  # a task-file task: its environment need not be a built-in domain
+            assert env_classes is not None, "task-file tasks need their environment classes"
+            rows += prompt_rows_for_tasks([item], env_classes)
+            continue
         row = task_to_prompt_row(item.task)
         if item.environment:
             assert env_classes is not None, "tool views need their classes"
@@ -100,16 +115,29 @@ def prompt_rows(
 
 
 def bind_environments(
-    rl: RLSection, domains: dict[str, tuple[type, Any]], items: list[rl_eval.DomainTask]
-) -> tuple[list[rl_eval.DomainTask], dict[str, type]]:
+    rl: RLSection, domains: dict[str, tuple[type, Any]], items: list[sampling.DomainTask]
+) -> tuple[list[sampling.DomainTask], dict[str, type]]:
     """`items` and the `environment_factory` classes that run them: one per domain (`offered_tools: all`) or
     one per tool view (`offered_tools: task`, see `pipelines.rl.tool_views`)."""
+    from pipelines.rl.tool_views import with_task_tools, with_tool_views
+
     env_classes = {name: spec[0] for name, spec in domains.items()}
+    if rl.tasks is not None:  # a task file's rows say which tools they offer
+        return with_task_tools(items, env_classes)
     if rl.offered_tools == "all":
         return items, env_classes
-    from pipelines.rl.tool_views import with_tool_views
-
     return with_tool_views(items, env_classes, rl.distractor_tools)
+
+
+def check_generation_backend(rl: RLSection) -> None:
+    """`generation.backend: vllm` needs vLLM importable here (TRL imports it only when the trainer starts)."""
+    import importlib.util
+
+    if rl.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BadInput(
+            "rl.generation.backend: vllm needs the vllm package in this environment (`pip install vllm` on a "
+            "GPU machine); or set rl.generation.backend: hf"
+        )
 
 
 def adapter_clusters(rl: RLSection, only: Sequence[str] | None) -> list[str]:
@@ -156,11 +184,17 @@ def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
         adapter = sft_adapter_dir(config, cluster)
         tokenizer_source = str(adapter)
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    return model, load_tokenizer(tokenizer_source, config.model.chat_template)
+    model_config = config.model
+    return model, load_tokenizer(
+        tokenizer_source, model_config.chat_template, tool_format=model_config.tool_format
+    )
 
 
-def grpo_args(config: RunConfig, cluster: str, out_dir: Path, weights: list[float]) -> Any:
-    """GRPOConfig: the shared `rl.train` mapping plus group size, rollout limits, KL and reward weights."""
+def grpo_args(
+    config: RunConfig, cluster: str, out_dir: Path, weights: list[float], template_kwargs: dict[str, Any]
+) -> Any:
+    """GRPOConfig: the shared `rl.train` mapping plus group size, rollout limits, KL and reward weights, and the
+    codec's template arguments (Llama's fixed date), so TRL renders prompts as the SFT data was rendered."""
     from trl import GRPOConfig
 
     from pipelines.train_args import training_kwargs
@@ -176,6 +210,8 @@ def grpo_args(config: RunConfig, cluster: str, out_dir: Path, weights: list[floa
         beta=rl.beta,
         reward_weights=weights,
         remove_unused_columns=False,
+        chat_template_kwargs=dict(template_kwargs) or None,
+        **rl.generation.grpo_kwargs(),
     )
 
 
@@ -199,13 +235,16 @@ def build_trainer(
     assert rl is not None
     schema = load_thought_schema(config.model.thought_schema)
     model, tokenizer = load_policy(config, cluster)
+    codec = trl_codec(tokenizer)
     eos_ids = _eos_token_ids(model, tokenizer)
-    funcs, weights = build_reward_funcs(rl.reward_weights, schema, failures, rl.tool_call_scale, eos_ids)
+    funcs, weights = build_reward_funcs(
+        rl.reward_weights, codec, schema, failures, rl.tool_call_scale, eos_ids
+    )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental upstream
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=list(funcs),  # TRL appends the env rewards to the list it is given
-        args=grpo_args(config, cluster, out_dir, weights),
+        args=grpo_args(config, cluster, out_dir, weights, codec.template_kwargs),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         environment_factory=dict(env_classes),
@@ -218,6 +257,21 @@ def build_trainer(
     # get weight 0 in the advantage.
     trainer.reward_weights[len(funcs) :] = 0.0
     return trainer
+
+
+def trl_codec(tokenizer: Any) -> Any:
+    """The tokenizer's codec, if TRL's GRPO tool loop can use it: that loop renders tool turns with the chat
+    template itself, so the generic `json` format (tools and results written by midtrain as plain text) cannot."""
+    from pipelines.codecs import codec_for
+
+    codec = codec_for(tokenizer)
+    if not codec.trl_tool_loop:
+        raise BadInput(
+            f"rl: the {codec.name!r} tool format is written by midtrain in plain text, but TRL's GRPO tool loop "
+            "renders tool turns with the chat template itself; use a model (or model.chat_template) whose "
+            "template renders tools, or set model.tool_format to one of hermes, qwen3, llama3, mistral, smollm2"
+        )
+    return codec
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
@@ -249,16 +303,16 @@ def rl_fingerprint(config: RunConfig, cluster: str) -> str:
     of training) and the starting adapter. `rl.clusters` is left out: adding a cluster keeps the others valid."""
     rl = config.rl
     assert rl is not None
-    payload = {
-        "stage": "rl",
-        "cluster": cluster,
-        "model": config.model.model_dump(mode="json"),
-        "rl": rl.model_dump(mode="json", exclude={"clusters": True, "train": UNFINGERPRINTED_TRAIN_KEYS}),
-        "heldout": list(heldout_spec(config)),
-        "start": start_fingerprint(config, cluster),
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return fingerprint(
+        {
+            "stage": "rl",
+            "cluster": cluster,
+            "model": config.model.model_dump(mode="json"),
+            "rl": rl.model_dump(mode="json", exclude={"clusters": True, "train": UNFINGERPRINTED_TRAIN_KEYS}),
+            "heldout": list(heldout_spec(config)),
+            "start": start_fingerprint(config, cluster),
+        }
+    )
 
 
 def last_complete_checkpoint(out_dir: Path) -> Path | None:
@@ -271,28 +325,22 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> Path | None:
-    """The checkpoint to resume from (same fingerprint), or None after clearing the folder for a fresh start."""
-    checkpoint = last_complete_checkpoint(out_dir) if resume and out_dir.is_dir() else None
-    if checkpoint is not None:
-        stored = (read_json(out_dir / RUN_STATE_FILE) or {}).get("config_fingerprint")
-        if stored == fingerprint:
-            log.info("rl: %s: resuming from %s", out_dir.name, checkpoint)
-            return checkpoint
-        # Restarting rather than refusing: an RL checkpoint is only worth its few steps, and `midtrain run`
-        # must be able to re-run this stage after an upstream change without a manual cleanup.
-        log.warning(
-            "rl: %s: %s was trained with another rl config or start adapter (fingerprint %s != %s); "
-            "starting this cluster over",
-            out_dir.name,
-            checkpoint,
-            str(stored)[:12],
-            fingerprint[:12],
-        )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    write_json(out_dir / RUN_STATE_FILE, {"config_fingerprint": fingerprint})
-    return None
+def finished_fingerprint(out_dir: Path) -> str | None:
+    """The fingerprint a finished, servable RL adapter in `out_dir` was trained with (None: not finished)."""
+    if not RLSummary.path_in(out_dir).is_file() or check_vllm_compatible(out_dir):
+        return None
+    return RLSummary.read(out_dir).config_fingerprint
+
+
+def prepare_output_dir(out_dir: Path, cluster: str, cluster_fingerprint: str, restart: bool) -> Any:
+    """Skip, resume or start over this cluster's folder (pipelines/units.py); returns the plan."""
+    plan = plan_unit(
+        out_dir, "rl", cluster_fingerprint, finished_fingerprint, last_complete_checkpoint, restart
+    )
+    if plan.action == "resume":
+        log.info("rl: %s: resuming from %s", cluster, plan.checkpoint)
+    prepare_unit(out_dir, "rl", cluster, cluster_fingerprint, plan)
+    return plan
 
 
 class FailureTotalsCallback(TrainerCallback):
@@ -341,24 +389,54 @@ def starting_evaluation(out_dir: Path, evaluate: Any) -> dict[str, Any] | None:
 # -- the stage -------------------------------------------------------------------------------------------------
 def run(
     config: RunConfig,
+    *,
     clusters: Sequence[str] | None = None,
     callbacks: Sequence[Any] = (),
-    resume: bool = True,
-) -> dict[str, dict[str, Any]]:
+    restart: bool = False,
+) -> RLResult:
     """GRPO for every cluster of `rl.clusters` (or the `clusters` subset); return each training summary.
 
-    `resume`: continue an interrupted cluster from its last checkpoint when its fingerprint still matches
-    (else it starts over); False always starts over. `callbacks`: extra `TrainerCallback`s for every trainer.
+    Per cluster (pipelines/units.py): finished with the same fingerprint → kept; interrupted → resumed from its
+    last complete checkpoint; changed → started over. `restart`: start every cluster over. `callbacks`: extra
+    `TrainerCallback`s for every trainer.
     """
     if config.rl is None:
         raise BadInput("the config has no `rl` section")
     rl = config.rl
+    check_generation_backend(rl)
     names = adapter_clusters(rl, clusters)
-    domains = rl_eval.fixed_method_domains(rl.domains)
+    if rl.tasks is not None:
+        domains, train_items, held_out = task_file_inputs(config)
+        sandbox = None  # a task file's environments run no model-written code of ours
+    else:
+        domains, train_items, held_out, sandbox = builtin_inputs(config)
+    if not rl.from_base:
+        for name in names:
+            sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
+    try:
+        summaries = {
+            name: train_cluster(config, name, domains, train_items, held_out, callbacks, restart, sandbox)
+            for name in names
+        }
+    finally:
+        from pipelines.envs.external import close_environments
+
+        close_environments()  # the MCP sessions TRL's environment pool still holds
+    return RLResult(clusters=summaries)
+
+
+def builtin_inputs(
+    config: RunConfig,
+) -> tuple[dict[str, tuple[type, Any]], list[sampling.DomainTask], sampling.HeldOut | None, dict | None]:
+    """(environments, training tasks, held-out tasks, sandbox level) from the built-in domains' samplers."""
+    rl = config.rl
+    assert rl is not None
+    domains = sampling.fixed_method_domains(rl.domains)
+    sandbox = admit_model_code_for(domains, config.sandbox, "rl")  # before anything loads or trains
     eval_seed, decontaminated_n = heldout_spec(config)
     check_seeds(config, eval_seed)
     held_out = (
-        rl_eval.heldout_tasks(
+        sampling.heldout_tasks(
             domains, rl.eval_tasks_per_domain, eval_seed, rl.max_difficulty, decontaminated_n
         )
         if rl.eval_tasks_per_domain
@@ -368,7 +446,7 @@ def run(
         log.warning(
             "rl: some held-out tasks lie outside the decontaminated set (pool %d)", held_out.pool_size
         )
-    train_items = rl_eval.sample_tasks(
+    train_items = sampling.sample_tasks(
         domains,
         rl.n_tasks,
         rl.task_seed,
@@ -376,27 +454,73 @@ def run(
         rl.irrelevance_fraction,
         exclude_ids={item.task.task_id for item in held_out.items} if held_out else frozenset(),
     )
-    if not rl.from_base:
-        for name in names:
-            sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
-    return {
-        name: train_cluster(config, name, domains, train_items, held_out, callbacks, resume) for name in names
-    }
+    return domains, train_items, held_out, sandbox
+
+
+def task_file_inputs(
+    config: RunConfig,
+) -> tuple[dict[str, tuple[type, Any]], list[sampling.DomainTask], sampling.HeldOut | None]:
+    """(environments, training tasks, held-out tasks) from `rl.tasks`: its train rows, and up to
+    `eval_tasks_per_domain` held-out rows per environment; rejected rows go to `rl/task_rejects.jsonl`."""
+    from pipelines.tasks.task_file import load_task_file
+
+    rl = config.rl
+    assert rl is not None and rl.tasks is not None
+    task_set = load_task_file(rl.tasks, rl.env)
+    if task_set.rejects:
+        task_set.write_rejects(config.run_dir / "rl" / "task_rejects.jsonl")
+    if not task_set.train:
+        raise BadInput(f"rl.tasks {rl.tasks}: no `train` rows to train on ({len(task_set.heldout)} held out)")
+    domains = {name: (guarded(cls), None) for name, cls in task_set.envs.items()}
+    train_items = [sampling.DomainTask(task.domain, task) for task in task_set.train]
+    picked: dict[str, int] = {}
+    held = []
+    for task in task_set.heldout:
+        if picked.get(task.domain, 0) < rl.eval_tasks_per_domain:
+            picked[task.domain] = picked.get(task.domain, 0) + 1
+            held.append(sampling.DomainTask(task.domain, task))
+    decontaminated = tasks_decontaminated(config, task_set.path)
+    if held and not decontaminated:
+        log.warning("rl: the recipe's decontamination.sets lack `tasks:%s`: the SFT mix was not checked against "
+                    "these held-out tasks", rl.tasks)  # fmt: skip
+    held_out = sampling.HeldOut(held, seed=0, pool_size=len(task_set.heldout), decontaminated=decontaminated)
+    return domains, train_items, held_out if held else None
+
+
+def tasks_decontaminated(config: RunConfig, task_file: Path) -> bool:
+    """Does the recipe decontaminate against this task file's held-out rows (a `tasks:PATH` set)?"""
+    from pipelines.tasks.task_file import TASKS_SET_PREFIX
+
+    recipe = config.data.recipe
+    sets = [] if isinstance(recipe, str) else recipe.decontamination.sets
+    for entry in sets:
+        if entry.startswith(TASKS_SET_PREFIX):
+            path = Path(entry.removeprefix(TASKS_SET_PREFIX))
+            candidates = [path, REPO_ROOT / path] if not path.is_absolute() else [path]
+            if any(c.is_file() and c.resolve() == task_file for c in candidates):
+                return True
+    return False
 
 
 def train_cluster(
     config: RunConfig,
     cluster: str,
     domains: dict[str, tuple[type, Any]],
-    train_items: list[rl_eval.DomainTask],
-    held_out: rl_eval.HeldOut | None,
+    train_items: list[sampling.DomainTask],
+    held_out: sampling.HeldOut | None,
     callbacks: Sequence[Any] = (),
-    resume: bool = True,
-) -> dict[str, Any]:
-    """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary."""
+    restart: bool = False,
+    sandbox: dict[str, Any] | None = None,
+) -> RLSummary:
+    """Evaluate the starting policy, train (or resume), evaluate again, save; return the training summary.
+    `sandbox`: the isolation model-written code ran under (recorded in the summary), None when none ran."""
     out_dir = config.run_dir / "rl" / cluster
-    fingerprint = rl_fingerprint(config, cluster)
-    job = ClusterJob(cluster, out_dir, fingerprint, prepare_output_dir(out_dir, fingerprint, resume))
+    cluster_fingerprint = rl_fingerprint(config, cluster)
+    plan = prepare_output_dir(out_dir, cluster, cluster_fingerprint, restart)
+    if plan.action == "skip":
+        log.info("rl: %s already trained with this config; kept", cluster)
+        return RLSummary.read(out_dir)
+    job = ClusterJob(cluster, out_dir, cluster_fingerprint, plan.checkpoint)
     assert config.rl is not None
     train_items, train_envs = bind_environments(config.rl, domains, train_items)
     eval_items, eval_envs = bind_environments(config.rl, domains, held_out.items if held_out else [])
@@ -413,7 +537,7 @@ def train_cluster(
             out_dir=out_dir,
             name=f"{config.name}-rl-{cluster}",
             group=config.name,
-            config=wandb_config | {"config_fingerprint": fingerprint},
+            config=wandb_config | {"config_fingerprint": cluster_fingerprint},
             resume=job.checkpoint is not None,
         ) as wandb_run,
         PeakMemory() as peak,
@@ -423,27 +547,28 @@ def train_cluster(
         wall_time = time.perf_counter() - started
         after = evaluate()
         summary = _summary(trainer, output, wall_time, peak, failures, train_items, job, config)
-        summary |= _heldout_report(out_dir, held_out, before, after)
+        summary.heldout = _heldout_report(out_dir, held_out, before, after)
+        summary.sandbox = sandbox
         if wandb_run is not None:
-            wandb_run.summary.update(_flat_numbers(summary))
+            wandb_run.summary.update(_flat_numbers(summary.model_dump(mode="json")))
     _save_outputs(trainer, out_dir, summary)
     return summary
 
 
 def _heldout_report(
-    out_dir: Path, held_out: rl_eval.HeldOut | None, before: dict | None, after: dict | None
-) -> dict[str, Any]:
-    """Write `eval_before_after.json`; return the summary's `heldout` entry (empty without held-out tasks)."""
+    out_dir: Path, held_out: sampling.HeldOut | None, before: dict | None, after: dict | None
+) -> dict[str, Any] | None:
+    """Write `eval_before_after.json`; return the summary's `heldout` entry (None without held-out tasks)."""
     if held_out is None or before is None or after is None:
-        return {}
-    comparison = rl_eval.before_after(before, after, held_out)
-    write_json(out_dir / rl_eval.EVAL_FILE, comparison)
+        return None
+    comparison = episodes.before_after(before, after, held_out)
+    write_json(out_dir / episodes.EVAL_FILE, comparison)
     report = {
         "n_tasks": len(held_out.items),
         "outcome_before": before["outcome"],
         "outcome_after": after["outcome"],
     }
-    return {"heldout": {**report, **comparison["delta"]}}
+    return {**report, **comparison["delta"]}
 
 
 def _flat_numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -468,16 +593,24 @@ def _evaluator(config: RunConfig, trainer: Any, env_classes: dict[str, type], it
     def evaluate() -> dict[str, Any] | None:
         if not items:
             return None
-        return rl_eval.evaluate_policy(
-            trainer.model,
-            trainer.processing_class,
-            items,
-            env_classes,
-            schema,
-            rl.max_tool_calling_iterations,
-            rl.max_completion_length,
-            rl.tool_call_scale,
-        )
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            # A fresh engine each time: its prefix cache holds KV of the weights it was built with.
+            policy = Engine.for_tokenizer(model, trainer.processing_class)
+            return episodes.evaluate_policy(
+                policy,
+                trainer.processing_class,
+                items,
+                env_classes,
+                schema,
+                rl.max_tool_calling_iterations,
+                rl.max_completion_length,
+                rl.tool_call_scale,
+            )
+        finally:
+            model.train(was_training)
 
     return evaluate
 
@@ -488,12 +621,10 @@ def _summary(
     wall_time: float,
     peak: PeakMemory,
     failures: FailureCounts,
-    items: list[rl_eval.DomainTask],
+    items: list[sampling.DomainTask],
     job: ClusterJob,
     config: RunConfig,
-) -> dict[str, Any]:
-    from pipelines.sft.outputs import library_versions
-
+) -> RLSummary:
     rl = config.rl
     assert rl is not None
     history = trainer.state.log_history
@@ -501,30 +632,29 @@ def _summary(
     for item in items:
         domains[item.domain] = domains.get(item.domain, 0) + 1
     steps = trainer.state.global_step
-    return {
-        "cluster": job.cluster,
-        "start": "base" if rl.from_base else f"sft/{job.cluster}",
-        "base_model": config.model.name_or_path,
-        "config_fingerprint": job.fingerprint,
-        "steps": steps,
-        "resumed_from_step": job.start_step,
-        # Time, loss and peak memory are this session's; rewards, failures and history cover the whole run.
-        "wall_time_s": round(wall_time, 3),
-        "seconds_per_step": round(wall_time / max(1, steps - job.start_step), 3),
-        "mean_train_loss_this_session": output.training_loss,
-        "final_reward": _last(history, "reward"),
-        "final_rewards": {k.split("/")[1]: v for k, v in _last_row(history, "rewards/").items()},
-        "tool_call_frequency": _last(history, "tools/call_frequency"),
-        "tool_failure_frequency": _last(history, "tools/failure_frequency"),
-        "failures": failures.as_dict(),
-        "reward_weights": dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist(), strict=True)),
-        "tasks": {"n": len(items), "by_domain": domains, "seed": rl.task_seed},
-        "peak_memory_bytes": peak.peak_bytes,
-        "peak_memory_kind": peak.kind,
-        "device": str(trainer.args.device),
-        "quantized": bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
-        "versions": library_versions(),
-    }
+    return RLSummary(
+        cluster=job.cluster,
+        start="base" if rl.from_base else f"sft/{job.cluster}",
+        base_model=config.model.name_or_path,
+        config_fingerprint=job.fingerprint,
+        steps=steps,
+        resumed_from_step=job.start_step,
+        wall_time_s=round(wall_time, 3),
+        seconds_per_step=round(wall_time / max(1, steps - job.start_step), 3),
+        mean_train_loss_this_session=output.training_loss,
+        final_reward=_last(history, "reward"),
+        final_rewards={k.split("/")[1]: v for k, v in _last_row(history, "rewards/").items()},
+        tool_call_frequency=_last(history, "tools/call_frequency"),
+        tool_failure_frequency=_last(history, "tools/failure_frequency"),
+        failures=failures.as_dict(),
+        reward_weights=dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist(), strict=True)),
+        tasks={"n": len(items), "by_domain": domains, "seed": rl.task_seed},
+        peak_memory_bytes=peak.peak_bytes,
+        peak_memory_kind=peak.kind,
+        device=str(trainer.args.device),
+        quantized=bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
+        versions=library_versions(),
+    )
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float | None:
@@ -540,19 +670,17 @@ def _last_row(history: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     return {}
 
 
-def _save_outputs(trainer: Any, out_dir: Path, summary: dict[str, Any]) -> None:
+def _save_outputs(trainer: Any, out_dir: Path, summary: RLSummary) -> None:
     """Adapter + tokenizer, refused if vLLM could not serve it; reward curves; summary."""
-    from pipelines.sft.outputs import check_vllm_compatible
-
     trainer.save_model(str(out_dir))
     trainer.processing_class.save_pretrained(str(out_dir))
     problems = check_vllm_compatible(out_dir)
     if problems:
         raise MidtrainError(f"{out_dir}: adapter is not vLLM-compatible: {'; '.join(problems)}")
     write_rewards_plot(out_dir / "metrics.jsonl", out_dir / REWARDS_PLOT)
-    write_json(out_dir / SUMMARY_FILE, summary)
+    summary.write(out_dir)
     # A finished run has no use for its checkpoints (optimizer state included) or the stored starting numbers
-    # (they are in eval_before_after.json); running the stage again starts over.
+    # (they are in eval_before_after.json); running the stage again keeps it while its fingerprint matches.
     for checkpoint in out_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
     (out_dir / BEFORE_FILE).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ NF4 base (`sft.quantization.mode: none` for plain LoRA) with TRL's `SFTTrainer`,
 - `adapter_config.json` + `adapter_model.safetensors`: a PEFT adapter vLLM serves (checked after saving by
   `check_vllm_compatible`), plus the tokenizer with the chat template it was trained with;
 - `training_summary.json` (tokens seen, steps, wall time, peak memory, final train/eval loss, data manifest
-  hash, config fingerprint), `metrics.jsonl`, `loss.png`, `checkpoint-N/` folders for `--resume`.
+  hash, config fingerprint), `metrics.jsonl`, `loss.png`, `checkpoint-N/` folders to resume from.
 
 Rows arrive pre-tokenized from the data stage (`input_ids` + `assistant_masks`); TRL turns the mask into
 labels, so the loss covers assistant tokens of tool traces and every token of code/text documents. Packing is
@@ -27,14 +27,14 @@ FSDP needs to shard them; set `quantization.compute_dtype` to `bfloat16` on GPUs
 
 from __future__ import annotations
 
-from pipelines.sft.outputs import adapter_fingerprint, check_vllm_compatible, is_complete
+from pipelines.sft.outputs import adapter_fingerprint, check_vllm_compatible, finished_fingerprint
 from pipelines.sft.stage import adapter_names, run, train_adapter
 
 __all__ = [
     "adapter_fingerprint",
     "adapter_names",
     "check_vllm_compatible",
-    "is_complete",
+    "finished_fingerprint",
     "run",
     "train_adapter",
 ]

@@ -29,10 +29,11 @@ from pipelines.errors import BadInput
 log = logging.getLogger("midtrain.sft")
 
 # Mean |Δlogit| of a document packed vs alone, in units of the std of its logits alone. A leak measured 0.40
-# (random 2-layer model) to 0.53 (SmolLM2-135M). An isolated row measured 0.0 in float32 and bf16 autocast with
-# plain weights, but NF4 on CPU changes with the row's shape: 0.003-0.005 on the *first* document (whose context
-# is the same packed or alone, so that is kernel numerics) and 0.007-0.013 on the second. Hence the first
-# document is the control: the second may differ by LEAK_TOLERANCE, or by NOISE_FACTOR x the control.
+# (random 2-layer model) and 0.55 (SmolLM2-135M; 0.62 in NF4). An isolated row measured 0 to 1e-6 on CPU in
+# float32 and NF4 (eager, sdpa, flex_attention). Kernels whose rounding depends on the row's shape (bitsandbytes'
+# CPU inference kernel measured 0.003-0.005 on the first document, 0.007-0.013 on the second; GPU kernels may
+# too) move the first document as well, whose context is the same packed or alone: it is the control, and the
+# second may differ by LEAK_TOLERANCE, or by NOISE_FACTOR x the control.
 LEAK_TOLERANCE = 0.05
 NOISE_FACTOR = 4.0
 PROBE_LENGTHS = (24, 16)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.artifacts import SFTResult, SFTSummary
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.hashing import sha256_file
+from pipelines.resources import PeakMemory, library_versions
 from pipelines.run_config import RunConfig, SFTSection
 from pipelines.sft import data as mixdata
 from pipelines.sft.model import (
@@ -23,18 +25,10 @@ from pipelines.sft.model import (
     load_base_model,
     lora_config,
 )
-from pipelines.sft.outputs import (
-    RUN_STATE_FILE,
-    SUMMARY_FILE,
-    adapter_fingerprint,
-    check_vllm_compatible,
-    is_complete,
-    library_versions,
-    read_json,
-    write_json,
-)
+from pipelines.sft.outputs import adapter_fingerprint, check_vllm_compatible, finished_fingerprint
 from pipelines.sft.packing import check_isolation
-from pipelines.tracking import LocalMetricsCallback, PeakMemory, wandb_session
+from pipelines.tracking import LocalMetricsCallback, wandb_session
+from pipelines.units import UnitPlan, plan_unit, prepare_unit
 
 log = logging.getLogger("midtrain.sft")
 
@@ -121,14 +115,16 @@ def _write_rejects(config: RunConfig, mix: Mix) -> None:
 
 def run(
     config: RunConfig,
-    resume: bool = False,
+    *,
     clusters: Sequence[str] | None = None,
     callbacks: Sequence[Any] = (),
-) -> dict[str, dict[str, Any]]:
+    restart: bool = False,
+) -> SFTResult:
     """Train every adapter of `sft` (or the `clusters` subset); return each adapter's training summary.
 
-    `resume`: continue each adapter from the last checkpoint in its folder, and skip adapters already
-    finished with the same config fingerprint. `callbacks`: extra `TrainerCallback`s for every trainer.
+    Per adapter (pipelines/units.py): finished with the same fingerprint → kept; interrupted → resumed from its
+    last checkpoint; changed → started over. `restart`: start every adapter over. `callbacks`: extra
+    `TrainerCallback`s for every trainer.
     """
     if config.sft is None:
         raise BadInput("the config has no `sft` section")
@@ -138,10 +134,11 @@ def run(
     mixdata.check_clusters(mix.train_screen, names)
     if _is_main_process():
         _write_rejects(config, mix)
-    return {
-        name: train_adapter(config, name, mix, tokenizer, resume=resume, callbacks=callbacks)
+    adapters = {
+        name: train_adapter(config, name, mix, tokenizer, restart=restart, callbacks=callbacks)
         for name in names
     }
+    return SFTResult(adapters=adapters)
 
 
 def _load_tokenizer(config: RunConfig) -> Any:
@@ -149,7 +146,7 @@ def _load_tokenizer(config: RunConfig) -> Any:
     from pipelines.models import fetch_model
 
     path = fetch_model(config.model.name_or_path, config.model.revision)
-    return load_tokenizer(str(path), config.model.chat_template)
+    return load_tokenizer(str(path), config.model.chat_template, tool_format=config.model.tool_format)
 
 
 def _vocab_size(config: RunConfig) -> int:
@@ -161,26 +158,22 @@ def _vocab_size(config: RunConfig) -> int:
     return int(model_config.get_text_config().vocab_size)
 
 
-def _prepare_output_dir(out_dir: Path, fingerprint: str, resume: bool) -> str | None:
-    """The checkpoint to resume from, or None after clearing stale outputs of an earlier run."""
+def _last_checkpoint(out_dir: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
-    checkpoint = get_last_checkpoint(str(out_dir)) if resume and out_dir.is_dir() else None
-    if checkpoint is not None:
-        stored = (read_json(out_dir / RUN_STATE_FILE) or {}).get("config_fingerprint")
-        if stored != fingerprint:
-            raise BadInput(
-                f"--resume: {checkpoint} was trained with another config or mix (fingerprint {stored} != "
-                f"{fingerprint}); run without --resume to start this adapter over"
-            )
-        log.info("sft: resuming %s from %s", out_dir.name, checkpoint)
-        return checkpoint
+    found = get_last_checkpoint(str(out_dir))
+    return Path(found) if found else None
+
+
+def _prepare_output_dir(out_dir: Path, adapter: str, fingerprint: str, restart: bool) -> UnitPlan:
+    """What to do with this adapter's folder (skip, resume or start over), decided by the main process."""
+    plan = plan_unit(out_dir, "sft", fingerprint, finished_fingerprint, _last_checkpoint, restart)
+    if plan.action == "resume":
+        log.info("sft: resuming %s from %s", adapter, plan.checkpoint)
     if _is_main_process():
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        write_json(out_dir / RUN_STATE_FILE, {"config_fingerprint": fingerprint})
+        prepare_unit(out_dir, "sft", adapter, fingerprint, plan)
     _barrier()
-    return None
+    return plan
 
 
 def trainer_args(config: RunConfig, adapter: str, out_dir: Path, has_eval: bool) -> Any:
@@ -268,17 +261,18 @@ def train_adapter(
     adapter: str,
     mix: Mix,
     tokenizer: Any,
-    resume: bool = False,
+    restart: bool = False,
     callbacks: Sequence[Any] = (),
-) -> dict[str, Any]:
+) -> SFTSummary:
     """Select rows, train, save the adapter + tokenizer, check it is servable, write training_summary.json."""
     assert config.sft is not None
     out_dir = config.run_dir / "sft" / adapter
     fingerprint = adapter_fingerprint(config, adapter, mix.manifest_sha256)
-    if resume and is_complete(out_dir, fingerprint):
-        log.info("sft: %s already trained with this config; skipping", adapter)
-        return read_json(out_dir / SUMMARY_FILE) or {}
-    checkpoint = _prepare_output_dir(out_dir, fingerprint, resume)
+    plan = _prepare_output_dir(out_dir, adapter, fingerprint, restart)
+    if plan.action == "skip":
+        log.info("sft: %s already trained with this config; kept", adapter)
+        return SFTSummary.read(out_dir)
+    checkpoint = str(plan.checkpoint) if plan.checkpoint else None
     selection = mixdata.select(mix.train_screen, adapter, config.sft.replay_fraction, config.sft.train.seed)
     job = AdapterJob(adapter, out_dir, fingerprint, checkpoint, selection)
     train, held_out = _datasets(mix, selection, adapter)
@@ -307,7 +301,7 @@ def _log_job(job: AdapterJob, held_out: Any) -> None:
 
 def _train_tracked(
     config: RunConfig, job: AdapterJob, trainer: Any, manifest_sha256: str, held_out: Any
-) -> dict[str, Any]:
+) -> SFTSummary:
     """Train (and evaluate) inside the adapter's wandb run and a peak-memory probe; return the summary."""
     wandb_config = {
         "midtrain": config.model_dump(mode="json"),
@@ -332,10 +326,12 @@ def _train_tracked(
         started = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=job.checkpoint)
         eval_metrics = trainer.evaluate() if held_out is not None else {}
-        summary = _summary(trainer, output, eval_metrics, job, held_out, time.perf_counter() - started, peak)
-        summary |= {"data_manifest_sha256": manifest_sha256, "base_model": config.model.name_or_path}
+        wall_time = time.perf_counter() - started
+        summary = _summary(trainer, output, eval_metrics, job, held_out, wall_time, peak)
+        summary.data_manifest_sha256, summary.base_model = manifest_sha256, config.model.name_or_path
         if wandb_run is not None:
-            wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+            numbers = summary.model_dump()
+            wandb_run.summary.update({k: v for k, v in numbers.items() if isinstance(v, int | float)})
     return summary
 
 
@@ -351,29 +347,31 @@ def _summary(
     held_out: Any,
     wall_time: float,
     peak: PeakMemory,
-) -> dict[str, Any]:
+) -> SFTSummary:
     state = trainer.state
-    return {
-        "adapter": job.adapter,
-        "config_fingerprint": job.fingerprint,
-        "steps": state.global_step,
-        "resumed_from_step": job.start_step,
-        "tokens_seen": int(state.num_input_tokens_seen),
-        "wall_time_s": round(wall_time, 3),
-        "peak_memory_bytes": peak.peak_bytes,
-        "peak_memory_kind": peak.kind,
-        "final_train_loss": _last_logged(state.log_history, "loss"),
-        "mean_train_loss_this_session": output.training_loss,
-        "final_eval_loss": eval_metrics.get("eval_loss"),
-        "world_size": trainer.accelerator.num_processes,
-        "device": str(trainer.args.device),
-        "quantized": bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
-        "data": {**job.selection.summary(), "eval_rows": len(held_out) if held_out is not None else 0},
-        "versions": library_versions(),
-    }
+    return SFTSummary(
+        adapter=job.adapter,
+        config_fingerprint=job.fingerprint,
+        base_model="",
+        data_manifest_sha256="",
+        steps=state.global_step,
+        resumed_from_step=job.start_step,
+        tokens_seen=int(state.num_input_tokens_seen),
+        wall_time_s=round(wall_time, 3),
+        peak_memory_bytes=peak.peak_bytes,
+        peak_memory_kind=peak.kind,
+        final_train_loss=_last_logged(state.log_history, "loss"),
+        mean_train_loss_this_session=output.training_loss,
+        final_eval_loss=eval_metrics.get("eval_loss"),
+        world_size=trainer.accelerator.num_processes,
+        device=str(trainer.args.device),
+        quantized=bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
+        data={**job.selection.summary(), "eval_rows": len(held_out) if held_out is not None else 0},
+        versions=library_versions(),
+    )
 
 
-def _save_outputs(trainer: Any, tokenizer: Any, out_dir: Path, summary: dict[str, Any]) -> None:
+def _save_outputs(trainer: Any, tokenizer: Any, out_dir: Path, summary: SFTSummary) -> None:
     """Adapter + tokenizer (with the chat template it was trained with) + summary; main process writes."""
     if trainer.is_fsdp_enabled:
         # Sharded state dicts would save one shard per rank; the adapter must be one servable file.
@@ -385,8 +383,8 @@ def _save_outputs(trainer: Any, tokenizer: Any, out_dir: Path, summary: dict[str
     problems = check_vllm_compatible(out_dir)
     if problems:
         raise MidtrainError(f"{out_dir}: adapter is not vLLM-compatible: {'; '.join(problems)}")
-    write_json(out_dir / SUMMARY_FILE, summary)
-    # A finished adapter is skipped by --resume, so its checkpoints (optimizer state: 2-3x the adapter's
+    summary.write(out_dir)
+    # A finished adapter is kept by later runs, so its checkpoints (optimizer state: 2-3x the adapter's
     # size each) have no further use; the folder keeps only what later stages read.
     for checkpoint in out_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)

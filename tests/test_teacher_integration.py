@@ -1,0 +1,76 @@
+"""`make test-integration`: the embedded SmolLM2-135M-Instruct as the teacher over the MCP shop, served by a
+real OpenAI-compatible server. Not part of `make test` (minutes of CPU generation); skipped unless
+MIDTRAIN_INTEGRATION=1.
+
+The server is `transformers serve` on a copy of the embedded model with the project's tool-capable chat
+template, or any endpoint named by MIDTRAIN_TEACHER_URL and MIDTRAIN_TEACHER_MODEL (vLLM's CPU server,
+llama.cpp's server): the teacher speaks plain OpenAI chat completions, so the test is the same.
+
+A 135M teacher writes mostly rejects. What this checks is that a real model's replies (not the random test
+model's) go through the whole loop: calls parsed from its text and executed in the MCP server, every episode
+ending as a verified trace or a reject with a reason, and the counts printed for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipelines.schema import Trace
+from pipelines.tasks.llm_teacher import TeacherSettings, teacher_traces
+from pipelines.tasks.task_file import load_task_file
+from pipelines.thought import load_thought_schema
+from tests.openai_server import serve
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MIDTRAIN_INTEGRATION") != "1", reason="integration test: run `make test-integration`"
+)
+ROOT = Path(__file__).resolve().parents[1]
+KNOWN_REASONS = {"thought_schema", "format", "structure", "execution", "outcome", "max_turns", "teacher_error",
+                 "env_error"}  # fmt: skip
+
+
+def served_copy(embedded_model_dir: Path, tmp_path: Path) -> Path:
+    """The embedded weights (linked) with the tokenizer midtrain trains with: the Qwen2.5 tool template."""
+    from pipelines.chat import load_tokenizer
+
+    folder = tmp_path / "smollm2-served"
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        (folder / name).symlink_to(embedded_model_dir / name)
+    load_tokenizer(str(embedded_model_dir)).save_pretrained(folder)
+    return folder
+
+
+def test_the_embedded_model_as_teacher_over_the_mcp_shop(embedded_model_dir: Path, tmp_path: Path) -> None:
+    external = os.environ.get("MIDTRAIN_TEACHER_URL")
+    folder = None if external else served_copy(embedded_model_dir, tmp_path)
+    task_set = load_task_file(ROOT / "configs/tasks/shop.jsonl", "configs/envs/shop.yaml")
+    with serve(folder) if folder else _external(external) as url:
+        model = os.environ.get("MIDTRAIN_TEACHER_MODEL") or str(folder)
+        settings = TeacherSettings(base_url=url, model=model, temperature=0.7, max_tokens=160, max_turns=3,
+                                   concurrency=2)  # fmt: skip
+        run = teacher_traces(task_set.train, task_set.envs, settings, tmp_path / "cache.jsonl",
+                             load_thought_schema("think-plan-reflect"), samples_per_task=2)  # fmt: skip
+    traces = [r for r in run.results if isinstance(r, Trace)]
+    reasons = Counter(r["reason"] for r in run.results if isinstance(r, dict))
+    print(json.dumps({"episodes": len(run.results), "verified": len(traces), "rejects": dict(reasons),
+                      "requests": run.requests}))  # fmt: skip
+    assert len(run.results) == 2 * len(task_set.train) and run.requests >= len(run.results)
+    assert set(reasons) <= KNOWN_REASONS
+    assert "teacher_error" not in reasons  # the server answered every request
+
+
+class _external:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        return None
