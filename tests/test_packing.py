@@ -187,6 +187,25 @@ def test_nf4_training_after_eval_forwards_reaches_every_lora_weight(
     assert [n for n, grad in lora_b.items() if grad is None or not grad.abs().sum() > 0] == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bitsandbytes' CPU inference path")
+def test_every_nf4_base_loaded_for_training_keeps_the_trainable_kernel(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """RL loads its policy with the same `load_base_model` and evaluates it (eval mode, no grad) before GRPO's
+    first step: after such a forward the weights are still in the layout training backpropagates through."""
+    import bitsandbytes as bnb
+
+    from pipelines.sft.model import load_base_model
+
+    config = sft_config(tmp_path, tiny_model_dir, quantization={"mode": "nf4"})
+    base = load_base_model(config.model, config.sft.quantization).eval()
+    with torch.no_grad():
+        base(input_ids=torch.tensor([[5, 6, 7, 8]]))
+    linear4 = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) == 14
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in linear4)
+
+
 @pytest.mark.slow
 def test_packed_batch_scores_like_its_documents_alone_embedded(
     tmp_path: Path, embedded_model_dir: Path, tokenizer: Any

@@ -97,9 +97,11 @@ def load_base_model(model: ModelSection, quant: QuantSection) -> Any:
     if (device_map := _device_map(quant)) is not None:
         kwargs["device_map"] = device_map
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise BadInput(f"model {model.name_or_path!r}: cannot load from {path}: {exc}") from None
+    keep_nf4_weights_trainable(base)
+    return base
 
 
 def lora_config(lora: LoraSection) -> Any:
@@ -167,15 +169,17 @@ def keep_adapter_float32(model: Any, quant: QuantSection) -> None:
 
 
 def keep_nf4_weights_trainable(model: Any) -> None:
-    """Turn off bitsandbytes' CPU inference repacking of NF4 weights for a model that trains.
+    """Turn off bitsandbytes' CPU inference repacking of NF4 weights in a base that trains (every base that
+    `load_base_model` loads: SFT, RL, the benchmark's peers).
 
-    On a CPU with AVX512-BF16 (bitsandbytes 0.48-0.50), the first forward of a `Linear4bit` in eval mode
-    without grad (the stage's packing probe, a periodic `evaluate()`) repacks its weight in place into a layout
-    that `matmul_4bit` then routes to `gemv_4bit`, which has no autograd kernel: every later training step
-    backpropagates nothing through the base layers, so the LoRA weights below the last layer stop learning,
-    silently (measured on the tiny model: 10 of 14 lora_B got no gradient after one eval forward; the
-    embedded model's adapters came out with all-zero lora_B in some layers). `support_avx512bf16_for_cpu` is the module's own switch for that path (tests/test_sft.py checks
-    it still exists on the locked version); eval forwards then run the same kernels training does."""
+    On a CPU with AVX512-BF16 (bitsandbytes 0.50), the first forward of a `Linear4bit` in eval mode without
+    grad (the SFT packing probe, a periodic `evaluate()`, RL's evaluation of its starting policy before GRPO's
+    first step) repacks its weight in place into a layout that `matmul_4bit` routes to `gemv_4bit`, which has no
+    autograd kernel. Training after that backpropagates nothing through the base layers, silently: on the tiny
+    model the LoRA of q/k/v/gate/up (10 of 14 lora_B) got no gradient; the embedded model's adapters came out
+    with all-zero lora_B in some layers. `support_avx512bf16_for_cpu` is the module's own switch for that path
+    (tests/test_packing.py checks it still exists in the locked version); eval forwards then run the kernel
+    training runs."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False

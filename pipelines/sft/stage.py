@@ -21,7 +21,6 @@ from pipelines.sft import data as mixdata
 from pipelines.sft.model import (
     fsdp_enabled,
     keep_adapter_float32,
-    keep_nf4_weights_trainable,
     load_base_model,
     lora_config,
 )
@@ -236,7 +235,6 @@ def build_trainer(
         callbacks=[LocalMetricsCallback(out_dir), *callbacks],
     )
     keep_adapter_float32(trainer.model, config.sft.quantization)
-    keep_nf4_weights_trainable(trainer.model)
     check_isolation(trainer)
     return trainer
 
