@@ -515,7 +515,7 @@ def _say(label: str, message: str) -> None:
     console.print(f"[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def _command_name(command: typer.core.TyperGroup, args: list[str]) -> str:
+def _command_name(command: object, args: list[str]) -> str:
     """`midtrain data build`: the command words of `args`, for the one line that says what stopped."""
     words = ["midtrain"]
     current: object = command

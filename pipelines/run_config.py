@@ -188,7 +188,7 @@ class RLGenerationSection(StrictModel):
             raise ValueError(f"{sorted(wrong)} do not apply to vllm_mode: {self.vllm_mode}")
         return self
 
-    def grpo_kwargs(self) -> dict[str, object]:
+    def grpo_kwargs(self) -> dict[str, Any]:
         """The GRPOConfig arguments (TRL 1.16 names)."""
         if self.backend == "hf":
             return {"use_vllm": False}
@@ -332,7 +332,7 @@ class EvalSection(StrictModel):
     )
     max_new_tokens: int = Field(256, ge=1, description="Tokens per generated reply (greedy).")
     targets: list[Literal["base", "sft", "rl", "routed"]] = Field(
-        default_factory=lambda: ["base", "sft", "rl", "routed"]
+        default_factory=lambda: ["base", "sft", "rl", "routed"]  # type: ignore[arg-type]  # mypy infers list[str]
     )
     heldout_seed: int | None = Field(
         None,
@@ -391,7 +391,7 @@ class PublishSection(StrictModel):
 
 
 class TrackingSection(StrictModel):
-    report_to: list[Literal["wandb", "none"]] = Field(default_factory=lambda: ["wandb"])
+    report_to: list[Literal["wandb", "none"]] = Field(default_factory=lambda: ["wandb"])  # type: ignore[arg-type]  # mypy infers list[str]
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "midtrain"
     entity: str | None = None

@@ -41,6 +41,7 @@ from typing import Any
 from pipelines.artifacts import EvalResults
 from pipelines.chat import load_tokenizer, render_prompt
 from pipelines.codecs import Codec, codec_for
+from pipelines.envs.base import ToolEnv
 from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.episodes import Episode, episode_outcomes, heldout_metrics, heldout_prediction, run_episodes
 from pipelines.errors import BadInput
@@ -91,8 +92,8 @@ def discover_targets(config: RunConfig, kinds: Sequence[str]) -> tuple[list[Targ
             targets += [found] if found else []
             skipped |= {"routed": reason} if reason else {}
         else:
-            found, reasons = _adapter_targets(config.run_dir / kind, kind)
-            targets += found
+            adapters, reasons = _adapter_targets(config.run_dir / kind, kind)
+            targets += adapters
             skipped |= reasons
     return targets, skipped
 
@@ -307,7 +308,7 @@ def task_file_heldout(section: EvalSection) -> HeldoutSuite:
             items.append(DomainTask(task.domain, task))
     if not items:
         return HeldoutSuite([], {}, f"eval.tasks {section.tasks}: no `heldout` rows")
-    classes = {name: guarded(cls) for name, cls in task_set.envs.items()}
+    classes = {name: guarded(cls) for name, cls in task_set.envs.items()}  # type: ignore[arg-type]  # classes are hashable: mypy#11470
     items, classes = with_task_tools(items, classes)
     return HeldoutSuite(items, classes)
 
@@ -319,7 +320,7 @@ def _domains(names: list[str]) -> dict[str, tuple[type, Any]]:
         raise BadInput(str(exc).replace("rl.domains", "eval.heldout_domains")) from None
 
 
-def heldout_route_text(item: DomainTask, env_class: type) -> str:
+def heldout_route_text(item: DomainTask, env_class: type[ToolEnv]) -> str:
     """What the router sees for a task: its request and the environment's tool names (as in training)."""
     trace = Trace(
         id=item.task.task_id,
