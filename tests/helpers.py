@@ -540,6 +540,36 @@ RECIPE = Recipe.model_validate(
 )
 
 
+def sft_config(tmp_path: Path, model_dir: Path, **sft: Any) -> RunConfig:
+    """A run config on `model_dir`, no wandb; `sft` keys override the section (nested dicts merge)."""
+    section: dict[str, Any] = {
+        "clusters": ["plan", "tool"],
+        "replay_fraction": 0.2,
+        "quantization": {"mode": "none"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 1,
+            "learning_rate": 1e-3,
+            "max_length": 320,
+            "save_steps": 2,
+            "gradient_checkpointing": False,
+        },
+    }
+    for key, value in sft.items():
+        section[key] = {**section[key], **value} if isinstance(value, dict) else value
+    return RunConfig.model_validate(
+        {
+            "name": "t",
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"recipe": RECIPE},
+            "sft": section,
+            "tracking": {"report_to": ["none"]},
+        }
+    )
+
+
 def rl_config(tmp_path: Path, model_dir: Path, **rl: Any) -> RunConfig:
     section = {
         "clusters": ["tool"],

@@ -26,7 +26,6 @@ from pipelines.run_config import REPO_ROOT, RunConfig
 from pipelines.sft import check_vllm_compatible, run
 from pipelines.sft import data as mixdata
 from tests.helpers import (
-    RECIPE,
     CrashAt,
     _chat_trace,
     _doc_trace,
@@ -35,36 +34,7 @@ from tests.helpers import (
     note_traces,
     write_mix,
 )
-
-
-def make_config(tmp_path: Path, model_dir: Path, **sft: Any) -> RunConfig:
-    """A run config on `model_dir`, no wandb; `sft` keys override the section (nested dicts merge)."""
-    section: dict[str, Any] = {
-        "clusters": ["plan", "tool"],
-        "replay_fraction": 0.2,
-        "quantization": {"mode": "none"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "train": {
-            "max_steps": 4,
-            "per_device_train_batch_size": 1,
-            "learning_rate": 1e-3,
-            "max_length": 320,
-            "save_steps": 2,
-            "gradient_checkpointing": False,
-        },
-    }
-    for key, value in sft.items():
-        section[key] = {**section[key], **value} if isinstance(value, dict) else value
-    return RunConfig.model_validate(
-        {
-            "name": "t",
-            "output_dir": str(tmp_path / "runs"),
-            "model": {"name_or_path": str(model_dir)},
-            "data": {"recipe": RECIPE},
-            "sft": section,
-            "tracking": {"report_to": ["none"]},
-        }
-    )
+from tests.helpers import sft_config as make_config
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +158,11 @@ def test_qlora_lora_and_precision_settings(monkeypatch: pytest.MonkeyPatch) -> N
         None,
     )
     assert lora.target_modules == "all-linear" and lora.task_type == "CAUSAL_LM"
-    assert precision_flags(TrainSection()) == (False, False)  # no mixed precision on CPU
-    with pytest.raises(BadInput, match="mixed_precision=bf16: this device has no CUDA bf16 support"):
-        precision_flags(TrainSection(mixed_precision="bf16"))
+    assert precision_flags(TrainSection()) == (False, False)  # auto: float32 on CPU
+    # bf16 on CPU is autocast (accelerate's CPU bf16): an explicit choice, allowed; fp16 needs CUDA.
+    assert precision_flags(TrainSection(mixed_precision="bf16")) == (True, False)
+    with pytest.raises(BadInput, match="mixed_precision=fp16 needs a CUDA GPU"):
+        precision_flags(TrainSection(mixed_precision="fp16"))
 
 
 # --- training on the tiny model --------------------------------------------------------------------------
@@ -240,6 +212,36 @@ def test_qlora_base_is_nf4_and_adapters_stay_float32(
     # TRL casts them to bf16; on a float32-compute CPU run they must come back to float32.
     assert trainable and all("lora_" in n for n in trainable)
     assert set(trainable.values()) == {torch.float32}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU bf16 path")
+def test_cpu_bf16_trains_nf4_under_autocast_with_float32_adapters(
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path, tokenizer
+) -> None:
+    """The CPU configs' fast path: NF4 with bf16 compute under bf16 autocast; LoRA weights stay float32
+    (master weights), the base and LoRA matmuls run in bf16."""
+    import bitsandbytes as bnb
+
+    from pipelines.sft.stage import build_trainer, load_screened_mix
+
+    config = config_on_mix(
+        tmp_path,
+        tiny_model_dir,
+        mix_dir,
+        quantization={"mode": "nf4", "compute_dtype": "bfloat16"},
+        train={"mixed_precision": "bf16", "max_steps": 1},
+    )
+    mix = load_screened_mix(config, len(tokenizer))
+    trainer = build_trainer(config, "plan", tmp_path / "out", mix.train, None, tokenizer, [])
+    assert trainer.args.bf16 and not trainer.args.fp16
+    trainable = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert trainable == {torch.float32}
+    layer = next(m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    dtypes: list[torch.dtype] = []
+    layer.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    trainer.train()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
 
 
 def test_train_updates_lora_only_loss_falls_and_outputs_load(

@@ -12,7 +12,8 @@ NF4 base (`sft.quantization.mode: none` for plain LoRA) with TRL's `SFTTrainer`,
 
 Rows arrive pre-tokenized from the data stage (`input_ids` + `assistant_masks`); TRL turns the mask into
 labels, so the loss covers assistant tokens of tool traces and every token of code/text documents. Packing is
-best-fit-decreasing and padding-free by default (`sft.train.packing`).
+best-fit-decreasing and padding-free by default (`sft.train.packing`); before training, the stage checks that
+packed documents do not attend to each other with the model's attention implementation (`sft/packing.py`).
 
 Scale-out: nothing here assumes one process (files are written by the main process only), so the same
 command runs under `accelerate launch`:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BadInput
 from pipelines.run_config import LoraSection, ModelSection, QuantSection, TrainSection
+
+log = logging.getLogger("midtrain.sft")
 
 
 def cuda_available() -> bool:
@@ -93,9 +97,11 @@ def load_base_model(model: ModelSection, quant: QuantSection) -> Any:
     if (device_map := _device_map(quant)) is not None:
         kwargs["device_map"] = device_map
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise BadInput(f"model {model.name_or_path!r}: cannot load from {path}: {exc}") from None
+    keep_nf4_weights_trainable(base)
+    return base
 
 
 def lora_config(lora: LoraSection) -> Any:
@@ -113,27 +119,67 @@ def lora_config(lora: LoraSection) -> Any:
     )
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU has bf16 matmul instructions (AVX512-BF16 or AMX-BF16); None where /proc/cpuinfo
+    cannot tell (not Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def precision_flags(train: TrainSection) -> tuple[bool, bool]:
-    """(bf16, fp16) for TrainingArguments; mixed precision only where the device supports it."""
+    """(bf16, fp16) for TrainingArguments. `auto`: bf16 on CUDA GPUs that support it, float32 elsewhere.
+
+    `bf16` on CPU is bf16 autocast (accelerate wraps the forward in `torch.autocast("cpu", bfloat16)`): matmuls
+    run in bf16 while weights, LoRA parameters and optimizer state stay float32. On a CPU with bf16 matmul
+    instructions that is ~1.7x the float32 step rate (configs/README.md); without them bf16 is emulated and slower.
+    """
     mode = train.mixed_precision
     if mode == "auto":
         return bf16_supported(), False
-    if mode == "bf16" and not bf16_supported():
-        raise BadInput("sft.train.mixed_precision=bf16: this device has no CUDA bf16 support; use auto or no")
+    if mode == "bf16" and cuda_available() and not bf16_supported():
+        raise BadInput("sft.train.mixed_precision=bf16: this GPU has no bf16 support; use auto, fp16 or no")
+    if mode == "bf16" and not cuda_available() and cpu_has_native_bf16() is False:
+        log.warning(
+            "mixed_precision=bf16 on a CPU without AVX512-BF16/AMX-BF16: bf16 matmuls are emulated and "
+            "likely slower than float32 (mixed_precision: no)"
+        )
     if mode == "fp16" and not cuda_available():
-        raise BadInput("sft.train.mixed_precision=fp16 needs a CUDA GPU; use auto or no")
+        raise BadInput("sft.train.mixed_precision=fp16 needs a CUDA GPU; use auto, bf16 or no")
     return mode == "bf16", mode == "fp16"
 
 
-def keep_adapter_in_compute_dtype(model: Any, quant: QuantSection) -> None:
-    """Undo TRL's cast of a quantized model's trainable (LoRA) weights to bfloat16 unless bf16 is the
-    compute dtype. TRL follows the QLoRA paper's GPU setup; with float32 compute (the CPU default) bf16
-    adapters turn every LoRA matmul into an emulated bf16 one (~15x slower on an AVX-512 CPU without
-    bf16 units) and round away small updates. Float16 compute keeps float32 adapters, as AMP expects."""
+def keep_adapter_float32(model: Any, quant: QuantSection) -> None:
+    """Undo TRL's cast of a quantized model's trainable (LoRA) weights to bfloat16, except for bf16 compute
+    on a GPU (TRL follows the QLoRA paper's GPU setup there). On CPU, with float32 compute, bf16 adapters turn
+    every LoRA matmul into a bf16 one outside autocast (~15x slower on an AVX-512 CPU without bf16 units) and
+    round away small updates; with bf16 compute the stage trains under bf16 autocast (`mixed_precision: bf16`),
+    which runs the LoRA matmuls in bf16 anyway while float32 weights keep the updates that bf16 would round
+    away (mixed-precision training's float32 master weights). Float16 compute keeps float32 adapters, as AMP
+    expects."""
     import torch
 
-    if quant.mode != "nf4" or compute_dtype(quant) == torch.bfloat16:
+    if quant.mode != "nf4" or (compute_dtype(quant) == torch.bfloat16 and cuda_available()):
         return
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.to(torch.float32)
+
+
+def keep_nf4_weights_trainable(model: Any) -> None:
+    """Turn off bitsandbytes' CPU inference repacking of NF4 weights in a base that trains (every base that
+    `load_base_model` loads: SFT, RL, the benchmark's peers).
+
+    On a CPU with AVX512-BF16 (bitsandbytes 0.50), the first forward of a `Linear4bit` in eval mode without
+    grad (the SFT packing probe, a periodic `evaluate()`, RL's evaluation of its starting policy before GRPO's
+    first step) repacks its weight in place into a layout that `matmul_4bit` routes to `gemv_4bit`, which has no
+    autograd kernel. Training after that backpropagates nothing through the base layers, silently: on the tiny
+    model the LoRA of q/k/v/gate/up (10 of 14 lora_B) got no gradient; the embedded model's adapters came out
+    with all-zero lora_B in some layers. `support_avx512bf16_for_cpu` is the module's own switch for that path
+    (tests/test_packing.py checks it still exists in the locked version); eval forwards then run the kernel
+    training runs."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

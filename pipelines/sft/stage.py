@@ -20,11 +20,12 @@ from pipelines.run_config import RunConfig, SFTSection
 from pipelines.sft import data as mixdata
 from pipelines.sft.model import (
     fsdp_enabled,
-    keep_adapter_in_compute_dtype,
+    keep_adapter_float32,
     load_base_model,
     lora_config,
 )
 from pipelines.sft.outputs import adapter_fingerprint, check_vllm_compatible, finished_fingerprint
+from pipelines.sft.packing import check_isolation
 from pipelines.tracking import LocalMetricsCallback, wandb_session
 from pipelines.units import UnitPlan, plan_unit, prepare_unit
 
@@ -233,7 +234,8 @@ def build_trainer(
         peft_config=lora_config(config.sft.lora),
         callbacks=[LocalMetricsCallback(out_dir), *callbacks],
     )
-    keep_adapter_in_compute_dtype(trainer.model, config.sft.quantization)
+    keep_adapter_float32(trainer.model, config.sft.quantization)
+    check_isolation(trainer)
     return trainer
 
 
