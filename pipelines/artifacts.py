@@ -193,7 +193,9 @@ class PublishPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dry_run: bool
     private: bool
-    repos: list[str]
+    repos: list[str]  # model repos: adapters and the router bundle
+    datasets: list[str] = Field(default_factory=list)  # the data mix, as a dataset repo
+    skipped: dict[str, str] = Field(default_factory=dict)  # what was not published, and why
     collection: str
     staging: str
     urls: list[str] | None = None

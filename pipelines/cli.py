@@ -96,18 +96,36 @@ def data_generate(
 
 @data_app.command("build")
 def data_build(
-    config: Annotated[Path, typer.Argument(help="Run config or bare data recipe YAML")],
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config or bare data recipe YAML (not with --from-hub)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<name>/data)")] = None,
     set_: SetOption = None,
     num_proc: Annotated[
         int | None, typer.Option(help="Render processes (default: data.num_proc or 1)")
     ] = None,
+    from_hub: Annotated[
+        str | None,
+        typer.Option("--from-hub", help="Rebuild a mix `midtrain publish` uploaded (a Hub dataset repo id)"),
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="With --from-hub: the repo's branch, tag or commit")
+    ] = None,
 ) -> None:
-    """Clean, decontaminate, render and mix by tokens into sharded parquet + manifest.json (the lockfile)."""
+    """Clean, decontaminate, render and mix by tokens into sharded parquet + manifest.json (the lockfile).
+
+    With --from-hub REPO: rebuild a published mix from its lockfile and compare every file (exit 1 if any differ)."""
     from pipelines.data.build import build, default_out_dir, run
     from pipelines.data.inspect import tables
     from pipelines.run_config import RunConfig, load_any
 
+    if (config is None) == (from_hub is None):
+        raise BadInput("data build: give a CONFIG, or --from-hub REPO (not both)")
+    if from_hub is not None:
+        _build_from_hub(from_hub, revision, out, num_proc or 1, bool(set_))
+        return
+    if revision is not None:
+        raise BadInput("--revision goes with --from-hub (a recipe pins each Hub source's own revision)")
     target = load_any(config, set_ or [])
     out_dir = out or default_out_dir(target)
     if isinstance(target, RunConfig):
@@ -122,6 +140,30 @@ def data_build(
     print(f"wrote {result.out_dir}: {mix['total_tokens']:,} tokens ({timings})")
 
 
+def _build_from_hub(
+    repo: str, revision: str | None, out: Path | None, num_proc: int, overridden: bool
+) -> None:
+    from pipelines.data.published import rebuild_from_hub
+
+    if overridden:
+        raise BadInput("--set does not apply to --from-hub: the published lockfile decides every setting")
+    result, compared = rebuild_from_hub(repo, out, revision, num_proc)
+    _print_differences(compared)
+    if not compared.identical:
+        changed = len(compared.differing) + len(compared.missing) + len(compared.extra)
+        raise MidtrainError(f"{result.out_dir}: {changed} file(s) differ from {repo}'s")
+    print(f"rebuilt {repo} into {result.out_dir}: identical, {len(compared.compared)} files")
+
+
+def _print_differences(result) -> None:
+    for name in result.differing:
+        print(f"differs: {name}")
+    for name in result.missing:
+        print(f"only in the rebuild: {name}")
+    for name in result.extra:
+        print(f"not rebuilt: {name}")
+
+
 @data_app.command("verify")
 def data_verify(
     data_dir: Annotated[Path, typer.Argument(help="A `data build` output folder")],
@@ -131,12 +173,7 @@ def data_verify(
     from pipelines.data.build import verify
 
     result = verify(data_dir, num_proc)
-    for name in result.differing:
-        print(f"differs: {name}")
-    for name in result.missing:
-        print(f"only in the rebuild: {name}")
-    for name in result.extra:
-        print(f"not rebuilt: {name}")
+    _print_differences(result)
     if not result.identical:
         changed = len(result.differing) + len(result.missing) + len(result.extra)
         raise MidtrainError(f"{data_dir}: {changed} file(s) differ from a rebuild from its manifest")

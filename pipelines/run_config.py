@@ -312,6 +312,11 @@ class PublishSection(StrictModel):
     private: bool = True
     license: str = "apache-2.0"
     allow_no_eval: bool = False
+    dataset: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Publish the data mix as a dataset repo (card, lockfile, shards). `auto`: when its recipe "
+        "reads no files of this machine (it then rebuilds from the Hub), else skipped with the reason.",
+    )
 
 
 class TrackingSection(StrictModel):

@@ -191,7 +191,7 @@ def write_shards(data_dir: Path, n: int = 120, with_reflect: bool = False) -> No
         )
     rows.append({**rows[0], "epoch": 1})  # an upsampled repeat must not be counted twice
     pq.write_table(pa.Table.from_pylist(rows[: n - 10]), data_dir / "train-00000.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "eval-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "validation-00000.parquet")
 
 
 def make_adapter(base_dir: Path, out: Path, seed: int) -> None:
@@ -299,7 +299,7 @@ def manifest(
         },
         "splits": {
             "train": split,
-            "eval": split | {"rows": 0, "unique_ids": 0, "tokens": 0, "loss_tokens": 0},
+            "validation": split | {"rows": 0, "unique_ids": 0, "tokens": 0, "loss_tokens": 0},
         },
         "rejects": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "files": {},

@@ -151,10 +151,10 @@ MIX_SCHEMA = pa.schema(
 
 
 def write_mix(data_dir: Path, tokenizer: Any, train: list[Trace], held_out: list[Trace] = ()) -> Path:
-    """A mix in the data-stage layout: train-00000/00001 shards, eval-00000, manifest.json."""
+    """A mix in the data-stage layout: train-00000/00001 shards, validation-00000, manifest.json."""
     data_dir.mkdir(parents=True, exist_ok=True)
     half = (len(train) + 1) // 2
-    shards = {"train-00000": train[:half], "train-00001": train[half:], "eval-00000": list(held_out)}
+    shards = {"train-00000": train[:half], "train-00001": train[half:], "validation-00000": list(held_out)}
     for name, traces in shards.items():
         if traces:
             pq.write_table(

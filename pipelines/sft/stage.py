@@ -94,7 +94,7 @@ def load_screened_mix(config: RunConfig, vocab_size: int) -> Mix:
     max_length = config.sft.train.max_length
     with _main_process_first():
         train = mixdata.load_mix(data_dir, "train", cache)
-        held_out = mixdata.load_mix(data_dir, "eval", cache, required=False)
+        held_out = mixdata.load_mix(data_dir, "validation", cache, required=False)
     train_screen = mixdata.screen(train, "train", max_length, vocab_size)
     eval_screen = mixdata.screen(held_out, "eval", max_length, vocab_size) if held_out is not None else None
     return Mix(data_dir, sha256_file(manifest), train, held_out, train_screen, eval_screen)
