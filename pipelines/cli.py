@@ -420,6 +420,24 @@ def publish_cmd(
     print_json(publish.run(load_run_config(config, set_ or []), dry_run, allow_no_eval))
 
 
+@app.command("export")
+def export_cmd(
+    adapter: Annotated[Path, typer.Argument(help="A PEFT adapter folder, e.g. runs/NAME/sft/tool")],
+    out: Annotated[Path, typer.Option(help="The merged model folder to write")],
+    base: Annotated[
+        str | None, typer.Option(help="Base model (default: the one in the adapter's adapter_config.json)")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Weights dtype: auto (the base's), float32, bfloat16, float16")
+    ] = "auto",
+) -> None:
+    """Merge an adapter into its base: safetensors, tokenizer, chat template and a model card."""
+    from pipelines.export import export_merged
+
+    result = export_merged(adapter, out, base, dtype)
+    print(f"wrote {result.out_dir}: {result.adapter} merged into {result.base} ({result.dtype})")
+
+
 @app.command("run")
 def run_all(
     config: Annotated[Path, typer.Argument(help="Run config YAML")],
