@@ -108,7 +108,9 @@ def test_card_names_the_public_base_of_an_embedded_model(tmp_path: Path) -> None
     assert public_base_model("Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", "")
 
 
-def test_adapter_without_tokenizer_gets_the_bases(adapter: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_adapter_without_tokenizer_gets_the_bases(
+    adapter: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """A plain PEFT `save_pretrained` (another tool's adapter) holds no tokenizer: the export takes the base's
     and the card says so, instead of failing after the merge."""
     import shutil
@@ -120,5 +122,7 @@ def test_adapter_without_tokenizer_gets_the_bases(adapter: Path, tiny_model_dir:
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(adapter / name, bare / name)
     result = export_merged(bare, tmp_path / "merged", base=str(tiny_model_dir))
-    assert (result.out_dir / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+    assert (result.out_dir / "tokenizer.json").read_bytes() == (
+        tiny_model_dir / "tokenizer.json"
+    ).read_bytes()
     assert "saved without a tokenizer" in (result.out_dir / "README.md").read_text()
