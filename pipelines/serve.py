@@ -1,20 +1,21 @@
 """Serve a router bundle in Python: one base model, every adapter preloaded, the right one per request.
 
-`Router.generate` routes one request and switches to its adapter (cheap: the weights are already in memory,
-see `Router.switch`); `Router.generate_batch` serves a mixed batch in one forward pass with PEFT's `adapter_names`, each row
-with its own adapter. `chat` is the interactive loop behind `midtrain chat`, executing tool calls live.
+`Router.generate` routes one request and answers with its adapter; `Router.generate_batch` serves a mixed batch,
+each row with its own adapter. Both decode with the one inference engine (`pipelines.inference.Engine`): one
+adapter for a batch is a pointer switch (the weights are already in memory), a mixed batch runs in one forward
+pass per token with PEFT's `adapter_names`. The HTTP endpoint over it is `pipelines/server.py` (`midtrain
+serve`); `midtrain chat` is its client (`pipelines/chat_client.py`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from pipelines.codecs import Codec, ParsedReply, codec_for
+from pipelines.codecs import Codec, codec_for
 from pipelines.errors import BadInput
+from pipelines.inference import Engine, activate_adapter, decode_reply, tuner_layers
 from pipelines.models import resolve_model
 from pipelines.router import BASE, Route, adapter_source, compose_request_text, load_bundle
 from pipelines.schema import function_spec
@@ -32,18 +33,15 @@ class Router:
         self.sources = {
             name: adapter_source(self.router_dir, ref) for name, ref in self.requests.adapters.items()
         }
-        first = next(iter(self.sources.values()), None)
-        has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
-        # The adapter's own tokenizer carries the chat template it was trained with.
-        self.tokenizer = load_tokenizer(first if has_tokenizer else self.meta.base_model)
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = serving_tokenizer(self.sources, self.meta.base_model)
         self.codec: Codec = codec_for(self.tokenizer)  # writes the prompts, reads the replies
         base = AutoModelForCausalLM.from_pretrained(resolve_model(self.meta.base_model), dtype=torch.float32)
         self.model = self._attach_adapters(base)
         self.model.eval()
-        self._lora_layers = (
-            tuner_layers(self.model) if self.sources and self.requests.method != "arrow" else []
-        )
+        arrow = self.requests.method == "arrow"
+        self._lora_layers = tuner_layers(self.model) if self.sources and not arrow else []
+        loaded = {} if arrow else {path: name for name, path in self.sources.items()}
+        self.engine = Engine.for_tokenizer(self.model, self.tokenizer, adapters=loaded)
 
     def _attach_adapters(self, base: Any) -> Any:
         from peft import PeftModel
@@ -71,9 +69,7 @@ class Router:
         return self.requests.route([text])[0]
 
     def _prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        if messages and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
-        return self.codec.render(self.tokenizer, messages, tools, add_generation_prompt=True)
+        return prompt_text(self.tokenizer, messages, tools)
 
     def generate(
         self,
@@ -83,29 +79,8 @@ class Router:
         route: Route | None = None,
     ) -> tuple[Route, str]:
         """Route on the conversation's user turns (or use `route`), then generate with that adapter alone."""
-        import contextlib
-
-        import torch
-
         route = route or self.route(route_text(messages, tools))
-        if not self.sources or self.requests.method == "arrow":
-            return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
-        use_adapter = route.adapter in self.sources
-        if use_adapter:
-            self.switch(route.adapter)
-        inputs = self.tokenizer(
-            [self._prompt(messages, tools)], return_tensors="pt", add_special_tokens=False
-        )
-        base_only = contextlib.nullcontext() if use_adapter else self.model.disable_adapter()
-        with torch.no_grad(), base_only:
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
-        return route, _strip_padding(text, self.tokenizer)
+        return route, self.generate_batch([(messages, tools)], max_new_tokens, [route])[0][1]
 
     def generate_batch(
         self,
@@ -113,23 +88,17 @@ class Router:
         max_new_tokens: int = 256,
         routes: list[Route] | None = None,
     ) -> list[tuple[Route, str]]:
-        """Greedy generation for a batch whose rows may each use a different adapter (one forward pass)."""
-        import torch
-
+        """Greedy replies for a batch whose rows may each use a different adapter (one forward pass per token);
+        each reply ends at its end-of-turn token."""
         routes = routes or [self.route(route_text(m, t)) for m, t in requests]
-        prompts = [self._prompt(m, t) for m, t in requests]
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if self.sources and self.requests.method != "arrow":
-            kwargs["adapter_names"] = [r.adapter if r.adapter in self.sources else BASE for r in routes]
-        with torch.no_grad():
-            out = self.model.generate(**inputs, **kwargs)
-        texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
-        return [(r, _strip_padding(t, self.tokenizer)) for r, t in zip(routes, texts, strict=True)]
+        prompts = [
+            self.tokenizer(self._prompt(m, t), add_special_tokens=False)["input_ids"] for m, t in requests
+        ]
+        adapters = [r.adapter if r.adapter in self.sources else None for r in routes]
+        if self.requests.method == "arrow":
+            adapters = [None] * len(requests)  # the Arrow model mixes its adapters per token by itself
+        replies = self.engine(prompts, adapters, max_new_tokens)
+        return [(r, decode_reply(self.tokenizer, ids)) for r, ids in zip(routes, replies, strict=True)]
 
     def switch(self, adapter: str) -> None:
         """Make one adapter active for plain `model(...)`/`generate` calls (single-request serving)."""
@@ -138,24 +107,21 @@ class Router:
         activate_adapter(self.model, self._lora_layers, adapter)
 
 
-def tuner_layers(model: Any) -> list[Any]:
-    """The PEFT layers (one per adapted module) whose active adapter a switch repoints."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def serving_tokenizer(sources: dict[str, str], base_model: str) -> Any:
+    """The first adapter's own tokenizer (it carries the chat template it was trained with), else the base's."""
+    first = next(iter(sources.values()), None)
+    has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(first if has_tokenizer else base_model)
+    tokenizer.padding_side = "left"
+    return tokenizer
 
-    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
 
-
-def activate_adapter(model: Any, layers: list[Any], adapter: str) -> None:
-    """Switch a frozen `PeftModel` to `adapter`: repoint each LoRA layer's active adapter, nothing else.
-
-    PEFT's `set_adapter` also walks every module of the model and re-sets `requires_grad` on every adapter
-    weight, which made a switch cost ~10 ms on the 30-layer embedded model. Serving never trains, so the
-    pointer is all that changes; the state left is the same as `set_adapter`'s (tests/test_router.py).
-    """
-    for layer in layers:
-        layer._active_adapter = [adapter]
-    model.active_adapter = adapter  # PeftModel and its LoraModel each keep their own record
-    model.base_model.active_adapter = adapter
+def prompt_text(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """The generation prompt for a conversation, written by the tokenizer's codec; a system turn is added when
+    there is none, as in training."""
+    if messages and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
+    return codec_for(tokenizer).render(tokenizer, messages, tools, add_generation_prompt=True)
 
 
 def route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
@@ -164,70 +130,13 @@ def route_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | Non
     return compose_request_text(users, [function_spec(t).get("name", "") for t in tools or []])
 
 
-def _strip_padding(text: str, tokenizer: Any) -> str:
-    text = text.replace(tokenizer.pad_token or "", "") if tokenizer.pad_token != tokenizer.eos_token else text
-    return text.split(tokenizer.eos_token, 1)[0] if tokenizer.eos_token else text
-
-
-def chat(
-    router: Router,
-    lines: Iterable[str],
-    emit: Callable[[str], None],
-    domain: str | None = None,
-    max_tool_rounds: int = 4,
-    max_new_tokens: int = 256,
-) -> None:
-    """Interactive loop: each user line is routed once; tool calls run live in `domain`'s environment."""
-    env, tools = _chat_env(domain)
-    messages: list[dict[str, Any]] = []
-    for line in lines:
-        line = line.strip()
-        if line in ("/quit", "/exit"):
-            return
-        if line == "/reset" or not line:
-            messages = []
-            env, tools = _chat_env(domain)
-            continue
-        messages.append({"role": "user", "content": line})
-        route = router.route(route_text(messages, tools))
-        for _ in range(max_tool_rounds + 1):
-            _, text = router.generate(messages, tools, max_new_tokens, route=route)
-            reply = router.codec.parse(text, router.schema, tools)
-            emit(
-                f"[{route.adapter} · {route.cluster} {route.confidence:.2f}] {reply.content or text.strip()}"
-            )
-            messages.append(_assistant_message(router.codec, reply, text))
-            if not reply.tool_calls or env is None:
-                break
-            for call in reply.tool_calls:
-                observation, _ = env._call_tool(call["name"], call["arguments"])
-                emit(f"  tool {call['name']}({json.dumps(call['arguments'])}) → {observation[:200]}")
-                messages.append({"role": "tool", "content": observation})
-
-
-def _assistant_message(codec: Codec, reply: ParsedReply, raw: str) -> dict[str, Any]:
-    """The reply as a history message: its text before the calls (reasoning included), and its calls."""
-    message: dict[str, Any] = {"role": "assistant", "content": codec.text_before_calls(raw)}
-    if reply.tool_calls:
-        message["tool_calls"] = [{"type": "function", "function": c} for c in reply.tool_calls]
-    return message
-
-
 def env_class(domain: str) -> Any:
     """A built-in domain's class, or the class of an env YAML file (MCP server, Python class)."""
-    from pipelines.env_spec import is_env_file, load_env
-    from pipelines.envs import DOMAINS
+    from pipelines.envs.spec import is_env_file, load_env
+    from pipelines.tasks.domains import DOMAINS
 
     if is_env_file(domain):
         return load_env(domain)[1]
     if domain not in DOMAINS:
         raise BadInput(f"unknown environment {domain!r} (have: {', '.join(sorted(DOMAINS))})")
     return DOMAINS[domain][0]
-
-
-def _chat_env(domain: str | None) -> tuple[Any, list[dict[str, Any]] | None]:
-    if domain is None:
-        return None, None
-    env = env_class(domain)()
-    env.reset()
-    return env, env._tool_schemas()

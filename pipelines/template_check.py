@@ -94,8 +94,8 @@ class Report:
 @lru_cache(maxsize=1)
 def sample_traces() -> tuple[Trace, ...]:
     """One verified generated trace per pattern, the same ones on every run."""
-    from pipelines.envs import DOMAINS
-    from pipelines.generate import DEFAULT_CLUSTERS, THOUGHT_SCHEMA, generate_one, supported_patterns
+    from pipelines.tasks.domains import DOMAINS
+    from pipelines.tasks.generate import DEFAULT_CLUSTERS, THOUGHT_SCHEMA, generate_one, supported_patterns
     from pipelines.thought import load_thought_schema
 
     schema = load_thought_schema(THOUGHT_SCHEMA)

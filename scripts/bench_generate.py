@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.envs import DOMAINS
 from pipelines.envs.api_pool import build_pool
-from pipelines.generate import class_tools_json, generate_traces
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.generate import class_tools_json, generate_traces
 
 
 def warm_up(domain: str, seed: int) -> None:

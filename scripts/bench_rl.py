@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.rl import evaluate as tasks
 from pipelines.rl import train as stage
 from pipelines.rl.rewards import FailureCounts, reward_name
 from pipelines.run_config import RunConfig, load_run_config
+from pipelines.tasks import sampling
 from pipelines.tracking import read_metrics
 
 
@@ -52,7 +52,7 @@ def constant_reward(completions: list[Any], **kwargs: Any) -> list[float]:
 
 def rendered_rows(config: RunConfig, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, str]]:
     """Our prompts as the exact text TRL renders for the stage (same tools, same generation prompt)."""
-    from pipelines.envs import DOMAINS
+    from pipelines.tasks.domains import DOMAINS
 
     out = []
     for row in rows:
@@ -163,8 +163,8 @@ def main() -> None:
         config = bench_config(args.config, args.overrides, args.steps, Path(tmp))
         rl = config.rl
         assert rl is not None
-        domains = tasks.fixed_method_domains(rl.domains)
-        items = tasks.sample_tasks(
+        domains = sampling.fixed_method_domains(rl.domains)
+        items = sampling.sample_tasks(
             domains, rl.n_tasks, rl.task_seed, rl.max_difficulty, rl.irrelevance_fraction
         )
         rows = stage.prompt_rows(items)

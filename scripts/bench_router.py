@@ -83,7 +83,7 @@ def bench_switch(run_dir: Path, clusters: list[str], switches: int) -> dict[str,
     model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(str(adapters[name]), adapter_name=name)
-    from pipelines.serve import activate_adapter, tuner_layers
+    from pipelines.inference import activate_adapter, tuner_layers
 
     layers = tuner_layers(model)
     model.eval()

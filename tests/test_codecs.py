@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pipelines import episodes
 from pipelines.chat import load_tokenizer
 from pipelines.codecs import (
     FAMILIES,
@@ -25,11 +26,11 @@ from pipelines.codecs import (
     detect_family,
     make_codec,
 )
-from pipelines.envs import DOMAINS
 from pipelines.errors import BadInput
-from pipelines.rl import evaluate as ev
 from pipelines.run_config import ModelSection
 from pipelines.schema import ThinkingSection
+from pipelines.tasks import sampling
+from pipelines.tasks.domains import DOMAINS
 from pipelines.thought import load_thought_schema
 from tests.conftest import FAMILY_TEMPLATES
 
@@ -194,23 +195,12 @@ def test_streaming_never_shows_call_markup_and_ends_as_the_whole_parse(family, f
 
 # -- the same rollout scores the same in every format ---------------------------------------------------------------
 class FormatPolicy:
-    """A stand-in causal LM that plays the reference solution of the task its prompt holds, writing each reply
+    """A stand-in policy (a `GenerateFn`) that plays the reference solution of the task its prompt holds, writing each reply
     in the tokenizer's own format (rendered by the family's template, as a trained model would write it)."""
 
-    training = False
-
-    def __init__(self, tokenizer: Any, items: list[ev.DomainTask], family: str) -> None:
+    def __init__(self, tokenizer: Any, items: list[sampling.DomainTask], family: str) -> None:
         self.tokenizer, self.items, self.family = tokenizer, items, family
         self.codec = codec_for(tokenizer)
-
-    def parameters(self) -> Any:
-        import torch
-
-        yield torch.zeros(1)
-
-    def eval(self) -> None: ...
-
-    def train(self) -> None: ...
 
     def _reply(self, prompt: str) -> str:
         item = next(i for i in self.items if i.task.request in prompt)
@@ -228,18 +218,10 @@ class FormatPolicy:
             message = {"role": "assistant", "content": SCHEMA.render(THINKING, answer)}
         return _turn(self.tokenizer, self.codec, message)
 
-    def generate(self, input_ids: Any, attention_mask: Any, max_new_tokens: int, **kwargs: Any) -> Any:
-        import torch
-
-        rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
-            prompt = self.tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
-            reply = self.tokenizer(self._reply(prompt), add_special_tokens=False)["input_ids"][
-                :max_new_tokens
-            ]
-            rows.append(ids + reply)
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [self.tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    def __call__(self, prompts: list[list[int]], adapters: list, max_new_tokens: int) -> list[list[int]]:
+        """A `GenerateFn`: each prompt's scripted reply, cut at the token budget."""
+        replies = [self._reply(self.tokenizer.decode(ids)) for ids in prompts]
+        return [self.tokenizer(r, add_special_tokens=False)["input_ids"][:max_new_tokens] for r in replies]
 
 
 def test_the_same_rollouts_score_exactly_the_same_in_every_format(family_tokenizer) -> None:
@@ -249,18 +231,22 @@ def test_the_same_rollouts_score_exactly_the_same_in_every_format(family_tokeniz
     rng = random.Random(3)
     calculator, filesystem = DOMAINS["calculator"][1], DOMAINS["filesystem"][1]
     items = [
-        ev.DomainTask("calculator", calculator(rng, 1)),
-        ev.DomainTask("calculator", calculator(rng, 2, True)),
-        ev.DomainTask("filesystem", filesystem(rng, 2)),
-        ev.DomainTask("calculator", ev.irrelevant_task("calculator", DOMAINS["docsearch"][1](rng, 1))),
+        sampling.DomainTask("calculator", calculator(rng, 1)),
+        sampling.DomainTask("calculator", calculator(rng, 2, True)),
+        sampling.DomainTask("filesystem", filesystem(rng, 2)),
+        sampling.DomainTask(
+            "calculator", sampling.irrelevant_task("calculator", DOMAINS["docsearch"][1](rng, 1))
+        ),
     ]
     classes = {name: DOMAINS[name][0] for name in ("calculator", "filesystem")}
     scores = {}
     for family in TRL_FAMILIES:
         tok = family_tok(family_tokenizer, family)
-        result = ev.evaluate_policy(FormatPolicy(tok, items, family), tok, items, classes, SCHEMA, 4, 4096)
-        episodes = result.pop("episodes")
-        assert [len(e["completion"]) for e in episodes] == [3, 4, 5, 1], family
+        result = episodes.evaluate_policy(
+            FormatPolicy(tok, items, family), tok, items, classes, SCHEMA, 4, 4096
+        )
+        runs = result.pop("episodes")
+        assert [len(e["completion"]) for e in runs] == [3, 4, 5, 1], family
         scores[family] = result
     assert scores["hermes"]["outcome"] == 1.0 and scores["hermes"]["failures"] == {}
     for family in TRL_FAMILIES:
@@ -312,10 +298,10 @@ def test_one_grpo_step_runs_the_tool_loop_in_each_format(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from pipelines.envs.base import Task
-    from pipelines.generate import sample_prompt_rows
     from pipelines.rl.rewards import build_reward_funcs
     from pipelines.rl.tool_views import tool_view
+    from pipelines.tasks.generate import sample_prompt_rows
+    from pipelines.tasks.records import Task
 
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     tok = load_tokenizer(str(tiny_model(family_tok(family_tokenizer, family), tmp_path / "model")))

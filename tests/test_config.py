@@ -27,7 +27,7 @@ def test_every_shipped_yaml_validates(path: Path) -> None:
     if "thought_schemas" in path.parts:
         assert isinstance(load_thought_schema(str(path)), ThoughtSchema)
     elif "envs" in path.parts:  # env blocks (configs/envs/*.yaml): validated, not started
-        from pipelines.env_spec import resolve_env
+        from pipelines.envs.spec import resolve_env
 
         assert resolve_env(str(path)).name == path.stem
     else:

@@ -6,8 +6,10 @@ import random
 
 import pytest
 
-from pipelines.envs.base import Step, Task, ToolEnv, build_task, every_answer_said, spoken_list
-from pipelines.envs.code_problems import Problem
+from pipelines.envs.base import ToolEnv
+from pipelines.tasks.building import build_task, spoken_list
+from pipelines.tasks.code_problems import Problem
+from pipelines.tasks.records import Step, Task, every_answer_said
 
 
 def test_every_answer_said_needs_each_separated_part_after_normalisation() -> None:

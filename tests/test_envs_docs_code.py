@@ -9,31 +9,18 @@ from typing import Any
 import pytest
 from transformers.utils import get_json_schema
 
-from pipelines.envs import DOMAINS, code_runner
-from pipelines.envs.base import Task, ToolEnv
-from pipelines.envs.code_runner import (
-    PROBLEMS,
-    Case,
-    CodeRunnerEnv,
-    _cases,
-    format_verdicts,
-    run_test_cases,
-    same_value,
-)
-from pipelines.envs.code_runner import sample_task as sample_code_task
-from pipelines.envs.docsearch import (
-    Bm25,
-    DocSearchEnv,
-    _phrase_candidates,
-    _quotable_lines,
-    _squash,
-    corpus,
-    search,
-    tokenize,
-    unique_phrases,
-)
-from pipelines.envs.docsearch import sample_task as sample_doc_task
+from pipelines.envs.base import ToolEnv
+from pipelines.envs.code_runner import Case, CodeRunnerEnv, format_verdicts, run_test_cases, same_value
+from pipelines.envs.docsearch import Bm25, DocSearchEnv, _squash, corpus, search, tokenize
 from pipelines.errors import BadInput
+from pipelines.tasks import code_runner as code_tasks
+from pipelines.tasks.code_problems import PROBLEMS
+from pipelines.tasks.code_runner import _cases
+from pipelines.tasks.code_runner import sample_task as sample_code_task
+from pipelines.tasks.docsearch import _phrase_candidates, _quotable_lines, unique_phrases
+from pipelines.tasks.docsearch import sample_task as sample_doc_task
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import Task
 
 
 def fresh(env_cls: type[ToolEnv], task: Task) -> ToolEnv:
@@ -307,7 +294,7 @@ def test_run_python_sees_the_saved_solution() -> None:
 # -- regressions found by the verified trace generator (generate.py replays every trace) ---------------------------
 def _generated(domain: str, n: int, seed: int, patterns: dict[str, float]) -> list[Any]:
     """`n` verified traces of one domain; any reject fails the test with its reasons."""
-    from pipelines.generate import generate_traces
+    from pipelines.tasks.generate import generate_traces
 
     result = generate_traces([domain], n, seed, patterns)
     assert not result.rejects, [(r["reason"], r["detail"]) for r in result.rejects]
@@ -381,9 +368,9 @@ def test_failing_test_lines_quote_dict_arguments_as_the_runner_prints_them(
     problems = [p for p in PROBLEMS if "dict" in p.params]
     assert {p.name for p in problems} >= {"merge_counts", "invert_dict"}
     for problem in problems:
-        monkeypatch.setattr(code_runner, "PROBLEMS", (problem,))
+        monkeypatch.setattr(code_tasks, "PROBLEMS", (problem,))
         for seed in range(3):
-            task = Task.from_json(code_runner._build_function(random.Random(seed), 2, False).to_json())
+            task = Task.from_json(code_tasks._build_function(random.Random(seed), 2, False).to_json())
             mistake = next(m for m in task.mistakes if m.followed_by)
             assert "{" in mistake.error_contains, mistake.error_contains
             text, is_error = mistake_observation(fresh(CodeRunnerEnv, task), mistake)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.envs import DOMAINS
-from pipelines.generate import sample_prompt_rows
 from pipelines.models import project_chat_template
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.generate import sample_prompt_rows
 
 FIXED = sorted(d for d, (cls, _) in DOMAINS.items() if cls._tool_methods())
 

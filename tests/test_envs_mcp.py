@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.env_spec import McpEnvSpec, env_class, load_env, resolve_env
+from pipelines import episodes
+from pipelines.envs.base import guarded
 from pipelines.envs.external import EnvFailure
+from pipelines.envs.spec import McpEnvSpec, env_class, load_env, resolve_env
 from pipelines.errors import BadInput
-from pipelines.rl import evaluate as ev
-from pipelines.tasks_file import load_task_file
+from pipelines.tasks import sampling
+from pipelines.tasks.task_file import load_task_file
 from pipelines.thought import load_thought_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,20 +128,22 @@ def test_cli_env_show_and_call() -> None:
 
 # -- rollouts --------------------------------------------------------------------------------------------------
 def test_a_rollout_calls_the_server_and_the_task_judge_scores_it(tmp_path: Path, tokenizer) -> None:
-    from tests.test_rl import ScriptedPolicy
+    from tests.helpers import ScriptedPolicy
 
     tasks = load_task_file(write_tasks(tmp_path / "t.jsonl", [CART_TASK]), shop())
     [task] = tasks.heldout
-    classes = {"shop": ev.guarded(tasks.envs["shop"])}
-    items = [ev.DomainTask("shop", task)]
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 3, 2048)
+    classes = {"shop": guarded(tasks.envs["shop"])}
+    items = [sampling.DomainTask("shop", task)]
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 3, 2048
+    )
     completion = result["episodes"][0]["completion"]
     assert completion[1]["role"] == "tool" and json.loads(completion[1]["content"])["total"] == 1.0
     assert (result["outcome"], result["call_accuracy"], result["format_rate"]) == (1.0, 1.0, 1.0)
 
 
 def test_a_server_crash_mid_rollout_fails_that_rollout_with_its_reason(tmp_path: Path, tokenizer) -> None:
-    from tests.test_rl import ScriptedPolicy
+    from tests.helpers import ScriptedPolicy
 
     two_calls = {**CART_TASK, "id": "cart-2", "prompt": "Add an apple, then a mug.", "state": None,
                  "answer": None, "expected_calls": [{"name": "add_to_cart", "arguments": {"product_id": "apple"}},
@@ -147,10 +151,12 @@ def test_a_server_crash_mid_rollout_fails_that_rollout_with_its_reason(tmp_path:
     tasks = load_task_file(
         write_tasks(tmp_path / "t.jsonl", [two_calls]), shop("crashy", env={"SHOP_CRASH_ON_CALL": "2"})
     )
-    classes = {"crashy": ev.guarded(tasks.envs["crashy"])}
-    items = [ev.DomainTask("crashy", tasks.heldout[0])]
+    classes = {"crashy": guarded(tasks.envs["crashy"])}
+    items = [sampling.DomainTask("crashy", tasks.heldout[0])]
     started = time.perf_counter()
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 4, 2048)
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 4, 2048
+    )
     assert time.perf_counter() - started < 60
     completion = result["episodes"][0]["completion"]
     tool_texts = [m["content"] for m in completion if m["role"] == "tool"]
@@ -212,10 +218,10 @@ def test_one_grpo_step_with_the_mcp_env(tmp_path: Path, tiny_model_dir: Path, mo
 
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     tasks = load_task_file(write_tasks(tmp_path / "t.jsonl", [{**CART_TASK, "split": "train"}]), shop())
-    items = [ev.DomainTask("shop", t) for t in tasks.train * 2]
+    items = [sampling.DomainTask("shop", t) for t in tasks.train * 2]
     rows = prompt_rows_for_tasks(items, {"shop": tasks.envs["shop"]})
     resets = []
-    base = ev.guarded(tasks.envs["shop"])
+    base = guarded(tasks.envs["shop"])
 
     class Counting(base):  # type: ignore[misc, valid-type]
         def reset(self, **row):

@@ -22,12 +22,24 @@ from unittest import mock
 
 import pytest
 
-from pipelines.envs import DOMAINS, calculator, calendar_todo, filesystem, sqlite_db
-from pipelines.envs.base import Task, ToolEnv, ToolError
+from pipelines.envs import calculator, calendar_todo, filesystem, sqlite_db
+from pipelines.envs.base import ToolEnv, ToolError
 from pipelines.errors import BadInput
 from pipelines.schema import argument_errors
+from pipelines.tasks import calculator as calculator_tasks
+from pipelines.tasks import calendar_todo as calendar_tasks
+from pipelines.tasks import filesystem as filesystem_tasks
+from pipelines.tasks import sqlite_db as sqlite_tasks
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import Task
 
-MODULES = {"calculator": calculator, "filesystem": filesystem, "sqlite": sqlite_db, "calendar": calendar_todo}
+# Each domain's task sampler module.
+MODULES = {
+    "calculator": calculator_tasks,
+    "filesystem": filesystem_tasks,
+    "sqlite": sqlite_tasks,
+    "calendar": calendar_tasks,
+}
 ENVS: dict[str, type[ToolEnv]] = {
     "calculator": calculator.CalculatorEnv,
     "filesystem": filesystem.FileSystemEnv,
@@ -259,7 +271,7 @@ ESCAPES = [
 
 def _workspace_env() -> filesystem.FileSystemEnv:
     env = filesystem.FileSystemEnv()
-    env.reset(task=filesystem.sample_task(random.Random(7), 1).to_json())
+    env.reset(task=filesystem_tasks.sample_task(random.Random(7), 1).to_json())
     return env
 
 
@@ -365,7 +377,7 @@ def test_filesystem_setup_paths_are_checked_too() -> None:
 @pytest.fixture()
 def database() -> sqlite_db.SqliteEnv:
     env = sqlite_db.SqliteEnv()
-    env.reset(task=sqlite_db.sample_task(random.Random(3), 1).to_json())
+    env.reset(task=sqlite_tasks.sample_task(random.Random(3), 1).to_json())
     return env
 
 
@@ -441,7 +453,7 @@ def test_sqlite_tools_check_types_and_names() -> None:
     env = sqlite_db.SqliteEnv()
     env.reset(
         task=Task(
-            "sqlite", "t", "r", {"tables": [sqlite_db._table_setup(sqlite_db._SPECS["books"], [])]}, []
+            "sqlite", "t", "r", {"tables": [sqlite_tasks._table_setup(sqlite_tasks._SPECS["books"], [])]}, []
         ).to_json()
     )
     row = {
@@ -601,7 +613,7 @@ def test_calendar_workflow() -> None:
 # -- regressions found by the verified trace generator (generate.py replays every trace) ---------------------------
 def _generated(domain: str, n: int, seed: int, patterns: dict[str, float]) -> list[Any]:
     """`n` verified traces of one domain; any reject fails the test with its reasons."""
-    from pipelines.generate import generate_traces
+    from pipelines.tasks.generate import generate_traces
 
     result = generate_traces([domain], n, seed, patterns)
     assert not result.rejects, [(r["reason"], r["detail"]) for r in result.rejects]
@@ -684,7 +696,7 @@ def test_sqlite_recoveries_correct_only_what_the_trace_showed() -> None:
 
 def test_run_select_errors_list_what_exists() -> None:
     env = sqlite_db.SqliteEnv()
-    tables = [sqlite_db._table_setup(sqlite_db._SPECS[name], []) for name in ("books", "orders")]
+    tables = [sqlite_tasks._table_setup(sqlite_tasks._SPECS[name], []) for name in ("books", "orders")]
     env.reset(task=Task("sqlite", "t", "r", {"tables": tables}, []).to_json())
     observation, is_error = env._call_tool(
         "run_select", {"query": "SELECT COUNT(*) FROM books WHERE writer = 'x'"}

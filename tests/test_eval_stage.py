@@ -106,67 +106,6 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
         assert bfcl["routed", example_id] == bfcl[by_path[adapter], example_id]
 
 
-def test_prefix_cache_gives_the_plain_generation(
-    run_dir: Path, tiny_model_dir: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Reusing first turns' KV (per adapter and prefix, left-padded, across calls) changes no greedy output."""
-    eos = tokenizer.eos_token_id
-    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    turn_a = [*ids("You can convert units and evaluate expressions. " * 6), eos]
-    turn_b = [*ids("You manage files: list, read, write and move them in a sandbox. " * 5), eos]
-    tool, plan = (str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))
-    calls = [
-        [(turn_a + ids("Convert 3 km"), tool), (turn_a + ids("What is 2+2?"), tool), (turn_b + ids("ls"), plan),
-         (turn_b + ids("Read notes.txt and count the lines"), plan), (turn_a + ids("Convert 5 kg"), None)],
-        [(turn_a + ids("Convert 3 km to miles, then add 4."), tool), (turn_a + ids("Convert 5 kg"), None)],
-    ]  # fmt: skip
-    cached = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
-    assert sorted(len(p) for _, p in engine._prefix_cache) == sorted(
-        [len(turn_a), len(turn_b)]
-    )  # base: alone
-    monkeypatch.setattr(stage, "PREFIX_CACHE_MIN_TOKENS", 10**9)
-    plain = [engine([p for p, _ in rows], [a for _, a in rows], 6) for rows in calls]
-    assert plain == cached
-
-
-def test_greedy_decode_matches_generate_row_by_row(
-    run_dir: Path, tiny_model_dir: Path, tokenizer: Any
-) -> None:
-    """A mixed-adapter, left-padded batch whose rows finish at different steps gives each row exactly what
-    `generate` gives it alone, with its adapter."""
-    import contextlib
-
-    import torch
-
-    eos = tokenizer.eos_token_id
-    engine = stage.Engine(_config(run_dir, tiny_model_dir, EvalSection()), tokenizer.pad_token_id, eos, None)
-    texts = ["Convert 3 km to miles.", "List every file in /docs and read the largest one.", "Hi"]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    adapters = [None, *(str((run_dir / "sft" / c).resolve()) for c in ("tool", "plan"))]
-    # A random model rarely ends a turn: make a token row 0 emits third the end-of-turn token, so rows finish
-    # at different steps and the batch has to shrink.
-    stop = engine(prompts, adapters, 12)[0][2]
-    engine.eos_token_id = stop
-    batched = engine(prompts, adapters, 12)
-    assert len(batched[0]) <= 3 and max(len(ids) for ids in batched) == 12
-    for prompt, adapter, got in zip(prompts, adapters, batched, strict=True):
-        if adapter is None:
-            context = engine.model.disable_adapter()
-        else:
-            engine.model.set_adapter(engine.names[adapter])
-            context = contextlib.nullcontext()
-        with context, torch.no_grad():
-            alone = engine.model.generate(
-                input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=stop,
-                pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-        assert got == alone[0, len(prompt) :].tolist()
-
-
 # -- scoring on a stub generator ----------------------------------------------------------------------------------
 def _call_text(calls: list[tuple[str, dict[str, Any]]]) -> str:
     return "".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>" for n, a in calls)

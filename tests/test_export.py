@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pipelines.artifacts import MergedModel
 from pipelines.cli import app, run_cli
 from tests.helpers import make_adapter
 
@@ -67,6 +68,10 @@ def test_merged_model_generates_what_base_plus_adapter_generates(
         card.data.base_model == f"<local>/{tiny_model_dir.name}" and card.data.base_model_relation == "merge"
     )
     assert '"r": 8' in card.text and "--tool-call-parser hermes" in card.text
+    assert (
+        "python -m vllm.entrypoints.openai.api_server --model MERGED_DIR --enable-auto-tool-choice"
+        in card.text
+    )
     assert json.loads((merged_dir / "config.json").read_text())["dtype"] == "float32"
 
     again = CliRunner().invoke(app, ["export", str(adapter), "--out", str(merged_dir), "--dtype", "bfloat16"])
@@ -122,7 +127,7 @@ def test_adapter_without_tokenizer_gets_the_bases(
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(adapter / name, bare / name)
     result = export_merged(bare, tmp_path / "merged", base=str(tiny_model_dir))
-    assert (result.out_dir / "tokenizer.json").read_bytes() == (
-        tiny_model_dir / "tokenizer.json"
-    ).read_bytes()
-    assert "saved without a tokenizer" in (result.out_dir / "README.md").read_text()
+    out = tmp_path / "merged"
+    assert result.tokenizer_from == "base" and MergedModel.read(out) == result
+    assert (out / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+    assert "saved without a tokenizer" in (out / "README.md").read_text()

@@ -13,11 +13,11 @@ import pytest
 
 from pipelines.chat import render_trace
 from pipelines.codecs import codec_for
-from pipelines.envs import DOMAINS
-from pipelines.envs.base import Task
 from pipelines.envs.instanced import split_answers, tasks_of
 from pipelines.errors import BadInput
-from pipelines.generate import (
+from pipelines.schema import PATTERNS, Trace, content_id
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.generate import (
     DEFAULT_CLUSTERS,
     generate_traces,
     resolve_patterns,
@@ -26,7 +26,7 @@ from pipelines.generate import (
     task_to_prompt_row,
     verify_trace,
 )
-from pipelines.schema import PATTERNS, Trace, content_id
+from pipelines.tasks.records import Task
 from pipelines.thought import load_thought_schema
 
 ALL = sorted(DOMAINS)
@@ -116,8 +116,8 @@ def test_single_sequential_parallel_shapes(by_pattern):
 
 
 def test_a_parallel_draw_needing_two_rounds_is_recorded_sequential() -> None:
-    from pipelines.envs.base import Step, Task
-    from pipelines.generate import shape_pattern
+    from pipelines.tasks.generate import shape_pattern
+    from pipelines.tasks.records import Step, Task
 
     call = Step("f", {})
     two_rounds = Task("calculator", "t", "r", {}, solution=[[call, call], [call]])

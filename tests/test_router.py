@@ -4,6 +4,7 @@ generation gives each row exactly its adapter's output."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines.artifacts import RouterAccuracy
+from pipelines.chat import load_tokenizer
 from pipelines.errors import BadInput
 from pipelines.router import BASE, load_bundle, request_text, run
 from pipelines.run_config import RouterSection, RunConfig
@@ -98,7 +100,8 @@ def test_mixed_batch_gives_each_row_its_adapter(run_dir: Path, tiny_model_dir: P
 def test_switch_leaves_the_state_peft_set_adapter_leaves(run_dir: Path, tiny_model_dir: Path) -> None:
     import torch
 
-    from pipelines.serve import Router, tuner_layers
+    from pipelines.inference import tuner_layers
+    from pipelines.serve import Router
 
     run(_config(run_dir, tiny_model_dir, threshold=0.0))
     router = Router(run_dir / "router")
@@ -150,25 +153,34 @@ def test_route_and_chat_cli(run_dir: Path, tiny_model_dir: Path) -> None:
 def test_vllm_export(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     run(_config(run_dir, tiny_model_dir))
     out = tmp_path / "lora.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "router",
-            "export",
-            str(run_dir / "router"),
-            "--vllm",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    modules = json.loads(out.read_text())
-    assert {m["name"] for m in modules["lora_modules"]} == {"tool", "plan"}
-    assert all(Path(m["path"]).is_dir() for m in modules["lora_modules"])
-    assert "--max-lora-rank 8" in modules["command"]
+    cli = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "router",
+        "export",
+        str(run_dir / "router"),
+        "--vllm",
+        str(out),
+    ]
+    printed = subprocess.run([*cli, "--port", "8123"], check=True, capture_output=True, text=True).stdout
+    export = json.loads(out.read_text())
+    assert {m["name"] for m in export["lora_modules"]} == {"tool", "plan"}
+    assert all(Path(m["path"]).is_dir() for m in export["lora_modules"])
+    assert printed.strip() == export["command"]
+    args = shlex.split(printed)
+    assert args[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert "--enable-lora" in args and "--enable-auto-tool-choice" in args
+    assert args[args.index("--max-lora-rank") + 1] == "8"  # the adapters' rank, not a fixed 64
+    assert args[args.index("--max-loras") + 1] == "2"
+    assert (
+        args.count("--lora-modules") == 1
+    )  # one flag, every module after it (repeated, vLLM keeps the last)
+    assert args[args.index("--tool-call-parser") + 1] == "hermes"
+    assert args[args.index("--port") + 1] == "8123" and args[args.index("--model") + 1] == str(tiny_model_dir)
+    template = Path(args[args.index("--chat-template") + 1])
+    assert template.read_text() == load_tokenizer(str(run_dir / "sft" / "tool")).chat_template
+    assert export["command_gpu"].startswith(f"vllm serve {tiny_model_dir} --enable-lora")
 
 
 def test_merge_trains_indistinguishable_cluster_as_target(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -211,36 +223,32 @@ def test_serving_text_is_the_training_text() -> None:
 
 
 def test_chat_executes_tool_calls_in_the_environment() -> None:
-    """The chat loop runs a reply's tool call live and feeds the observation back for the next reply."""
-    from pipelines.codecs import hermes
-    from pipelines.router import Route
-    from pipelines.serve import chat
-    from pipelines.thought import load_thought_schema
+    """The chat client runs a reply's tool call live and sends the observation back as a `tool` message."""
+    from pipelines.chat_client import chat
 
-    class ScriptedRouter:
-        def __init__(self) -> None:
-            self.schema = load_thought_schema("think-plan-reflect")
-            self.codec = hermes()  # what Router reads off its tokenizer; the replies below are Hermes
-            call = '{"name": "evaluate_expression", "arguments": {"expression": "37 * 12"}}'
-            self.replies = [f"<tool_call>{call}</tool_call>", "37 * 12 = 444."]
-            self.seen: list[list[dict]] = []
+    call = {"id": "call_1", "type": "function", "function": {"name": "evaluate_expression",
+                                                              "arguments": '{"expression": "37 * 12"}'}}  # fmt: skip
+    replies = [{"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "assistant", "content": "37 * 12 = 444."}]  # fmt: skip
+    seen: list[dict] = []
 
-        def route(self, text: str) -> Route:
-            assert text.endswith("[tools] " + " ".join(CALCULATOR_TOOLS))
-            return Route("tool", 0.9, "tool", False)
-
-        def generate(self, messages: list[dict], tools: list, max_new_tokens: int, route: Route) -> tuple:
-            self.seen.append(list(messages))
-            return route, self.replies[len(self.seen) - 1]
+    def complete(body: dict) -> dict:
+        seen.append(json.loads(json.dumps(body)))
+        assert [t["function"]["name"] for t in body["tools"]] == CALCULATOR_TOOLS
+        route = {"adapter": "tool", "cluster": "tool", "score": 0.9}
+        return {"choices": [{"message": replies[len(seen) - 1]}], "midtrain": route}
 
     lines: list[str] = []
-    scripted = ScriptedRouter()
-    chat(scripted, ["What is 37 * 12?", "/quit"], lines.append, domain="calculator")
+    chat(complete, ["What is 37 * 12?", "/quit"], lines.append, domain="calculator")
+    assert lines[0] == "[tool · tool 0.90]"
     assert (
         lines[1].startswith('  tool evaluate_expression({"expression": "37 * 12"}) → ') and "444" in lines[1]
     )
     assert lines[2] == "[tool · tool 0.90] 37 * 12 = 444."
-    assert scripted.seen[1][-1]["role"] == "tool" and "444" in scripted.seen[1][-1]["content"]
+    tool_message = seen[1]["messages"][-1]
+    assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "call_1"
+    assert "444" in tool_message["content"] and seen[1]["messages"][-2]["tool_calls"] == [call]
+    assert seen[0]["temperature"] == 0 and seen[0]["model"] == "midtrain"
 
 
 def test_generated_requests_come_from_the_recipe_sources_labelled_as_the_mix(tmp_path: Path) -> None:

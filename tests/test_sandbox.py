@@ -27,9 +27,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipelines.envs import code_runner, sandbox, sandbox_kernel
+from pipelines import sandbox
+from pipelines.envs import code_runner
 from pipelines.envs.code_runner import CodeRunnerEnv
-from pipelines.envs.sandbox import Limits, SandboxSettings, SandboxUnavailable, run_sandboxed
+from pipelines.sandbox import Limits, SandboxSettings, SandboxUnavailable, run_sandboxed
+from pipelines.sandbox import kernel as sandbox_kernel
 
 QUICK = Limits(cpu_seconds=1, wall_seconds=2.5)
 SUPPORT = sandbox_kernel.kernel_support()
@@ -436,7 +438,7 @@ def _alive(pids: list[int]) -> list[int]:
 def _start_parent(tmp_path: Path, wall_seconds: float) -> tuple[subprocess.Popen[bytes], list[int]]:
     """A separate process that runs a sleeping sandbox; returns it and the sandbox's processes once running."""
     script = (
-        "from pipelines.envs.sandbox import Limits, run_sandboxed\n"
+        "from pipelines.sandbox import Limits, run_sandboxed\n"
         f"run_sandboxed('import time\\ntime.sleep(60)', limits=Limits(wall_seconds={wall_seconds}))\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.envs.sandbox import SandboxUnavailable
+from pipelines.sandbox import SandboxUnavailable
 
 OLD_KERNEL = ["landlock", "seccomp", "namespaces"]
 

@@ -15,161 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from pipelines.artifacts import SFTSummary
-from pipelines.chat import render_trace
 from pipelines.errors import BadInput
-from pipelines.recipe import Recipe
 from pipelines.run_config import REPO_ROOT, RunConfig
-from pipelines.schema import Trace
 from pipelines.sft import check_vllm_compatible, run
 from pipelines.sft import data as mixdata
-from pipelines.thought import load_thought_schema
-from tests.helpers import CrashAt
-
-CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Perth", "Dakar"]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "City name."}},
-            "required": ["city"],
-        },
-    },
-}
-
-
-def _tool_trace(i: int, cluster: str) -> Trace:
-    """A weather lookup; the thinking section matches the cluster so clusters differ in what they teach."""
-    city = CITIES[i % len(CITIES)]
-    section = {"plan": "plan", "reflect": "reflect"}.get(cluster, "observe")
-    return Trace.model_validate(
-        {
-            "id": f"{cluster}-{i}",
-            "source": "handwritten",
-            "kind": "tool",
-            "cluster": cluster,
-            "tools": [WEATHER_TOOL],
-            "messages": [
-                {"role": "user", "content": f"Is it warm in {city} today? Case {i}."},
-                {
-                    "role": "assistant",
-                    "thinking": [{"section": section, "text": f"Look up {city} first, then answer."}],
-                    "tool_calls": [{"id": f"c{i}", "name": "get_weather", "arguments": {"city": city}}],
-                },
-                {"role": "tool", "tool_call_id": f"c{i}", "content": f'{{"temp_c": {10 + 3 * i}}}'},
-                {"role": "assistant", "content": f"{city} is at {10 + 3 * i} degrees C" + "." * (i % 5)},
-            ],
-            "meta": {"pattern": "single", "difficulty": 1},
-        }
-    )
-
-
-def _chat_trace(i: int, cluster: str) -> Trace:
-    """A tool-less exchange (a clarification): a trace row of ~70 tokens instead of ~300 with a tool schema."""
-    return Trace.model_validate(
-        {
-            "id": f"{cluster}-chat-{i}",
-            "source": "handwritten",
-            "kind": "tool",
-            "cluster": cluster,
-            "messages": [
-                {"role": "user", "content": f"Book a table for {i + 2}."},
-                {
-                    "role": "assistant",
-                    "thinking": [{"section": "plan", "text": "The restaurant and time are missing; ask."}],
-                    "content": "Which restaurant, and at what time?",
-                },
-            ],
-            "meta": {"pattern": "clarify", "difficulty": 0},
-        }
-    )
-
-
-def _doc_trace(i: int, n_words: int | None = None, cluster: str = "text") -> Trace:
-    words = " ".join(f"word{j}" for j in range(n_words or 5 + 7 * i))
-    return Trace(
-        id=f"{cluster}-{i}", source="handwritten", kind="text", cluster=cluster, text=f"Doc {i}: {words}."
-    )
-
-
-def mix_traces(per_cluster: int = 4, clusters: tuple[str, ...] = ("plan", "tool", "reflect")) -> list[Trace]:
-    traces = [_tool_trace(i, c) for c in clusters for i in range(per_cluster)]
-    return traces + [_doc_trace(i) for i in range(per_cluster)]
-
-
-def note_traces(n: int = 8) -> list[Trace]:
-    """Short docs of 36-57 tokens: at max_length 64 no two share a packed row, so each is one row."""
-    return [_doc_trace(i, 12 + i, cluster="notes") for i in range(n)]
-
-
-def _rows(traces: list[Trace], tokenizer: Any) -> dict[str, list]:
-    schema = load_thought_schema("think-plan-reflect")
-    cols: dict[str, list] = {k: [] for k in ("id", "source", "category", "kind", "cluster", "pattern")}
-    cols |= {k: [] for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens", "input_ids")}
-    cols |= {"assistant_masks": [], "trace": []}
-    for trace in traces:
-        rendered = render_trace(trace, tokenizer, schema)
-        values = {
-            "id": trace.id,
-            "source": trace.source,
-            "category": trace.kind,
-            "kind": trace.kind,
-            "cluster": trace.cluster,
-            "pattern": trace.meta.get("pattern", ""),
-            "difficulty": trace.meta.get("difficulty", 0),
-            "epoch": 0,
-            "n_tokens": len(rendered.input_ids),
-            "n_loss_tokens": rendered.n_loss_tokens,
-            "input_ids": rendered.input_ids,
-            "assistant_masks": rendered.assistant_masks,
-            "trace": trace.to_json(),
-        }
-        for key, value in values.items():
-            cols[key].append(value)
-    return cols
-
-
-MIX_SCHEMA = pa.schema(
-    [
-        *[(k, pa.string()) for k in ("id", "source", "category", "kind", "cluster", "pattern")],
-        *[(k, pa.int32()) for k in ("difficulty", "epoch", "n_tokens", "n_loss_tokens")],
-        ("input_ids", pa.list_(pa.int32())),
-        ("assistant_masks", pa.list_(pa.int8())),
-        ("trace", pa.string()),
-    ]
-)
-
-
-def write_mix(data_dir: Path, tokenizer: Any, train: list[Trace], held_out: list[Trace] = ()) -> Path:
-    """A mix in the data-stage layout: train-00000/00001 shards, validation-00000, manifest.json."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    half = (len(train) + 1) // 2
-    shards = {"train-00000": train[:half], "train-00001": train[half:], "validation-00000": list(held_out)}
-    for name, traces in shards.items():
-        if traces:
-            pq.write_table(
-                pa.table(_rows(traces, tokenizer), schema=MIX_SCHEMA), data_dir / f"{name}.parquet"
-            )
-    (data_dir / "manifest.json").write_text(json.dumps({"recipe": {"name": "test"}, "shards": list(shards)}))
-    return data_dir
-
-
-RECIPE = Recipe.model_validate(
-    {
-        "name": "t",
-        "total_tokens": 1000,
-        "categories": {"text": {"share": 1.0, "sources": [{"name": "p", "type": "pydoc_text"}]}},
-    }
+from tests.helpers import (
+    RECIPE,
+    CrashAt,
+    _chat_trace,
+    _doc_trace,
+    _tool_trace,
+    mix_traces,
+    note_traces,
+    write_mix,
 )
 
 
@@ -584,30 +448,66 @@ def test_wandb_offline_logs_config_manifest_hash_and_losses(
 # --- vLLM compatibility ------------------------------------------------------------------------------------
 
 
+Q_PROJ = "base_model.model.model.layers.0.self_attn.q_proj"
+PLAIN_LORA = {f"{Q_PROJ}.lora_A.weight": (16, 8), f"{Q_PROJ}.lora_B.weight": (8, 16)}
+
+
+def write_adapter(path: Path, change: dict | None = None, tensors: dict | None = None) -> Path:
+    """adapter_config.json + a real safetensors file whose tensor names and shapes are `tensors`."""
+    from safetensors.numpy import save_file
+
+    config = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "bias": "none", "use_dora": False}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps(config | (change or {})))
+    shapes = PLAIN_LORA if tensors is None else tensors
+    save_file(
+        {k: np.zeros(s, np.float32) for k, s in shapes.items()}, str(path / "adapter_model.safetensors")
+    )
+    return path
+
+
 @pytest.mark.parametrize(
-    ("change", "problem"),
+    ("change", "tensors", "problem"),
     [
-        ({"r": 128}, "rank 128 > 64"),
-        ({"use_dora": True}, "use_dora is true"),
-        ({"modules_to_save": ["lm_head"]}, "modules_to_save ['lm_head'] is set"),
-        ({"bias": "lora_only"}, "bias is 'lora_only'"),
-        ({"rank_pattern": {"q_proj": 96}}, "rank 96 > 64"),
+        ({"r": 1024}, None, "rank 1024 > 512"),
+        ({"rank_pattern": {"q_proj": 1024}}, None, "rank 1024 > 512"),
+        ({"use_dora": True}, None, "use_dora is set"),
+        ({"lora_bias": True}, None, "lora_bias is set"),
+        ({"init_lora_weights": "pissa"}, None, "init_lora_weights is 'pissa'"),
+        ({"modules_to_save": ["lm_head"]}, None, "modules_to_save ['lm_head'] is set"),
+        ({"bias": "lora_only"}, None, "bias is 'lora_only'"),
+        # What PEFT writes for DoRA magnitudes and LoRA biases: vLLM raises "... is unsupported LoRA weight".
+        ({}, PLAIN_LORA | {f"{Q_PROJ}.lora_magnitude_vector": (16,)}, "tensors vLLM cannot parse"),
+        ({}, PLAIN_LORA | {f"{Q_PROJ}.lora_B.bias": (16,)}, f"{Q_PROJ}.lora_B.bias"),
     ],
 )
-def test_vllm_check_catches_unservable_adapters(tmp_path: Path, change: dict, problem: str) -> None:
-    config = {"peft_type": "LORA", "r": 16, "bias": "none", "use_dora": False, "modules_to_save": None}
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
-    assert check_vllm_compatible(tmp_path) == []
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config | change))
-    problems = check_vllm_compatible(tmp_path)
+def test_vllm_check_catches_unservable_adapters(
+    tmp_path: Path, change: dict, tensors: dict | None, problem: str
+) -> None:
+    assert check_vllm_compatible(write_adapter(tmp_path / "ok")) == []
+    problems = check_vllm_compatible(write_adapter(tmp_path / "bad", change, tensors))
     assert len(problems) == 1 and problem in problems[0]
 
 
-def test_vllm_check_reports_missing_files(tmp_path: Path) -> None:
+def test_vllm_check_reads_embedding_widths_and_skips_base_embeddings(tmp_path: Path) -> None:
+    embed = "base_model.model.model.embed_tokens"
+    tensors = PLAIN_LORA | {
+        f"{embed}.lora_embedding_A": (16, 100),
+        f"{embed}.lora_embedding_B": (64, 16),
+        f"{embed}.base_layer.weight": (100, 64),  # vLLM skips these on purpose
+    }
+    adapter = write_adapter(tmp_path, tensors=tensors)
+    assert check_vllm_compatible(adapter) == [] and check_vllm_compatible(adapter, base_vocab_size=100) == []
+    (problem,) = check_vllm_compatible(adapter, base_vocab_size=120)
+    assert "embedding LoRA width 100 != the base vocabulary 120" in problem
+
+
+def test_vllm_check_reports_missing_and_unreadable_files(tmp_path: Path) -> None:
     assert "missing" in check_vllm_compatible(tmp_path)[0]
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')
     assert "no adapter weights" in check_vllm_compatible(tmp_path)[0]
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"truncated")
+    assert "cannot read the adapter weights" in check_vllm_compatible(tmp_path)[0]
 
 
 def test_cli_bad_cluster_exits_2(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:

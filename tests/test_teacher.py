@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.env_spec import McpEnvSpec, PythonEnvSpec
+from pipelines.envs.spec import McpEnvSpec, PythonEnvSpec
 from pipelines.errors import BadInput
 from pipelines.schema import Message, ThinkingSection, ToolCall, Trace
-from pipelines.tasks_file import load_task_file
-from pipelines.teacher import (
+from pipelines.tasks.llm_teacher import (
     Rejected,
     TeacherOffline,
     TeacherSettings,
@@ -28,6 +27,7 @@ from pipelines.teacher import (
     teacher_traces,
     verify_proposal,
 )
+from pipelines.tasks.task_file import load_task_file
 from pipelines.thought import load_thought_schema
 from tests.openai_server import serve
 
@@ -92,8 +92,8 @@ def test_task_file_rows_are_checked_and_rejected_with_file_line_and_reason(tmp_p
 
 
 def test_python_envs_a_toolenv_subclass_as_is_a_plain_class_wrapped() -> None:
-    from pipelines.env_spec import env_class
     from pipelines.envs.calculator import CalculatorEnv
+    from pipelines.envs.spec import env_class
 
     calculator = PythonEnvSpec.model_validate(
         {"type": "python", "class": "pipelines.envs.calculator:CalculatorEnv"}
@@ -205,7 +205,7 @@ def test_a_proposed_task_is_kept_only_when_its_reference_solution_verifies(tmp_p
 
 
 def test_reasoning_in_the_schema_or_mapped_into_it_and_replies_without_any_rejected() -> None:
-    from pipelines.teacher import _calls, _thinking
+    from pipelines.tasks.llm_teacher import _calls, _thinking
 
     sectioned = '<think><plan>Add two apples.</plan></think>\n<tool_call>\n{"name": "add_to_cart", "arguments": {"product_id": "apple"}}\n</tool_call>'
     assert _thinking({}, sectioned, SCHEMA, 0, False, False) == (

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.schema import Trace
-from pipelines.tasks_file import load_task_file
-from pipelines.teacher import TeacherSettings, teacher_traces
+from pipelines.tasks.llm_teacher import TeacherSettings, teacher_traces
+from pipelines.tasks.task_file import load_task_file
 from pipelines.thought import load_thought_schema
 from tests.openai_server import serve
 

@@ -275,7 +275,7 @@ def pin_paths(recipe: Recipe, out_dir: Path | None = None) -> Recipe:
 
 
 def _pinned_set(entry: str) -> str:
-    from pipelines.tasks_file import TASKS_SET_PREFIX
+    from pipelines.tasks.task_file import TASKS_SET_PREFIX
 
     if entry.startswith(TASKS_SET_PREFIX):
         path = entry.removeprefix(TASKS_SET_PREFIX)
@@ -546,18 +546,34 @@ def render_rows(traces: list[Trace], tokenizer: Any, schema: ThoughtSchema) -> l
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(settings: dict[str, Any] | None, schema_name: str) -> None:
-    """Forked workers inherit the parent's tokenizer; spawned ones (no fork on this OS) load their own."""
+def _worker_context() -> Any:
+    """forkserver where the OS has it, else spawn; never a plain fork of this process.
+
+    The builder runs with threads alive (the tokenizer's Rust pool, tqdm's monitor, torch's OpenMP pool): a
+    fork copies their locks in whatever state they are, and a worker that starts holding one never runs and
+    never dies (a CI run hung 15 min in `Pool.terminate` on such a worker). The forkserver is a fresh
+    single-threaded process; it imports this module once, so each worker still starts in milliseconds and only
+    loads the tokenizer (from the local cache: the parent has already loaded it)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _worker_init(settings: dict[str, Any], schema_name: str) -> None:
+    """Each worker loads its own tokenizer and schema."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; workers stay quiet.
+    # SIGTERM (Pool.terminate) must kill a worker even when it is inside native code: the default action.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if settings is not None:
-        _WORKER["tokenizer"] = load_tokenizer(
-            settings["tokenizer"],
-            settings["chat_template"],
-            settings["tokenizer_revision"],
-            settings["tool_format"],
-        )
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _WORKER["tokenizer"] = load_tokenizer(
+        settings["tokenizer"],
+        settings["chat_template"],
+        settings["tokenizer_revision"],
+        settings["tool_format"],
+    )
     _WORKER["schema"] = load_thought_schema(schema_name)
 
 
@@ -584,23 +600,18 @@ class _RenderPool:
         if self.builder.num_proc <= 1:
             self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
             return self
-        methods = multiprocessing.get_all_start_methods()
-        if "fork" in methods:  # no re-import of transformers per worker: workers start in milliseconds
-            _WORKER["tokenizer"] = self.builder.tokenizer
-            settings = None
-            ctx = multiprocessing.get_context("fork")
-        else:
-            settings = asdict(self.builder.settings)
-            ctx = multiprocessing.get_context("spawn")
-        initargs = (settings, self.builder.schema_name)
-        self.pool = ctx.Pool(self.builder.num_proc, initializer=_worker_init, initargs=initargs)
+        initargs = (asdict(self.builder.settings), self.builder.schema_name)
+        self.pool = _worker_context().Pool(self.builder.num_proc, initializer=_worker_init, initargs=initargs)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.thread is not None:
             self.thread.shutdown(wait=True, cancel_futures=True)
         if self.pool is not None:
-            self.pool.terminate()
+            if exc_type is None:  # every batch collected: idle workers exit on the close sentinel
+                self.pool.close()
+            else:
+                self.pool.terminate()
             self.pool.join()
 
     def submit(
@@ -849,7 +860,7 @@ def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
 def rebuild(data_dir: Path, out_dir: Path, num_proc: int = 1) -> BuildResult:
     """Build into `out_dir` what `data_dir`'s manifest records: its recipe and build settings, Hub sources at
     the commits it pinned (not wherever their branch points today), teacher sources from their cache only."""
-    from pipelines.teacher import offline_teacher
+    from pipelines.tasks.llm_teacher import offline_teacher
 
     manifest = mf.read_manifest(data_dir)
     recipe = validate_data(Recipe, manifest["recipe"], f"{data_dir / mf.MANIFEST}: recipe")

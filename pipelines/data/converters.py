@@ -1,4 +1,4 @@
-"""Convert the tool-use formats users bring into Trace records (see DESIGN.md, Trace).
+"""Convert the tool-use formats users bring into Trace records (see docs/DESIGN.md, Trace).
 
 One function per format, all `(row, RowContext) -> Trace`, picked by the recipe source's `format`:
 

@@ -12,7 +12,7 @@ Eval sets (`Decontamination.sets` in the recipe):
   is a question whichever leaderboard category uses it);
 - `tasks:PATH`: a task file's `split: heldout` rows (their user messages, and their ids);
 - `heldout`: the project's own held-out eval tasks, sampled by the environments' task samplers
-  (`pipelines.envs.sample_tasks`) with `heldout_seed`/`heldout_n`: their request texts, and their task ids
+  (`pipelines.tasks.domains.draw_tasks`) with `heldout_seed`/`heldout_n`: their request texts, and their task ids
   (a generated trace whose `meta.task_id` is a held-out task's is dropped however it is phrased);
 - any other entry: a .jsonl/.json path whose string values are eval texts.
 
@@ -122,8 +122,8 @@ class ContaminationIndex:
         self.task_ids.update({t.task_id: "heldout" for t in tasks})
 
     def add_task_file(self, path: str) -> None:
-        """A task file's held-out rows (pipelines.tasks_file), by request text and by id, as set `tasks:PATH`."""
-        from pipelines.tasks_file import task_file_heldout_rows
+        """A task file's held-out rows (pipelines.tasks.task_file), by request text and by id, as set `tasks:PATH`."""
+        from pipelines.tasks.task_file import task_file_heldout_rows
 
         set_name = f"tasks:{Path(path).name}"
         rows = task_file_heldout_rows(path)
@@ -287,9 +287,9 @@ def bfcl_questions(data_dir: Path | None = None) -> Iterator[tuple[str, str]]:
 
 def heldout_tasks(config: Decontamination) -> list[Any]:
     """The held-out eval tasks: the environments' task samplers with `heldout_seed`/`heldout_n`."""
-    from pipelines.envs import sample_tasks
+    from pipelines.tasks.domains import draw_tasks
 
-    return sample_tasks(["all"], config.heldout_n, config.heldout_seed)
+    return draw_tasks(["all"], config.heldout_n, config.heldout_seed)
 
 
 def file_texts(path: Path) -> Iterator[tuple[str, str]]:

@@ -237,13 +237,13 @@ def _paragraph_chunks(text: str, max_chars: int | None) -> list[str]:
 
 # -- generated -----------------------------------------------------------------------------------------------
 class GeneratedReader(SourceReader):
-    """Executed, verified traces from the built-in environments (pipelines.generate)."""
+    """Executed, verified traces from the built-in environments (pipelines.tasks.generate)."""
 
     spec: GeneratedSource
 
     def rows(self) -> Iterator[Trace | Reject]:
-        from pipelines.envs import DOMAINS
-        from pipelines.generate import generate_traces
+        from pipelines.tasks.domains import DOMAINS
+        from pipelines.tasks.generate import generate_traces
 
         spec = self.spec
         domains = sorted(DOMAINS) if spec.domains == ["all"] else spec.domains
@@ -260,7 +260,7 @@ class GeneratedReader(SourceReader):
     def revision(self) -> dict[str, Any]:
         spec = self.spec
         return {
-            "generator": "pipelines.generate",
+            "generator": "pipelines.tasks.generate",
             "domains": spec.domains,
             "seed": spec.seed,
             "n": spec.n,
@@ -270,14 +270,14 @@ class GeneratedReader(SourceReader):
 
 # -- teacher -------------------------------------------------------------------------------------------------
 class TeacherReader(SourceReader):
-    """Traces an LLM teacher writes over a task file's train rows, verified (pipelines.teacher); the task
+    """Traces an LLM teacher writes over a task file's train rows, verified (pipelines.tasks.llm_teacher); the task
     file's bad rows and the teacher's failed episodes are rejects with their reasons."""
 
     spec: TeacherSource
 
     def rows(self) -> Iterator[Trace | Reject]:
-        from pipelines.tasks_file import load_task_file
-        from pipelines.teacher import teacher_traces
+        from pipelines.tasks.llm_teacher import teacher_traces
+        from pipelines.tasks.task_file import load_task_file
         from pipelines.thought import load_thought_schema
 
         spec = self.spec

@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.envs.base import Task, ToolEnv
+from pipelines.envs.base import ToolEnv
+from pipelines.tasks.records import Task
 
 INSTANCE_IDS = ("t1", "t2", "t3", "t4")
 _ANSWER_LINE = re.compile(r"^\[instance=([^\]]+)\]\s?(.*)$")

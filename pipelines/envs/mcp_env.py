@@ -27,7 +27,6 @@ import threading
 import weakref
 from typing import Any
 
-from pipelines.env_spec import PYTHON_PLACEHOLDER, McpEnvSpec, McpResetTool
 from pipelines.envs.external import (
     Backend,
     EnvFailure,
@@ -36,6 +35,7 @@ from pipelines.envs.external import (
     build_env_class,
     observation_text,
 )
+from pipelines.envs.spec import PYTHON_PLACEHOLDER, McpEnvSpec, McpResetTool
 from pipelines.errors import BadInput
 
 log = logging.getLogger("midtrain.envs")

@@ -16,9 +16,9 @@ import inspect
 import sys
 from typing import Any
 
-from pipelines.env_spec import PythonEnvSpec
 from pipelines.envs.base import ToolEnv, _to_text
 from pipelines.envs.external import Backend, ExternalEnv, ToolDef, build_env_class
+from pipelines.envs.spec import PythonEnvSpec
 from pipelines.errors import BadInput
 
 

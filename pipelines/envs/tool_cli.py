@@ -10,7 +10,7 @@ from pipelines.errors import BadInput, MidtrainError
 
 
 def _open(ref: str) -> tuple[str, type[ToolEnv]]:
-    from pipelines.env_spec import load_env
+    from pipelines.envs.spec import load_env
 
     return load_env(ref)
 

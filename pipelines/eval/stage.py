@@ -26,14 +26,12 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import random
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from pipelines.artifacts import EvalResults
 from pipelines.chat import load_tokenizer, render_prompt
 from pipelines.codecs import Codec, codec_for
 from pipelines.envs.code_runner import admit_model_code_for
+from pipelines.episodes import Episode, episode_outcomes, heldout_metrics, heldout_prediction, run_episodes
 from pipelines.errors import BadInput
 from pipelines.eval.bfcl import (
     BfclExample,
@@ -51,34 +50,23 @@ from pipelines.eval.bfcl import (
     score_example,
 )
 from pipelines.eval.results import plot_results, results_table
-from pipelines.rl import rewards
-from pipelines.rl.evaluate import (
-    DomainTask,
-    Episode,
-    fixed_method_domains,
-    foreign_domains,
-    heldout_spec,
-    heldout_tasks,
-    irrelevant_task,
-    run_episodes,
-    sample_domain_task,
-    score_episodes,
-)
-from pipelines.router import BASE, adapter_source, load_bundle, request_text
+from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
+from pipelines.router import adapter_source, load_bundle, request_text
 from pipelines.run_config import EvalSection, RunConfig
 from pipelines.schema import Message, Trace
+from pipelines.tasks.sampling import (
+    DomainTask,
+    fixed_method_domains,
+    heldout_irrelevance_tasks,
+    heldout_spec,
+    heldout_tasks,
+)
 from pipelines.thought import ThoughtSchema, load_thought_schema
 
 log = logging.getLogger("midtrain.eval")
 
-ARROW = "__arrow__"  # a routed row served by an Arrow model (per-token mixing inside the model)
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_TASKS_PER_DOMAIN = 20  # held-out tasks per domain when eval.limit is None (BFCL then runs everything)
-PREFIX_CACHE_MIN_TOKENS = 32  # shorter shared prefixes are not worth a separate forward
-PREFIX_CACHE_TOKENS = 16_384  # prefix tokens whose KV is kept (LRU): ~750 MB on the embedded model
-
-# (prompt token ids, adapter folder per row (None = base, ARROW), max new tokens) → generated ids per row
-GenerateFn = Callable[[list[list[int]], list[str | None], int], list[list[int]]]
 
 
 # -- targets -----------------------------------------------------------------------------------------------------
@@ -162,233 +150,6 @@ class RouteTable:
 
 
 # -- generation --------------------------------------------------------------------------------------------------
-class Engine:
-    """The real `GenerateFn`: one base model, PEFT adapters attached on first use, picked per row."""
-
-    def __init__(
-        self, config: RunConfig, pad_token_id: int, eos_token_id: int, router_dir: Path | None
-    ) -> None:
-        import torch
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.dtype = _torch_dtype(config.model.dtype, self.device)
-        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
-        self.names: dict[str, str] = {}  # adapter folder → PEFT adapter name
-        self.arrow_model: Any = None
-        self._prefix_cache: OrderedDict[tuple[str, tuple[int, ...]], Any] = OrderedDict()
-        router = _serve_router(router_dir, config.model.thought_schema) if router_dir else None
-        if router is not None and router.requests.method != "arrow":
-            self.model = router.model
-            self.names = {str(Path(path).resolve()): name for name, path in router.sources.items()}
-        else:
-            self.arrow_model = router.model.to(self.device, self.dtype) if router is not None else None
-            self.model = _load_base(config, self.dtype)
-        self.model.to(self.device, self.dtype).eval()
-
-    def _adapter_name(self, adapter: str | None) -> str:
-        if adapter is None:
-            return BASE
-        if adapter not in self.names:
-            from peft import PeftModel
-
-            name = f"{Path(adapter).parent.name}-{Path(adapter).name}"  # e.g. sft-tool
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(adapter, adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, adapter, adapter_name=name)
-            self.model.to(self.device, self.dtype).eval()
-            self.names[adapter] = name
-        return self.names[adapter]
-
-    def __call__(
-        self, prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
-    ) -> list[list[int]]:
-        import torch
-
-        names = [self._adapter_name(a) if a != ARROW else ARROW for a in adapters]
-        model = self.arrow_model if ARROW in names else self.model
-        cached = self._prefix_lengths(prompts, names) if model is self.model else [0] * len(prompts)
-        cache = self._batch_cache(prompts, names, cached) if any(cached) else None
-        if cache is None:
-            cached = [0] * len(prompts)
-        input_ids, attention = pad_batch(prompts, cached, self.pad_token_id)
-        start = time.perf_counter()
-        context, per_row = self._adapters(names) if model is self.model else (contextlib.nullcontext(), None)
-        with context:
-            new_ids = greedy_decode(
-                model,
-                torch.tensor(input_ids, device=self.device),
-                torch.tensor(attention, device=self.device),
-                cache,
-                max_new_tokens,
-                self.eos_token_id,
-                per_row,
-            )
-        log.debug(
-            "generate: %d rows, width %d, cached prefixes %s, %d new tokens (longest) in %.1fs",
-            len(prompts), len(input_ids[0]), sorted(set(cached)), max(map(len, new_ids)),
-            time.perf_counter() - start,
-        )  # fmt: skip
-        return new_ids
-
-    def _adapters(self, names: list[str]) -> tuple[Any, list[str] | None]:
-        """(context, adapter_names) for a batch. One adapter for every row takes PEFT's plain path (active adapter,
-        or adapters disabled for the base): PEFT's per-row `adapter_names` path costs ~15% more per token on CPU,
-        so it is kept for mixed (routed) batches."""
-        if not self.names:
-            return contextlib.nullcontext(), None
-        if len(set(names)) > 1:
-            return contextlib.nullcontext(), names
-        if names[0] == BASE:
-            return self.model.disable_adapter(), None
-        self.model.set_adapter(names[0])
-        return contextlib.nullcontext(), None
-
-    # -- prefix KV reuse ------------------------------------------------------------------------------------------
-    # Held-out prompts of a domain share the system turn with every tool schema (~1,000 tokens on the embedded
-    # model) on every step of every episode. Prefilling it once per adapter instead of once per row and step is
-    # most of the stage's CPU time; rows of different domains each bring their own cached prefix, so batches
-    # stay wide. BFCL examples each have their own tools, so their prompts are prefilled as usual. Each row's
-    # cached KV is left-padded to the longest; positions come from the attention mask, so every token keeps the
-    # position it has without the cache. Models whose cache is not plain per-layer KV (sliding windows) opt out.
-
-    def _prefix_lengths(self, prompts: list[list[int]], names: list[str]) -> list[int]:
-        """Per row, how many leading tokens come from the prefix cache: its first turn (the system prompt with
-        every tool schema) when that is cached already or shared with another row of the batch; else 0."""
-        turns = [first_turn_length(p, self.eos_token_id) for p in prompts]
-        keys = [(name, tuple(p[:n])) for p, name, n in zip(prompts, names, turns, strict=True)]
-        counts = Counter(keys)
-        return [
-            n if n >= PREFIX_CACHE_MIN_TOKENS and (counts[key] > 1 or key in self._prefix_cache) else 0
-            for n, key in zip(turns, keys, strict=True)
-        ]
-
-    def _batch_cache(self, prompts: list[list[int]], names: list[str], cached: list[int]) -> Any:
-        """past_key_values for the batch: each row's cached prefix KV, left-padded with zeros (masked out)."""
-        import torch
-        from transformers import DynamicCache
-
-        per_row = [
-            self._prefix_kv(name, p[:n]) if n else []
-            for p, name, n in zip(prompts, names, cached, strict=True)
-        ]
-        if any(n and kv is None for n, kv in zip(cached, per_row, strict=True)):
-            return None
-        width = max(cached)
-        template = next(kv for kv in per_row if kv)
-        layers = []
-        for index, (keys, values) in enumerate(template):
-            stacked = []
-            for like, which in ((keys, 0), (values, 1)):
-                rows = [_left_pad(kv[index][which] if kv else None, width, like) for kv in per_row]
-                stacked.append(torch.cat(rows))
-            layers.append(tuple(stacked))
-        return DynamicCache(layers)
-
-    def _prefix_kv(self, name: str, prefix: list[int]) -> list[tuple[Any, Any]] | None:
-        """Per-layer (keys, values) of `prefix` under one adapter: computed once, kept within a token budget."""
-        import torch
-
-        key = (name, tuple(prefix))
-        if key not in self._prefix_cache:
-            context, _ = self._adapters([name])
-            with context, torch.no_grad():
-                out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
-            layers = getattr(out.past_key_values, "layers", [])
-            plain = bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
-            self._prefix_cache[key] = [(layer.keys, layer.values) for layer in layers] if plain else None
-            while (
-                sum(len(p) for _, p in self._prefix_cache) > PREFIX_CACHE_TOKENS
-                and len(self._prefix_cache) > 1
-            ):
-                self._prefix_cache.popitem(last=False)
-        self._prefix_cache.move_to_end(key)
-        return self._prefix_cache[key]
-
-
-def _left_pad(tensor: Any, width: int, like: Any) -> Any:
-    """A (1, heads, length, dim) KV tensor padded with zeros on the left to `width` (None: all zeros)."""
-    import torch
-
-    length = 0 if tensor is None else tensor.shape[2]
-    zeros = like.new_zeros((1, like.shape[1], width - length, like.shape[3]))
-    return zeros if tensor is None else torch.cat([zeros, tensor], dim=2)
-
-
-def first_turn_length(prompt: list[int], end_of_turn: int) -> int:
-    """Tokens up to and including the first end-of-turn token; 0 when there is none or nothing follows it."""
-    try:
-        length = prompt.index(end_of_turn) + 1
-    except ValueError:
-        return 0
-    return length if length < len(prompt) else 0
-
-
-def pad_batch(
-    prompts: list[list[int]], cached: list[int], pad_token_id: int
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Rows of equal width: [pad][cached prefix][pad][rest of the row]. With nothing cached, plain left padding;
-    the masks make every real token see exactly what it sees unpadded."""
-    head = max(cached)
-    tail = max(len(p) - n for p, n in zip(prompts, cached, strict=True))
-    ids, mask = [], []
-    for p, n in zip(prompts, cached, strict=True):
-        lead, gap = head - n, tail - (len(p) - n)
-        ids.append([pad_token_id] * lead + p[:n] + [pad_token_id] * gap + p[n:])
-        mask.append([0] * lead + [1] * n + [0] * gap + [1] * (len(p) - n))
-    return ids, mask
-
-
-def greedy_decode(
-    model: Any,
-    input_ids: Any,
-    attention_mask: Any,
-    cache: Any,
-    max_new_tokens: int,
-    eos_token_id: int,
-    adapter_names: list[str] | None = None,
-) -> list[list[int]]:
-    """Greedy decoding that drops each row from the batch once it emits the end-of-turn token.
-
-    `generate` keeps finished rows in the batch until the last one ends, so one rambling reply makes every row
-    pay for its length; here the batch shrinks (KV cache rows, mask, adapters) as rows finish. Plain argmax, no
-    logits processors: what greedy `generate` does for a model without penalties in its generation config.
-    `cache` may hold KV for the first columns of `input_ids` (the prefix cache); the rest is prefilled. Each row
-    ends with its end-of-turn token, or after `max_new_tokens`.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    cache = cache if cache is not None else DynamicCache()
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    done = cache.get_seq_length()
-    step_ids, step_positions = input_ids[:, done:], positions[:, done:]
-    rows = list(range(input_ids.shape[0]))  # original index of each row still in the batch
-    out: list[list[int]] = [[] for _ in rows]
-    for _ in range(max_new_tokens):
-        kwargs = {"adapter_names": [adapter_names[r] for r in rows]} if adapter_names else {}
-        with torch.no_grad():
-            logits = model(
-                input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs,
-            ).logits[:, -1]  # fmt: skip
-        next_ids = logits.argmax(-1)
-        for row, token in zip(rows, next_ids.tolist(), strict=True):
-            out[row].append(token)
-        keep = (next_ids != eos_token_id).nonzero().flatten()
-        if keep.numel() == 0:
-            break
-        if keep.numel() < len(rows):
-            cache.batch_select_indices(keep)
-            rows = [rows[i] for i in keep.tolist()]
-            attention_mask, next_ids = attention_mask[keep], next_ids[keep]
-            step_positions = step_positions[keep]
-        ones = attention_mask.new_ones((len(rows), 1))
-        attention_mask = torch.cat([attention_mask, ones], dim=1)
-        step_ids, step_positions = next_ids[:, None], step_positions[:, -1:] + 1
-    return out
-
-
 def _torch_dtype(name: str, device: str) -> Any:
     import torch
 
@@ -410,52 +171,6 @@ def _serve_router(router_dir: Path, thought_schema: str) -> Any:
     from pipelines.serve import Router
 
     return Router(router_dir, thought_schema)
-
-
-class PolicyModel:
-    """The `model` that `run_episodes` drives, served by a `GenerateFn` with one adapter for every row.
-
-    `run_episodes` left-pads and calls `model.generate(input_ids=…, attention_mask=…, max_new_tokens=…)`; this
-    strips the padding, asks the GenerateFn, and returns prompt + new ids as `generate` would. One reply is
-    capped at `max_reply_tokens` (eval.max_new_tokens): the loop asks for the whole episode's remaining budget,
-    and one rambling row would otherwise hold its batch for all of it. A capped reply has no end-of-turn token,
-    so the loop ends that episode as out of tokens, exactly as when the budget runs out.
-    """
-
-    training = False
-
-    def __init__(
-        self, generate: GenerateFn, adapter: str | None, pad_token_id: int, max_reply_tokens: int
-    ) -> None:
-        self._generate, self.adapter, self.pad_token_id = generate, adapter, pad_token_id
-        self.max_reply_tokens = max_reply_tokens
-
-    def eval(self) -> PolicyModel:
-        return self
-
-    def parameters(self) -> Any:
-        import torch
-
-        yield torch.zeros(0)
-
-    def generate(self, input_ids: Any, attention_mask: Any, max_new_tokens: int, **_: Any) -> Any:
-        import torch
-
-        prompts = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask, strict=True)]
-        new = self._generate(
-            prompts, [self.adapter] * len(prompts), min(max_new_tokens, self.max_reply_tokens)
-        )
-        width = max((len(ids) for ids in new), default=0)
-        padded = [ids + [self.pad_token_id] * (width - len(ids)) for ids in new]
-        return torch.cat(
-            [input_ids.cpu(), torch.tensor(padded, dtype=input_ids.dtype).reshape(len(new), width)], 1
-        )
-
-
-def decode_reply(tokenizer: Any, ids: list[int]) -> str:
-    """New token ids → reply text, cut at the end-of-turn token (padding comes after it)."""
-    end = codec_for(tokenizer).end_of_turn
-    return tokenizer.decode(ids, skip_special_tokens=False).split(end, 1)[0]
 
 
 def generate_texts(
@@ -537,7 +252,9 @@ def bfcl_metrics(examples: list[BfclExample], correct: list[bool]) -> dict[str, 
 
 # -- held-out tasks ----------------------------------------------------------------------------------------------
 @dataclass
-class Heldout:
+class HeldoutSuite:
+    """What the held-out suite runs: its tasks, the environment class of each task's `env_key`, or why none."""
+
     items: list[DomainTask]
     env_classes: dict[str, type]
     skipped: str = ""  # why there are no tasks, when there are none
@@ -551,32 +268,32 @@ def heldout_seed(config: RunConfig, section: EvalSection) -> int | None:
     return config.rl.eval_seed if config.rl is not None else None
 
 
-def load_heldout(config: RunConfig, section: EvalSection) -> Heldout:
+def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
     """The RL stage's held-out tasks per domain, plus irrelevance tasks from a derived seed; or, with
     `eval.tasks`, the task file's held-out rows."""
     if section.tasks is not None:
         return task_file_heldout(section)
     if not section.heldout_domains:
-        return Heldout([], {}, "eval.heldout_domains is empty")
+        return HeldoutSuite([], {}, "eval.heldout_domains is empty")
     domains = _domains(section.heldout_domains)
     if not domains:
-        return Heldout([], {}, "no registered environment domain has fixed tool methods")
+        return HeldoutSuite([], {}, "no registered environment domain has fixed tool methods")
     per_domain = section.limit or DEFAULT_TASKS_PER_DOMAIN
     seed, decontaminated_n = heldout_spec(config.data.recipe, heldout_seed(config, section))
     held_out = heldout_tasks(domains, per_domain, seed, section.heldout_max_difficulty, decontaminated_n)
     if not held_out.decontaminated:
         log.warning("eval: some held-out tasks lie outside the set the SFT mix was decontaminated against")
     n_irrelevant = math.ceil(per_domain * section.heldout_irrelevance_fraction)
-    irrelevant = irrelevance_tasks(domains, n_irrelevant, seed, section.heldout_max_difficulty)
-    return Heldout(held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()})
+    irrelevant = heldout_irrelevance_tasks(domains, n_irrelevant, seed, section.heldout_max_difficulty)
+    return HeldoutSuite(held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()})
 
 
-def task_file_heldout(section: EvalSection) -> Heldout:
+def task_file_heldout(section: EvalSection) -> HeldoutSuite:
     """`eval.tasks`: its `heldout` rows (at most `limit` per environment), each in its environment or the view
     of the tools it names."""
-    from pipelines.rl.evaluate import guarded
+    from pipelines.envs.base import guarded
     from pipelines.rl.tool_views import with_task_tools
-    from pipelines.tasks_file import load_task_file
+    from pipelines.tasks.task_file import load_task_file
 
     assert section.tasks is not None
     task_set = load_task_file(section.tasks, section.env)
@@ -587,10 +304,10 @@ def task_file_heldout(section: EvalSection) -> Heldout:
             counts[task.domain] += 1
             items.append(DomainTask(task.domain, task))
     if not items:
-        return Heldout([], {}, f"eval.tasks {section.tasks}: no `heldout` rows")
+        return HeldoutSuite([], {}, f"eval.tasks {section.tasks}: no `heldout` rows")
     classes = {name: guarded(cls) for name, cls in task_set.envs.items()}
     items, classes = with_task_tools(items, classes)
-    return Heldout(items, classes)
+    return HeldoutSuite(items, classes)
 
 
 def _domains(names: list[str]) -> dict[str, tuple[type, Any]]:
@@ -598,30 +315,6 @@ def _domains(names: list[str]) -> dict[str, tuple[type, Any]]:
         return fixed_method_domains(names)
     except BadInput as exc:  # its message names rl.domains; here the key is ours
         raise BadInput(str(exc).replace("rl.domains", "eval.heldout_domains")) from None
-
-
-def irrelevance_tasks(
-    domains: dict[str, tuple[type, Any]], per_domain: int, seed: int, max_difficulty: int
-) -> list[DomainTask]:
-    """Per domain, `per_domain` distinct requests of domains its tools cannot serve (the generator's table),
-    asked in a normal, populated state of the domain (one of its own tasks' setup)."""
-    rng = random.Random(f"eval-irrelevance/{seed}")
-    names = sorted(domains)
-    out: list[DomainTask] = []
-    for domain in names:
-        foreign = foreign_domains(domain, names)
-        seen: set[str] = set()
-        for _ in range(20 * per_domain if foreign else 0):
-            if len(seen) == per_domain:
-                break
-            other = rng.choice(foreign)
-            foreign_task = sample_domain_task(other, domains[other][1], rng, max_difficulty)
-            own_task = sample_domain_task(domain, domains[domain][1], rng, max_difficulty)
-            task = irrelevant_task(domain, foreign_task, own_task)
-            if task.task_id not in seen:
-                seen.add(task.task_id)
-                out.append(DomainTask(domain, task))
-    return out
 
 
 def heldout_route_text(item: DomainTask, env_class: type) -> str:
@@ -639,24 +332,23 @@ def heldout_route_text(item: DomainTask, env_class: type) -> str:
 
 def eval_heldout(
     target: Target,
-    heldout: Heldout,
+    heldout: HeldoutSuite,
     tokenizer: Any,
     schema: ThoughtSchema,
     generate: GenerateFn,
     adapters: list[str | None],
     section: EvalSection,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Live greedy episodes of every task, grouped by adapter (`run_episodes` drives one model at a time)."""
+    """Live greedy episodes of every task, grouped by adapter (`run_episodes` runs one adapter at a time)."""
     groups: dict[str | None, list[int]] = {}
     for i, adapter in enumerate(adapters):
         groups.setdefault(adapter, []).append(i)
     episodes: list[Episode | None] = [None] * len(heldout.items)
     for adapter, indices in groups.items():
-        model = PolicyModel(generate, adapter, tokenizer.pad_token_id, section.max_new_tokens)
         items = [heldout.items[i] for i in indices]
         done = run_episodes(
-            model, tokenizer, items, heldout.env_classes,
-            section.max_tool_rounds, section.rollout_tokens, section.batch_size,
+            generate, tokenizer, items, heldout.env_classes, section.max_tool_rounds, section.rollout_tokens,
+            section.batch_size, adapter=adapter, max_reply_tokens=section.max_new_tokens,
         )  # fmt: skip
         for i, episode in zip(indices, done, strict=True):
             episodes[i] = episode
@@ -667,92 +359,6 @@ def eval_heldout(
         heldout_prediction(target.key, ep, o, schema, codec) for ep, o in zip(finished, outcomes, strict=True)
     ]
     return heldout_metrics(finished, outcomes, schema, codec), rows
-
-
-def episode_outcomes(episodes: Sequence[Episode], schema: ThoughtSchema, codec: Codec) -> list[float]:
-    """Each episode's outcome (1.0 = the environment's ground truth met; irrelevant: declined without a call)."""
-    outcomes = []
-    for ep in episodes:
-        rollout = rewards.parse_rollout(ep.completion, codec, schema)
-        value, _ = rewards.outcome_score(rollout, ep.item.task, ep.env)
-        outcomes.append(value)
-    return outcomes
-
-
-def had_tool_error(episode: Episode) -> bool:
-    return any(
-        rewards.is_error_result(str(m.get("content", "")))
-        for m in episode.completion
-        if isinstance(m, dict) and m.get("role") == "tool"
-    )
-
-
-def recovery_rate(episodes: Sequence[Episode], outcomes: Sequence[float]) -> float | None:
-    """Of the episodes where a tool returned an error, the share that still succeeded (None: no errors)."""
-    after_error = [o for ep, o in zip(episodes, outcomes, strict=True) if had_tool_error(ep)]
-    return round(sum(after_error) / len(after_error), 6) if after_error else None
-
-
-def irrelevance_accuracy(episodes: Sequence[Episode], outcomes: Sequence[float]) -> float | None:
-    """Of the irrelevant-request tasks, the share answered without any call (None: there were none)."""
-    values = [o for ep, o in zip(episodes, outcomes, strict=True) if rewards.is_irrelevant(ep.item.task)]
-    return round(sum(values) / len(values), 6) if values else None
-
-
-def heldout_metrics(
-    episodes: Sequence[Episode], outcomes: Sequence[float], schema: ThoughtSchema, codec: Codec
-) -> dict[str, Any]:
-    """Outcome, format rate and call accuracy on tasks that need calls (as the RL stage reports them), recovery
-    rate after a tool error, irrelevance accuracy, and n = every episode."""
-    relevant = [i for i, ep in enumerate(episodes) if not rewards.is_irrelevant(ep.item.task)]
-    scored = score_episodes([episodes[i] for i in relevant], schema, codec) if relevant else {}
-    return {
-        "outcome": scored.get("outcome"),
-        "format_rate": scored.get("format_rate"),
-        "call_accuracy": scored.get("call_accuracy"),
-        "recovery_rate": recovery_rate([episodes[i] for i in relevant], [outcomes[i] for i in relevant]),
-        "irrelevance_accuracy": irrelevance_accuracy(episodes, outcomes),
-        "n": len(episodes),
-    }
-
-
-def heldout_prediction(
-    target: str, episode: Episode, outcome: float, schema: ThoughtSchema, codec: Codec
-) -> dict[str, Any]:
-    rollout = rewards.parse_rollout(episode.completion, codec, schema)
-    irrelevant = rewards.is_irrelevant(episode.item.task)
-    return {
-        "target": target,
-        "suite": "heldout",
-        "domain": episode.item.domain,
-        "id": episode.item.task.task_id,
-        "irrelevant": irrelevant,
-        "raw": episode.completion,
-        "calls": [{"name": c.name, "arguments": c.arguments} for c in rollout.calls],
-        "ok": outcome >= 1.0,
-        "error": "" if outcome >= 1.0 else _failed_env(episode) or episode_error(rollout, irrelevant),
-    }
-
-
-def _failed_env(episode: Episode) -> str:
-    """An environment that died mid-episode (an MCP server crash or timeout) is the reason, whatever the model did."""
-    failure = getattr(episode.env, "_env_failure", None) or getattr(episode.env, "_reset_error", None)
-    return f"environment failed: {failure}" if failure else ""
-
-
-def episode_error(rollout: rewards.Rollout, irrelevant: bool) -> str:
-    """Why an episode failed, in the words a person inspecting predictions.jsonl needs first."""
-    if irrelevant:
-        return "called a tool on a request no tool fits" if rollout.attempted else "did not finish its answer"
-    if not rollout.finished:
-        return "did not finish (token budget or tool rounds ran out)"
-    if rollout.attempted == 0:
-        return "answered without calling a tool"
-    if rollout.malformed:
-        return f"{rollout.malformed} malformed tool call(s)"
-    errors = [text for _, text in rollout.results if rewards.is_error_result(text)]
-    suffix = f" after {len(errors)} tool error(s), last: {errors[-1][:120]}" if errors else ""
-    return "final answer or state does not match the ground truth" + suffix
 
 
 # -- the stage ---------------------------------------------------------------------------------------------------
@@ -830,7 +436,7 @@ def eval_target(
     routes: RouteTable | None,
     tokenizers: Tokenizers,
     examples: list[BfclExample],
-    heldout: Heldout,
+    heldout: HeldoutSuite,
     schema: ThoughtSchema,
     generate: GenerateFn,
     section: EvalSection,
@@ -857,11 +463,23 @@ def eval_target(
 
 
 def _engine(config: RunConfig, tokenizer: Any, targets: list[Target]) -> Engine:
+    """One base model for every target: the routed target's bundle brings it with its adapters preloaded, and
+    SFT/RL adapters are attached to it on first use, so the base weights are loaded once."""
+    import torch
+
     start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = _torch_dtype(config.model.dtype, device)
     router_dir = next((t.router_dir for t in targets if t.router_dir is not None), None)
-    end_of_turn = tokenizer.convert_tokens_to_ids(codec_for(tokenizer).end_of_turn)  # = eos for most families
-    engine = Engine(config, tokenizer.pad_token_id, end_of_turn, router_dir)
-    log.info("eval: base model loaded in %.1fs on %s", time.perf_counter() - start, engine.device)
+    router = _serve_router(router_dir, config.model.thought_schema) if router_dir else None
+    if router is not None and router.requests.method != "arrow":
+        model, adapters, arrow = router.model, {path: name for name, path in router.sources.items()}, None
+    else:
+        arrow = router.model.to(device, dtype) if router is not None else None
+        model, adapters = _load_base(config, dtype), {}
+    model.to(device, dtype).eval()
+    engine = Engine.for_tokenizer(model, tokenizer, adapters=adapters, arrow_model=arrow)
+    log.info("eval: base model loaded in %.1fs on %s", time.perf_counter() - start, device)
     return engine
 
 

@@ -30,9 +30,10 @@ from typing import Any
 
 from pipelines.chat import INSTANCE_KEY
 from pipelines.codecs import Codec
-from pipelines.envs.base import Step, Task, ToolEnv
+from pipelines.envs.base import ToolEnv
 from pipelines.run_config import RL_REWARD_NAMES
 from pipelines.schema import argument_errors, function_spec, parameters_schema
+from pipelines.tasks.records import Step, Task
 from pipelines.thought import ThoughtSchema
 
 REWARD_NAMES = RL_REWARD_NAMES

@@ -20,8 +20,9 @@ from dataclasses import replace
 from functools import cache
 from typing import Any
 
-from pipelines.envs.base import Task, ToolEnv
-from pipelines.rl.evaluate import DomainTask
+from pipelines.envs.base import ToolEnv
+from pipelines.tasks.records import Task
+from pipelines.tasks.sampling import DomainTask
 
 
 class _HiddenTool:

@@ -30,15 +30,18 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pipelines import episodes
 from pipelines.artifacts import RLResult, RLSummary
+from pipelines.envs.base import guarded
 from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.hashing import fingerprint, sha256_file
+from pipelines.inference import Engine
 from pipelines.resources import PeakMemory, library_versions
-from pipelines.rl import evaluate as rl_eval
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
 from pipelines.run_config import REPO_ROOT, RLSection, RunConfig
 from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_json, write_json
+from pipelines.tasks import sampling
 from pipelines.tracking import LocalMetricsCallback, read_metrics, wandb_session
 from pipelines.units import plan_unit, prepare_unit
 
@@ -54,7 +57,7 @@ UNFINGERPRINTED_TRAIN_KEYS = {"save_steps", "save_total_limit", "logging_steps"}
 def heldout_spec(config: RunConfig) -> tuple[int, int]:
     """(seed, decontaminated pool size) of the RL stage's held-out tasks (`rl.eval_seed`, else the recipe's)."""
     assert config.rl is not None
-    return rl_eval.heldout_spec(config.data.recipe, config.rl.eval_seed)
+    return sampling.heldout_spec(config.data.recipe, config.rl.eval_seed)
 
 
 def check_seeds(config: RunConfig, eval_seed: int) -> None:
@@ -75,12 +78,12 @@ def check_seeds(config: RunConfig, eval_seed: int) -> None:
 
 
 def prompt_rows_for_tasks(
-    items: Sequence[rl_eval.DomainTask], env_classes: dict[str, type]
+    items: Sequence[sampling.DomainTask], env_classes: dict[str, type]
 ) -> list[dict[str, Any]]:
     """TRL rows of task-file tasks: their own opening messages, in the environment each one names."""
     return [
         {
-            "prompt": rl_eval.prompt_messages(item.task),
+            "prompt": episodes.prompt_messages(item.task),
             "task": item.task.to_json(),
             "environment": item.env_key,
             "tools": json.dumps(env_classes[item.env_key]._tool_schemas(), sort_keys=True),
@@ -90,11 +93,11 @@ def prompt_rows_for_tasks(
 
 
 def prompt_rows(
-    items: Sequence[rl_eval.DomainTask], env_classes: dict[str, type] | None = None
+    items: Sequence[sampling.DomainTask], env_classes: dict[str, type] | None = None
 ) -> list[dict[str, Any]]:
     """TRL rows: `prompt`, `task` (env ground truth), `environment` (the `environment_factory` key: the domain,
     or its tool view), `tools` (the specs that environment offers, as JSON text)."""
-    from pipelines.generate import task_to_prompt_row
+    from pipelines.tasks.generate import task_to_prompt_row
 
     rows = []
     for item in items:
@@ -112,8 +115,8 @@ def prompt_rows(
 
 
 def bind_environments(
-    rl: RLSection, domains: dict[str, tuple[type, Any]], items: list[rl_eval.DomainTask]
-) -> tuple[list[rl_eval.DomainTask], dict[str, type]]:
+    rl: RLSection, domains: dict[str, tuple[type, Any]], items: list[sampling.DomainTask]
+) -> tuple[list[sampling.DomainTask], dict[str, type]]:
     """`items` and the `environment_factory` classes that run them: one per domain (`offered_tools: all`) or
     one per tool view (`offered_tools: task`, see `pipelines.rl.tool_views`)."""
     from pipelines.rl.tool_views import with_task_tools, with_tool_views
@@ -124,6 +127,17 @@ def bind_environments(
     if rl.offered_tools == "all":
         return items, env_classes
     return with_tool_views(items, env_classes, rl.distractor_tools)
+
+
+def check_generation_backend(rl: RLSection) -> None:
+    """`generation.backend: vllm` needs vLLM importable here (TRL imports it only when the trainer starts)."""
+    import importlib.util
+
+    if rl.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BadInput(
+            "rl.generation.backend: vllm needs the vllm package in this environment (`pip install vllm` on a "
+            "GPU machine); or set rl.generation.backend: hf"
+        )
 
 
 def adapter_clusters(rl: RLSection, only: Sequence[str] | None) -> list[str]:
@@ -197,6 +211,7 @@ def grpo_args(
         reward_weights=weights,
         remove_unused_columns=False,
         chat_template_kwargs=dict(template_kwargs) or None,
+        **rl.generation.grpo_kwargs(),
     )
 
 
@@ -388,6 +403,7 @@ def run(
     if config.rl is None:
         raise BadInput("the config has no `rl` section")
     rl = config.rl
+    check_generation_backend(rl)
     names = adapter_clusters(rl, clusters)
     if rl.tasks is not None:
         domains, train_items, held_out = task_file_inputs(config)
@@ -411,16 +427,16 @@ def run(
 
 def builtin_inputs(
     config: RunConfig,
-) -> tuple[dict[str, tuple[type, Any]], list[rl_eval.DomainTask], rl_eval.HeldOut | None, dict | None]:
+) -> tuple[dict[str, tuple[type, Any]], list[sampling.DomainTask], sampling.HeldOut | None, dict | None]:
     """(environments, training tasks, held-out tasks, sandbox level) from the built-in domains' samplers."""
     rl = config.rl
     assert rl is not None
-    domains = rl_eval.fixed_method_domains(rl.domains)
+    domains = sampling.fixed_method_domains(rl.domains)
     sandbox = admit_model_code_for(domains, config.sandbox, "rl")  # before anything loads or trains
     eval_seed, decontaminated_n = heldout_spec(config)
     check_seeds(config, eval_seed)
     held_out = (
-        rl_eval.heldout_tasks(
+        sampling.heldout_tasks(
             domains, rl.eval_tasks_per_domain, eval_seed, rl.max_difficulty, decontaminated_n
         )
         if rl.eval_tasks_per_domain
@@ -430,7 +446,7 @@ def builtin_inputs(
         log.warning(
             "rl: some held-out tasks lie outside the decontaminated set (pool %d)", held_out.pool_size
         )
-    train_items = rl_eval.sample_tasks(
+    train_items = sampling.sample_tasks(
         domains,
         rl.n_tasks,
         rl.task_seed,
@@ -443,10 +459,10 @@ def builtin_inputs(
 
 def task_file_inputs(
     config: RunConfig,
-) -> tuple[dict[str, tuple[type, Any]], list[rl_eval.DomainTask], rl_eval.HeldOut | None]:
+) -> tuple[dict[str, tuple[type, Any]], list[sampling.DomainTask], sampling.HeldOut | None]:
     """(environments, training tasks, held-out tasks) from `rl.tasks`: its train rows, and up to
     `eval_tasks_per_domain` held-out rows per environment; rejected rows go to `rl/task_rejects.jsonl`."""
-    from pipelines.tasks_file import load_task_file
+    from pipelines.tasks.task_file import load_task_file
 
     rl = config.rl
     assert rl is not None and rl.tasks is not None
@@ -455,25 +471,25 @@ def task_file_inputs(
         task_set.write_rejects(config.run_dir / "rl" / "task_rejects.jsonl")
     if not task_set.train:
         raise BadInput(f"rl.tasks {rl.tasks}: no `train` rows to train on ({len(task_set.heldout)} held out)")
-    domains = {name: (rl_eval.guarded(cls), None) for name, cls in task_set.envs.items()}
-    train_items = [rl_eval.DomainTask(task.domain, task) for task in task_set.train]
+    domains = {name: (guarded(cls), None) for name, cls in task_set.envs.items()}
+    train_items = [sampling.DomainTask(task.domain, task) for task in task_set.train]
     picked: dict[str, int] = {}
     held = []
     for task in task_set.heldout:
         if picked.get(task.domain, 0) < rl.eval_tasks_per_domain:
             picked[task.domain] = picked.get(task.domain, 0) + 1
-            held.append(rl_eval.DomainTask(task.domain, task))
+            held.append(sampling.DomainTask(task.domain, task))
     decontaminated = tasks_decontaminated(config, task_set.path)
     if held and not decontaminated:
         log.warning("rl: the recipe's decontamination.sets lack `tasks:%s`: the SFT mix was not checked against "
                     "these held-out tasks", rl.tasks)  # fmt: skip
-    held_out = rl_eval.HeldOut(held, seed=0, pool_size=len(task_set.heldout), decontaminated=decontaminated)
+    held_out = sampling.HeldOut(held, seed=0, pool_size=len(task_set.heldout), decontaminated=decontaminated)
     return domains, train_items, held_out if held else None
 
 
 def tasks_decontaminated(config: RunConfig, task_file: Path) -> bool:
     """Does the recipe decontaminate against this task file's held-out rows (a `tasks:PATH` set)?"""
-    from pipelines.tasks_file import TASKS_SET_PREFIX
+    from pipelines.tasks.task_file import TASKS_SET_PREFIX
 
     recipe = config.data.recipe
     sets = [] if isinstance(recipe, str) else recipe.decontamination.sets
@@ -490,8 +506,8 @@ def train_cluster(
     config: RunConfig,
     cluster: str,
     domains: dict[str, tuple[type, Any]],
-    train_items: list[rl_eval.DomainTask],
-    held_out: rl_eval.HeldOut | None,
+    train_items: list[sampling.DomainTask],
+    held_out: sampling.HeldOut | None,
     callbacks: Sequence[Any] = (),
     restart: bool = False,
     sandbox: dict[str, Any] | None = None,
@@ -540,13 +556,13 @@ def train_cluster(
 
 
 def _heldout_report(
-    out_dir: Path, held_out: rl_eval.HeldOut | None, before: dict | None, after: dict | None
+    out_dir: Path, held_out: sampling.HeldOut | None, before: dict | None, after: dict | None
 ) -> dict[str, Any] | None:
     """Write `eval_before_after.json`; return the summary's `heldout` entry (None without held-out tasks)."""
     if held_out is None or before is None or after is None:
         return None
-    comparison = rl_eval.before_after(before, after, held_out)
-    write_json(out_dir / rl_eval.EVAL_FILE, comparison)
+    comparison = episodes.before_after(before, after, held_out)
+    write_json(out_dir / episodes.EVAL_FILE, comparison)
     report = {
         "n_tasks": len(held_out.items),
         "outcome_before": before["outcome"],
@@ -577,16 +593,24 @@ def _evaluator(config: RunConfig, trainer: Any, env_classes: dict[str, type], it
     def evaluate() -> dict[str, Any] | None:
         if not items:
             return None
-        return rl_eval.evaluate_policy(
-            trainer.model,
-            trainer.processing_class,
-            items,
-            env_classes,
-            schema,
-            rl.max_tool_calling_iterations,
-            rl.max_completion_length,
-            rl.tool_call_scale,
-        )
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            # A fresh engine each time: its prefix cache holds KV of the weights it was built with.
+            policy = Engine.for_tokenizer(model, trainer.processing_class)
+            return episodes.evaluate_policy(
+                policy,
+                trainer.processing_class,
+                items,
+                env_classes,
+                schema,
+                rl.max_tool_calling_iterations,
+                rl.max_completion_length,
+                rl.tool_call_scale,
+            )
+        finally:
+            model.train(was_training)
 
     return evaluate
 
@@ -597,7 +621,7 @@ def _summary(
     wall_time: float,
     peak: PeakMemory,
     failures: FailureCounts,
-    items: list[rl_eval.DomainTask],
+    items: list[sampling.DomainTask],
     job: ClusterJob,
     config: RunConfig,
 ) -> RLSummary:

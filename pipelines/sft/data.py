@@ -42,7 +42,9 @@ def load_mix(data_dir: Path, split: str, cache_dir: Path, required: bool = True)
     for path in files:
         missing = [c for c in MIX_COLUMNS if c not in pq.read_schema(path).names]
         if missing:
-            raise BadInput(f"{path}: missing column(s) {missing} (see the data-stage contract in DESIGN.md)")
+            raise BadInput(
+                f"{path}: missing column(s) {missing} (see the data-stage contract in docs/DESIGN.md)"
+            )
     return load_dataset(
         "parquet",
         data_files=[str(p) for p in files],

@@ -25,9 +25,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipelines import sandbox
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT
-from pipelines.envs import DOMAINS, api_pool, sandbox
-from pipelines.envs.base import Mistake, Step, Task, ToolEnv
+from pipelines.envs import api_pool
+from pipelines.envs.base import ToolEnv
 from pipelines.envs.instanced import (
     INSTANCE_IDS,
     InstancedEnv,
@@ -46,6 +47,9 @@ from pipelines.schema import (
     function_spec,
     parse_trace,
 )
+from pipelines.tasks import api_pool as api_pool_tasks
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import ANSWER_SEPARATOR, Mistake, Step, Task
 from pipelines.thought import ThoughtSchema, load_thought_schema
 
 SOURCE = "generated"
@@ -118,9 +122,9 @@ def domain_tool_names(domain: str, task: Task) -> set[str]:
     return {function_spec(t).get("name", "") for t in task_tools(domain, task)}
 
 
-def clarifier(domain: str) -> Callable[[random.Random], api_pool.Clarification] | None:
+def clarifier(domain: str) -> Callable[[random.Random], api_pool_tasks.Clarification] | None:
     """The domain module's `sample_clarification`, if it has one: only the domain knows how to leave a required
-    value out of its own request templates and still read naturally (see `api_pool.Clarification`)."""
+    value out of its own request templates and still read naturally (see `api_pool_tasks.Clarification`)."""
     module = sys.modules.get(DOMAINS[domain][1].__module__)
     return getattr(module, CLARIFIER_HOOK, None)
 
@@ -264,7 +268,7 @@ def _observe(results: list[tuple[str, str]], next_turn: list[Step], request: str
 def _verify(task: Task, rng: random.Random) -> str:
     n = sum(len(t) for t in task.solution)
     if task.answer:
-        answer = " and ".join(task.answer.split(api_pool.ANSWER_SEPARATOR))
+        answer = " and ".join(task.answer.split(ANSWER_SEPARATOR))
         return rng.choice(VERIFY_ANSWER).format(n=n, answer=_short(answer, 160))
     return rng.choice(VERIFY_STATE).format(n=n)
 
@@ -513,10 +517,12 @@ def _irrelevant_tools(domain: str, task: Task, rng: random.Random) -> tuple[str,
         return source, json.loads(class_tools_json(DOMAINS[source][0]))
     k = rng.randint(2, 5)
     if domain == api_pool.DOMAIN:
-        return source, api_pool.sample_tools(rng, k, avoid=api_pool.related_areas(api_pool.task_area(task)))
+        return source, api_pool_tasks.sample_tools(
+            rng, k, avoid=api_pool_tasks.related_areas(api_pool_tasks.task_area(task))
+        )
     # A business calculator could still do a sum, so the fixed domains never get compute tools as the wrong set.
     families = ("find", "read", "create", "mutate", "notify")
-    return source, api_pool.sample_tools(rng, k, only=SAFE_API_AREAS, families=families)
+    return source, api_pool_tasks.sample_tools(rng, k, only=SAFE_API_AREAS, families=families)
 
 
 def _scope(tools: list[dict[str, Any]]) -> str:

@@ -49,8 +49,9 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from pipelines.config import StrictModel
-from pipelines.envs.base import Step, Task, ToolEnv, every_answer_said
+from pipelines.envs.base import ToolEnv
 from pipelines.errors import BadInput
+from pipelines.tasks.records import Step, Task, every_answer_said
 
 log = logging.getLogger("midtrain.tasks")
 SPLITS = ("train", "heldout")
@@ -166,7 +167,7 @@ def request_text(task: Task) -> str:
 
 def load_task_file(path: str | Path, default_env: Any = None, base_dir: Path | None = None) -> TaskSet:
     """Parse and check every row; raise BadInput only when the file is missing or no row is valid."""
-    from pipelines.env_spec import load_env
+    from pipelines.envs.spec import load_env
 
     path = _find(Path(path), base_dir)
     result = TaskSet(path)

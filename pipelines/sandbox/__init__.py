@@ -8,11 +8,11 @@ Layers, each reported per run in `SandboxResult.isolation`:
    cap, a wall-clock limit enforced twice (the parent kills the process group; inside, a warden process kills
    the code past the limit even when the parent is gone), a parent-death signal, and a cap on total disk use
    (a tmpfs of `disk_mb` where mount namespaces exist, else the parent measures the folder and kills the run).
-2. Kernel, set up by the child itself after exec (sandbox_child.py; nothing runs between fork and exec in the
+2. Kernel, set up by the child itself after exec (child.py; nothing runs between fork and exec in the
    possibly threaded parent): network, PID, IPC and mount namespaces where the kernel allows them (detected,
    never assumed); `no_new_privs`; an empty capability bounding set; Landlock (stdlib and system libraries
    read-only, the workdir read-write, no TCP, signals scoped); a seccomp allow-list built by syscall name
-   (sandbox_kernel.py). The `bwrap` backend adds bubblewrap's own filesystem view (only the interpreter, its
+   (kernel.py). The `bwrap` backend adds bubblewrap's own filesystem view (only the interpreter, its
    libraries and a tmpfs workdir exist).
 3. Interpreter: an audit hook refuses file access outside the working directory, sockets, process creation,
    signals to other processes, ctypes-like imports and introspection that could reach the hook. Each refusal
@@ -54,9 +54,10 @@ from typing import Any, Literal, Protocol
 from pydantic import Field, field_validator
 
 from pipelines.config import StrictModel
-from pipelines.envs import sandbox_child, sandbox_kernel
-from pipelines.envs.sandbox_kernel import BLOCKED_MODULES
 from pipelines.errors import BadInput, MidtrainError
+from pipelines.sandbox import child as sandbox_child
+from pipelines.sandbox import kernel as sandbox_kernel
+from pipelines.sandbox.kernel import BLOCKED_MODULES
 
 log = logging.getLogger("midtrain.sandbox")
 
@@ -366,7 +367,7 @@ def run_sandboxed(
     return backend.run(job)
 
 
-# -- local and bubblewrap: a child process running sandbox_child.py ---------------------------------------------
+# -- local and bubblewrap: a child process running child.py -----------------------------------------------
 @dataclass
 class _Launch:
     """How a process backend starts stage 1, and what it already provides."""

@@ -1,4 +1,4 @@
-"""The `teacher:` block of a recipe's `type: teacher` source (kept apart from pipelines/teacher.py, which loads
+"""The `teacher:` block of a recipe's `type: teacher` source (kept apart from pipelines/tasks/llm_teacher.py, which loads
 the chat stack: configs validate without it)."""
 
 from __future__ import annotations

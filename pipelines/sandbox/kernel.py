@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.envs.sandbox_child import EXEC_FD
+from pipelines.sandbox.child import EXEC_FD
 
 # Refused by name in the audit hook and, under Landlock, unreadable on disk: they can poke memory (ctypes,
 # _testcapi), spawn processes (_posixsubprocess) or start interpreters that the hook does not cover.

@@ -176,7 +176,7 @@ def _env_class(key: str) -> type[ToolEnv]:
     data = json.loads(key)
     spec = SPEC_TYPES[data["type"]].model_validate(data)
     if isinstance(spec, BuiltinEnvSpec):
-        from pipelines.envs import DOMAINS
+        from pipelines.tasks.domains import DOMAINS
 
         if spec.domain not in DOMAINS:
             raise BadInput(

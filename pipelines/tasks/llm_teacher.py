@@ -1,6 +1,6 @@
 """An LLM teacher: traces written by any OpenAI-compatible model over any environment, verified like ours.
 
-The loop is the procedural teacher's (`pipelines.generate`), with a model in the teacher's seat: the task's
+The loop is the procedural teacher's (`pipelines.tasks.generate`), with a model in the teacher's seat: the task's
 conversation and the environment's tools go to `POST {base_url}/chat/completions`; every call the model makes
 is executed live in the environment (built-in, Python class, MCP server) and its result fed back; the turn
 without calls is the final answer. The teacher is asked to think in the thought schema's sections (plan first,
@@ -8,12 +8,12 @@ observe after results, reflect after an error, verify before answering); a reply
 `reasoning_content` instead (reasoning models) has it mapped into the section its position calls for. Tool
 calls come as the API's `tool_calls`, or as `<tool_call>` JSON in the text for servers without a tool parser.
 
-Then the APIGen-style verification of `pipelines.generate`, and a reject with its reason for anything else:
+Then the APIGen-style verification of `pipelines.tasks.generate`, and a reject with its reason for anything else:
 - format: the Trace validates (calls name offered tools, arguments match their schemas), every assistant turn's
   reasoning parses into the thought schema and round-trips, the first turn plans, the last answers;
 - execution (replay): a fresh environment replays every call; observations must be identical (`replay: exact`,
   for deterministic servers) or at least run without new errors (`replay: executes`);
-- outcome: the task's own judge (`pipelines.tasks_file`) scores the final answer and state 1.0 in that replay.
+- outcome: the task's own judge (`pipelines.tasks.task_file`) scores the final answer and state 1.0 in that replay.
 
 Reproducibility: each request (model, messages, tools, sampling settings and a per-sample seed; not the URL or
 key) is hashed, and the response stored under that hash in the run's cache file. A build answers from the cache
@@ -39,10 +39,11 @@ from typing import Any, Literal
 
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT
 from pipelines.codecs import make_codec
-from pipelines.envs.base import Task, ToolEnv
+from pipelines.envs.base import ToolEnv
 from pipelines.errors import BadInput
 from pipelines.schema import Message, ThinkingSection, ToolCall, Trace, content_id, function_spec, parse_trace
-from pipelines.teacher_settings import TeacherSettings
+from pipelines.tasks.records import Task
+from pipelines.tasks.teacher_settings import TeacherSettings
 from pipelines.thought import ThoughtSchema
 
 log = logging.getLogger("midtrain.teacher")
@@ -369,7 +370,7 @@ def check_format(trace: Trace, schema: ThoughtSchema) -> list[tuple[str, str]]:
 
 def check_replay(trace: Trace, env: ToolEnv, task: Task, replay: str) -> list[tuple[str, str]]:
     """Replay every call in a fresh environment, then let the task's judge score the final answer there."""
-    from pipelines.tasks_file import judge_report
+    from pipelines.tasks.task_file import judge_report
 
     recorded = {m.tool_call_id: m.content for m in trace.messages if m.role == "tool"}
     for call in trace.calls():
@@ -417,7 +418,7 @@ def teacher_traces(
     """Every (task, sample) episode, verified: a Trace, or a reject `{"id", "reason", "detail"}`. With
     `propose`, the teacher first proposes that many tasks per environment (`propose_tasks`); the ones whose
     reference solution verifies join the tasks (requests in `avoid`, the held-out ones, are refused)."""
-    from pipelines.generate import DEFAULT_CLUSTERS
+    from pipelines.tasks.generate import DEFAULT_CLUSTERS
 
     cache = TeacherCache(cache_path)
     client = TeacherClient(settings, cache)
@@ -506,7 +507,7 @@ def verify_proposal(task_id: str, proposal: dict[str, Any], env_name: str, env_c
     environment and the task's own judge passes on the reference's final state (and answer)."""
     from pydantic import ValidationError
 
-    from pipelines.tasks_file import TaskRow, _RowError, row_to_task
+    from pipelines.tasks.task_file import TaskRow, _RowError, row_to_task
 
     answer = proposal.get("answer")
     row = {

@@ -1,0 +1,344 @@
+"""Episodes: a model talks to a live tool environment until it answers, and is scored with the RL rewards.
+
+Shared by the RL stage (held-out before/after, `eval_before_after.json`) and the eval stage (held-out suite), so
+both run and score a task the same way. The loop mirrors TRL's tool loop (generate → parse calls → run them in
+the env → append the results → generate again, at most `max_iterations` rounds of tools, one token budget for
+the whole rollout), but greedy and batched over episodes, so numbers are deterministic and cheap. As in TRL, a
+rollout's tokens are built by concatenation (prompt + generated tokens + the template's tool-result suffix),
+never by re-rendering the conversation, and each reply is parsed with TRL's own `parse_response` (the codec's
+response template): rollouts come out in TRL's message shape, so `pipelines.rl.rewards` scores them exactly as
+it scores training rollouts. Generation is a `pipelines.inference.GenerateFn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.chat import DEFAULT_SYSTEM_PROMPT, prompt_ids
+from pipelines.codecs import Codec, codec_for
+from pipelines.envs.base import ToolEnv
+from pipelines.inference import GenerateFn
+from pipelines.rl import rewards
+from pipelines.tasks.records import Task
+from pipelines.tasks.sampling import DomainTask, HeldOut
+from pipelines.thought import ThoughtSchema
+
+EVAL_FILE = "eval_before_after.json"
+
+
+def prompt_messages(task: Task) -> list[dict[str, str]]:
+    """The conversation a task starts with (a task file's own messages, after the default system prompt unless
+    they bring one); the tools come from the environment, as in TRL."""
+    if task.messages:
+        opening = [dict(m) for m in task.messages]
+        return (
+            opening
+            if opening[0]["role"] == "system"
+            else [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *opening]
+        )
+    return [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": task.request}]
+
+
+# -- the live loop ---------------------------------------------------------------------------------------------
+@dataclass
+class Episode:
+    item: DomainTask
+    env: ToolEnv
+    tools: list[dict[str, Any]]
+    conversation: list[dict[str, Any]]
+    completion: list[dict[str, Any]] = field(default_factory=list)
+    ids: list[int] = field(
+        default_factory=list
+    )  # prompt + generated + tool-result tokens, as TRL builds them
+    prompt_tokens: int = 0
+    used_tokens: int = 0  # generated and tool-result tokens so far (TRL's max_completion_length counts both)
+    tool_rounds: int = 0
+    truncated: bool = False  # the token budget ran out mid-reply
+    done: bool = False
+
+
+def start_episode(item: DomainTask, env_class: type[ToolEnv]) -> Episode:
+    env = env_class()
+    env.reset(task=item.task.to_json())
+    tools = env._task_tools() if hasattr(env, "_task_tools") else env._tool_schemas()
+    return Episode(item, env, tools, prompt_messages(item.task))
+
+
+def assistant_message(
+    tokenizer: Any, reply_ids: list[int], prompt_ids: list[int], tools: Any
+) -> dict[str, Any]:
+    """Reply tokens → TRL-shaped assistant message, through TRL's own `parse_response` (the function GRPO parses
+    rollouts with): calls that parse move to `tool_calls`; a reply whose calls do not all parse stays in
+    `content` as text, exactly as TRL leaves it, so the `format` reward sees the same thing in training and here.
+    """
+    from trl.chat_template_utils import parse_response
+
+    return parse_response(tokenizer, list(reply_ids), prefix=list(prompt_ids), tools=tools)
+
+
+def _until_end(ids: list[int], end_ids: set[int]) -> tuple[list[int], bool]:
+    """The reply up to and including its first end-of-turn token, and whether it had one."""
+    for i, token in enumerate(ids):
+        if token in end_ids:
+            return ids[: i + 1], True
+    return ids, False
+
+
+def run_calls(episode: Episode, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Execute each call in the episode's env; an env that raises becomes an error observation, never a crash."""
+    results = []
+    for call in calls:
+        name, arguments = call["function"]["name"], call["function"]["arguments"]
+        try:
+            observation, _ = episode.env._call_tool(name, arguments)
+        except Exception as exc:
+            observation = f"Error: {type(exc).__name__}: {exc}"
+        results.append({"role": "tool", "name": name, "content": observation})
+    return results
+
+
+def _step(
+    generate: GenerateFn,
+    tokenizer: Any,
+    codec: Codec,
+    batch: list[Episode],
+    budget: int,
+    limit: int,
+    adapter: str | None,
+    max_reply_tokens: int | None,
+) -> None:
+    """One round for a batch of live episodes: generate, parse, run the calls, append the results."""
+    for ep in batch:
+        if not ep.ids:
+            ep.ids = prompt_ids(tokenizer, ep.conversation, ep.tools or None)
+            ep.prompt_tokens = len(ep.ids)
+    room = [budget - (len(ep.ids) - ep.prompt_tokens) for ep in batch]
+    end_ids = set(codec.end_of_turn_ids(tokenizer))
+    # One reply is capped at `max_reply_tokens`: the loop asks for the whole episode's remaining budget, and
+    # one rambling row would otherwise hold its batch for all of it. A capped reply has no end-of-turn token,
+    # so the episode ends as out of tokens, exactly as when the budget runs out.
+    asked = max(1, max(room))
+    asked = min(asked, max_reply_tokens) if max_reply_tokens else asked
+    outputs = generate([ep.ids for ep in batch], [adapter] * len(batch), asked)
+    for ep, new_ids, left in zip(batch, outputs, room, strict=True):
+        reply, ended = _until_end(new_ids[: max(0, left)], end_ids)
+        message = assistant_message(tokenizer, reply, ep.ids, ep.tools or None)
+        ep.completion.append(message)
+        ep.conversation.append(message)
+        ep.ids = ep.ids + reply
+        calls = message.get("tool_calls") or []
+        ep.truncated = not ended
+        if not ended or not calls or ep.tool_rounds >= limit:
+            ep.done = True  # answered, out of tokens, or out of tool rounds (a runaway: calls left pending)
+            continue
+        results = run_calls(ep, calls)
+        suffix = tokenizer(codec.tool_suffix(tokenizer, results), add_special_tokens=False)["input_ids"]
+        if len(ep.ids) + len(suffix) - ep.prompt_tokens > budget:
+            ep.done = True  # as TRL: results that would overrun the budget are dropped and the rollout ends
+            continue
+        ep.completion.extend(results)
+        ep.conversation.extend(results)
+        ep.ids = ep.ids + suffix
+        ep.tool_rounds += 1
+
+
+def run_episodes(
+    generate: GenerateFn,
+    tokenizer: Any,
+    items: Sequence[DomainTask],
+    env_classes: dict[str, type[ToolEnv]],
+    max_iterations: int,
+    max_completion_length: int,
+    batch_size: int = 8,
+    adapter: str | None = None,
+    max_reply_tokens: int | None = None,
+) -> list[Episode]:
+    """Greedy live rollouts of every task, every reply from `generate` with `adapter`."""
+    codec = codec_for(tokenizer)
+    episodes = [start_episode(item, env_classes[item.env_key]) for item in items]
+    while live := [ep for ep in episodes if not ep.done]:
+        for start in range(0, len(live), batch_size):
+            _step(
+                generate, tokenizer, codec, live[start : start + batch_size], max_completion_length,
+                max_iterations, adapter, max_reply_tokens,
+            )  # fmt: skip
+    return episodes
+
+
+# -- scores ----------------------------------------------------------------------------------------------------
+def score_episodes(
+    episodes: Sequence[Episode], schema: ThoughtSchema, codec: Codec, tool_call_scale: float = 1.0
+) -> dict[str, Any]:
+    """Mean outcome reward, format rate, call accuracy (every reference call made exactly, nothing else), each
+    reward's mean, outcome per domain, and failure counts."""
+    failures = rewards.FailureCounts()
+    funcs, _ = rewards.build_reward_funcs(
+        dict.fromkeys(rewards.REWARD_NAMES, 1.0), codec, schema, failures, tool_call_scale
+    )
+    completions = [ep.completion for ep in episodes]
+    tasks = [ep.item.task.to_json() for ep in episodes]
+    envs = [ep.env for ep in episodes]
+    truncated = [ep.truncated for ep in episodes]
+    per_reward = {
+        rewards.reward_name(f): f(completions=completions, task=tasks, environments=envs, truncated=truncated)
+        for f in funcs
+    }
+    exact = [
+        _exact_calls(ep, codec, per_reward["tool_call"][i], tool_call_scale) for i, ep in enumerate(episodes)
+    ]
+    by_domain: dict[str, list[float]] = {}
+    for ep, value in zip(episodes, per_reward["outcome"], strict=True):
+        by_domain.setdefault(ep.item.domain, []).append(value or 0.0)
+    return {
+        "n_tasks": len(episodes),
+        "outcome": _mean(per_reward["outcome"]),
+        "format_rate": _mean(per_reward["format"]),
+        "call_accuracy": _mean(exact),
+        "rewards": {name: _mean(values) for name, values in per_reward.items()},
+        "outcome_by_domain": {d: _mean(v) for d, v in sorted(by_domain.items())},
+        "mean_tool_calls": _mean(
+            [float(rewards.parse_rollout(ep.completion, codec).attempted) for ep in episodes]
+        ),
+        "failures": failures.as_dict(),
+    }
+
+
+def _exact_calls(episode: Episode, codec: Codec, tool_call_value: float | None, scale: float) -> float:
+    if tool_call_value is None:  # no reference calls: exact means no call at all
+        return 1.0 if rewards.parse_rollout(episode.completion, codec).attempted == 0 else 0.0
+    return 1.0 if tool_call_value >= scale - 1e-9 else 0.0
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(sum(present) / len(present), 6) if present else None
+
+
+def evaluate_policy(
+    generate: GenerateFn,
+    tokenizer: Any,
+    items: Sequence[DomainTask],
+    env_classes: dict[str, type[ToolEnv]],
+    schema: ThoughtSchema,
+    max_iterations: int,
+    max_completion_length: int,
+    tool_call_scale: float = 1.0,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Run and score `items` with the policy `generate`; also returns each task's id, outcome and rollout."""
+    episodes = run_episodes(
+        generate, tokenizer, items, env_classes, max_iterations, max_completion_length, batch_size
+    )
+    metrics = score_episodes(episodes, schema, codec_for(tokenizer), tool_call_scale)
+    metrics["episodes"] = [
+        {"task_id": ep.item.task.task_id, "domain": ep.item.domain, "completion": ep.completion}
+        for ep in episodes
+    ]
+    return metrics
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any], held_out: HeldOut) -> dict[str, Any]:
+    """The `eval_before_after.json` payload: which tasks, both evaluations (rollouts included), each change."""
+    keys = ("outcome", "format_rate", "call_accuracy", "mean_tool_calls")
+    delta = {k: _diff(after.get(k), before.get(k)) for k in keys}
+    delta["rewards"] = {k: _diff(after["rewards"].get(k), v) for k, v in before["rewards"].items()}
+    tasks = {
+        "seed": held_out.seed,
+        "pool_size": held_out.pool_size,
+        "decontaminated": held_out.decontaminated,
+        "task_ids": [item.task.task_id for item in held_out.items],
+    }
+    return {"heldout": tasks, "before": before, "after": after, "delta": delta}
+
+
+def _diff(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else round(after - before, 6)
+
+
+# -- held-out suite metrics (the eval stage's columns) ---------------------------------------------------------
+def episode_outcomes(episodes: Sequence[Episode], schema: ThoughtSchema, codec: Codec) -> list[float]:
+    """Each episode's outcome (1.0 = the environment's ground truth met; irrelevant: declined without a call)."""
+    outcomes = []
+    for ep in episodes:
+        rollout = rewards.parse_rollout(ep.completion, codec, schema)
+        value, _ = rewards.outcome_score(rollout, ep.item.task, ep.env)
+        outcomes.append(value)
+    return outcomes
+
+
+def had_tool_error(episode: Episode) -> bool:
+    return any(
+        rewards.is_error_result(str(m.get("content", "")))
+        for m in episode.completion
+        if isinstance(m, dict) and m.get("role") == "tool"
+    )
+
+
+def recovery_rate(episodes: Sequence[Episode], outcomes: Sequence[float]) -> float | None:
+    """Of the episodes where a tool returned an error, the share that still succeeded (None: no errors)."""
+    after_error = [o for ep, o in zip(episodes, outcomes, strict=True) if had_tool_error(ep)]
+    return round(sum(after_error) / len(after_error), 6) if after_error else None
+
+
+def irrelevance_accuracy(episodes: Sequence[Episode], outcomes: Sequence[float]) -> float | None:
+    """Of the irrelevant-request tasks, the share answered without any call (None: there were none)."""
+    values = [o for ep, o in zip(episodes, outcomes, strict=True) if rewards.is_irrelevant(ep.item.task)]
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def heldout_metrics(
+    episodes: Sequence[Episode], outcomes: Sequence[float], schema: ThoughtSchema, codec: Codec
+) -> dict[str, Any]:
+    """Outcome, format rate and call accuracy on tasks that need calls (as the RL stage reports them), recovery
+    rate after a tool error, irrelevance accuracy, and n = every episode."""
+    relevant = [i for i, ep in enumerate(episodes) if not rewards.is_irrelevant(ep.item.task)]
+    scored = score_episodes([episodes[i] for i in relevant], schema, codec) if relevant else {}
+    return {
+        "outcome": scored.get("outcome"),
+        "format_rate": scored.get("format_rate"),
+        "call_accuracy": scored.get("call_accuracy"),
+        "recovery_rate": recovery_rate([episodes[i] for i in relevant], [outcomes[i] for i in relevant]),
+        "irrelevance_accuracy": irrelevance_accuracy(episodes, outcomes),
+        "n": len(episodes),
+    }
+
+
+def heldout_prediction(
+    target: str, episode: Episode, outcome: float, schema: ThoughtSchema, codec: Codec
+) -> dict[str, Any]:
+    rollout = rewards.parse_rollout(episode.completion, codec, schema)
+    irrelevant = rewards.is_irrelevant(episode.item.task)
+    return {
+        "target": target,
+        "suite": "heldout",
+        "domain": episode.item.domain,
+        "id": episode.item.task.task_id,
+        "irrelevant": irrelevant,
+        "raw": episode.completion,
+        "calls": [{"name": c.name, "arguments": c.arguments} for c in rollout.calls],
+        "ok": outcome >= 1.0,
+        "error": "" if outcome >= 1.0 else _failed_env(episode) or episode_error(rollout, irrelevant),
+    }
+
+
+def _failed_env(episode: Episode) -> str:
+    """An environment that died mid-episode (an MCP server crash or timeout) is the reason, whatever the model did."""
+    failure = getattr(episode.env, "_env_failure", None) or getattr(episode.env, "_reset_error", None)
+    return f"environment failed: {failure}" if failure else ""
+
+
+def episode_error(rollout: rewards.Rollout, irrelevant: bool) -> str:
+    """Why an episode failed, in the words a person inspecting predictions.jsonl needs first."""
+    if irrelevant:
+        return "called a tool on a request no tool fits" if rollout.attempted else "did not finish its answer"
+    if not rollout.finished:
+        return "did not finish (token budget or tool rounds ran out)"
+    if rollout.attempted == 0:
+        return "answered without calling a tool"
+    if rollout.malformed:
+        return f"{rollout.malformed} malformed tool call(s)"
+    errors = [text for _, text in rollout.results if rewards.is_error_result(text)]
+    suffix = f" after {len(errors)} tool error(s), last: {errors[-1][:120]}" if errors else ""
+    return "final answer or state does not match the ground truth" + suffix
