@@ -34,8 +34,19 @@ def uses_wandb(tracking: TrackingSection) -> bool:
 
 def report_to(tracking: TrackingSection) -> list[str]:
     """The Trainer's `report_to`, always explicit: transformers' default ("all" installed integrations) would
-    silently start whatever loggers happen to be installed."""
-    return ["wandb"] if uses_wandb(tracking) else ["none"]
+    silently start whatever loggers happen to be installed. An integration that is not installed is bad input
+    here, before training, not a traceback from the Trainer's callback."""
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    chosen = [n for n in tracking.report_to if n != "none" and (n != "wandb" or uses_wandb(tracking))]
+    installed = set(get_available_reporting_integrations())
+    missing = [n for n in chosen if n not in installed]
+    if missing:
+        raise BadInput(
+            f"tracking.report_to: {', '.join(missing)}: not installed in this environment (install the "
+            "integration's Python package, e.g. `pip install trackio`), or remove it from report_to"
+        )
+    return chosen or ["none"]
 
 
 @contextmanager

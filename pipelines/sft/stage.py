@@ -175,15 +175,24 @@ def _prepare_output_dir(out_dir: Path, adapter: str, fingerprint: str, restart: 
 
 
 def trainer_args(config: RunConfig, adapter: str, out_dir: Path, has_eval: bool) -> Any:
-    """SFTConfig: the shared `sft.train` mapping plus packing/padding-free, periodic eval and token counting."""
+    """SFTConfig: `trainer_keywords` and whatever `sft.train.extra` passes through."""
     from trl import SFTConfig
 
+    from pipelines.train_args import trainer_config
+
+    assert config.sft is not None
+    ours = trainer_keywords(config, adapter, out_dir, has_eval)
+    return trainer_config(SFTConfig, ours, config.sft.train.extra, "sft")
+
+
+def trainer_keywords(config: RunConfig, adapter: str, out_dir: Path, has_eval: bool) -> dict[str, Any]:
+    """The shared `sft.train` mapping plus packing/padding-free, periodic eval and token counting."""
     from pipelines.train_args import training_kwargs
 
     assert config.sft is not None
     train = config.sft.train
     periodic_eval = has_eval and train.eval_steps is not None
-    return SFTConfig(
+    return dict(
         **training_kwargs(train, out_dir, f"{config.name}-sft-{adapter}", config.tracking),
         max_length=train.max_length,
         packing=train.packing,
