@@ -39,6 +39,24 @@ RestartOption = Annotated[
 ]
 
 
+@app.callback()
+def _options(
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress bars or progress lines: warnings and errors only"),
+    ] = False,
+) -> None:
+    """Turn an open LLM into an agentic one."""
+    from pipelines.progress import set_quiet
+
+    set_quiet(quiet)  # set on every command: one in-process invocation's --quiet never outlives it
+    midtrain_log = logging.getLogger("midtrain")
+    if quiet:
+        midtrain_log.setLevel(logging.WARNING)
+    elif midtrain_log.level == logging.WARNING:
+        midtrain_log.setLevel(logging.INFO)
+
+
 @model_app.command("fetch")
 def model_fetch(
     model: Annotated[str, typer.Argument(help="embedded:NAME, a local folder or a Hub id")] = "",

@@ -73,6 +73,7 @@ from pipelines.data.mix import SourcePool, is_eval_id, order_eval, order_train, 
 from pipelines.data.sources import Reject, open_source, resolve_hub_commits
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.models import DEFAULT_MODEL
+from pipelines.progress import progress_bar
 from pipelines.recipe import Recipe
 from pipelines.run_config import REPO_ROOT, RunConfig
 from pipelines.schema import Trace, validate_trace
@@ -116,6 +117,7 @@ PARQUET_OPTIONS: dict[str, Any] = {
 }
 OUTPUT_ROW_GROUP = 1000
 RENDER_BATCH_ROWS = 256
+PROGRESS_EVERY_ROWS = 64  # the bar redraws 10 times a second at most; a row count is cheap
 RENDER_BATCH_CHARS = 4_000_000
 SPILL_FLUSH_TOKENS = 2_000_000
 MAX_OPEN_BUCKETS = 128
@@ -150,6 +152,11 @@ class SourceStats:
     tokens_in: int = 0
     rejects: Counter = field(default_factory=Counter)
     revision: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress_note(stats: SourceStats, pending_rejects: list[Any]) -> str:
+    rejected = stats.rejects.total() + len(pending_rejects)
+    return f"{stats.rows_clean:,} kept · {stats.tokens_in:,} tokens · {rejected:,} rejected"
 
 
 @dataclass
@@ -361,20 +368,24 @@ class _Builder:
         rejects: list[tuple[int, Reject]] = []
         batch: list[tuple[int, Trace]] = []
         batch_chars = 0
-        for seq, item in enumerate(reader.rows()):
-            stats.rows_in += 1
-            problem = item if isinstance(item, Reject) else self._clean(item)
-            if problem is not None:
-                rejects.append((seq, problem))
-                continue
-            batch.append((seq, item))  # type: ignore[arg-type]
-            batch_chars += len(item.text) + sum(len(m.content) for m in item.messages)  # type: ignore[union-attr]
-            if len(batch) >= RENDER_BATCH_ROWS or batch_chars >= RENDER_BATCH_CHARS:
-                renderer.submit(category, batch, rejects)
-                batch, batch_chars = [], 0
-                self._write_rejects(stats, rejects, renderer.oldest_pending(default=seq + 1))
-        renderer.submit(category, batch, rejects)
-        renderer.drain()
+        with progress_bar(f"{category}/{spec.name}", unit="rows") as update:
+            for seq, item in enumerate(reader.rows()):
+                stats.rows_in += 1
+                if seq % PROGRESS_EVERY_ROWS == 0:
+                    update(completed=stats.rows_in, note=_progress_note(stats, rejects))
+                problem = item if isinstance(item, Reject) else self._clean(item)
+                if problem is not None:
+                    rejects.append((seq, problem))
+                    continue
+                batch.append((seq, item))  # type: ignore[arg-type]
+                batch_chars += len(item.text) + sum(len(m.content) for m in item.messages)  # type: ignore[union-attr]
+                if len(batch) >= RENDER_BATCH_ROWS or batch_chars >= RENDER_BATCH_CHARS:
+                    renderer.submit(category, batch, rejects)
+                    batch, batch_chars = [], 0
+                    self._write_rejects(stats, rejects, renderer.oldest_pending(default=seq + 1))
+            renderer.submit(category, batch, rejects)
+            renderer.drain()
+            update(completed=stats.rows_in, note=_progress_note(stats, rejects))
         stats.revision = reader.revision()
         self._write_rejects(stats, rejects, None)
         written = stats.rows_clean + stats.rejects.total()

@@ -51,6 +51,7 @@ from pipelines.eval.bfcl import (
 )
 from pipelines.eval.results import plot_results, results_table
 from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
+from pipelines.progress import Update, progress_bar
 from pipelines.router import adapter_source, load_bundle, request_text
 from pipelines.run_config import EvalSection, RunConfig
 from pipelines.schema import Message, Trace
@@ -338,8 +339,10 @@ def eval_heldout(
     generate: GenerateFn,
     adapters: list[str | None],
     section: EvalSection,
+    on_done: Update | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Live greedy episodes of every task, grouped by adapter (`run_episodes` runs one adapter at a time)."""
+    """Live greedy episodes of every task, grouped by adapter (`run_episodes` runs one adapter at a time);
+    `on_done(advance=n)` after each group."""
     groups: dict[str | None, list[int]] = {}
     for i, adapter in enumerate(adapters):
         groups.setdefault(adapter, []).append(i)
@@ -352,6 +355,8 @@ def eval_heldout(
         )  # fmt: skip
         for i, episode in zip(indices, done, strict=True):
             episodes[i] = episode
+        if on_done is not None:
+            on_done(advance=len(indices))
     finished = [ep for ep in episodes if ep is not None]
     codec = codec_for(tokenizer)
     outcomes = episode_outcomes(finished, schema, codec)
@@ -445,21 +450,36 @@ def eval_target(
     tokenizer = tokenizers.for_target(target, routes)
     suites: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    if examples:
-        texts = [request_text(example_to_trace(ex)) for ex in examples] if routes else []
-        adapters = routes.adapters(texts) if routes else [target.adapter] * len(examples)
-        suites["bfcl"], found = eval_bfcl(target, examples, tokenizer, schema, generate, adapters, section)
-        rows += found
-    if heldout.items:
-        texts = (
-            [heldout_route_text(it, heldout.env_classes[it.domain]) for it in heldout.items] if routes else []
-        )
-        adapters = routes.adapters(texts) if routes else [target.adapter] * len(heldout.items)
-        suites["heldout"], found = eval_heldout(
-            target, heldout, tokenizer, schema, generate, adapters, section
-        )
-        rows += found
+    total = len(examples) + len(heldout.items)
+    with progress_bar(f"eval {target.key}", total=total, unit="examples") as update:
+        if examples:
+            texts = [request_text(example_to_trace(ex)) for ex in examples] if routes else []
+            adapters = routes.adapters(texts) if routes else [target.adapter] * len(examples)
+            counted = _counting(generate, update)  # BFCL asks one reply per example
+            suites["bfcl"], found = eval_bfcl(target, examples, tokenizer, schema, counted, adapters, section)
+            rows += found
+        if heldout.items:
+            texts = (
+                [heldout_route_text(it, heldout.env_classes[it.domain]) for it in heldout.items]
+                if routes
+                else []
+            )
+            adapters = routes.adapters(texts) if routes else [target.adapter] * len(heldout.items)
+            update(completed=len(examples), note="held-out episodes")
+            suites["heldout"], found = eval_heldout(
+                target, heldout, tokenizer, schema, generate, adapters, section, on_done=update
+            )
+            rows += found
     return suites, rows
+
+
+def _counting(generate: GenerateFn, update: Update) -> GenerateFn:
+    def counted(prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int) -> list[list[int]]:
+        replies = generate(prompts, adapters, max_new_tokens)
+        update(advance=len(prompts))
+        return replies
+
+    return counted
 
 
 def _engine(config: RunConfig, tokenizer: Any, targets: list[Target]) -> Engine:
