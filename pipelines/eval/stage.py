@@ -340,23 +340,29 @@ def eval_heldout(
     adapters: list[str | None],
     section: EvalSection,
     on_done: Update | None = None,
+    start: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Live greedy episodes of every task, grouped by adapter (`run_episodes` runs one adapter at a time);
-    `on_done(advance=n)` after each group."""
+    `on_done(completed=start + episodes finished)` as they finish."""
     groups: dict[str | None, list[int]] = {}
     for i, adapter in enumerate(adapters):
         groups.setdefault(adapter, []).append(i)
     episodes: list[Episode | None] = [None] * len(heldout.items)
+    finished_before = 0  # episodes of the groups already run
     for adapter, indices in groups.items():
         items = [heldout.items[i] for i in indices]
+
+        def progress(finished: int, before: int = finished_before) -> None:
+            if on_done is not None:
+                on_done(completed=start + before + finished)
+
         done = run_episodes(
             generate, tokenizer, items, heldout.env_classes, section.max_tool_rounds, section.rollout_tokens,
-            section.batch_size, adapter=adapter, max_reply_tokens=section.max_new_tokens,
+            section.batch_size, adapter=adapter, max_reply_tokens=section.max_new_tokens, on_progress=progress,
         )  # fmt: skip
+        finished_before += len(indices)
         for i, episode in zip(indices, done, strict=True):
             episodes[i] = episode
-        if on_done is not None:
-            on_done(advance=len(indices))
     finished = [ep for ep in episodes if ep is not None]
     codec = codec_for(tokenizer)
     outcomes = episode_outcomes(finished, schema, codec)
@@ -467,7 +473,7 @@ def eval_target(
             adapters = routes.adapters(texts) if routes else [target.adapter] * len(heldout.items)
             update(completed=len(examples), note="held-out episodes")
             suites["heldout"], found = eval_heldout(
-                target, heldout, tokenizer, schema, generate, adapters, section, on_done=update
+                target, heldout, tokenizer, schema, generate, adapters, section, update, len(examples)
             )
             rows += found
     return suites, rows

@@ -619,6 +619,7 @@ def _evaluator(config: RunConfig, trainer: Any, env_classes: dict[str, type], it
                 rl.max_tool_calling_iterations,
                 rl.max_completion_length,
                 rl.tool_call_scale,
+                description=f"rl held-out ({len(items)} tasks)",
             )
         finally:
             model.train(was_training)
