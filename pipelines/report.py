@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -307,19 +308,24 @@ def to_markdown(blocks: list[Block]) -> str:
     return "\n\n".join(out) + "\n"
 
 
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code>: the blocks' text is written for both formats."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def to_html(blocks: list[Block], title: str) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
         "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto;white-space:pre-wrap;"
-        "max-height:20em}</style></head><body>",
+        "overflow-wrap:anywhere;max-height:20em}code{background:#f0f0f0;padding:0 3px}</style></head><body>",
     ]
     for kind, value in blocks:
         if kind in ("h1", "h2", "h3", "h4"):
-            parts.append(f"<{kind}>{html.escape(value)}</{kind}>")
+            parts.append(f"<{kind}>{_inline(value)}</{kind}>")
         elif kind == "p":
-            parts.append(f"<p>{html.escape(value)}</p>")
+            parts.append(f"<p>{_inline(value)}</p>")
         elif kind == "table":
             headers, rows = value
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)

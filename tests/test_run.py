@@ -195,3 +195,5 @@ def test_report_shows_example_replies_and_before_after_tables_and_links_raw_json
     assert len(markdown) < 6000 and '"episodes"' not in markdown  # no rollout JSON inlined
     page = (run_dir / "report.html").read_text()
     assert "<a href='eval/predictions.jsonl'>" in page and "<h4>sft/tool</h4>" in page
+    assert "<code>u-1</code>" in page and "`u-1`" not in page  # Markdown code spans, not literal backticks
+    assert "<h1>midtrain run <code>smollm2-135m-demo</code></h1>" in page and "overflow-wrap:anywhere" in page
