@@ -182,6 +182,7 @@ class EvalResults(Artifact):
     skipped: dict[str, str]
     seconds: dict[str, float]
     sandbox: dict[str, Any] | None = None  # the isolation model-written code ran under, when any ran
+    backend: Literal["hf", "vllm"] = "hf"  # who decoded (eval.backend)
 
     def metric(self, target: str, suite: str, metric: str) -> Any:
         return self.targets.get(target, {}).get(suite, {}).get(metric)

@@ -144,6 +144,7 @@ def data_build(
         return
     if revision is not None:
         raise BadInput("--revision goes with --from-hub (a recipe pins each Hub source's own revision)")
+    assert config is not None, "checked above: exactly one of CONFIG and --from-hub"
     target = load_any(config, set_ or [])
     out_dir = out or default_out_dir(target)
     if isinstance(target, RunConfig):
@@ -587,7 +588,7 @@ def _say(label: str, message: str) -> None:
     console.print(f"[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def _command_name(command: typer.core.TyperGroup, args: list[str]) -> str:
+def _command_name(command: object, args: list[str]) -> str:
     """`midtrain data build`: the command words of `args`, for the one line that says what stopped."""
     words = ["midtrain"]
     current: object = command

@@ -273,7 +273,7 @@ class Codec:
             "type": "function",
             "function": {"name": tool_messages[0].get("name") or "f", "arguments": {}},
         }
-        dummy = [
+        dummy: list[dict[str, Any]] = [
             {"role": "user", "content": "dummy"},
             {"role": "assistant", "content": "", "tool_calls": [dummy_call]},
         ]
@@ -359,7 +359,8 @@ class ReplyStream:
 
         self.codec, self.schema, self.prefix, self.tools = codec, schema, prefix, tools
         self.text = ""
-        self._parser = ResponseParser(codec.response_template, prefix=prefix, tools=tools)
+        # transformers types `tools` as an invariant list[dict | Callable]; a list of dicts is what it reads.
+        self._parser = ResponseParser(codec.response_template, prefix=prefix, tools=tools)  # type: ignore[arg-type]
 
     def feed(self, chunk: str) -> str:
         if self.codec.end_of_turn in self.text:
@@ -380,7 +381,7 @@ def _parse_response(
 ) -> dict[str, Any]:
     from transformers.utils.chat_parsing import parse_response
 
-    return parse_response(text, template, prefix=prefix, tools=tools)
+    return parse_response(text, template, prefix=prefix, tools=tools)  # type: ignore[arg-type]  # as ResponseParser
 
 
 def _first_line(exc: Exception) -> str:

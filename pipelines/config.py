@@ -187,7 +187,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def override_paths(overrides: list[str]) -> list[KeyPath]:
+def override_paths(overrides: list[str]) -> list[tuple[str, ...]]:
     return [tuple(parse_override(o)[0]) for o in overrides]
 
 
@@ -224,7 +224,7 @@ def _line_for(loc: KeyPath, lines: dict[KeyPath, int]) -> int | None:
     return None
 
 
-def where_is(loc: KeyPath, source: str, lines: dict[KeyPath, int], overrides: list[KeyPath]) -> str:
+def where_is(loc: KeyPath, source: str, lines: dict[KeyPath, int], overrides: list[tuple[str, ...]]) -> str:
     """`file:line` of the key, or the `--set` that put it there: an override's problem is never blamed on a
     line of the file. A problem in a section an override changed names both."""
     text = tuple(str(p) for p in loc)
@@ -244,7 +244,7 @@ def format_validation_error(
     model: type[BaseModel],
     source: str,
     lines: dict[KeyPath, int],
-    overrides: list[KeyPath] | None = None,
+    overrides: list[tuple[str, ...]] | None = None,
 ) -> str:
     """One line per problem: `file:line: key.path: message (did you mean 'x'?)`."""
     messages = []
@@ -281,7 +281,7 @@ def validate_data(
     data: Any,
     source: str,
     lines: dict[KeyPath, int] | None = None,
-    overrides: list[KeyPath] | None = None,
+    overrides: list[tuple[str, ...]] | None = None,
 ) -> ModelT:
     """Validate plain data against `model`, turning pydantic's error into BadInput with file and line."""
     try:

@@ -250,7 +250,7 @@ def evaluate_policy(
 def before_after(before: dict[str, Any], after: dict[str, Any], held_out: HeldOut) -> dict[str, Any]:
     """The `eval_before_after.json` payload: which tasks, both evaluations (rollouts included), each change."""
     keys = ("outcome", "format_rate", "call_accuracy", "mean_tool_calls")
-    delta = {k: _diff(after.get(k), before.get(k)) for k in keys}
+    delta: dict[str, Any] = {k: _diff(after.get(k), before.get(k)) for k in keys}
     delta["rewards"] = {k: _diff(after["rewards"].get(k), v) for k, v in before["rewards"].items()}
     tasks = {
         "seed": held_out.seed,

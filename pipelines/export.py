@@ -107,10 +107,10 @@ def _base_reference(config: dict[str, Any], adapter_dir: Path, base: str | None)
     """`--base`, else the base the adapter was trained on (its config's `base_model_name_or_path`)."""
     from pipelines.models import resolve_model
 
-    recorded = config.get("base_model_name_or_path")
-    if base is None and not recorded:
+    ref = base or config.get("base_model_name_or_path")
+    if not isinstance(ref, str) or not ref:
         raise BadInput(f"{adapter_dir}/adapter_config.json names no base model; pass --base MODEL")
-    return resolve_model(base or recorded)
+    return resolve_model(ref)
 
 
 def public_base_model(base: str) -> tuple[str, str]:

@@ -624,8 +624,9 @@ def run(
     hub, user = (None, "your-username") if dry_run else _hub_api(api)
     namespace = section.namespace or user
     repos = {i.name: repo_id(config, i, namespace) for i in items}
-    adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter"}  # rl overrides sft
-    adapter_dirs = {i.cluster: i.source for i in items if i.kind == "adapter"}
+    # Every adapter has its cluster (collect_items); rl overrides sft.
+    adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter" and i.cluster is not None}
+    adapter_dirs = {i.cluster: i.source for i in items if i.kind == "adapter" and i.cluster is not None}
     staging = fresh_output_dir(staging, "publish folder")
     base, mix = _public_base_model(config), manifest_summary(config.run_dir)
     dataset_repo = next((repos[i.name] for i in items if i.kind == "dataset"), None)

@@ -97,7 +97,8 @@ def training_section(run_dir: Path, stage: str, title: str, plot: str) -> list[B
     folders = sorted(p.parent for p in (run_dir / stage).glob(f"*/{summary_type.FILE}"))
     if not folders:
         return []
-    rows, blocks = [], [("h2", title)]
+    rows: list[list[Any]] = []
+    blocks: list[Block] = [("h2", title)]
     for folder in folders:
         summary = summary_type.read(folder)
         rows.append(

@@ -115,7 +115,8 @@ def split_examples(examples: list[Example], eval_fraction: float) -> tuple[list[
     """
     import hashlib
 
-    train, held_out = [], []
+    train: list[Example] = []
+    held_out: list[Example] = []
     for example in examples:
         bucket = int(hashlib.sha256(example.text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         (held_out if example.split == "validation" or bucket < eval_fraction else train).append(example)
@@ -222,7 +223,10 @@ def _int8_linears(model: Any) -> Any:
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-FEATURIZERS = {"tfidf": TfidfFeaturizer, "embedding": EmbeddingFeaturizer}
+FEATURIZERS: dict[str, type[TfidfFeaturizer] | type[EmbeddingFeaturizer]] = {
+    "tfidf": TfidfFeaturizer,
+    "embedding": EmbeddingFeaturizer,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------

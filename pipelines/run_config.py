@@ -210,7 +210,7 @@ class RLGenerationSection(StrictModel):
             raise ValueError(f"{sorted(wrong)} do not apply to vllm_mode: {self.vllm_mode}")
         return self
 
-    def grpo_kwargs(self) -> dict[str, object]:
+    def grpo_kwargs(self) -> dict[str, Any]:
         """The GRPOConfig arguments (TRL 1.16 names)."""
         if self.backend == "hf":
             return {"use_vllm": False}
@@ -359,7 +359,7 @@ class EvalSection(StrictModel):
     )
     max_new_tokens: int = Field(256, ge=1, description="Tokens per generated reply (greedy).")
     targets: list[Literal["base", "sft", "rl", "routed"]] = Field(
-        default_factory=lambda: ["base", "sft", "rl", "routed"]
+        default_factory=lambda: ["base", "sft", "rl", "routed"]  # type: ignore[arg-type]  # mypy infers list[str]
     )
     heldout_seed: int | None = Field(
         None,
@@ -389,6 +389,22 @@ class EvalSection(StrictModel):
         ge=1,
         description="Rows per generate call; CPU decoding is memory-bound, so wide batches are cheap.",
     )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Who decodes: `hf` (midtrain's engine on transformers + PEFT) or `vllm` (vLLM's offline "
+        "engine, every adapter as a LoRA; for large models on a GPU). Prompts, parsing and scores are the same.",
+    )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra arguments for vLLM's `LLM(...)` with backend vllm: gpu_memory_utilization, "
+        "max_model_len, tensor_parallel_size, enforce_eager, ...",
+    )
+
+    @model_validator(mode="after")
+    def _engine_args_need_vllm(self) -> EvalSection:
+        if self.vllm_engine_args and self.backend != "vllm":
+            raise ValueError("eval.vllm_engine_args is set but eval.backend is not vllm")
+        return self
 
 
 class PublishSection(StrictModel):

@@ -223,7 +223,7 @@ def _check_instances(trace: Trace) -> list[str]:
     if not declared and not any(c.instance for c in calls):
         return []
     problems = []
-    call_instance = {c.id: c.instance for c in calls}
+    call_instance: dict[str | None, str | None] = {c.id: c.instance for c in calls}
     for c in calls:
         if c.instance is None:
             problems.append(f"call {c.id}: instanced trace but the call names no _instance")

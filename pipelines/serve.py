@@ -111,7 +111,7 @@ def serving_tokenizer(sources: dict[str, str], base_model: str) -> Any:
     """The first adapter's own tokenizer (it carries the chat template it was trained with), else the base's."""
     first = next(iter(sources.values()), None)
     has_tokenizer = first is not None and (Path(first) / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(first if has_tokenizer else base_model)
+    tokenizer = load_tokenizer(first if first is not None and has_tokenizer else base_model)
     tokenizer.padding_side = "left"
     return tokenizer
 

@@ -42,7 +42,7 @@ def load_service(
         from pipelines.serve import Router
 
         router = Router(router_dir, thought_schema)
-        engine = PeftEngine(router)
+        engine: PeftEngine | VllmEngine = PeftEngine(router)
         return ChatService(engine, router.route, router.tokenizer, schema, served_name, default_max_tokens)
     if backend != "vllm":
         raise BadInput(f"--backend {backend!r}: expected peft or vllm")

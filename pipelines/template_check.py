@@ -328,8 +328,8 @@ def print_report(report: Report, console: Any, source: str) -> None:
     console.print(
         f"TRL GRPO tool loop: {trl}" if codec.trl_tool_loop else "TRL GRPO tool loop: not used by this format"
     )
-    if report.example is not None and report.example[1] is not None:
-        pattern, conversation = report.example
+    pattern, conversation = report.example or ("", None)
+    if conversation is not None:
         console.print(f"\n[bold]{pattern}[/], rendered; the loss mask is [green]«marked»[/]:")
         console.print(mask_markup(conversation), markup=True, highlight=False, soft_wrap=True)
     from rich.markup import escape

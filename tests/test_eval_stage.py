@@ -11,11 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from test_router import (  # tests/ is on sys.path (rootdir conftest)
-    make_adapter,
-    two_cluster_config,
-    write_shards,
-)
 
 from pipelines.artifacts import EvalResults
 from pipelines.errors import BadInput
@@ -24,6 +19,7 @@ from pipelines.eval.bfcl import load_category, reference_calls, tool_name
 from pipelines.eval.results import HELDOUT_METRICS
 from pipelines.router import run as train_router
 from pipelines.run_config import EvalSection, RouterSection, RunConfig
+from tests.helpers import make_adapter, two_cluster_config, write_shards
 
 METRIC_KEYS = {*HELDOUT_METRICS, "n"}
 
@@ -245,6 +241,21 @@ def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) 
     section = EvalSection(heldout_domains=["nope"], targets=["base"])
     with pytest.raises(BadInput, match=r"eval\.heldout_domains: unknown domain 'nope'"):
         stage.run(_config(tmp_path / "r", tiny_model_dir, section), lambda p, a, n: [[] for _ in p])
+
+
+def test_vllm_backend_without_vllm_is_bad_input(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Here (no vLLM in the project's venv) the backend is refused before any model loads, the key named; the
+    backend itself runs in `make test-vllm` (tests/test_vllm.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/test_vllm.py runs the backend")
+    section = EvalSection(backend="vllm", targets=["base"], bfcl_categories=["simple_python"], limit=1,
+                          heldout_domains=[])  # fmt: skip
+    with pytest.raises(BadInput, match=r"eval\.backend: vllm needs vLLM"):
+        stage.run(_config(tmp_path / "r", tiny_model_dir, section))
+    with pytest.raises(ValueError, match="vllm_engine_args is set but eval.backend is not vllm"):
+        EvalSection(vllm_engine_args={"max_model_len": 4096})
 
 
 def test_cli_eval_limit_and_targets(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -236,3 +236,39 @@ def test_exported_command_is_shell_safe(vllm_server: Any) -> None:
     start = args.index("--lora-modules") + 1
     modules = [json.loads(a) for a in args[start : start + 2]]
     assert sorted(m["name"] for m in modules) == ["plan", "tool"]
+
+
+def test_eval_backend_vllm_scores_as_the_hf_backend(run_dir: Path, embedded_model_dir: Path) -> None:
+    """`eval.backend: vllm` (vLLM's offline engine, every adapter a LoRA request, the routed target's rows mixed
+    in one batch) against the default engine on the same targets and examples: same suites and counts, and the
+    same greedy replies but for float near-ties (the share is printed; the trained `tool` adapter's replies
+    matched PEFT's exactly in the server test above)."""
+    from pipelines.eval import stage
+    from pipelines.run_config import EvalSection, RouterSection
+    from tests.helpers import two_cluster_config
+
+    section = {"targets": ["base", "sft", "routed"], "bfcl_categories": ["simple_python", "irrelevance"],
+               "limit": 3, "heldout_domains": ["calculator"], "max_new_tokens": 64, "rollout_tokens": 256,
+               "max_tool_rounds": 2}  # fmt: skip
+    router = RouterSection(method="tfidf", threshold=0.0, eval_fraction=0.25, generated_requests=0)
+    results, replies = {}, {}
+    for backend in ("hf", "vllm"):
+        config = two_cluster_config(
+            run_dir, embedded_model_dir, router, eval=EvalSection(backend=backend, **section)
+        )
+        started = time.perf_counter()
+        results[backend] = stage.run(config)
+        TIMINGS[f"eval_{backend}_s"] = time.perf_counter() - started
+        rows = [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").open()]
+        replies[backend] = {(r["target"], r["suite"], r.get("id", i)): json.dumps(r, sort_keys=True)
+                            for i, r in enumerate(rows)}  # fmt: skip
+    hf, vllm = results["hf"], results["vllm"]
+    assert (hf.backend, vllm.backend) == ("hf", "vllm")
+    assert set(vllm.targets) == set(hf.targets) == {"base", "sft/plan", "sft/tool", "routed"}
+    for target, suites in hf.targets.items():
+        for suite, metrics in suites.items():
+            assert vllm.targets[target][suite]["n"] == metrics["n"], (target, suite)
+    assert replies["vllm"].keys() == replies["hf"].keys()
+    same = sum(replies["vllm"][k] == replies["hf"][k] for k in replies["hf"]) / len(replies["hf"])
+    print(f"\neval backends: {same:.0%} of {len(replies['hf'])} predictions identical (vllm vs hf)")
+    assert same >= 0.75

@@ -377,8 +377,9 @@ class _Builder:
                 if problem is not None:
                     rejects.append((seq, problem))
                     continue
-                batch.append((seq, item))  # type: ignore[arg-type]
-                batch_chars += len(item.text) + sum(len(m.content) for m in item.messages)  # type: ignore[union-attr]
+                assert isinstance(item, Trace), "a Reject went to `rejects` above"
+                batch.append((seq, item))
+                batch_chars += len(item.text) + sum(len(m.content) for m in item.messages)
                 if len(batch) >= RENDER_BATCH_ROWS or batch_chars >= RENDER_BATCH_CHARS:
                     renderer.submit(category, batch, rejects)
                     batch, batch_chars = [], 0

@@ -295,7 +295,7 @@ def _lift_required(schema: dict[str, Any]) -> dict[str, Any]:
     props = schema.get("properties")
     if not isinstance(props, dict):
         return schema
-    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    required: list[Any] = schema["required"] if isinstance(schema.get("required"), list) else []
     lifted = dict(props)
     for name, prop in props.items():
         if isinstance(prop, dict) and isinstance(prop.get("required"), bool):
@@ -515,7 +515,7 @@ def from_openai(row: dict[str, Any], ctx: RowContext) -> Trace:
 def _openai_message(msg: Any, where: str, calls: _Calls) -> Message:
     if not isinstance(msg, dict):
         raise ConversionError("wrong_type", f"{where}: expected an object, got {type(msg).__name__}")
-    role = _OPENAI_ROLES.get(msg.get("role"))
+    role = _OPENAI_ROLES.get(msg.get("role", ""))
     if role is None:
         raise ConversionError(
             "unknown_role", f"{where}.role: {msg.get('role')!r} (expected one of {list(_OPENAI_ROLES)})"
@@ -574,7 +574,7 @@ def _from_value_turn(turn: Any, where: str, roles: dict[str, str]) -> tuple[str,
     """A ShareGPT-style `{from, value}` turn → (our role, its text)."""
     if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
         raise ConversionError("wrong_type", f"{where}: expected {{from, value}} with a string value")
-    role = roles.get(turn.get("from"))
+    role = roles.get(turn.get("from", ""))
     if role is None:
         raise ConversionError(
             "unknown_role", f"{where}.from: {turn.get('from')!r} (expected one of {list(roles)})"
@@ -783,7 +783,8 @@ def _glaive_tools(system: str) -> tuple[list[dict[str, Any]], str]:
 def _json_objects(text: str, where: str) -> list[Any]:
     """Consecutive JSON values separated by whitespace (Glaive writes one pretty-printed object per function)."""
     decoder = json.JSONDecoder()
-    values, pos = [], 0
+    values: list[Any] = []
+    pos = 0
     while pos < len(text):
         if text[pos].isspace():
             pos += 1

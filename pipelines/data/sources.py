@@ -21,7 +21,7 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.errors import BadInput
 from pipelines.hashing import update_with_file
@@ -157,7 +157,8 @@ def distribution_license(package_dir: Path) -> str:
     owners = importlib.metadata.packages_distributions().get(package_dir.name, [])
     for dist_name in sorted(owners):
         meta = importlib.metadata.metadata(dist_name)
-        expression = meta.get("License-Expression")
+        # PackageMetadata is an email.message.Message, whose `get` typeshed declares only from Python 3.12.
+        expression = meta.get("License-Expression")  # type: ignore[attr-defined]
         if expression:
             return expression.strip()
         classifiers = [
@@ -165,7 +166,7 @@ def distribution_license(package_dir: Path) -> str:
         ]
         if classifiers:
             return "; ".join(classifiers)
-        text = (meta.get("License") or "").strip()
+        text = (meta.get("License") or "").strip()  # type: ignore[attr-defined]  # as above
         if text:
             return text.splitlines()[0][:100]
     return "unknown"
@@ -393,7 +394,7 @@ class ConvertedReader(SourceReader):
     def rows(self) -> Iterator[Trace | Reject]:
         from pipelines.data import converters, readers
 
-        text_kind = "code" if self.category == "code" else "text"
+        text_kind: Literal["text", "code"] = "code" if self.category == "code" else "text"
         spec = self.spec
         if isinstance(spec, HFSource) and self.commit:
             spec = spec.model_copy(update={"revision": self.commit})

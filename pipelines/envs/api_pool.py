@@ -368,7 +368,11 @@ def _compound_schema(f: FieldDef, label: str) -> dict[str, Any]:
     if f.kind == "int_list":
         return {"type": "array", "items": {"type": "integer"}, "description": f"{label} (list of numbers)."}
     if f.kind == "address":
-        props = {"street": {"type": "string"}, "city": {"type": "string"}, "postal_code": {"type": "string"}}
+        props: dict[str, dict[str, Any]] = {
+            "street": {"type": "string"},
+            "city": {"type": "string"},
+            "postal_code": {"type": "string"},
+        }
         return {
             "type": "object",
             "properties": props,

@@ -25,6 +25,7 @@ class ToolEnv:
     """Base of every environment. Subclasses add tools as public methods with type hints + Google docstrings."""
 
     domain: ClassVar[str] = ""
+    _reset_error: str | None = None  # what made a `guarded` class's reset fail (see `guarded`)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap each public tool so every call is recorded, whoever calls it (TRL calls methods directly)."""

@@ -299,7 +299,7 @@ def _evaluate(expression: str, names: dict[str, float]) -> float:
 
 
 def _eval_node(node: ast.AST, names: dict[str, float]) -> float:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and (type(node.value) is int or type(node.value) is float):
         return float(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval_node(node.left, names), _eval_node(node.right, names)

@@ -144,7 +144,7 @@ def format_verdicts(function: str, verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-def _test_harness(function_name, cases, per_test_seconds):  # type: ignore[no-untyped-def]  # sandbox only
+def _test_harness(function_name, cases, per_test_seconds):  # sandbox only
     """Call the solution on each argument list; print a list of ("value", repr) / ("error", text) after a marker.
 
     Only modules the interpreter has loaded at startup (io, sys, _signal) keep a test run near 50 ms.
@@ -153,14 +153,14 @@ def _test_harness(function_name, cases, per_test_seconds):  # type: ignore[no-un
     import io  # this function's source runs alone in the sandbox: it imports what it uses
     import sys
 
-    def on_alarm(signum, frame):  # type: ignore[no-untyped-def]
+    def on_alarm(signum, frame):
         raise TimeoutError(f"took longer than {per_test_seconds} s")
 
     real_stdout = sys.stdout
     _signal.signal(_signal.SIGALRM, on_alarm)
     try:
         sys.stdout = io.StringIO()  # prints from the solution must not mix with the report
-        import solution  # type: ignore[import-not-found]
+        import solution
 
         function = getattr(solution, function_name)
     except BaseException as exc:

@@ -238,7 +238,7 @@ def schema_hint(schema: dict[str, Any], root: dict[str, Any]) -> tuple[Any, str]
         return Any, ""
     enum = schema.get("enum")
     if isinstance(enum, list) and enum and all(isinstance(v, (str, int, float, bool)) for v in enum):
-        return Literal[tuple(enum)], ""  # type: ignore[misc]
+        return Literal[tuple(enum)], ""
     options = schema.get("anyOf") or schema.get("oneOf")
     if isinstance(options, list) and options:
         return _union([schema_hint(o, root) for o in options])

@@ -191,7 +191,9 @@ def _http_transport(url: str, headers: dict[str, str]) -> Any:
         return streamable_http_client(url)
     import httpx
 
-    return streamable_http_client(url, http_client=httpx.AsyncClient(headers=headers, follow_redirects=True))
+    # mcp 2.x types the client as httpx2.AsyncClient; httpx's has the same API and works (headers path run).
+    client = httpx.AsyncClient(headers=headers, follow_redirects=True)
+    return streamable_http_client(url, http_client=client)  # type: ignore[arg-type]
 
 
 def _reason(exc: BaseException) -> str:

@@ -78,7 +78,7 @@ class PythonEnv(ExternalEnv):
 
     def get_reward(self) -> float:
         if self._task is not None and self._task.judge is None and self._backend is not None:
-            own = getattr(self._backend, "instance", None)
+            own: Any = getattr(self._backend, "instance", None)
             if callable(getattr(own, "get_reward", None)):
                 return 0.0 if self._env_failure else float(own.get_reward())
         return super().get_reward()

@@ -89,7 +89,7 @@ class McpEnvSpec(StrictModel):
 
 EnvSpec = Annotated[BuiltinEnvSpec | PythonEnvSpec | McpEnvSpec, Field(discriminator="type")]
 EnvRef = str | EnvSpec  # a built-in domain name, a path to an env YAML file, or the block inline
-SPEC_TYPES: dict[str, type[StrictModel]] = {
+SPEC_TYPES: dict[str, type[BuiltinEnvSpec | PythonEnvSpec | McpEnvSpec]] = {
     "builtin": BuiltinEnvSpec,
     "python": PythonEnvSpec,
     "mcp": McpEnvSpec,
@@ -195,4 +195,5 @@ def _env_class(key: str) -> type[ToolEnv]:
 def load_env(ref: Any, base_dir: Path | None = None) -> tuple[str, type[ToolEnv]]:
     """(name, class) of an env reference: what `environment_factory`, the teacher and eval are given."""
     spec = resolve_env(ref, base_dir)
+    assert spec.name is not None, "resolve_env names every spec"
     return spec.name, env_class(spec)

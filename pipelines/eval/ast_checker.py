@@ -231,7 +231,7 @@ def _answer_type(allowed: list) -> type | None:
 
 
 def check_type(
-    param: str, value: Any, allowed: list, type_name: str, expected: type, nested: type | None
+    param: str, value: Any, allowed: list, type_name: str, expected: type[Any], nested: type | None
 ) -> TypeCheck:
     """Exact `type(...)` match (so True is not an int), or the answers' own type (a variable)."""
     answer_type = _answer_type(allowed)

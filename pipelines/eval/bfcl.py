@@ -245,7 +245,7 @@ def _openai_float(spec: dict[str, Any]) -> str:
 
 
 def _openai_items(items: dict[str, Any]) -> None:
-    items["type"] = OPENAI_TYPES.get(items.get("type"), "string")
+    items["type"] = OPENAI_TYPES.get(items.get("type", ""), "string")
     if items["type"] == "array" and "items" in items:
         items["items"]["type"] = OPENAI_TYPES.get(items["items"].get("type"), "string")
     elif items["type"] == "object" and "properties" in items:

@@ -12,10 +12,12 @@ Decisions:
 - Generation goes through one function, `GenerateFn` (prompt ids + adapter per row → new ids). The real one
   (`Engine`) decodes greedily in left-padded batches, drops each row at its end-of-turn token instead of
   carrying it to the batch's longest reply (`greedy_decode`), and prefills the system turn that a domain's
-  held-out prompts share (every tool schema: most of their tokens) once per adapter. Tests inject a stub
-  here, so the scoring path runs deterministically without a model.
-- Held-out tasks are the RL stage's (`pipelines.rl.evaluate.heldout_tasks`: same seed, same decontaminated
-  pool), run live by its loop and scored by its `score_episodes` on the tasks that need calls; irrelevance
+  held-out prompts share (every tool schema: most of their tokens) once per adapter. `eval.backend: vllm`
+  swaps in vLLM's offline engine (`pipelines/vllm_engine.py`, every adapter a LoRA request) behind the same
+  function, for models too large for HF decoding. Tests inject a stub here, so the scoring path runs
+  deterministically without a model.
+- Held-out tasks are the RL stage's (`pipelines.tasks.sampling.heldout_tasks`: same seed, same decontaminated
+  pool), run live by the episode loop (`pipelines.episodes`) and scored on the tasks that need calls; irrelevance
   tasks (another domain's request asked where no tool fits) come from a derived seed and are scored apart, as
   is the recovery rate.
 - Each target's prompts use the tokenizer saved with its adapter (the chat template it was trained with).
@@ -39,6 +41,7 @@ from typing import Any
 from pipelines.artifacts import EvalResults
 from pipelines.chat import load_tokenizer, render_prompt
 from pipelines.codecs import Codec, codec_for
+from pipelines.envs.base import ToolEnv
 from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.episodes import Episode, episode_outcomes, heldout_metrics, heldout_prediction, run_episodes
 from pipelines.errors import BadInput
@@ -90,8 +93,8 @@ def discover_targets(config: RunConfig, kinds: Sequence[str]) -> tuple[list[Targ
             targets += [found] if found else []
             skipped |= {"routed": reason} if reason else {}
         else:
-            found, reasons = _adapter_targets(config.run_dir / kind, kind)
-            targets += found
+            adapters, reasons = _adapter_targets(config.run_dir / kind, kind)
+            targets += adapters
             skipped |= reasons
     return targets, skipped
 
@@ -306,7 +309,7 @@ def task_file_heldout(section: EvalSection) -> HeldoutSuite:
             items.append(DomainTask(task.domain, task))
     if not items:
         return HeldoutSuite([], {}, f"eval.tasks {section.tasks}: no `heldout` rows")
-    classes = {name: guarded(cls) for name, cls in task_set.envs.items()}
+    classes = {name: guarded(cls) for name, cls in task_set.envs.items()}  # type: ignore[arg-type]  # classes are hashable: mypy#11470
     items, classes = with_task_tools(items, classes)
     return HeldoutSuite(items, classes)
 
@@ -318,7 +321,7 @@ def _domains(names: list[str]) -> dict[str, tuple[type, Any]]:
         raise BadInput(str(exc).replace("rl.domains", "eval.heldout_domains")) from None
 
 
-def heldout_route_text(item: DomainTask, env_class: type) -> str:
+def heldout_route_text(item: DomainTask, env_class: type[ToolEnv]) -> str:
     """What the router sees for a task: its request and the environment's tool names (as in training)."""
     trace = Trace(
         id=item.task.task_id,
@@ -419,20 +422,26 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
         )
     tokenizers = Tokenizers(config)
     routes = {t.key: RouteTable(t.router_dir) for t in targets if t.router_dir is not None}
-    generate = generate or _engine(config, tokenizers.get(None), targets)
+    if generate is None:
+        generate = _generator(config, section, tokenizers.get(None), targets, list(routes.values()))
     results: dict[str, Any] = {"model": config.model.name_or_path, "limit": section.limit, "targets": {}}
     predictions: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
-    for target in targets:
-        start = time.perf_counter()
-        suites, rows = eval_target(
-            target, routes.get(target.key), tokenizers, examples, heldout, schema, generate, section
-        )
-        seconds[target.key] = round(time.perf_counter() - start, 2)
-        results["targets"][target.key] = suites
-        predictions += rows
-        log.info("eval %s: %s in %.1fs", target.key, _headline(suites), seconds[target.key])
-    results |= {"skipped": skipped, "seconds": seconds}
+    try:
+        for target in targets:
+            start = time.perf_counter()
+            suites, rows = eval_target(
+                target, routes.get(target.key), tokenizers, examples, heldout, schema, generate, section
+            )
+            seconds[target.key] = round(time.perf_counter() - start, 2)
+            results["targets"][target.key] = suites
+            predictions += rows
+            log.info("eval %s: %s in %.1fs", target.key, _headline(suites), seconds[target.key])
+    finally:
+        closing = getattr(generate, "close", None)  # the vLLM backend's scratch copies of the adapters
+        if closing is not None:
+            closing()
+    results |= {"skipped": skipped, "seconds": seconds, "backend": section.backend}
     results |= {"sandbox": sandbox} if sandbox is not None else {}
     typed = EvalResults.model_validate(results)
     write_outputs(config.run_dir / "eval", typed, predictions)
@@ -486,6 +495,28 @@ def _counting(generate: GenerateFn, update: Update) -> GenerateFn:
         return replies
 
     return counted
+
+
+def _generator(
+    config: RunConfig, section: EvalSection, tokenizer: Any, targets: list[Target], routes: list[RouteTable]
+) -> GenerateFn:
+    """The backend's GenerateFn: midtrain's engine, or vLLM's with every adapter a target may use."""
+    if section.backend == "hf":
+        return _engine(config, tokenizer, targets)
+    from pipelines.codecs import codec_for
+    from pipelines.models import resolve_model
+    from pipelines.vllm_engine import VllmGenerate, require_vllm
+
+    require_vllm("eval.backend")
+    if any(r.arrow for r in routes):
+        raise BadInput(
+            "eval.backend vllm: the router is an Arrow model (per-token mixing of adapters, which only PEFT "
+            "does); use eval.backend hf, or a tfidf/embedding router"
+        )
+    adapters = [t.adapter for t in targets if t.adapter] + [s for r in routes for s in r.sources.values()]
+    base = resolve_model(config.model.name_or_path, config.model.revision)
+    stops = codec_for(tokenizer).end_of_turn_ids(tokenizer)
+    return VllmGenerate(base, adapters, stops, config.model.dtype, section.vllm_engine_args)
 
 
 def _engine(config: RunConfig, tokenizer: Any, targets: list[Target]) -> Engine:

@@ -185,14 +185,14 @@ def is_irrelevant(task: Task) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _class_tools(env_class: type) -> dict[str, dict[str, Any]]:
+def _class_tools(env_class: type[ToolEnv]) -> dict[str, dict[str, Any]]:
     return {function_spec(t)["name"]: t for t in env_class._tool_schemas()}
 
 
 def tool_specs(environment: Any, tools: Any) -> dict[str, dict[str, Any]] | None:
     """Tool name → spec: the env's own methods (what TRL showed the model), else the row's `tools` column."""
     if isinstance(environment, ToolEnv):
-        return _class_tools(type(environment))
+        return _class_tools(type(environment))  # type: ignore[arg-type]  # classes are hashable: mypy#11470
     if isinstance(tools, str):  # the generator's prompt rows carry the specs as JSON text
         try:
             tools = json.loads(tools)

@@ -81,7 +81,7 @@ def with_tool_views(
         base = env_classes[item.domain]
         offered = offered_tools(base, item.task, distractors)
         key = environment_key(item.domain, offered)
-        views[key] = tool_view(base, offered)
+        views[key] = tool_view(base, offered)  # type: ignore[arg-type]  # classes are hashable: mypy#11470
         bound.append(replace(item, environment=key))
     return bound, views
 
@@ -99,6 +99,6 @@ def with_task_tools(
             bound.append(item)
             continue
         key = environment_key(item.domain, frozenset(offered))
-        views[key] = tool_view(env_classes[item.domain], frozenset(offered))
+        views[key] = tool_view(env_classes[item.domain], frozenset(offered))  # type: ignore[arg-type]  # classes are hashable: mypy#11470
         bound.append(replace(item, environment=key))
     return bound, views

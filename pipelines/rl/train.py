@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 
 from pipelines import episodes
 from pipelines.artifacts import RLResult, RLSummary
-from pipelines.envs.base import guarded
+from pipelines.envs.base import ToolEnv, guarded
 from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.errors import BadInput, MidtrainError
 from pipelines.hashing import fingerprint, sha256_file
@@ -66,7 +66,7 @@ def check_seeds(config: RunConfig, eval_seed: int) -> None:
     sft_seeds: dict[int, str] = {}
     for category, spec in config.data.recipe.categories.items():
         for source in spec.sources:
-            if getattr(source, "type", None) == "generated":
+            if source.type == "generated":
                 sft_seeds[source.seed] = f"data.recipe.categories.{category} source {source.name!r}"
     seed = config.rl.task_seed
     if seed in sft_seeds:
@@ -78,7 +78,7 @@ def check_seeds(config: RunConfig, eval_seed: int) -> None:
 
 
 def prompt_rows_for_tasks(
-    items: Sequence[sampling.DomainTask], env_classes: dict[str, type]
+    items: Sequence[sampling.DomainTask], env_classes: dict[str, type[ToolEnv]]
 ) -> list[dict[str, Any]]:
     """TRL rows of task-file tasks: their own opening messages, in the environment each one names."""
     return [
@@ -93,7 +93,7 @@ def prompt_rows_for_tasks(
 
 
 def prompt_rows(
-    items: Sequence[sampling.DomainTask], env_classes: dict[str, type] | None = None
+    items: Sequence[sampling.DomainTask], env_classes: dict[str, type[ToolEnv]] | None = None
 ) -> list[dict[str, Any]]:
     """TRL rows: `prompt`, `task` (env ground truth), `environment` (the `environment_factory` key: the domain,
     or its tool view), `tools` (the specs that environment offers, as JSON text)."""
@@ -482,7 +482,7 @@ def task_file_inputs(
         task_set.write_rejects(config.run_dir / "rl" / "task_rejects.jsonl")
     if not task_set.train:
         raise BadInput(f"rl.tasks {rl.tasks}: no `train` rows to train on ({len(task_set.heldout)} held out)")
-    domains = {name: (guarded(cls), None) for name, cls in task_set.envs.items()}
+    domains = {name: (guarded(cls), None) for name, cls in task_set.envs.items()}  # type: ignore[arg-type]  # classes are hashable: mypy#11470
     train_items = [sampling.DomainTask(task.domain, task) for task in task_set.train]
     picked: dict[str, int] = {}
     held = []

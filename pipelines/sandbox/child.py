@@ -84,7 +84,7 @@ def _report(fd: int, key: str, value: str) -> None:
         pass
 
 
-def _enter_namespaces(libc, config: dict) -> list[str]:  # type: ignore[no-untyped-def]
+def _enter_namespaces(libc, config: dict) -> list[str]:
     """New mount/network/PID/IPC namespaces (with a user namespace where we are not root), then a tmpfs of
     `disk_bytes` over the workdir; each one only where the kernel allows it (the parent is told which)."""
     newns, newuser, newpid, newnet, newipc = 0x20000, 0x10000000, 0x20000000, 0x40000000, 0x08000000
@@ -170,7 +170,7 @@ def _wait_until(pid: int, deadline: float) -> int | None:
             return os.waitpid(pid, 0)[1]
 
 
-def _worker(libc, config: dict, layers: list[str], warden: int) -> None:  # type: ignore[no-untyped-def]
+def _worker(libc, config: dict, layers: list[str], warden: int) -> None:
     report_fd = config["report_fd"]
     try:
         os.set_inheritable(report_fd, False)  # closed by the exec: user code never sees the report channel
@@ -208,7 +208,7 @@ def _stage2_config_fd(config: dict) -> int:
     return read_end
 
 
-def _lock_down(libc, config: dict, applied: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+def _lock_down(libc, config: dict, applied: list[str]) -> list[str]:
     """rlimits, capabilities, no_new_privs, Landlock, seccomp: in that order (each narrows what follows)."""
     import resource
 
@@ -239,7 +239,7 @@ def _lock_down(libc, config: dict, applied: list[str]) -> list[str]:  # type: ig
     return layers
 
 
-def _checked(libc, result: int, what: str) -> None:  # type: ignore[no-untyped-def]
+def _checked(libc, result: int, what: str) -> None:
     if result < 0:
         import ctypes
 
@@ -247,7 +247,7 @@ def _checked(libc, result: int, what: str) -> None:  # type: ignore[no-untyped-d
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def _drop_capabilities(libc) -> None:  # type: ignore[no-untyped-def]
+def _drop_capabilities(libc) -> None:
     """Empty the bounding and ambient sets: after exec, uid 0 gets no capabilities (CAP_KILL, CAP_SYS_ADMIN…)."""
     _checked(libc, libc.prctl(47, 4, 0, 0, 0), "prctl(CAP_AMBIENT_CLEAR_ALL)")
     for capability in range(64):
@@ -255,7 +255,7 @@ def _drop_capabilities(libc) -> None:  # type: ignore[no-untyped-def]
             break
 
 
-def _landlock(libc, spec: dict, workdir: str) -> None:  # type: ignore[no-untyped-def]
+def _landlock(libc, spec: dict, workdir: str) -> None:
     """A ruleset built here, after any tmpfs mount, so the workdir rule names what the code will see."""
     import ctypes
     import struct
@@ -284,7 +284,7 @@ def _landlock(libc, spec: dict, workdir: str) -> None:  # type: ignore[no-untype
         os.close(ruleset)
 
 
-def _seccomp(libc, spec: dict) -> None:  # type: ignore[no-untyped-def]
+def _seccomp(libc, spec: dict) -> None:
     """Install the parent's BPF program, with its own-pid placeholder replaced by this process's pid."""
     import ctypes
     import struct
@@ -357,6 +357,7 @@ def _run_main(workdir: str) -> None:
     except BaseException as exc:
         import traceback
 
+        assert exc.__traceback__ is not None, "a caught exception has a traceback"
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)  # hide this bootstrap frame
         sys.exit(1)
 
@@ -392,7 +393,7 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
     sanitized = frozenset(_SANITIZED_MODULES)
     sequence, inside = [0], set()
 
-    def report(message):  # type: ignore[no-untyped-def]
+    def report(message):
         sequence[0] += 1
         body = (str_(sequence[0]) + " " + message).encode("utf-8", "replace")
         tag = blake2b(body, digest_size=16, key=key).hexdigest().encode()
@@ -401,12 +402,12 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
         except OSError:  # the code closed the channel: the refusal itself still stands
             pass
 
-    def refuse(what):  # type: ignore[no-untyped-def]
+    def refuse(what):
         message = "sandbox: " + what + " is not allowed"
         report(message)
         raise PermissionError_(message)
 
-    def as_text(path):  # type: ignore[no-untyped-def]
+    def as_text(path):
         """A str for str/bytes (subclasses copied exactly); None for anything else (never calls its code)."""
         kind = type_(path)
         if issubclass_(kind, str_):
@@ -415,11 +416,12 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
             return bytes_.decode(path, "utf-8", "surrogateescape")
         return None
 
-    def resolve(path):  # type: ignore[no-untyped-def]
+    def resolve(path):
         """realpath() on captured primitives: follows every symlink, so links cannot smuggle a path out."""
         pending = (path if path.startswith("/") else getcwd() + "/" + path).split("/")
         pending.reverse()
-        parts, hops = [], 0
+        parts: list[str] = []
+        hops = 0
         while pending:
             part = pending.pop()
             if part in ("", "."):
@@ -445,10 +447,10 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
             pending.extend(reversed_(target.split("/")))
         return "/" + "/".join(parts)
 
-    def within(path, root):  # type: ignore[no-untyped-def]
+    def within(path, root):
         return path == root or path.startswith(root + "/")
 
-    def climbs(text):  # type: ignore[no-untyped-def]
+    def climbs(text):
         """Does a relative path go above its starting folder? With a directory descriptor as the start (dir_fd),
         that is the only way out: links inside the workdir only ever point down (see check_symlink)."""
         depth = 0
@@ -458,13 +460,13 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
                 return True
         return False
 
-    def is_directory(path):  # type: ignore[no-untyped-def]
+    def is_directory(path):
         try:
             return s_isdir(posix_stat(path).st_mode)
         except OSError:
             return False
 
-    def check_path(event, raw, writing, relative_to_fd):  # type: ignore[no-untyped-def]
+    def check_path(event, raw, writing, relative_to_fd):
         if issubclass_(type_(raw), int_):
             return  # an already-open descriptor: its path was checked when it was opened
         text = as_text(raw)
@@ -483,19 +485,19 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
         if relative_to_fd and not text.startswith("/") and climbs(text):
             refuse(f"{event} of {text!r} (a relative path that climbs out of its folder)")
 
-    def is_write(mode, flags):  # type: ignore[no-untyped-def]
+    def is_write(mode, flags):
         if issubclass_(type_(mode), str_):
             return any_(c in mode for c in "wax+")
         return issubclass_(type_(flags), int_) and (flags & write_flags) != 0
 
-    def check_symlink(target, link, dir_fd):  # type: ignore[no-untyped-def]
+    def check_symlink(target, link, dir_fd):
         text = as_text(target)
         parts = [p for p in (text or "").split("/") if p not in ("", ".")]
         if text is None or text.startswith("/") or ".." in parts or not parts:
             refuse(f"a symlink to {text!r} (only links that point down into the working directory)")
         check_path("os.symlink", link, True, dir_fd is not None)
 
-    def check_import(name):  # type: ignore[no-untyped-def]
+    def check_import(name):
         name = str_join((name,))
         top = name.partition(".")[0]
         if name in blocked or top in blocked:
@@ -503,10 +505,10 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
         if top in sanitized:  # re-importing would bring back what _sanitize_modules removed
             refuse(f"re-importing {name}")
 
-    def own_frame(tb):  # type: ignore[no-untyped-def]
+    def own_frame(tb):
         return tb.tb_frame.f_code in own_codes
 
-    def guard_traceback(tb):  # type: ignore[no-untyped-def]
+    def guard_traceback(tb):
         """Reading a refusal's traceback: cut it before the hook's own frames; refuse reading those frames."""
         ident = get_ident()
         if ident in inside:
@@ -523,7 +525,7 @@ def _install_audit_hook(workdir: str, config: dict) -> None:
         finally:
             inside.discard(ident)
 
-    def hook(event, args):  # type: ignore[no-untyped-def]
+    def hook(event, args):
         if event == "open":
             check_path("open", args[0], is_write(args[1], args[2]), True)
         elif event in path_events:

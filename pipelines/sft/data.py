@@ -94,9 +94,9 @@ def screen(mix: Any, split: str, max_length: int, vocab_size: int) -> Screened:
     mask_lengths, loss_tokens, _ = _list_stats(table.column("assistant_masks"))
     bad_vocab = np.flatnonzero(max_ids >= vocab_size)
     if bad_vocab.size:
-        row = int(bad_vocab[0])
+        first = int(bad_vocab[0])
         raise BadInput(
-            f"{split} row {row} (id {ids[row]}): token id {int(max_ids[row])} >= the model's vocabulary size "
+            f"{split} row {first} (id {ids[first]}): token id {int(max_ids[first])} >= the model's vocabulary size "
             f"{vocab_size}; the mix was tokenized for another model (check model.name_or_path and the manifest)"
         )
     reasons = [

@@ -440,7 +440,7 @@ def _build_stats_compare(rng: random.Random, difficulty: int, parallel: bool) ->
     env = CalculatorEnv()
     while True:
         chosen = rng.sample(names, difficulty)
-        data = [[rng.randint(40, 100) for _ in range(rng.randint(3, 6))] for _ in chosen]
+        data: list[list[float]] = [[rng.randint(40, 100) for _ in range(rng.randint(3, 6))] for _ in chosen]
         summaries = [json.loads(env.compute_statistics(values)) for values in data]
         if _distinct_winner(summaries, stat):
             break

@@ -70,7 +70,11 @@ def _day_events(rng: random.Random, day: date, count: int) -> list[dict[str, Any
         if len(events) == count:
             break
         start, duration = rng.randrange(8 * 60, 17 * 60, 30), rng.choice([30, 45, 60, 90])
-        candidate = {"title": rng.choice(_TITLES), "date": day.isoformat(), "start_time": _clock(start)}
+        candidate: dict[str, Any] = {
+            "title": rng.choice(_TITLES),
+            "date": day.isoformat(),
+            "start_time": _clock(start),
+        }
         candidate |= {"duration_minutes": duration, "attendees": rng.sample(_PEOPLE, rng.randint(0, 3))}
         if first_free_start(events, duration, start, start + duration) == start:
             events.append(candidate)
@@ -357,7 +361,7 @@ def _build_add_todos(rng: random.Random, difficulty: int, parallel: bool) -> Tas
     first, events = _calendar(rng)
     existing = _todos(rng, first, rng.randint(0, 5))
     titles = rng.sample([t for t in _TODO_TITLES if t not in {x["title"] for x in existing}], difficulty)
-    new = [
+    new: list[dict[str, Any]] = [
         {
             "title": t,
             "due_date": (first + timedelta(days=rng.randint(0, 20))).isoformat()
@@ -557,6 +561,7 @@ def _build_book_many(rng: random.Random, difficulty: int, parallel: bool) -> Tas
             {"title": title, "date": d, "start_time": _clock(s), "duration_minutes": duration},
         )
         for d, s in zip(dates, starts, strict=True)
+        if s is not None  # always: the loop above ends only once every day has a free slot
     ]
     spoken = _english(date.fromisoformat(dates[0]))
     return _task(

@@ -55,6 +55,7 @@ def _as_json(value: Any) -> Any:
 
 
 def _exposes_bug(problem: Problem, args: list[Any]) -> bool:
+    assert isinstance(problem.buggy, str), "Problem.__post_init__ turns a (line, bug) pair into the draft"
     ok, got = _host_call(problem.buggy, problem.name, args)
     return not ok or not same_value(got, _expected(problem, args))
 

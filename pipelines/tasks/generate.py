@@ -18,7 +18,7 @@ import random
 import sys
 import time
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -115,7 +115,7 @@ def task_tools(domain: str, task: Task) -> list[dict[str, Any]]:
     """The tool specs a task's prompt declares: the API pool's come from the task, the others are fixed methods."""
     if "tools" in task.setup and domain == api_pool.DOMAIN:
         return json.loads(json.dumps(task.setup["tools"]))
-    return json.loads(class_tools_json(DOMAINS[domain][0]))
+    return json.loads(class_tools_json(DOMAINS[domain][0]))  # type: ignore[arg-type]  # classes are hashable: mypy#11470
 
 
 def domain_tool_names(domain: str, task: Task) -> set[str]:
@@ -292,7 +292,7 @@ class Transcript:
         self._next_call = 1
 
     def add(self, role: str, content: str, instance: str | None = None) -> None:
-        self.messages.append(Message(role=role, content=content, _instance=instance))  # type: ignore[arg-type]
+        self.messages.append(Message(role=role, content=content, instance=instance))
 
     def assistant(
         self, thinking: list[tuple[str, str]], calls: list[tuple[Step, str | None]], content: str = ""
@@ -301,7 +301,7 @@ class Transcript:
         for step, instance in calls:
             tool_calls.append(
                 ToolCall(
-                    id=f"call_{self._next_call}", name=step.tool, arguments=step.arguments, _instance=instance
+                    id=f"call_{self._next_call}", name=step.tool, arguments=step.arguments, instance=instance
                 )
             )
             self._next_call += 1
@@ -313,7 +313,7 @@ class Transcript:
 
     def tool(self, call: ToolCall, text: str) -> None:
         self.messages.append(
-            Message(role="tool", content=text, tool_call_id=call.id, name=call.name, _instance=call.instance)
+            Message(role="tool", content=text, tool_call_id=call.id, name=call.name, instance=call.instance)
         )
 
 
@@ -378,7 +378,9 @@ def _solve_instanced(tr: Transcript, tasks: dict[str, Task], ienv: InstancedEnv,
     plans = " ".join(f"[{k}] {_plan(t, rng)}" for k, t in tasks.items())
     pending = [("plan", rng.choice(INSTANCED_PLAN).format(n=len(tasks), plans=plans))]
     for t in range(max(len(task.solution) for task in tasks.values())):
-        steps = [(s, k) for k, task in tasks.items() if t < len(task.solution) for s in task.solution[t]]
+        steps: list[tuple[Step, str | None]] = [
+            (s, k) for k, task in tasks.items() if t < len(task.solution) for s in task.solution[t]
+        ]
         calls = tr.assistant(pending, steps)
         notes = []
         for call in calls:
@@ -514,7 +516,7 @@ def _irrelevant_tools(domain: str, task: Task, rng: random.Random) -> tuple[str,
     options = [s for s in IRRELEVANT_TOOLSETS.get(domain, ("api:*",)) if s == "api:*" or s in DOMAINS]
     source = rng.choice(options or ["api:*"])
     if source != "api:*":
-        return source, json.loads(class_tools_json(DOMAINS[source][0]))
+        return source, json.loads(class_tools_json(DOMAINS[source][0]))  # type: ignore[arg-type]  # classes are hashable: mypy#11470
     k = rng.randint(2, 5)
     if domain == api_pool.DOMAIN:
         return source, api_pool_tasks.sample_tools(
@@ -882,7 +884,7 @@ def generate_traces(
     rejects: list[dict[str, str]] = []
     by_domain: Counter[str] = Counter()
     by_pattern: Counter[str] = Counter()
-    domain_seconds: Counter[str] = Counter()
+    domain_seconds: defaultdict[str, float] = defaultdict(float)
     start, attempt = time.perf_counter(), 0
     while len(traces) < n and attempt < limit:
         t0 = time.perf_counter()

@@ -320,8 +320,9 @@ def run_episode(task: Task, env: ToolEnv, tools: list[dict[str, Any]], client: T
         after_error = False
         for call in tool_calls:
             text, is_error = env._call_tool(call.name, call.arguments)
-            if getattr(env, "_env_failure", None):
-                raise Rejected("env_error", f"turn {turn}: {env._env_failure}")
+            failure = getattr(env, "_env_failure", None)
+            if failure:
+                raise Rejected("env_error", f"turn {turn}: {failure}")
             after_error = after_error or is_error
             episode.errors += int(is_error)
             episode.messages.append(Message(role="tool", content=text, tool_call_id=call.id, name=call.name))
@@ -375,8 +376,9 @@ def check_replay(trace: Trace, env: ToolEnv, task: Task, replay: str) -> list[tu
     recorded = {m.tool_call_id: m.content for m in trace.messages if m.role == "tool"}
     for call in trace.calls():
         text, is_error = env._call_tool(call.name, call.arguments)
-        if getattr(env, "_env_failure", None):
-            return [("env_error", f"replay {call.id}: {env._env_failure}")]
+        failure = getattr(env, "_env_failure", None)
+        if failure:
+            return [("env_error", f"replay {call.id}: {failure}")]
         was = recorded.get(call.id, "")
         if replay == "exact" and text != was:
             return [

@@ -39,7 +39,7 @@ def fixed_method_domains(names: Sequence[str]) -> dict[str, tuple[type[ToolEnv],
     """
     from pipelines.tasks.domains import DOMAINS
 
-    fixed = {name: (guarded(env), sampler) for name, (env, sampler) in DOMAINS.items() if env._tool_methods()}
+    fixed = {name: (guarded(env), sampler) for name, (env, sampler) in DOMAINS.items() if env._tool_methods()}  # type: ignore[arg-type]  # classes are hashable: mypy#11470
     if "all" in names:
         return fixed
     for name in names:

