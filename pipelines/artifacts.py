@@ -194,10 +194,23 @@ class PublishPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dry_run: bool
     private: bool
-    repos: list[str]
+    repos: list[str]  # model repos: adapters and the router bundle
+    datasets: list[str] = Field(default_factory=list)  # the data mix, as a dataset repo
+    skipped: dict[str, str] = Field(default_factory=dict)  # what was not published, and why
     collection: str
     staging: str
     urls: list[str] | None = None
+
+
+class MergedModel(Artifact):
+    """`midtrain-export.json` in a `midtrain export` folder: which adapter was merged into which base, how."""
+
+    FILE: ClassVar[str] = "midtrain-export.json"
+    adapter: str  # the adapter folder merged in
+    base_model: str  # what the base weights were loaded from (a local folder or a Hub id)
+    public_base_model: str  # what the card names
+    dtype: str  # of the written weights
+    tokenizer_from: Literal["adapter", "base"]
 
 
 class ReportIndex(Artifact):

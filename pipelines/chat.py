@@ -278,9 +278,17 @@ def render_trace(trace: Trace, tokenizer: Any, schema: ThoughtSchema) -> Rendere
     """Token ids + loss mask: assistant tokens only for tool traces, every token for code/text documents."""
     if trace.kind != "tool":
         return render_documents([trace.text], tokenizer)[0]
-    codec = codec_for(tokenizer)
-    messages = to_chat_messages(trace, schema, _reasoning_field(tokenizer))
-    return loss_mask(tokenizer, render_conversation(codec, tokenizer, messages, chat_tools(trace)))
+    messages, tools = conversation(trace, tokenizer, schema)
+    return loss_mask(tokenizer, render_conversation(codec_for(tokenizer), tokenizer, messages, tools))
+
+
+def conversation(
+    trace: Trace, tokenizer: Any, schema: ThoughtSchema
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """A tool trace as the OpenAI/TRL conversational form (`messages`, `tools`) that `render_trace` renders
+    with this tokenizer: reasoning written by the thought schema, in `reasoning_content` when the template
+    frames it itself."""
+    return to_chat_messages(trace, schema, _reasoning_field(tokenizer)), chat_tools(trace)
 
 
 def _reasoning_field(tokenizer: Any) -> bool:

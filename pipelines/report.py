@@ -1,13 +1,16 @@
 """The run report: `runs/<name>/report.md` and `report.html`, built from what each stage left on disk.
 
-The report is a list of blocks (heading, paragraph, table, image, code) rendered twice, so the Markdown and
-the HTML never disagree. Images are referenced relative to the run dir, so the folder can be copied whole.
+The report is a list of blocks (heading, paragraph, table, image, code, link) rendered twice, so the Markdown
+and the HTML never disagree. Images and raw JSON files are linked relative to the run dir, so the folder can be
+copied whole; raw JSON is linked, never inlined: a reader gets tables and a few example replies per adapter,
+and the files hold the rest.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +119,36 @@ def training_section(run_dir: Path, stage: str, title: str, plot: str) -> list[B
             blocks.append(("img", (f"{stage}/{folder.name}/{plot}", f"{stage} {folder.name}")))
         before_after = _read(folder / "eval_before_after.json")
         if before_after:
-            blocks.append(("code", json.dumps(before_after, indent=2)[:3000]))
+            blocks += before_after_blocks(f"{stage}/{folder.name}", before_after)
     return blocks
+
+
+def before_after_blocks(where: str, payload: dict[str, Any]) -> list[Block]:
+    """RL's held-out evaluation before and after training: a table of the headline metrics, the file linked."""
+    before, after = payload.get("before") or {}, payload.get("after") or {}
+    n = len((payload.get("heldout") or {}).get("task_ids") or [])
+    rows = [
+        [key, _fmt(before.get(key)), _fmt(after.get(key)), _signed(after.get(key), before.get(key))]
+        for key in ("outcome", "format_rate", "call_accuracy", "mean_tool_calls")
+        if key in before or key in after
+    ]
+    rewards = sorted(set(before.get("rewards") or {}) | set(after.get("rewards") or {}))
+    rows += [
+        [f"reward/{name}", _fmt(before["rewards"].get(name)), _fmt(after["rewards"].get(name)),
+         _signed(after["rewards"].get(name), before["rewards"].get(name))]
+        for name in rewards if "rewards" in before and "rewards" in after
+    ]  # fmt: skip
+    return [
+        ("p", f"{where}: held-out tasks before and after GRPO (n = {n} tasks)."),
+        ("table", (["metric", "before", "after", "change"], rows)),
+        ("link", (f"{where}/eval_before_after.json", "every rollout, before and after (JSON)")),
+    ]
+
+
+def _signed(after: Any, before: Any) -> str:
+    if not isinstance(after, (int, float)) or not isinstance(before, (int, float)):
+        return "—"
+    return f"{after - before:+.3f}"
 
 
 def router_section(run_dir: Path) -> list[Block]:
@@ -152,7 +183,70 @@ def eval_section(run_dir: Path) -> list[Block]:
         blocks.append(("p", f"Skipped {target}: {reason}"))
     if (run_dir / "eval" / "results.png").is_file():
         blocks.append(("img", ("eval/results.png", "base vs adapters")))
+    blocks.append(("link", ("eval/results.json", "all scores (JSON)")))
+    predictions = run_dir / "eval" / "predictions.jsonl"
+    if predictions.is_file():
+        blocks += example_blocks(predictions)
+        blocks.append(("link", ("eval/predictions.jsonl", "every prediction (JSON lines)")))
     return blocks
+
+
+EXAMPLES_PER_TARGET = 3
+REPLY_CHARS = 700
+
+
+def example_blocks(predictions: Path) -> list[Block]:
+    """A few predictions per target, chosen to show different things: a held-out success, a failure with its
+    reason, a BFCL reply. Calls are written as calls, replies truncated."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for line in predictions.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else None
+        if isinstance(row, dict) and "target" in row:
+            by_target.setdefault(str(row["target"]), []).append(row)
+    if not by_target:
+        return []
+    blocks: list[Block] = [("h3", "Example replies")]
+    for target, rows in by_target.items():
+        blocks.append(("h4", target))
+        for row in pick_examples(rows):
+            where = row.get("domain") or row.get("category") or ""
+            verdict = "passed" if row.get("ok") else f"failed: {row.get('error') or 'wrong'}"
+            calls = "; ".join(_call_text(c) for c in row.get("calls") or []) or "no tool call"
+            blocks.append(
+                ("p", f"{row.get('suite')} · {where} · `{row.get('id')}` — {verdict}. Calls: {calls}")
+            )
+            blocks.append(("code", _truncate(str(row.get("raw") or ""), REPLY_CHARS)))
+    return blocks
+
+
+def pick_examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    wanted = [
+        lambda r: r.get("suite") == "heldout" and r.get("ok") and r.get("calls"),
+        lambda r: r.get("suite") == "heldout" and not r.get("ok"),
+        lambda r: r.get("suite") == "bfcl",
+        lambda r: True,
+    ]
+    chosen: list[dict[str, Any]] = []
+    for test in wanted:
+        found = next((r for r in rows if test(r) and r not in chosen), None)
+        if found is not None and len(chosen) < EXAMPLES_PER_TARGET:
+            chosen.append(found)
+    return chosen
+
+
+def _call_text(call: Any) -> str:
+    if not isinstance(call, dict):
+        return str(call)
+    args = call.get("arguments")
+    if isinstance(args, dict):
+        inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
+    else:
+        inner = json.dumps(args, ensure_ascii=False)
+    return _truncate(f"{call.get('name')}({inner})", 200)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit:,} more characters]"
 
 
 def reproduce_section(config: RunConfig, config_path: str) -> list[Block]:
@@ -191,7 +285,7 @@ def build_blocks(config: RunConfig, config_path: str) -> list[Block]:
 def to_markdown(blocks: list[Block]) -> str:
     out = []
     for kind, value in blocks:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3", "h4"):
             out.append(f"{'#' * int(kind[1])} {value}")
         elif kind == "p":
             out.append(value)
@@ -210,7 +304,14 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append(f"![{value[1]}]({value[0]})")
         elif kind == "code":
             out.append(f"```\n{value}\n```")
+        elif kind == "link":
+            out.append(f"Raw: [{value[1]}]({value[0]})")
     return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code>: the blocks' text is written for both formats."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -218,13 +319,14 @@ def to_html(blocks: list[Block], title: str) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
-        "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}</style></head><body>",
+        "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto;white-space:pre-wrap;"
+        "overflow-wrap:anywhere;max-height:20em}code{background:#f0f0f0;padding:0 3px}</style></head><body>",
     ]
     for kind, value in blocks:
-        if kind in ("h1", "h2"):
-            parts.append(f"<{kind}>{html.escape(value)}</{kind}>")
+        if kind in ("h1", "h2", "h3", "h4"):
+            parts.append(f"<{kind}>{_inline(value)}</{kind}>")
         elif kind == "p":
-            parts.append(f"<p>{html.escape(value)}</p>")
+            parts.append(f"<p>{_inline(value)}</p>")
         elif kind == "table":
             headers, rows = value
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
@@ -236,6 +338,8 @@ def to_html(blocks: list[Block], title: str) -> str:
             parts.append(f"<img src='{html.escape(value[0])}' alt='{html.escape(value[1])}'>")
         elif kind == "code":
             parts.append(f"<pre>{html.escape(value)}</pre>")
+        elif kind == "link":
+            parts.append(f"<p>Raw: <a href='{html.escape(value[0])}'>{html.escape(value[1])}</a></p>")
     return "".join(parts) + "</body></html>\n"
 
 

@@ -46,7 +46,7 @@ def request_text(trace: Trace) -> str:
 class Example(NamedTuple):
     text: str
     cluster: str  # the mix's label (before any `router.merge`)
-    split: str  # "train" | "eval": the mix shard it came from; "generated": `generated_examples`
+    split: str  # "train" | "validation": the mix shard it came from; "generated": `generated_examples`
     pattern: str  # the generator's pattern, for the report's per-pattern breakdown
 
 
@@ -54,7 +54,7 @@ def load_examples(data_dir: Path, clusters: list[str]) -> list[Example]:
     """Tool-trace requests whose cluster is in `clusters`; upsampled repeats skipped."""
     import pyarrow.parquet as pq
 
-    files = sorted(data_dir.glob("train-*.parquet")) + sorted(data_dir.glob("eval-*.parquet"))
+    files = sorted(data_dir.glob("train-*.parquet")) + sorted(data_dir.glob("validation-*.parquet"))
     if not files:
         raise BadInput(f"{data_dir}: no data shards (run `midtrain data build` first)")
     examples, seen = [], set()
@@ -119,7 +119,7 @@ def split_examples(examples: list[Example], eval_fraction: float) -> tuple[list[
     held_out: list[Example] = []
     for example in examples:
         bucket = int(hashlib.sha256(example.text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (held_out if example.split == "eval" or bucket < eval_fraction else train).append(example)
+        (held_out if example.split == "validation" or bucket < eval_fraction else train).append(example)
     return train, held_out
 
 

@@ -123,6 +123,23 @@ class TrainSection(StrictModel):
     save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept per adapter; None keeps all.")
     eval_steps: int | None = Field(None, ge=1, description="None: evaluate once, after training.")
     seed: int = 0
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other field of the stage's trainer config (`SFTConfig` for sft, `GRPOConfig` for rl, "
+        "both `TrainingArguments`), passed through as given: `torch_compile: true`, "
+        "`dataloader_num_workers: 4`, `neftune_noise_alpha: 5`… A field midtrain sets from a key of its own is "
+        "refused with that key's name.",
+    )
+
+
+def _checked_extra(train: TrainSection, stage: Literal["sft", "rl"]) -> TrainSection:
+    from pipelines.train_args import check_extra
+
+    try:
+        check_extra(train.extra, stage)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
+    return train
 
 
 class SFTSection(StrictModel):
@@ -138,6 +155,11 @@ class SFTSection(StrictModel):
     quantization: QuantSection = Field(default_factory=QuantSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
+
+    @field_validator("train")
+    @classmethod
+    def _trainer_extra(cls, value: TrainSection) -> TrainSection:
+        return _checked_extra(value, "sft")
 
 
 RL_REWARD_NAMES = ("format", "tool_call", "execution", "outcome", "instance", "irrelevance", "efficiency")
@@ -283,6 +305,11 @@ class RLSection(StrictModel):
             raise ValueError(f"unknown reward(s) {unknown}; known: {list(RL_REWARD_NAMES)}")
         return {**DEFAULT_RL_REWARD_WEIGHTS, **value}
 
+    @field_validator("train")
+    @classmethod
+    def _trainer_extra(cls, value: TrainSection) -> TrainSection:
+        return _checked_extra(value, "rl")
+
     @model_validator(mode="after")
     def _whole_groups(self) -> RLSection:
         # GRPO compares the num_generations completions of one prompt, so a generation batch holds whole groups.
@@ -393,13 +420,40 @@ class PublishSection(StrictModel):
     private: bool = True
     license: str = "apache-2.0"
     allow_no_eval: bool = False
+    dataset: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Publish the data mix as a dataset repo (card, lockfile, shards). `auto`: when its recipe "
+        "reads no files of this machine (it then rebuilds from the Hub), else skipped with the reason.",
+    )
 
 
 class TrackingSection(StrictModel):
-    report_to: list[Literal["wandb", "none"]] = Field(default_factory=lambda: ["wandb"])  # type: ignore[arg-type]  # mypy infers list[str]
+    report_to: list[str] = Field(
+        default_factory=lambda: ["wandb"],
+        description="Trainer integrations to log to: any that transformers knows (wandb, trackio, "
+        "tensorboard, mlflow, comet_ml…), or `none`. Each one must be installed.",
+    )
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "midtrain"
     entity: str | None = None
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_integrations(cls, value: list[str]) -> list[str]:
+        if "none" in value and len(value) > 1:
+            raise ValueError(f"`none` with other integrations {value}: choose one")
+        if set(value) <= {"wandb", "none"}:
+            return value  # the default needs no transformers import at config load
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        known = sorted(INTEGRATION_TO_CALLBACK)
+        unknown = [name for name in value if name not in known and name != "none"]
+        if unknown:
+            hint = (
+                "" if "all" not in unknown else " (`all` is refused: it would start every logger installed)"
+            )
+            raise ValueError(f"unknown integration(s) {unknown}{hint}; known: {', '.join([*known, 'none'])}")
+        return value
 
 
 class RunConfig(StrictModel):

@@ -11,7 +11,9 @@ Three things, all usable from any `transformers.Trainer` (TRL's trainers include
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from pipelines.run_config import TrackingSection
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 WANDB_ID_FILE = "wandb_run_id.txt"
+log = logging.getLogger("midtrain")
 
 
 def uses_wandb(tracking: TrackingSection) -> bool:
@@ -34,8 +37,19 @@ def uses_wandb(tracking: TrackingSection) -> bool:
 
 def report_to(tracking: TrackingSection) -> list[str]:
     """The Trainer's `report_to`, always explicit: transformers' default ("all" installed integrations) would
-    silently start whatever loggers happen to be installed."""
-    return ["wandb"] if uses_wandb(tracking) else ["none"]
+    silently start whatever loggers happen to be installed. An integration that is not installed is bad input
+    here, before training, not a traceback from the Trainer's callback."""
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    chosen = [n for n in tracking.report_to if n != "none" and (n != "wandb" or uses_wandb(tracking))]
+    installed = set(get_available_reporting_integrations())
+    missing = [n for n in chosen if n not in installed]
+    if missing:
+        raise BadInput(
+            f"tracking.report_to: {', '.join(missing)}: not installed in this environment (install the "
+            "integration's Python package, e.g. `pip install trackio`), or remove it from report_to"
+        )
+    return chosen or ["none"]
 
 
 @contextmanager
@@ -109,6 +123,17 @@ def wandb_session(
             yield run
         finally:
             run.finish()
+            _tell_how_to_sync(run, tracking)
+
+
+def _tell_how_to_sync(run: Any, tracking: TrackingSection) -> None:
+    """An offline run stays on this machine until `wandb sync` uploads it: say so, with the folder."""
+    if tracking.wandb_mode != "offline":
+        return
+    folder = Path(run.dir).parent  # run.dir is <wandb_dir>/wandb/offline-run-<time>-<id>/files
+    log.info(
+        "wandb: offline run saved in %s; upload it with: wandb sync %s", folder, shlex.quote(str(folder))
+    )
 
 
 class LocalMetricsCallback(TrainerCallback):

@@ -257,7 +257,7 @@ def write_shards(data_dir: Path, n: int = 120, with_reflect: bool = False) -> No
         )
     rows.append({**rows[0], "epoch": 1})  # an upsampled repeat must not be counted twice
     pq.write_table(pa.Table.from_pylist(rows[: n - 10]), data_dir / "train-00000.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "eval-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[n - 10 :]), data_dir / "validation-00000.parquet")
 
 
 def make_adapter(base_dir: Path, out: Path, seed: int, scale: float = 20.0) -> None:
@@ -366,7 +366,7 @@ def manifest(
         },
         "splits": {
             "train": split,
-            "eval": split | {"rows": 0, "unique_ids": 0, "tokens": 0, "loss_tokens": 0},
+            "validation": split | {"rows": 0, "unique_ids": 0, "tokens": 0, "loss_tokens": 0},
         },
         "rejects": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "files": {},
@@ -518,10 +518,10 @@ MIX_SCHEMA = pa.schema(
 
 
 def write_mix(data_dir: Path, tokenizer: Any, train: list[Trace], held_out: list[Trace] = ()) -> Path:
-    """A mix in the data-stage layout: train-00000/00001 shards, eval-00000, manifest.json."""
+    """A mix in the data-stage layout: train-00000/00001 shards, validation-00000, manifest.json."""
     data_dir.mkdir(parents=True, exist_ok=True)
     half = (len(train) + 1) // 2
-    shards = {"train-00000": train[:half], "train-00001": train[half:], "eval-00000": list(held_out)}
+    shards = {"train-00000": train[:half], "train-00001": train[half:], "validation-00000": list(held_out)}
     for name, traces in shards.items():
         if traces:
             pq.write_table(

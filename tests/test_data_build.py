@@ -22,7 +22,7 @@ from pipelines.hashing import sha256_file
 from pipelines.run_config import RunConfig, load_recipe
 from pipelines.schema import Trace
 from pipelines.thought import load_thought_schema
-from tests.helpers import planted_docs, planted_tools
+from tests.helpers import ADD, planted_docs, planted_tools
 
 RECIPE = """\
 name: unit-mix
@@ -89,9 +89,13 @@ def test_build_twice_gives_identical_bytes(
     again = build(load_recipe(corpus / "recipe.yaml"), corpus / "again", settings).out_dir
     result = compare_dirs(out, again)
     assert result.identical, result
-    assert {"manifest.json", "rejects.jsonl", "train-00000.parquet", "eval-00000.parquet"} <= set(
-        result.compared
-    )
+    assert {
+        "manifest.json",
+        "README.md",
+        "rejects.jsonl",
+        "train-00000.parquet",
+        "validation-00000.parquet",
+    } <= set(result.compared)
     assert (out / "mix.png").stat().st_size > 10_000
     assert "timestamp" not in (out / "manifest.json").read_text()
 
@@ -124,13 +128,13 @@ def test_token_shares_within_one_percent(built: tuple[Path, dict]) -> None:
 
 def test_train_and_eval_never_share_an_id_and_repeats_are_tagged(built: tuple[Path, dict]) -> None:
     out, manifest = built
-    train, evals = _rows(out, "train"), _rows(out, "eval")
+    train, evals = _rows(out, "train"), _rows(out, "validation")
     assert evals and not {r["id"] for r in train} & {r["id"] for r in evals}
     assert all(r["epoch"] == 0 for r in evals)
     pairs = [(r["id"], r["epoch"]) for r in train]
     assert len(pairs) == len(set(pairs))
     assert manifest["splits"]["train"]["rows"] == len(train)
-    assert manifest["splits"]["eval"]["rows"] == len(evals)
+    assert manifest["splits"]["validation"]["rows"] == len(evals)
 
 
 def test_clusters_follow_the_recipe(built: tuple[Path, dict]) -> None:
@@ -247,19 +251,83 @@ def test_inspect_prints_the_tables_and_writes_the_png(built: tuple[Path, dict], 
 
 
 # -- the parquet contract ------------------------------------------------------------------------------------
-def test_parquet_loads_with_datasets_in_the_contract_layout(built: tuple[Path, dict]) -> None:
+def test_the_folder_loads_as_train_and_validation_with_conversation_columns(built: tuple[Path, dict]) -> None:
+    """`load_dataset("parquet", data_dir=...)` infers the splits from the shard names, `load_dataset(folder)`
+    reads them from the card's `configs:`; `messages`/`tools` come back as plain dicts, each with its own keys."""
     import datasets
 
     out, manifest = built
-    files = {s: sorted(str(p) for p in out.glob(f"{s}-*.parquet")) for s in ("train", "eval")}
-    loaded = datasets.load_dataset("parquet", data_files=files)
-    assert loaded["train"].num_rows == manifest["splits"]["train"]["rows"]
-    assert loaded["train"].column_names == OUTPUT_SCHEMA.names
-    features = loaded["train"].features
+    by_files = datasets.load_dataset("parquet", data_dir=str(out))
+    by_card = datasets.load_dataset(str(out))
+    for loaded in (by_files, by_card):
+        assert sorted(loaded) == ["train", "validation"]
+        assert loaded["train"].num_rows == manifest["splits"]["train"]["rows"]
+        assert loaded["validation"].num_rows == manifest["splits"]["validation"]["rows"]
+        assert loaded["train"].column_names == OUTPUT_SCHEMA.names
+    features = by_files["train"].features
     assert (
         features["input_ids"].feature.dtype == "int32" and features["assistant_masks"].feature.dtype == "int8"
     )
     assert features["difficulty"].dtype == "int32" and features["epoch"].dtype == "int32"
+    assert type(features["messages"].feature).__name__ == "Json"
+    rows = by_files["train"].to_list()
+    tool = next(r for r in rows if r["kind"] == "tool" and r["difficulty"])
+    roles = [m["role"] for m in tool["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant"] and tool["text"] is None
+    assert "tool_calls" not in tool["messages"][1]  # no union of keys: a user turn is role + content
+    call = tool["messages"][2]["tool_calls"][0]
+    assert call["function"]["name"] == "add" and set(call["function"]["arguments"]) == {"a", "b"}
+    assert tool["tools"] == [ADD]
+    doc = next(r for r in rows if r["kind"] == "text")
+    assert doc["messages"] is None and doc["tools"] is None and len(doc["text"]) > 100
+    assert doc["input_ids"][: len(doc["input_ids"]) - 1]  # the text, rendered, plus EOS
+
+
+def test_messages_and_tools_render_to_the_rows_input_ids(
+    built: tuple[Path, dict], embedded_model_dir: Path
+) -> None:
+    """The conversation columns are what the ids were rendered from: through the mix's tokenizer and codec
+    they give the stored `input_ids` again, so another tokenizer can re-render them."""
+    from pipelines.chat import codec_for
+
+    out, _ = built
+    tokenizer = load_tokenizer(str(embedded_model_dir))
+    codec = codec_for(tokenizer)
+    tools = [r for r in _rows(out) if r["kind"] == "tool"][:6]
+    for row in tools:
+        messages = [json.loads(m) for m in row["messages"]]
+        offered = [json.loads(t) for t in row["tools"]] if row["tools"] else None
+        text = codec.render(tokenizer, messages, offered)
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == row["input_ids"]
+
+
+def test_the_card_describes_the_mix_and_is_pinned_by_the_manifest(built: tuple[Path, dict]) -> None:
+    import yaml
+    from huggingface_hub import DatasetCard
+
+    out, manifest = built
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.configs == [
+        {
+            "config_name": "default",
+            "data_files": [
+                {"split": "train", "path": "train-*.parquet"},
+                {"split": "validation", "path": "validation-*.parquet"},
+            ],
+        }
+    ]
+    assert manifest["files"]["README.md"]["sha256"] == sha256_file(out / "README.md")
+    text = card.text
+    for needle in (
+        "| tool | 0.500 |",
+        "| tools | local | tool |",
+        "midtrain data verify",
+        "--from-hub",
+        "## Recipe",
+    ):
+        assert needle in text, needle
+    recipe = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert recipe == manifest["recipe"]
 
 
 def test_loss_mask_is_assistant_only_for_tools_and_everything_for_documents(

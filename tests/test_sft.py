@@ -7,6 +7,7 @@ Mixes are written here in the data-stage layout (parquet shards + manifest.json)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 import subprocess
@@ -421,13 +422,15 @@ def _wandb_records(path: Path) -> list[Any]:
 
 
 def test_wandb_offline_logs_config_manifest_hash_and_losses(
-    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, mix_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = config_on_mix(tmp_path, tiny_model_dir, mix_dir, clusters=["plan"], train={"max_steps": 2})
     config.tracking.report_to = ["wandb"]
+    caplog.set_level(logging.INFO, logger="midtrain")
     summary = run(config).adapters["plan"]
     runs = list((config.run_dir / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    assert f"upload it with: wandb sync {runs[0]}" in caplog.text  # the offline run's way to the server
     records = _wandb_records(next(runs[0].glob("run-*.wandb")))
     kinds = [r.WhichOneof("record_type") for r in records]
     config_items = {

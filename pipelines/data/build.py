@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +42,18 @@ from pydantic import BaseModel
 from pydantic import Field as PydanticField
 
 from pipelines import folders
-from pipelines.chat import Rendered, load_tokenizer, render_batch, render_trace, training_chat_template
+from pipelines.chat import (
+    Rendered,
+    conversation,
+    load_tokenizer,
+    render_batch,
+    render_trace,
+    training_chat_template,
+)
 from pipelines.config import validate_data
 from pipelines.data import executors, ingest  # ingest imports this module: its attributes at run time
 from pipelines.data import manifest as mf
+from pipelines.data.card import write_card
 from pipelines.data.clean import NearDeduper
 from pipelines.data.decontam import ContaminationIndex, build_index
 from pipelines.data.dedup import Duplicate, UnitKeys, locate, resolve_duplicates
@@ -58,23 +66,31 @@ from pipelines.run_config import REPO_ROOT, RunConfig
 from pipelines.schema import Trace
 from pipelines.thought import ThoughtSchema, load_thought_schema
 
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("category", pa.string()),
-        ("kind", pa.string()),
-        ("cluster", pa.string()),
-        ("pattern", pa.string()),
-        ("difficulty", pa.int32()),
-        ("epoch", pa.int32()),
-        ("n_tokens", pa.int32()),
-        ("n_loss_tokens", pa.int32()),
-        ("input_ids", pa.list_(pa.int32())),
-        ("assistant_masks", pa.list_(pa.int8())),
-        ("trace", pa.string()),
-    ]
-)
+# `messages` and `tools` hold one JSON object per message and per tool: datasets' `Json` feature (Arrow's JSON
+# extension type), which `load_dataset` decodes back to dicts with exactly their own keys. A struct column would
+# give every message every key any message has (`tool_calls: null` on user turns) and force all argument dicts
+# into one union schema, and chat templates render those nulls.
+JSON_LIST = pa.list_(pa.json_())
+CONVERSATION_COLUMNS = ("messages", "tools")
+OUTPUT_FIELDS = [
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("category", pa.string()),
+    ("kind", pa.string()),
+    ("cluster", pa.string()),
+    ("pattern", pa.string()),
+    ("difficulty", pa.int32()),
+    ("epoch", pa.int32()),
+    ("n_tokens", pa.int32()),
+    ("n_loss_tokens", pa.int32()),
+    ("messages", JSON_LIST),  # tool traces: OpenAI/TRL conversational format
+    ("tools", JSON_LIST),  # tool traces: OpenAI function specs (null when none are offered)
+    ("text", pa.string()),  # code/text documents
+    ("input_ids", pa.list_(pa.int32())),
+    ("assistant_masks", pa.list_(pa.int8())),
+    ("trace", pa.string()),
+]
+OUTPUT_SCHEMA = pa.schema(OUTPUT_FIELDS, metadata={"huggingface": mf.hf_features(OUTPUT_FIELDS)})
 SPILL_SCHEMA = pa.schema([f for f in OUTPUT_SCHEMA if f.name != "epoch"])
 # Fixed writer options: same rows in → same bytes out (parquet-cpp writes no timestamps).
 PARQUET_OPTIONS: dict[str, Any] = {
@@ -195,7 +211,8 @@ def _adopt_earlier_output(out_dir: Path) -> None:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if not isinstance(manifest, dict) or manifest.get("format") != mf.FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if not (isinstance(found, str) and found.startswith(mf.FORMAT_PREFIX)):
         return
     files = manifest.get("files")
     known = {mf.MANIFEST, "mix.png", *(files if isinstance(files, dict) else {})}
@@ -321,6 +338,7 @@ class _Builder:
         files = self._write_outputs(selections, spill)
         self._remove_scratch_files()
         manifest = self._manifest(plan, selections, files)
+        files[mf.CARD] = write_card(self.work, manifest)  # from the manifest, which then lists it
         mf.write_manifest(self.work, manifest)
         self._plot(manifest)
         self.timings["write"] = time.perf_counter() - mark
@@ -475,7 +493,7 @@ class _Builder:
         ordered_eval = [(row, 0) for row in order_eval(evals, self.recipe.seed)]
         files: dict[str, dict[str, Any]] = {}
         shuffler = _Shuffler(spill, self.work)
-        for prefix, rows in (("train", train), ("eval", ordered_eval)):
+        for prefix, rows in (("train", train), (mf.VALIDATION, ordered_eval)):
             for path, table in shuffler.write(prefix, rows, self.recipe.shard_rows):
                 tokens = pa.compute.sum(table["n_tokens"]).as_py()
                 loss = pa.compute.sum(table["n_loss_tokens"]).as_py()
@@ -568,6 +586,29 @@ def trace_json(trace: Trace) -> str:
     return json.dumps(trace.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
+class ChatColumns(NamedTuple):
+    """An output row's conversation columns, as JSON text per message/tool (see OUTPUT_FIELDS)."""
+
+    messages: list[str] | None
+    tools: list[str] | None
+    text: str | None
+
+
+def chat_columns(trace: Trace, tokenizer: Any, schema: ThoughtSchema) -> ChatColumns:
+    """A tool trace as the `messages` + `tools` that, through this tokenizer's chat template, render to the row's
+    `input_ids`; a document as its `text` (no EOS: trainers add their own)."""
+    if trace.kind != "tool":
+        return ChatColumns(None, None, trace.text)
+    messages, tools = conversation(trace, tokenizer, schema)
+    return ChatColumns(
+        [_json_object(m) for m in messages], [_json_object(t) for t in tools or []] or None, None
+    )
+
+
+def _json_object(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 class Spill:
     """Rendered rows in arrival order, flushed to parquet row groups every ~2M tokens."""
 
@@ -578,7 +619,9 @@ class Spill:
         self.buffered_tokens = 0
         self.row_group_starts: list[int] = []
 
-    def add(self, trace: Trace, category: str, rendered: Rendered, difficulty: int, n_loss: int) -> int:
+    def add(
+        self, trace: Trace, category: str, rendered: Rendered, difficulty: int, n_loss: int, chat: ChatColumns
+    ) -> int:
         tool = trace.kind == "tool"
         n_tokens = len(rendered.input_ids)
         for key, value in (
@@ -591,6 +634,9 @@ class Spill:
             ("difficulty", difficulty),
             ("n_tokens", n_tokens),
             ("n_loss_tokens", n_loss),
+            ("messages", chat.messages),
+            ("tools", chat.tools),
+            ("text", chat.text),
             ("input_ids", rendered.input_ids),
             ("assistant_masks", rendered.assistant_masks if tool else None),  # documents: all ones
             ("trace", trace_json(trace)),
@@ -609,6 +655,8 @@ class Spill:
         self.row_group_starts.append(self.rows - n)
         columns = self.columns
         arrays = {name: pa.array(columns[name], type=SPILL_SCHEMA.field(name).type) for name in _SCALARS}
+        for name in CONVERSATION_COLUMNS:  # JSON text, typed as JSON (Arrow builds no extension type itself)
+            arrays[name] = pa.array(columns[name], type=pa.list_(pa.string())).cast(JSON_LIST)
         arrays["input_ids"] = _list_array(columns["input_ids"], np.int32)
         arrays["assistant_masks"] = _list_array(columns["assistant_masks"], np.int8, columns["n_tokens"])
         table = pa.table({f.name: arrays[f.name] for f in SPILL_SCHEMA}, schema=SPILL_SCHEMA)
@@ -621,7 +669,9 @@ class Spill:
         self.writer.close()
 
 
-_SCALARS = [f.name for f in SPILL_SCHEMA if f.name not in ("input_ids", "assistant_masks")]
+_SCALARS = [
+    f.name for f in SPILL_SCHEMA if f.name not in ("input_ids", "assistant_masks", *CONVERSATION_COLUMNS)
+]
 
 
 def _list_array(lists: list[Any], dtype: type, ones_lengths: list[int] | None = None) -> pa.ListArray:
@@ -741,29 +791,36 @@ class VerifyResult:
 
 
 def verify(data_dir: str | Path, num_proc: int = 1) -> VerifyResult:
-    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte. Hub sources are
-    read at the commits the manifest recorded, not wherever their branch points today."""
+    """Rebuild from the manifest into a temp dir and compare every data file, byte for byte."""
     data_dir = Path(data_dir)
-    manifest = mf.read_manifest(data_dir)
-    from pipelines.tasks.llm_teacher import offline_teacher
-
-    recipe = validate_data(Recipe, manifest["recipe"], f"{data_dir / mf.MANIFEST}: recipe")
-    settings = BuildSettings(**manifest["build"])  # its fields were checked by read_manifest
+    mf.read_manifest(data_dir)  # a bad manifest is reported before a scratch folder is made
     folders.clean_stale_scratch(data_dir.parent, "verify")
     scratch = folders.scratch_dir(data_dir.parent, "verify")
     try:
-        rebuilt = scratch / "data"
-        with offline_teacher():  # a teacher source answers from its cache; a miss is an error, not a request
-            build(recipe, rebuilt, settings, num_proc, hub_commits=mf.hub_commits(manifest))
-        return compare_dirs(data_dir, rebuilt)
+        rebuild(data_dir, scratch / "data", num_proc)
+        return compare_dirs(data_dir, scratch / "data")
     finally:
         shutil.rmtree(scratch)
+
+
+def rebuild(data_dir: Path, out_dir: Path, num_proc: int = 1) -> BuildResult:
+    """Build into `out_dir` what `data_dir`'s manifest records: its recipe and build settings, Hub sources at
+    the commits it pinned (not wherever their branch points today), teacher sources from their cache only."""
+    from pipelines.tasks.llm_teacher import offline_teacher
+
+    manifest = mf.read_manifest(data_dir)
+    recipe = validate_data(Recipe, manifest["recipe"], f"{data_dir / mf.MANIFEST}: recipe")
+    settings = BuildSettings(**manifest["build"])  # its fields were checked by read_manifest
+    with offline_teacher():  # a teacher source answers from its cache; a miss is an error, not a request
+        return build(recipe, out_dir, settings, num_proc, hub_commits=mf.hub_commits(manifest))
 
 
 def compare_dirs(original: Path, rebuilt: Path) -> VerifyResult:
     def data_files(folder: Path) -> set[str]:
         return {
-            p.name for p in folder.iterdir() if p.suffix in (".parquet", ".jsonl") or p.name == mf.MANIFEST
+            p.name
+            for p in folder.iterdir()
+            if p.suffix in (".parquet", ".jsonl") or p.name in (mf.MANIFEST, mf.CARD)
         }
 
     ours, theirs = data_files(original), data_files(rebuilt)

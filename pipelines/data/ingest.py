@@ -19,7 +19,9 @@ Nothing in a unit's files depends on which process or machine ran it, or on what
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import pickle
 from collections import deque
@@ -49,6 +51,7 @@ from pipelines.data.decontam import ContaminationIndex
 from pipelines.data.plan import BuildPlan, WorkUnit
 from pipelines.data.sources import Reject, open_source
 from pipelines.errors import MidtrainError
+from pipelines.progress import progress_bar
 from pipelines.schema import Trace, validate_trace
 from pipelines.template_check import FirstRowsCheck
 from pipelines.thought import load_thought_schema
@@ -160,6 +163,13 @@ def ingest_unit(context: UnitContext, unit: WorkUnit) -> None:
     rows.finish(revision)
 
 
+PROGRESS_EVERY_ROWS = 64  # the bar redraws 10 times a second at most; a row count is cheap
+
+
+def _no_update(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 class _UnitRows:
     """One unit's rows on their way to its files (see the module doc)."""
 
@@ -168,7 +178,7 @@ class _UnitRows:
         self.recipe = context.plan.recipe
         self.spill = output.Spill(folder / "rows.parquet")
         self.template_check = FirstRowsCheck(context.tokenizer, context.schema)
-        self.rows_in = 0
+        self.rows_in = self.kept = self.tokens = 0
         self.cands: dict[str, list[Any]] = {name: [] for name in CANDS_SCHEMA.names}
         self.digests: list[bytes] = []
         self.first_digest: dict[bytes, int] = {}
@@ -180,11 +190,25 @@ class _UnitRows:
 
     # -- reading and cleaning -----------------------------------------------------------------------------
     def consume(self, items: Any) -> None:
+        # A bar per unit where the unit runs in the command's own process (the local executor with one worker);
+        # bars drawn by several worker processes would overwrite each other.
+        label = f"{self.unit.category}/{self.unit.source}"
+        in_driver = multiprocessing.parent_process() is None
+        with progress_bar(label, unit="rows") if in_driver else contextlib.nullcontext(_no_update) as update:
+            self._consume(items, update)
+            update(completed=self.rows_in, note=self._progress_note())
+
+    def _progress_note(self) -> str:
+        return f"{self.kept:,} kept · {self.tokens:,} tokens · {len(self.rejects):,} rejected"
+
+    def _consume(self, items: Any, update: Any) -> None:
         batch: list[tuple[int, int, Trace]] = []
         chars = 0
         try:
             for seq, item in enumerate(items):
                 self.rows_in += 1
+                if seq % PROGRESS_EVERY_ROWS == 0:
+                    update(completed=self.rows_in, note=self._progress_note())
                 if isinstance(item, Reject):
                     self.reject(seq, -1, item)
                     continue
@@ -265,9 +289,12 @@ class _UnitRows:
         tool = trace.kind == "tool"
         difficulty = len(trace.calls()) if tool else 0
         n_loss = rendered.n_loss_tokens if tool else n_tokens  # documents: every token is in the loss
+        chat = output.chat_columns(trace, self.context.tokenizer, self.context.schema)
         self.cands["spill_row"][cand] = self.spill.add(
-            trace, self.unit.category, rendered, difficulty, n_loss
+            trace, self.unit.category, rendered, difficulty, n_loss, chat
         )
+        self.kept += 1
+        self.tokens += n_tokens
         return None
 
     # -- the unit's files -----------------------------------------------------------------------------------

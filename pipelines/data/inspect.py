@@ -155,9 +155,9 @@ def _share_bars(ax: Any, title: str, entries: dict[str, Any]) -> None:
 def _summary_text(ax: Any, manifest: dict[str, Any]) -> None:
     ax.axis("off")
     splits = manifest["splits"]
+    width = max(map(len, splits), default=0) + 1
     lines = [
-        f"train: {splits['train']['rows']:,} rows, {splits['train']['tokens']:,} tokens",
-        f"eval:  {splits['eval']['rows']:,} rows, {splits['eval']['tokens']:,} tokens",
+        *[f"{name + ':':<{width}} {s['rows']:,} rows, {s['tokens']:,} tokens" for name, s in splits.items()],
         f"rejects: {manifest['rejects']['total']:,}",
         *[f"  {k}: {v:,}" for k, v in list(manifest["rejects"]["by_reason"].items())[:12]],
     ]

@@ -26,7 +26,12 @@ from pipelines.recipe import Recipe
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
-FORMAT = "midtrain-data/1"
+CARD = "README.md"  # the dataset card: what the Hub shows and `load_dataset` reads the split layout from
+# 2: `messages`/`tools`/`text` columns, `validation-*` shards (was `eval-*`), the dataset card.
+FORMAT = "midtrain-data/2"
+FORMAT_PREFIX = "midtrain-data/"
+# Shard name prefixes are the split names datasets infers from file names (`eval-*` would load as `test`).
+TRAIN, VALIDATION = "train", "validation"
 LIBRARIES = ("transformers", "tokenizers", "datasets", "pyarrow", "datasketch", "numpy")
 
 
@@ -73,6 +78,21 @@ def tokenizer_record(
             tokenizer
         ).name,  # the codec the mix was rendered with (what training learns)
     }
+
+
+def hf_features(fields: list[tuple[str, Any]]) -> str:
+    """The `huggingface` schema metadata `datasets` reads a parquet file's features from (its
+    `Features.to_arrow_schema` format), written here so the bytes do not depend on the datasets version."""
+    import pyarrow as pa
+
+    def feature(arrow_type: Any) -> dict[str, Any]:
+        if getattr(arrow_type, "extension_name", None) == "arrow.json":
+            return {"_type": "Json"}
+        if pa.types.is_list(arrow_type):
+            return {"feature": feature(arrow_type.value_type), "_type": "List"}
+        return {"dtype": str(arrow_type), "_type": "Value"}
+
+    return json.dumps({"info": {"features": {name: feature(t) for name, t in fields}}})
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
@@ -172,8 +192,14 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     manifest = load_json(path, "a `midtrain data build` manifest")
     if not isinstance(manifest, dict):
         raise BadInput(f"{path}: expected a JSON object, got {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT:
-        raise BadInput(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    found = manifest.get("format")
+    if isinstance(found, str) and found.startswith(FORMAT_PREFIX) and found != FORMAT:
+        raise BadInput(
+            f"{path}: a mix in format {found!r}, written by another midtrain version (this one reads "
+            f"{FORMAT!r}); rebuild it with `midtrain data build`"
+        )
+    if found != FORMAT:
+        raise BadInput(f"{path}: format {found!r}, expected {FORMAT!r}")
     validate_data(ManifestRecord, manifest, str(path))
     return manifest
 
@@ -306,4 +332,4 @@ def _splits(selections: dict[str, Any], meta: Mapping[int, Any], pools: dict[str
             "loss_tokens": sum(meta[r].n_loss_tokens for r in rows),
         }
 
-    return {"train": summary(train), "eval": summary(evals)}
+    return {TRAIN: summary(train), VALIDATION: summary(evals)}

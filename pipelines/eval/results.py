@@ -26,6 +26,25 @@ def metric_columns(results: EvalResults) -> list[str]:
     return bfcl + overall + heldout
 
 
+def bfcl_categories(results: EvalResults) -> list[str]:
+    """The BFCL categories scored, in first-seen order."""
+    columns = metric_columns(results)
+    return [c.split("/", 1)[1] for c in columns if c.startswith("bfcl/") and c != "bfcl/overall"]
+
+
+def bfcl_mean_label(categories: list[str]) -> str:
+    """The name of our BFCL `overall`: the unweighted mean of the categories run. The leaderboard's Overall
+    also weighs categories we do not run (multi-turn, agentic, …), so the name says which kind were averaged."""
+    live = [c.startswith("live_") for c in categories]
+    scope = "bfcl_live" if live and all(live) else "bfcl_nonlive" if not any(live) else "bfcl_mixed"
+    return f"{scope}/mean"
+
+
+def column_label(column: str, categories: list[str]) -> str:
+    """A metric column as tables, plots, the report and model cards name it."""
+    return bfcl_mean_label(categories) if column == "bfcl/overall" else column
+
+
 def metric_value(suites: dict[str, Any], column: str) -> float | None:
     suite, metric = column.split("/", 1)
     return suites.get(suite, {}).get(metric)
@@ -34,10 +53,11 @@ def metric_value(suites: dict[str, Any], column: str) -> float | None:
 def results_table(results: EvalResults) -> str:
     """results.md: one row per target, one column per metric, then n, timings and skipped targets."""
     columns = metric_columns(results)
+    labels = [column_label(c, bfcl_categories(results)) for c in columns]
     lines = [
         f"# Eval: {results.model} (limit {results.limit})",
         "",
-        "| target | " + " | ".join(columns) + " | seconds |",
+        "| target | " + " | ".join(labels) + " | seconds |",
         "|---" * (len(columns) + 2) + "|",
     ]
     for key, suites in results.targets.items():
@@ -76,7 +96,8 @@ def plot_results(results: EvalResults, path: Path) -> None:
         for x, v in zip(xs, values, strict=True):
             if v is None:
                 ax.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color="grey")
-    ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=8)
+    labels = [column_label(c, bfcl_categories(results)) for c in columns]
+    ax.set_xticks(range(len(columns)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score (higher is better)")
     ax.set_title(f"{results.model}: base vs adapters (limit {results.limit})", fontsize=10)

@@ -54,6 +54,7 @@ from pipelines.eval.bfcl import (
 )
 from pipelines.eval.results import plot_results, results_table
 from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
+from pipelines.progress import Update, progress_bar
 from pipelines.router import adapter_source, load_bundle, request_text
 from pipelines.run_config import EvalSection, RunConfig
 from pipelines.schema import Message, Trace
@@ -341,18 +342,28 @@ def eval_heldout(
     generate: GenerateFn,
     adapters: list[str | None],
     section: EvalSection,
+    on_done: Update | None = None,
+    start: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Live greedy episodes of every task, grouped by adapter (`run_episodes` runs one adapter at a time)."""
+    """Live greedy episodes of every task, grouped by adapter (`run_episodes` runs one adapter at a time);
+    `on_done(completed=start + episodes finished)` as they finish."""
     groups: dict[str | None, list[int]] = {}
     for i, adapter in enumerate(adapters):
         groups.setdefault(adapter, []).append(i)
     episodes: list[Episode | None] = [None] * len(heldout.items)
+    finished_before = 0  # episodes of the groups already run
     for adapter, indices in groups.items():
         items = [heldout.items[i] for i in indices]
+
+        def progress(finished: int, before: int = finished_before) -> None:
+            if on_done is not None:
+                on_done(completed=start + before + finished)
+
         done = run_episodes(
             generate, tokenizer, items, heldout.env_classes, section.max_tool_rounds, section.rollout_tokens,
-            section.batch_size, adapter=adapter, max_reply_tokens=section.max_new_tokens,
+            section.batch_size, adapter=adapter, max_reply_tokens=section.max_new_tokens, on_progress=progress,
         )  # fmt: skip
+        finished_before += len(indices)
         for i, episode in zip(indices, done, strict=True):
             episodes[i] = episode
     finished = [ep for ep in episodes if ep is not None]
@@ -454,21 +465,36 @@ def eval_target(
     tokenizer = tokenizers.for_target(target, routes)
     suites: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    if examples:
-        texts = [request_text(example_to_trace(ex)) for ex in examples] if routes else []
-        adapters = routes.adapters(texts) if routes else [target.adapter] * len(examples)
-        suites["bfcl"], found = eval_bfcl(target, examples, tokenizer, schema, generate, adapters, section)
-        rows += found
-    if heldout.items:
-        texts = (
-            [heldout_route_text(it, heldout.env_classes[it.domain]) for it in heldout.items] if routes else []
-        )
-        adapters = routes.adapters(texts) if routes else [target.adapter] * len(heldout.items)
-        suites["heldout"], found = eval_heldout(
-            target, heldout, tokenizer, schema, generate, adapters, section
-        )
-        rows += found
+    total = len(examples) + len(heldout.items)
+    with progress_bar(f"eval {target.key}", total=total, unit="examples") as update:
+        if examples:
+            texts = [request_text(example_to_trace(ex)) for ex in examples] if routes else []
+            adapters = routes.adapters(texts) if routes else [target.adapter] * len(examples)
+            counted = _counting(generate, update)  # BFCL asks one reply per example
+            suites["bfcl"], found = eval_bfcl(target, examples, tokenizer, schema, counted, adapters, section)
+            rows += found
+        if heldout.items:
+            texts = (
+                [heldout_route_text(it, heldout.env_classes[it.domain]) for it in heldout.items]
+                if routes
+                else []
+            )
+            adapters = routes.adapters(texts) if routes else [target.adapter] * len(heldout.items)
+            update(completed=len(examples), note="held-out episodes")
+            suites["heldout"], found = eval_heldout(
+                target, heldout, tokenizer, schema, generate, adapters, section, update, len(examples)
+            )
+            rows += found
     return suites, rows
+
+
+def _counting(generate: GenerateFn, update: Update) -> GenerateFn:
+    def counted(prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int) -> list[list[int]]:
+        replies = generate(prompts, adapters, max_new_tokens)
+        update(advance=len(prompts))
+        return replies
+
+    return counted
 
 
 def _generator(

@@ -193,15 +193,26 @@ def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
 def grpo_args(
     config: RunConfig, cluster: str, out_dir: Path, weights: list[float], template_kwargs: dict[str, Any]
 ) -> Any:
-    """GRPOConfig: the shared `rl.train` mapping plus group size, rollout limits, KL and reward weights, and the
-    codec's template arguments (Llama's fixed date), so TRL renders prompts as the SFT data was rendered."""
+    """GRPOConfig: `grpo_keywords` and whatever `rl.train.extra` passes through."""
     from trl import GRPOConfig
 
+    from pipelines.train_args import trainer_config
+
+    assert config.rl is not None
+    ours = grpo_keywords(config, cluster, out_dir, weights, template_kwargs)
+    return trainer_config(GRPOConfig, ours, config.rl.train.extra, "rl")
+
+
+def grpo_keywords(
+    config: RunConfig, cluster: str, out_dir: Path, weights: list[float], template_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The shared `rl.train` mapping plus group size, rollout limits, KL and reward weights, and the codec's
+    template arguments (Llama's fixed date), so TRL renders prompts as the SFT data was rendered."""
     from pipelines.train_args import training_kwargs
 
     rl = config.rl
     assert rl is not None
-    return GRPOConfig(
+    return dict(
         **training_kwargs(rl.train, out_dir, f"{config.name}-rl-{cluster}", config.tracking),
         num_generations=rl.num_generations,
         max_completion_length=rl.max_completion_length,
@@ -608,6 +619,7 @@ def _evaluator(config: RunConfig, trainer: Any, env_classes: dict[str, type], it
                 rl.max_tool_calling_iterations,
                 rl.max_completion_length,
                 rl.tool_call_scale,
+                description=f"rl held-out ({len(items)} tasks)",
             )
         finally:
             model.train(was_training)

@@ -95,7 +95,7 @@ def load_screened_mix(config: RunConfig, vocab_size: int) -> Mix:
     max_length = config.sft.train.max_length
     with _main_process_first():
         train = mixdata.load_mix(data_dir, "train", cache)
-        held_out = mixdata.load_mix(data_dir, "eval", cache, required=False)
+        held_out = mixdata.load_mix(data_dir, "validation", cache, required=False)
     train_screen = mixdata.screen(train, "train", max_length, vocab_size)
     eval_screen = mixdata.screen(held_out, "eval", max_length, vocab_size) if held_out is not None else None
     return Mix(data_dir, sha256_file(manifest), train, held_out, train_screen, eval_screen)
@@ -176,15 +176,24 @@ def _prepare_output_dir(out_dir: Path, adapter: str, fingerprint: str, restart: 
 
 
 def trainer_args(config: RunConfig, adapter: str, out_dir: Path, has_eval: bool) -> Any:
-    """SFTConfig: the shared `sft.train` mapping plus packing/padding-free, periodic eval and token counting."""
+    """SFTConfig: `trainer_keywords` and whatever `sft.train.extra` passes through."""
     from trl import SFTConfig
 
+    from pipelines.train_args import trainer_config
+
+    assert config.sft is not None
+    ours = trainer_keywords(config, adapter, out_dir, has_eval)
+    return trainer_config(SFTConfig, ours, config.sft.train.extra, "sft")
+
+
+def trainer_keywords(config: RunConfig, adapter: str, out_dir: Path, has_eval: bool) -> dict[str, Any]:
+    """The shared `sft.train` mapping plus packing/padding-free, periodic eval and token counting."""
     from pipelines.train_args import training_kwargs
 
     assert config.sft is not None
     train = config.sft.train
     periodic_eval = has_eval and train.eval_steps is not None
-    return SFTConfig(
+    return dict(
         **training_kwargs(train, out_dir, f"{config.name}-sft-{adapter}", config.tracking),
         max_length=train.max_length,
         packing=train.packing,

@@ -978,15 +978,12 @@ def generate_to_file(
     domains: str, n: int, seed: int, out: Path, patterns: str | None, rejects_path: Path | None, console: Any
 ) -> GenerationResult:
     """Generate with a progress bar, write `Trace.to_json()` lines (byte-identical per seed), print the mix."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from pipelines.progress import progress_bar
 
-    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=True) as bar:
-        job = bar.add_task("traces", total=n, note="")
+    with progress_bar("generating", total=n, unit="traces") as update:
 
         def tick(done: int, attempts: int) -> None:
-            bar.update(job, completed=done, note=f"{attempts - done} rejected")
+            update(completed=done, note=f"{attempts - done} rejected")
 
         result = generate_traces(parse_domains(domains), n, seed, parse_patterns(patterns), progress=tick)
     _write_lines(out, [t.to_json() for t in result.traces])

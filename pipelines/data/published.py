@@ -1,0 +1,57 @@
+"""A mix published as a Hub dataset repo (`midtrain publish`): fetch it, rebuild it from its lockfile, compare.
+
+`midtrain data build --from-hub REPO` is `data verify` for a copy on the Hub: the repo holds the card, the
+lockfile and every file it lists, so a rebuild from that lockfile must give the same bytes, file for file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.data import manifest as mf
+from pipelines.data.build import BuildResult, VerifyResult, compare_dirs, rebuild
+from pipelines.errors import BadInput
+
+
+def download_mix(repo_id: str, revision: str | None = None) -> Path:
+    """The dataset repo's files in the local Hub cache (`snapshot_download`), or BadInput saying why not."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import errors as hub_errors
+
+    where = f"--from-hub {repo_id}" + (f" (revision {revision})" if revision else "")
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
+    except hub_errors.GatedRepoError:
+        raise BadInput(
+            f"{where}: the dataset is gated: accept its conditions, then `hf auth login`"
+        ) from None
+    except hub_errors.RevisionNotFoundError:
+        raise BadInput(f"{where}: no such branch, tag or commit in the dataset repo") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise BadInput(
+            f"{where}: dataset repo not found at {constants.ENDPOINT} (a private one needs `hf auth login`)"
+        ) from None
+    except (hub_errors.OfflineModeIsEnabled, hub_errors.LocalEntryNotFoundError):
+        raise BadInput(
+            f"{where}: not in the local cache, and the Hub cannot be reached (HF_HUB_OFFLINE?)"
+        ) from None
+    except (hub_errors.HTTPError, OSError) as exc:
+        raise BadInput(f"{where}: cannot download it ({type(exc).__name__}: {exc})") from None
+    if not (folder / mf.MANIFEST).is_file():
+        raise BadInput(f"{where}: the repo has no {mf.MANIFEST}: not a mix `midtrain publish` uploaded")
+    return folder
+
+
+def default_out_dir(snapshot: Path) -> Path:
+    return Path("runs") / str(mf.read_manifest(snapshot)["recipe"].get("name")) / "data"
+
+
+def rebuild_from_hub(
+    repo_id: str, out_dir: Path | None = None, revision: str | None = None, num_proc: int = 1
+) -> tuple[BuildResult, VerifyResult]:
+    """Rebuild the published mix into `out_dir` (default `runs/<recipe>/data`) from its lockfile, and compare
+    every file with the repo's."""
+    snapshot = download_mix(repo_id, revision)
+    out_dir = out_dir or default_out_dir(snapshot)
+    result = rebuild(snapshot, out_dir, num_proc)
+    return result, compare_dirs(snapshot, out_dir)
