@@ -622,3 +622,12 @@ def tiny_model(tok: Any, out: Path) -> Path:
     )
     tok.save_pretrained(out)
     return out
+
+
+def sigint_as_from_a_terminal() -> None:
+    """`preexec_fn` for a child the test interrupts with SIGINT: SIGINT at its default action, as a terminal starts
+    a command. A suite started as a background job (`cmd &` in a script, nohup) runs with SIGINT ignored, children
+    inherit that, and Python installs no KeyboardInterrupt handler then: the Ctrl-C under test would never land."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

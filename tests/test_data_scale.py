@@ -22,7 +22,7 @@ from pipelines.data.plan import ExecutorSettings, plan_parts, plan_units
 from pipelines.data.readers import read_local, read_part, read_source
 from pipelines.errors import BadInput
 from pipelines.recipe import LocalSource, NearDedup, Recipe
-from tests.helpers import planted_docs, planted_tools, prose
+from tests.helpers import planted_docs, planted_tools, prose, sigint_as_from_a_terminal
 
 UNIT_MB = 0.004  # ~4 KB units: the small corpus below becomes dozens of units
 
@@ -360,6 +360,7 @@ def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path)
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal gives it
+        preexec_fn=sigint_as_from_a_terminal,
     )
     deadline = time.monotonic() + 180
     driver = psutil.Process(proc.pid)

@@ -29,7 +29,7 @@ from pipelines.config import load_yaml
 from pipelines.data.build import BuildSettings, build
 from pipelines.errors import BadInput
 from pipelines.run_config import load_recipe, load_run_config
-from tests.helpers import prose
+from tests.helpers import prose, sigint_as_from_a_terminal
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = REPO / "tests" / "fixtures" / "hostile"
@@ -116,6 +116,7 @@ def test_an_interrupted_build_exits_nonzero_says_so_and_leaves_nothing(
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        preexec_fn=sigint_as_from_a_terminal,
     )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.build-*/units/*")):  # ingest has begun (a work unit is running)
