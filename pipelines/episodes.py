@@ -12,6 +12,7 @@ it scores training rollouts. Generation is a `pipelines.inference.GenerateFn`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, prompt_ids
 from pipelines.codecs import Codec, codec_for
 from pipelines.envs.base import ToolEnv
+from pipelines.eval.results import Z95, wilson_interval
 from pipelines.inference import GenerateFn
 from pipelines.progress import progress_bar
 from pipelines.rl import rewards
@@ -196,11 +198,16 @@ def score_episodes(
     by_domain: dict[str, list[float]] = {}
     for ep, value in zip(episodes, per_reward["outcome"], strict=True):
         by_domain.setdefault(ep.item.domain, []).append(value or 0.0)
+    per_task = {"outcome": per_reward["outcome"], "format_rate": per_reward["format"], "call_accuracy": exact}
     return {
         "n_tasks": len(episodes),
         "outcome": _mean(per_reward["outcome"]),
         "format_rate": _mean(per_reward["format"]),
         "call_accuracy": _mean(exact),
+        "ci95": {
+            name: wilson_interval([v for v in values if v is not None]) for name, values in per_task.items()
+        },
+        "outcome_per_task": per_reward["outcome"],
         "rewards": {name: _mean(values) for name, values in per_reward.items()},
         "outcome_by_domain": {d: _mean(v) for d, v in sorted(by_domain.items())},
         "mean_tool_calls": _mean(
@@ -252,6 +259,7 @@ def before_after(before: dict[str, Any], after: dict[str, Any], held_out: HeldOu
     keys = ("outcome", "format_rate", "call_accuracy", "mean_tool_calls")
     delta: dict[str, Any] = {k: _diff(after.get(k), before.get(k)) for k in keys}
     delta["rewards"] = {k: _diff(after["rewards"].get(k), v) for k, v in before["rewards"].items()}
+    delta["outcome_ci95"] = paired_interval(before.get("outcome_per_task"), after.get("outcome_per_task"))
     tasks = {
         "seed": held_out.seed,
         "pool_size": held_out.pool_size,
@@ -259,6 +267,22 @@ def before_after(before: dict[str, Any], after: dict[str, Any], held_out: HeldOu
         "task_ids": [item.task.task_id for item in held_out.items],
     }
     return {"heldout": tasks, "before": before, "after": after, "delta": delta}
+
+
+def paired_interval(
+    before: Sequence[float | None] | None, after: Sequence[float | None] | None
+) -> list[float] | None:
+    """[low, high, n]: the 95% interval of the mean per-task change after − before on the same tasks (normal
+    approximation of the paired differences; a change is real where the interval excludes 0). None when the two
+    runs did not score the same tasks."""
+    if not before or not after or len(before) != len(after):
+        return None
+    diffs = [(a or 0.0) - (b or 0.0) for b, a in zip(before, after, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+    half = Z95 * sd / math.sqrt(n)
+    return [round(mean - half, 4), round(mean + half, 4), n]
 
 
 def _diff(after: float | None, before: float | None) -> float | None:
@@ -310,6 +334,12 @@ def heldout_metrics(
         "recovery_rate": recovery_rate([episodes[i] for i in relevant], [outcomes[i] for i in relevant]),
         "irrelevance_accuracy": irrelevance_accuracy(episodes, outcomes),
         "n": len(episodes),
+        "ci95": {
+            **scored.get("ci95", {}),
+            "irrelevance_accuracy": wilson_interval(
+                [o for ep, o in zip(episodes, outcomes, strict=True) if rewards.is_irrelevant(ep.item.task)]
+            ),
+        },
     }
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel
 from pipelines.envs.spec import EnvRef
 from pipelines.tasks.teacher_settings import TeacherSettings
+
+if TYPE_CHECKING:  # generate imports the environments; a recipe loads without them
+    from pipelines.tasks.generate import ToolOffer
 
 CATEGORIES = ("tool", "code", "text")
 CONVERTER_FORMATS = ("trace", "openai", "sharegpt", "xlam", "glaive", "hermes", "toolace", "text")
@@ -76,6 +79,33 @@ class GeneratedSource(SourceBase):
     n: int = Field(1000, gt=0)
     seed: int = 0
     patterns: dict[str, float] | None = Field(None, description="Pattern → probability; None = defaults.")
+    offered_tools: Literal["all", "task"] = Field(
+        "all",
+        description="Tools each trace's prompt declares: `all` of its domain, or `task`: the tools the trace calls "
+        "plus `distractor_tools` others of its domain and `pool_distractors` API-pool signatures that cannot serve "
+        "it (3-4x shorter traces: the schemas were most of each one). Irrelevance traces offer a sample of the "
+        "wrong toolset.",
+    )
+    distractor_tools: int = Field(
+        1, ge=0, description="With `offered_tools: task`: other tools of the domain."
+    )
+    pool_distractors: int = Field(
+        1, ge=0, description="With `offered_tools: task`: API-pool signatures of unrelated areas."
+    )
+    request_variation: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of user requests re-worded (greeting, politeness, sign-off, case, final stop; values "
+        "untouched), so the model does not learn only the generator's templates.",
+    )
+
+    def tool_offer(self) -> ToolOffer:
+        from pipelines.tasks.generate import ToolOffer
+
+        return ToolOffer(
+            self.offered_tools, self.distractor_tools, self.pool_distractors, self.request_variation
+        )
 
 
 class TeacherSource(SourceBase):

@@ -17,7 +17,7 @@ from typing import Any
 from pipelines.artifacts import EvalResults, ReportIndex, RLSummary, RouterAccuracy, SFTSummary, StageMarker
 from pipelines.config import load_json
 from pipelines.data.manifest import read_manifest
-from pipelines.eval.results import metric_columns, metric_value
+from pipelines.eval.results import metric_columns, metric_interval, metric_value
 from pipelines.run_config import RunConfig
 from pipelines.stages import STAGES
 
@@ -32,6 +32,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return "—" if value is None else str(value)
+
+
+def _scored(value: Any, interval: list[float] | None) -> str:
+    if interval is None or not isinstance(value, float):
+        return _fmt(value)
+    low, high, n = interval
+    return f"{value:.3f} [{low:.2f}, {high:.2f}] n={int(n)}"
 
 
 def stages_section(config: RunConfig) -> list[Block]:
@@ -138,8 +145,19 @@ def before_after_blocks(where: str, payload: dict[str, Any]) -> list[Block]:
          _signed(after["rewards"].get(name), before["rewards"].get(name))]
         for name in rewards if "rewards" in before and "rewards" in after
     ]  # fmt: skip
+    change = (payload.get("delta") or {}).get("outcome_ci95")
+    interval = (
+        f" Outcome change per task, 95% interval (paired): [{change[0]:+.3f}, {change[1]:+.3f}]"
+        + (
+            " — excludes 0."
+            if change[0] > 0 or change[1] < 0
+            else " — includes 0: not distinguishable from noise."
+        )
+        if change
+        else ""
+    )
     return [
-        ("p", f"{where}: held-out tasks before and after GRPO (n = {n} tasks)."),
+        ("p", f"{where}: held-out tasks before and after GRPO (n = {n} tasks).{interval}"),
         ("table", (["metric", "before", "after", "change"], rows)),
         ("link", (f"{where}/eval_before_after.json", "every rollout, before and after (JSON)")),
     ]
@@ -175,10 +193,15 @@ def eval_section(run_dir: Path) -> list[Block]:
         return []
     metrics = metric_columns(results)
     rows = [
-        [target, *(_fmt(metric_value(values, m)) for m in metrics)]
+        [target, *(_scored(metric_value(values, m), metric_interval(values, m)) for m in metrics)]
         for target, values in results.targets.items()
     ]
-    blocks: list[Block] = [("h2", "Evaluation"), ("table", (["target", *metrics], rows))]
+    blocks: list[Block] = [
+        ("h2", "Evaluation"),
+        ("table", (["target", *metrics], rows)),
+        ("p", "Each score with its Wilson 95% interval and n (examples of a BFCL category; held-out tasks a "
+              "metric applies to): two targets differ beyond noise where their intervals do not overlap."),
+    ]  # fmt: skip
     for target, reason in results.skipped.items():
         blocks.append(("p", f"Skipped {target}: {reason}"))
     if (run_dir / "eval" / "results.png").is_file():
@@ -215,8 +238,26 @@ def example_blocks(predictions: Path) -> list[Block]:
             blocks.append(
                 ("p", f"{row.get('suite')} · {where} · `{row.get('id')}` — {verdict}. Calls: {calls}")
             )
-            blocks.append(("code", _truncate(str(row.get("raw") or ""), REPLY_CHARS)))
+            blocks.append(("code", conversation_text(row.get("raw"))))
     return blocks
+
+
+TURN_CHARS = 300
+
+
+def conversation_text(raw: Any) -> str:
+    """A reply as a reader wants it: a BFCL reply as written; a held-out episode (its messages) one turn per
+    paragraph, tool results as their own turns under the tool's name, each turn truncated."""
+    if not isinstance(raw, list):
+        return _truncate(str(raw or ""), REPLY_CHARS)
+    turns = []
+    for message in raw:
+        if not isinstance(message, dict):
+            continue
+        role = str(message.get("role") or "?")
+        label = f"tool result ({message['name']})" if role == "tool" and message.get("name") else role
+        turns.append(f"[{label}]\n{_truncate(str(message.get('content') or '').strip(), TURN_CHARS)}")
+    return _truncate("\n\n".join(turns), 4 * REPLY_CHARS)
 
 
 def pick_examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

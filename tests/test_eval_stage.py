@@ -52,10 +52,17 @@ def _config(run_dir: Path, model: Path, section: EvalSection) -> RunConfig:
 
 
 def _check_metrics(metrics: dict[str, Any], keys: set[str]) -> None:
-    assert set(metrics) == keys
+    assert set(metrics) == keys | {"ci95"}
     for key, value in metrics.items():
-        if key != "n":
+        if key not in ("n", "ci95"):
             assert value is None or (isinstance(value, float) and 0.0 <= value <= 1.0), (key, value)
+    # Every score that is defined has its Wilson interval around it; an undefined one has none.
+    for key, interval in metrics["ci95"].items():
+        if metrics.get(key) is None:
+            assert interval is None, key
+        else:
+            low, high, n = interval
+            assert 0.0 <= low <= metrics[key] <= high <= 1.0 and n >= 1, (key, interval)
 
 
 def _predictions(run_dir: Path) -> list[dict[str, Any]]:
@@ -197,6 +204,8 @@ def test_scoring_on_stub_generator(run_dir: Path, tiny_model_dir: Path, tokenize
         "irrelevance": two_thirds,
         "overall": two_thirds,
         "n": 6,
+        # 2 of 3 correct per category: Wilson's 95% interval, [0.2077, 0.9385] (as tabulated for k=2, n=3).
+        "ci95": {"simple_python": [0.2077, 0.9385, 3], "irrelevance": [0.2077, 0.9385, 3]},
     }
     heldout = base["heldout"]
     assert heldout["n"] == 3 * 2 + 2
@@ -234,7 +243,9 @@ def test_skipped_targets_and_nothing_to_run(tmp_path: Path, tiny_model_dir: Path
     assert list(results.targets) == ["base"]
     assert set(results.skipped) == {"sft/broken", "rl", "routed", "heldout"}
     assert "router.json does not exist" in results.skipped["routed"]
-    assert results.targets["base"] == {"bfcl": {"irrelevance": 1.0, "overall": 1.0, "n": 1}}
+    assert results.targets["base"] == {
+        "bfcl": {"irrelevance": 1.0, "overall": 1.0, "n": 1, "ci95": {"irrelevance": [0.2065, 1.0, 1]}}
+    }
 
 
 def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) -> None:

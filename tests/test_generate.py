@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -19,11 +20,13 @@ from pipelines.schema import PATTERNS, Trace, content_id
 from pipelines.tasks.domains import DOMAINS
 from pipelines.tasks.generate import (
     DEFAULT_CLUSTERS,
+    ToolOffer,
     generate_traces,
     resolve_patterns,
     sample_prompt_rows,
     supported_patterns,
     task_to_prompt_row,
+    vary_request,
     verify_trace,
 )
 from pipelines.tasks.records import Task
@@ -315,3 +318,64 @@ def test_cli_bad_input_exits_2(tmp_path, monkeypatch, capsys, args, message):
         cli.main()
     assert exited.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+# -- `offered_tools: task` ---------------------------------------------------------------------------------------
+TASK_OFFER = ToolOffer("task", domain_distractors=1, pool_distractors=1, request_variation=1.0)
+
+
+@pytest.fixture(scope="module")
+def offered():
+    return generate_traces(ALL, 120, seed=7, offer=TASK_OFFER)
+
+
+def _names(trace: Trace) -> set[str]:
+    return set(trace.tool_names())
+
+
+def test_task_offer_declares_the_called_tools_and_few_others(result, offered):
+    """Every trace still verifies; a solving trace declares every tool it calls plus at most the distractors
+    asked for; the prompts are shorter than with the domain's whole toolset."""
+    assert len(offered.traces) == 120 and offered.reject_reasons["format"] == 0
+    extra = TASK_OFFER.domain_distractors + TASK_OFFER.pool_distractors
+    for trace in offered.traces:
+        called = {c.name for c in trace.calls()}
+        assert called <= _names(trace), trace.id
+        if trace.meta["pattern"] not in ("irrelevance", "clarify"):
+            assert len(_names(trace)) <= len(called) + extra, (trace.meta["pattern"], _names(trace), called)
+    mean_tools = {
+        label: sum(len(t.tools) for t in r.traces) / len(r.traces)
+        for label, r in (("all", result), ("task", offered))
+    }
+    assert mean_tools["task"] < 0.7 * mean_tools["all"], mean_tools
+
+
+def test_task_offer_keeps_no_call_patterns_right():
+    """Irrelevance traces still offer only tools that cannot serve the request; clarify traces offer the tool
+    whose argument is missing."""
+    found = generate_traces(ALL, 40, seed=3, patterns={"irrelevance": 1, "clarify": 1}, offer=TASK_OFFER)
+    assert {t.meta["pattern"] for t in found.traces} == {"irrelevance", "clarify"}
+    for trace in found.traces:
+        assert verify_trace(trace) == []
+        if trace.meta["pattern"] == "clarify":
+            assert trace.meta["clarify"]["tool"] in _names(trace)
+
+
+def test_task_offer_is_deterministic_and_leaves_all_unchanged(result):
+    again = generate_traces(ALL, 30, seed=7, offer=TASK_OFFER)
+    assert [t.to_json() for t in again.traces] == [
+        t.to_json() for t in generate_traces(ALL, 30, seed=7, offer=TASK_OFFER).traces
+    ]
+    # `all` draws nothing after the episode: the same traces as without an offer.
+    plain = generate_traces(ALL, 30, seed=7, offer=ToolOffer("all"))
+    assert [t.to_json() for t in plain.traces] == [t.to_json() for t in result.traces[:30]]
+
+
+def test_varied_requests_keep_every_value():
+    rng = random.Random(0)
+    request = "Convert 12.5 kilograms to pounds, then add 3 lb."
+    variants = {vary_request(request, rng) for _ in range(60)}
+    assert len(variants) > 10
+    for text in variants:
+        for value in ("12.5", "kilograms", "pounds", "3 lb"):
+            assert value in text, text

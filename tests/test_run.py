@@ -169,8 +169,13 @@ def test_report_shows_example_replies_and_before_after_tables_and_links_raw_json
         skipped={},
         seconds={},
     ).write(run_dir / "eval")
+    episode = [  # a held-out prediction's `raw`: the episode's messages, tool results included
+        {"role": "assistant", "content": rollout[:80]},
+        {"role": "tool", "name": "convert", "content": "5 km = 3.1069 mi"},
+        {"role": "assistant", "content": "That is 3.1069 miles." + "x" * 5000},
+    ]
     rows = [
-        {"target": "sft/tool", "suite": "heldout", "domain": "units", "id": "u-1", "raw": rollout, "ok": True,
+        {"target": "sft/tool", "suite": "heldout", "domain": "units", "id": "u-1", "raw": episode, "ok": True,
          "calls": [{"name": "convert", "arguments": {"value": 5, "unit": "km"}}], "error": ""},
         {"target": "sft/tool", "suite": "heldout", "domain": "sql", "id": "s-1", "raw": "I cannot.", "ok": False,
          "calls": [], "error": "made no tool call"},
@@ -192,6 +197,9 @@ def test_report_shows_example_replies_and_before_after_tables_and_links_raw_json
     assert 'Calls: convert(value=5, unit="km")' in markdown and "failed: made no tool call" in markdown
     assert "`simple_0`" in markdown and "`simple_1`" not in markdown  # three examples per target
     assert markdown.count("xxxx") and "more characters]" in markdown
+    # The episode reads as turns: the call, the tool's result under its name, the answer (each truncated).
+    assert "[assistant]\n<tool_call>" in markdown and "[tool result (convert)]\n5 km = 3.1069 mi" in markdown
+    assert "[assistant]\nThat is 3.1069 miles." in markdown and "'role'" not in markdown
     assert len(markdown) < 6000 and '"episodes"' not in markdown  # no rollout JSON inlined
     page = (run_dir / "report.html").read_text()
     assert "<a href='eval/predictions.jsonl'>" in page and "<h4>sft/tool</h4>" in page

@@ -249,7 +249,7 @@ class GeneratedReader(SourceReader):
         spec = self.spec
         domains = sorted(DOMAINS) if spec.domains == ["all"] else spec.domains
         n = min(spec.n, spec.max_rows) if spec.max_rows else spec.n
-        result = generate_traces(domains, n, spec.seed, spec.patterns)
+        result = generate_traces(domains, n, spec.seed, spec.patterns, offer=spec.tool_offer())
         for trace in result.traces:
             self._digest.update(trace.to_json().encode("utf-8") + b"\n")
             yield self.finish(trace)

@@ -6,12 +6,32 @@ imports the stage that runs models.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from pipelines.artifacts import EvalResults
 
 HELDOUT_METRICS = ("outcome", "format_rate", "call_accuracy", "recovery_rate", "irrelevance_accuracy")
+# Keys of a suite's dict that are not metric columns: its size, and each metric's 95% interval.
+NOT_METRICS = ("n", "ci95")
+Z95 = 1.959964
+
+
+def wilson_interval(values: list[float] | list[bool], z: float = Z95) -> list[float] | None:
+    """[low, high, n]: the Wilson score 95% interval of the mean of per-example scores in [0, 1].
+
+    Wilson, not mean ± 1.96·sd/√n: at the sizes a CPU eval affords (n = 20-100) and scores near 0 or 1 the
+    normal interval collapses to a point (0/20 → [0, 0]) or leaves [0, 1]; Wilson's stays honest. Scores that
+    are not 0/1 (partial rewards) enter through their mean, as a proportion of n.
+    """
+    n = len(values)
+    if n == 0:
+        return None
+    p = sum(float(v) for v in values) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4), n]
 
 
 def metric_columns(results: EvalResults) -> list[str]:
@@ -19,7 +39,9 @@ def metric_columns(results: EvalResults) -> list[str]:
     columns: list[str] = []
     for suites in results.targets.values():
         for suite, metrics in suites.items():
-            columns += [f"{suite}/{m}" for m in metrics if m != "n" and f"{suite}/{m}" not in columns]
+            columns += [
+                f"{suite}/{m}" for m in metrics if m not in NOT_METRICS and f"{suite}/{m}" not in columns
+            ]
     bfcl = [c for c in columns if c.startswith("bfcl/") and c != "bfcl/overall"]
     overall = ["bfcl/overall"] if "bfcl/overall" in columns else []
     heldout = [f"heldout/{m}" for m in HELDOUT_METRICS if f"heldout/{m}" in columns]
@@ -50,6 +72,12 @@ def metric_value(suites: dict[str, Any], column: str) -> float | None:
     return suites.get(suite, {}).get(metric)
 
 
+def metric_interval(suites: dict[str, Any], column: str) -> list[float] | None:
+    """[low, high, n] of a column's 95% interval, when the eval recorded one."""
+    suite, metric = column.split("/", 1)
+    return (suites.get(suite, {}).get("ci95") or {}).get(metric)
+
+
 def results_table(results: EvalResults) -> str:
     """results.md: one row per target, one column per metric, then n, timings and skipped targets."""
     columns = metric_columns(results)
@@ -61,18 +89,27 @@ def results_table(results: EvalResults) -> str:
         "|---" * (len(columns) + 2) + "|",
     ]
     for key, suites in results.targets.items():
-        cells = [_cell(metric_value(suites, c)) for c in columns]
+        cells = [_cell(metric_value(suites, c), metric_interval(suites, c)) for c in columns]
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {results.seconds.get(key, 0):.1f} |")
     first = next(iter(results.targets.values()), {})
     sizes = ", ".join(f"{suite} n={metrics.get('n')}" for suite, metrics in first.items())
-    lines += ["", f"Examples per target: {sizes}. `–`: undefined (no such case occurred)."]
+    lines += [
+        "",
+        f"Examples per target: {sizes}. `–`: undefined (no such case occurred). In brackets: the Wilson 95% "
+        "interval and its n (a BFCL category's examples; the held-out tasks a metric applies to).",
+    ]
     if results.skipped:
         lines += ["", "Skipped:", *[f"- {k}: {v}" for k, v in results.skipped.items()]]
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def _cell(value: float | None, interval: list[float] | None = None) -> str:
+    if value is None:
+        return "–"
+    if interval is None:
+        return f"{value:.3f}"
+    low, high, n = interval
+    return f"{value:.3f} [{low:.2f}, {high:.2f}] n={int(n)}"
 
 
 def plot_results(results: EvalResults, path: Path) -> None:
@@ -89,8 +126,17 @@ def plot_results(results: EvalResults, path: Path) -> None:
     for t, key in enumerate(targets):
         values = [metric_value(results.targets[key], c) for c in columns]
         xs = [i + (t - (len(targets) - 1) / 2) * width for i in range(len(columns))]
-        present = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
-        bars = ax.bar([x for x, _ in present], [v for _, v in present], width, label=key)
+        intervals = [metric_interval(results.targets[key], c) for c in columns]
+        present = [(x, v, ci) for x, v, ci in zip(xs, values, intervals, strict=True) if v is not None]
+        # Error bars: each score's Wilson 95% interval, so a gap that is noise at this n looks like noise.
+        errors = [
+            [v - ci[0] if ci else 0.0 for _, v, ci in present],
+            [ci[1] - v if ci else 0.0 for _, v, ci in present],
+        ]
+        bars = ax.bar(
+            [x for x, _, _ in present], [v for _, v, _ in present], width, label=key,
+            yerr=errors, error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"},
+        )  # fmt: skip
         # Labels tell a real 0 (a bar too short to see) from an undefined metric (no bar, "n/a").
         ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
         for x, v in zip(xs, values, strict=True):
@@ -100,7 +146,9 @@ def plot_results(results: EvalResults, path: Path) -> None:
     ax.set_xticks(range(len(columns)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score (higher is better)")
-    ax.set_title(f"{results.model}: base vs adapters (limit {results.limit})", fontsize=10)
+    ax.set_title(
+        f"{results.model}: base vs adapters (limit {results.limit}; bars: 95% intervals)", fontsize=10
+    )
     ax.legend(fontsize=8, ncols=min(4, max(1, len(targets))))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -52,7 +52,7 @@ from pipelines.eval.bfcl import (
     load_category,
     score_example,
 )
-from pipelines.eval.results import plot_results, results_table
+from pipelines.eval.results import plot_results, results_table, wilson_interval
 from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
 from pipelines.progress import Update, progress_bar
 from pipelines.router import adapter_source, load_bundle, request_text
@@ -251,6 +251,7 @@ def bfcl_metrics(examples: list[BfclExample], correct: list[bool]) -> dict[str, 
     metrics: dict[str, Any] = {c: round(sum(v) / len(v), 6) for c, v in by_category.items()}
     metrics["overall"] = round(sum(metrics.values()) / len(metrics), 6) if metrics else None
     metrics["n"] = len(examples)
+    metrics["ci95"] = {c: wilson_interval(v) for c, v in by_category.items()}
     return metrics
 
 

@@ -397,6 +397,157 @@ def _solve_instanced(tr: Transcript, tasks: dict[str, Task], ienv: InstancedEnv,
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# What a trace's prompt offers: the domain's whole toolset, or the task's tools and a few distractors
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ToolOffer:
+    """Which tool specs a generated trace declares, and how its requests are worded.
+
+    Why `task`: a fixed domain's whole toolset is 800-1,300 tokens of JSON schema in every trace, against 200-300
+    loss tokens, so most of an SFT hour went to re-reading the same seven schemas. The task's own tools plus a
+    few distractors (as RL's `offered_tools: task` and BFCL's `multiple` category do) make a trace 3-4x shorter
+    and keep choosing the tool part of the task; distractors drawn from the API pool's ~2,000 signatures put
+    many unseen names and argument lists next to the right one. Irrelevance traces offer a sample of the wrong
+    toolset, so the model still sees "none of these fits" with short, varied lists.
+    """
+
+    mode: str = "all"  # "all" | "task"
+    domain_distractors: int = 1
+    pool_distractors: int = 1
+    request_variation: float = 0.0  # share of user requests re-worded (see `vary_request`)
+
+    def tools(self, ep: Episode, rng: random.Random) -> list[dict[str, Any]]:
+        if self.mode == "all":
+            return ep.tools
+        by_name = {function_spec(t)["name"]: t for t in ep.tools}
+        if ep.pattern == "irrelevance":
+            keep = rng.sample(sorted(by_name), min(len(by_name), 1 + self.domain_distractors))
+            offered = [by_name[n] for n in keep]
+        else:
+            needed = _needed_tools(ep)
+            others = sorted(n for n in by_name if n not in needed)
+            extra = rng.sample(others, min(len(others), self.domain_distractors))
+            offered = [by_name[n] for n in sorted(needed) + extra if n in by_name]
+        offered += self._pool_distractors(ep, {function_spec(t)["name"] for t in offered}, rng)
+        rng.shuffle(offered)  # the right tool is not always first
+        return offered
+
+    def _pool_distractors(self, ep: Episode, taken: set[str], rng: random.Random) -> list[dict[str, Any]]:
+        """API-pool signatures of an area that cannot serve the request (`SAFE_API_AREAS` for the fixed
+        domains; for an API task, any area unrelated to its own)."""
+        if self.pool_distractors <= 0:
+            return []
+        if ep.domain == api_pool.DOMAIN:
+            area = (
+                api_pool_tasks.task_area(Task.from_json(ep.task_json)) if ep.pattern != "instanced" else None
+            )
+            specs = api_pool_tasks.sample_tools(
+                rng, self.pool_distractors + 2, avoid=api_pool_tasks.related_areas(area)
+            )
+        else:
+            specs = api_pool_tasks.sample_tools(
+                rng,
+                self.pool_distractors + 2,
+                only=SAFE_API_AREAS,
+                families=("find", "read", "create", "notify"),
+            )
+        fresh = [t for t in specs if function_spec(t)["name"] not in taken]
+        return fresh[: self.pool_distractors]
+
+
+def _needed_tools(ep: Episode) -> set[str]:
+    """Every tool the trace calls (a recovery's wrong call included), or a clarify trace's intended tool."""
+    called = {c.name for m in ep.messages for c in m.tool_calls}
+    if ep.pattern == "clarify":
+        called.add(ep.extra["clarify"]["tool"])
+    return called
+
+
+# People do not write like templates: a share of requests get a greeting, a politeness marker, a sign-off, a
+# lower-case start or no final stop. Values (numbers, names, paths) are never touched, so every reference call
+# and outcome check still holds.
+REQUEST_OPENERS = ("Hi! ", "Hey, ", "Hello. ", "Quick one: ", "Could you help? ", "I need a hand. ", "ok so ",
+                   "Please ", "Hi there, please ", "Question: ")  # fmt: skip
+# First words that read right in lower case after an opener ("Hey, what is…"); names and "I" keep their case.
+LOWER_AFTER_OPENER = frozenset(
+    [
+        "What",
+        "How",
+        "Which",
+        "Who",
+        "When",
+        "Where",
+        "Is",
+        "Are",
+        "Can",
+        "Could",
+        "Would",
+        "Find",
+        "Convert",
+        "Add",
+        "Compute",
+        "Calculate",
+        "Create",
+        "List",
+        "Show",
+        "Get",
+        "Search",
+        "Look",
+        "Make",
+        "Check",
+        "Tell",
+        "Give",
+        "Run",
+        "Write",
+        "Read",
+        "Delete",
+        "Remove",
+        "Move",
+        "Copy",
+        "Rename",
+        "Schedule",
+        "Book",
+        "Set",
+        "Update",
+        "Put",
+        "Save",
+        "Store",
+        "Open",
+        "Count",
+        "Sum",
+        "Work",
+        "Figure",
+        "Please",
+    ]
+)
+REQUEST_CLOSERS = (" Thanks!", " Thank you.", " thx", " Much appreciated.", " Thanks in advance.", " Cheers.")
+
+
+def vary_request(text: str, rng: random.Random) -> str:
+    opener = rng.choice(("", *REQUEST_OPENERS)) if rng.random() < 0.6 else ""
+    body = text
+    continues = opener.endswith(" ") and opener.rstrip()[-1:] not in ".!?:"
+    first = body.split(" ", 1)[0]
+    if continues and first in LOWER_AFTER_OPENER:  # "Please convert…"; never "Hey, i…" or "Please alice's…"
+        body = first.lower() + body[len(first) :]
+    if rng.random() < 0.3 and body.endswith(".") and "\n" not in body:
+        body = body[:-1]
+    closer = rng.choice(REQUEST_CLOSERS) if rng.random() < 0.4 else ""
+    return opener + body + closer
+
+
+def _vary_requests(messages: list[Message], share: float, rng: random.Random) -> list[Message]:
+    if share <= 0:
+        return messages
+    out = []
+    for m in messages:
+        if m.role == "user" and rng.random() < share:
+            m = m.model_copy(update={"content": vary_request(m.content, rng)})
+        out.append(m)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Patterns → episodes
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
@@ -562,14 +713,23 @@ def _episode_clarify(domain: str, rng: random.Random, schema: ThoughtSchema) -> 
                    case.task.to_json(), 0, {"clarify": {"missing": case.missing, "tool": tool}})  # fmt: skip
 
 
-def build_episode(domain: str, pattern: str, rng: random.Random, schema: ThoughtSchema) -> Episode:
+def build_episode(
+    domain: str, pattern: str, rng: random.Random, schema: ThoughtSchema, offer: ToolOffer | None = None
+) -> Episode:
     if pattern == "instanced":
-        return _episode_instanced(domain, rng, schema)
-    if pattern == "irrelevance":
-        return _episode_irrelevance(domain, rng, schema)
-    if pattern == "clarify":
-        return _episode_clarify(domain, rng, schema)
-    return _episode_solve(domain, pattern, rng, schema)
+        ep = _episode_instanced(domain, rng, schema)
+    elif pattern == "irrelevance":
+        ep = _episode_irrelevance(domain, rng, schema)
+    elif pattern == "clarify":
+        ep = _episode_clarify(domain, rng, schema)
+    else:
+        ep = _episode_solve(domain, pattern, rng, schema)
+    if offer is None:
+        return ep
+    # Drawn after the episode, so `offered_tools: all` gives the same traces as before the option existed.
+    ep.tools = offer.tools(ep, rng)
+    ep.messages = _vary_requests(ep.messages, offer.request_variation, rng)
+    return ep
 
 
 def episode_to_trace(ep: Episode, clusters: dict[str, str]) -> Trace:
@@ -833,14 +993,14 @@ def _draw(rng: random.Random, mix: dict[str, float], domains: list[str]) -> tupl
 
 def generate_one(
     attempt: int, seed: int, mix: dict[str, float], domains: list[str], clusters: dict[str, str],
-    schema: ThoughtSchema,
+    schema: ThoughtSchema, offer: ToolOffer | None = None,
 ) -> tuple[Trace | None, dict[str, str] | None, str, str]:  # fmt: skip
     """One deterministic draw → (trace, None) when verified, else (None, reject). Never raises for bad draws."""
     rng = random.Random(f"{seed}/{attempt}")
     pattern, domain = _draw(rng, mix, domains)
     with sandbox.own_code():  # the teacher runs the problem bank's own code, never a model's
         return _generate_draw(
-            rng, pattern, domain, f"seed{seed}-attempt{attempt}-{domain}-{pattern}", clusters, schema
+            rng, pattern, domain, f"seed{seed}-attempt{attempt}-{domain}-{pattern}", clusters, schema, offer
         )
 
 
@@ -851,9 +1011,10 @@ def _generate_draw(
     draw_id: str,
     clusters: dict[str, str],
     schema: ThoughtSchema,
+    offer: ToolOffer | None = None,
 ) -> tuple[Trace | None, dict[str, str] | None, str, str]:
     try:
-        trace = episode_to_trace(build_episode(domain, pattern, rng, schema), clusters)
+        trace = episode_to_trace(build_episode(domain, pattern, rng, schema, offer), clusters)
     except Rejected as exc:
         return None, {"id": draw_id, "reason": exc.reason, "detail": exc.detail}, domain, pattern
     except Exception as exc:  # a domain bug must not kill a 5,000-trace run; it is counted with its location
@@ -870,9 +1031,10 @@ def _generate_draw(
 def generate_traces(
     domains: list[str], n: int, seed: int, patterns: dict[str, float] | None = None,
     clusters: dict[str, str] | None = None, progress: Callable[[int, int], None] | None = None,
-    max_attempts: int | None = None,
+    max_attempts: int | None = None, offer: ToolOffer | None = None,
 ) -> GenerationResult:  # fmt: skip
-    """`n` verified traces (fewer only if `max_attempts`, default 2n+20, runs out), plus every reject."""
+    """`n` verified traces (fewer only if `max_attempts`, default 2n+20, runs out), plus every reject.
+    `offer`: which tools each prompt declares and how requests are worded (None: the domain's whole toolset)."""
     if n < 0:
         raise BadInput(f"--n: {n} must be ≥ 0")
     domains = _check_domains(domains)
@@ -888,7 +1050,7 @@ def generate_traces(
     start, attempt = time.perf_counter(), 0
     while len(traces) < n and attempt < limit:
         t0 = time.perf_counter()
-        trace, reject, domain, _drawn = generate_one(attempt, seed, mix, domains, clusters, schema)
+        trace, reject, domain, _drawn = generate_one(attempt, seed, mix, domains, clusters, schema, offer)
         domain_seconds[domain] += time.perf_counter() - t0
         attempt += 1
         if trace is not None:
