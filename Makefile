@@ -15,7 +15,7 @@ PIP_LOCKED := $(PIP) install -q --no-deps --require-hashes
 VLLM_VENV ?= .venv-vllm
 VLLM_LOCK := requirements-vllm.lock
 
-.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-integration setup-vllm test-vllm clean
+.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-integration pytest-integration setup-vllm test-vllm clean
 
 setup: $(STAMP)
 
@@ -49,9 +49,14 @@ format: setup
 pytest: setup
 	$(VENV)/bin/pytest -q
 
-# The unit tier (no model weights): the edit-test loop, under a minute.
+# The unit tier (no model weights, no subprocess, server or data build): the edit-test loop, under a minute.
 pytest-fast: setup
 	$(VENV)/bin/pytest -q -m unit
+
+# The integration tier: model-free but slow (the CLI in subprocesses, MCP servers, data builds, the sandbox).
+# `make pytest` runs it too, with the `train` and `e2e` tiers (tests/conftest.py).
+pytest-integration: setup
+	$(VENV)/bin/pytest -q -m integration
 
 test: lint pytest
 

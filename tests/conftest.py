@@ -7,20 +7,27 @@ from pathlib import Path
 import pytest
 
 
-# Tiers: a test that needs model weights is a `train` test: it asks for `embedded_model_dir` itself, or
-# `tiny_model_dir` (directly or through a module fixture built on it), or is marked slow/e2e. The rest are
-# `unit` tests, which `make pytest-fast` runs; the embedded *tokenizer* alone keeps a test unit.
+# Tiers, one per test. `e2e` runs `midtrain run` (marked by hand). `train` needs model weights: it asks for
+# `embedded_model_dir` itself, or `tiny_model_dir` (directly or through a module fixture built on it), or is marked
+# slow or train. `integration` is model-free but slow, marked by hand: it starts a subprocess or a server, builds a
+# data mix, or takes over ~0.3 s. The rest are `unit` tests (the embedded *tokenizer* alone keeps a test unit):
+# `make pytest-fast` runs them, in under a minute.
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         marks = {mark.name for mark in item.iter_markers()}
+        if "e2e" in marks:
+            continue
         info = getattr(item, "_fixtureinfo", None)
         direct = set(info.argnames) if info else set()
         closure = set(info.names_closure) if info else set()
-        if "e2e" in marks:
-            continue
-        if "slow" in marks or "embedded_model_dir" in direct or "tiny_model_dir" in closure:
+        needs_model = (
+            bool({"slow", "train"} & marks) or "embedded_model_dir" in direct or "tiny_model_dir" in closure
+        )
+        if needs_model and "integration" in marks:
+            raise pytest.UsageError(f"{item.nodeid}: needs a model, so it is a train test, not integration")
+        if needs_model and "train" not in marks:
             item.add_marker(pytest.mark.train)
-        else:
+        elif not needs_model and "integration" not in marks:
             item.add_marker(pytest.mark.unit)
 
 

@@ -624,6 +624,121 @@ def tiny_model(tok: Any, out: Path) -> Path:
     return out
 
 
+# -- the tiny `midtrain run` of the e2e tests ------------------------------------------------------------------
+E2E_CLUSTER_BY_PATTERN = {
+    "single": "tool",
+    "parallel": "tool",
+    "instanced": "tool",
+    "sequential": "plan",
+    "clarify": "plan",
+    "irrelevance": "plan",
+    "recovery": "tool",
+    "code": "tool",
+}
+
+# Every stage at its smallest: 1 SFT step per cluster, 1 GRPO step, 1 BFCL question and 1 held-out task.
+E2E_RUN: dict[str, Any] = {
+    "sft": {
+        "clusters": ["tool", "plan"],
+        "replay_fraction": 0.0,
+        "quantization": {"mode": "none"},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {
+            "max_steps": 1,
+            "per_device_train_batch_size": 1,
+            "max_length": 2048,
+            "save_steps": 100,
+            "gradient_checkpointing": False,
+        },
+    },
+    "rl": {
+        "clusters": ["tool"],
+        "domains": ["calculator"],
+        "offered_tools": "task",
+        "distractor_tools": 1,
+        "n_tasks": 2,
+        "max_difficulty": 1,
+        "max_tool_calling_iterations": 1,
+        "eval_tasks_per_domain": 1,
+        "num_generations": 2,
+        "max_completion_length": 16,
+        "quantization": {"mode": "none"},
+        "train": {"max_steps": 1, "per_device_train_batch_size": 2, "gradient_checkpointing": False},
+    },
+    "router": {"method": "tfidf", "threshold": 0.3, "generated_requests": 20},
+    "eval": {
+        "limit": 1,
+        "bfcl_categories": ["simple_python"],
+        "heldout_domains": ["calculator"],
+        "max_new_tokens": 8,
+        "rollout_tokens": 16,
+        "max_tool_rounds": 1,
+    },
+    "publish": {"enabled": False},
+    "tracking": {"report_to": ["none"]},
+}
+
+
+def e2e_recipe(name: str, total_tokens: int, generated: int, text_share: float = 0.0) -> dict[str, Any]:
+    """Generated calculator traces, plus stdlib pydoc text when `text_share` is set."""
+    categories: dict[str, Any] = {
+        "tool": {
+            "share": round(1.0 - text_share, 6),
+            "sources": [
+                {
+                    "name": "gen",
+                    "type": "generated",
+                    "domains": ["calculator"],
+                    "n": generated,
+                    "seed": 0,
+                    "cluster_by_pattern": E2E_CLUSTER_BY_PATTERN,
+                }
+            ],
+        }
+    }
+    if text_share:
+        pydoc = {"name": "pydoc", "type": "pydoc_text", "cluster": "text", "max_chunk_chars": 3000}
+        categories["text"] = {"share": text_share, "sources": [pydoc]}
+    return {
+        "name": name,
+        "seed": 0,
+        "total_tokens": total_tokens,
+        "eval_fraction": 0.1,
+        "max_seq_len": 2048,
+        "categories": categories,
+        "decontamination": {"sets": []},
+    }
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def write_e2e_run(
+    folder: Path, model: Path, name: str, recipe: dict[str, Any], **changes: dict[str, Any]
+) -> Path:
+    """`recipe.yaml` and `run.yaml` written into `folder` as a user writes them; `changes` are merged key by key
+    into `E2E_RUN`'s sections. Returns the run config's path, for `midtrain run`."""
+    import yaml
+
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    config = {
+        "name": name,
+        "output_dir": str(folder / "runs"),
+        "model": {"name_or_path": str(model)},
+        "data": {"recipe": str(folder / "recipe.yaml")},
+        **_merged(E2E_RUN, changes),
+    }
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def sigint_as_from_a_terminal() -> None:
     """`preexec_fn` for a child the test interrupts with SIGINT: SIGINT at its default action, as a terminal starts
     a command. A suite started as a background job (`cmd &` in a script, nohup) runs with SIGINT ignored, children

@@ -45,6 +45,7 @@ def _types(schema: dict, out: Counter) -> None:
         _types(schema["items"], out)
 
 
+@pytest.mark.integration
 def test_pool_is_broad_valid_and_typed(pool):
     specs = [sig.spec() for sig in pool.signatures.values()]
     assert len(pool.signatures) >= 1000
@@ -77,6 +78,7 @@ def test_pool_is_broad_valid_and_typed(pool):
     assert optional_with_default > 100
 
 
+@pytest.mark.integration
 def test_pool_is_deterministic_per_seed():
     build_pool.cache_clear()
     first = {n: s.spec() for n, s in build_pool(0).signatures.items()}
@@ -152,6 +154,7 @@ def test_semantic_errors_dates_times_ids_and_ranges(pool):
         simulate(sig.spec(), sig.behaviour(), {**args, name: swapped})
 
 
+@pytest.mark.integration
 def test_sampled_tasks_solve_with_reward_one(tasks):
     shapes = Counter()
     for task in tasks:

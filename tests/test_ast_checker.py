@@ -158,6 +158,7 @@ MUST_FAIL = {"wrong_name", "extra_param", "missing_required", "no_call", "duplic
 GREEDY_MATCHING_CASUALTIES = {("parallel_178", "order_swapped")}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("category", SCORED)
 def test_agrees_with_bfcl_on_real_pairs(bfcl_checker: BfclChecker, category: str) -> None:
     verdicts: Counter[tuple[str, bool]] = Counter()

@@ -39,6 +39,7 @@ def _file_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_load_category_matches_the_files(category: str) -> None:
     data_dir = bfcl.bfcl_data_dir()
@@ -183,6 +184,7 @@ def test_functions_to_tools_follows_bfcl_openai_conversion() -> None:
     jsonschema.Draft202012Validator.check_schema(fn["parameters"])
 
 
+@pytest.mark.integration
 def test_converted_tools_accept_the_ground_truth_calls() -> None:
     """Every correct answer of the four scored categories validates against its converted tool's schema."""
     checked, mismatched = 0, set()
@@ -199,6 +201,7 @@ def test_converted_tools_accept_the_ground_truth_calls() -> None:
     assert mismatched <= KNOWN_SCHEMA_MISMATCHES
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_reference_calls_score_correct(category: str) -> None:
     """The oracle prediction passes our checker on every answerable example (irrelevance: no calls at all)."""

@@ -101,6 +101,7 @@ def test_dedup_text_leaves_out_tool_specs() -> None:
 
 
 # -- decontamination -----------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_bfcl_questions_cover_every_file_kind() -> None:
     labels = {label.split("#")[0] for label, _ in bfcl_questions()}
     assert "BFCL_v4_simple_python.json" in labels
@@ -114,6 +115,7 @@ def bfcl_index() -> ContaminationIndex:
     return build_index(Decontamination(sets=["bfcl"]))
 
 
+@pytest.mark.integration
 def test_planted_bfcl_question_is_found(bfcl_index: ContaminationIndex) -> None:
     label, question = next(
         (label, text)
@@ -181,6 +183,7 @@ def _drain(reader) -> tuple[list[Trace], list[Reject]]:
     return [i for i in items if isinstance(i, Trace)], [i for i in items if isinstance(i, Reject)]
 
 
+@pytest.mark.integration
 def test_python_code_stdlib_records_license_and_size_rejects() -> None:
     spec = PythonCodeSource(name="py", type="python_code", max_rows=40, min_bytes=500)
     reader = open_source(spec, "code")
@@ -196,6 +199,7 @@ def test_python_code_stdlib_records_license_and_size_rejects() -> None:
     assert again.revision() == revision
 
 
+@pytest.mark.integration
 def test_python_code_package_license_from_metadata() -> None:
     idna = Path(importlib.util.find_spec("idna").origin).parent  # BSD-3-Clause
     certifi = Path(importlib.util.find_spec("certifi").origin).parent  # MPL-2.0
@@ -214,6 +218,7 @@ def test_python_code_missing_root_is_bad_input(tmp_path: Path) -> None:
         _drain(open_source(spec, "code"))
 
 
+@pytest.mark.integration
 def test_pydoc_topics_one_document_each_or_paragraph_parts() -> None:
     whole, _ = _drain(open_source(PydocTextSource(name="d", type="pydoc_text", min_chars=1), "text"))
     from pydoc_data.topics import topics

@@ -123,6 +123,7 @@ def test_vllm_parser_names_are_vllms() -> None:
 
 
 # -- writing calls as the template writes them ----------------------------------------------------------------------
+@pytest.mark.integration
 def test_llama_calls_in_the_content_are_the_templates_own_bytes(family_tokenizer) -> None:
     """The llama3 codec writes calls into the content (the template drops a calling turn's content and renders
     one call); for one call without reasoning its bytes equal the template's own rendering of `tool_calls`."""
@@ -159,6 +160,7 @@ CALLS = [
 THINKING = [ThinkingSection(section="plan", text="Two calls.")]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", [*TRL_FAMILIES, "json"])
 def test_replies_parse_complete_partial_and_malformed(family, family_tokenizer) -> None:
     tok = family_tokenizer(family, REAL.get(family, "smollm2.jinja" if family == "json" else None))
@@ -182,6 +184,7 @@ def test_replies_parse_complete_partial_and_malformed(family, family_tokenizer) 
     assert codec.parse(answer, SCHEMA).content == "42 km."
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", TRL_FAMILIES)
 def test_streaming_never_shows_call_markup_and_ends_as_the_whole_parse(family, family_tokenizer) -> None:
     tok = family_tok(family_tokenizer, family)
@@ -224,6 +227,7 @@ class FormatPolicy:
         return [self.tokenizer(r, add_special_tokens=False)["input_ids"][:max_new_tokens] for r in replies]
 
 
+@pytest.mark.integration
 def test_the_same_rollouts_score_exactly_the_same_in_every_format(family_tokenizer) -> None:
     """RL rewards and the held-out metrics on a Llama-format (or Mistral, Qwen3, SmolLM2) rollout equal those
     on the same rollout in Hermes format: one task needing one call, one needing two parallel calls, one
@@ -262,6 +266,7 @@ def score_completions_only(monkeypatch):
     monkeypatch.setattr(trl.trainer.utils, "_use_triton", lambda device: True, raising=False)
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("family", TRL_FAMILIES)
 def test_one_grpo_step_runs_the_tool_loop_in_each_format(
     family, family_tokenizer, tmp_path, score_completions_only, monkeypatch
@@ -353,6 +358,7 @@ def test_rl_refuses_the_generic_format_trls_tool_loop_cannot_render(family_token
 
 
 # -- `midtrain template check` and `data build`'s check of its first rows -----------------------------------------
+@pytest.mark.integration
 def test_data_builds_check_their_first_tool_rows(family_tokenizer) -> None:
     from pipelines.errors import MidtrainError
     from pipelines.template_check import FirstRowsCheck, sample_traces
@@ -369,6 +375,7 @@ def test_data_builds_check_their_first_tool_rows(family_tokenizer) -> None:
 
 
 # -- `midtrain template check` ------------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "args",
     [
@@ -392,6 +399,7 @@ def test_template_check_passes_the_shipped_configs(args) -> None:
     assert "✗" not in done.output and "«" in done.output  # the example shows its loss spans
 
 
+@pytest.mark.integration
 def test_template_check_fails_a_broken_template_naming_pattern_and_check(monkeypatch, capsys) -> None:
     """Through `main`, which maps errors to exit codes: a template that renders only a turn's first call."""
     from pipelines.cli import main

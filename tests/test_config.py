@@ -110,6 +110,7 @@ def test_lora_rank_above_vllm_limit_is_rejected(tmp_path: Path) -> None:
         load_run_config(path)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "expected", "code"),
     [

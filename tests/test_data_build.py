@@ -82,6 +82,7 @@ def _rows(folder: Path, prefix: str = "") -> list[dict]:
 
 
 # -- reproducibility -----------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_build_twice_gives_identical_bytes(
     corpus: Path, settings: BuildSettings, built: tuple[Path, dict]
 ) -> None:
@@ -100,6 +101,7 @@ def test_build_twice_gives_identical_bytes(
     assert "timestamp" not in (out / "manifest.json").read_text()
 
 
+@pytest.mark.integration
 def test_verify_reports_identical_then_names_a_tampered_shard(corpus: Path, built: tuple[Path, dict]) -> None:
     out, _ = built
     assert verify(out).identical
@@ -114,6 +116,7 @@ def test_verify_reports_identical_then_names_a_tampered_shard(corpus: Path, buil
 
 
 # -- the mix -------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_token_shares_within_one_percent(built: tuple[Path, dict]) -> None:
     out, manifest = built
     rows = _rows(out)
@@ -126,6 +129,7 @@ def test_token_shares_within_one_percent(built: tuple[Path, dict]) -> None:
         assert manifest["mix"]["categories"][category]["share"] == pytest.approx(achieved, abs=1e-6)
 
 
+@pytest.mark.integration
 def test_train_and_eval_never_share_an_id_and_repeats_are_tagged(built: tuple[Path, dict]) -> None:
     out, manifest = built
     train, evals = _rows(out, "train"), _rows(out, "validation")
@@ -137,6 +141,7 @@ def test_train_and_eval_never_share_an_id_and_repeats_are_tagged(built: tuple[Pa
     assert manifest["splits"]["validation"]["rows"] == len(evals)
 
 
+@pytest.mark.integration
 def test_clusters_follow_the_recipe(built: tuple[Path, dict]) -> None:
     out, _ = built
     for row in _rows(out):
@@ -148,6 +153,7 @@ def test_clusters_follow_the_recipe(built: tuple[Path, dict]) -> None:
 
 
 # -- rejects -------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_every_planted_problem_is_rejected_and_counted(built: tuple[Path, dict]) -> None:
     out, manifest = built
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
@@ -228,6 +234,7 @@ def test_file_hashes_read_past_one_block_and_a_folder_pin_covers_names(tmp_path:
     assert path_sha256(tmp_path) == hashlib.sha256(b"b.bin\0" + blob).hexdigest()
 
 
+@pytest.mark.integration
 def test_inspect_prints_the_tables_and_writes_the_png(built: tuple[Path, dict], tmp_path: Path) -> None:
     from rich.console import Console
 
@@ -251,6 +258,7 @@ def test_inspect_prints_the_tables_and_writes_the_png(built: tuple[Path, dict], 
 
 
 # -- the parquet contract ------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_the_folder_loads_as_train_and_validation_with_conversation_columns(built: tuple[Path, dict]) -> None:
     """`load_dataset("parquet", data_dir=...)` infers the splits from the shard names, `load_dataset(folder)`
     reads them from the card's `configs:`; `messages`/`tools` come back as plain dicts, each with its own keys."""
@@ -301,6 +309,7 @@ def test_messages_and_tools_render_to_the_rows_input_ids(
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == row["input_ids"]
 
 
+@pytest.mark.integration
 def test_the_card_describes_the_mix_and_is_pinned_by_the_manifest(built: tuple[Path, dict]) -> None:
     import yaml
     from huggingface_hub import DatasetCard
@@ -365,6 +374,7 @@ categories:
 """
 
 
+@pytest.mark.integration
 def test_shortfall_exits_2_with_the_numbers(
     corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -383,6 +393,7 @@ def test_shortfall_exits_2_with_the_numbers(
     assert not (corpus / "short-out").exists()
 
 
+@pytest.mark.integration
 def test_allow_shortfall_rebalances_and_processes_do_not_change_bytes(
     corpus: Path, settings: BuildSettings
 ) -> None:

@@ -98,6 +98,7 @@ def whole(corpus: Path, settings: BuildSettings) -> tuple[Path, dict]:
     return result.out_dir, result.manifest
 
 
+@pytest.mark.integration
 def test_units_workers_and_datatrove_tasks_build_identical_bytes(
     corpus: Path, settings: BuildSettings, whole: tuple[Path, dict]
 ) -> None:
@@ -126,6 +127,7 @@ def test_units_workers_and_datatrove_tasks_build_identical_bytes(
     assert manifest["mix"]["total_tokens"] > 20_000
 
 
+@pytest.mark.integration
 def test_dedup_and_decontamination_are_global_across_units(whole: tuple[Path, dict]) -> None:
     out, manifest = whole
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
@@ -149,6 +151,7 @@ def test_dedup_and_decontamination_are_global_across_units(whole: tuple[Path, di
     assert rows_in == kept + len(rejects) == kept + manifest["rejects"]["total"]
 
 
+@pytest.mark.integration
 def test_a_bad_row_in_a_worker_is_exit_2_naming_the_file(corpus: Path, settings: BuildSettings) -> None:
     broken = corpus / "broken.jsonl.gz"
     broken.write_bytes(gzip.compress(b'{"id": "x", "text": "hello"}\n' * 50)[:-20])
@@ -289,6 +292,7 @@ def test_cli_executor_options_are_checked_before_any_work(
 
 
 # -- the executors' processes --------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_every_data_module_imports_alone_in_a_fresh_process() -> None:
     """A Slurm or Ray task (and a forkserver worker) starts from a fresh interpreter and unpickles the step:
     each module must import first, on its own (ingest and build import each other)."""
@@ -302,6 +306,7 @@ def test_every_data_module_imports_alone_in_a_fresh_process() -> None:
         assert done.returncode == 0, (module, done.stderr[-2000:])
 
 
+@pytest.mark.integration
 def test_local_workers_start_from_a_forkserver_and_die_on_terminate() -> None:
     """Never a fork of the threaded driver (a worker forked holding a lock never dies); SIGTERM kills a worker
     even mid-task, and Ctrl-C is left to the driver."""
@@ -325,6 +330,7 @@ def test_local_workers_start_from_a_forkserver_and_die_on_terminate() -> None:
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.integration
 def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path) -> None:
     """Ctrl-C reaches the whole process group: the workers ignore it, the driver stops its pool (terminate:
     SIGTERM, the workers' default action) and exits 130; the workers, the forkserver and the scratch folder

@@ -20,77 +20,23 @@ from pipelines.artifacts import (
 from pipelines.cli import app
 from pipelines.run_config import load_run_config
 from pipelines.stages import STAGES
+from tests.helpers import e2e_recipe, write_e2e_run
 
 pytestmark = pytest.mark.e2e
-
-RECIPE = """\
-name: e2e-mix
-seed: 0
-total_tokens: 30000
-eval_fraction: 0.1
-max_seq_len: 2048
-categories:
-  tool:
-    share: 0.7
-    sources:
-      - name: gen
-        type: generated
-        domains: [calculator]
-        n: 80
-        seed: 0
-        cluster_by_pattern: {single: tool, parallel: tool, instanced: tool, sequential: plan, clarify: plan,
-                             irrelevance: plan, recovery: tool, code: tool}
-  text:
-    share: 0.3
-    sources:
-      - {name: pydoc, type: pydoc_text, cluster: text, max_chunk_chars: 3000}
-decontamination: {sets: []}
-"""
-
-CONFIG = """\
-name: e2e
-output_dir: {runs}
-model: {{name_or_path: {model}}}
-data: {{recipe: {recipe}}}
-sft:
-  clusters: [tool, plan]
-  replay_fraction: 0.0
-  quantization: {{mode: none}}
-  lora: {{r: 4, alpha: 8}}
-  train: {{max_steps: 2, per_device_train_batch_size: 1, max_length: 2048, save_steps: 100,
-           gradient_checkpointing: false}}
-rl:
-  clusters: [tool]
-  domains: [calculator]
-  offered_tools: task
-  distractor_tools: 1
-  n_tasks: 2
-  max_difficulty: 1
-  max_tool_calling_iterations: 1
-  eval_tasks_per_domain: 1
-  num_generations: 2
-  max_completion_length: 24
-  quantization: {{mode: none}}
-  train: {{max_steps: 1, per_device_train_batch_size: 2, gradient_checkpointing: false}}
-router: {{method: tfidf, threshold: 0.3, generated_requests: 60}}
-eval:
-  limit: 1
-  bfcl_categories: [simple_python, irrelevance]
-  heldout_domains: [calculator]
-  max_new_tokens: 8
-  rollout_tokens: 24
-  max_tool_rounds: 1
-publish: {{enabled: true, dry_run: true, allow_no_eval: false}}
-tracking: {{report_to: [none]}}
-"""
 
 
 @pytest.mark.timeout(900)
 def test_midtrain_run_through_every_stage(tmp_path: Path, tiny_model_dir: Path) -> None:
-    (tmp_path / "recipe.yaml").write_text(RECIPE)
-    path = tmp_path / "run.yaml"
-    path.write_text(
-        CONFIG.format(runs=tmp_path / "runs", model=tiny_model_dir, recipe=tmp_path / "recipe.yaml")
+    path = write_e2e_run(
+        tmp_path,
+        tiny_model_dir,
+        "e2e",
+        e2e_recipe("e2e-mix", total_tokens=30000, generated=80, text_share=0.3),
+        sft={"train": {"max_steps": 2}},
+        rl={"max_completion_length": 24},
+        router={"generated_requests": 60},
+        eval={"bfcl_categories": ["simple_python", "irrelevance"], "rollout_tokens": 24},
+        publish={"enabled": True, "dry_run": True, "allow_no_eval": False},
     )
     config = load_run_config(path)
 

@@ -18,81 +18,20 @@ from pipelines.codecs import codec_for
 from pipelines.data import manifest as mf
 from pipelines.run_config import load_run_config
 from pipelines.stages import STAGES
-from tests.helpers import tiny_model
+from tests.helpers import e2e_recipe, tiny_model, write_e2e_run
 
 pytestmark = pytest.mark.e2e
 
 # The real template where TRL ships one; the codec's canonical template otherwise (conftest's family_tokenizer).
 REAL = {"qwen3": "qwen3.jinja", "llama3": "llama3_1.jinja"}
 
-RECIPE = """\
-name: e2e-family
-seed: 0
-total_tokens: 12000
-eval_fraction: 0.1
-max_seq_len: 2048
-categories:
-  tool:
-    share: 1.0
-    sources:
-      - name: gen
-        type: generated
-        domains: [calculator]
-        n: 40
-        seed: 0
-        cluster_by_pattern: {single: tool, parallel: tool, instanced: tool, sequential: plan, clarify: plan,
-                             irrelevance: plan, recovery: tool, code: tool}
-decontamination: {sets: []}
-"""
-
-CONFIG = """\
-name: {family}
-output_dir: {runs}
-model: {{name_or_path: {model}}}
-data: {{recipe: {recipe}}}
-sft:
-  clusters: [tool, plan]
-  replay_fraction: 0.0
-  quantization: {{mode: none}}
-  lora: {{r: 4, alpha: 8}}
-  train: {{max_steps: 1, per_device_train_batch_size: 1, max_length: 2048, save_steps: 100,
-           gradient_checkpointing: false}}
-rl:
-  clusters: [tool]
-  domains: [calculator]
-  offered_tools: task
-  distractor_tools: 1
-  n_tasks: 2
-  max_difficulty: 1
-  max_tool_calling_iterations: 1
-  eval_tasks_per_domain: 1
-  num_generations: 2
-  max_completion_length: 16
-  quantization: {{mode: none}}
-  train: {{max_steps: 1, per_device_train_batch_size: 2, gradient_checkpointing: false}}
-router: {{method: tfidf, threshold: 0.3, generated_requests: 20}}
-eval:
-  limit: 1
-  bfcl_categories: [simple_python]
-  heldout_domains: [calculator]
-  heldout_irrelevance_fraction: 0.0
-  max_new_tokens: 8
-  rollout_tokens: 16
-  max_tool_rounds: 1
-publish: {{enabled: false}}
-tracking: {{report_to: [none]}}
-"""
-
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("family", ["qwen3", "llama3", "mistral", "smollm2"])
 def test_midtrain_run_in_each_family(family: str, family_tokenizer, tmp_path: Path) -> None:
     model_dir = tiny_model(family_tokenizer(family, REAL.get(family)), tmp_path / "model")
-    (tmp_path / "recipe.yaml").write_text(RECIPE)
-    path = tmp_path / "run.yaml"
-    path.write_text(
-        CONFIG.format(family=family, runs=tmp_path / "runs", model=model_dir, recipe=tmp_path / "recipe.yaml")
-    )
+    recipe = e2e_recipe("e2e-family", total_tokens=12000, generated=40)
+    path = write_e2e_run(tmp_path, model_dir, family, recipe, eval={"heldout_irrelevance_fraction": 0.0})
     config = load_run_config(path)
 
     result = CliRunner().invoke(app, ["run", str(path)])

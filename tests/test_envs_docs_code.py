@@ -119,6 +119,7 @@ def test_doc_tool_errors_say_what_is_wrong(tool: str, arguments: dict, message: 
     assert is_error and message in text, text
 
 
+@pytest.mark.integration
 def test_docsearch_tasks_solve_to_reward_one_and_wrong_answers_to_zero() -> None:
     kinds, difficulties = set(), set()
     for seed in range(120):
@@ -179,6 +180,7 @@ def test_task_from_another_python_version_is_refused() -> None:
 
 
 # -- code runner ----------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_bank_references_pass_and_buggy_drafts_fail_in_the_sandbox() -> None:
     """Every problem: the reference passes all its tests in the sandbox, and the buggy draft fails the visible
     example the sampler chose to expose it (the one the recovery trace's error message names)."""
@@ -193,6 +195,7 @@ def test_bank_references_pass_and_buggy_drafts_fail_in_the_sandbox() -> None:
         assert sum(c.hidden for c in cases) >= 2 and sum(not c.hidden for c in cases) == 3
 
 
+@pytest.mark.integration
 def test_code_tasks_solve_to_reward_one_and_wrong_solutions_to_zero() -> None:
     kinds, difficulties = set(), set()
     for seed in range(100):
@@ -214,6 +217,7 @@ def test_code_tasks_solve_to_reward_one_and_wrong_solutions_to_zero() -> None:
     assert kinds == {"compute", "function"} and difficulties == {1, 2, 3, 4}
 
 
+@pytest.mark.integration
 def test_code_mistakes_fail_as_described() -> None:
     for seed in range(12):
         task = sample_code_task(random.Random(seed), difficulty=2 + seed % 3)
@@ -256,6 +260,7 @@ def test_write_solution_checks_syntax_and_the_function_name() -> None:
     assert is_error and f"must define a function named `{task.setup['function']}`" in text
 
 
+@pytest.mark.integration
 def test_tests_are_judged_outside_the_sandbox() -> None:
     """Printing a fake 'all passed' report, exiting early or crashing cannot pass the hidden tests."""
     cases = [Case([2], True, False), Case([9], False, True), Case([1], False, True)]
@@ -302,6 +307,7 @@ def _generated(domain: str, n: int, seed: int, patterns: dict[str, float]) -> li
     return result.traces
 
 
+@pytest.mark.integration
 def test_docsearch_traces_all_verify() -> None:
     """Every pattern that calls find_in_doc with a reference phrase: none may come back empty."""
     patterns = {"single": 1.0, "sequential": 1.0, "parallel": 1.0, "recovery": 1.0, "instanced": 1.0}
@@ -310,6 +316,7 @@ def test_docsearch_traces_all_verify() -> None:
     assert len(finds) >= 200
 
 
+@pytest.mark.integration
 def test_every_quotable_phrase_is_found_on_its_own_line_only() -> None:
     """A window stripped of its punctuation ("list. For" → "list For") matches no line at all and made the
     reference find_in_doc call fail; every phrase a task may quote must be found by the tool on its line only."""
@@ -324,6 +331,7 @@ def test_every_quotable_phrase_is_found_on_its_own_line_only() -> None:
     assert stripped > 0  # such windows exist in the corpus: the filter is doing real work
 
 
+@pytest.mark.integration
 def test_function_traces_write_the_draft_before_running_it() -> None:
     """Tasks with run_python probes once ran the *correct* function first and only then wrote the buggy draft.
     Now the first call writes solution.py, probes import it, and a buggy draft is the first code written."""
@@ -360,6 +368,7 @@ def test_function_probes_follow_the_write(difficulty: int) -> None:
         assert all(m.turn == 0 for m in task.mistakes)  # the wrong write replaces the first call
 
 
+@pytest.mark.integration
 def test_failing_test_lines_quote_dict_arguments_as_the_runner_prints_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -66,6 +66,7 @@ def test_env_references_resolve_and_bad_blocks_name_file_and_line(tmp_path: Path
 
 
 # -- tools -----------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_server_tools_become_methods_trl_renders_with_the_server_schema() -> None:
     from transformers.utils import get_json_schema
 
@@ -102,6 +103,7 @@ def test_server_tools_become_methods_trl_renders_with_the_server_schema() -> Non
         env_class(shop("shop-fly", tools=["fly"]))
 
 
+@pytest.mark.integration
 def test_cli_env_show_and_call() -> None:
     from pipelines.envs.tool_cli import call_tool
 
@@ -127,6 +129,7 @@ def test_cli_env_show_and_call() -> None:
 
 
 # -- rollouts --------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_rollout_calls_the_server_and_the_task_judge_scores_it(tmp_path: Path, tokenizer) -> None:
     from tests.helpers import ScriptedPolicy
 
@@ -142,6 +145,7 @@ def test_a_rollout_calls_the_server_and_the_task_judge_scores_it(tmp_path: Path,
     assert (result["outcome"], result["call_accuracy"], result["format_rate"]) == (1.0, 1.0, 1.0)
 
 
+@pytest.mark.integration
 def test_a_server_crash_mid_rollout_fails_that_rollout_with_its_reason(tmp_path: Path, tokenizer) -> None:
     from tests.helpers import ScriptedPolicy
 
@@ -164,6 +168,7 @@ def test_a_server_crash_mid_rollout_fails_that_rollout_with_its_reason(tmp_path:
     assert result["outcome"] == 0.0 and result["failures"]["env_crash"] == 1
 
 
+@pytest.mark.integration
 def test_two_rollouts_get_two_servers_and_reset_starts_afresh() -> None:
     cls = env_class(shop())
     first, second = cls(), cls()
@@ -180,6 +185,7 @@ def test_two_rollouts_get_two_servers_and_reset_starts_afresh() -> None:
         env._close()
 
 
+@pytest.mark.integration
 def test_the_reset_tool_keeps_one_session_and_restores_the_state() -> None:
     cls = env_class(shop("shop-hook", reset={"tool": "clear_cart"}))
     env = cls()
@@ -193,6 +199,7 @@ def test_the_reset_tool_keeps_one_session_and_restores_the_state() -> None:
     assert connection.closed
 
 
+@pytest.mark.integration
 def test_a_hung_call_times_out_as_an_environment_failure() -> None:
     cls = env_class(shop("shop-slow", env={"SHOP_SLEEP_ON_CALL": "1:30"}, timeout_s=1.5))
     env = cls()
@@ -241,6 +248,7 @@ def test_one_grpo_step_with_the_mcp_env(tmp_path: Path, tiny_model_dir: Path, mo
     assert len(resets) == 2
 
 
+@pytest.mark.integration
 def test_streamable_http_transport(tmp_path: Path) -> None:
     """`{type: mcp, url: …}`: the same server over streamable HTTP, one MCP session per rollout."""
     import httpx

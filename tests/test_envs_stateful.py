@@ -147,6 +147,7 @@ def test_tool_names_are_globally_unique() -> None:
 
 
 # -- the samplers' contract --------------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("domain", MODULES)
 def test_tasks_are_well_formed(
     domain: str, sampled: dict[str, list[tuple[Task, bool]]], schemas: Any
@@ -166,6 +167,7 @@ def test_tasks_are_well_formed(
             assert not argument_errors(schemas[domain][step.tool], step.arguments), (task.task_id, step)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("domain", MODULES)
 def test_reference_solutions_earn_full_reward(
     domain: str, sampled: dict[str, list[tuple[Task, bool]]]
@@ -182,6 +184,7 @@ def test_reference_solutions_earn_full_reward(
             assert env.get_reward() == 0.0, task.task_id
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("domain", MODULES)
 def test_skipping_a_state_change_fails(domain: str, sampled: dict[str, list[tuple[Task, bool]]]) -> None:
     checked = 0
@@ -621,6 +624,7 @@ def _generated(domain: str, n: int, seed: int, patterns: dict[str, float]) -> li
     return result.traces
 
 
+@pytest.mark.integration
 def test_calculator_recovery_traces_all_verify() -> None:
     """Seed 1 once gave 5 `mistake_no_error` rejects out of 300: '1 week + 1 week' got a parse error instead of
     the units error its Mistake expects, and '68 x sqrt(64) + 94' the units error instead of the x-for-times one."""
@@ -685,6 +689,7 @@ def _unobserved_names(trace: Any) -> list[str]:
     return sorted(name for name in fixed - names(wrong.arguments) if name not in observed)
 
 
+@pytest.mark.integration
 def test_sqlite_recoveries_correct_only_what_the_trace_showed() -> None:
     """Seed 0 once gave 19 of 200 recoveries whose reflection named the right column (e.g. `department` after
     "no such column: dept") although no observation had shown the table's columns."""

@@ -56,6 +56,7 @@ def _retrace(trace: Trace, **changes) -> Trace:
     return Trace.model_validate({**body, "id": content_id(body)})
 
 
+@pytest.mark.integration
 def test_every_trace_verifies_and_every_pattern_appears(result):
     assert result.rejects == [], Counter(r["reason"] for r in result.rejects)
     assert len(result.traces) == 180 and result.pass_rate == 1.0
@@ -70,6 +71,7 @@ def test_every_trace_verifies_and_every_pattern_appears(result):
         assert verify_trace(trace) == []
 
 
+@pytest.mark.integration
 def test_meta_ids_and_clusters(result):
     for trace in result.traces:
         meta = trace.meta
@@ -97,6 +99,7 @@ def _sections(msg) -> list[str]:
     return [s.section for s in msg.thinking]
 
 
+@pytest.mark.integration
 def test_thinking_habits(result):
     for trace in result.traces:
         turns = [m for m in trace.messages if m.role == "assistant"]
@@ -108,6 +111,7 @@ def test_thinking_habits(result):
                     assert "observe" in _sections(msg)
 
 
+@pytest.mark.integration
 def test_single_sequential_parallel_shapes(by_pattern):
     for trace in by_pattern["single"]:
         assert len(trace.calls()) == 1
@@ -130,6 +134,7 @@ def test_a_parallel_draw_needing_two_rounds_is_recorded_sequential() -> None:
     assert shape_pattern("recovery", two_rounds) == "recovery"
 
 
+@pytest.mark.integration
 def test_instanced_tags_are_consistent(by_pattern):
     assert by_pattern["instanced"]
     for trace in by_pattern["instanced"]:
@@ -145,6 +150,7 @@ def test_instanced_tags_are_consistent(by_pattern):
         assert set(tasks_of(trace.meta["task"])) == set(declared)
 
 
+@pytest.mark.integration
 def test_recovery_shows_error_then_reflection_then_success(by_pattern):
     for pattern in ("recovery", "code"):
         for trace in by_pattern.get(pattern, []):
@@ -159,6 +165,7 @@ def test_recovery_shows_error_then_reflection_then_success(by_pattern):
     )
 
 
+@pytest.mark.integration
 def test_irrelevance_and_clarify_make_no_calls(by_pattern):
     for trace in by_pattern["irrelevance"]:
         task = Task.from_json(trace.meta["task"])
@@ -173,6 +180,7 @@ def task_to_prompt_row_tools(task: Task) -> list[dict]:
     return json.loads(task_to_prompt_row(task)["tools"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("tamper", ["observation", "answer", "verify", "undeclared", "irrelevant", "clarify"])
 def test_verification_catches_tampering(by_pattern, tamper):
     def first(pattern, cond=lambda t: True):
@@ -210,6 +218,7 @@ def test_verification_catches_tampering(by_pattern, tamper):
         assert verify_trace(_retrace(trace, messages=data["messages"]))[0][0] == "outcome"
 
 
+@pytest.mark.integration
 def test_generation_is_deterministic():
     first = [t.to_json() for t in generate_traces(ALL, 30, seed=3).traces]
     again = [t.to_json() for t in generate_traces(ALL, 30, seed=3).traces]
@@ -230,6 +239,7 @@ def test_pattern_and_cluster_overrides():
         generate_traces(["api"], 1, seed=1, patterns={"singel": 1.0})
 
 
+@pytest.mark.integration
 def test_each_pattern_renders_with_assistant_only_loss(by_pattern, tokenizer):
     schema = load_thought_schema("think-plan-reflect")
     for pattern, traces in sorted(by_pattern.items()):
@@ -283,6 +293,7 @@ def _cli(*args: str, cwd, hash_seed: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
 
 
+@pytest.mark.integration
 def test_cli_writes_byte_identical_files(tmp_path):
     domains = ",".join(d for d in ALL if d != "coderunner")  # keep the subprocesses quick
     for name, hash_seed in (("a", "1"), ("b", "2")):

@@ -31,6 +31,10 @@ from pipelines.errors import BadInput
 from pipelines.run_config import load_recipe, load_run_config
 from tests.helpers import prose, sigint_as_from_a_terminal
 
+pytestmark = (
+    pytest.mark.integration
+)  # the real CLI in subprocesses, interrupted builds, a stand-in Hub server
+
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = REPO / "tests" / "fixtures" / "hostile"
 DEMO = REPO / "configs" / "smollm2-135m-demo.yaml"

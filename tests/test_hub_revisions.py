@@ -63,6 +63,7 @@ def hub(monkeypatch: pytest.MonkeyPatch):
         yield hub
 
 
+@pytest.mark.integration
 def test_a_branch_or_tag_resolves_to_its_commit_and_a_sha_needs_no_network(hub: HubStandIn, tmp_path) -> None:
     assert hub_commit(hf("acme/xlam-mini", "main")) == SHA_A
     assert hub_commit(hf("acme/xlam-mini", "v1.0")) == SHA_A
@@ -77,6 +78,7 @@ def test_a_branch_or_tag_resolves_to_its_commit_and_a_sha_needs_no_network(hub: 
     assert hub_commit(hf(str(folder), "main")) is None and hub.paths_asked("/api/datasets") == []
 
 
+@pytest.mark.integration
 def test_hub_problems_are_bad_input_naming_the_source(
     hub: HubStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,6 +101,7 @@ def test_an_answer_without_a_sha_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
         hub_commit(hf("acme/xlam-mini", "main"))
 
 
+@pytest.mark.integration
 def test_a_lockfiles_commits_win_over_resolving(hub: HubStandIn, tmp_path) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text(RECIPE.format(revision="main"))

@@ -74,6 +74,7 @@ def test_differences_name_upgrades_missing_and_unlocked_packages() -> None:
     assert lock.lock_differences(expected, {**expected, "pip": "1"}, {"pip"}) == []
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(), reason="not the make-setup venv"
 )

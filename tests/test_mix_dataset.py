@@ -222,6 +222,7 @@ def test_data_build_from_hub_rebuilds_the_published_repo_byte_for_byte(
     assert loaded.stdout.split()[:2] == ["['train',", "'validation']"] and loaded.stdout.split()[-1] == "dict"
 
 
+@pytest.mark.integration
 def test_from_hub_input_errors_exit_2(hub: HubStandIn, tmp_path: Path) -> None:
     hub.repos["acme/not-a-mix"] = DatasetRepo()
     hub.repos["acme/not-a-mix"].commit("a" * 40, {"data.csv": b"x\n"}, "main")

@@ -58,6 +58,7 @@ def _build(tmp_path: Path, *options: str, out: str) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
+@pytest.mark.integration
 def test_data_build_bar_counts_rows_tokens_and_rejects_and_quiet_hides_it(tmp_path: Path) -> None:
     docs = tmp_path / "docs.jsonl"
     lines = [json.dumps({"text": prose(7000 + i, 80)}) for i in range(30)] + ["{not json", '{"text": 7}']

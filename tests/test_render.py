@@ -46,6 +46,7 @@ def _label(case: tuple[str, str | None]) -> str:
     return f"{case[0]}-{case[1] or 'own'}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", TEMPLATES, ids=_label)
 def test_every_template_passes_every_check(case, family_tokenizer, thought_schemas) -> None:
     tok = family_tokenizer(*case)

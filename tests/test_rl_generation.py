@@ -37,6 +37,7 @@ def test_colocate_and_server_map_onto_grpo_config(tmp_path: Path, tiny_model_dir
     assert args.vllm_server_base_url is None
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("generation", "message"),
     [

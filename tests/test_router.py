@@ -251,6 +251,7 @@ def test_chat_executes_tool_calls_in_the_environment() -> None:
     assert seen[0]["temperature"] == 0 and seen[0]["model"] == "midtrain"
 
 
+@pytest.mark.integration
 def test_generated_requests_come_from_the_recipe_sources_labelled_as_the_mix(tmp_path: Path) -> None:
     from pipelines.recipe import Recipe
     from pipelines.router import generated_examples

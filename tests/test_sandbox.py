@@ -33,6 +33,8 @@ from pipelines.envs.code_runner import CodeRunnerEnv
 from pipelines.sandbox import Limits, SandboxSettings, SandboxUnavailable, run_sandboxed
 from pipelines.sandbox import kernel as sandbox_kernel
 
+pytestmark = pytest.mark.integration  # every test runs code in a sandboxed child process
+
 QUICK = Limits(cpu_seconds=1, wall_seconds=2.5)
 SUPPORT = sandbox_kernel.kernel_support()
 OLD_KERNEL = ["landlock", "seccomp", "namespaces"]  # what a machine without Landlock, seccomp or userns gives

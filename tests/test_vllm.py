@@ -130,6 +130,7 @@ def _peft_text(service: Any, adapter: str, question: str, tools: list | None) ->
     return text.split(service.tokenizer.eos_token, 1)[0]
 
 
+@pytest.mark.train  # vllm_server serves the embedded model with an adapter SFT-trained on it
 def test_printed_command_serves_tool_calls_with_pefts_greedy_text(
     vllm_server: Any, peft_service: Any
 ) -> None:
@@ -178,6 +179,7 @@ def test_printed_command_serves_tool_calls_with_pefts_greedy_text(
         assert completion.choices[0].text == _peft_text(peft_service, adapter, question, tools)
 
 
+@pytest.mark.train  # vllm_server serves the embedded model with an adapter SFT-trained on it
 def test_midtrain_serve_in_front_of_vllm_answers_as_the_peft_backend(
     vllm_server: Any, run_dir: Path, peft_service: Any, tmp_path: Path
 ) -> None:
@@ -229,6 +231,7 @@ def test_midtrain_serve_in_front_of_vllm_answers_as_the_peft_backend(
     assert "route: adapter=tool" in (tmp_path / "serve.log").read_text()
 
 
+@pytest.mark.train  # vllm_server serves the embedded model with an adapter SFT-trained on it
 def test_exported_command_is_shell_safe(vllm_server: Any) -> None:
     """The printed line is one shell command whose JSON module specs survive quoting."""
     args = shlex.split(vllm_server[1])
