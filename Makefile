@@ -15,7 +15,7 @@ PIP_LOCKED := $(PIP) install -q --no-deps --require-hashes
 VLLM_VENV ?= .venv-vllm
 VLLM_LOCK := requirements-vllm.lock
 
-.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-integration pytest-integration setup-vllm test-vllm clean
+.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-teacher pytest-integration setup-vllm test-vllm clean
 
 setup: $(STAMP)
 
@@ -62,7 +62,7 @@ test: lint pytest
 
 # Tests too slow for `make test`: the embedded SmolLM2 as an LLM teacher over the MCP fixture, served by
 # `transformers serve` (or MIDTRAIN_TEACHER_URL + MIDTRAIN_TEACHER_MODEL: any OpenAI-compatible server).
-test-integration: setup
+test-teacher: setup
 	MIDTRAIN_INTEGRATION=1 $(VENV)/bin/pytest -q -s tests/test_teacher_integration.py
 
 # Re-resolve the lock from pyproject.toml: after changing a dependency, or to take newer releases once

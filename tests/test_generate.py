@@ -344,6 +344,7 @@ def _names(trace: Trace) -> set[str]:
     return set(trace.tool_names())
 
 
+@pytest.mark.integration
 def test_task_offer_declares_the_called_tools_and_few_others(result, offered):
     """Every trace still verifies; a solving trace declares every tool it calls plus at most the distractors
     asked for; the prompts are shorter than with the domain's whole toolset."""
@@ -361,6 +362,7 @@ def test_task_offer_declares_the_called_tools_and_few_others(result, offered):
     assert mean_tools["task"] < 0.7 * mean_tools["all"], mean_tools
 
 
+@pytest.mark.integration
 def test_task_offer_keeps_no_call_patterns_right():
     """Irrelevance traces still offer only tools that cannot serve the request; clarify traces offer the tool
     whose argument is missing."""
@@ -372,6 +374,7 @@ def test_task_offer_keeps_no_call_patterns_right():
             assert trace.meta["clarify"]["tool"] in _names(trace)
 
 
+@pytest.mark.integration
 def test_task_offer_is_deterministic_and_leaves_all_unchanged(result):
     again = generate_traces(ALL, 30, seed=7, offer=TASK_OFFER)
     assert [t.to_json() for t in again.traces] == [

@@ -1,4 +1,4 @@
-"""`make test-integration`: the embedded SmolLM2-135M-Instruct as the teacher over the MCP shop, served by a
+"""`make test-teacher`: the embedded SmolLM2-135M-Instruct as the teacher over the MCP shop, served by a
 real OpenAI-compatible server. Not part of `make test` (minutes of CPU generation); skipped unless
 MIDTRAIN_INTEGRATION=1.
 
@@ -27,7 +27,7 @@ from pipelines.thought import load_thought_schema
 from tests.openai_server import serve
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("MIDTRAIN_INTEGRATION") != "1", reason="integration test: run `make test-integration`"
+    os.environ.get("MIDTRAIN_INTEGRATION") != "1", reason="integration test: run `make test-teacher`"
 )
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN_REASONS = {"thought_schema", "format", "structure", "execution", "outcome", "max_turns", "teacher_error",
