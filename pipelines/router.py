@@ -98,7 +98,10 @@ def generated_examples(recipe: Any, clusters: list[str], n: int, exclude: set[st
         count = round(n * spec.n / total)
         if not patterns or not count:
             continue
-        result = generate_traces(domains, count, spec.seed + ROUTER_SEED_OFFSET, patterns)
+        # The source's own tool offer and request wording: the router must read requests as the mix words them.
+        result = generate_traces(
+            domains, count, spec.seed + ROUTER_SEED_OFFSET, patterns, offer=spec.tool_offer()
+        )
         for trace in result.traces:
             pattern = str(trace.meta.get("pattern", ""))
             text = request_text(trace)
