@@ -17,7 +17,13 @@ from typing import Any
 from pipelines.artifacts import EvalResults, ReportIndex, RLSummary, RouterAccuracy, SFTSummary, StageMarker
 from pipelines.config import load_json
 from pipelines.data.manifest import read_manifest
-from pipelines.eval.results import metric_columns, metric_interval, metric_value
+from pipelines.eval.results import (
+    bfcl_categories,
+    column_label,
+    metric_columns,
+    metric_interval,
+    metric_value,
+)
 from pipelines.run_config import RunConfig
 from pipelines.stages import STAGES
 
@@ -198,7 +204,7 @@ def eval_section(run_dir: Path) -> list[Block]:
     ]
     blocks: list[Block] = [
         ("h2", "Evaluation"),
-        ("table", (["target", *metrics], rows)),
+        ("table", (["target", *(column_label(m, bfcl_categories(results)) for m in metrics)], rows)),
         ("p", "Each score with its Wilson 95% interval and n (examples of a BFCL category; held-out tasks a "
               "metric applies to): two targets differ beyond noise where their intervals do not overlap."),
     ]  # fmt: skip
@@ -361,7 +367,8 @@ def to_html(blocks: list[Block], title: str) -> str:
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
         "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto;white-space:pre-wrap;"
-        "overflow-wrap:anywhere;max-height:20em}code{background:#f0f0f0;padding:0 3px}</style></head><body>",
+        "overflow-wrap:anywhere;max-height:20em}code{background:#f0f0f0;padding:0 3px}.wide{overflow-x:auto}"
+        "</style></head><body>",
     ]
     for kind, value in blocks:
         if kind in ("h1", "h2", "h3", "h4"):
@@ -374,7 +381,8 @@ def to_html(blocks: list[Block], title: str) -> str:
             body = "".join(
                 "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
             )
-            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+            # Wide tables (the eval table has a column per metric) scroll inside the page instead of running off it.
+            parts.append(f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>")
         elif kind == "img":
             parts.append(f"<img src='{html.escape(value[0])}' alt='{html.escape(value[1])}'>")
         elif kind == "code":
