@@ -84,7 +84,7 @@ def test_hub_problems_are_bad_input_naming_the_source(
 ) -> None:
     with pytest.raises(BadInput, match="xlam.*revision 'v9': no such branch, tag or commit"):
         hub_commit(hf("acme/xlam-mini", "v9"))
-    with pytest.raises(BadInput, match="'acme/nope'.*dataset not found on the Hub"):
+    with pytest.raises(BadInput, match="'acme/nope'.*dataset repo not found on the Hub"):
         hub_commit(hf("acme/nope", "main"))
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(BadInput, match="cannot reach the Hub.*ConnectError") as info:

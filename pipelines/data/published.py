@@ -10,33 +10,18 @@ from pathlib import Path
 
 from pipelines.data import manifest as mf
 from pipelines.data.build import BuildResult, VerifyResult, compare_dirs, rebuild
+from pipelines.data.hub_access import dataset_hub_errors
 from pipelines.errors import BadInput
 
 
 def download_mix(repo_id: str, revision: str | None = None) -> Path:
     """The dataset repo's files in the local Hub cache (`snapshot_download`), or BadInput saying why not."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import snapshot_download
 
     where = f"--from-hub {repo_id}" + (f" (revision {revision})" if revision else "")
-    try:
+    offline = ": not in the local cache, and the Hub cannot be reached (HF_HUB_OFFLINE?)"
+    with dataset_hub_errors(where, offline, "cannot download it ({error})"):
         folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
-    except hub_errors.GatedRepoError:
-        raise BadInput(
-            f"{where}: the dataset is gated: accept its conditions, then `hf auth login`"
-        ) from None
-    except hub_errors.RevisionNotFoundError:
-        raise BadInput(f"{where}: no such branch, tag or commit in the dataset repo") from None
-    except hub_errors.RepositoryNotFoundError:
-        raise BadInput(
-            f"{where}: dataset repo not found at {constants.ENDPOINT} (a private one needs `hf auth login`)"
-        ) from None
-    except (hub_errors.OfflineModeIsEnabled, hub_errors.LocalEntryNotFoundError):
-        raise BadInput(
-            f"{where}: not in the local cache, and the Hub cannot be reached (HF_HUB_OFFLINE?)"
-        ) from None
-    except (hub_errors.HTTPError, OSError) as exc:
-        raise BadInput(f"{where}: cannot download it ({type(exc).__name__}: {exc})") from None
     if not (folder / mf.MANIFEST).is_file():
         raise BadInput(f"{where}: the repo has no {mf.MANIFEST}: not a mix `midtrain publish` uploaded")
     return folder

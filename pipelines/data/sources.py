@@ -343,33 +343,22 @@ def hub_commit(spec: HFSource) -> str | None:
     if _COMMIT_SHA.fullmatch(spec.revision):
         return spec.revision
     from huggingface_hub import HfApi, constants
-    from huggingface_hub import errors as hub_errors
+
+    from pipelines.data.hub_access import dataset_hub_errors
 
     where = f"hf source {spec.name!r}: dataset {spec.dataset!r} revision {spec.revision!r}"
-    try:
+    offline = (
+        " is not a commit sha, and HF_HUB_OFFLINE is set, so it cannot be resolved to one.\n"
+        "  Pin the commit in the recipe (`revision: <40-hex sha>`, listed at "
+        f"{constants.ENDPOINT}/datasets/{spec.dataset}/commits/{spec.revision}) to build offline from the "
+        "cache, or unset HF_HUB_OFFLINE."
+    )
+    unreachable = (
+        "cannot reach the Hub to resolve it to a commit ({error}).\n"
+        "  Offline: pin `revision:` to the commit sha and set HF_HUB_OFFLINE=1 to read the cached copy."
+    )
+    with dataset_hub_errors(where, offline, unreachable):
         info = HfApi().dataset_info(spec.dataset, revision=spec.revision)
-    except hub_errors.OfflineModeIsEnabled:
-        raise BadInput(
-            f"{where} is not a commit sha, and HF_HUB_OFFLINE is set, so it cannot be resolved to one.\n"
-            f"  Pin the commit in the recipe (`revision: <40-hex sha>`, listed at "
-            f"{constants.ENDPOINT}/datasets/{spec.dataset}/commits/{spec.revision}) to build offline from the "
-            "cache, or unset HF_HUB_OFFLINE."
-        ) from None
-    except hub_errors.GatedRepoError:
-        raise BadInput(
-            f"{where}: the dataset is gated: accept its conditions on the Hub, then `hf auth login` or set HF_TOKEN"
-        ) from None
-    except hub_errors.RevisionNotFoundError:
-        raise BadInput(f"{where}: no such branch, tag or commit in the dataset repo") from None
-    except hub_errors.RepositoryNotFoundError:
-        raise BadInput(
-            f"{where}: dataset not found on the Hub (private or gated datasets need `hf auth login` or HF_TOKEN)"
-        ) from None
-    except (hub_errors.HTTPError, OSError) as exc:
-        raise BadInput(
-            f"{where}: cannot reach the Hub to resolve it to a commit ({type(exc).__name__}: {exc}).\n"
-            "  Offline: pin `revision:` to the commit sha and set HF_HUB_OFFLINE=1 to read the cached copy."
-        ) from None
     if not isinstance(info.sha, str) or not _COMMIT_SHA.fullmatch(info.sha):
         raise BadInput(f"{where}: the Hub answered no commit sha (got {info.sha!r})")
     return info.sha
