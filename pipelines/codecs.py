@@ -580,8 +580,9 @@ def smollm2() -> Codec:
         response_template=smollm2_response_template(),
         call_open="<tool_call>",
         call_close="</tool_call>",
-        # vLLM's hermes parser reads one object per <tool_call> block, not a list.
-        vllm_tool_parser=None,
+        # vLLM's hermes parser reads one object per <tool_call> block, not a list; its xLAM parser reads a JSON list
+        # of {"name", "arguments"} inside <tool_call>…</tool_call>, after a <think> block too (tests/test_vllm.py).
+        vllm_tool_parser="xlam",
         tokens=FamilyTokens(None, "<|im_end|>", ("<|im_start|>", "<|im_end|>", "<|endoftext|>")),
         canonical_template=lambda: _own_template("smollm2_native.jinja"),
     )
@@ -688,14 +689,19 @@ def make_codec(family: str, tokenizer: Any = None) -> Codec:
     return _FAMILY_CODECS[family]()
 
 
+# What SmolLM2-Instruct's own template writes as its default system turn (it has no tool syntax of its own to detect).
+SMOLLM2_MARKER = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
 def choose_template(own: str | None, requested: str | None, tool_format: str) -> tuple[str, str | None]:
     """(family, template to install) for a tokenizer whose own chat template is `own`.
 
     - `requested` (the text of a template the user named) is used as is, in `tool_format` or the family it writes;
     - an explicit `tool_format` keeps the model's template when it writes that family, else installs the
       family's canonical template (`json` always keeps the model's);
-    - otherwise the model's template is kept when it renders tools, and Qwen2.5's (Hermes) replaces one that
-      does not (SmolLM2-Instruct's, say: `tool_format: smollm2` picks its native form instead).
+    - otherwise the model's template is kept when it renders tools; one that does not is replaced by its
+      family's tool-calling form where midtrain knows it (SmolLM2-Instruct's: its native list form, which
+      beat Hermes after equal training, configs/README.md), else by Qwen2.5's (Hermes).
     A kept template that is its family's original but unfit for training (Qwen3's drops past reasoning,
     Mistral's moves the system prompt to the last user turn) is swapped for the family's canonical one.
     """
@@ -706,7 +712,8 @@ def choose_template(own: str | None, requested: str | None, tool_format: str) ->
         canonical = make_codec(tool_format).canonical_template() if tool_format != "json" else None
         return tool_format, canonical or own
     if tool_format == "auto" and not (own and "tools" in own):
-        return "hermes", hermes().canonical_template()
+        family = "smollm2" if own and SMOLLM2_MARKER in own else "hermes"
+        return family, make_codec(family).canonical_template()
     return detected, _fit_for_training(own, detected)
 
 

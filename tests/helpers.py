@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from transformers import TrainerCallback
 
 from pipelines.chat import render_trace
+from pipelines.codecs import codec_for
 from pipelines.data.decontam import bfcl_questions
 from pipelines.data.manifest import FORMAT
 from pipelines.recipe import Recipe
@@ -527,7 +528,10 @@ def write_mix(data_dir: Path, tokenizer: Any, train: list[Trace], held_out: list
             pq.write_table(
                 pa.table(_rows(traces, tokenizer), schema=MIX_SCHEMA), data_dir / f"{name}.parquet"
             )
-    (data_dir / "manifest.json").write_text(json.dumps({"recipe": {"name": "test"}, "shards": list(shards)}))
+    # The format the rows were rendered in, as the data stage records it (the SFT stage checks it).
+    rendered = {"tool_format": codec_for(tokenizer).name}
+    manifest = {"recipe": {"name": "test"}, "shards": list(shards), "tokenizer": rendered}
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
     return data_dir
 
 

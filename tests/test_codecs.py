@@ -78,10 +78,14 @@ def test_templates_unfit_for_training_are_swapped_and_others_kept() -> None:
     mistral_family, mistral_template = choose_template(fixture("mistral_v3_spm.jinja"), None, "auto")
     assert mistral_family == "mistral" and "midtrain's variant" in mistral_template
     assert choose_template(fixture("llama3_2.jinja"), None, "auto") == ("llama3", fixture("llama3_2.jinja"))
-    # SmolLM2's own template renders no tools: Qwen2.5's (the project's) by default, its native form on request.
-    assert choose_template(fixture("smollm2.jinja"), None, "auto")[0] == "hermes"
-    family, template = choose_template(fixture("smollm2.jinja"), None, "smollm2")
+    # SmolLM2's own template renders no tools: its native list form by default, Hermes on request; a template
+    # of no known family that renders no tools gets Qwen2.5's (the project's).
+    family, template = choose_template(fixture("smollm2.jinja"), None, "auto")
     assert family == "smollm2" and "<tool_call>[" in template
+    family, template = choose_template(fixture("smollm2.jinja"), None, "hermes")
+    assert family == "hermes" and template == make_codec("hermes").canonical_template()
+    plain = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    assert choose_template(plain, None, "auto") == ("hermes", make_codec("hermes").canonical_template())
     # A template the user names is used as is, even an unfit one: `template check` then says what breaks.
     assert choose_template(None, fixture("qwen3.jinja"), "auto") == ("qwen3", fixture("qwen3.jinja"))
 
@@ -110,14 +114,14 @@ def test_an_adapter_tokenizer_keeps_its_format_when_saved_and_reloaded(embedded_
 
 def test_vllm_parser_names_are_vllms() -> None:
     """`router export --vllm` passes these to `--tool-call-parser` / `--reasoning-parser` (names from vLLM's
-    docs: hermes, llama3_json, mistral; qwen3 reasoning)."""
+    docs: hermes, llama3_json, mistral, xlam; qwen3 reasoning)."""
     codecs = {name: make_codec(name) for name in FAMILIES if name != "json"}
     assert {n: c.vllm_tool_parser for n, c in codecs.items()} == {
         "hermes": "hermes",
         "qwen3": "hermes",
         "llama3": "llama3_json",
         "mistral": "mistral",
-        "smollm2": None,  # vLLM's hermes parser reads one object per <tool_call>, not SmolLM2's list
+        "smollm2": "xlam",  # vLLM's hermes parser reads one object per <tool_call>, not SmolLM2's list
     }
     assert codecs["qwen3"].vllm_reasoning_parser == "qwen3"
 

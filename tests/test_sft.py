@@ -134,6 +134,12 @@ def test_stage_input_errors(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path)
         run(config)
     with pytest.raises(BadInput, match=r"--clusters: \['code'\] not in sft.clusters"):
         run(config, clusters=["code"])
+    # A mix rendered in another tool format than the model's (a run folder from before a format switch).
+    native = config.model_copy(update={"model": config.model.model_copy(update={"tool_format": "smollm2"})})
+    with pytest.raises(
+        BadInput, match="rendered in the 'hermes' tool-call format, but this config's model writes"
+    ):
+        run(native)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU defaults")
@@ -535,13 +541,15 @@ def test_cli_bad_cluster_exits_2(tmp_path: Path, tiny_model_dir: Path, mix_dir: 
 
 
 @pytest.mark.slow
-def test_two_nf4_cluster_adapters_on_the_embedded_model(
-    tmp_path: Path, embedded_model_dir: Path, tokenizer
-) -> None:
-    """Kept small (CPU time): a chat-trace cluster and a doc cluster, 2 steps of one short packed row each."""
+def test_two_nf4_cluster_adapters_on_the_embedded_model(tmp_path: Path, embedded_model_dir: Path) -> None:
+    """Kept small (CPU time): a chat-trace cluster and a doc cluster, 2 steps of one short packed row each; the
+    mix in the embedded model's default (native) format, as `tool_format: auto` trains it."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from pipelines.chat import load_tokenizer
+
+    tokenizer = load_tokenizer(str(embedded_model_dir))
     config = make_config(
         tmp_path,
         embedded_model_dir,

@@ -73,9 +73,13 @@ def _sft_tool_adapter(root: Path, model_dir: Path, tokenizer: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path, tokenizer) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
+    """Trained and served in the embedded model's default format, SmolLM2's native list form (vLLM's `xlam`
+    parser), not the suite's Hermes reference tokenizer: this is the format `make demo` serves."""
+    from pipelines.chat import load_tokenizer
     from tests.helpers import make_adapter
 
+    tokenizer = load_tokenizer(str(embedded_model_dir))
     root = tmp_path_factory.mktemp("vllm")
     started = time.perf_counter()
     tool = _sft_tool_adapter(root / "train", embedded_model_dir, tokenizer)
@@ -139,7 +143,7 @@ def test_printed_command_serves_tool_calls_with_pefts_greedy_text(
 
     url, printed = vllm_server
     assert printed.startswith("python -m vllm.entrypoints.openai.api_server --model ")
-    assert "--tool-call-parser hermes" in printed and "--max-lora-rank 8 " in printed
+    assert "--tool-call-parser xlam" in printed and "--max-lora-rank 8 " in printed
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     assert {"tool", "plan"} <= {m.id for m in client.models.list().data}
 

@@ -17,14 +17,18 @@ from pipelines.errors import BadInput
 from pipelines.vllm_export import uniform_scaling_copy, vllm_tool_parser
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"
+OWN_TEMPLATES = Path(__file__).parent.parent / "pipelines" / "templates"
 
 
 @pytest.mark.parametrize(
     ("template", "parser"),
-    [("qwen2_5", "hermes"), ("qwen3", "hermes"), ("llama3_1", "llama3_json"), ("llama3_2", "llama3_json")],
-)
+    [("qwen2_5", "hermes"), ("qwen3", "hermes"), ("llama3_1", "llama3_json"), ("llama3_2", "llama3_json"),
+     ("smollm2_native", "xlam"), ("mistral_v3_midtrain", "mistral")],
+)  # fmt: skip
 def test_tool_parser_follows_the_templates_tool_call_format(template: str, parser: str) -> None:
-    assert vllm_tool_parser((TEMPLATES / f"{template}.jinja").read_text()) == parser
+    path = TEMPLATES / f"{template}.jinja"
+    text = path.read_text() if path.is_file() else (OWN_TEMPLATES / f"{template}.jinja").read_text()
+    assert vllm_tool_parser(text) == parser
 
 
 def test_a_template_without_a_known_tool_format_is_bad_input() -> None:

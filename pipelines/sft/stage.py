@@ -101,6 +101,27 @@ def load_screened_mix(config: RunConfig, vocab_size: int) -> Mix:
     return Mix(data_dir, sha256_file(manifest), train, held_out, train_screen, eval_screen)
 
 
+def check_mix_format(manifest: Path, tokenizer: Any, config: RunConfig) -> None:
+    """BadInput when the mix was rendered in another tool-call format than the one this config's model writes:
+    SFT would teach a format that RL, eval and serving do not read, and every score would be zero. (A run folder
+    built before the embedded model's default moved to SmolLM2's native form is the common case.)"""
+    import json
+
+    from pipelines.codecs import codec_for
+
+    try:
+        rendered = json.loads(manifest.read_text(encoding="utf-8")).get("tokenizer", {}).get("tool_format")
+    except (OSError, ValueError, AttributeError):
+        return  # a missing or unreadable manifest is load_screened_mix's to report
+    model_format = codec_for(tokenizer).name
+    if rendered is not None and rendered != model_format:
+        raise BadInput(
+            f"{manifest}: the mix was rendered in the {rendered!r} tool-call format, but this config's model writes "
+            f"{model_format!r} (model.tool_format: {config.model.tool_format}); rebuild it with `midtrain data build "
+            f"CONFIG` (`midtrain run` after removing {manifest.parent}), or set model.tool_format: {rendered}"
+        )
+
+
 def _write_rejects(config: RunConfig, mix: Mix) -> None:
     import json
 
@@ -129,6 +150,7 @@ def run(
         raise BadInput("the config has no `sft` section")
     names = adapter_names(config.sft, clusters)
     tokenizer = _load_tokenizer(config)
+    check_mix_format(config.run_dir / "data" / "manifest.json", tokenizer, config)
     mix = load_screened_mix(config, _vocab_size(config))
     mixdata.check_clusters(mix.train_screen, names)
     if _is_main_process():
