@@ -58,10 +58,10 @@ def _sft_tool_adapter(root: Path, model_dir: Path, tokenizer: Any) -> Path:
                 "replay_fraction": 0.0,
                 "quantization": {"mode": "none"},
                 "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-                # One ~300-token row per step (the weather trace the test asks about): a CPU step costs what its
+                # One ~390-token row per step (the weather trace the test asks about): a CPU step costs what its
                 # tokens cost, and 8 steps at this rate are enough for the adapter to write the call.
                 "train": {"max_steps": 8, "per_device_train_batch_size": 1, "learning_rate": 3e-3,
-                          "warmup_ratio": 0.0, "max_length": 384, "save_steps": 100,
+                          "warmup_ratio": 0.0, "max_length": 512, "save_steps": 100,
                           "gradient_checkpointing": False},
             },
             "tracking": {"report_to": ["none"]},
