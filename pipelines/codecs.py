@@ -689,19 +689,15 @@ def make_codec(family: str, tokenizer: Any = None) -> Codec:
     return _FAMILY_CODECS[family]()
 
 
-# What SmolLM2-Instruct's own template writes as its default system turn (it has no tool syntax of its own to detect).
-SMOLLM2_MARKER = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-
 def choose_template(own: str | None, requested: str | None, tool_format: str) -> tuple[str, str | None]:
     """(family, template to install) for a tokenizer whose own chat template is `own`.
 
     - `requested` (the text of a template the user named) is used as is, in `tool_format` or the family it writes;
     - an explicit `tool_format` keeps the model's template when it writes that family, else installs the
       family's canonical template (`json` always keeps the model's);
-    - otherwise the model's template is kept when it renders tools; one that does not is replaced by its
-      family's tool-calling form where midtrain knows it (SmolLM2-Instruct's: its native list form, which
-      beat Hermes after equal training, configs/README.md), else by Qwen2.5's (Hermes).
+    - otherwise the model's template is kept when it renders tools, and Qwen2.5's (Hermes) replaces one that
+      does not (SmolLM2-Instruct's, say: `tool_format: smollm2` picks its native list form instead; after 90
+      equal training steps Hermes made the better BFCL caller, configs/README.md).
     A kept template that is its family's original but unfit for training (Qwen3's drops past reasoning,
     Mistral's moves the system prompt to the last user turn) is swapped for the family's canonical one.
     """
@@ -712,8 +708,7 @@ def choose_template(own: str | None, requested: str | None, tool_format: str) ->
         canonical = make_codec(tool_format).canonical_template() if tool_format != "json" else None
         return tool_format, canonical or own
     if tool_format == "auto" and not (own and "tools" in own):
-        family = "smollm2" if own and SMOLLM2_MARKER in own else "hermes"
-        return family, make_codec(family).canonical_template()
+        return "hermes", hermes().canonical_template()
     return detected, _fit_for_training(own, detected)
 
 

@@ -78,12 +78,12 @@ def test_templates_unfit_for_training_are_swapped_and_others_kept() -> None:
     mistral_family, mistral_template = choose_template(fixture("mistral_v3_spm.jinja"), None, "auto")
     assert mistral_family == "mistral" and "midtrain's variant" in mistral_template
     assert choose_template(fixture("llama3_2.jinja"), None, "auto") == ("llama3", fixture("llama3_2.jinja"))
-    # SmolLM2's own template renders no tools: its native list form by default, Hermes on request; a template
-    # of no known family that renders no tools gets Qwen2.5's (the project's).
+    # SmolLM2's own template renders no tools: Qwen2.5's (Hermes) by default, its native list form on request;
+    # so does a template of no known family that renders no tools.
     family, template = choose_template(fixture("smollm2.jinja"), None, "auto")
-    assert family == "smollm2" and "<tool_call>[" in template
-    family, template = choose_template(fixture("smollm2.jinja"), None, "hermes")
     assert family == "hermes" and template == make_codec("hermes").canonical_template()
+    family, template = choose_template(fixture("smollm2.jinja"), None, "smollm2")
+    assert family == "smollm2" and "<tool_call>[" in template
     plain = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     assert choose_template(plain, None, "auto") == ("hermes", make_codec("hermes").canonical_template())
     # A template the user names is used as is, even an unfit one: `template check` then says what breaks.

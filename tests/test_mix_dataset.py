@@ -98,8 +98,8 @@ def test_sft_trainer_trains_on_the_messages_and_tools_columns(
         report_to="none",
         use_cpu=True,
     )
-    # The tiny model shares the embedded vocabulary; the mix's chat template (SmolLM2's native tool form, the
-    # embedded default) is the one TRL must render with.
+    # The tiny model shares the embedded vocabulary; the mix's chat template (the embedded model's default) is
+    # the one TRL must render with.
     processing_class = AutoTokenizer.from_pretrained(tiny_model_dir)
     processing_class.chat_template = load_tokenizer(str(embedded_model_dir)).chat_template
     trainer = SFTTrainer(

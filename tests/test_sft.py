@@ -543,7 +543,7 @@ def test_cli_bad_cluster_exits_2(tmp_path: Path, tiny_model_dir: Path, mix_dir: 
 @pytest.mark.slow
 def test_two_nf4_cluster_adapters_on_the_embedded_model(tmp_path: Path, embedded_model_dir: Path) -> None:
     """Kept small (CPU time): a chat-trace cluster and a doc cluster, 2 steps of one short packed row each; the
-    mix in the embedded model's default (native) format, as `tool_format: auto` trains it."""
+    mix in the embedded model's default format, as `tool_format: auto` trains it."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

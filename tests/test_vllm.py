@@ -51,7 +51,7 @@ def _sft_tool_adapter(root: Path, model_dir: Path, tokenizer: Any) -> Path:
         {
             "name": "sft",
             "output_dir": str(root / "runs"),
-            "model": {"name_or_path": str(model_dir)},
+            "model": {"name_or_path": str(model_dir), "tool_format": "smollm2"},
             "data": {"recipe": RECIPE},
             "sft": {
                 "clusters": ["tool"],
@@ -74,12 +74,12 @@ def _sft_tool_adapter(root: Path, model_dir: Path, tokenizer: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
-    """Trained and served in the embedded model's default format, SmolLM2's native list form (vLLM's `xlam`
-    parser), not the suite's Hermes reference tokenizer: this is the format `make demo` serves."""
+    """Trained and served in SmolLM2's native list form (`tool_format: smollm2`, vLLM's `xlam` parser): the
+    Hermes form's `hermes` parser is vLLM's most used one; this checks the format midtrain adds a parser for."""
     from pipelines.chat import load_tokenizer
     from tests.helpers import make_adapter
 
-    tokenizer = load_tokenizer(str(embedded_model_dir))
+    tokenizer = load_tokenizer(str(embedded_model_dir), tool_format="smollm2")
     root = tmp_path_factory.mktemp("vllm")
     started = time.perf_counter()
     tool = _sft_tool_adapter(root / "train", embedded_model_dir, tokenizer)
