@@ -87,6 +87,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) 
     # and random LoRAs gave replies whose near-ties float rounding decided (scale 2: noise from the first
     # tokens; scale 0.1: the same first 4 words, then apart), where the trained `tool` adapter matched exactly.
     make_adapter(embedded_model_dir, root / "plan", seed=2, scale=0.0)
+    # Saved with the tokenizer of the same (native) format as `tool`: one vLLM server renders with one template.
+    tokenizer.save_pretrained(root / "plan")
     TIMINGS["sft_s"] = time.perf_counter() - started
     return routed_run(root, embedded_model_dir, tokenizer, {"tool": tool, "plan": root / "plan"})
 
