@@ -228,8 +228,8 @@ def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    # The GGUF's own chat template (SmolLM2-Instruct's, as on the Hub) stays: `load_tokenizer` sees a template
-    # with no tool syntax and installs SmolLM2's native tool form, as it would for the Hub model.
+    # The GGUF's own chat template (SmolLM2-Instruct's, as on the Hub) stays: `load_tokenizer` then chooses the
+    # tool format from it exactly as for the Hub model (`model.tool_format`; `auto`: Hermes).
     tmp = out.with_name(out.name + ".partial")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -37,7 +37,8 @@ class ModelSection(StrictModel):
     tool_format: Literal["auto", "hermes", "qwen3", "llama3", "mistral", "smollm2", "json"] = Field(
         "auto",
         description="How tool calls are written and read (pipelines/codecs.py). `auto`: the family the chat "
-        "template writes (one without tools, SmolLM2-Instruct's included: hermes); a family name picks it (and its template, unless chat_template names a file).",
+        "template writes (hermes for one without tools, SmolLM2-Instruct's included); a family name picks it "
+        "(and its template, unless chat_template names a file).",
     )
 
     # Checked when the config loads (offline, instant), so `config show` catches a typo before anything runs;

@@ -41,12 +41,9 @@ def embedded_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_model_dir: Path):
-    """The embedded tokenizer in the Hermes/Qwen2.5 format, the tests' reference family (its expected strings are
-    written in it). The embedded model's own default, SmolLM2's native form, and every other family have their own
-    tests (test_codecs, test_template_fixtures, test_e2e_families)."""
     from pipelines.chat import load_tokenizer
 
-    return load_tokenizer(str(embedded_model_dir), tool_format="hermes")
+    return load_tokenizer(str(embedded_model_dir))
 
 
 @pytest.fixture(scope="session")

@@ -61,8 +61,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def settings(embedded_model_dir: Path) -> BuildSettings:
-    # The suite's reference format (tests/conftest.py): the token counts below were measured in it.
-    return BuildSettings(tokenizer=str(embedded_model_dir), tool_format="hermes")
+    return BuildSettings(tokenizer=str(embedded_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +299,7 @@ def test_messages_and_tools_render_to_the_rows_input_ids(
     from pipelines.chat import codec_for
 
     out, _ = built
-    tokenizer = load_tokenizer(str(embedded_model_dir), tool_format="hermes")
+    tokenizer = load_tokenizer(str(embedded_model_dir))
     codec = codec_for(tokenizer)
     tools = [r for r in _rows(out) if r["kind"] == "tool"][:6]
     for row in tools:
@@ -344,7 +343,7 @@ def test_loss_mask_is_assistant_only_for_tools_and_everything_for_documents(
     built: tuple[Path, dict], embedded_model_dir: Path
 ) -> None:
     out, _ = built
-    tokenizer = load_tokenizer(str(embedded_model_dir), tool_format="hermes")
+    tokenizer = load_tokenizer(str(embedded_model_dir))
     schema = load_thought_schema("think-plan-reflect")
     rows = _rows(out)
     tools = [r for r in rows if r["kind"] == "tool"][:5]
@@ -383,11 +382,7 @@ def test_shortfall_exits_2_with_the_numbers(
 
     recipe = corpus / "short.yaml"
     recipe.write_text(SHORT_RECIPE.format(dir=corpus))
-    config = (
-        corpus / "short-run.yaml"
-    )  # a run config: the model's tool format (the token counts') is set there
-    config.write_text(f"name: short\nmodel: {{tool_format: hermes}}\ndata: {{recipe: {recipe}}}\n")
-    argv = ["midtrain", "data", "build", str(config), "--out", str(corpus / "short-out"), "--set", "seed=1"]
+    argv = ["midtrain", "data", "build", str(recipe), "--out", str(corpus / "short-out"), "--set", "seed=1"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
         main()

@@ -72,16 +72,12 @@ def run(
     return config
 
 
-def test_sft_trainer_trains_on_the_messages_and_tools_columns(
-    run: RunConfig, tiny_model_dir: Path, embedded_model_dir: Path
-) -> None:
+def test_sft_trainer_trains_on_the_messages_and_tools_columns(run: RunConfig, tiny_model_dir: Path) -> None:
     """TRL tokenizes `messages` + `tools` itself (the rendered columns dropped): with the mix's chat template it
     gets exactly the mix's `input_ids`, and it trains on them."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-
-    from pipelines.chat import load_tokenizer
 
     mix = datasets.load_dataset("parquet", data_dir=str(run.run_dir / "data"))
     assert sorted(mix) == ["train", "validation"]
@@ -98,13 +94,9 @@ def test_sft_trainer_trains_on_the_messages_and_tools_columns(
         report_to="none",
         use_cpu=True,
     )
-    # The tiny model shares the embedded vocabulary; the mix's chat template (the embedded model's default) is
-    # the one TRL must render with.
-    processing_class = AutoTokenizer.from_pretrained(tiny_model_dir)
-    processing_class.chat_template = load_tokenizer(str(embedded_model_dir)).chat_template
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-        processing_class=processing_class,
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
         train_dataset=tool_rows.select_columns(["messages", "tools"]),
         args=args,
     )

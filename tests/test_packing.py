@@ -243,6 +243,7 @@ def test_packed_nf4_batch_scores_like_its_documents_alone_embedded(
 def test_sft_stops_with_exit_2_when_packed_documents_leak_embedded(
     tmp_path: Path,
     embedded_model_dir: Path,
+    tokenizer: Any,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
@@ -254,8 +255,7 @@ def test_sft_stops_with_exit_2_when_packed_documents_leak_embedded(
     from pipelines import cli
 
     config = sft_config(tmp_path, embedded_model_dir, clusters=["plan"], replay_fraction=0.0)
-    native = _tokenizer(embedded_model_dir)  # the embedded model's default format, which the stage trains in
-    write_mix(config.run_dir / "data", native, [_chat_trace(i, "plan") for i in range(2)])
+    write_mix(config.run_dir / "data", tokenizer, [_chat_trace(i, "plan") for i in range(2)])
     path = tmp_path / "run.yaml"
     path.write_text(json.dumps(config.model_dump(mode="json")))
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)

@@ -541,15 +541,13 @@ def test_cli_bad_cluster_exits_2(tmp_path: Path, tiny_model_dir: Path, mix_dir: 
 
 
 @pytest.mark.slow
-def test_two_nf4_cluster_adapters_on_the_embedded_model(tmp_path: Path, embedded_model_dir: Path) -> None:
-    """Kept small (CPU time): a chat-trace cluster and a doc cluster, 2 steps of one short packed row each; the
-    mix in the embedded model's default format, as `tool_format: auto` trains it."""
+def test_two_nf4_cluster_adapters_on_the_embedded_model(
+    tmp_path: Path, embedded_model_dir: Path, tokenizer
+) -> None:
+    """Kept small (CPU time): a chat-trace cluster and a doc cluster, 2 steps of one short packed row each."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pipelines.chat import load_tokenizer
-
-    tokenizer = load_tokenizer(str(embedded_model_dir))
     config = make_config(
         tmp_path,
         embedded_model_dir,

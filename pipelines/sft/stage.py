@@ -103,8 +103,8 @@ def load_screened_mix(config: RunConfig, vocab_size: int) -> Mix:
 
 def check_mix_format(manifest: Path, tokenizer: Any, config: RunConfig) -> None:
     """BadInput when the mix was rendered in another tool-call format than the one this config's model writes:
-    SFT would teach a format that RL, eval and serving do not read, and every score would be zero. (A run folder
-    built before the embedded model's default moved to SmolLM2's native form is the common case.)"""
+    SFT would teach a format that RL, eval and serving do not read, and every score would be zero (say, after
+    `model.tool_format` changed and `midtrain sft` ran without `midtrain data build`)."""
     import json
 
     from pipelines.codecs import codec_for
