@@ -121,6 +121,9 @@ class RLSummary(Artifact):
     versions: dict[str, str]
     heldout: dict[str, Any] | None = None  # held-out outcome before/after and deltas, when there were tasks
     sandbox: dict[str, Any] | None = None  # the isolation model-written code ran under, when any ran
+    rollouts: dict[str, Any] | None = (
+        None  # midtrain's rollout loop: shape, totals, curriculum (rollouts.json)
+    )
 
 
 class ClusterMetrics(BaseModel):

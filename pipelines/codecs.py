@@ -288,6 +288,25 @@ class Codec:
             )
         return after[len(before) :]
 
+    def user_suffix(self, tokenizer: Any, text: str) -> str:
+        """The text between a reply's end-of-turn token and the next reply when a user turn (`text`) follows:
+        derived as `tool_suffix` is, by rendering a dummy exchange with and without the turn."""
+        dummy: list[dict[str, Any]] = [
+            {"role": "user", "content": "dummy"},
+            {"role": "assistant", "content": "dummy"},
+        ]
+        before = self.render(tokenizer, dummy)
+        after = self.render(
+            tokenizer, [*dummy, {"role": "user", "content": text}], add_generation_prompt=True
+        )
+        cut = before.rfind(self.end_of_turn)
+        before = before[: cut + len(self.end_of_turn)] if cut >= 0 else before
+        if not after.startswith(before):
+            raise BadInput(
+                f"tool format {self.name}: the chat template rewrites a reply when a user turn follows"
+            )
+        return after[len(before) :]
+
     # -- parsing ----------------------------------------------------------------------------------------------
     def parse(
         self,

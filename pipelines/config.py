@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,17 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `3e-4` (no dot) is text and only `3.0e-4` a float; YAML 1.2 and every
+    user typing a learning rate read it as a number, so configs and `--set` do too."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 # A run config is a few hundred values; aliases that expand past this are an alias bomb ("billion laughs"),
 # which would otherwise burn CPU and memory in validation long before any message.
@@ -124,7 +136,7 @@ def load_yaml(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
         raise BadInput(
             f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
         ) from None
-    loader = yaml.SafeLoader(text)
+    loader = _ConfigLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -150,7 +162,7 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     if not parts:
         raise BadInput(f"--set {override!r}: empty key path")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_ConfigLoader) if raw.strip() else ""  # a SafeLoader
     except yaml.YAMLError:
         value = raw
     return parts, value

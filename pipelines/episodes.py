@@ -56,6 +56,7 @@ class Episode:
         default_factory=list
     )  # prompt + generated + tool-result tokens, as TRL builds them
     prompt_tokens: int = 0
+    mask: list[int] = field(default_factory=list)  # per token after the prompt: 1 generated, 0 tool results
     used_tokens: int = 0  # generated and tool-result tokens so far (TRL's max_completion_length counts both)
     tool_rounds: int = 0
     truncated: bool = False  # the token budget ran out mid-reply
@@ -102,7 +103,7 @@ def run_calls(episode: Episode, calls: list[dict[str, Any]]) -> list[dict[str, A
     return results
 
 
-def _step(
+def step(
     generate: GenerateFn,
     tokenizer: Any,
     codec: Codec,
@@ -111,8 +112,11 @@ def _step(
     limit: int,
     adapter: str | None,
     max_reply_tokens: int | None,
+    shared_prefix: Callable[[Episode], int] | None = None,
 ) -> None:
-    """One round for a batch of live episodes: generate, parse, run the calls, append the results."""
+    """One round for a batch of live episodes: generate, parse, run the calls, append the results.
+    `shared_prefix(episode)`: how many of its tokens other episodes share (tree rollouts: the fork point), passed
+    to `generate` as `shared_prefixes` for KV reuse."""
     for ep in batch:
         if not ep.ids:
             ep.ids = prompt_ids(tokenizer, ep.conversation, ep.tools or None)
@@ -124,13 +128,18 @@ def _step(
     # so the episode ends as out of tokens, exactly as when the budget runs out.
     asked = max(1, max(room))
     asked = min(asked, max_reply_tokens) if max_reply_tokens else asked
-    outputs = generate([ep.ids for ep in batch], [adapter] * len(batch), asked)
+    rows, adapters = [ep.ids for ep in batch], [adapter] * len(batch)
+    if shared_prefix is None:
+        outputs = generate(rows, adapters, asked)
+    else:
+        outputs = generate(rows, adapters, asked, shared_prefixes=[shared_prefix(ep) for ep in batch])  # type: ignore[call-arg]  # the rollout engine's GenerateFn takes them
     for ep, new_ids, left in zip(batch, outputs, room, strict=True):
         reply, ended = _until_end(new_ids[: max(0, left)], end_ids)
         message = assistant_message(tokenizer, reply, ep.ids, ep.tools or None)
         ep.completion.append(message)
         ep.conversation.append(message)
         ep.ids = ep.ids + reply
+        ep.mask = ep.mask + [1] * len(reply)
         calls = message.get("tool_calls") or []
         ep.truncated = not ended
         if not ended or not calls or ep.tool_rounds >= limit:
@@ -144,6 +153,7 @@ def _step(
         ep.completion.extend(results)
         ep.conversation.extend(results)
         ep.ids = ep.ids + suffix
+        ep.mask = ep.mask + [0] * len(suffix)
         ep.tool_rounds += 1
 
 
@@ -165,7 +175,7 @@ def run_episodes(
     episodes = [start_episode(item, env_classes[item.env_key]) for item in items]
     while live := [ep for ep in episodes if not ep.done]:
         for start in range(0, len(live), batch_size):
-            _step(
+            step(
                 generate, tokenizer, codec, live[start : start + batch_size], max_completion_length,
                 max_iterations, adapter, max_reply_tokens,
             )  # fmt: skip

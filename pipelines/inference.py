@@ -110,13 +110,24 @@ class Engine:
 
     # -- generation -------------------------------------------------------------------------------------------
     def __call__(
-        self, prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
+        self,
+        prompts: list[list[int]],
+        adapters: list[str | None],
+        max_new_tokens: int,
+        pick: Pick | None = None,
+        shared_prefixes: list[int] | None = None,
     ) -> list[list[int]]:
+        """New ids per row. `pick`: sampling (default greedy); `shared_prefixes`: per row, a prefix length the
+        caller knows other rows share (a tree rollout's fork point), reused from cached KV like the system turn."""
         import torch
 
         names = [self.adapter_name(a) for a in adapters]
         model = self.arrow_model if ARROW in names else self.model
-        cached = self._prefix_lengths(prompts, names) if model is self.model else [0] * len(prompts)
+        cached = (
+            self._prefix_lengths(prompts, names, shared_prefixes)
+            if model is self.model
+            else [0] * len(prompts)
+        )
         cache = self._batch_cache(prompts, names, cached) if any(cached) else None
         if cache is None:
             cached = [0] * len(prompts)
@@ -132,6 +143,7 @@ class Engine:
                 max_new_tokens,
                 self.stop_ids,
                 per_row,
+                pick,
             )
         log.debug(
             "generate: %d rows, width %d, cached prefixes %s, %d new tokens (longest) in %.1fs",
@@ -163,18 +175,29 @@ class Engine:
     # batches stay wide. BFCL examples each have their own tools, so their prompts are prefilled as usual. Each
     # row's cached KV is left-padded to the longest; positions come from the attention mask, so every token
     # keeps the position it has without the cache. Models whose cache is not plain per-layer KV opt out.
-    def _prefix_lengths(self, prompts: list[list[int]], names: list[str]) -> list[int]:
-        """Per row, how many leading tokens come from the prefix cache: its first turn (the system prompt with
-        every tool schema) when that is cached already or shared with another row of the batch; else 0."""
-        if self.end_of_turn_id is None:
+    def _prefix_lengths(
+        self, prompts: list[list[int]], names: list[str], shared: list[int] | None = None
+    ) -> list[int]:
+        """Per row, how many leading tokens come from the prefix cache: the caller's shared prefix, else its
+        first turn (the system prompt with every tool schema), when that is cached already or shared with
+        another row of the batch; else 0. A prefix always leaves at least one token of the row to prefill."""
+        if self.end_of_turn_id is None and shared is None:
             return [0] * len(prompts)
-        turns = [first_turn_length(p, self.end_of_turn_id) for p in prompts]
-        keys = [(name, tuple(p[:n])) for p, name, n in zip(prompts, names, turns, strict=True)]
-        counts = Counter(keys)
-        return [
-            n if n >= PREFIX_CACHE_MIN_TOKENS and (counts[key] > 1 or key in self._prefix_cache) else 0
-            for n, key in zip(turns, keys, strict=True)
+        candidates = [
+            [min(n, len(p) - 1) for n in (shared[i] if shared else 0, self._turn(p)) if n]
+            for i, p in enumerate(prompts)
         ]
+        counts = Counter(
+            (name, tuple(p[:n])) for p, name, ns in zip(prompts, names, candidates, strict=True) for n in ns
+        )
+        out = []
+        for p, name, ns in zip(prompts, names, candidates, strict=True):
+            keys = [(n, (name, tuple(p[:n]))) for n in ns if n >= PREFIX_CACHE_MIN_TOKENS]
+            out.append(next((n for n, key in keys if counts[key] > 1 or key in self._prefix_cache), 0))
+        return out
+
+    def _turn(self, prompt: list[int]) -> int:
+        return 0 if self.end_of_turn_id is None else first_turn_length(prompt, self.end_of_turn_id)
 
     def _batch_cache(self, prompts: list[list[int]], names: list[str], cached: list[int]) -> Any:
         """past_key_values for the batch: each row's cached prefix KV, left-padded with zeros (masked out)."""
@@ -260,10 +283,14 @@ def greedy_decode(
     max_new_tokens: int,
     stop_ids: Collection[int],
     adapter_names: list[str] | None = None,
+    pick: Pick | None = None,
 ) -> list[list[int]]:
-    """Greedy replies for a batch: each row ends with its stop (end-of-turn) token or after `max_new_tokens`."""
+    """Replies for a batch, greedy unless `pick` samples: each row ends with its stop (end-of-turn) token or
+    after `max_new_tokens`."""
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    steps = decode_steps(model, input_ids, attention_mask, cache, max_new_tokens, stop_ids, adapter_names)
+    steps = decode_steps(
+        model, input_ids, attention_mask, cache, max_new_tokens, stop_ids, adapter_names, pick
+    )
     for step in steps:
         for row, token in step:
             out[row].append(token)

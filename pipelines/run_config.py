@@ -234,6 +234,85 @@ class RLGenerationSection(StrictModel):
         }
 
 
+class TreeSection(StrictModel):
+    """`rollouts.shape: tree` (pipelines/rl/rollouts.py): each group holds `num_generations / segments` trees."""
+
+    branch_at: Literal["tool_call"] = Field(
+        "tool_call", description="Fork after a reply whose tool calls ran: the branches share that state."
+    )
+    branches: int = Field(2, ge=2, le=8, description="Children per fork (K).")
+    depth: int = Field(1, ge=1, le=3, description="Fork levels per tree (D).")
+
+    def segments(self) -> int:
+        """Training samples one tree fills: 1 + K + ... + K^D (a segment is trained once, by the tree)."""
+        return sum(self.branches**level for level in range(self.depth + 1))
+
+
+class RolloutsSection(StrictModel):
+    shape: Literal["chain", "tree"] = Field(
+        "chain",
+        description="`chain`: num_generations independent rollouts per prompt; `tree`: rollouts fork at tool-call "
+        "boundaries and the branches share the prefix (and its environment state, copied per branch).",
+    )
+    loop: Literal["auto", "trl", "midtrain"] = Field(
+        "auto",
+        description="Who generates rollouts: `trl` (GRPOTrainer's own tool loop, vLLM-capable), `midtrain` "
+        "(pipelines/rl/rollouts.py through TRL's `rollout_func`: trees, reflexion, curriculum, a token "
+        "budget; HF generation with KV prefix reuse); `auto`: midtrain when any of those is on, else trl.",
+    )
+    tree: TreeSection = Field(default_factory=TreeSection)
+    max_generated_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Stop training once rollouts have generated this many model tokens (tool results, "
+        "feedback and shared prefixes not counted twice): equal-budget comparisons. midtrain loop only.",
+    )
+    batch_size: int = Field(8, ge=1, description="Live rollouts decoded together.")
+
+    def uses_midtrain_loop(self, reflexion: ReflexionSection, curriculum: CurriculumSection) -> bool:
+        if self.loop != "auto":
+            return self.loop == "midtrain"
+        return (
+            self.shape == "tree"
+            or reflexion.retries > 0
+            or curriculum.enabled
+            or self.max_generated_tokens is not None
+        )
+
+
+class ReflexionSection(StrictModel):
+    retries: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="After a rollout fails verification, the environment's judge says why (which call was wrong, "
+        "which check failed) as a user turn and the policy tries again, up to this many times.",
+    )
+    discount: float = Field(
+        0.5, gt=0, le=1, description="A retry's outcome reward is multiplied by discount^retries."
+    )
+    recovery_traces: bool = Field(
+        True,
+        description="Write successful retries to rl/<cluster>/recovery_traces.jsonl (OpenAI messages + tools; "
+        "a `local` source with `format: openai` mixes them in).",
+    )
+
+
+class CurriculumSection(StrictModel):
+    enabled: bool = Field(
+        False,
+        description="Draw tasks by difficulty following the policy's pass rate (weight p(1-p) per difficulty), "
+        "and replace groups whose rollouts all pass or all fail (no GRPO signal; DAPO's dynamic sampling).",
+    )
+    max_resamples: int = Field(
+        1, ge=0, le=4, description="Rounds of replacing zero-signal groups per generation batch."
+    )
+    floor: float = Field(0.05, gt=0, le=1, description="Minimum weight of a difficulty, so none is starved.")
+    retire_after: int = Field(
+        2, ge=1, description="A task whose groups all passed this many times is not drawn again."
+    )
+
+
 class RLSection(StrictModel):
     clusters: list[str] = Field(
         default_factory=lambda: ["tool"], description="SFT adapters to continue with GRPO."
@@ -291,6 +370,9 @@ class RLSection(StrictModel):
         description="Merged over the defaults; 0 turns a reward off.",
     )
     generation: RLGenerationSection = Field(default_factory=RLGenerationSection)
+    rollouts: RolloutsSection = Field(default_factory=RolloutsSection)
+    reflexion: ReflexionSection = Field(default_factory=ReflexionSection)
+    curriculum: CurriculumSection = Field(default_factory=CurriculumSection)
     quantization: QuantSection = Field(default_factory=QuantSection)
     lora: LoraSection = Field(default_factory=LoraSection, description="Only used with from_base.")
     train: TrainSection = Field(
@@ -320,6 +402,31 @@ class RLSection(StrictModel):
                 f"train.per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a multiple of "
                 f"num_generations ({self.num_generations})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rollout_loop(self) -> RLSection:
+        rollouts = self.rollouts
+        midtrain_loop = rollouts.uses_midtrain_loop(self.reflexion, self.curriculum)
+        if not midtrain_loop:
+            needs = [name for name, on in (("rollouts.shape: tree", rollouts.shape == "tree"),
+                     ("reflexion.retries", self.reflexion.retries > 0), ("curriculum.enabled", self.curriculum.enabled),
+                     ("rollouts.max_generated_tokens", rollouts.max_generated_tokens is not None)) if on]  # fmt: skip
+            if needs:
+                raise ValueError(f"{', '.join(needs)} need rollouts.loop: midtrain (or auto), not trl")
+            return self
+        if self.generation.backend != "hf":
+            raise ValueError(
+                "rollouts.loop: midtrain generates with transformers; set generation.backend: hf"
+            )
+        if rollouts.shape == "tree":
+            segments = rollouts.tree.segments()
+            if self.num_generations % segments or self.num_generations // segments < 2:
+                raise ValueError(
+                    f"rollouts.shape: tree with branches={rollouts.tree.branches}, depth={rollouts.tree.depth} "
+                    f"fills {segments} samples per tree and the root group needs at least 2 trees: num_generations "
+                    f"must be a multiple of {segments} and at least {2 * segments} (got {self.num_generations})"
+                )
         return self
 
 

@@ -393,8 +393,11 @@ class ScriptedPolicy:
             return "".join(f"<tool_call>\n{b}\n</tool_call>\n" for b in blocks).strip() + "<|im_end|>"
         return f"<think><verify>done</verify></think>\n{item.task.final_template.format(answer=item.task.answer)}<|im_end|>"
 
-    def __call__(self, prompts: list[list[int]], adapters: list, max_new_tokens: int) -> list[list[int]]:
-        """A `GenerateFn`: each prompt's scripted reply, cut at the token budget."""
+    def __call__(
+        self, prompts: list[list[int]], adapters: list, max_new_tokens: int, shared_prefixes: Any = None
+    ) -> list[list[int]]:
+        """A `GenerateFn`: each prompt's scripted reply, cut at the token budget (`shared_prefixes`, the rollout
+        loop's KV hint, changes nothing here)."""
         replies = [self._reply(self.tokenizer.decode(ids)) for ids in prompts]
         return [self.tokenizer(r, add_special_tokens=False)["input_ids"][:max_new_tokens] for r in replies]
 

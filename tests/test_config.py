@@ -91,6 +91,18 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
     assert apply_overrides({"a": 1}, ["b.c=[1, 2]"]) == {"a": 1, "b": {"c": [1, 2]}}
 
 
+def test_exponent_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads `3e-4` as text; a learning rate typed that way must not fail validation.
+    _write(tmp_path, RECIPE, "recipe.yaml")
+    path = _write(
+        tmp_path,
+        f"name: demo\ndata:\n  recipe: {tmp_path / 'recipe.yaml'}\nsft:\n  train: {{learning_rate: 3e-4}}\n",
+    )
+    assert load_run_config(path).sft.train.learning_rate == 3e-4
+    assert load_run_config(path, ["sft.train.learning_rate=1E-5"]).sft.train.learning_rate == 1e-5
+    assert apply_overrides({}, ["a=1e3", "b=e3", "c=1.5"]) == {"a": 1000.0, "b": "e3", "c": 1.5}
+
+
 def test_run_config_loads_its_recipe(tmp_path: Path) -> None:
     _write(tmp_path, RECIPE, "recipe.yaml")
     path = _write(

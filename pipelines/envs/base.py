@@ -7,6 +7,7 @@ of each concrete class, and everything on this base is either `reset`/`get_rewar
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -15,6 +16,10 @@ from functools import cache
 from typing import Any, ClassVar
 
 from pipelines.tasks.records import Task, every_answer_said
+
+
+class ForkError(Exception):
+    """An environment whose state cannot be copied was asked to fork (tree rollouts)."""
 
 
 class ToolError(Exception):
@@ -26,6 +31,9 @@ class ToolEnv:
 
     domain: ClassVar[str] = ""
     _reset_error: str | None = None  # what made a `guarded` class's reset fail (see `guarded`)
+    # Tree rollouts (pipelines/rl/rollouts.py) copy an environment at a fork; a class whose state lives outside
+    # this process says here why it cannot be copied (None: `_fork` gives an independent copy).
+    _fork_refusal: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap each public tool so every call is recorded, whoever calls it (TRL calls methods directly)."""
@@ -76,6 +84,13 @@ class ToolEnv:
 
     def _record_final_answer(self, text: str) -> None:
         self._final_answer = text
+
+    def _fork(self) -> ToolEnv:
+        """An independent copy of this environment mid-task: calls on the copy never touch the original's state,
+        call record or final answer. Classes holding handles (a database connection) override it."""
+        if self._fork_refusal is not None:
+            raise ForkError(f"{type(self).__name__} cannot fork: {self._fork_refusal}")
+        return copy.deepcopy(self)
 
     @classmethod
     def _tool_methods(cls) -> list[str]:

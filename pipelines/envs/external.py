@@ -81,6 +81,10 @@ class ExternalEnv(ToolEnv):
 
     _tool_defs: ClassVar[dict[str, ToolDef]] = {}
     _label: ClassVar[str] = "external"
+    _fork_refusal: ClassVar[str | None] = (
+        "its state lives in another process (an MCP server, a Python interpreter) that cannot be copied; "
+        "use rollouts.shape: chain"
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ no model-written text is ever spliced into SQL.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import sqlite3
@@ -75,6 +76,17 @@ class SqliteEnv(ToolEnv):
         return db
 
     # -- state ------------------------------------------------------------------------------------------------
+    def _fork(self) -> SqliteEnv:
+        """A deep copy with its own in-memory database, copied page by page (`Connection.backup`)."""
+        db, self._db = self._db, None  # type: ignore[assignment]  # a connection cannot be deep-copied
+        try:
+            clone = copy.deepcopy(self)
+        finally:
+            self._db = db
+        clone._db = self._connect()
+        db.backup(clone._db)
+        return clone
+
     def _setup(self, setup: dict[str, Any]) -> None:
         self._db.close()
         self._db, self._schema = self._connect(), {}

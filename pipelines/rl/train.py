@@ -39,6 +39,7 @@ from pipelines.hashing import fingerprint, sha256_file
 from pipelines.inference import Engine
 from pipelines.resources import PeakMemory, library_versions
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
+from pipelines.rl.rollouts import RolloutFunction, Scorer, advantage_reward, unique_prompts
 from pipelines.run_config import REPO_ROOT, RLSection, RunConfig
 from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_json, write_json
 from pipelines.tasks import sampling
@@ -49,6 +50,8 @@ log = logging.getLogger("midtrain.rl")
 REWARDS_PLOT = "rewards.png"
 BEFORE_FILE = "heldout_before.json"  # the starting policy's held-out evaluation, kept until the run finishes
 FAILURES_FILE = "rl_failures.json"  # failure totals at a checkpoint; written last, so it marks it complete
+ROLLOUT_TOTALS_FILE = "rollout_totals.json"  # the midtrain rollout loop's totals at a checkpoint
+ROLLOUTS_FILE = "rollouts.json"  # the midtrain rollout loop's totals and settings for the finished run
 # Settings that change how a run is recorded, not what it learns: editing them keeps its checkpoints valid.
 UNFINGERPRINTED_TRAIN_KEYS = {"save_steps", "save_total_limit", "logging_steps"}
 
@@ -129,6 +132,16 @@ def bind_environments(
     return with_tool_views(items, env_classes, rl.distractor_tools)
 
 
+def check_forkable(rl: RLSection, env_classes: dict[str, type[ToolEnv]]) -> None:
+    """Tree rollouts copy environments at forks: refuse, before anything loads, one that cannot be copied."""
+    if rl.rollouts.shape != "tree":
+        return
+    refused = {name: cls._fork_refusal for name, cls in env_classes.items() if cls._fork_refusal is not None}
+    if refused:
+        name, why = next(iter(sorted(refused.items())))
+        raise BadInput(f"rl.rollouts.shape: tree: environment {name!r} cannot fork: {why}")
+
+
 def check_generation_backend(rl: RLSection) -> None:
     """`generation.backend: vllm` needs vLLM importable here (TRL imports it only when the trainer starts)."""
     import importlib.util
@@ -191,15 +204,21 @@ def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
 
 
 def grpo_args(
-    config: RunConfig, cluster: str, out_dir: Path, weights: list[float], template_kwargs: dict[str, Any]
+    config: RunConfig,
+    cluster: str,
+    out_dir: Path,
+    weights: list[float],
+    template_kwargs: dict[str, Any],
+    **fixed: Any,
 ) -> Any:
-    """GRPOConfig: `grpo_keywords` and whatever `rl.train.extra` passes through."""
+    """GRPOConfig: `grpo_keywords`, `fixed` settings the chosen rollout loop needs, and whatever `rl.train.extra`
+    passes through."""
     from trl import GRPOConfig
 
     from pipelines.train_args import trainer_config
 
     assert config.rl is not None
-    ours = grpo_keywords(config, cluster, out_dir, weights, template_kwargs)
+    ours = grpo_keywords(config, cluster, out_dir, weights, template_kwargs) | fixed
     return trainer_config(GRPOConfig, ours, config.rl.train.extra, "rl")
 
 
@@ -234,7 +253,10 @@ def build_trainer(
     env_classes: dict[str, type],
     failures: FailureCounts,
     callbacks: Sequence[Any] = (),
+    rollout_loop: RolloutLoop | None = None,
 ) -> Any:
+    """GRPOTrainer for one cluster: TRL's own tool loop over `env_classes`, or (`rollout_loop`) midtrain's
+    rollouts through `rollout_func` (pipelines/rl/rollouts.py)."""
     import os
 
     from datasets import Dataset
@@ -252,6 +274,11 @@ def build_trainer(
         rl.reward_weights, codec, schema, failures, rl.tool_call_scale, eos_ids
     )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental upstream
+    if rollout_loop is not None:
+        return _midtrain_loop_trainer(
+            config, cluster, out_dir, model, tokenizer, rows, rollout_loop, callbacks,
+            Scorer(funcs, weights, codec, schema, rl.reflexion.discount), failures,
+        )  # fmt: skip
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=list(funcs),  # TRL appends the env rewards to the list it is given
@@ -268,6 +295,74 @@ def build_trainer(
     # get weight 0 in the advantage.
     trainer.reward_weights[len(funcs) :] = 0.0
     return trainer
+
+
+@dataclass
+class RolloutLoop:
+    """What midtrain's rollout loop needs besides the trainer: the tasks behind the rows, their environments,
+    the totals restored from a checkpoint."""
+
+    items: list[sampling.DomainTask]
+    env_classes: dict[str, type]
+    totals: dict[str, int]
+    function: RolloutFunction | None = None
+
+
+def _midtrain_loop_trainer(
+    config: RunConfig,
+    cluster: str,
+    out_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    loop: RolloutLoop,
+    callbacks: Sequence[Any],
+    scorer: Scorer,
+    failures: FailureCounts,
+) -> Any:
+    """GRPOTrainer whose rollouts come from `RolloutFunction`: one reward (each segment's advantage, weight 1,
+    `scale_rewards: none`: the function already centred and scaled it per group), no environment_factory."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    rl = config.rl
+    assert rl is not None
+    function = RolloutFunction(rl, loop.items, rows, loop.env_classes, scorer, out_dir, seed=rl.train.seed)
+    function.stats.update(loop.totals)
+    loop.function = function
+    args = grpo_args(config, cluster, out_dir, [1.0], scorer.codec.template_kwargs, scale_rewards="none")
+    budget = (
+        [TokenBudgetCallback(function, rl.rollouts.max_generated_tokens)]
+        if rl.rollouts.max_generated_tokens
+        else []
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=[advantage_reward],
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        rollout_func=function,
+        callbacks=[
+            LocalMetricsCallback(out_dir),
+            FailureTotalsCallback(failures, function),
+            *budget,
+            *callbacks,
+        ],
+    )
+
+
+class TokenBudgetCallback(TrainerCallback):
+    """Stops training once the rollouts have generated `rollouts.max_generated_tokens` model tokens."""
+
+    def __init__(self, function: RolloutFunction, budget: int) -> None:
+        self.function, self.budget = function, budget
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.function.generated_tokens >= self.budget:
+            log.info("rl: %d generated tokens reached the budget (%d): stopping", self.function.generated_tokens,
+                     self.budget)  # fmt: skip
+            control.should_training_stop = True
 
 
 def trl_codec(tokenizer: Any) -> Any:
@@ -355,21 +450,32 @@ def prepare_output_dir(out_dir: Path, cluster: str, cluster_fingerprint: str, re
 
 
 class FailureTotalsCallback(TrainerCallback):
-    """Writes the run's failure totals into each checkpoint, so a resumed run's summary counts the whole run."""
+    """Writes the run's failure totals (and the rollout loop's totals) into each checkpoint, so a resumed run's
+    summary counts the whole run and a token budget goes on from where it stopped."""
 
-    def __init__(self, failures: FailureCounts) -> None:
+    def __init__(self, failures: FailureCounts, rollouts: RolloutFunction | None = None) -> None:
         self.failures = failures
+        self.rollouts = rollouts
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            write_json(checkpoint / FAILURES_FILE, self.failures.as_dict())
+            if self.rollouts is not None:
+                write_json(checkpoint / ROLLOUT_TOTALS_FILE, dict(self.rollouts.stats))
+            write_json(
+                checkpoint / FAILURES_FILE, self.failures.as_dict()
+            )  # last: it marks the checkpoint whole
 
 
 def restored_failures(checkpoint: Path | None) -> FailureCounts:
     """The failure totals up to `checkpoint` (none for a fresh start)."""
     stored = read_json(checkpoint / FAILURES_FILE) if checkpoint is not None else None
     return FailureCounts(Counter(stored or {}))
+
+
+def restored_rollout_totals(checkpoint: Path | None) -> dict[str, int]:
+    stored = read_json(checkpoint / ROLLOUT_TOTALS_FILE) if checkpoint is not None else None
+    return dict(stored or {})
 
 
 @dataclass
@@ -537,7 +643,12 @@ def train_cluster(
     eval_items, eval_envs = bind_environments(config.rl, domains, held_out.items if held_out else [])
     failures = restored_failures(job.checkpoint)
     rows = prompt_rows(train_items, train_envs)
-    trainer = build_trainer(config, cluster, out_dir, rows, train_envs, failures, callbacks)
+    loop = None
+    if config.rl.rollouts.uses_midtrain_loop(config.rl.reflexion, config.rl.curriculum):
+        check_forkable(config.rl, train_envs)
+        train_items, rows = unique_prompts(train_items, rows)
+        loop = RolloutLoop(train_items, train_envs, restored_rollout_totals(job.checkpoint))
+    trainer = build_trainer(config, cluster, out_dir, rows, train_envs, failures, callbacks, loop)
     evaluate = _evaluator(config, trainer, eval_envs, eval_items)
     before = starting_evaluation(out_dir, evaluate)
     wandb_config = {"midtrain": config.model_dump(mode="json"), "cluster": cluster, "stage": "rl"}
@@ -558,6 +669,9 @@ def train_cluster(
         wall_time = time.perf_counter() - started
         after = evaluate()
         summary = _summary(trainer, output, wall_time, peak, failures, train_items, job, config)
+        if loop is not None and loop.function is not None:
+            summary.rollouts = loop.function.summary()
+            write_json(out_dir / ROLLOUTS_FILE, summary.rollouts)
         summary.heldout = _heldout_report(out_dir, held_out, before, after)
         summary.sandbox = sandbox
         if wandb_run is not None:
@@ -640,6 +754,7 @@ def _summary(
     rl = config.rl
     assert rl is not None
     history = trainer.state.log_history
+    own_loop = rl.rollouts.uses_midtrain_loop(rl.reflexion, rl.curriculum)
     domains: dict[str, int] = {}
     for item in items:
         domains[item.domain] = domains.get(item.domain, 0) + 1
@@ -654,8 +769,13 @@ def _summary(
         wall_time_s=round(wall_time, 3),
         seconds_per_step=round(wall_time / max(1, steps - job.start_step), 3),
         mean_train_loss_this_session=output.training_loss,
-        final_reward=_last(history, "reward"),
-        final_rewards={k.split("/")[1]: v for k, v in _last_row(history, "rewards/").items()},
+        # Under midtrain's rollout loop TRL's `reward` is the advantage (mean 0); the rollouts' own rewards are
+        # logged under `rollout/`.
+        final_reward=_last(history, "rollout/reward") if own_loop else _last(history, "reward"),
+        final_rewards={
+            k.split("/")[-2]: v
+            for k, v in _last_row(history, "rollout/rewards/" if own_loop else "rewards/").items()
+        },
         tool_call_frequency=_last(history, "tools/call_frequency"),
         tool_failure_frequency=_last(history, "tools/failure_frequency"),
         failures=failures.as_dict(),
@@ -706,10 +826,14 @@ def write_rewards_plot(metrics_path: Path, plot_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    keys = sorted({k for row in rows for k in row if k.startswith("rewards/") and k.endswith("/mean")})
+    # TRL's own loop logs `rewards/<name>/mean`; midtrain's loop `rollout/rewards/<name>/mean` and `rollout/reward`
+    # (TRL's `reward` is then the advantage).
+    own = any("rollout/reward" in row for row in rows)
+    prefix, total = ("rollout/rewards/", "rollout/reward") if own else ("rewards/", "reward")
+    keys = sorted({k for row in rows for k in row if k.startswith(prefix) and k.endswith("/mean")})
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in ["reward", *keys]:
-        name = "total (weighted)" if key == "reward" else key.split("/")[1]
+    for key in [total, *keys]:
+        name = "total (weighted)" if key == total else key.split("/")[-2]
         if name.endswith("]"):
             continue  # one column per tool view (`CalculatorEnv[a+b]`): too many lines; `outcome` has the total
         # Env-class columns are TRL's per-domain `get_reward`, logged at weight 0 (see build_trainer): dashed.

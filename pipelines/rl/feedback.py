@@ -1,0 +1,98 @@
+"""The environment's judge in words: why a rollout failed verification, for a reflexion retry.
+
+The reason names what went wrong (a missing or unknown call, which arguments differ, a tool error, the state or
+the answer check) but never the expected values: the retry has to find the fix, not copy it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.rl.rewards import (
+    Call,
+    Rollout,
+    is_error_result,
+    is_irrelevant,
+    normalise_value,
+    reference_calls,
+)
+from pipelines.tasks.records import Task
+
+MAX_OBSERVATION_CHARS = 160
+RETRY_PROMPT = "Please try again: fix what went wrong, then give the final answer."
+
+
+def verbal_feedback(rollout: Rollout, task: Task, environment: Any) -> str:
+    """One short paragraph: each thing the judge found wrong, then the retry request."""
+    reasons = _reasons(rollout, task, environment)
+    return "Your previous attempt failed the check. " + " ".join(reasons) + " " + RETRY_PROMPT
+
+
+def _reasons(rollout: Rollout, task: Task, environment: Any) -> list[str]:
+    if rollout.truncated:
+        return ["The reply ran out of tokens before it finished: be brief."]
+    if not rollout.finished:
+        return ["It kept calling tools and never gave a final answer."]
+    if is_irrelevant(task):
+        return ["None of the offered tools fits this request: answer it without calling a tool."]
+    reasons: list[str] = []
+    if rollout.malformed:
+        reasons.append(f"{rollout.malformed} tool call(s) could not be parsed, so they never ran.")
+    errors = [(name, text) for name, text in rollout.results if is_error_result(text)]
+    if errors:
+        name, text = errors[-1]
+        reasons.append(f"The call to `{name}` returned an error: {_short(text)}")
+    if task.judge is None:
+        reasons += _call_reasons(rollout.calls, reference_calls(task))
+    state = task.expected_state
+    checkable = state is not None and hasattr(environment, "_check_state")
+    if not reasons and checkable and not environment._check_state(state):
+        reasons.append("The environment's final state is not what the request asked for.")
+    if not reasons and task.answer is not None:
+        reasons.append("The final answer does not state the result the request asked for.")
+    return reasons or ["The task's check did not pass."]
+
+
+def _call_reasons(made: list[Call], expected: list[Call]) -> list[str]:
+    """Per reference call with no exact match: missing, or which argument names differ (values stay hidden)."""
+    if expected and not made:
+        names = ", ".join(sorted({f"`{c.name}`" for c in expected}))
+        return [f"No tool was called; this request needs {names}."]
+    reasons = []
+    unmatched = list(made)
+    for ref in expected:
+        exact = next((c for c in unmatched if _same(c, ref)), None)
+        if exact is not None:
+            unmatched.remove(exact)
+            continue
+        named = [c for c in unmatched if c.name == ref.name]
+        if not named:
+            reasons.append(f"`{ref.name}` was never called, and the request needs it.")
+            continue
+        wrong = _differing_arguments(named[0], ref)
+        unmatched.remove(named[0])
+        reasons.append(f"The call to `{ref.name}` had wrong or missing arguments: {', '.join(wrong)}.")
+    known = {ref.name for ref in expected}
+    extra = sorted({c.name for c in unmatched if c.name not in known})
+    if extra:
+        reasons.append(f"Calls to {', '.join(f'`{n}`' for n in extra)} were not needed.")
+    return reasons
+
+
+def _same(made: Call, ref: Call) -> bool:
+    return made.name == ref.name and normalise_value(made.arguments) == normalise_value(ref.arguments)
+
+
+def _differing_arguments(made: Call, ref: Call) -> list[str]:
+    names = sorted(set(made.arguments) | set(ref.arguments))
+    differ = [
+        f"`{n}`"
+        for n in names
+        if normalise_value(made.arguments.get(n)) != normalise_value(ref.arguments.get(n))
+    ]
+    return differ or ["their types"]
+
+
+def _short(text: str) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= MAX_OBSERVATION_CHARS else one_line[: MAX_OBSERVATION_CHARS - 1] + "…"

@@ -1,0 +1,644 @@
+"""midtrain's rollout loop for GRPO (TRL's `rollout_func`): chains or trees, reflexion retries, a curriculum.
+
+TRL hands `rollout_func` the generation batch's prompts (each repeated `num_generations` times, one group per
+prompt) and trains on whatever token sequences it returns, with an `env_mask` marking the tokens the model did
+not generate. So a training *sample* here is a **segment**, not necessarily a whole rollout:
+
+- `shape: chain`: a group is `num_generations` independent rollouts; a sample is a whole rollout.
+- `shape: tree` (`branches` K, `depth` D): a rollout is generated to a tool-call boundary, its calls run, then
+  K branches continue from that state, each with its own copy of the environment (`ToolEnv._fork`); up to D
+  levels. A sample is one segment (one reply + its tool results at a fork, or the rest of the rollout at a leaf)
+  with everything before it as its prompt: the shared prefix is generated once and trained once (in its own
+  segment), not once per leaf. A group holds `num_generations / (1 + K + ... + K^D)` trees (at least 2). A node
+  that finishes before its fork leaves the slots of its subtree empty (one masked token, advantage 0).
+
+**Advantage estimator** (per group; `tree_advantages`): leaves are scored with the run's reward functions
+and weights; a node's value V is the mean of its children's values (a leaf's: its reward); a segment's
+advantage is V(node) - V(parent), where the roots' parent is the group (the mean of the roots' values). Along
+any root-to-leaf path the segment advantages telescope to R(leaf) - V(group), the chain-GRPO advantage of that
+rollout, but each segment is credited only with the difference it made against its siblings, which share its
+whole prefix and environment state: lower variance, and the same expectation as GRPO. Every sibling set sums
+to zero, so the group's advantages do too; all are divided by the group's reward standard deviation (GRPO's
+`scale_rewards: group`). A chain is the special case of roots only: (R - mean) / std, exactly TRL's GRPO.
+TRL receives the advantages through one reward function (`rollout_advantage`) with `scale_rewards: none`, so
+its own group centering changes nothing (the group sums to zero already).
+
+**Reflexion** (`reflexion.retries` R): a leaf that fails verification gets the environment judge's reason
+(pipelines/rl/feedback.py) as a user turn and continues, up to R times; its outcome reward is multiplied by
+`discount^retries`. Successful retries are written as recovery traces (OpenAI messages + tools).
+
+**Curriculum** (`curriculum.enabled`): a task is drawn by the pass rate of its difficulty (weight p(1 - p),
+floored), and groups whose leaves all got the same reward (no GRPO signal) are replaced by fresh tasks, up to
+`max_resamples` rounds (DAPO's dynamic sampling); tasks solved by every leaf `retire_after` times are not drawn
+again. Pass rates per difficulty are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import episodes
+from pipelines.codecs import Codec
+from pipelines.envs.base import ToolEnv
+from pipelines.rl import rewards
+from pipelines.rl.feedback import verbal_feedback
+from pipelines.run_config import RLSection
+from pipelines.tasks.sampling import DomainTask
+
+log = logging.getLogger("midtrain.rl")
+RECOVERY_FILE = "recovery_traces.jsonl"
+ADVANTAGE_REWARD = "rollout_advantage"
+STD_EPSILON = 1e-4  # as TRL's group scaling
+
+
+# -- the tree ----------------------------------------------------------------------------------------------------
+@dataclass
+class Node:
+    episode: episodes.Episode
+    parent: int | None  # index in Group.nodes; None for a root
+    depth: int
+    start: int  # len(episode.ids) where this node's segment begins: everything before is its prompt
+    end: int = -1  # len(episode.ids) where it ends (set when it forks or finishes)
+    children: list[int] = field(default_factory=list)
+    retries: int = 0
+    reward: float | None = None  # leaves only: the weighted reward of the whole rollout
+    components: dict[str, float | None] = field(default_factory=dict)
+    value: float = 0.0
+    advantage: float = 0.0
+
+    @property
+    def leaf(self) -> bool:
+        return not self.children
+
+
+@dataclass
+class Group:
+    """One prompt's rollouts: `roots` trees (chains: trees of depth 0)."""
+
+    item: DomainTask
+    nodes: list[Node] = field(default_factory=list)
+    roots: list[int] = field(default_factory=list)
+
+    def leaves(self) -> list[Node]:
+        return [n for n in self.nodes if n.leaf]
+
+
+@dataclass(frozen=True)
+class Shape:
+    roots: int
+    branches: int = 1
+    depth: int = 0
+
+    def subtree_slots(self, depth: int) -> int:
+        """Samples a node at `depth` fills with its subtree (itself included)."""
+        return sum(self.branches**level for level in range(self.depth - depth + 1))
+
+    @property
+    def slots(self) -> int:
+        return self.roots * self.subtree_slots(0)
+
+
+def shape_for(rl: RLSection) -> Shape:
+    if rl.rollouts.shape == "chain":
+        return Shape(roots=rl.num_generations)
+    tree = rl.rollouts.tree
+    return Shape(rl.num_generations // tree.segments(), tree.branches, tree.depth)
+
+
+def fork_episode(episode: episodes.Episode) -> episodes.Episode:
+    """The episode at a fork: same tokens and messages, its own environment copy."""
+    return episodes.Episode(
+        item=episode.item,
+        env=episode.env._fork(),
+        tools=episode.tools,
+        conversation=list(episode.conversation),
+        completion=list(episode.completion),
+        ids=list(episode.ids),
+        prompt_tokens=episode.prompt_tokens,
+        mask=list(episode.mask),
+        used_tokens=episode.used_tokens,
+        tool_rounds=episode.tool_rounds,
+    )
+
+
+def tree_advantages(group: Group, shape: Shape) -> None:
+    """Fill each node's `value` and `advantage` (see the module docstring); leaves need their `reward`."""
+
+    def value(index: int) -> float:
+        node = group.nodes[index]
+        if node.leaf:
+            assert node.reward is not None, "score the leaves first"
+            node.value = node.reward
+        else:
+            node.value = sum(value(c) for c in node.children) / len(node.children)
+        return node.value
+
+    root_values = [value(r) for r in group.roots]
+    group_value = sum(root_values) / len(root_values)
+    rewards_ = [leaf.reward for leaf in group.leaves() if leaf.reward is not None]
+    scale = _std(rewards_) + STD_EPSILON
+    for node in group.nodes:
+        baseline = group_value if node.parent is None else group.nodes[node.parent].value
+        node.advantage = (node.value - baseline) / scale
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation (torch.std's, which TRL's group scaling uses); 0 for fewer than 2 values."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def slot_layout(group: Group, shape: Shape) -> list[int | None]:
+    """Node index per training sample, trees in preorder; None where a node finished before its fork."""
+    out: list[int | None] = []
+
+    def visit(index: int, depth: int) -> None:
+        out.append(index)
+        if depth == shape.depth:
+            return
+        children = group.nodes[index].children
+        for k in range(shape.branches):
+            if k < len(children):
+                visit(children[k], depth + 1)
+            else:
+                out.extend([None] * shape.subtree_slots(depth + 1))
+
+    for root in group.roots:
+        visit(root, 0)
+    assert len(out) == shape.slots
+    return out
+
+
+# -- growing ---------------------------------------------------------------------------------------------------
+@dataclass
+class Budget:
+    """Token limits of one rollout (root to leaf): `max_completion_length` for generated + tool + feedback
+    tokens, as TRL counts them; at most `max_iterations` tool rounds."""
+
+    max_completion_length: int
+    max_iterations: int
+    batch_size: int = 8
+
+
+@dataclass
+class Scorer:
+    """The run's reward functions and weights applied to finished rollouts; the judge for reflexion."""
+
+    funcs: list[Callable[..., list]]
+    weights: list[float]
+    codec: Codec
+    schema: Any = None
+    discount: float = 1.0
+
+    def score(self, leaves: list[Node]) -> None:
+        """Each leaf's `components` and weighted `reward`; a retried leaf's outcome discounted."""
+        if not leaves:
+            return
+        kwargs = {
+            "completions": [n.episode.completion for n in leaves],
+            "task": [n.episode.item.task.to_json() for n in leaves],
+            "environments": [n.episode.env for n in leaves],
+            "truncated": [n.episode.truncated for n in leaves],
+        }
+        columns = {rewards.reward_name(f): f(**kwargs) for f in self.funcs}
+        for i, node in enumerate(leaves):
+            node.components = {name: values[i] for name, values in columns.items()}
+            outcome = node.components.get("outcome")
+            if node.retries and outcome is not None:
+                node.components["outcome"] = outcome * self.discount**node.retries
+            node.reward = sum(
+                w * v for w, v in zip(self.weights, node.components.values(), strict=True) if v is not None
+            )
+
+    def passed(self, node: Node) -> bool:
+        """The environment's verdict on a finished rollout (the `outcome` reward is 1)."""
+        rollout = rewards.parse_rollout(node.episode.completion, self.codec, self.schema)
+        rollout.truncated = node.episode.truncated
+        value, _ = rewards.outcome_score(rollout, node.episode.item.task, node.episode.env)
+        return value >= 1.0 - 1e-9
+
+    def feedback(self, node: Node) -> str:
+        rollout = rewards.parse_rollout(node.episode.completion, self.codec, self.schema)
+        rollout.truncated = node.episode.truncated
+        return verbal_feedback(rollout, node.episode.item.task, node.episode.env)
+
+
+def grow(
+    generate: episodes.GenerateFn,
+    tokenizer: Any,
+    codec: Codec,
+    groups: list[Group],
+    env_classes: dict[str, type[ToolEnv]],
+    shape: Shape,
+    budget: Budget,
+    scorer: Scorer,
+    retries: int = 0,
+) -> None:
+    """Generate every group's trees (all groups' live nodes decode together), retrying failed leaves with the
+    judge's feedback up to `retries` times, then score the leaves."""
+    live: list[tuple[Group, int]] = []
+    for group in groups:
+        for _ in range(shape.roots):
+            episode = episodes.start_episode(group.item, env_classes[group.item.env_key])
+            group.nodes.append(Node(episode, None, 0, start=0))
+            group.roots.append(len(group.nodes) - 1)
+            live.append((group, len(group.nodes) - 1))
+    while live:
+        for begin in range(0, len(live), budget.batch_size):
+            batch = live[begin : begin + budget.batch_size]
+            eps = [g.nodes[i].episode for g, i in batch]
+            # Rows share their fork point with their siblings; roots share the whole prompt with their group.
+            starts = {id(g.nodes[i].episode): g.nodes[i].start for g, i in batch}
+
+            def shared(ep: episodes.Episode, starts: dict[int, int] = starts) -> int:
+                return starts[id(ep)] or len(ep.ids)
+
+            episodes.step(
+                generate, tokenizer, codec, eps, budget.max_completion_length, budget.max_iterations,
+                None, None, shared_prefix=shared,
+            )  # fmt: skip
+        still: list[tuple[Group, int]] = []
+        for group, index in live:
+            node = group.nodes[index]
+            episode = node.episode
+            if node.start == 0:
+                node.start = episode.prompt_tokens
+            if not episode.done:
+                if node.depth < shape.depth and not node.retries:
+                    node.end = len(episode.ids)
+                    for _ in range(shape.branches):
+                        child = Node(fork_episode(episode), index, node.depth + 1, start=node.end)
+                        group.nodes.append(child)
+                        node.children.append(len(group.nodes) - 1)
+                        still.append((group, len(group.nodes) - 1))
+                else:
+                    still.append((group, index))
+                continue
+            retry = node.retries < retries and not episode.truncated and not scorer.passed(node)
+            if retry and _retry(node, tokenizer, codec, scorer.feedback(node), budget):
+                still.append((group, index))
+                continue
+            node.end = len(episode.ids)
+        live = still
+    for group in groups:
+        scorer.score(group.leaves())
+
+
+def _retry(node: Node, tokenizer: Any, codec: Codec, feedback: str, budget: Budget) -> bool:
+    """Append the judge's feedback as a user turn (masked) and reopen the episode; False when it would not fit
+    the rollout's token budget."""
+    episode = node.episode
+    suffix = tokenizer(codec.user_suffix(tokenizer, feedback), add_special_tokens=False)["input_ids"]
+    if len(episode.ids) + len(suffix) - episode.prompt_tokens >= budget.max_completion_length:
+        return False
+    message = {"role": "user", "content": feedback}
+    episode.completion.append(message)
+    episode.conversation.append(message)
+    episode.ids = episode.ids + suffix
+    episode.mask = episode.mask + [0] * len(suffix)
+    episode.done = False
+    node.retries += 1
+    return True
+
+
+def generated_tokens(group: Group) -> int:
+    """Model tokens the group's rollouts generated (each shared prefix once)."""
+    total = 0
+    for node in group.nodes:
+        offset = node.episode.prompt_tokens
+        total += sum(node.episode.mask[node.start - offset : node.end - offset])
+    return total
+
+
+# -- the curriculum --------------------------------------------------------------------------------------------
+class Curriculum:
+    """Pass rates per difficulty, and which task to train on next (see the module docstring)."""
+
+    def __init__(self, pool: list[DomainTask], floor: float, retire_after: int, seed: int) -> None:
+        self.pool = pool
+        self.floor = floor
+        self.retire_after = retire_after
+        self.random = random.Random(seed)
+        self.groups: Counter[int] = Counter()  # difficulty → groups seen
+        self.passes: dict[int, float] = {}  # difficulty → sum of group pass rates
+        self.solved: Counter[str] = Counter()  # task id → groups where every leaf passed
+        self.replaced = 0
+        self.zero_signal = 0
+
+    def pass_rate(self, difficulty: int) -> float:
+        """Smoothed (Laplace) share of passing leaves at this difficulty."""
+        return (self.passes.get(difficulty, 0.0) + 1) / (self.groups[difficulty] + 2)
+
+    def weight(self, difficulty: int) -> float:
+        rate = self.pass_rate(difficulty)
+        return max(self.floor, rate * (1 - rate))
+
+    def record(self, task_id: str, difficulty: int, pass_rate: float) -> None:
+        self.groups[difficulty] += 1
+        self.passes[difficulty] = self.passes.get(difficulty, 0.0) + pass_rate
+        if pass_rate >= 1.0:
+            self.solved[task_id] += 1
+
+    def choose(self, item: DomainTask) -> DomainTask:
+        """Keep the sampler's task with probability weight(its difficulty) / max weight, else draw another
+        from the pool by difficulty weight; a retired task is always replaced when another is available."""
+        weights = {d: self.weight(d) for d in {i.task.difficulty for i in self.pool}}
+        retired = self.solved[item.task.task_id] >= self.retire_after
+        if not retired and self.random.random() < self.weight(item.task.difficulty) / max(weights.values()):
+            return item
+        return self.draw(exclude={item.task.task_id}) or item
+
+    def draw(self, exclude: set[str]) -> DomainTask | None:
+        candidates = [
+            i for i in self.pool
+            if i.task.task_id not in exclude and self.solved[i.task.task_id] < self.retire_after
+        ]  # fmt: skip
+        if not candidates:
+            return None
+        self.replaced += 1
+        return self.random.choices(candidates, weights=[self.weight(i.task.difficulty) for i in candidates])[
+            0
+        ]
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"curriculum/pass_rate/d{d}": round(self.pass_rate(d), 4) for d in sorted(self.groups)}
+        retired = sum(1 for n in self.solved.values() if n >= self.retire_after)
+        return out | {
+            "curriculum/replaced": float(self.replaced),
+            "curriculum/zero_signal_groups": float(self.zero_signal),
+            "curriculum/retired_tasks": float(retired),
+        }
+
+
+# -- TRL's rollout_func ----------------------------------------------------------------------------------------
+def prompt_key(prompt: Any) -> str:
+    """A prompt's identity, as TRL hands it back: Arrow gives every message every key, absent ones as None."""
+    return json.dumps(_without_none(prompt), sort_keys=True, ensure_ascii=False)
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def unique_prompts(
+    items: list[DomainTask], rows: list[dict[str, Any]]
+) -> tuple[list[DomainTask], list[dict[str, Any]]]:
+    """TRL gives `rollout_func` the prompts, not the rows: each prompt must name one task. Tasks whose prompt
+    repeats an earlier one's (same request, another environment setup) are left out, with a count in the log."""
+    seen: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        seen.setdefault(prompt_key(row["prompt"]), index)
+    if len(seen) < len(rows):
+        log.warning("rl: %d task(s) share another task's prompt and are left out", len(rows) - len(seen))
+    kept = sorted(seen.values())
+    return [items[i] for i in kept], [rows[i] for i in kept]
+
+
+class RolloutFunction:
+    """`GRPOTrainer(rollout_func=...)`: grows each group, scores it, returns segments with their advantages.
+
+    Totals over the run (generated tokens, segments, retries, recoveries, the curriculum's state) are kept in
+    `stats` and written by the stage to `rollouts.json`."""
+
+    def __init__(
+        self,
+        rl: RLSection,
+        items: list[DomainTask],
+        rows: list[dict[str, Any]],
+        env_classes: dict[str, type[ToolEnv]],
+        scorer: Scorer,
+        out_dir: Path,
+        seed: int,
+    ) -> None:
+        self.rl = rl
+        self.items = {prompt_key(r["prompt"]): item for item, r in zip(items, rows, strict=True)}
+        self.env_classes = env_classes
+        self.scorer = scorer
+        self.shape = shape_for(rl)
+        self.budget = Budget(rl.max_completion_length, rl.max_tool_calling_iterations, rl.rollouts.batch_size)
+        self.recovery_path = out_dir / RECOVERY_FILE if rl.reflexion.recovery_traces else None
+        self.seed = seed
+        self.calls = 0
+        self.curriculum = (
+            Curriculum(items, rl.curriculum.floor, rl.curriculum.retire_after, seed)
+            if rl.curriculum.enabled
+            else None
+        )
+        self.stats: Counter[str] = Counter()
+        self.seconds = 0.0
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.stats["generated_tokens"]
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        from pipelines.inference import Engine, sampler
+
+        n = self.rl.num_generations
+        if len(prompts) % n:
+            raise ValueError(f"rollout_func got {len(prompts)} prompts, not whole groups of {n}")
+        chosen = [self.items[prompt_key(prompts[i])] for i in range(0, len(prompts), n)]
+        if self.curriculum is not None:
+            chosen = [self.curriculum.choose(item) for item in chosen]
+        model, tokenizer = trainer.model, trainer.processing_class
+        was_training = model.training
+        model.eval()
+        try:
+            # A fresh engine per call: its prefix cache holds KV computed with the current weights.
+            engine = Engine.for_tokenizer(model, tokenizer)
+            pick = sampler(self.rl.temperature, 1.0, self.seed + self.calls)
+            self.calls += 1
+
+            def generate(prompt_ids: Any, adapters: Any, max_new: int, shared_prefixes: Any = None) -> Any:
+                return engine(prompt_ids, adapters, max_new, pick=pick, shared_prefixes=shared_prefixes)
+
+            started = time.perf_counter()
+            groups = self._grow(generate, tokenizer, chosen)
+            self.seconds = time.perf_counter() - started
+            self.stats["rollout_ms"] += round(1000 * self.seconds)
+        finally:
+            model.train(was_training)
+        return self._output(groups, tokenizer)
+
+    def _grow(self, generate: Any, tokenizer: Any, items: list[DomainTask]) -> list[Group]:
+        groups = [Group(item) for item in items]
+        pending = groups
+        for round_ in range(1 + (self.rl.curriculum.max_resamples if self.curriculum else 0)):
+            grow(
+                generate, tokenizer, self.scorer.codec, pending, self.env_classes, self.shape, self.budget,
+                self.scorer, self.rl.reflexion.retries,
+            )  # fmt: skip
+            for group in pending:
+                self._account(group)
+            if self.curriculum is None:
+                break
+            flat = [i for i, g in enumerate(groups) if _zero_signal(g)]
+            self.curriculum.zero_signal += sum(1 for g in pending if _zero_signal(g))
+            if not flat or round_ == self.rl.curriculum.max_resamples:
+                break
+            used = {g.item.task.task_id for g in groups}
+            pending = []
+            for i in flat:
+                item = self.curriculum.draw(exclude=used)
+                if item is None:
+                    continue
+                used.add(item.task.task_id)
+                groups[i] = Group(item)
+                pending.append(groups[i])
+            if not pending:
+                break
+        for group in groups:
+            tree_advantages(group, self.shape)
+        return groups
+
+    def _account(self, group: Group) -> None:
+        leaves = group.leaves()
+        self.stats["groups"] += 1
+        self.stats["segments"] += len(group.nodes)
+        self.stats["leaves"] += len(leaves)
+        self.stats["generated_tokens"] += generated_tokens(group)
+        self.stats["retries"] += sum(n.retries for n in leaves)
+        passed = [self.scorer.passed(n) for n in leaves]
+        self.stats["passed_leaves"] += sum(passed)
+        recovered = [n for n, ok in zip(leaves, passed, strict=True) if ok and n.retries]
+        self.stats["recovered"] += len(recovered)
+        if recovered and self.recovery_path is not None:
+            self._write_recoveries(group, recovered)
+        if self.curriculum is not None:
+            task = group.item.task
+            self.curriculum.record(task.task_id, task.difficulty, sum(passed) / len(passed))
+
+    def _write_recoveries(self, group: Group, nodes: list[Node]) -> None:
+        assert self.recovery_path is not None
+        self.recovery_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.recovery_path.open("a", encoding="utf-8") as out:
+            for node in nodes:
+                out.write(json.dumps(recovery_row(group, node), sort_keys=True, ensure_ascii=False) + "\n")
+
+    def _output(self, groups: list[Group], tokenizer: Any) -> dict[str, Any]:
+        prompt_ids: list[list[int]] = []
+        completion_ids: list[list[int]] = []
+        env_mask: list[list[int]] = []
+        advantages: list[float] = []
+        end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+        for group in groups:
+            for index in slot_layout(group, self.shape):
+                if index is None:  # an empty slot: one masked token, no signal
+                    root = group.nodes[group.roots[0]].episode
+                    prompt_ids.append(root.ids[: root.prompt_tokens])
+                    completion_ids.append([end])
+                    env_mask.append([0])
+                    advantages.append(0.0)
+                    continue
+                node = group.nodes[index]
+                ep, offset = node.episode, node.episode.prompt_tokens
+                prompt_ids.append(ep.ids[: node.start])
+                completion_ids.append(ep.ids[node.start : node.end])
+                env_mask.append(ep.mask[node.start - offset : node.end - offset])
+                advantages.append(node.advantage)
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": completion_ids,
+            "logprobs": None,
+            "env_mask": env_mask,
+            ADVANTAGE_REWARD: advantages,
+            "rollout_metrics": self._metrics(groups),
+        }
+
+    def _metrics(self, groups: list[Group]) -> dict[str, float]:
+        leaves = [leaf for g in groups for leaf in g.leaves()]
+        out: dict[str, float] = {
+            "rollout/reward": _mean([n.reward for n in leaves]),
+            "rollout/generated_tokens_total": float(self.generated_tokens),
+            "rollout/segments": float(sum(len(g.nodes) for g in groups)),
+            "rollout/retries": float(sum(n.retries for n in leaves)),
+            "rollout/seconds": round(self.seconds, 3),  # generation, tools and scoring of this batch
+        }
+        names = sorted({name for n in leaves for name in n.components})
+        for name in names:
+            values = [n.components.get(name) for n in leaves]
+            present = [v for v in values if v is not None]
+            if present:
+                out[f"rollout/rewards/{name}/mean"] = _mean(present)
+        if self.curriculum is not None:
+            out |= self.curriculum.metrics()
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "shape": self.rl.rollouts.shape,
+            "tree": self.rl.rollouts.tree.model_dump() if self.rl.rollouts.shape == "tree" else None,
+            "totals": dict(self.stats),
+            "reflexion": self.rl.reflexion.model_dump() if self.rl.reflexion.retries else None,
+        }
+        if self.curriculum is not None:
+            out["curriculum"] = self.curriculum.metrics()
+        return out
+
+
+def _zero_signal(group: Group) -> bool:
+    values = [n.reward for n in group.leaves() if n.reward is not None]
+    return len(values) > 1 and max(values) - min(values) < 1e-9
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else 0.0
+
+
+def recovery_row(group: Group, node: Node) -> dict[str, Any]:
+    """A successful retry as an OpenAI-format row: the opening turns, the failed attempt, the judge's feedback
+    as a user turn, the fix; the offered tools; where it came from in `meta`."""
+    episode = node.episode
+    messages = [
+        _openai_message(m) for m in [*episodes.prompt_messages(episode.item.task), *episode.completion]
+    ]
+    return {
+        "messages": messages,
+        "tools": episode.tools,
+        "meta": {"task_id": episode.item.task.task_id, "domain": episode.item.domain, "retries": node.retries,
+                 "pattern": "recovery", "source": "rl_reflexion"},
+    }  # fmt: skip
+
+
+def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in message.items() if k in ("role", "content", "name")}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [
+            {"type": "function", "function": {"name": c["function"]["name"],
+                                              "arguments": json.dumps(c["function"]["arguments"], sort_keys=True)}}
+            for c in message["tool_calls"]
+        ]  # fmt: skip
+    if out.get("content") is None:
+        out["content"] = ""
+    return out
+
+
+def advantage_reward(
+    completions: list[Any], rollout_advantage: list[float], rollout_metrics: list[dict[str, float]] | None = None,
+    log_metric: Callable[[str, float], None] | None = None, **_: Any,
+) -> list[float | None]:  # fmt: skip
+    """The one reward TRL sees under the midtrain loop: each segment's advantage (its group sums to zero, so
+    TRL's centering is a no-op with `scale_rewards: none`); logs the rollouts' own reward components."""
+    if log_metric is not None and rollout_metrics:
+        for name, value in rollout_metrics[0].items():
+            log_metric(name, value)
+    return [float(a) for a in rollout_advantage]
+
+
+advantage_reward.__name__ = ADVANTAGE_REWARD

@@ -1,0 +1,356 @@
+"""midtrain's rollout loop (pipelines/rl/rollouts.py): tree rollouts, reflexion retries, the curriculum.
+
+The bookkeeping is checked with a scripted policy that plays each task's reference solution (known rewards,
+known tokens); the engine's prefix reuse and the GRPO stage run on the 2-layer tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines import episodes
+from pipelines.codecs import codec_for
+from pipelines.data.converters import CONVERTERS, RowContext
+from pipelines.envs.base import ForkError, ToolEnv
+from pipelines.envs.external import ExternalEnv
+from pipelines.rl import rewards
+from pipelines.rl.feedback import verbal_feedback
+from pipelines.rl.rollouts import (
+    Budget,
+    Curriculum,
+    Group,
+    Node,
+    RolloutFunction,
+    Scorer,
+    Shape,
+    generated_tokens,
+    grow,
+    recovery_row,
+    slot_layout,
+    tree_advantages,
+)
+from pipelines.run_config import DEFAULT_RL_REWARD_WEIGHTS, RLSection
+from pipelines.tasks import sampling
+from pipelines.tasks.domains import DOMAINS
+from pipelines.tasks.records import Task
+from pipelines.thought import load_thought_schema
+from tests.helpers import ScriptedPolicy, rl_config
+
+SCHEMA = load_thought_schema("think-plan-reflect")
+
+
+def scorer_for(tokenizer: Any, discount: float = 0.5) -> Scorer:
+    codec = codec_for(tokenizer)
+    funcs, weights = rewards.build_reward_funcs(dict(DEFAULT_RL_REWARD_WEIGHTS), codec, SCHEMA)
+    return Scorer(funcs, weights, codec, SCHEMA, discount)
+
+
+def calculator_items(n: int, seed: int = 3) -> list[sampling.DomainTask]:
+    rng = random.Random(seed)
+    return [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)) for _ in range(n)]
+
+
+CLASSES = {name: DOMAINS[name][0] for name in DOMAINS if DOMAINS[name][0]._tool_methods()}
+
+
+# -- environments fork -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("domain", sorted(CLASSES))
+def test_a_forked_environment_is_independent_of_its_original(domain: str) -> None:
+    task = DOMAINS[domain][1](random.Random(11), 2)
+    env = CLASSES[domain]()
+    env.reset(task=task.to_json())
+    clone = env._fork()
+    for turn in task.solution:
+        for step in turn:
+            clone._call_tool(step.tool, dict(step.arguments))
+    clone._record_final_answer(task.answer or "")
+    assert env._calls == [] and len(clone._calls) == task.difficulty
+    assert env._final_answer is None
+    if task.expected_state is not None:  # the calls changed the clone's state, not the original's
+        assert clone._check_state(task.expected_state)
+        assert not env._check_state(task.expected_state)
+    assert clone.get_reward() == 1.0
+
+
+def test_an_environment_in_another_process_refuses_to_fork() -> None:
+    class Remote(ExternalEnv):
+        pass
+
+    with pytest.raises(ForkError, match="another process"):
+        Remote()._fork()
+    assert ToolEnv._fork_refusal is None
+
+
+# -- the advantage estimator -----------------------------------------------------------------------------------
+def _hand_tree(rewards_by_leaf: list[list[float]]) -> tuple[Group, Shape]:
+    """Roots, each with one child per reward (depth 1); an empty list: the root is itself a leaf."""
+    group = Group(item=None)  # type: ignore[arg-type]  # the estimator reads only the tree
+    for leaf_rewards in rewards_by_leaf:
+        root = Node(episode=None, parent=None, depth=0, start=0)  # type: ignore[arg-type]
+        group.nodes.append(root)
+        group.roots.append(len(group.nodes) - 1)
+        index = len(group.nodes) - 1
+        if not leaf_rewards:
+            root.reward = 0.25
+        for value in leaf_rewards:
+            group.nodes.append(Node(None, index, 1, 0, reward=value))  # type: ignore[arg-type]
+            root.children.append(len(group.nodes) - 1)
+    return group, Shape(roots=len(rewards_by_leaf), branches=2, depth=1)
+
+
+def test_tree_advantages_sum_to_zero_per_sibling_set_and_telescope_to_the_chain_advantage() -> None:
+    group, shape = _hand_tree([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    tree_advantages(group, shape)
+    leaves = group.leaves()
+    values = [leaf.reward for leaf in leaves]
+    mean = sum(values) / len(values)  # type: ignore[arg-type]
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5  # type: ignore[operator]
+    scale = std + 1e-4
+    roots = [group.nodes[r] for r in group.roots]
+    assert [r.value for r in roots] == [0.5, 0.0, 1.0]
+    assert sum(r.advantage for r in roots) == pytest.approx(0.0)
+    assert roots[0].advantage == pytest.approx((0.5 - 0.5) / scale)
+    for root in roots:  # each fork's siblings are judged against each other
+        assert sum(group.nodes[c].advantage for c in root.children) == pytest.approx(0.0)
+    assert sum(n.advantage for n in group.nodes) == pytest.approx(0.0)
+    for leaf in leaves:  # root-to-leaf: the chain GRPO advantage of that rollout
+        path = leaf.advantage + group.nodes[leaf.parent].advantage  # type: ignore[index]
+        assert path == pytest.approx((leaf.reward - mean) / scale)  # type: ignore[operator]
+
+
+def test_a_chain_group_gets_grpos_advantages_and_equal_rewards_give_none() -> None:
+    group, _ = _hand_tree([[], [], []])
+    for node, value in zip(group.nodes, [1.0, 0.0, 0.5], strict=True):
+        node.reward = value
+    tree_advantages(group, Shape(roots=3))
+    assert [n.advantage for n in group.nodes] == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001, 0.0])
+    flat, _ = _hand_tree([[1.0, 1.0], [1.0, 1.0]])
+    tree_advantages(flat, Shape(2, 2, 1))
+    assert all(n.advantage == 0.0 for n in flat.nodes)
+
+
+def test_slots_keep_a_trees_shape_when_a_node_finishes_before_its_fork() -> None:
+    group, shape = _hand_tree([[1.0, 0.0], []])
+    assert slot_layout(group, shape) == [0, 1, 2, 3, None, None]
+    assert shape.slots == 6 and Shape(2, 2, 2).slots == 14
+
+
+# -- growing trees with a scripted policy ---------------------------------------------------------------------
+def test_tree_rollouts_share_the_prefix_fork_the_env_and_cost_fewer_tokens(tokenizer) -> None:
+    items = calculator_items(2)
+    codec = codec_for(tokenizer)
+    budget = Budget(512, 3)
+    trees = [Group(item) for item in items]
+    grow(
+        ScriptedPolicy(tokenizer, items),
+        tokenizer,
+        codec,
+        trees,
+        CLASSES,
+        Shape(2, 2, 1),
+        budget,
+        scorer_for(tokenizer),
+    )
+    chains = [Group(item) for item in items]
+    grow(
+        ScriptedPolicy(tokenizer, items),
+        tokenizer,
+        codec,
+        chains,
+        CLASSES,
+        Shape(4),
+        budget,
+        scorer_for(tokenizer),
+    )
+    for tree, chain in zip(trees, chains, strict=True):
+        assert len(tree.roots) == 2 and len(tree.leaves()) == 4 == len(chain.leaves())
+        for root_index in tree.roots:
+            root = tree.nodes[root_index]
+            assert root.start == root.episode.prompt_tokens and len(root.children) == 2
+            assert root.episode.completion[0].get("tool_calls")  # the fork came after the call ran
+            kids = [tree.nodes[c] for c in root.children]
+            for kid in kids:
+                assert kid.start == root.end and kid.episode.ids[: root.end] == root.episode.ids[: root.end]
+                assert kid.episode.env is not root.episode.env
+                assert kid.episode.completion[-1]["role"] == "assistant" and kid.reward is not None
+            assert kids[0].episode.env is not kids[1].episode.env
+            # The parent's environment saw only the shared call; each child recorded its own answer.
+            assert len(root.episode.env._calls) == 1 and root.episode.env._final_answer is None
+        assert [leaf.reward for leaf in tree.leaves()] == [leaf.reward for leaf in chain.leaves()]
+        # The shared call is generated once per tree, not once per leaf.
+        assert generated_tokens(tree) < generated_tokens(chain)
+        call_tokens = sum(tree.nodes[tree.roots[0]].episode.mask)
+        assert generated_tokens(chain) - generated_tokens(tree) == 2 * call_tokens
+
+
+def test_the_rollout_function_returns_segments_that_rebuild_each_leaf(tokenizer) -> None:
+    items = calculator_items(2)
+    rows = [{"prompt": episodes.prompt_messages(i.task), "task": i.task.to_json(), "environment": "calculator"}
+            for i in items]  # fmt: skip
+    rl = RLSection(num_generations=6, rollouts={"shape": "tree"}, reflexion={"recovery_traces": False},
+                   train={"per_device_train_batch_size": 6})  # fmt: skip
+    function = RolloutFunction(rl, items, rows, CLASSES, scorer_for(tokenizer), Path("unused"), seed=0)
+    groups = function._grow(ScriptedPolicy(tokenizer, items), tokenizer, items)
+    out = function._output(groups, tokenizer)
+    assert len(out["prompt_ids"]) == 12 == len(out["completion_ids"]) == len(out["env_mask"])
+    for group in groups:
+        layout = slot_layout(group, function.shape)
+        for slot, index in enumerate(layout):
+            node = group.nodes[index]  # type: ignore[index]  # a scripted policy always forks
+            at = groups.index(group) * 6 + slot
+            assert out["prompt_ids"][at] + out["completion_ids"][at] == node.episode.ids[: node.end]
+            assert len(out["env_mask"][at]) == len(out["completion_ids"][at])
+        mask = out["env_mask"][groups.index(group) * 6]
+        assert mask[0] == 1 and mask[-1] == 0  # the call is trained, its tool result is not
+    assert function.stats["generated_tokens"] == sum(generated_tokens(g) for g in groups)
+    assert out["rollout_advantage"] == [
+        n.advantage for g in groups for n in (g.nodes[i] for i in slot_layout(g, function.shape))
+    ]  # type: ignore[index]
+
+
+# -- reflexion -------------------------------------------------------------------------------------------------
+class WrongFirst(ScriptedPolicy):
+    """Plays the reference calls but gives a wrong final answer until the judge's feedback is in its prompt."""
+
+    def _reply(self, prompt: str) -> str:
+        reply = super()._reply(prompt)
+        if "<tool_call>" in reply or "failed the check" in prompt:
+            return reply
+        return "<think><verify>done</verify></think>\nThe answer is 12345678.<|im_end|>"
+
+
+def test_reflexion_retries_with_the_judges_reason_and_keeps_the_recovery(tokenizer, tmp_path: Path) -> None:
+    items = calculator_items(1, seed=5)
+    group = Group(items[0])
+    scorer = scorer_for(tokenizer, discount=0.5)
+    grow(WrongFirst(tokenizer, items), tokenizer, codec_for(tokenizer), [group], CLASSES, Shape(1), Budget(768, 3),
+         scorer, retries=2)  # fmt: skip
+    (leaf,) = group.leaves()
+    roles = [m["role"] for m in leaf.episode.completion]
+    assert roles == ["assistant", "tool", "assistant", "user", "assistant"] and leaf.retries == 1
+    feedback = leaf.episode.completion[3]["content"]
+    assert "final answer does not state" in feedback and items[0].task.answer not in feedback
+    assert leaf.components["outcome"] == 0.5 and scorer.passed(leaf)  # passed, at half the outcome reward
+    # The tool result and the feedback are context, not trained: exactly their tokens are masked.
+    codec = codec_for(tokenizer)
+    tool_turn = [m for m in leaf.episode.completion if m["role"] == "tool"]
+    context = codec.tool_suffix(tokenizer, tool_turn), codec.user_suffix(tokenizer, feedback)
+    masked = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in context)
+    assert leaf.episode.mask.count(0) == masked
+    row = recovery_row(group, leaf)
+    trace = CONVERTERS["openai"](row, RowContext(source="recoveries", cluster="tool"))
+    assert [m.role for m in trace.messages][-3:] == ["assistant", "user", "assistant"]
+    assert trace.tools and row["meta"]["pattern"] == "recovery"
+
+
+def test_the_judge_names_the_wrong_argument_but_not_its_value() -> None:
+    task = DOMAINS["calculator"][1](random.Random(7), 1)
+    ref = rewards.reference_calls(task)[0]
+    key = sorted(ref.arguments)[0]
+    wrong = rewards.Call(ref.name, {**ref.arguments, key: "999.125"})
+    rollout = rewards.Rollout([wrong], 0, [], "done", True)
+    text = verbal_feedback(rollout, task, None)
+    assert f"`{key}`" in text and str(ref.arguments[key]) not in text.replace("999.125", "")
+    missing = verbal_feedback(rewards.Rollout([], 0, [], "done", True), task, None)
+    assert f"`{ref.name}`" in missing and "No tool was called" in missing
+    irrelevant = Task("calculator", "x", "hi", {}, [], answer=None)
+    assert "without calling a tool" in verbal_feedback(
+        rewards.Rollout([wrong], 0, [], "", True), irrelevant, None
+    )
+
+
+# -- the curriculum --------------------------------------------------------------------------------------------
+def test_curriculum_weights_difficulties_by_pass_rate_and_retires_solved_tasks() -> None:
+    rng = random.Random(1)
+    pool = [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, d)) for d in (1, 1, 2, 2, 3, 3)]
+    curriculum = Curriculum(pool, floor=0.05, retire_after=2, seed=0)
+    for _ in range(10):
+        curriculum.record(pool[0].task.task_id, 1, 1.0)  # difficulty 1: always solved
+        curriculum.record(pool[2].task.task_id, 2, 0.5)
+        curriculum.record(pool[4].task.task_id, 3, 0.0)
+    assert curriculum.weight(2) > curriculum.weight(1) and curriculum.weight(2) > curriculum.weight(3)
+    assert curriculum.weight(1) >= 0.05
+    drawn = [curriculum.draw(exclude=set()) for _ in range(200)]
+    assert all(d is not None and d.task.task_id != pool[0].task.task_id for d in drawn)  # retired
+    counts = {d: sum(1 for x in drawn if x and x.task.difficulty == d) for d in (1, 2, 3)}
+    assert counts[2] > counts[1] and counts[2] > counts[3]
+    assert curriculum.choose(pool[0]) is not pool[0]  # a retired task is replaced
+    assert curriculum.metrics()["curriculum/retired_tasks"] == 1
+
+
+def test_zero_signal_groups_are_replaced_by_other_tasks(tokenizer) -> None:
+    items = calculator_items(4, seed=9)
+    rows = [{"prompt": episodes.prompt_messages(i.task), "task": i.task.to_json(), "environment": "calculator"}
+            for i in items]  # fmt: skip
+    rl = RLSection(num_generations=2, curriculum={"enabled": True, "max_resamples": 1},
+                   reflexion={"recovery_traces": False})  # fmt: skip
+    function = RolloutFunction(rl, items, rows, CLASSES, scorer_for(tokenizer), Path("unused"), seed=0)
+    groups = function._grow(ScriptedPolicy(tokenizer, items), tokenizer, items[:1])
+    # A scripted policy solves every task: the group has no signal, so one other task was tried in its place.
+    assert function.curriculum is not None and function.curriculum.zero_signal == 2
+    assert function.curriculum.replaced == 1 and groups[0].item.task.task_id != items[0].task.task_id
+    assert function.stats["groups"] == 2
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+def test_rollout_settings_are_validated_with_the_fix_named() -> None:
+    with pytest.raises(ValueError, match="multiple of 3 and at least 6"):
+        RLSection(num_generations=4, rollouts={"shape": "tree"})
+    with pytest.raises(ValueError, match="need rollouts.loop: midtrain"):
+        RLSection(rollouts={"loop": "trl"}, reflexion={"retries": 1})
+    with pytest.raises(ValueError, match="generation.backend: hf"):
+        RLSection(rollouts={"shape": "chain", "loop": "midtrain"}, generation={"backend": "vllm"})
+    assert not RLSection().rollouts.uses_midtrain_loop(RLSection().reflexion, RLSection().curriculum)
+    rl = RLSection(num_generations=6, rollouts={"shape": "tree"}, train={"per_device_train_batch_size": 6})
+    assert rl.rollouts.uses_midtrain_loop(rl.reflexion, rl.curriculum)
+
+
+# -- the engine's prefix reuse and the stage on the tiny model -------------------------------------------------
+def test_shared_prefix_reuse_does_not_change_the_generated_tokens(tokenizer, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.inference import Engine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prefix = tokenizer("the shared beginning of two branches " * 6, add_special_tokens=False)["input_ids"]
+    rows = [prefix + tokenizer(" left", add_special_tokens=False)["input_ids"],
+            prefix + tokenizer(" and the right one", add_special_tokens=False)["input_ids"]]  # fmt: skip
+    plain = Engine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])(rows, [None, None], 12)
+    engine = Engine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])
+    assert engine._prefix_lengths(rows, ["__base__"] * 2, [len(prefix)] * 2) == [len(prefix)] * 2
+    reused = engine(rows, [None, None], 12, shared_prefixes=[len(prefix)] * 2)
+    assert reused == plain and len(engine._prefix_cache) == 1
+
+
+@pytest.mark.timeout(600)
+def test_grpo_with_tree_rollouts_reflexion_and_curriculum_on_the_tiny_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from pipelines.artifacts import RLSummary
+    from pipelines.rl.train import ROLLOUTS_FILE, run
+    from tests.test_rl import save_sft_adapter
+
+    config = rl_config(
+        tmp_path, tiny_model_dir, domains=["calculator", "sqlite"], n_tasks=4, num_generations=6,
+        max_completion_length=24, rollouts={"shape": "tree", "max_generated_tokens": 1},
+        reflexion={"retries": 1}, curriculum={"enabled": True},
+        train={"max_steps": 3, "per_device_train_batch_size": 6, "learning_rate": 1e-3,
+               "gradient_checkpointing": False},
+    )  # fmt: skip
+    save_sft_adapter(config, tiny_model_dir, "tool")
+    summary = run(config).clusters["tool"]
+    out = config.run_dir / "rl" / "tool"
+    assert summary.steps == 1  # the token budget stopped it after the first step
+    assert summary.reward_weights == {"rollout_advantage": 1.0}
+    assert summary.rollouts is not None and summary.rollouts["shape"] == "tree"
+    assert json.loads((out / ROLLOUTS_FILE).read_text()) == RLSummary.read(out).rollouts
+    totals = summary.rollouts["totals"]
+    assert totals["groups"] >= 1 and totals["generated_tokens"] >= 1
+    logged = {k for line in (out / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+    assert {"rollout/reward", "rollout/rewards/format/mean", "curriculum/zero_signal_groups"} <= logged
+    assert (out / "rewards.png").is_file() and (out / "eval_before_after.json").is_file()
