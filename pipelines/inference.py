@@ -183,8 +183,8 @@ class Engine:
         another row of the batch; else 0. A prefix always leaves at least one token of the row to prefill."""
         if self.end_of_turn_id is None and shared is None:
             return [0] * len(prompts)
-        candidates = [
-            [min(n, len(p) - 1) for n in (shared[i] if shared else 0, self._turn(p)) if n]
+        candidates = [  # the caller's prefix first, then the first turn; each length once
+            list(dict.fromkeys(min(n, len(p) - 1) for n in (shared[i] if shared else 0, self._turn(p)) if n))
             for i, p in enumerate(prompts)
         ]
         counts = Counter(

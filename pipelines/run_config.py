@@ -420,6 +420,11 @@ class RLSection(StrictModel):
                 "rollouts.loop: midtrain generates with transformers; set generation.backend: hf"
             )
         if rollouts.shape == "tree":
+            if rollouts.tree.depth > self.max_tool_calling_iterations:
+                raise ValueError(
+                    f"rollouts.tree.depth ({rollouts.tree.depth}) forks after tool rounds the rollout never gets: "
+                    f"max_tool_calling_iterations is {self.max_tool_calling_iterations}"
+                )
             segments = rollouts.tree.segments()
             if self.num_generations % segments or self.num_generations // segments < 2:
                 raise ValueError(

@@ -31,6 +31,7 @@ from pipelines.rl.rollouts import (
     generated_tokens,
     grow,
     recovery_row,
+    segment_mask,
     slot_layout,
     tree_advantages,
 )
@@ -78,12 +79,20 @@ def test_a_forked_environment_is_independent_of_its_original(domain: str) -> Non
 
 
 def test_an_environment_in_another_process_refuses_to_fork() -> None:
+    from pipelines.errors import BadInput
+    from pipelines.rl.train import check_forkable
+
     class Remote(ExternalEnv):
         pass
 
     with pytest.raises(ForkError, match="another process"):
         Remote()._fork()
     assert ToolEnv._fork_refusal is None
+    tree = RLSection(num_generations=6, rollouts={"shape": "tree"}, train={"per_device_train_batch_size": 6})
+    with pytest.raises(BadInput, match="environment 'shop' cannot fork: .*use rollouts.shape: chain"):
+        check_forkable(tree, {"calculator": CLASSES["calculator"], "shop": Remote})
+    check_forkable(tree, {"calculator": CLASSES["calculator"]})
+    check_forkable(RLSection(), {"shop": Remote})  # chains never fork
 
 
 # -- the advantage estimator -----------------------------------------------------------------------------------
@@ -188,6 +197,21 @@ def test_tree_rollouts_share_the_prefix_fork_the_env_and_cost_fewer_tokens(token
         assert generated_tokens(chain) - generated_tokens(tree) == 2 * call_tokens
 
 
+class WrongEveryOther(ScriptedPolicy):
+    """Plays the reference calls; every other final answer it writes is wrong (siblings disagree)."""
+
+    answers = 0
+
+    def _reply(self, prompt: str) -> str:
+        reply = super()._reply(prompt)
+        if "<tool_call>" in reply:
+            return reply
+        self.answers += 1
+        return (
+            reply if self.answers % 2 else "<think><verify>done</verify></think>\nIt is 12345678.<|im_end|>"
+        )
+
+
 def test_the_rollout_function_returns_segments_that_rebuild_each_leaf(tokenizer) -> None:
     items = calculator_items(2)
     rows = [{"prompt": episodes.prompt_messages(i.task), "task": i.task.to_json(), "environment": "calculator"}
@@ -195,22 +219,51 @@ def test_the_rollout_function_returns_segments_that_rebuild_each_leaf(tokenizer)
     rl = RLSection(num_generations=6, rollouts={"shape": "tree"}, reflexion={"recovery_traces": False},
                    train={"per_device_train_batch_size": 6})  # fmt: skip
     function = RolloutFunction(rl, items, rows, CLASSES, scorer_for(tokenizer), Path("unused"), seed=0)
-    groups = function._grow(ScriptedPolicy(tokenizer, items), tokenizer, items)
+    groups = function._grow(WrongEveryOther(tokenizer, items), tokenizer, items)
     out = function._output(groups, tokenizer)
     assert len(out["prompt_ids"]) == 12 == len(out["completion_ids"]) == len(out["env_mask"])
+    assert out["task"] == [g.item.task.to_json() for g in groups for _ in range(6)]
+    for g, group in enumerate(
+        groups
+    ):  # siblings disagree, so segments carry signal that sums to zero per group
+        share = out["rollout_advantage"][6 * g : 6 * g + 6]
+        assert any(abs(a) > 0.1 for a in share) and sum(share) == pytest.approx(0.0, abs=1e-9)
+        assert sorted(leaf.components["outcome"] for leaf in group.leaves()) == [0.0, 0.0, 1.0, 1.0]
     for group in groups:
         layout = slot_layout(group, function.shape)
         for slot, index in enumerate(layout):
             node = group.nodes[index]  # type: ignore[index]  # a scripted policy always forks
             at = groups.index(group) * 6 + slot
             assert out["prompt_ids"][at] + out["completion_ids"][at] == node.episode.ids[: node.end]
-            assert len(out["env_mask"][at]) == len(out["completion_ids"][at])
+            offset = node.episode.prompt_tokens
+            assert out["env_mask"][at] == node.episode.mask[node.start - offset : node.end - offset]
+            assert out["rollout_advantage"][at] == node.advantage
         mask = out["env_mask"][groups.index(group) * 6]
         assert mask[0] == 1 and mask[-1] == 0  # the call is trained, its tool result is not
     assert function.stats["generated_tokens"] == sum(generated_tokens(g) for g in groups)
-    assert out["rollout_advantage"] == [
-        n.advantage for g in groups for n in (g.nodes[i] for i in slot_layout(g, function.shape))
-    ]  # type: ignore[index]
+
+
+def test_tasks_sharing_a_request_stay_apart_in_the_prompts_trl_hands_back(tokenizer) -> None:
+    from dataclasses import replace
+
+    from pipelines.rl.rollouts import keyed_prompts, prompt_key
+
+    first = calculator_items(1)[0]
+    twin = sampling.DomainTask("calculator", replace(first.task, task_id="twin", setup={"memory": {"x": 1}}))
+    items = [first, twin, first]
+    rows = [{"prompt": episodes.prompt_messages(i.task), "task": i.task.to_json(), "environment": "calculator"}
+            for i in items]  # fmt: skip
+    kept, keyed = keyed_prompts(items, rows)
+    assert [i.task.task_id for i in kept] == [first.task.task_id, "twin"]  # the repeated task once
+    assert prompt_key(keyed[0]["prompt"]) != prompt_key(keyed[1]["prompt"])
+    rl = RLSection(num_generations=2, rollouts={"loop": "midtrain"}, reflexion={"recovery_traces": False})
+    function = RolloutFunction(rl, kept, keyed, CLASSES, scorer_for(tokenizer), Path("unused"), seed=0)
+    as_trl_gives_them = [dict(m, name=None) for m in keyed[1]["prompt"]]  # Arrow adds absent keys as None
+    assert function.items[prompt_key(as_trl_gives_them)] is twin
+    # The key is bookkeeping only: the rollout renders the task's own messages.
+    assert episodes.start_episode(twin, CLASSES["calculator"]).conversation == episodes.prompt_messages(
+        twin.task
+    )
 
 
 # -- reflexion -------------------------------------------------------------------------------------------------
@@ -242,6 +295,11 @@ def test_reflexion_retries_with_the_judges_reason_and_keeps_the_recovery(tokeniz
     context = codec.tool_suffix(tokenizer, tool_turn), codec.user_suffix(tokenizer, feedback)
     masked = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in context)
     assert leaf.episode.mask.count(0) == masked
+    # Trained: only the fix. The failed attempt is context, not reinforced with the fix's advantage.
+    trained = segment_mask(leaf)
+    failed = leaf.retry_from - leaf.start  # type: ignore[operator]
+    assert trained[:failed] == [0] * failed and sum(trained) > 0
+    assert trained[failed:] == leaf.episode.mask[failed + leaf.start - leaf.episode.prompt_tokens :]
     row = recovery_row(group, leaf)
     trace = CONVERTERS["openai"](row, RowContext(source="recoveries", cluster="tool"))
     assert [m.role for m in trace.messages][-3:] == ["assistant", "user", "assistant"]
@@ -320,10 +378,20 @@ def test_shared_prefix_reuse_does_not_change_the_generated_tokens(tokenizer, tin
     prefix = tokenizer("the shared beginning of two branches " * 6, add_special_tokens=False)["input_ids"]
     rows = [prefix + tokenizer(" left", add_special_tokens=False)["input_ids"],
             prefix + tokenizer(" and the right one", add_special_tokens=False)["input_ids"]]  # fmt: skip
-    plain = Engine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])(rows, [None, None], 12)
+    rows.append(tokenizer("an unrelated row of a different length", add_special_tokens=False)["input_ids"])
+    rows.append(list(prefix))  # a branch on its first step: the whole row is the shared prefix
+    plain = Engine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])(rows, [None] * 4, 12)
     engine = Engine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])
-    assert engine._prefix_lengths(rows, ["__base__"] * 2, [len(prefix)] * 2) == [len(prefix)] * 2
-    reused = engine(rows, [None, None], 12, shared_prefixes=[len(prefix)] * 2)
+    names = ["__base__"] * 4
+    # A prefix as long as its row is cut one token short (a row always prefills a token), so that row's key
+    # differs from its siblings' and nothing is shared: callers pass the fork point minus one.
+    assert engine._prefix_lengths(rows, names, [len(prefix)] * 2 + [0, len(prefix)]) == [len(prefix)] * 2 + [
+        0,
+        0,
+    ]
+    hints = [len(prefix) - 1] * 2 + [0, len(prefix) - 1]
+    assert engine._prefix_lengths(rows, names, hints) == hints
+    reused = engine(rows, [None] * 4, 12, shared_prefixes=hints)
     assert reused == plain and len(engine._prefix_cache) == 1
 
 

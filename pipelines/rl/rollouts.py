@@ -70,6 +70,9 @@ class Node:
     end: int = -1  # len(episode.ids) where it ends (set when it forks or finishes)
     children: list[int] = field(default_factory=list)
     retries: int = 0
+    retry_from: int | None = (
+        None  # len(episode.ids) when the first feedback came: the failed attempt ends here
+    )
     reward: float | None = None  # leaves only: the weighted reward of the whole rollout
     components: dict[str, float | None] = field(default_factory=dict)
     value: float = 0.0
@@ -228,6 +231,15 @@ class Scorer:
         value, _ = rewards.outcome_score(rollout, node.episode.item.task, node.episode.env)
         return value >= 1.0 - 1e-9
 
+    def retryable(self, node: Node) -> bool:
+        """A finished rollout worth a retry: it failed the check, was not cut off, and could still pass (a
+        request no tool fits is failed for good once a tool was called: the outcome counts every call)."""
+        episode = node.episode
+        if episode.truncated or self.passed(node):
+            return False
+        made_calls = rewards.parse_rollout(episode.completion, self.codec, self.schema).attempted > 0
+        return not (rewards.is_irrelevant(episode.item.task) and made_calls)
+
     def feedback(self, node: Node) -> str:
         rollout = rewards.parse_rollout(node.episode.completion, self.codec, self.schema)
         rollout.truncated = node.episode.truncated
@@ -261,8 +273,10 @@ def grow(
             # Rows share their fork point with their siblings; roots share the whole prompt with their group.
             starts = {id(g.nodes[i].episode): g.nodes[i].start for g, i in batch}
 
+            # One key per prefix: the fork point minus one token (a row always prefills at least its last token,
+            # and on a branch's first step the row *is* the prefix).
             def shared(ep: episodes.Episode, starts: dict[int, int] = starts) -> int:
-                return starts[id(ep)] or len(ep.ids)
+                return (starts[id(ep)] or len(ep.ids)) - 1
 
             episodes.step(
                 generate, tokenizer, codec, eps, budget.max_completion_length, budget.max_iterations,
@@ -275,7 +289,8 @@ def grow(
             if node.start == 0:
                 node.start = episode.prompt_tokens
             if not episode.done:
-                if node.depth < shape.depth and not node.retries:
+                room = budget.max_completion_length - (len(episode.ids) - episode.prompt_tokens)
+                if node.depth < shape.depth and not node.retries and room > 0:
                     node.end = len(episode.ids)
                     for _ in range(shape.branches):
                         child = Node(fork_episode(episode), index, node.depth + 1, start=node.end)
@@ -285,7 +300,7 @@ def grow(
                 else:
                     still.append((group, index))
                 continue
-            retry = node.retries < retries and not episode.truncated and not scorer.passed(node)
+            retry = node.retries < retries and scorer.retryable(node)
             if retry and _retry(node, tokenizer, codec, scorer.feedback(node), budget):
                 still.append((group, index))
                 continue
@@ -303,6 +318,8 @@ def _retry(node: Node, tokenizer: Any, codec: Codec, feedback: str, budget: Budg
     if len(episode.ids) + len(suffix) - episode.prompt_tokens >= budget.max_completion_length:
         return False
     message = {"role": "user", "content": feedback}
+    if node.retry_from is None:
+        node.retry_from = len(episode.ids)
     episode.completion.append(message)
     episode.conversation.append(message)
     episode.ids = episode.ids + suffix
@@ -333,7 +350,7 @@ class Curriculum:
         self.groups: Counter[int] = Counter()  # difficulty → groups seen
         self.passes: dict[int, float] = {}  # difficulty → sum of group pass rates
         self.solved: Counter[str] = Counter()  # task id → groups where every leaf passed
-        self.replaced = 0
+        self.replaced = 0  # tasks drawn in place of the sampler's (by weight) or of a zero-signal group
         self.zero_signal = 0
 
     def pass_rate(self, difficulty: int) -> float:
@@ -395,18 +412,26 @@ def _without_none(value: Any) -> Any:
     return value
 
 
-def unique_prompts(
+TASK_KEY = "midtrain_task"  # set on a row's first prompt message; never rendered (episodes render the task)
+
+
+def keyed_prompts(
     items: list[DomainTask], rows: list[dict[str, Any]]
 ) -> tuple[list[DomainTask], list[dict[str, Any]]]:
-    """TRL gives `rollout_func` the prompts, not the rows: each prompt must name one task. Tasks whose prompt
-    repeats an earlier one's (same request, another environment setup) are left out, with a count in the log."""
+    """TRL gives `rollout_func` the prompts, not the rows, and two tasks may share a request (same words, other
+    environment setup): each row's first message carries its task id, so its prompt names exactly one task.
+    The rollouts render prompts from the task itself, so the key never reaches the model. A repeated task id
+    (the same task twice) is kept once."""
     seen: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        seen.setdefault(prompt_key(row["prompt"]), index)
-    if len(seen) < len(rows):
-        log.warning("rl: %d task(s) share another task's prompt and are left out", len(rows) - len(seen))
+    for index, item in enumerate(items):
+        seen.setdefault(item.task.task_id, index)
     kept = sorted(seen.values())
-    return [items[i] for i in kept], [rows[i] for i in kept]
+    keyed = []
+    for index in kept:
+        row = rows[index]
+        first, *rest = row["prompt"]
+        keyed.append({**row, "prompt": [{**first, TASK_KEY: items[index].task.task_id}, *rest]})
+    return [items[i] for i in kept], keyed
 
 
 class RolloutFunction:
@@ -433,7 +458,6 @@ class RolloutFunction:
         self.budget = Budget(rl.max_completion_length, rl.max_tool_calling_iterations, rl.rollouts.batch_size)
         self.recovery_path = out_dir / RECOVERY_FILE if rl.reflexion.recovery_traces else None
         self.seed = seed
-        self.calls = 0
         self.curriculum = (
             Curriculum(items, rl.curriculum.floor, rl.curriculum.retire_after, seed)
             if rl.curriculum.enabled
@@ -461,8 +485,9 @@ class RolloutFunction:
         try:
             # A fresh engine per call: its prefix cache holds KV computed with the current weights.
             engine = Engine.for_tokenizer(model, tokenizer)
-            pick = sampler(self.rl.temperature, 1.0, self.seed + self.calls)
-            self.calls += 1
+            # The call count lives in `stats` (saved with checkpoints), so a resumed run does not replay seeds.
+            pick = sampler(self.rl.temperature, 1.0, self.seed + self.stats["calls"])
+            self.stats["calls"] += 1
 
             def generate(prompt_ids: Any, adapters: Any, max_new: int, shared_prefixes: Any = None) -> Any:
                 return engine(prompt_ids, adapters, max_new, pick=pick, shared_prefixes=shared_prefixes)
@@ -535,28 +560,34 @@ class RolloutFunction:
         completion_ids: list[list[int]] = []
         env_mask: list[list[int]] = []
         advantages: list[float] = []
+        tasks: list[str] = []
+        environments: list[str] = []
         end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
         for group in groups:
             for index in slot_layout(group, self.shape):
-                if index is None:  # an empty slot: one masked token, no signal
+                node = group.nodes[index] if index is not None else None
+                if node is None or node.end <= node.start:  # an empty slot: one masked token, no signal
                     root = group.nodes[group.roots[0]].episode
                     prompt_ids.append(root.ids[: root.prompt_tokens])
                     completion_ids.append([end])
                     env_mask.append([0])
                     advantages.append(0.0)
-                    continue
-                node = group.nodes[index]
-                ep, offset = node.episode, node.episode.prompt_tokens
-                prompt_ids.append(ep.ids[: node.start])
-                completion_ids.append(ep.ids[node.start : node.end])
-                env_mask.append(ep.mask[node.start - offset : node.end - offset])
-                advantages.append(node.advantage)
+                else:
+                    prompt_ids.append(node.episode.ids[: node.start])
+                    completion_ids.append(node.episode.ids[node.start : node.end])
+                    env_mask.append(segment_mask(node))
+                    advantages.append(node.advantage)
+                # TRL's inputs name the sampler's task; a curriculum may have swapped it: log the real one.
+                tasks.append(group.item.task.to_json())
+                environments.append(group.item.env_key)
         return {
             "prompt_ids": prompt_ids,
             "completion_ids": completion_ids,
             "logprobs": None,
             "env_mask": env_mask,
             ADVANTAGE_REWARD: advantages,
+            "task": tasks,
+            "environment": environments,
             "rollout_metrics": self._metrics(groups),
         }
 
@@ -589,6 +620,18 @@ class RolloutFunction:
         if self.curriculum is not None:
             out["curriculum"] = self.curriculum.metrics()
         return out
+
+
+def segment_mask(node: Node) -> list[int]:
+    """Which of the segment's tokens are trained: the model's own (not tool results or feedback), and of a
+    retried rollout only what follows the first feedback. The failed attempt is context for the fix, not
+    something to reinforce with the fix's (positive) advantage."""
+    offset = node.episode.prompt_tokens
+    mask = node.episode.mask[node.start - offset : node.end - offset]
+    if node.retry_from is not None:
+        failed = max(0, node.retry_from - node.start)
+        mask = [0] * failed + mask[failed:]
+    return mask
 
 
 def _zero_signal(group: Group) -> bool:

@@ -39,7 +39,7 @@ from pipelines.hashing import fingerprint, sha256_file
 from pipelines.inference import Engine
 from pipelines.resources import PeakMemory, library_versions
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
-from pipelines.rl.rollouts import RolloutFunction, Scorer, advantage_reward, unique_prompts
+from pipelines.rl.rollouts import RolloutFunction, Scorer, advantage_reward, keyed_prompts
 from pipelines.run_config import REPO_ROOT, RLSection, RunConfig
 from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_json, write_json
 from pipelines.tasks import sampling
@@ -330,7 +330,12 @@ def _midtrain_loop_trainer(
     function = RolloutFunction(rl, loop.items, rows, loop.env_classes, scorer, out_dir, seed=rl.train.seed)
     function.stats.update(loop.totals)
     loop.function = function
-    args = grpo_args(config, cluster, out_dir, [1.0], scorer.codec.template_kwargs, scale_rewards="none")
+    # The advantages arrive centred and scaled per group: TRL must not scale them again, re-normalise them per
+    # reward, or drop a fork's segment for not ending in EOS (it ends where the branches continue).
+    args = grpo_args(
+        config, cluster, out_dir, [1.0], scorer.codec.template_kwargs, scale_rewards="none",
+        multi_objective_aggregation="sum_then_normalize", mask_truncated_completions=False,
+    )  # fmt: skip
     budget = (
         [TokenBudgetCallback(function, rl.rollouts.max_generated_tokens)]
         if rl.rollouts.max_generated_tokens
@@ -646,7 +651,7 @@ def train_cluster(
     loop = None
     if config.rl.rollouts.uses_midtrain_loop(config.rl.reflexion, config.rl.curriculum):
         check_forkable(config.rl, train_envs)
-        train_items, rows = unique_prompts(train_items, rows)
+        train_items, rows = keyed_prompts(train_items, rows)
         loop = RolloutLoop(train_items, train_envs, restored_rollout_totals(job.checkpoint))
     trainer = build_trainer(config, cluster, out_dir, rows, train_envs, failures, callbacks, loop)
     evaluate = _evaluator(config, trainer, eval_envs, eval_items)
