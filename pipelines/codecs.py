@@ -278,33 +278,26 @@ class Codec:
             {"role": "user", "content": "dummy"},
             {"role": "assistant", "content": "", "tool_calls": [dummy_call]},
         ]
-        before = self.render(tokenizer, dummy)
-        after = self.render(tokenizer, dummy + tool_messages, add_generation_prompt=True)
-        cut = before.rfind(self.end_of_turn)
-        before = before[: cut + len(self.end_of_turn)] if cut >= 0 else before
-        if not after.startswith(before):
-            raise BadInput(
-                f"tool format {self.name}: the chat template rewrites a call turn when results follow it"
-            )
-        return after[len(before) :]
+        return self._appended(tokenizer, dummy, tool_messages, "a call turn when results follow it")
 
     def user_suffix(self, tokenizer: Any, text: str) -> str:
-        """The text between a reply's end-of-turn token and the next reply when a user turn (`text`) follows:
-        derived as `tool_suffix` is, by rendering a dummy exchange with and without the turn."""
-        dummy: list[dict[str, Any]] = [
-            {"role": "user", "content": "dummy"},
-            {"role": "assistant", "content": "dummy"},
-        ]
-        before = self.render(tokenizer, dummy)
-        after = self.render(
-            tokenizer, [*dummy, {"role": "user", "content": text}], add_generation_prompt=True
+        """The text between a reply's end-of-turn token and the next reply when a user turn (`text`) follows
+        (a reflexion retry's feedback): derived as `tool_suffix` is."""
+        dummy = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "dummy"}]
+        return self._appended(
+            tokenizer, dummy, [{"role": "user", "content": text}], "a reply when a user turn follows"
         )
+
+    def _appended(
+        self, tokenizer: Any, dummy: list[dict[str, Any]], added: list[dict[str, Any]], rewrite: str
+    ) -> str:
+        """What rendering `added` after `dummy` (plus the generation prompt) adds after the last end of turn."""
+        before = self.render(tokenizer, dummy)
+        after = self.render(tokenizer, dummy + added, add_generation_prompt=True)
         cut = before.rfind(self.end_of_turn)
         before = before[: cut + len(self.end_of_turn)] if cut >= 0 else before
         if not after.startswith(before):
-            raise BadInput(
-                f"tool format {self.name}: the chat template rewrites a reply when a user turn follows"
-            )
+            raise BadInput(f"tool format {self.name}: the chat template rewrites {rewrite}")
         return after[len(before) :]
 
     # -- parsing ----------------------------------------------------------------------------------------------

@@ -341,6 +341,32 @@ def test_curriculum_weights_difficulties_by_pass_rate_and_retires_solved_tasks()
     assert curriculum.metrics()["curriculum/retired_tasks"] == 1
 
 
+def test_a_resumed_loop_draws_as_the_uninterrupted_one_and_drops_replayed_recoveries(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    pool = [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, d)) for d in (1, 2, 3, 1, 2, 3)]
+    rl = RLSection(num_generations=2, curriculum={"enabled": True})
+    first = RolloutFunction(rl, pool, [{"prompt": []}] * 6, CLASSES, None, tmp_path, seed=0)  # type: ignore[arg-type]
+    assert first.curriculum is not None
+    first.curriculum.record(pool[0].task.task_id, 1, 1.0)
+    first.curriculum.record(pool[1].task.task_id, 2, 0.5)
+    first.curriculum.draw(exclude=set())
+    first.stats["generated_tokens"] = 123
+    saved = json.loads(json.dumps(first.state()))  # as the checkpoint stores it
+    rows = [{"messages": [], "meta": {"step": step}} for step in (0, 1, 2, 2)]
+    (tmp_path / "recovery_traces.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    resumed = RolloutFunction(rl, pool, [{"prompt": []}] * 6, CLASSES, None, tmp_path, seed=0)  # type: ignore[arg-type]
+    resumed.restore(saved, step=2)
+    assert resumed.generated_tokens == 123 and resumed.curriculum is not None
+    assert resumed.curriculum.metrics() == first.curriculum.metrics()
+    draws = [(first.curriculum.draw(set()), resumed.curriculum.draw(set())) for _ in range(20)]
+    assert all(a is b for a, b in draws)  # same weights, same random state
+    kept = [
+        json.loads(line)["meta"]["step"]
+        for line in (tmp_path / "recovery_traces.jsonl").read_text().splitlines()
+    ]
+    assert kept == [0, 1]  # step 2 runs again after the resume
+
+
 def test_zero_signal_groups_are_replaced_by_other_tasks(tokenizer) -> None:
     items = calculator_items(4, seed=9)
     rows = [{"prompt": episodes.prompt_messages(i.task), "task": i.task.to_json(), "environment": "calculator"}

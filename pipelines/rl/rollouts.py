@@ -388,6 +388,26 @@ class Curriculum:
             0
         ]
 
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to draw as this one would have (JSON: saved with checkpoints)."""
+        version, internal, gauss = self.random.getstate()
+        return {
+            "groups": {str(d): n for d, n in self.groups.items()},
+            "passes": {str(d): v for d, v in self.passes.items()},
+            "solved": dict(self.solved),
+            "replaced": self.replaced,
+            "zero_signal": self.zero_signal,
+            "random": [version, list(internal), gauss],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.groups = Counter({int(d): n for d, n in state["groups"].items()})
+        self.passes = {int(d): float(v) for d, v in state["passes"].items()}
+        self.solved = Counter(state["solved"])
+        self.replaced, self.zero_signal = state["replaced"], state["zero_signal"]
+        version, internal, gauss = state["random"]
+        self.random.setstate((version, tuple(internal), gauss))
+
     def metrics(self) -> dict[str, float]:
         out = {f"curriculum/pass_rate/d{d}": round(self.pass_rate(d), 4) for d in sorted(self.groups)}
         retired = sum(1 for n in self.solved.values() if n >= self.retire_after)
@@ -465,10 +485,29 @@ class RolloutFunction:
         )
         self.stats: Counter[str] = Counter()
         self.seconds = 0.0
+        self.step = 0  # the optimizer step these rollouts train (recovery rows are tagged with it)
 
     @property
     def generated_tokens(self) -> int:
         return self.stats["generated_tokens"]
+
+    def state(self) -> dict[str, Any]:
+        """Totals and the curriculum's state, saved with each checkpoint (`restore` on resume)."""
+        out: dict[str, Any] = {"totals": dict(self.stats)}
+        if self.curriculum is not None:
+            out["curriculum"] = self.curriculum.state()
+        return out
+
+    def restore(self, state: dict[str, Any], step: int) -> None:
+        """Continue from a checkpoint taken after `step` optimizer steps: its totals and curriculum; recovery
+        rows written by the steps after it (they run again) are dropped."""
+        self.stats = Counter(state.get("totals", {}))
+        if self.curriculum is not None and "curriculum" in state:
+            self.curriculum.restore(state["curriculum"])
+        if self.recovery_path is not None and self.recovery_path.is_file():
+            lines = self.recovery_path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if json.loads(line)["meta"].get("step", 0) < step]
+            self.recovery_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         from pipelines.inference import Engine, sampler
@@ -493,6 +532,7 @@ class RolloutFunction:
                 return engine(prompt_ids, adapters, max_new, pick=pick, shared_prefixes=shared_prefixes)
 
             started = time.perf_counter()
+            self.step = int(getattr(trainer.state, "global_step", 0))
             groups = self._grow(generate, tokenizer, chosen)
             self.seconds = time.perf_counter() - started
             self.stats["rollout_ms"] += round(1000 * self.seconds)
@@ -553,7 +593,9 @@ class RolloutFunction:
         self.recovery_path.parent.mkdir(parents=True, exist_ok=True)
         with self.recovery_path.open("a", encoding="utf-8") as out:
             for node in nodes:
-                out.write(json.dumps(recovery_row(group, node), sort_keys=True, ensure_ascii=False) + "\n")
+                row = recovery_row(group, node)
+                row["meta"]["step"] = self.step
+                out.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
 
     def _output(self, groups: list[Group], tokenizer: Any) -> dict[str, Any]:
         prompt_ids: list[list[int]] = []

@@ -300,11 +300,12 @@ def build_trainer(
 @dataclass
 class RolloutLoop:
     """What midtrain's rollout loop needs besides the trainer: the tasks behind the rows, their environments,
-    the totals restored from a checkpoint."""
+    and on resume the loop's state at the checkpoint and the step it was taken at."""
 
     items: list[sampling.DomainTask]
     env_classes: dict[str, type]
-    totals: dict[str, int]
+    checkpoint_state: dict[str, Any] | None = None
+    start_step: int = 0
     function: RolloutFunction | None = None
 
 
@@ -328,7 +329,8 @@ def _midtrain_loop_trainer(
     rl = config.rl
     assert rl is not None
     function = RolloutFunction(rl, loop.items, rows, loop.env_classes, scorer, out_dir, seed=rl.train.seed)
-    function.stats.update(loop.totals)
+    if loop.checkpoint_state is not None:
+        function.restore(loop.checkpoint_state, loop.start_step)
     loop.function = function
     # The advantages arrive centred and scaled per group: TRL must not scale them again, re-normalise them per
     # reward, or drop a fork's segment for not ending in EOS (it ends where the branches continue).
@@ -466,7 +468,7 @@ class FailureTotalsCallback(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if self.rollouts is not None:
-                write_json(checkpoint / ROLLOUT_TOTALS_FILE, dict(self.rollouts.stats))
+                write_json(checkpoint / ROLLOUT_TOTALS_FILE, self.rollouts.state())
             write_json(
                 checkpoint / FAILURES_FILE, self.failures.as_dict()
             )  # last: it marks the checkpoint whole
@@ -478,9 +480,9 @@ def restored_failures(checkpoint: Path | None) -> FailureCounts:
     return FailureCounts(Counter(stored or {}))
 
 
-def restored_rollout_totals(checkpoint: Path | None) -> dict[str, int]:
-    stored = read_json(checkpoint / ROLLOUT_TOTALS_FILE) if checkpoint is not None else None
-    return dict(stored or {})
+def restored_rollout_state(checkpoint: Path | None) -> dict[str, Any] | None:
+    """The rollout loop's totals and curriculum at `checkpoint` (None for a fresh start)."""
+    return read_json(checkpoint / ROLLOUT_TOTALS_FILE) if checkpoint is not None else None
 
 
 @dataclass
@@ -652,7 +654,7 @@ def train_cluster(
     if config.rl.rollouts.uses_midtrain_loop(config.rl.reflexion, config.rl.curriculum):
         check_forkable(config.rl, train_envs)
         train_items, rows = keyed_prompts(train_items, rows)
-        loop = RolloutLoop(train_items, train_envs, restored_rollout_totals(job.checkpoint))
+        loop = RolloutLoop(train_items, train_envs, restored_rollout_state(job.checkpoint), job.start_step)
     trainer = build_trainer(config, cluster, out_dir, rows, train_envs, failures, callbacks, loop)
     evaluate = _evaluator(config, trainer, eval_envs, eval_items)
     before = starting_evaluation(out_dir, evaluate)
