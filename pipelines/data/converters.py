@@ -222,11 +222,12 @@ def _json_text(value: Any, where: str) -> Any:
         raise ConversionError("invalid_json", f"{where}: {exc.msg} at char {exc.pos}") from None
 
 
-def _drop_nulls(value: Any) -> Any:
+def drop_nulls(value: Any) -> Any:
+    """`value` without None entries at any depth: what Arrow adds for keys some rows lack."""
     if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_nulls(v) for v in value]
+        return [drop_nulls(v) for v in value]
     return value
 
 
@@ -258,7 +259,7 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
         raise ConversionError(
             "bad_tool_call", f"{where}: arguments must be an object, got {type(value).__name__}"
         )
-    return _jsonable(_drop_nulls(value), where)
+    return _jsonable(drop_nulls(value), where)
 
 
 def _tools(value: Any, where: str) -> list[dict[str, Any]]:
@@ -279,7 +280,7 @@ def _tool(spec: Any, where: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConversionError("bad_tool_spec", f"{where}: expected an object, got {type(spec).__name__}")
     function = spec["function"] if isinstance(spec.get("function"), dict) else spec
-    function = {k: v for k, v in _drop_nulls(function).items() if k != "type"}
+    function = {k: v for k, v in drop_nulls(function).items() if k != "type"}
     if not isinstance(function.get("name"), str) or not function["name"].strip():
         raise ConversionError("bad_tool_spec", f"{where}: tool without a `name`")
     params = function.get("parameters") or {"type": "object", "properties": {}}

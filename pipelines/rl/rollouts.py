@@ -48,6 +48,7 @@ from typing import Any
 
 from pipelines import episodes
 from pipelines.codecs import Codec
+from pipelines.data.converters import drop_nulls
 from pipelines.envs.base import ToolEnv
 from pipelines.rl import rewards
 from pipelines.rl.feedback import verbal_feedback
@@ -224,26 +225,27 @@ class Scorer:
                 w * v for w, v in zip(self.weights, node.components.values(), strict=True) if v is not None
             )
 
-    def passed(self, node: Node) -> bool:
-        """The environment's verdict on a finished rollout (the `outcome` reward is 1)."""
+    def rollout(self, node: Node) -> rewards.Rollout:
+        """What the node's whole episode did, read as the rewards read it."""
         rollout = rewards.parse_rollout(node.episode.completion, self.codec, self.schema)
         rollout.truncated = node.episode.truncated
+        return rollout
+
+    def passed(self, node: Node, rollout: rewards.Rollout | None = None) -> bool:
+        """The environment's verdict on a finished rollout (the `outcome` reward is 1)."""
+        rollout = rollout or self.rollout(node)
         value, _ = rewards.outcome_score(rollout, node.episode.item.task, node.episode.env)
         return value >= 1.0 - 1e-9
 
-    def retryable(self, node: Node) -> bool:
-        """A finished rollout worth a retry: it failed the check, was not cut off, and could still pass (a
-        request no tool fits is failed for good once a tool was called: the outcome counts every call)."""
-        episode = node.episode
-        if episode.truncated or self.passed(node):
-            return False
-        made_calls = rewards.parse_rollout(episode.completion, self.codec, self.schema).attempted > 0
-        return not (rewards.is_irrelevant(episode.item.task) and made_calls)
-
-    def feedback(self, node: Node) -> str:
-        rollout = rewards.parse_rollout(node.episode.completion, self.codec, self.schema)
-        rollout.truncated = node.episode.truncated
-        return verbal_feedback(rollout, node.episode.item.task, node.episode.env)
+    def retry_feedback(self, node: Node) -> str | None:
+        """The judge's reason for a finished rollout worth a retry, else None: it passed, was cut off, or can no
+        longer pass (a request no tool fits is failed for good once a tool was called)."""
+        rollout, task = self.rollout(node), node.episode.item.task
+        if rollout.truncated or self.passed(node, rollout):
+            return None
+        if rewards.is_irrelevant(task) and rollout.attempted > 0:
+            return None
+        return verbal_feedback(rollout, task, node.episode.env)
 
 
 def grow(
@@ -300,8 +302,8 @@ def grow(
                 else:
                     still.append((group, index))
                 continue
-            retry = node.retries < retries and scorer.retryable(node)
-            if retry and _retry(node, tokenizer, codec, scorer.feedback(node), budget):
+            feedback = scorer.retry_feedback(node) if node.retries < retries else None
+            if feedback is not None and _retry(node, tokenizer, codec, feedback, budget):
                 still.append((group, index))
                 continue
             node.end = len(episode.ids)
@@ -421,15 +423,7 @@ class Curriculum:
 # -- TRL's rollout_func ----------------------------------------------------------------------------------------
 def prompt_key(prompt: Any) -> str:
     """A prompt's identity, as TRL hands it back: Arrow gives every message every key, absent ones as None."""
-    return json.dumps(_without_none(prompt), sort_keys=True, ensure_ascii=False)
-
-
-def _without_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
+    return json.dumps(drop_nulls(prompt), sort_keys=True, ensure_ascii=False)
 
 
 TASK_KEY = "midtrain_task"  # set on a row's first prompt message; never rendered (episodes render the task)
