@@ -484,7 +484,10 @@ def eval_cmd(
     limit: Annotated[
         int | None, typer.Option(help="BFCL examples per category / held-out tasks per domain")
     ] = None,
-    targets: Annotated[str | None, typer.Option(help="Comma-separated subset of base,sft,rl,routed")] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset of base,sft,rl,routed, or adapters by name (sft/tool)"),
+    ] = None,
 ) -> None:
     """Score base, SFT, RL and routed targets on BFCL and held-out live tasks into runs/<name>/eval/."""
 

@@ -50,6 +50,9 @@ class Engine:
     ) -> None:
         """`adapters`: folder → name of the adapters already loaded into `model` (a router's); `end_of_turn_id`:
         the token that closes the system turn, for prefix reuse (None: no reuse)."""
+        from pipelines import attention
+
+        attention.install()  # masked grouped-query attention without KV copies on CPU (pipelines/attention.py)
         self.model = model
         self.pad_token_id = pad_token_id
         self.stop_ids = set(stop_ids)

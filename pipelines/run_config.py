@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,11 +157,60 @@ class SFTSection(StrictModel):
     quantization: QuantSection = Field(default_factory=QuantSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    cluster_train: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per adapter, `train` keys that differ from `sft.train` (clusters differ in size and in how "
+        "much training they need): `{plan: {max_steps: 4}}`. Not `max_length`, which screens the mix once for "
+        "all adapters. Entries for clusters this run does not train are ignored.",
+    )
 
     @field_validator("train")
     @classmethod
     def _trainer_extra(cls, value: TrainSection) -> TrainSection:
         return _checked_extra(value, "sft")
+
+    @model_validator(mode="after")
+    def _cluster_train_known(self) -> SFTSection:
+        allowed = [*self.clusters, "generalist"]
+        for name, keys in self.cluster_train.items():
+            # An entry for a cluster this run does not train is kept for when it does (`--set sft.clusters=[tool]`
+            # on a config that tunes `plan` must not fail); one that looks like a typo of a trained one is refused.
+            hint = difflib.get_close_matches(name, allowed, n=1)
+            if name not in allowed and hint:
+                raise ValueError(
+                    f"sft.cluster_train.{name}: not an adapter of sft.clusters ({', '.join(self.clusters)}); "
+                    f"did you mean {hint[0]!r}?"
+                )
+            if "max_length" in keys:
+                raise ValueError(
+                    f"sft.cluster_train.{name}.max_length: one max_length screens the mix for every adapter; "
+                    "set sft.train.max_length"
+                )
+            self.train_for(name)  # unknown keys and bad values, named by pydantic
+        return self
+
+    def train_for(self, adapter: str) -> TrainSection:
+        """`train` with this adapter's `cluster_train` keys applied."""
+        keys = self.cluster_train.get(adapter)
+        if not keys:
+            return self.train
+        from pydantic import ValidationError
+
+        try:
+            merged = TrainSection.model_validate({**self.train.model_dump(), **keys})
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                where = ".".join(str(part) for part in error["loc"])
+                hint = difflib.get_close_matches(where, list(TrainSection.model_fields), n=1)
+                fix = f"; did you mean {hint[0]!r}?" if error["type"] == "extra_forbidden" and hint else ""
+                problems.append(f"sft.cluster_train.{adapter}.{where}: {error['msg']}{fix}")
+            raise ValueError("; ".join(problems)) from None
+        return _checked_extra(merged, "sft")
+
+    def for_adapter(self, adapter: str) -> SFTSection:
+        """This section as one adapter trains with it: its own `train`, no per-adapter table."""
+        return self.model_copy(update={"train": self.train_for(adapter), "cluster_train": {}})
 
 
 RL_REWARD_NAMES = ("format", "tool_call", "execution", "outcome", "instance", "irrelevance", "efficiency")
@@ -476,8 +526,10 @@ class EvalSection(StrictModel):
         description="`all`: every domain whose tools are fixed methods; [] skips the held-out suite.",
     )
     max_new_tokens: int = Field(256, ge=1, description="Tokens per generated reply (greedy).")
-    targets: list[Literal["base", "sft", "rl", "routed"]] = Field(
-        default_factory=lambda: ["base", "sft", "rl", "routed"]  # type: ignore[arg-type]  # mypy infers list[str]
+    targets: list[str] = Field(
+        default_factory=lambda: ["base", "sft", "rl", "routed"],
+        description="What to score: `base`, `sft` (every SFT adapter), `rl`, `routed`, or one adapter by name "
+        "(`sft/tool`, `rl/tool`).",
     )
     heldout_seed: int | None = Field(
         None,
@@ -517,6 +569,21 @@ class EvalSection(StrictModel):
         description="Extra arguments for vLLM's `LLM(...)` with backend vllm: gpu_memory_utilization, "
         "max_model_len, tensor_parallel_size, enforce_eager, ...",
     )
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, value: list[str]) -> list[str]:
+        groups = ("base", "sft", "rl", "routed")
+        for target in value:
+            kind, _, name = target.partition("/")
+            if target in groups or (kind in ("sft", "rl") and name and "/" not in name):
+                continue
+            hint = difflib.get_close_matches(target, groups, n=1)
+            raise ValueError(
+                f"eval.targets: {target!r} is none of {', '.join(groups)}, sft/<adapter> or rl/<adapter>"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
+        return value
 
     @model_validator(mode="after")
     def _engine_args_need_vllm(self) -> EvalSection:

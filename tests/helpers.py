@@ -564,7 +564,7 @@ def sft_config(tmp_path: Path, model_dir: Path, **sft: Any) -> RunConfig:
         },
     }
     for key, value in sft.items():
-        section[key] = {**section[key], **value} if isinstance(value, dict) else value
+        section[key] = {**section.get(key, {}), **value} if isinstance(value, dict) else value
     return RunConfig.model_validate(
         {
             "name": "t",

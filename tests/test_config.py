@@ -149,3 +149,31 @@ def test_cli_exit_codes(args: list[str], expected: str, code: int) -> None:
     out = result.stdout + result.stderr
     assert expected in out
     assert result.returncode == code
+
+
+def test_cluster_train_and_eval_targets_are_checked(tmp_path: Path) -> None:
+    """Per-adapter train keys apply on top of `sft.train`; an unknown adapter, an unknown key, `max_length`
+    and an unknown eval target are refused with the key and a suggestion."""
+    _write(tmp_path, RECIPE, "recipe.yaml")
+    head = f"name: demo\ndata:\n  recipe: {tmp_path / 'recipe.yaml'}\nsft:\n  clusters: [tool, plan]\n"
+    path = _write(tmp_path, head + "  train: {max_steps: 20}\n  cluster_train:\n    plan: {max_steps: 4}\n")
+    sft = load_run_config(path).sft
+    assert sft is not None
+    assert (sft.train_for("tool").max_steps, sft.train_for("plan").max_steps) == (20, 4)
+    assert sft.for_adapter("plan").train.max_steps == 4 and sft.for_adapter("plan").cluster_train == {}
+    for body, message in (
+        ("    plann: {max_steps: 4}\n", r"sft.cluster_train.plann: not an adapter.*did you mean 'plan'"),
+        (
+            "    plan: {max_stepz: 4}\n",
+            r"sft.cluster_train.plan.max_stepz: Extra inputs are not permitted; did you mean 'max_steps'",
+        ),
+        ("    plan: {max_length: 512}\n", r"sft.cluster_train.plan.max_length: one max_length"),
+    ):
+        with pytest.raises(BadInput, match=message):
+            load_run_config(_write(tmp_path, head + "  cluster_train:\n" + body))
+    untrained = load_run_config(_write(tmp_path, head + "  cluster_train:\n    code: {max_steps: 2}\n")).sft
+    assert untrained is not None and untrained.train_for("tool").max_steps == 50  # kept for when code trains
+    eval_path = _write(tmp_path, head + "eval:\n  targets: [base, sft/tool, rl/tool, routed]\n")
+    assert load_run_config(eval_path).eval.targets == ["base", "sft/tool", "rl/tool", "routed"]
+    with pytest.raises(BadInput, match=r"eval.targets: 'sfts' is none of .*did you mean 'sft'"):
+        load_run_config(_write(tmp_path, head + "eval:\n  targets: [base, sfts]\n"))

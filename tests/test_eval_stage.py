@@ -248,6 +248,21 @@ def test_skipped_targets_and_nothing_to_run(tmp_path: Path, tiny_model_dir: Path
     }
 
 
+def test_targets_by_adapter_name(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`sft/tool` picks one adapter of its group (once, even beside `sft`); a named adapter that is not there
+    is skipped with the command that makes it."""
+    run_dir = tmp_path / "run"
+    for cluster, seed in (("tool", 1), ("plan", 2)):
+        make_adapter(tiny_model_dir, run_dir / "sft" / cluster, seed)
+    config = _config(run_dir, tiny_model_dir, EvalSection())
+    targets, skipped = stage.discover_targets(config, ["base", "sft/tool", "rl/tool"])
+    assert [t.key for t in targets] == ["base", "sft/tool"] and targets[1].adapter
+    assert set(skipped) == {"rl/tool"} and "midtrain rl CONFIG" in skipped["rl/tool"]
+    targets, skipped = stage.discover_targets(config, ["sft/tool", "sft", "sft/code"])
+    assert [t.key for t in targets] == ["sft/tool", "sft/plan"]
+    assert "midtrain sft CONFIG" in skipped["sft/code"]
+
+
 def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) -> None:
     section = EvalSection(heldout_domains=["nope"], targets=["base"])
     with pytest.raises(BadInput, match=r"eval\.heldout_domains: unknown domain 'nope'"):
@@ -291,3 +306,24 @@ def test_cli_eval_limit_and_targets(run_dir: Path, tiny_model_dir: Path, tmp_pat
 
     bad = CliRunner().invoke(app, ["eval", str(path), "--targets", "base,nope"])
     assert isinstance(bad.exception, BadInput) and "eval.targets" in str(bad.exception)
+
+
+def test_remembered_generate_answers_repeats_from_memory(tmp_path: Path) -> None:
+    """The routed target's requests that another target already asked (same prompt, adapter folder, budget) are
+    not generated again; a different adapter, budget or prompt is."""
+    asked: list[tuple[list[int], str | None, int]] = []
+
+    def generate(prompts: list[list[int]], adapters: list[str | None], budget: int) -> list[list[int]]:
+        asked.extend(zip(prompts, adapters, [budget] * len(prompts), strict=True))
+        return [[len(asked), *p] for p in prompts]
+
+    adapter = tmp_path / "sft" / "tool"
+    adapter.mkdir(parents=True)
+    memo = stage.remembered(generate)
+    first = memo([[1, 2], [3]], [str(adapter), None], 8)
+    assert len(asked) == 2
+    again = memo([[3], [1, 2], [1, 2]], [None, str(tmp_path / "sft" / ".." / "sft" / "tool"), None], 8)
+    assert again[:2] == [first[1], first[0]] and memo.hits == 2
+    assert asked[2:] == [([1, 2], None, 8)]
+    memo([[1, 2]], [str(adapter)], 16)
+    assert len(asked) == 4 and memo.hits == 2

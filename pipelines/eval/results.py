@@ -147,7 +147,9 @@ def plot_results(results: EvalResults, path: Path) -> None:
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score (higher is better)")
     ax.set_title(
-        f"{results.model}: base vs adapters (limit {results.limit}; bars: 95% intervals)", fontsize=10
+        # Two lines: with few metric columns the figure is narrow and one line was cut at its right edge.
+        f"{results.model}: base vs adapters\n(limit {results.limit}; bars: Wilson 95% intervals)",
+        fontsize=10,
     )
     ax.legend(fontsize=8, ncols=min(4, max(1, len(targets))))
     ax.grid(axis="y", alpha=0.3)

@@ -93,8 +93,16 @@ def discover_targets(config: RunConfig, kinds: Sequence[str]) -> tuple[list[Targ
             targets += [found] if found else []
             skipped |= {"routed": reason} if reason else {}
         else:
-            adapters, reasons = _adapter_targets(config.run_dir / kind, kind)
-            targets += adapters
+            group, _, name = kind.partition("/")
+            adapters, reasons = _adapter_targets(config.run_dir / group, group)
+            if name:  # one adapter by name: `sft/tool`
+                adapters = [t for t in adapters if t.key == kind]
+                reasons = {k: v for k, v in reasons.items() if k == kind}
+                if not adapters and not reasons:
+                    reasons = {
+                        kind: f"{config.run_dir / kind} does not exist (run `midtrain {group} CONFIG`)"
+                    }
+            targets += [t for t in adapters if t not in targets]
             skipped |= reasons
     return targets, skipped
 
@@ -424,7 +432,9 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
     tokenizers = Tokenizers(config)
     routes = {t.key: RouteTable(t.router_dir) for t in targets if t.router_dir is not None}
     if generate is None:
-        generate = _generator(config, section, tokenizers.get(None), targets, list(routes.values()))
+        generate = remembered(
+            _generator(config, section, tokenizers.get(None), targets, list(routes.values()))
+        )
     results: dict[str, Any] = {"model": config.model.name_or_path, "limit": section.limit, "targets": {}}
     predictions: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
@@ -487,6 +497,44 @@ def eval_target(
             )
             rows += found
     return suites, rows
+
+
+class remembered:
+    """A GenerateFn that answers a (prompt, adapter, budget) it has answered before from memory.
+
+    Greedy decoding is a function of those three, and the routed target sends each request to an adapter (or the
+    base) that is usually a target of the same run: its replies are the ones that target already got, so the
+    routed target costs only its misses instead of a full pass (on the demo run with `sft/plan` and `rl/tool` as
+    targets: 154.8 s → 0.1 s, the same scores). The cache lives for one eval run."""
+
+    def __init__(self, generate: GenerateFn) -> None:
+        self.generate = generate
+        self.replies: dict[tuple[tuple[int, ...], str | None, int], list[int]] = {}
+        self.hits = 0
+
+    @staticmethod
+    def _adapter_key(adapter: str | None) -> str | None:
+        return str(Path(adapter).resolve()) if adapter and Path(adapter).is_dir() else adapter
+
+    def __call__(
+        self, prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
+    ) -> list[list[int]]:
+        keys = [
+            (tuple(p), self._adapter_key(a), max_new_tokens) for p, a in zip(prompts, adapters, strict=True)
+        ]
+        missing = [i for i, key in enumerate(keys) if key not in self.replies]
+        if missing:
+            fresh = self.generate(
+                [prompts[i] for i in missing], [adapters[i] for i in missing], max_new_tokens
+            )
+            self.replies.update({keys[i]: reply for i, reply in zip(missing, fresh, strict=True)})
+        self.hits += len(keys) - len(missing)
+        return [list(self.replies[key]) for key in keys]
+
+    def close(self) -> None:
+        closing = getattr(self.generate, "close", None)
+        if closing is not None:
+            closing()
 
 
 def _counting(generate: GenerateFn, update: Update) -> GenerateFn:

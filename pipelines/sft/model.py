@@ -88,8 +88,10 @@ def load_base_model(model: ModelSection, quant: QuantSection) -> Any:
     """The frozen base model the adapter trains on, in NF4 (QLoRA) or at full precision."""
     from transformers import AutoModelForCausalLM
 
+    from pipelines import attention
     from pipelines.models import fetch_model
 
+    attention.install()  # TRL's own RL generation runs masked batches too (pipelines/attention.py)
     path = fetch_model(model.name_or_path, model.revision)
     kwargs: dict[str, Any] = {"dtype": model_dtype(model, quant)}
     if (config := quantization_config(quant)) is not None:

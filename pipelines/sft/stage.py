@@ -295,6 +295,10 @@ def train_adapter(
 ) -> SFTSummary:
     """Select rows, train, save the adapter + tokenizer, check it is servable, write training_summary.json."""
     assert config.sft is not None
+    # From here on the config is this adapter's: its `sft.cluster_train` keys applied, so the fingerprint, the
+    # trainer and the row selection all see one `sft.train`, and another adapter's keys do not retrain it.
+    sft = config.sft.for_adapter(adapter)
+    config = config.model_copy(update={"sft": sft})
     out_dir = config.run_dir / "sft" / adapter
     fingerprint = adapter_fingerprint(config, adapter, mix.manifest_sha256)
     plan = _prepare_output_dir(out_dir, adapter, fingerprint, restart)
@@ -302,7 +306,7 @@ def train_adapter(
         log.info("sft: %s already trained with this config; kept", adapter)
         return SFTSummary.read(out_dir)
     checkpoint = str(plan.checkpoint) if plan.checkpoint else None
-    selection = mixdata.select(mix.train_screen, adapter, config.sft.replay_fraction, config.sft.train.seed)
+    selection = mixdata.select(mix.train_screen, adapter, sft.replay_fraction, sft.train.seed)
     job = AdapterJob(adapter, out_dir, fingerprint, checkpoint, selection)
     train, held_out = _datasets(mix, selection, adapter)
     _log_job(job, held_out)
