@@ -353,9 +353,16 @@ def decode_steps(
         step_ids, step_positions = next_ids[:, None], step_positions[:, -1:] + 1
 
 
-def sampler(temperature: float, top_p: float = 1.0, seed: int | None = None) -> Pick | None:
-    """OpenAI-style sampling: softmax(logits / temperature) cut to the smallest set of tokens whose probability
-    reaches `top_p`; `seed` makes it repeatable. Temperature 0 is greedy (None: argmax)."""
+def sampler(
+    temperature: float,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    top_k: int = 0,
+    min_p: float | None = None,
+) -> Pick | None:
+    """Sampling as transformers' and vLLM's: softmax(logits / temperature), then the `top_k` most likely tokens
+    (0: all), then the smallest set whose probability reaches `top_p`, then those at least `min_p` x the top
+    token's probability (None: all); `seed` makes it repeatable. Temperature 0 is greedy (None: argmax)."""
     if temperature <= 0:
         return None
     import torch
@@ -367,12 +374,18 @@ def sampler(temperature: float, top_p: float = 1.0, seed: int | None = None) -> 
         if generator is None:
             generator = generators[logits.device] = torch.Generator(device=logits.device)
             generator.manual_seed(seed) if seed is not None else generator.seed()
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        scaled = logits.float() / temperature
+        if 0 < top_k < scaled.shape[-1]:
+            kth = scaled.topk(top_k, dim=-1).values[..., -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)
         if top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
             sorted_probs[before >= top_p] = 0.0  # the top token always stays (its `before` is 0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        if min_p is not None and min_p > 0:  # relative to the top token, which every cut above keeps
+            probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
     return pick

@@ -469,6 +469,16 @@ class RLSection(StrictModel):
             raise ValueError(
                 "rollouts.loop: midtrain generates with transformers; set generation.backend: hf"
             )
+        neutral = {"repetition_penalty": 1.0, "generation_kwargs": None}
+        unsupported = {
+            k: v for k, v in self.train.extra.items() if k in neutral and v not in (neutral[k], {})
+        }
+        if unsupported:
+            raise ValueError(
+                f"train.extra {unsupported}: midtrain's rollout loop (rollouts.loop: midtrain, or auto with a tree, "
+                "reflexion, a curriculum or a token budget) samples with temperature, top_p, top_k and min_p only; "
+                "drop them or use rollouts.loop: trl"
+            )
         if rollouts.shape == "tree":
             if rollouts.tree.depth > self.max_tool_calling_iterations:
                 raise ValueError(

@@ -389,6 +389,11 @@ def test_rollout_settings_are_validated_with_the_fix_named() -> None:
         RLSection(rollouts={"loop": "trl"}, reflexion={"retries": 1})
     with pytest.raises(ValueError, match="generation.backend: hf"):
         RLSection(rollouts={"shape": "chain", "loop": "midtrain"}, generation={"backend": "vllm"})
+    with pytest.raises(
+        ValueError, match=r"train.extra \{'repetition_penalty': 1.2\}: midtrain's rollout loop"
+    ):
+        RLSection(reflexion={"retries": 1}, train={"extra": {"repetition_penalty": 1.2}})
+    RLSection(rollouts={"loop": "trl"}, train={"extra": {"repetition_penalty": 1.2}})  # TRL's loop applies it
     assert not RLSection().rollouts.uses_midtrain_loop(RLSection().reflexion, RLSection().curriculum)
     rl = RLSection(num_generations=6, rollouts={"shape": "tree"}, train={"per_device_train_batch_size": 6})
     assert rl.rollouts.uses_midtrain_loop(rl.reflexion, rl.curriculum)
@@ -423,9 +428,11 @@ def test_shared_prefix_reuse_does_not_change_the_generated_tokens(tokenizer, tin
 
 @pytest.mark.timeout(600)
 def test_grpo_with_tree_rollouts_reflexion_and_curriculum_on_the_tiny_model(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pipelines import inference
     from pipelines.artifacts import RLSummary
+    from pipelines.inference import sampler
     from pipelines.rl.train import ROLLOUTS_FILE, run
     from tests.test_rl import save_sft_adapter
 
@@ -434,10 +441,20 @@ def test_grpo_with_tree_rollouts_reflexion_and_curriculum_on_the_tiny_model(
         max_completion_length=24, rollouts={"shape": "tree", "max_generated_tokens": 1},
         reflexion={"retries": 1}, curriculum={"enabled": True},
         train={"max_steps": 3, "per_device_train_batch_size": 6, "learning_rate": 1e-3,
-               "gradient_checkpointing": False},
+               "gradient_checkpointing": False, "extra": {"top_p": 0.9, "top_k": 7, "min_p": 0.05}},
     )  # fmt: skip
     save_sft_adapter(config, tiny_model_dir, "tool")
+    cuts: list[tuple[float, int, float | None]] = []
+
+    def recording_sampler(
+        temperature: float, top_p: float, seed: int, top_k: int, min_p: float | None
+    ) -> Any:
+        cuts.append((top_p, top_k, min_p))
+        return sampler(temperature, top_p, seed, top_k=top_k, min_p=min_p)
+
+    monkeypatch.setattr(inference, "sampler", recording_sampler)  # the loop imports it when it samples
     summary = run(config).clusters["tool"]
+    assert cuts and set(cuts) == {(0.9, 7, 0.05)}  # GRPOConfig's sampling cuts reach midtrain's loop
     out = config.run_dir / "rl" / "tool"
     assert summary.steps == 1  # the token budget stopped it after the first step
     assert summary.reward_weights == {"rollout_advantage": 1.0}
@@ -448,3 +465,27 @@ def test_grpo_with_tree_rollouts_reflexion_and_curriculum_on_the_tiny_model(
     logged = {k for line in (out / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
     assert {"rollout/reward", "rollout/rewards/format/mean", "curriculum/zero_signal_groups"} <= logged
     assert (out / "rewards.png").is_file() and (out / "eval_before_after.json").is_file()
+
+
+def test_sampler_cuts_like_transformers_top_k_top_p_min_p() -> None:
+    """top_k keeps the k most likely tokens, top_p the smallest set reaching p, min_p those at least min_p x
+    the top token's probability; greedy at temperature 0; the same seed draws the same tokens."""
+    import torch
+
+    from pipelines.inference import sampler
+
+    logits = torch.log(torch.tensor([[0.40, 0.25, 0.15, 0.10, 0.06, 0.04]])).repeat(400, 1)
+
+    def drawn(**cuts: Any) -> set[int]:
+        pick = sampler(1.0, seed=0, **cuts)
+        assert pick is not None
+        return set(pick(logits).tolist())
+
+    assert drawn() == set(range(6))
+    assert drawn(top_k=2) == {0, 1}
+    assert drawn(top_p=0.7) == {0, 1, 2}  # 0.40 + 0.25 < 0.7: the third token is needed
+    assert drawn(min_p=0.3) == {0, 1, 2}  # >= 0.12
+    assert drawn(top_k=3, min_p=0.5) == {0, 1}
+    assert sampler(0.0) is None
+    first, again = sampler(1.0, seed=3), sampler(1.0, seed=3)
+    assert first is not None and again is not None and first(logits).tolist() == again(logits).tolist()

@@ -448,6 +448,21 @@ def keyed_prompts(
     return [items[i] for i in kept], keyed
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """The cuts GRPOConfig applies to TRL's own sampling (`rl.train.extra: {top_p, top_k, min_p}`), applied by
+    this loop too; temperature is `rl.temperature`. Without this they were silently ignored here."""
+
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> Sampling:
+        """GRPOConfig's values (the config refuses the sampling settings this loop does not implement)."""
+        return cls(float(args.top_p), int(args.top_k or 0), args.min_p)
+
+
 class RolloutFunction:
     """`GRPOTrainer(rollout_func=...)`: grows each group, scores it, returns segments with their advantages.
 
@@ -477,6 +492,7 @@ class RolloutFunction:
             if rl.curriculum.enabled
             else None
         )
+        self.sampling = Sampling()  # the trainer's top_p/top_k/min_p, set by the stage from GRPOConfig
         self.stats: Counter[str] = Counter()
         self.seconds = 0.0
         self.step = 0  # the optimizer step these rollouts train (recovery rows are tagged with it)
@@ -519,7 +535,10 @@ class RolloutFunction:
             # A fresh engine per call: its prefix cache holds KV computed with the current weights.
             engine = Engine.for_tokenizer(model, tokenizer)
             # The call count lives in `stats` (saved with checkpoints), so a resumed run does not replay seeds.
-            pick = sampler(self.rl.temperature, 1.0, self.seed + self.stats["calls"])
+            pick = sampler(
+                self.rl.temperature, self.sampling.top_p, self.seed + self.stats["calls"],
+                top_k=self.sampling.top_k, min_p=self.sampling.min_p,
+            )  # fmt: skip
             self.stats["calls"] += 1
 
             def generate(prompt_ids: Any, adapters: Any, max_new: int, shared_prefixes: Any = None) -> Any:

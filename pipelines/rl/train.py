@@ -39,7 +39,7 @@ from pipelines.hashing import fingerprint, sha256_file
 from pipelines.inference import Engine
 from pipelines.resources import PeakMemory, library_versions
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs
-from pipelines.rl.rollouts import RolloutFunction, Scorer, advantage_reward, keyed_prompts
+from pipelines.rl.rollouts import RolloutFunction, Sampling, Scorer, advantage_reward, keyed_prompts
 from pipelines.run_config import REPO_ROOT, RLSection, RunConfig
 from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_json, write_json
 from pipelines.tasks import sampling
@@ -338,6 +338,7 @@ def _midtrain_loop_trainer(
         config, cluster, out_dir, [1.0], scorer.codec.template_kwargs, scale_rewards="none",
         multi_objective_aggregation="sum_then_normalize", mask_truncated_completions=False,
     )  # fmt: skip
+    function.sampling = Sampling.from_args(args)
     budget = (
         [TokenBudgetCallback(function, rl.rollouts.max_generated_tokens)]
         if rl.rollouts.max_generated_tokens
