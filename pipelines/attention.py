@@ -11,7 +11,9 @@ masked GQA there; everything else (no mask, CUDA, other devices, position biases
 transformers' own function unchanged.
 
 `install()` registers this as the process's `sdpa` through transformers' public `AttentionInterface.register`; the
-stages call it before they load a model.
+stages call it before they load a model. Passes without gradients (eval, generation, GRPO's old-policy log-probs, the
+SFT packing probe) take this path and training forwards transformers' one: the same attention, equal up to float
+rounding (0 on the tested batches in float32).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def sdpa_grouped_kv(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     grouped = getattr(module, "num_key_value_groups", 1) > 1
-    plain = kwargs.get("position_bias") is None and kwargs.get("cache") is None
+    # Anything beyond q, k, v and the mask (position biases, paged caches, soft-capping, attention sinks, asking
+    # for the weights) is transformers' to handle or refuse.
+    extras = ("position_bias", "cache", "softcap", "s_aux", "sinks", "output_attentions")
+    plain = not any(kwargs.get(name) for name in extras)
     # Inference only: in training (packed rows, backward) the grouped path measured 10% slower per LoRA step
     # (176 vs 195 tokens/s on 2,048 packed tokens), the copies being cheap next to the backward pass.
     inference = not torch.is_grad_enabled()

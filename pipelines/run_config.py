@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,6 +145,26 @@ def _checked_extra(train: TrainSection, stage: Literal["sft", "rl"]) -> TrainSec
     return train
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_sampling_cuts(extra: dict[str, Any]) -> None:
+    """GRPOConfig does not range-check these; out of range they zero every token's probability and sampling fails
+    mid-run, after the model has loaded."""
+    checks = {
+        "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1] (leave it out for 1.0)"),
+        "min_p": (lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "a number in [0, 1], or null"),
+        "top_k": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "a whole number >= 0 (0: all)",
+        ),
+    }
+    for key, (valid, expected) in checks.items():
+        if key in extra and not valid(extra[key]):
+            raise ValueError(f"train.extra.{key}: {extra[key]!r} is not {expected}")
+
+
 class SFTSection(StrictModel):
     clusters: list[str] = Field(default_factory=lambda: ["plan", "tool", "code", "reflect"])
     generalist: bool = Field(False, description="Also train a `generalist` adapter on the whole mix.")
@@ -196,8 +217,13 @@ class SFTSection(StrictModel):
             return self.train
         from pydantic import ValidationError
 
+        base = self.train.model_dump()
+        # `extra` merges key by key: an adapter's `extra: {neftune_noise_alpha: 5}` keeps the shared extras.
+        extra = {**base["extra"], **keys["extra"]} if isinstance(keys.get("extra"), dict) else None
         try:
-            merged = TrainSection.model_validate({**self.train.model_dump(), **keys})
+            merged = TrainSection.model_validate(
+                {**base, **keys, **({"extra": extra} if extra is not None else {})}
+            )
         except ValidationError as exc:
             problems = []
             for error in exc.errors():
@@ -441,6 +467,7 @@ class RLSection(StrictModel):
     @field_validator("train")
     @classmethod
     def _trainer_extra(cls, value: TrainSection) -> TrainSection:
+        _check_sampling_cuts(value.extra)
         return _checked_extra(value, "rl")
 
     @model_validator(mode="after")
@@ -471,7 +498,7 @@ class RLSection(StrictModel):
             )
         neutral = {"repetition_penalty": 1.0, "generation_kwargs": None}
         unsupported = {
-            k: v for k, v in self.train.extra.items() if k in neutral and v not in (neutral[k], {})
+            k: v for k, v in self.train.extra.items() if k in neutral and v not in (neutral[k], {}, "{}", "")
         }
         if unsupported:
             raise ValueError(
@@ -586,7 +613,9 @@ class EvalSection(StrictModel):
         groups = ("base", "sft", "rl", "routed")
         for target in value:
             kind, _, name = target.partition("/")
-            if target in groups or (kind in ("sft", "rl") and name and "/" not in name):
+            if target in groups or (
+                kind in ("sft", "rl") and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)
+            ):
                 continue
             hint = difflib.get_close_matches(target, groups, n=1)
             raise ValueError(

@@ -61,7 +61,8 @@ def _spy(calls: list[bool]) -> Any:
 
 
 def test_training_and_unmasked_calls_go_to_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With gradients on (training: measured slower grouped) or without a mask, transformers' function runs."""
+    """Without a mask, with an argument it does not handle, off the CPU or with gradients on (training: measured
+    slower grouped), transformers' function runs; else the grouped path."""
     seen: list[str] = []
 
     def transformers_sdpa(*args: Any, **kwargs: Any) -> tuple[Any, None]:
@@ -73,9 +74,12 @@ def test_training_and_unmasked_calls_go_to_transformers(monkeypatch: pytest.Monk
     module.num_key_value_groups = 3  # type: ignore[assignment]
     query, key = torch.randn(1, 6, 4, 8), torch.randn(1, 2, 4, 8)
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()
-    attention.sdpa_grouped_kv(module, query, key, key, None)
-    attention.sdpa_grouped_kv(module, query.requires_grad_(), key, key, mask)
-    assert seen == ["transformers", "transformers"]
+    with torch.no_grad():
+        attention.sdpa_grouped_kv(module, query, key, key, None)  # no mask: transformers' enable_gqa path
+        attention.sdpa_grouped_kv(module, query, key, key, mask, softcap=30.0)  # not ours to drop
+        attention.sdpa_grouped_kv(module, query.to("meta"), key.to("meta"), key.to("meta"), mask.to("meta"))
+    attention.sdpa_grouped_kv(module, query.requires_grad_(), key, key, mask)  # training
+    assert seen == ["transformers"] * 4
     with torch.no_grad():
         out, _ = attention.sdpa_grouped_kv(module, query, key, key, mask)
-    assert seen == ["transformers", "transformers"] and out.shape == (1, 4, 6, 8)
+    assert seen == ["transformers"] * 4 and out.shape == (1, 4, 6, 8)

@@ -171,9 +171,42 @@ def test_cluster_train_and_eval_targets_are_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(BadInput, match=message):
             load_run_config(_write(tmp_path, head + "  cluster_train:\n" + body))
+    merged = load_run_config(
+        _write(
+            tmp_path,
+            head + "  train: {extra: {neftune_noise_alpha: 5, dataloader_num_workers: 0}}\n"
+            "  cluster_train:\n    plan: {extra: {neftune_noise_alpha: 1}}\n",
+        )
+    ).sft
+    assert merged is not None  # an adapter's extras merge key by key with the shared ones
+    assert merged.train_for("plan").extra == {"neftune_noise_alpha": 1, "dataloader_num_workers": 0}
     untrained = load_run_config(_write(tmp_path, head + "  cluster_train:\n    code: {max_steps: 2}\n")).sft
     assert untrained is not None and untrained.train_for("tool").max_steps == 50  # kept for when code trains
     eval_path = _write(tmp_path, head + "eval:\n  targets: [base, sft/tool, rl/tool, routed]\n")
     assert load_run_config(eval_path).eval.targets == ["base", "sft/tool", "rl/tool", "routed"]
     with pytest.raises(BadInput, match=r"eval.targets: 'sfts' is none of .*did you mean 'sft'"):
         load_run_config(_write(tmp_path, head + "eval:\n  targets: [base, sfts]\n"))
+    with pytest.raises(BadInput, match=r"eval.targets: 'sft/\.\.' is none of"):
+        load_run_config(_write(tmp_path, head + "eval:\n  targets: [sft/..]\n"))
+
+
+def test_an_unset_cluster_train_leaves_the_stage_fingerprints_as_they_were(tmp_path: Path) -> None:
+    """Upgrading to a midtrain with `sft.cluster_train` must not re-run the finished stages of a run."""
+    from pipelines.hashing import fingerprint
+    from pipelines.run import fingerprints
+    from pipelines.stages import BY_NAME
+
+    _write(tmp_path, RECIPE, "recipe.yaml")
+    config = load_run_config(
+        _write(tmp_path, f"name: demo\ndata:\n  recipe: {tmp_path / 'recipe.yaml'}\nsft: {{}}\n")
+    )
+    dumped = config.model_dump(mode="json")
+    del dumped["sft"]["cluster_train"]  # the section as a midtrain without the key dumped it
+    sections = {k: dumped.get(k) for k in BY_NAME["sft"].sections}
+    before = fingerprint(
+        {"sections": sections, "upstream": {s: fingerprints(config).get(s) for s in BY_NAME["sft"].consumes}}
+    )
+    assert fingerprints(config)["sft"] == before[:16]
+    assert config.sft is not None
+    config.sft.cluster_train = {"plan": {"max_steps": 3}}
+    assert fingerprints(config)["sft"] != before[:16]

@@ -394,6 +394,17 @@ def test_rollout_settings_are_validated_with_the_fix_named() -> None:
     ):
         RLSection(reflexion={"retries": 1}, train={"extra": {"repetition_penalty": 1.2}})
     RLSection(rollouts={"loop": "trl"}, train={"extra": {"repetition_penalty": 1.2}})  # TRL's loop applies it
+    RLSection(
+        reflexion={"retries": 1}, train={"extra": {"generation_kwargs": "{}", "top_k": 0, "min_p": None}}
+    )
+    for cut, message in (
+        ({"top_p": 0}, r"top_p: 0 is not a number in \(0, 1\]"),
+        ({"top_p": None}, "top_p: None"),
+        ({"min_p": 1.5}, r"min_p: 1.5 is not"),
+        ({"top_k": -1}, r"top_k: -1 is not a whole"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            RLSection(train={"extra": cut})  # fmt: skip
     assert not RLSection().rollouts.uses_midtrain_loop(RLSection().reflexion, RLSection().curriculum)
     rl = RLSection(num_generations=6, rollouts={"shape": "tree"}, train={"per_device_train_batch_size": 6})
     assert rl.rollouts.uses_midtrain_loop(rl.reflexion, rl.curriculum)

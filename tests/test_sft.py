@@ -384,20 +384,20 @@ def test_cluster_train_gives_each_adapter_its_own_steps_and_fingerprint(
     `plan`'s keys leaves `notes` finished (its fingerprint is its own)."""
     from pipelines import run as pipeline
 
-    train = {"max_steps": 2, "max_length": 1024, "save_steps": 100}
+    train = {"max_steps": 1, "max_length": 1024, "save_steps": 100}
     first = config_on_mix(
         tmp_path, tiny_model_dir, mix_dir, clusters=["notes", "plan"], replay_fraction=0.0, train=train,
-        cluster_train={"plan": {"max_steps": 3, "learning_rate": 5e-4}},
+        cluster_train={"plan": {"max_steps": 2, "learning_rate": 5e-4}},
     )  # fmt: skip
     pipeline.run_stage(first, "sft", pipeline.fingerprints(first)["sft"])
     notes, plan = (SFTSummary.read(first.run_dir / "sft" / name) for name in ("notes", "plan"))
-    assert (notes.steps, plan.steps) == (2, 3)
+    assert (notes.steps, plan.steps) == (1, 2)
     second = first.model_copy(deep=True)
     assert second.sft is not None
-    second.sft.cluster_train = {"plan": {"max_steps": 4}}
+    second.sft.cluster_train = {"plan": {"max_steps": 3}}
     result = pipeline.run_stage(second, "sft", pipeline.fingerprints(second)["sft"])
     assert result.summary["adapters"]["notes"] == notes.model_dump(mode="json")
-    assert SFTSummary.read(second.run_dir / "sft" / "plan").steps == 4
+    assert SFTSummary.read(second.run_dir / "sft" / "plan").steps == 3
 
 
 def test_grad_accumulation_matches_larger_batch(tmp_path: Path, tiny_model_dir: Path, mix_dir: Path) -> None:

@@ -505,7 +505,9 @@ class remembered:
     Greedy decoding is a function of those three, and the routed target sends each request to an adapter (or the
     base) that is usually a target of the same run: its replies are the ones that target already got, so the
     routed target costs only its misses instead of a full pass (on the demo run with `sft/plan` and `rl/tool` as
-    targets: 154.8 s → 0.1 s, the same scores). The cache lives for one eval run."""
+    targets: 154.8 s → 0.1 s, the same scores). A reply computed in another batch can differ from a fresh one
+    where padding or the batch's adapter mix moves a near-tie by float rounding; it is still that adapter's
+    greedy reply to that prompt. The cache lives for one eval run."""
 
     def __init__(self, generate: GenerateFn) -> None:
         self.generate = generate
