@@ -26,10 +26,6 @@ from pipelines.stages import BY_NAME, STAGES, Stage, enabled_stages
 
 def fingerprints(config: RunConfig) -> dict[str, str]:
     dumped = config.model_dump(mode="json")
-    # A key added with a default that changes nothing stays out while it is unset, so upgrading midtrain does not
-    # re-run the finished stages of an existing run.
-    if isinstance(dumped.get("sft"), dict) and not dumped["sft"].get("cluster_train"):
-        dumped["sft"].pop("cluster_train", None)
     prints: dict[str, str] = {}
     for stage in STAGES:
         payload = {

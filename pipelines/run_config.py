@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_serializer, model_validator
 
 from pipelines.config import (
     StrictModel,
@@ -189,6 +189,15 @@ class SFTSection(StrictModel):
     @classmethod
     def _trainer_extra(cls, value: TrainSection) -> TrainSection:
         return _checked_extra(value, "sft")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_cluster_train(self, handler: Any) -> Any:
+        """Unset, `cluster_train` is left out of every dump (fingerprints, wandb config, `config show`): runs made
+        before it existed keep their fingerprints, and an adapter's own config (`for_adapter`) hashes as before."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and not self.cluster_train:
+            dumped.pop("cluster_train", None)
+        return dumped
 
     @model_validator(mode="after")
     def _cluster_train_known(self) -> SFTSection:
