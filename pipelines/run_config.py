@@ -227,12 +227,11 @@ class SFTSection(StrictModel):
         from pydantic import ValidationError
 
         base = self.train.model_dump()
-        # `extra` merges key by key: an adapter's `extra: {neftune_noise_alpha: 5}` keeps the shared extras.
-        extra = {**base["extra"], **keys["extra"]} if isinstance(keys.get("extra"), dict) else None
+        values = {**base, **keys}
+        if isinstance(keys.get("extra"), dict):  # key by key: an adapter's extras keep the shared ones
+            values["extra"] = {**base["extra"], **keys["extra"]}
         try:
-            merged = TrainSection.model_validate(
-                {**base, **keys, **({"extra": extra} if extra is not None else {})}
-            )
+            merged = TrainSection.model_validate(values)
         except ValidationError as exc:
             problems = []
             for error in exc.errors():
