@@ -582,6 +582,15 @@ class EvalSection(StrictModel):
         "(the RL stage's own held-out tasks, so its before/after numbers and these agree).",
     )
     heldout_max_difficulty: int = Field(3, ge=1, le=8, description="Held-out tasks need 1..this many calls.")
+    heldout_offered_tools: Literal["all", "task"] = Field(
+        "all",
+        description="Tools in each held-out prompt: `all` of the domain's, or `task`: the task's own plus "
+        "`heldout_distractor_tools` others of its domain (as `rl.offered_tools: task` and BFCL's `multiple` "
+        "offer them).",
+    )
+    heldout_distractor_tools: int = Field(
+        2, ge=0, description="Other tools of the domain offered with `heldout_offered_tools: task`."
+    )
     tasks: str | None = Field(
         None,
         description="A task file (JSONL): the held-out suite is its `heldout` rows (at most `limit` per "

@@ -327,3 +327,26 @@ def test_remembered_generate_answers_repeats_from_memory(tmp_path: Path) -> None
     assert asked[2:] == [([1, 2], None, 8)]
     memo([[1, 2]], [str(adapter)], 16)
     assert len(asked) == 4 and memo.hits == 2
+
+
+def test_heldout_prompts_offer_the_tasks_tools_and_distractors_when_asked(
+    run_dir: Path, tiny_model_dir: Path
+) -> None:
+    from pipelines.rl.rewards import reference_calls
+
+    domains = ["calculator", "filesystem"]
+    every = EvalSection(limit=4, heldout_domains=domains, heldout_irrelevance_fraction=0.5)
+    config = _config(run_dir, tiny_model_dir, every)
+    full = stage.load_heldout(config, every)
+    assert {it.env_key for it in full.items} == set(domains)
+
+    views = every.model_copy(update={"heldout_offered_tools": "task", "heldout_distractor_tools": 2})
+    suite = stage.load_heldout(config, views)
+    # The same tasks, each in a view of its own tools plus two others; an irrelevant one gets three to decline.
+    assert [it.task for it in suite.items] == [it.task for it in full.items]
+    for item in suite.items:
+        domain_tools = set(full.env_classes[item.domain]._tool_methods())
+        offered = set(suite.env_classes[item.env_key]._tool_methods())
+        needed = {c.name for c in reference_calls(item.task)}
+        assert needed <= offered < domain_tools and len(offered) == len(needed) + 2 + (0 if needed else 1)
+    assert any(not it.task.solution for it in suite.items)

@@ -278,3 +278,87 @@ def test_teacher_over_the_mcp_fixture(server: tuple[str, str], tmp_path: Path) -
     assert len(proposals) == 2 and all(r["reason"].startswith("proposal_") for r in proposals)
     assert len(run.results) == 4 and run.requests == 4
     assert all(isinstance(r, Trace) or r["reason"] for r in run.results)
+
+
+# -- reflexion retries -----------------------------------------------------------------------------------------
+class _ScriptedTeacher:
+    """An OpenAI-compatible endpoint (stdlib HTTP, real requests from the real client) whose replies are chosen
+    by the test, so that a retry certainly succeeds: it answers "Add a mug." without calling a tool; after
+    feedback it calls `add_to_cart(mug)` and then answers. Which requests arrived is recorded."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        teacher = self
+        self.bodies: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                teacher.bodies.append(body)
+                reply = json.dumps({"choices": [{"message": teacher.reply(body["messages"])}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def reply(messages: list[dict]) -> dict:
+        told = any(m["role"] == "user" and m["content"].startswith("Your previous attempt") for m in messages)
+        if not told:
+            return {"role": "assistant", "content": "<think><plan>A mug is easy.</plan></think>Added a mug."}
+        if messages[-1]["role"] == "user":
+            call = {
+                "type": "function",
+                "function": {"name": "add_to_cart", "arguments": '{"product_id": "mug"}'},
+            }
+            return {"role": "assistant", "content": "<think><reflect>I never called the tool.</reflect></think>",
+                    "tool_calls": [call]}  # fmt: skip
+        return {
+            "role": "assistant",
+            "content": "<think><verify>The mug is in the cart.</verify></think>Done.",
+        }
+
+
+@pytest.mark.integration
+def test_a_judged_failure_is_retried_with_the_judges_words_and_kept_as_a_recovery_trace(
+    tmp_path: Path,
+) -> None:
+    task_set = load_task_file(tasks_file(tmp_path), PY_SHOP)
+    mug = [t for t in task_set.train if t.task_id == "py-2"]
+    teacher = _ScriptedTeacher()
+    try:
+        plain = TeacherSettings(base_url=teacher.url, model="scripted", retries=0)
+        without = teacher_traces(mug, task_set.envs, plain, tmp_path / "c0.jsonl", SCHEMA)
+        (reject,) = without.results
+        assert reject["reason"] == "outcome" and "after" not in reject["detail"]
+
+        cache = tmp_path / "c1.jsonl"
+        retrying = plain.model_copy(update={"reflexion_retries": 2})
+        run = teacher_traces(mug, task_set.envs, retrying, cache, SCHEMA)
+        (trace,) = run.results
+        assert isinstance(trace, Trace), trace
+        assert trace.meta["pattern"] == "recovery" and trace.cluster == "reflect"
+        assert trace.meta["reflexion"]["retries"] == 1
+        roles = [m.role for m in trace.messages]
+        assert roles == ["system", "user", "assistant", "user", "assistant", "tool", "assistant"]
+        feedback = trace.messages[3].content
+        # The judge's words name the missing tool, never the expected arguments.
+        assert "`add_to_cart`" in feedback and "mug" not in feedback
+        assert trace.messages[4].thinking[0].section == "reflect"
+        # The retry's request carried the failed attempt and the feedback; the cache replays the run offline.
+        assert teacher.bodies[-2]["messages"][-1] == {"role": "user", "content": feedback}
+        with offline_teacher():
+            again = teacher_traces(mug, task_set.envs, retrying, cache, SCHEMA)
+        assert again.requests == 0 and again.results[0].to_json() == trace.to_json()
+    finally:
+        teacher.server.shutdown()

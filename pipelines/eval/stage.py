@@ -298,7 +298,13 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
         log.warning("eval: some held-out tasks lie outside the set the SFT mix was decontaminated against")
     n_irrelevant = math.ceil(per_domain * section.heldout_irrelevance_fraction)
     irrelevant = heldout_irrelevance_tasks(domains, n_irrelevant, seed, section.heldout_max_difficulty)
-    return HeldoutSuite(held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()})
+    items, classes = held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()}
+    if section.heldout_offered_tools == "task":
+        from pipelines.rl.tool_views import with_tool_views
+
+        items, views = with_tool_views(items, classes, section.heldout_distractor_tools)
+        classes = {**classes, **views}
+    return HeldoutSuite(items, classes)
 
 
 def task_file_heldout(section: EvalSection) -> HeldoutSuite:
@@ -486,7 +492,7 @@ def eval_target(
             rows += found
         if heldout.items:
             texts = (
-                [heldout_route_text(it, heldout.env_classes[it.domain]) for it in heldout.items]
+                [heldout_route_text(it, heldout.env_classes[it.env_key]) for it in heldout.items]
                 if routes
                 else []
             )

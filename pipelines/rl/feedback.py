@@ -44,6 +44,9 @@ def _reasons(rollout: Rollout, task: Task, environment: Any) -> list[str]:
         reasons.append(f"The call to `{name}` returned an error: {_short(text)}")
     if task.judge is None:
         reasons += _call_reasons(rollout.calls, reference_calls(task))
+    elif task.judge.get("calls"):
+        # A task file's expected calls may allow several values per argument (BFCL's rules): name the tools only.
+        reasons += _call_name_reasons(rollout.calls, reference_calls(task))
     state = task.expected_state
     checkable = state is not None and hasattr(environment, "_check_state")
     if not reasons and checkable and not environment._check_state(state):
@@ -77,6 +80,20 @@ def _call_reasons(made: list[Call], expected: list[Call]) -> list[str]:
     if extra:
         reasons.append(f"Calls to {', '.join(f'`{n}`' for n in extra)} were not needed.")
     return reasons
+
+
+def _call_name_reasons(made: list[Call], expected: list[Call]) -> list[str]:
+    """Which needed tools were never called and which called ones were not needed, by name alone."""
+    if expected and not made:
+        names = ", ".join(sorted({f"`{c.name}`" for c in expected}))
+        return [f"No tool was called; this request needs {names}."]
+    needed = {c.name for c in expected}
+    missing = sorted(needed - {c.name for c in made})
+    extra = sorted({c.name for c in made} - needed)
+    reasons = [f"`{name}` was never called, and the request needs it." for name in missing]
+    if extra:
+        reasons.append(f"Calls to {', '.join(f'`{n}`' for n in extra)} were not needed.")
+    return reasons or ["The calls' arguments do not all match what the request asks for."]
 
 
 def _same(made: Call, ref: Call) -> bool:

@@ -15,6 +15,12 @@ Then the APIGen-style verification of `pipelines.tasks.generate`, and a reject w
   for deterministic servers) or at least run without new errors (`replay: executes`);
 - outcome: the task's own judge (`pipelines.tasks.task_file`) scores the final answer and state 1.0 in that replay.
 
+Reflexion (`teacher.reflexion_retries`): an episode that fails only the outcome check gets the judge's reason in
+words (`pipelines.rl.feedback`, the RL retries' feedback: which tool was missing or wrong, never the expected
+values) as a user turn and continues in the same environment; a retry that verifies is kept as a `recovery`
+trace (failed attempt, feedback, fix), which is how failures the teacher recovers from reach the mix instead of
+being dropped. The retries' requests are cached like any other, so rebuilds stay byte for byte.
+
 Reproducibility: each request (model, messages, tools, sampling settings and a per-sample seed; not the URL or
 key) is hashed, and the response stored under that hash in the run's cache file. A build answers from the cache
 when it can and asks the endpoint otherwise; the manifest records a hash over exactly the entries the build
@@ -282,6 +288,7 @@ class Episode:
     api_messages: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
     errors: int = 0
+    feedback: list[str] = field(default_factory=list)  # the judge's words before each reflexion retry
 
 
 def run_episode(task: Task, env: ToolEnv, tools: list[dict[str, Any]], client: TeacherClient,
@@ -295,8 +302,24 @@ def run_episode(task: Task, env: ToolEnv, tools: list[dict[str, Any]], client: T
     episode.messages += [Message(role=m["role"], content=m["content"]) for m in opening]
     episode.api_messages = [{"role": "system", "content": (system + "\n\n" if system else "") + instructions(schema)},
                             *opening]  # fmt: skip
-    after_error = False
-    for turn in range(max_turns):
+    _take_turns(episode, env, tools, client, schema, max_turns, seed, after_error=False)
+    return episode
+
+
+def retry_episode(episode: Episode, feedback: str, env: ToolEnv, tools: list[dict[str, Any]],
+                  client: TeacherClient, schema: ThoughtSchema, max_turns: int, seed: int) -> None:  # fmt: skip
+    """Reflexion: the judge's reason as a user turn after the failed attempt, then the teacher continues in the
+    same environment (what the failed attempt changed stays changed: the fix has to deal with it)."""
+    episode.messages.append(Message(role="user", content=feedback))
+    episode.api_messages.append({"role": "user", "content": feedback})
+    _take_turns(episode, env, tools, client, schema, max_turns, seed, after_error=True)
+
+
+def _take_turns(episode: Episode, env: ToolEnv, tools: list[dict[str, Any]], client: TeacherClient,
+                schema: ThoughtSchema, max_turns: int, seed: int, after_error: bool) -> None:  # fmt: skip
+    """Up to `max_turns` assistant turns, each call executed, until a turn without calls (the final answer)."""
+    first = sum(m.role == "assistant" for m in episode.messages)  # turn numbers run on across retries
+    for turn in range(first, first + max_turns):
         try:
             response = client.complete(episode.api_messages, tools, seed)
         except TeacherError as exc:
@@ -307,7 +330,8 @@ def run_episode(task: Task, env: ToolEnv, tools: list[dict[str, Any]], client: T
         thinking, visible = _thinking(message, content, schema, turn, after_error, final=not calls)
         if not calls:
             episode.messages.append(Message(role="assistant", content=visible, thinking=thinking))
-            return episode
+            episode.api_messages.append({"role": "assistant", "content": content})
+            return
         tool_calls = [
             ToolCall(id=f"call_{episode.calls + i + 1}", name=n, arguments=a)
             for i, (n, a) in enumerate(calls)
@@ -335,6 +359,23 @@ def run_episode(task: Task, env: ToolEnv, tools: list[dict[str, Any]], client: T
                 {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": text}
             )
     raise Rejected("max_turns", f"still calling tools after {max_turns} turns")
+
+
+def judge_feedback(episode: Episode, task: Task, env: ToolEnv) -> str:
+    """What the environment's judge found wrong with a finished episode, in words (the same feedback RL's
+    reflexion retries get, `pipelines.rl.feedback`): names the wrong call or check, never the expected values."""
+    from pipelines.rl.feedback import verbal_feedback
+    from pipelines.rl.rewards import Call, Rollout
+
+    assistant = [m for m in episode.messages if m.role == "assistant"]
+    rollout = Rollout(
+        calls=[Call(c.name, dict(c.arguments)) for m in assistant for c in m.tool_calls],
+        malformed=0,
+        results=[(m.name or "", m.content) for m in episode.messages if m.role == "tool"],
+        final_text=assistant[-1].content if assistant else "",
+        finished=bool(assistant) and not assistant[-1].tool_calls,
+    )
+    return verbal_feedback(rollout, task, env)
 
 
 def shape(messages: list[Message], expects_no_call: bool) -> str:
@@ -556,17 +597,28 @@ def verify_proposal(task_id: str, proposal: dict[str, Any], env_name: str, env_c
 
 def episode_trace(task: Task, sample: int, env_class: type[ToolEnv], client: TeacherClient, schema: ThoughtSchema,
                   settings: TeacherSettings, seed: int, replay: str, labels: dict[str, str]) -> Trace | dict[str, str]:  # fmt: skip
+    """One verified episode: a Trace, or a reject. An episode the judge fails is retried with the judge's reason
+    up to `settings.reflexion_retries` times (the environment stays open across them); a success after a retry
+    is a `recovery` trace holding the failed attempt, the feedback and the fix."""
     draw_id = f"{task.task_id}#{sample}"
     env = env_class()
+    episode_seed = seed_of(seed, task.task_id, sample)
+    retried = 0
     try:
         env.reset(task=task.to_json())
         offered = env._tool_schemas()
-        episode = run_episode(
-            task, env, offered, client, schema, settings.max_turns, seed_of(seed, task.task_id, sample)
-        )
-        trace = _trace(task, sample, episode, offered, settings, labels)
+        episode = run_episode(task, env, offered, client, schema, settings.max_turns, episode_seed)
+        while True:
+            trace = _trace(task, sample, episode, offered, settings, labels)
+            problems = verify_trace(trace, task, env_class, schema, replay)
+            if not problems or problems[0][0] != "outcome" or retried >= settings.reflexion_retries:
+                break
+            feedback = judge_feedback(episode, task, env)
+            episode.feedback.append(feedback)
+            retried += 1
+            retry_episode(episode, feedback, env, offered, client, schema, settings.max_turns, episode_seed)
     except Rejected as exc:
-        return {"id": draw_id, "reason": exc.reason, "detail": exc.detail}
+        return {"id": draw_id, "reason": exc.reason, "detail": exc.detail + _after_retries(retried)}
     except BadInput:  # a cache miss offline, a missing API key: the build stops, with the reason
         raise
     except (
@@ -576,20 +628,30 @@ def episode_trace(task: Task, sample: int, env_class: type[ToolEnv], client: Tea
                 "detail": f"{type(exc).__name__}: {exc}"[:400]}  # fmt: skip
     finally:
         _close(env)
-    problems = check_format(trace, schema)
-    if not problems:
-        fresh = env_class()
-        try:
-            fresh.reset(task=task.to_json())
-            problems = check_replay(trace, fresh, task, replay)
-        except Exception as exc:
-            problems = [("env_error", f"replay: {type(exc).__name__}: {exc}"[:400])]
-        finally:
-            _close(fresh)
     if problems:
         reason, detail = problems[0]
-        return {"id": trace.id, "reason": reason, "detail": f"{draw_id}: {detail}"}
+        return {"id": trace.id, "reason": reason, "detail": f"{draw_id}: {detail}{_after_retries(retried)}"}
     return trace
+
+
+def _after_retries(retries: int) -> str:
+    return f" (after {retries} reflexion {'retry' if retries == 1 else 'retries'})" if retries else ""
+
+
+def verify_trace(trace: Trace, task: Task, env_class: type[ToolEnv], schema: ThoughtSchema,
+                 replay: str) -> list[tuple[str, str]]:  # fmt: skip
+    """Format first; then every call replayed in a fresh environment and the judge's verdict there."""
+    problems = check_format(trace, schema)
+    if problems:
+        return problems
+    fresh = env_class()
+    try:
+        fresh.reset(task=task.to_json())
+        return check_replay(trace, fresh, task, replay)
+    except Exception as exc:
+        return [("env_error", f"replay: {type(exc).__name__}: {exc}"[:400])]
+    finally:
+        _close(fresh)
 
 
 def _close(env: ToolEnv) -> None:
@@ -600,9 +662,14 @@ def _close(env: ToolEnv) -> None:
 
 def _trace(task: Task, sample: int, episode: Episode, tools: list[dict[str, Any]], settings: TeacherSettings,
            labels: dict[str, str]) -> Trace:  # fmt: skip
-    pattern = shape(episode.messages, (task.judge or {}).get("calls") == [])
+    # A retried episode is a recovery trace whatever its shape: a failed attempt, the judge's words, the fix.
+    pattern = (
+        "recovery" if episode.feedback else shape(episode.messages, (task.judge or {}).get("calls") == [])
+    )
     meta = {"pattern": pattern, "difficulty": episode.calls, "domain": task.domain, "task_id": task.task_id,
             "task": task.to_json(), "teacher": {"model": settings.model, "sample": sample}}  # fmt: skip
+    if episode.feedback:
+        meta["reflexion"] = {"retries": len(episode.feedback), "feedback": list(episode.feedback)}
     draft = Trace(id="", source=SOURCE, kind="tool", cluster=labels.get(pattern, "tool"),
                   tools=[{"type": "function", "function": function_spec(t)} for t in tools],
                   messages=episode.messages, meta=meta)  # fmt: skip

@@ -3,7 +3,9 @@ the chat stack: configs validate without it)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_serializer
 
 from pipelines.config import StrictModel
 
@@ -23,3 +25,19 @@ class TeacherSettings(StrictModel):
     concurrency: int = Field(4, ge=1, description="Episodes in flight (each with its own environment).")
     timeout_s: float = Field(300.0, gt=0, description="Per request.")
     retries: int = Field(2, ge=0, description="Retries of a request that failed to connect or got a 5xx.")
+    reflexion_retries: int = Field(
+        0,
+        ge=0,
+        description="An episode the task's judge fails is retried with the judge's reason (which call or check "
+        "was wrong, never the expected values) as a user turn, up to this many times; a success becomes a "
+        "`recovery` trace: the failed attempt, the feedback, the fix.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_reflexion(self, handler: Any) -> Any:
+        """At 0, `reflexion_retries` is left out of dumps: recipes written before it existed keep their
+        fingerprints and lockfiles."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and not self.reflexion_retries:
+            dumped.pop("reflexion_retries", None)
+        return dumped
