@@ -500,3 +500,39 @@ def test_sampler_cuts_like_transformers_top_k_top_p_min_p() -> None:
     assert sampler(0.0) is None
     first, again = sampler(1.0, seed=3), sampler(1.0, seed=3)
     assert first is not None and again is not None and first(logits).tolist() == again(logits).tolist()
+
+
+def test_a_killed_grpo_run_on_midtrains_loop_resumes_with_its_rollout_totals_and_curriculum(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """midtrain's rollout loop (here for the curriculum) keeps its own state (call count = sampling seeds, totals,
+    the curriculum) in each checkpoint: a run killed after step 1 resumes there and ends with the totals of two
+    steps, not one step's or three's."""
+    from pipelines.rl.train import restored_rollout_state, run
+    from tests.helpers import CrashAt
+    from tests.test_rl import StepsRun, save_sft_adapter
+
+    config = rl_config(
+        tmp_path, tiny_model_dir, domains=["calculator"], n_tasks=2, num_generations=2, eval_tasks_per_domain=0,
+        max_completion_length=8, curriculum={"enabled": True, "max_resamples": 0},
+        train={"max_steps": 2, "save_steps": 1, "save_total_limit": 1, "per_device_train_batch_size": 2,
+               "learning_rate": 1e-3, "gradient_checkpointing": False},
+    )  # fmt: skip
+    save_sft_adapter(config, tiny_model_dir, "tool")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, callbacks=[CrashAt(1)])
+    out = config.run_dir / "rl" / "tool"
+    saved = restored_rollout_state(out / "checkpoint-1")
+    assert saved is not None and saved["totals"]["calls"] == 1 and saved["totals"]["groups"] == 1
+    assert sum(saved["curriculum"]["groups"].values()) == 1
+
+    steps = StepsRun()
+    summary = run(config, callbacks=[steps]).clusters["tool"]
+    assert (steps.start, steps.ran) == (1, [2])
+    assert summary.rollouts is not None
+    totals = summary.rollouts["totals"]
+    assert totals["calls"] == 2 and totals["groups"] == 2
+    assert totals["generated_tokens"] > saved["totals"]["generated_tokens"]
+    # The curriculum went on from its saved counts: step 2's group is added to step 1's, not counted alone.
+    zero_signal = summary.rollouts["curriculum"]["curriculum/zero_signal_groups"]
+    assert saved["curriculum"]["zero_signal"] <= zero_signal <= saved["curriculum"]["zero_signal"] + 1
