@@ -128,6 +128,29 @@ def test_units_workers_and_datatrove_tasks_build_identical_bytes(
 
 
 @pytest.mark.integration
+def test_shards_written_a_row_group_at_a_time_are_the_bytes_of_the_whole_shard_written_at_once(
+    corpus: Path, settings: BuildSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write step holds one output row group, not one shard: with 7-row row groups each 20-row shard is
+    gathered from three buckets, and its bytes equal the same rows written in one call (the old way, and what a
+    lockfile recorded before)."""
+    from pipelines.data import build as build_module
+
+    monkeypatch.setattr(build_module, "OUTPUT_ROW_GROUP", 7)
+    out = build(_recipe(corpus), corpus / "row-groups", settings).out_dir
+    shards = sorted(out.glob("*.parquet"))
+    assert len(shards) >= 3
+    for shard in shards:
+        file = pq.ParquetFile(shard)
+        sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+        assert all(n == 7 for n in sizes[:-1]) and 0 < sizes[-1] <= 7, (shard.name, sizes)
+        once = corpus / "once.parquet"
+        with pq.ParquetWriter(once, build_module.OUTPUT_SCHEMA, **build_module.PARQUET_OPTIONS) as writer:
+            writer.write_table(file.read().combine_chunks(), row_group_size=7)
+        assert once.read_bytes() == shard.read_bytes(), shard.name
+
+
+@pytest.mark.integration
 def test_dedup_and_decontamination_are_global_across_units(whole: tuple[Path, dict]) -> None:
     out, manifest = whole
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]

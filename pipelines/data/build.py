@@ -15,10 +15,11 @@ Units are cut by the input alone and read back in order, so the output bytes, sh
 same for any executor and any number of workers or tasks (tests/test_data_scale.py).
 
 Memory: rows never accumulate. A worker holds one render batch and one spill row group (~2M tokens); output
-shards are gathered from the spills one shard at a time. What grows with the corpus is per-row bookkeeping
-in this process: what mixing needs (id, token count, difficulty, cluster: ~0.3 KB per kept row) and, while
-dedup runs, 16 bytes per row plus one LSH band (64 bytes) per row at a time. scripts/bench_data.py --scale
-measures it.
+shards are gathered from the spills one output row group at a time (`_Shuffler`), so neither the shard size nor
+the corpus sets the write step's peak. What grows with the corpus is per-row bookkeeping in this process: what
+mixing needs (id, token count, difficulty, cluster: 341 bytes per kept row measured, ~0.33 GB per million rows)
+and, while dedup runs, 16 bytes per row plus one LSH band (64 bytes) per row at a time.
+scripts/bench_data.py --scale measures the peak per corpus size.
 """
 
 from __future__ import annotations
@@ -713,11 +714,13 @@ class _SpillIndex:
 
 class _Shuffler:
     """Writes rows of the spill, in any global order, as output shards, reading the spill once per group of
-    up to MAX_OPEN_BUCKETS shards (not once per shard: a shuffled shard draws from every spill row group).
+    up to MAX_OPEN_BUCKETS buckets (not once per shard: a shuffled shard draws from every spill row group).
 
-    Pass 1 streams the spill's row groups and appends each wanted row, tagged with its output position, to
-    its shard's bucket file; pass 2 sorts one bucket at a time by position and writes the shard. Memory: one
-    spill row group plus one shard."""
+    A bucket is one output row group (OUTPUT_ROW_GROUP rows of one shard). Pass 1 streams the spill's row groups
+    and appends each wanted row, tagged with its output position, to its bucket file; pass 2 sorts one bucket at
+    a time by position and appends it to its shard as that shard's next row group. Memory: one spill row group
+    plus one output row group, whatever the shard size and the corpus (a whole shard in memory grew the peak
+    with `shard_rows`: +370 MB for 5,000-row shards of 1,500-token rows)."""
 
     def __init__(self, spill: _SpillIndex, work: Path) -> None:
         self.spill = spill
@@ -727,53 +730,63 @@ class _Shuffler:
     def write(self, prefix: str, rows: list[tuple[int, int]], shard_rows: int) -> list[tuple[Path, pa.Table]]:
         """(path, the shard's small columns) per shard written; `rows` are (spill row, epoch) in output order."""
         n_shards = -(-len(rows) // shard_rows)
+        per_shard = -(-shard_rows // OUTPUT_ROW_GROUP)  # buckets (row groups) of a full shard
+        shards_per_pass = max(1, MAX_OPEN_BUCKETS // per_shard)
         written = []
-        for first in range(0, n_shards, MAX_OPEN_BUCKETS):
-            shards = range(first, min(first + MAX_OPEN_BUCKETS, n_shards))
+        for first in range(0, n_shards, shards_per_pass):
+            shards = range(first, min(first + shards_per_pass, n_shards))
             buckets = self._fill_buckets(rows, shard_rows, shards)
             for shard in shards:
                 path = self.work / f"{prefix}-{shard:05d}.parquet"
-                written.append((path, self._finish(buckets[shard], rows, path)))
+                mine = [bucket for (owner, _), bucket in sorted(buckets.items()) if owner == shard]
+                written.append((path, self._finish(mine, rows, path)))
         return written
 
-    def _fill_buckets(self, rows: list[tuple[int, int]], shard_rows: int, shards: range) -> dict[int, Path]:
+    def _fill_buckets(
+        self, rows: list[tuple[int, int]], shard_rows: int, shards: range
+    ) -> dict[tuple[int, int], Path]:
+        def bucket_of(pos: int) -> tuple[int, int]:
+            return pos // shard_rows, (pos % shard_rows) // OUTPUT_ROW_GROUP
+
         by_group: dict[int, list[int]] = defaultdict(list)  # spill row group → output positions, ascending
         for pos in range(shards.start * shard_rows, min(shards.stop * shard_rows, len(rows))):
             by_group[bisect.bisect_right(self.starts, rows[pos][0]) - 1].append(pos)
-        paths = {shard: self.work / f"bucket-{shard:05d}.parquet" for shard in shards}
-        writers: dict[int, pq.ParquetWriter] = {}
+        paths: dict[tuple[int, int], Path] = {}
+        writers: dict[tuple[int, int], pq.ParquetWriter] = {}
         try:
             for group in sorted(by_group):
                 positions = by_group[group]
                 piece = self.spill.read(group).take([rows[p][0] - self.starts[group] for p in positions])
                 piece = piece.append_column("_pos", pa.array(positions, type=pa.int64()))
                 start = 0
-                for shard, run in itertools.groupby(positions, key=lambda p: p // shard_rows):
+                for key, run in itertools.groupby(positions, key=bucket_of):
                     length = len(list(run))
-                    if shard not in writers:
-                        writers[shard] = pq.ParquetWriter(paths[shard], piece.schema, compression="none")
-                    writers[shard].write_table(piece.slice(start, length))
+                    if key not in writers:
+                        paths[key] = self.work / f"bucket-{key[0]:05d}-{key[1]:05d}.parquet"
+                        writers[key] = pq.ParquetWriter(paths[key], piece.schema, compression="none")
+                    writers[key].write_table(piece.slice(start, length))
                     start += length
         finally:
             for writer in writers.values():
                 writer.close()
         return paths
 
-    def _finish(self, bucket: Path, rows: list[tuple[int, int]], path: Path) -> pa.Table:
-        table = pq.read_table(bucket).sort_by("_pos")
-        bucket.unlink()
-        epochs = pa.array([rows[p][1] for p in table["_pos"].to_pylist()], type=pa.int32())
-        table = table.drop_columns(["_pos"]).add_column(
-            OUTPUT_SCHEMA.get_field_index("epoch"), "epoch", epochs
-        )
-        _write_parquet(table, path)
-        return table.select(["n_tokens", "n_loss_tokens"])
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    # One contiguous chunk per column: the bytes then depend on the rows alone, not on how they were gathered.
-    with pq.ParquetWriter(path, OUTPUT_SCHEMA, **PARQUET_OPTIONS) as writer:
-        writer.write_table(table.cast(OUTPUT_SCHEMA).combine_chunks(), row_group_size=OUTPUT_ROW_GROUP)
+    def _finish(self, buckets: list[Path], rows: list[tuple[int, int]], path: Path) -> pa.Table:
+        """The shard, one row group per bucket in order: the same row groups (so the same bytes) that writing
+        the whole shard with `row_group_size=OUTPUT_ROW_GROUP` gives."""
+        small = []
+        with pq.ParquetWriter(path, OUTPUT_SCHEMA, **PARQUET_OPTIONS) as writer:
+            for bucket in buckets:
+                table = pq.read_table(bucket).sort_by("_pos")
+                bucket.unlink()
+                epochs = pa.array([rows[p][1] for p in table["_pos"].to_pylist()], type=pa.int32())
+                table = table.drop_columns(["_pos"]).add_column(
+                    OUTPUT_SCHEMA.get_field_index("epoch"), "epoch", epochs
+                )
+                # One contiguous chunk per column: the bytes depend on the rows alone, not on how they were gathered.
+                writer.write_table(table.cast(OUTPUT_SCHEMA).combine_chunks(), row_group_size=OUTPUT_ROW_GROUP)
+                small.append(table.select(["n_tokens", "n_loss_tokens"]))
+        return pa.concat_tables(small)
 
 
 # -- verify --------------------------------------------------------------------------------------------------
