@@ -784,7 +784,9 @@ class _Shuffler:
                     OUTPUT_SCHEMA.get_field_index("epoch"), "epoch", epochs
                 )
                 # One contiguous chunk per column: the bytes depend on the rows alone, not on how they were gathered.
-                writer.write_table(table.cast(OUTPUT_SCHEMA).combine_chunks(), row_group_size=OUTPUT_ROW_GROUP)
+                writer.write_table(
+                    table.cast(OUTPUT_SCHEMA).combine_chunks(), row_group_size=OUTPUT_ROW_GROUP
+                )
                 small.append(table.select(["n_tokens", "n_loss_tokens"]))
         return pa.concat_tables(small)
 
