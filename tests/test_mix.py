@@ -30,7 +30,6 @@ def _pool(
     for i, n in enumerate(sizes):
         pool.rows.append(len(pool.rows) + 1000 * (ord(name[0]) - 96))
         pool.tokens.append(n)
-        pool.ids.append(f"{name}-{i}")
         pool.eval_mask.append(bool(eval_every) and i % eval_every == 0)
     return pool
 

@@ -17,8 +17,10 @@ same for any executor and any number of workers or tasks (tests/test_data_scale.
 Memory: rows never accumulate. A worker holds one render batch and one spill row group (~2M tokens); output
 shards are gathered from the spills one output row group at a time (`_Shuffler`), so neither the shard size nor
 the corpus sets the write step's peak. What grows with the corpus is per-row bookkeeping in this process: what
-mixing needs (id, token count, difficulty, cluster: 341 bytes per kept row measured, ~0.33 GB per million rows)
-and, while dedup runs, 16 bytes per row plus one LSH band (64 bytes) per row at a time.
+mixing needs (typed columns: source, cluster, token counts, difficulty, a 64-bit id digest; 35 bytes per kept
+row measured on a million rows, where a dict of objects took 341), while dedup runs 16 bytes per row plus one
+LSH band (64 bytes) per row at a time, and in the write step the selected rows' (row, epoch) order (~100 bytes
+per selected row).
 scripts/bench_data.py --scale measures the peak per corpus size.
 """
 
@@ -30,6 +32,7 @@ import json
 import shutil
 import sys
 import time
+from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,7 +61,15 @@ from pipelines.data.card import write_card
 from pipelines.data.clean import NearDeduper
 from pipelines.data.decontam import ContaminationIndex, build_index
 from pipelines.data.dedup import Duplicate, UnitKeys, locate, resolve_duplicates
-from pipelines.data.mix import SourcePool, is_eval_id, order_eval, order_train, plan_mix, sample_source
+from pipelines.data.mix import (
+    SourcePool,
+    id_digest,
+    is_eval_digest,
+    order_eval,
+    order_train,
+    plan_mix,
+    sample_source,
+)
 from pipelines.data.plan import PLAN, BuildPlan, BuildSettings, ExecutorSettings, WorkUnit, plan_units
 from pipelines.data.sources import Reject, combine_part_revisions, path_sha256, resolve_hub_commits
 from pipelines.errors import BadInput, MidtrainError
@@ -138,6 +149,56 @@ class _RowMeta:
     n_tokens: int
     n_loss_tokens: int
     difficulty: int
+
+
+class _RowMetaTable:
+    """`_RowMeta` of every spilled row, in typed columns indexed by global spill row: 14 bytes a row where a
+    dict of objects took ~250 (a billion-token mix is ~a million rows). Rows never set (duplicates) read as 0."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, list[str]] = {"source": [], "cluster": []}
+        self._codes: dict[str, dict[str, int]] = {"source": {}, "cluster": {}}
+        self.source, self.cluster, self.difficulty = array("h"), array("h"), array("h")
+        self.n_tokens, self.n_loss_tokens = array("i"), array("i")
+        self.id_digest = array("Q")  # mix.id_digest of the row's Trace id
+
+    def _code(self, kind: str, name: str) -> int:
+        codes = self._codes[kind]
+        if name not in codes:
+            codes[name] = len(codes)
+            self.names[kind].append(name)
+        return codes[name]
+
+    def set(self, row: int, source: str, cluster: str, n_tokens: int, n_loss_tokens: int, difficulty: int,
+            id_digest: int) -> None:  # fmt: skip
+        columns = (
+            self.source,
+            self.cluster,
+            self.n_tokens,
+            self.n_loss_tokens,
+            self.difficulty,
+            self.id_digest,
+        )
+        if row >= len(self.source):  # spill rows arrive unit by unit: grow every column to cover this one
+            for column in columns:
+                column.frombytes(bytes((row + 1 - len(column)) * column.itemsize))
+        self.source[row] = self._code("source", source)
+        self.cluster[row] = self._code("cluster", cluster)
+        self.n_tokens[row] = n_tokens
+        self.n_loss_tokens[row] = n_loss_tokens
+        self.difficulty[row] = difficulty
+        self.id_digest[row] = id_digest
+
+    def unique_ids(self, rows: list[int]) -> int:
+        """Distinct Trace ids among `rows`, by their 64-bit digests (a collision is ~1 in 10^7 at a million rows)."""
+        digests = np.frombuffer(self.id_digest, dtype=np.uint64)
+        return int(np.unique(digests[np.asarray(rows, dtype=np.int64)]).size)
+
+    def __getitem__(self, row: int) -> _RowMeta:
+        return _RowMeta(
+            self.names["source"][self.source[row]], self.names["cluster"][self.cluster[row]],
+            self.n_tokens[row], self.n_loss_tokens[row], self.difficulty[row],
+        )  # fmt: skip
 
 
 # -- entry points --------------------------------------------------------------------------------------------
@@ -294,7 +355,7 @@ class _Builder:
         self.timings: dict[str, float] = {}
         self.stats: dict[str, SourceStats] = {}
         self.pools: dict[str, SourcePool] = {}
-        self.meta: dict[int, _RowMeta] = {}  # by spill row, kept rows only
+        self.meta = _RowMetaTable()  # by spill row
 
     def setup(self) -> None:
         """Tokenizer, thought schema, eval sets and the unit plan: their problems surface before any folder
@@ -458,13 +519,14 @@ class _Builder:
         pool, stats = self.pools[unit.source], self.stats[unit.source]
         for i, row in enumerate(kept):
             n_tokens = small["n_tokens"][i]
-            self.meta[base + row] = _RowMeta(
-                unit.source, small["cluster"][i], n_tokens, small["n_loss_tokens"][i], small["difficulty"][i]
-            )
+            digest = id_digest(small["id"][i], self.recipe.seed)
+            self.meta.set(
+                base + row, unit.source, small["cluster"][i], n_tokens, small["n_loss_tokens"][i],
+                small["difficulty"][i], digest,
+            )  # fmt: skip
             pool.rows.append(base + row)
             pool.tokens.append(n_tokens)
-            pool.ids.append(small["id"][i])
-            pool.eval_mask.append(is_eval_id(small["id"][i], self.recipe.seed, self.recipe.eval_fraction))
+            pool.eval_mask.append(is_eval_digest(digest, self.recipe.eval_fraction))
             stats.rows_clean += 1
             stats.tokens_in += n_tokens
 
@@ -489,8 +551,7 @@ class _Builder:
     def _write_outputs(self, selections: dict[str, Any], spill: _SpillIndex) -> dict[str, dict[str, Any]]:
         train = [item for sel in selections.values() for item in sel.train]
         evals = [row for sel in selections.values() for row in sel.eval]
-        difficulty = {row: self.meta[row].difficulty for row, _ in train}
-        train = order_train(train, difficulty, self.recipe.seed, self.recipe.curriculum)
+        train = order_train(train, self.meta.difficulty, self.recipe.seed, self.recipe.curriculum)
         ordered_eval = [(row, 0) for row in order_eval(evals, self.recipe.seed)]
         files: dict[str, dict[str, Any]] = {}
         shuffler = _Shuffler(spill, self.work)

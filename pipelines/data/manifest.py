@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +22,15 @@ from pipelines.config import load_json, validate_data
 from pipelines.errors import BadInput
 from pipelines.hashing import sha256_file
 from pipelines.recipe import Recipe
+
+
+class RowLookup(Protocol):
+    """The build's per-row bookkeeping by spill row (`build._RowMetaTable`): source, cluster, token counts."""
+
+    def __getitem__(self, row: int, /) -> Any: ...
+
+    def unique_ids(self, rows: list[int], /) -> int: ...
+
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
@@ -248,7 +256,7 @@ def mix_report(
     plan: Any,
     pools: dict[str, Any],
     selections: dict[str, Any],
-    meta: Mapping[int, Any],
+    meta: RowLookup,
     stats: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest's `sources`, `mix`, `splits` and `rejects` sections (tokens are train + eval)."""
@@ -275,7 +283,7 @@ def mix_report(
             "sources": shares({e["name"]: e["tokens_out"] for e in sources}, plan.source_targets),
             "clusters": _cluster_shares(pools, selections, meta, plan),
         },
-        "splits": _splits(selections, meta, pools),
+        "splits": _splits(selections, meta),
         "rejects": {"total": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items()))},
     }
 
@@ -304,7 +312,7 @@ def _source_entry(stat: Any, pool: Any, sel: Any, plan: Any) -> dict[str, Any]:
 
 
 def _cluster_shares(
-    pools: dict[str, Any], selections: dict[str, Any], meta: Mapping[int, Any], plan: Any
+    pools: dict[str, Any], selections: dict[str, Any], meta: RowLookup, plan: Any
 ) -> dict[str, Any]:
     """Achieved tokens per cluster; target = each source's target split by its pool's cluster proportions."""
     achieved: dict[str, float] = defaultdict(float)
@@ -319,15 +327,14 @@ def _cluster_shares(
     return shares(dict(achieved), dict(target))
 
 
-def _splits(selections: dict[str, Any], meta: Mapping[int, Any], pools: dict[str, Any]) -> dict[str, Any]:
-    ids = {row: pool.ids[i] for pool in pools.values() for i, row in enumerate(pool.rows)}
+def _splits(selections: dict[str, Any], meta: RowLookup) -> dict[str, Any]:
     train = [row for sel in selections.values() for row, _ in sel.train]
     evals = [row for sel in selections.values() for row in sel.eval]
 
     def summary(rows: list[int]) -> dict[str, int]:
         return {
             "rows": len(rows),
-            "unique_ids": len({ids[r] for r in rows}),
+            "unique_ids": meta.unique_ids(rows),
             "tokens": sum(meta[r].n_tokens for r in rows),
             "loss_tokens": sum(meta[r].n_loss_tokens for r in rows),
         }

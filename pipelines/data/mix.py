@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipelines.errors import BadInput
@@ -27,16 +29,17 @@ TOLERANCE_TOKENS = 0.5
 
 @dataclass
 class SourcePool:
-    """A source's clean, rendered rows (indices into the spill) with what mixing needs to know of them."""
+    """A source's clean, rendered rows (indices into the spill) with what mixing needs to know of them.
+
+    Typed arrays, not lists: 13 bytes a row instead of ~100 (a billion-token mix is ~a million rows)."""
 
     name: str
     category: str
     weight: float
     max_epochs: float
-    rows: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    eval_mask: list[bool] = field(default_factory=list)
+    rows: array[int] = field(default_factory=lambda: array("q"))
+    tokens: array[int] = field(default_factory=lambda: array("i"))
+    eval_mask: bytearray = field(default_factory=bytearray)  # 1: the row's id puts it in the eval split
 
     @property
     def train_tokens(self) -> int:
@@ -69,12 +72,18 @@ class Selection:
     epochs: int = 0
 
 
+def id_digest(trace_id: str, seed: int) -> int:
+    """A row's id as 64 bits (seeded): what the split draws from, and what the manifest counts distinct ids by."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{trace_id}".encode(), digest_size=8).digest(), "big")
+
+
 def is_eval_id(trace_id: str, seed: int, fraction: float) -> bool:
     """The split is a pure function of the id, so an id can never land in both train and eval."""
-    if fraction <= 0:
-        return False
-    digest = hashlib.blake2b(f"{seed}:{trace_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
+    return is_eval_digest(id_digest(trace_id, seed), fraction)
+
+
+def is_eval_digest(digest: int, fraction: float) -> bool:
+    return fraction > 0 and digest / 2**64 < fraction
 
 
 # -- planning ------------------------------------------------------------------------------------------------
@@ -207,7 +216,7 @@ class _TrainBudget:
     taken: int = 0
 
     def allows(self, pool: SourcePool, i: int) -> bool:
-        return pool.eval_mask[i] or self.taken + pool.tokens[i] <= self.cap + TOLERANCE_TOKENS
+        return bool(pool.eval_mask[i]) or self.taken + pool.tokens[i] <= self.cap + TOLERANCE_TOKENS
 
 
 def _take(sel: Selection, pool: SourcePool, i: int, epoch: int, budget: _TrainBudget) -> None:
@@ -226,7 +235,7 @@ def _ceil(value: float) -> int:
 
 
 def order_train(
-    rows: list[tuple[int, int]], difficulty: dict[int, int], seed: int, curriculum: str
+    rows: list[tuple[int, int]], difficulty: Sequence[int] | Mapping[int, int], seed: int, curriculum: str
 ) -> list[tuple[int, int]]:
     """Global shuffle across sources; with `curriculum: difficulty`, a stable sort by tool-call count on top."""
     ordered = sorted(rows)
