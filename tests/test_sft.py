@@ -591,3 +591,48 @@ def test_two_nf4_cluster_adapters_on_the_embedded_model(
         lora_b = [p for n, p in model.named_parameters() if "lora_B" in n and name in n]
         assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
         base = model.unload()
+
+
+def test_float32_adapters_under_bf16_autocast_make_no_float32_copies_of_their_inputs(
+    tiny_model_dir: Path,
+) -> None:
+    """Float32 LoRA weights over a bf16 base: under autocast the LoRA inputs stay bf16 (autocast casts them for
+    the matmul anyway) where PEFT would copy each to float32; outside autocast PEFT still casts, so a plain
+    forward works; the logits under autocast are those PEFT's own cast gives."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.sft.model import leave_input_dtype_to_autocast
+
+    def lora_model() -> Any:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+                torch.nn.init.normal_(param, std=0.02)  # lora_B starts at zero: make the adapter count
+        return model
+
+    def lora_input_dtypes_and_logits(model: Any, ids: torch.Tensor) -> tuple[set[torch.dtype], torch.Tensor]:
+        seen: set[torch.dtype] = set()
+        hooks = [
+            m.register_forward_pre_hook(lambda _, args: seen.add(args[0].dtype))
+            for name, m in model.named_modules()
+            if name.endswith("lora_A.default")
+        ]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        for hook in hooks:
+            hook.remove()
+        return seen, logits.detach().float()
+
+    plain, ours = lora_model(), lora_model()
+    leave_input_dtype_to_autocast(ours)
+    ids = torch.randint(0, 100, (2, 64))
+    plain_dtypes, plain_logits = lora_input_dtypes_and_logits(plain, ids)
+    our_dtypes, our_logits = lora_input_dtypes_and_logits(ours, ids)
+    assert plain_dtypes == {torch.float32} and our_dtypes == {torch.bfloat16}
+    assert torch.allclose(our_logits, plain_logits)
+    with torch.no_grad():  # no autocast: PEFT casts the bf16 input to the float32 weights, as before
+        assert ours(input_ids=ids).logits.isfinite().all()
