@@ -20,13 +20,13 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipelines.codecs import Codec, ParsedReply, carried_family, choose_template, codec_for, install
 from pipelines.errors import BadInput
 from pipelines.models import project_chat_template, resolve_model
-from pipelines.schema import Message, Trace, function_spec
+from pipelines.schema import LOSS_FROM_TURN, Message, Trace, function_spec
 from pipelines.thought import ThoughtSchema
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant that can call tools. Think before you act."
@@ -279,7 +279,11 @@ def render_trace(trace: Trace, tokenizer: Any, schema: ThoughtSchema) -> Rendere
     if trace.kind != "tool":
         return render_documents([trace.text], tokenizer)[0]
     messages, tools = conversation(trace, tokenizer, schema)
-    return loss_mask(tokenizer, render_conversation(codec_for(tokenizer), tokenizer, messages, tools))
+    rendered = render_conversation(codec_for(tokenizer), tokenizer, messages, tools)
+    context_turns = int(trace.meta.get(LOSS_FROM_TURN, 0) or 0)
+    if context_turns:  # a retried trace's failed attempts: in the prompt, out of the loss
+        rendered = replace(rendered, spans=rendered.spans[context_turns:])
+    return loss_mask(tokenizer, rendered)
 
 
 def conversation(

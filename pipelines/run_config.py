@@ -641,6 +641,26 @@ class EvalSection(StrictModel):
             )
         return value
 
+    @model_serializer(mode="wrap")
+    def _without_default_tool_offer(self, handler: Any) -> Any:
+        """At their defaults the held-out tool-offer keys are left out of dumps: runs scored before they existed
+        keep their eval fingerprints (nothing is re-scored after an upgrade)."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and self.heldout_offered_tools == "all":
+            dumped.pop("heldout_offered_tools", None)
+            if self.heldout_distractor_tools == 2:
+                dumped.pop("heldout_distractor_tools", None)
+        return dumped
+
+    @model_validator(mode="after")
+    def _tool_offer_needs_builtin_tasks(self) -> EvalSection:
+        if self.heldout_offered_tools == "task" and self.tasks is not None:
+            raise ValueError(
+                "eval.heldout_offered_tools: task applies to the built-in domains' tasks; a task file's rows say "
+                "which tools they offer (`tools`)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _engine_args_need_vllm(self) -> EvalSection:
         if self.vllm_engine_args and self.backend != "vllm":

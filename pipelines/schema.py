@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 Role = Literal["system", "user", "assistant", "tool"]
 Kind = Literal["tool", "code", "text"]
 PATTERNS = ("single", "sequential", "parallel", "instanced", "recovery", "irrelevance", "clarify", "code")
+# `meta` key of a tool trace: the index of its first assistant turn in the loss; earlier ones are context only
+# (a reflexion retry's failed attempt). Absent: every assistant turn is trained.
+LOSS_FROM_TURN = "loss_from_turn"
 
 
 class _Record(BaseModel):

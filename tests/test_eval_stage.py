@@ -350,3 +350,13 @@ def test_heldout_prompts_offer_the_tasks_tools_and_distractors_when_asked(
         needed = {c.name for c in reference_calls(item.task)}
         assert needed <= offered < domain_tools and len(offered) == len(needed) + 2 + (0 if needed else 1)
     assert any(not it.task.solution for it in suite.items)
+
+
+def test_the_held_out_tool_offer_is_left_out_of_dumps_at_its_defaults_and_refused_with_a_task_file() -> None:
+    from pydantic import ValidationError
+
+    assert "heldout_offered_tools" not in EvalSection().model_dump()  # old runs keep their eval fingerprints
+    dumped = EvalSection(heldout_offered_tools="task").model_dump()
+    assert dumped["heldout_offered_tools"] == "task" and dumped["heldout_distractor_tools"] == 2
+    with pytest.raises(ValidationError, match="task file's rows say which tools"):
+        EvalSection(heldout_offered_tools="task", tasks="configs/tasks/shop.jsonl")

@@ -246,8 +246,15 @@ def test_cpu_bf16_trains_nf4_under_autocast_with_float32_adapters(
     layer = next(m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit))
     dtypes: list[torch.dtype] = []
     layer.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    # PEFT's NF4 LoRA layer would copy each bf16 input to float32 (the adapter's dtype) under CPU autocast;
+    # the stage leaves it to autocast (`leave_input_dtype_to_autocast`).
+    lora_inputs: set[torch.dtype] = set()
+    for name, module in trainer.model.named_modules():
+        if name.endswith("lora_A.default"):
+            module.register_forward_pre_hook(lambda module, args: lora_inputs.add(args[0].dtype))
     trainer.train()
     assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert lora_inputs == {torch.bfloat16}
     assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
 
 

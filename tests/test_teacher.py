@@ -286,11 +286,12 @@ class _ScriptedTeacher:
     by the test, so that a retry certainly succeeds: it answers "Add a mug." without calling a tool; after
     feedback it calls `add_to_cart(mug)` and then answers. Which requests arrived is recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, fixes: bool = True, first_call: str | None = None) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         teacher = self
+        self.fixes, self.first_call = fixes, first_call
         self.bodies: list[dict] = []
 
         class Handler(BaseHTTPRequestHandler):
@@ -311,10 +312,17 @@ class _ScriptedTeacher:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    @staticmethod
-    def reply(messages: list[dict]) -> dict:
+    def reply(self, messages: list[dict]) -> dict:
         told = any(m["role"] == "user" and m["content"].startswith("Your previous attempt") for m in messages)
-        if not told:
+        if self.first_call and messages[-1]["role"] == "user" and not told:  # a wrong call that succeeds
+            arguments = json.dumps({"product_id": self.first_call})
+            call = {"type": "function", "function": {"name": "add_to_cart", "arguments": arguments}}
+            return {
+                "role": "assistant",
+                "content": "<think><plan>Add it.</plan></think>",
+                "tool_calls": [call],
+            }
+        if not told or not self.fixes:
             return {"role": "assistant", "content": "<think><plan>A mug is easy.</plan></think>Added a mug."}
         if messages[-1]["role"] == "user":
             call = {
@@ -362,3 +370,69 @@ def test_a_judged_failure_is_retried_with_the_judges_words_and_kept_as_a_recover
         assert again.requests == 0 and again.results[0].to_json() == trace.to_json()
     finally:
         teacher.server.shutdown()
+
+
+@pytest.mark.integration
+def test_a_recovery_trace_trains_only_the_fix_and_hopeless_retries_are_not_asked_for(
+    tmp_path: Path, tokenizer
+) -> None:
+    from pipelines.chat import render_trace
+
+    task_set = load_task_file(tasks_file(tmp_path), PY_SHOP)
+    mug = [t for t in task_set.train if t.task_id == "py-2"]
+    teacher = _ScriptedTeacher()
+    try:
+        retrying = TeacherSettings(base_url=teacher.url, model="scripted", retries=0, reflexion_retries=1)
+        (trace,) = teacher_traces(mug, task_set.envs, retrying, tmp_path / "c.jsonl", SCHEMA).results
+        assert trace.meta["loss_from_turn"] == 1
+        trained = render_trace(trace, tokenizer, SCHEMA)
+        everything = render_trace(trace.model_copy(update={"meta": {}}), tokenizer, SCHEMA)
+        in_loss = tokenizer.decode(
+            [t for t, m in zip(trained.input_ids, trained.assistant_masks, strict=True) if m]
+        )
+        assert trained.input_ids == everything.input_ids and sum(trained.assistant_masks) < sum(
+            everything.assistant_masks
+        )
+        assert "Added a mug." not in in_loss and "never called the tool" in in_loss
+    finally:
+        teacher.server.shutdown()
+
+    stubborn = _ScriptedTeacher(fixes=False)  # the retry answers without calling again: retries run out
+    try:
+        settings = TeacherSettings(base_url=stubborn.url, model="scripted", retries=0, reflexion_retries=2)
+        (reject,) = teacher_traces(mug, task_set.envs, settings, tmp_path / "s.jsonl", SCHEMA).results
+        assert reject["reason"] == "outcome" and reject["detail"].endswith("(after 2 reflexion retries)")
+        assert len(stubborn.bodies) == 3
+    finally:
+        stubborn.server.shutdown()
+
+    wrong = _ScriptedTeacher(
+        first_call="apple"
+    )  # a successful wrong call: the replay keeps it, no fix can pass
+    try:
+        settings = TeacherSettings(base_url=wrong.url, model="scripted", retries=0, reflexion_retries=2)
+        (reject,) = teacher_traces(mug, task_set.envs, settings, tmp_path / "w.jsonl", SCHEMA).results
+        assert reject["reason"] == "outcome" and "reflexion" not in reject["detail"]
+        assert len(wrong.bodies) == 2  # the call and the answer; no retry asked for
+    finally:
+        wrong.server.shutdown()
+
+
+def test_feedback_on_a_task_file_task_names_a_wrong_answer_not_the_right_calls(tmp_path: Path) -> None:
+    from pipelines.rl.feedback import verbal_feedback
+    from pipelines.rl.rewards import Call, Rollout
+
+    task_set = load_task_file(tasks_file(tmp_path), PY_SHOP)
+    env_class, task = task_set.envs["pyshop"], task_set.train[0]  # two apples, answer 1.0
+    env = env_class()
+    env.reset(task=task.to_json())
+    arguments = {"product_id": "apple", "quantity": 2}
+    result, _ = env._call_tool("add_to_cart", arguments)
+    rollout = Rollout([Call("add_to_cart", arguments)], 0, [("add_to_cart", result)], "It is 3.0.", True)
+    text = verbal_feedback(rollout, task, env)
+    assert "final answer does not state" in text and "arguments" not in text
+    wrong_args = {"product_id": "apple", "quantity": 1}
+    env.reset(task=task.to_json())
+    result, _ = env._call_tool("add_to_cart", wrong_args)
+    rollout = Rollout([Call("add_to_cart", wrong_args)], 0, [("add_to_cart", result)], "It is 0.5.", True)
+    assert "arguments do not all match" in verbal_feedback(rollout, task, env)

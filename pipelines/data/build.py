@@ -117,7 +117,9 @@ OUTPUT_ROW_GROUP = 1000
 RENDER_BATCH_ROWS = 256
 RENDER_BATCH_CHARS = 4_000_000
 SPILL_FLUSH_TOKENS = 2_000_000
-MAX_OPEN_BUCKETS = 128
+# Bucket files open at once in the write step: one per output row group (5 per default 5,000-row shard), so a
+# pass over the spill fills ~100 shards; well under the usual 1,024 open-file limit.
+MAX_OPEN_BUCKETS = 512
 
 
 class BuildResult(BaseModel):
@@ -152,13 +154,14 @@ class _RowMeta:
 
 
 class _RowMetaTable:
-    """`_RowMeta` of every spilled row, in typed columns indexed by global spill row: 14 bytes a row where a
-    dict of objects took ~250 (a billion-token mix is ~a million rows). Rows never set (duplicates) read as 0."""
+    """`_RowMeta` of every spilled row, in typed columns indexed by global spill row: 24 bytes a spilled row
+    where a dict of objects took ~250 a kept row (a billion-token mix is ~a million rows). Rows never set
+    (duplicates) read as 0."""
 
     def __init__(self) -> None:
         self.names: dict[str, list[str]] = {"source": [], "cluster": []}
         self._codes: dict[str, dict[str, int]] = {"source": {}, "cluster": {}}
-        self.source, self.cluster, self.difficulty = array("h"), array("h"), array("h")
+        self.source, self.cluster, self.difficulty = array("h"), array("h"), array("i")
         self.n_tokens, self.n_loss_tokens = array("i"), array("i")
         self.id_digest = array("Q")  # mix.id_digest of the row's Trace id
 

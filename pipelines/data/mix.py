@@ -1,7 +1,7 @@
 """Mixing by tokens: targets per category and source, deterministic sampling with capped upsampling, the
 train/eval split by Trace id, and the final row order.
 
-Only what mixing needs is in memory (per pool row: its token count, Trace id and difficulty); rows
+Only what mixing needs is in memory (per pool row: its spill row, token count and eval flag); rows
 themselves stay in the build's spill file. Targets are planned first, so a recipe that cannot be filled
 fails before anything is written:
 - category target = share × total_tokens; source target = category target × weight / Σ weights;

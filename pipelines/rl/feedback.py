@@ -46,7 +46,7 @@ def _reasons(rollout: Rollout, task: Task, environment: Any) -> list[str]:
         reasons += _call_reasons(rollout.calls, reference_calls(task))
     elif task.judge.get("calls"):
         # A task file's expected calls may allow several values per argument (BFCL's rules): name the tools only.
-        reasons += _call_name_reasons(rollout.calls, reference_calls(task))
+        reasons += _call_name_reasons(rollout.calls, reference_calls(task), task.judge, environment)
     state = task.expected_state
     checkable = state is not None and hasattr(environment, "_check_state")
     if not reasons and checkable and not environment._check_state(state):
@@ -82,8 +82,12 @@ def _call_reasons(made: list[Call], expected: list[Call]) -> list[str]:
     return reasons
 
 
-def _call_name_reasons(made: list[Call], expected: list[Call]) -> list[str]:
-    """Which needed tools were never called and which called ones were not needed, by name alone."""
+def _call_name_reasons(
+    made: list[Call], expected: list[Call], judge: dict[str, Any], environment: Any
+) -> list[str]:
+    """Which needed tools were never called and which called ones were not needed, by name alone; when the
+    names are right but the task's calls check fails, that the arguments are wrong. Nothing when the calls pass
+    (then the state or answer check is what failed)."""
     if expected and not made:
         names = ", ".join(sorted({f"`{c.name}`" for c in expected}))
         return [f"No tool was called; this request needs {names}."]
@@ -93,7 +97,12 @@ def _call_name_reasons(made: list[Call], expected: list[Call]) -> list[str]:
     reasons = [f"`{name}` was never called, and the request needs it." for name in missing]
     if extra:
         reasons.append(f"Calls to {', '.join(f'`{n}`' for n in extra)} were not needed.")
-    return reasons or ["The calls' arguments do not all match what the request asks for."]
+    if not reasons and hasattr(environment, "_calls"):
+        from pipelines.tasks.task_file import calls_score
+
+        if calls_score(environment, judge)[0] < 1.0:
+            reasons.append("The calls' arguments do not all match what the request asks for.")
+    return reasons
 
 
 def _same(made: Call, ref: Call) -> bool:

@@ -174,13 +174,14 @@ def keep_adapter_float32(model: Any, quant: QuantSection) -> None:
 def leave_input_dtype_to_autocast(model: Any) -> None:
     """Under autocast, a LoRA layer's input keeps its dtype; outside autocast PEFT casts it as before.
 
-    PEFT casts each LoRA layer's input to the adapter weight's dtype. With float32 adapters over an NF4 base with
-    bf16 compute, the input arrives in bf16, so every LoRA layer makes a float32 copy of it, which autocast then
-    casts back to bf16 for the matmul: nothing gained, and the copies raised the embedded model's peak at 2 x
+    PEFT casts each LoRA layer's input to the adapter weight's dtype (its NF4 layer skips that under autocast,
+    but asks `torch.is_autocast_enabled()` without a device, which is false under CPU autocast). With float32
+    adapters over an NF4 base with bf16 compute, the input arrives in bf16, so every LoRA layer makes a float32
+    copy of it, which autocast then casts back to bf16 for the matmul: nothing gained, and the copies raised the embedded model's peak at 2 x
     2,048 tokens from 6,267 to 6,862 MiB (scripts/bench_sft.py on the demo mix; TRL's packed peer with bf16
     adapters: 5,356), same loss and speed. Outside autocast (the packing probe, a float32 forward) the cast is still needed:
     an fp32 weight cannot multiply a bf16 input. `cast_input_dtype_enabled` is the flag PEFT's own
-    `helpers.disable_input_dtype_casting` sets (peft 0.21, pinned; tests/test_sft.py checks it)."""
+    `helpers.disable_input_dtype_casting` sets (peft 0.21.2 in the lock; tests/test_sft.py checks it)."""
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -47,7 +47,16 @@ from pipelines.chat import DEFAULT_SYSTEM_PROMPT
 from pipelines.codecs import make_codec
 from pipelines.envs.base import ToolEnv
 from pipelines.errors import BadInput
-from pipelines.schema import Message, ThinkingSection, ToolCall, Trace, content_id, function_spec, parse_trace
+from pipelines.schema import (
+    LOSS_FROM_TURN,
+    Message,
+    ThinkingSection,
+    ToolCall,
+    Trace,
+    content_id,
+    function_spec,
+    parse_trace,
+)
 from pipelines.tasks.records import Task
 from pipelines.tasks.teacher_settings import TeacherSettings
 from pipelines.thought import ThoughtSchema
@@ -288,7 +297,9 @@ class Episode:
     api_messages: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
     errors: int = 0
+    turns: int = 0  # the teacher's assistant turns so far (not the task's own opening)
     feedback: list[str] = field(default_factory=list)  # the judge's words before each reflexion retry
+    failed_turns: int = 0  # assistant turns of the attempts that failed (context, not trained)
 
 
 def run_episode(task: Task, env: ToolEnv, tools: list[dict[str, Any]], client: TeacherClient,
@@ -310,6 +321,7 @@ def retry_episode(episode: Episode, feedback: str, env: ToolEnv, tools: list[dic
                   client: TeacherClient, schema: ThoughtSchema, max_turns: int, seed: int) -> None:  # fmt: skip
     """Reflexion: the judge's reason as a user turn after the failed attempt, then the teacher continues in the
     same environment (what the failed attempt changed stays changed: the fix has to deal with it)."""
+    episode.failed_turns = sum(m.role == "assistant" for m in episode.messages)
     episode.messages.append(Message(role="user", content=feedback))
     episode.api_messages.append({"role": "user", "content": feedback})
     _take_turns(episode, env, tools, client, schema, max_turns, seed, after_error=True)
@@ -318,8 +330,9 @@ def retry_episode(episode: Episode, feedback: str, env: ToolEnv, tools: list[dic
 def _take_turns(episode: Episode, env: ToolEnv, tools: list[dict[str, Any]], client: TeacherClient,
                 schema: ThoughtSchema, max_turns: int, seed: int, after_error: bool) -> None:  # fmt: skip
     """Up to `max_turns` assistant turns, each call executed, until a turn without calls (the final answer)."""
-    first = sum(m.role == "assistant" for m in episode.messages)  # turn numbers run on across retries
+    first = episode.turns  # turn numbers run on across retries
     for turn in range(first, first + max_turns):
+        episode.turns += 1
         try:
             response = client.complete(episode.api_messages, tools, seed)
         except TeacherError as exc:
@@ -359,6 +372,20 @@ def _take_turns(episode: Episode, env: ToolEnv, tools: list[dict[str, Any]], cli
                 {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": text}
             )
     raise Rejected("max_turns", f"still calling tools after {max_turns} turns")
+
+
+def retry_can_pass(task: Task, env: ToolEnv) -> bool:
+    """Whether a retry in this environment could still verify. The replay keeps every call of the failed
+    attempt, so when the task is judged by its calls and the attempt already made at least as many successful
+    calls as expected (any, for a request no tool fits) while the check fails, no fix can pass: asking again
+    would only spend requests."""
+    from pipelines.tasks.task_file import calls_score
+
+    expected = (task.judge or {}).get("calls")
+    if expected is None:
+        return True
+    made = sum(1 for _, _, raised in getattr(env, "_calls", []) if not raised)
+    return made < len(expected) or calls_score(env, task.judge or {})[0] >= 1.0
 
 
 def judge_feedback(episode: Episode, task: Task, env: ToolEnv) -> str:
@@ -613,6 +640,8 @@ def episode_trace(task: Task, sample: int, env_class: type[ToolEnv], client: Tea
             problems = verify_trace(trace, task, env_class, schema, replay)
             if not problems or problems[0][0] != "outcome" or retried >= settings.reflexion_retries:
                 break
+            if not retry_can_pass(task, env):
+                break
             feedback = judge_feedback(episode, task, env)
             episode.feedback.append(feedback)
             retried += 1
@@ -670,6 +699,9 @@ def _trace(task: Task, sample: int, episode: Episode, tools: list[dict[str, Any]
             "task": task.to_json(), "teacher": {"model": settings.model, "sample": sample}}  # fmt: skip
     if episode.feedback:
         meta["reflexion"] = {"retries": len(episode.feedback), "feedback": list(episode.feedback)}
+        # The failed attempts are context for the fix, not something to imitate: only the turns after the last
+        # feedback are trained (as RL trains only what follows a retry's feedback).
+        meta[LOSS_FROM_TURN] = episode.failed_turns
     draft = Trace(id="", source=SOURCE, kind="tool", cluster=labels.get(pattern, "tool"),
                   tools=[{"type": "function", "function": function_spec(t)} for t in tools],
                   messages=episode.messages, meta=meta)  # fmt: skip
