@@ -15,7 +15,7 @@ import pytest
 
 from pipelines import episodes
 from pipelines.codecs import codec_for
-from pipelines.data.converters import CONVERTERS, RowContext
+from pipelines.data.converters import CONVERTERS, ConversionError, RowContext
 from pipelines.envs.base import ForkError, ToolEnv
 from pipelines.envs.external import ExternalEnv
 from pipelines.rl import rewards
@@ -304,6 +304,18 @@ def test_reflexion_retries_with_the_judges_reason_and_keeps_the_recovery(tokeniz
     trace = CONVERTERS["openai"](row, RowContext(source="recoveries", cluster="tool"))
     assert [m.role for m in trace.messages][-3:] == ["assistant", "user", "assistant"]
     assert trace.tools and row["meta"]["pattern"] == "recovery"
+    # Mixed in for SFT, it trains the fix alone, as RL does: the failed attempt's two turns are context.
+    assert trace.meta["loss_from_turn"] == 2
+    from pipelines.chat import render_trace
+    from pipelines.thought import load_thought_schema
+
+    schema = load_thought_schema("think-plan-reflect")
+    trained = render_trace(trace, tokenizer, schema)
+    everything = render_trace(trace.model_copy(update={"meta": {}}), tokenizer, schema)
+    assert 0 < sum(trained.assistant_masks) < sum(everything.assistant_masks)
+    bad = {**row, "meta": {**row["meta"], "loss_from_turn": 3}}  # there is no fourth assistant turn
+    with pytest.raises(ConversionError, match="loss_from_turn"):
+        CONVERTERS["openai"](bad, RowContext(source="recoveries", cluster="tool"))
 
 
 def test_the_judge_names_the_wrong_argument_but_not_its_value() -> None:

@@ -63,6 +63,7 @@ from pydantic import ValidationError
 from pipelines.data.readers import Reject, Row
 from pipelines.errors import BadInput
 from pipelines.schema import (
+    LOSS_FROM_TURN,
     Message,
     ToolCall,
     Trace,
@@ -510,7 +511,23 @@ def from_openai(row: dict[str, Any], ctx: RowContext) -> Trace:
     tools = _tools(row.get("tools") or row.get("functions"), "tools")
     calls = _Calls()
     messages = [_openai_message(msg, f"messages[{i}]", calls) for i, msg in enumerate(raw)]
-    return _conversation("openai", row, ctx, tools, messages)
+    trace = _conversation("openai", row, ctx, tools, messages)
+    return _with_loss_from_turn(trace, row.get("meta"))
+
+
+def _with_loss_from_turn(trace: Trace, meta: Any) -> Trace:
+    """A row's `meta.loss_from_turn` (midtrain's recovery rows: the failed attempt is context, not loss) kept on
+    the trace, checked against its assistant turns."""
+    if not isinstance(meta, dict) or LOSS_FROM_TURN not in meta:
+        return trace
+    value = meta[LOSS_FROM_TURN]
+    turns = sum(m.role == "assistant" for m in trace.messages)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < turns:
+        raise ConversionError(
+            "bad_meta", f"meta.{LOSS_FROM_TURN}: {value!r} is not an assistant turn index (0..{turns - 1})"
+        )
+    trace.meta[LOSS_FROM_TURN] = value
+    return trace
 
 
 def _openai_message(msg: Any, where: str, calls: _Calls) -> Message:

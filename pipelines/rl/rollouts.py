@@ -53,6 +53,7 @@ from pipelines.envs.base import ToolEnv
 from pipelines.rl import rewards
 from pipelines.rl.feedback import verbal_feedback
 from pipelines.run_config import RLSection
+from pipelines.schema import LOSS_FROM_TURN
 from pipelines.tasks.sampling import DomainTask
 
 log = logging.getLogger("midtrain.rl")
@@ -703,14 +704,16 @@ def recovery_row(group: Group, node: Node) -> dict[str, Any]:
     """A successful retry as an OpenAI-format row: the opening turns, the failed attempt, the judge's feedback
     as a user turn, the fix; the offered tools; where it came from in `meta`."""
     episode = node.episode
-    messages = [
-        _openai_message(m) for m in [*episodes.prompt_messages(episode.item.task), *episode.completion]
-    ]
+    prompt = episodes.prompt_messages(episode.item.task)
+    messages = [_openai_message(m) for m in [*prompt, *episode.completion]]
+    # Trained when mixed in: only the fix after the last feedback; the failed attempts are context.
+    last_feedback = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    failed_turns = sum(m["role"] == "assistant" for m in messages[:last_feedback])
     return {
         "messages": messages,
         "tools": episode.tools,
         "meta": {"task_id": episode.item.task.task_id, "domain": episode.item.domain, "retries": node.retries,
-                 "pattern": "recovery", "source": "rl_reflexion"},
+                 "pattern": "recovery", "source": "rl_reflexion", LOSS_FROM_TURN: failed_turns},
     }  # fmt: skip
 
 
