@@ -11,10 +11,10 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from pipelines.errors import BadInput
 
@@ -27,6 +27,21 @@ class StrictModel(BaseModel):
     typed, never coerced: lax pydantic reads `r: true` as 1, `packing: 1` as true and `seed: "3"` as 3."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+    # Keys added after runs and recipes were fingerprinted: at their defaults they are left out of every dump
+    # (fingerprints, lockfiles, wandb config, `config show`), so upgrading midtrain re-runs nothing that did
+    # not change. A key set to anything else is dumped, and fingerprinted, as usual.
+    omitted_at_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_new_keys_at_default(self, handler: SerializerFunctionWrapHandler) -> Any:
+        dumped = handler(self)
+        if isinstance(dumped, dict):
+            fields = type(self).model_fields
+            for name in self.omitted_at_default:
+                if getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                    dumped.pop(name, None)
+        return dumped
 
 
 class _ConfigLoader(yaml.SafeLoader):

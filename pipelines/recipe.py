@@ -73,13 +73,18 @@ class LocalSource(SourceBase):
     )
 
 
+# Which tools a prompt offers, in the data (`generated` sources), RL and the held-out eval alike: `all` of its
+# domain's, or `task`: the task's own plus a few distractors.
+ToolOfferMode = Literal["all", "task"]
+
+
 class GeneratedSource(SourceBase):
     type: Literal["generated"]
     domains: list[str] = Field(default_factory=lambda: ["all"])
     n: int = Field(1000, gt=0)
     seed: int = 0
     patterns: dict[str, float] | None = Field(None, description="Pattern → probability; None = defaults.")
-    offered_tools: Literal["all", "task"] = Field(
+    offered_tools: ToolOfferMode = Field(
         "all",
         description="Tools each trace's prompt declares: `all` of its domain, or `task`: the tools the trace calls "
         "plus `distractor_tools` others of its domain and `pool_distractors` API-pool signatures that cannot serve "

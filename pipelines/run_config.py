@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_serializer, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pipelines.config import (
     StrictModel,
@@ -21,7 +21,7 @@ from pipelines.data.plan import ExecutorSettings
 from pipelines.envs.spec import EnvRef
 from pipelines.errors import BadInput
 from pipelines.models import DEFAULT_MODEL, check_reference
-from pipelines.recipe import Recipe, checked_thought_schema
+from pipelines.recipe import Recipe, ToolOfferMode, checked_thought_schema
 from pipelines.sandbox import SandboxSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +166,7 @@ def _check_sampling_cuts(extra: dict[str, Any]) -> None:
 
 
 class SFTSection(StrictModel):
+    omitted_at_default = ("cluster_train",)  # StrictModel: runs from before it keep their fingerprints
     clusters: list[str] = Field(default_factory=lambda: ["plan", "tool", "code", "reflect"])
     generalist: bool = Field(False, description="Also train a `generalist` adapter on the whole mix.")
     replay_fraction: float = Field(
@@ -189,15 +190,6 @@ class SFTSection(StrictModel):
     @classmethod
     def _trainer_extra(cls, value: TrainSection) -> TrainSection:
         return _checked_extra(value, "sft")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_cluster_train(self, handler: Any) -> Any:
-        """Unset, `cluster_train` is left out of every dump (fingerprints, wandb config, `config show`): runs made
-        before it existed keep their fingerprints, and an adapter's own config (`for_adapter`) hashes as before."""
-        dumped = handler(self)
-        if isinstance(dumped, dict) and not self.cluster_train:
-            dumped.pop("cluster_train", None)
-        return dumped
 
     @model_validator(mode="after")
     def _cluster_train_known(self) -> SFTSection:
@@ -434,7 +426,7 @@ class RLSection(StrictModel):
         "on the tasks the SFT mix was decontaminated against.",
     )
     eval_tasks_per_domain: int = Field(8, ge=0, description="0 skips the before/after evaluation.")
-    offered_tools: Literal["all", "task"] = Field(
+    offered_tools: ToolOfferMode = Field(
         "all",
         description="Tools in each prompt: `all` of the domain's, or `task`: the task's own plus "
         "`distractor_tools` others (shorter prompts: a CPU step costs what its prompt tokens cost). Applies to "
@@ -557,6 +549,7 @@ class RouterSection(StrictModel):
 
 
 class EvalSection(StrictModel):
+    omitted_at_default = ("heldout_offered_tools", "heldout_distractor_tools")  # nothing re-scored on upgrade
     bfcl_categories: list[str] = Field(
         default_factory=lambda: ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
     )
@@ -582,7 +575,7 @@ class EvalSection(StrictModel):
         "(the RL stage's own held-out tasks, so its before/after numbers and these agree).",
     )
     heldout_max_difficulty: int = Field(3, ge=1, le=8, description="Held-out tasks need 1..this many calls.")
-    heldout_offered_tools: Literal["all", "task"] = Field(
+    heldout_offered_tools: ToolOfferMode = Field(
         "all",
         description="Tools in each held-out prompt: `all` of the domain's, or `task`: the task's own plus "
         "`heldout_distractor_tools` others of its domain (as `rl.offered_tools: task` and BFCL's `multiple` "
@@ -640,17 +633,6 @@ class EvalSection(StrictModel):
                 + (f"; did you mean {hint[0]!r}?" if hint else "")
             )
         return value
-
-    @model_serializer(mode="wrap")
-    def _without_default_tool_offer(self, handler: Any) -> Any:
-        """At their defaults the held-out tool-offer keys are left out of dumps: runs scored before they existed
-        keep their eval fingerprints (nothing is re-scored after an upgrade)."""
-        dumped = handler(self)
-        if isinstance(dumped, dict) and self.heldout_offered_tools == "all":
-            dumped.pop("heldout_offered_tools", None)
-            if self.heldout_distractor_tools == 2:
-                dumped.pop("heldout_distractor_tools", None)
-        return dumped
 
     @model_validator(mode="after")
     def _tool_offer_needs_builtin_tasks(self) -> EvalSection:

@@ -357,6 +357,13 @@ def test_the_held_out_tool_offer_is_left_out_of_dumps_at_its_defaults_and_refuse
 
     assert "heldout_offered_tools" not in EvalSection().model_dump()  # old runs keep their eval fingerprints
     dumped = EvalSection(heldout_offered_tools="task").model_dump()
-    assert dumped["heldout_offered_tools"] == "task" and dumped["heldout_distractor_tools"] == 2
+    assert dumped["heldout_offered_tools"] == "task" and "heldout_distractor_tools" not in dumped
+    assert EvalSection.model_validate(dumped).heldout_distractor_tools == 2
+    assert (
+        EvalSection(heldout_offered_tools="task", heldout_distractor_tools=3).model_dump()[
+            "heldout_distractor_tools"
+        ]
+        == 3
+    )
     with pytest.raises(ValidationError, match="task file's rows say which tools"):
         EvalSection(heldout_offered_tools="task", tasks="configs/tasks/shop.jsonl")

@@ -59,8 +59,7 @@ def _reasons(rollout: Rollout, task: Task, environment: Any) -> list[str]:
 def _call_reasons(made: list[Call], expected: list[Call]) -> list[str]:
     """Per reference call with no exact match: missing, or which argument names differ (values stay hidden)."""
     if expected and not made:
-        names = ", ".join(sorted({f"`{c.name}`" for c in expected}))
-        return [f"No tool was called; this request needs {names}."]
+        return [_none_called(expected)]
     reasons = []
     unmatched = list(made)
     for ref in expected:
@@ -70,7 +69,7 @@ def _call_reasons(made: list[Call], expected: list[Call]) -> list[str]:
             continue
         named = [c for c in unmatched if c.name == ref.name]
         if not named:
-            reasons.append(f"`{ref.name}` was never called, and the request needs it.")
+            reasons.append(_never_called(ref.name))
             continue
         wrong = _differing_arguments(named[0], ref)
         unmatched.remove(named[0])
@@ -78,7 +77,7 @@ def _call_reasons(made: list[Call], expected: list[Call]) -> list[str]:
     known = {ref.name for ref in expected}
     extra = sorted({c.name for c in unmatched if c.name not in known})
     if extra:
-        reasons.append(f"Calls to {', '.join(f'`{n}`' for n in extra)} were not needed.")
+        reasons.append(_not_needed(extra))
     return reasons
 
 
@@ -89,20 +88,33 @@ def _call_name_reasons(
     names are right but the task's calls check fails, that the arguments are wrong. Nothing when the calls pass
     (then the state or answer check is what failed)."""
     if expected and not made:
-        names = ", ".join(sorted({f"`{c.name}`" for c in expected}))
-        return [f"No tool was called; this request needs {names}."]
+        return [_none_called(expected)]
     needed = {c.name for c in expected}
     missing = sorted(needed - {c.name for c in made})
     extra = sorted({c.name for c in made} - needed)
-    reasons = [f"`{name}` was never called, and the request needs it." for name in missing]
+    reasons = [_never_called(name) for name in missing]
     if extra:
-        reasons.append(f"Calls to {', '.join(f'`{n}`' for n in extra)} were not needed.")
+        reasons.append(_not_needed(extra))
     if not reasons and hasattr(environment, "_calls"):
         from pipelines.tasks.task_file import calls_score
 
         if calls_score(environment, judge)[0] < 1.0:
             reasons.append("The calls' arguments do not all match what the request asks for.")
     return reasons
+
+
+# The sentences both judges' reasons are made of (by calls and by call names alone).
+def _none_called(expected: list[Call]) -> str:
+    names = ", ".join(sorted({f"`{c.name}`" for c in expected}))
+    return f"No tool was called; this request needs {names}."
+
+
+def _never_called(name: str) -> str:
+    return f"`{name}` was never called, and the request needs it."
+
+
+def _not_needed(names: list[str]) -> str:
+    return f"Calls to {', '.join(f'`{n}`' for n in names)} were not needed."
 
 
 def _same(made: Call, ref: Call) -> bool:

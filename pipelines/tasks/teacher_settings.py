@@ -3,15 +3,15 @@ the chat stack: configs validate without it)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import Field, model_serializer
+from pydantic import Field
 
 from pipelines.config import StrictModel
 
 
 class TeacherSettings(StrictModel):
     """The `teacher:` block: which model writes the traces, and how."""
+
+    omitted_at_default = ("reflexion_retries",)  # StrictModel: older recipes keep fingerprints and lockfiles
 
     base_url: str = Field(description="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1.")
     model: str
@@ -32,12 +32,3 @@ class TeacherSettings(StrictModel):
         "was wrong, never the expected values) as a user turn, up to this many times; a success becomes a "
         "`recovery` trace: the failed attempt, the feedback, the fix.",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_unset_reflexion(self, handler: Any) -> Any:
-        """At 0, `reflexion_retries` is left out of dumps: recipes written before it existed keep their
-        fingerprints and lockfiles."""
-        dumped = handler(self)
-        if isinstance(dumped, dict) and not self.reflexion_retries:
-            dumped.pop("reflexion_retries", None)
-        return dumped
