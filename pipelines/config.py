@@ -28,10 +28,23 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
-    # Keys added after runs and recipes were fingerprinted: at their defaults they are left out of every dump
-    # (fingerprints, lockfiles, wandb config, `config show`), so upgrading midtrain re-runs nothing that did
-    # not change. A key set to anything else is dumped, and fingerprinted, as usual.
+
+class OmitsNewKeysAtDefault(StrictModel):
+    """A section with keys added after runs and recipes were fingerprinted: while at their defaults those keys
+    are left out of every dump (fingerprints, lockfiles, wandb config, `config show`), so upgrading midtrain
+    re-runs nothing that did not change. A key set to anything else is dumped, and fingerprinted, as usual.
+    A mixin rather than StrictModel itself: the wrap serializer is a Python call per dump, and task rows and
+    messages are dumped once per row."""
+
     omitted_at_default: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name in cls.omitted_at_default:
+            field = cls.model_fields.get(name)
+            if field is None or field.is_required():
+                raise TypeError(f"{cls.__name__}.omitted_at_default: {name!r} is not a field with a default")
 
     @model_serializer(mode="wrap")
     def _omit_new_keys_at_default(self, handler: SerializerFunctionWrapHandler) -> Any:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pipelines.config import (
+    OmitsNewKeysAtDefault,
     StrictModel,
     load_model_file,
     load_yaml,
@@ -165,8 +166,8 @@ def _check_sampling_cuts(extra: dict[str, Any]) -> None:
             raise ValueError(f"train.extra.{key}: {extra[key]!r} is not {expected}")
 
 
-class SFTSection(StrictModel):
-    omitted_at_default = ("cluster_train",)  # StrictModel: runs from before it keep their fingerprints
+class SFTSection(OmitsNewKeysAtDefault):
+    omitted_at_default = ("cluster_train",)
     clusters: list[str] = Field(default_factory=lambda: ["plan", "tool", "code", "reflect"])
     generalist: bool = Field(False, description="Also train a `generalist` adapter on the whole mix.")
     replay_fraction: float = Field(
@@ -548,8 +549,8 @@ class RouterSection(StrictModel):
     arrow: ArrowSection = Field(default_factory=ArrowSection)
 
 
-class EvalSection(StrictModel):
-    omitted_at_default = ("heldout_offered_tools", "heldout_distractor_tools")  # nothing re-scored on upgrade
+class EvalSection(OmitsNewKeysAtDefault):
+    omitted_at_default = ("heldout_offered_tools", "heldout_distractor_tools")
     bfcl_categories: list[str] = Field(
         default_factory=lambda: ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
     )

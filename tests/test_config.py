@@ -190,6 +190,27 @@ def test_cluster_train_and_eval_targets_are_checked(tmp_path: Path) -> None:
         load_run_config(_write(tmp_path, head + "eval:\n  targets: [sft/..]\n"))
 
 
+def test_keys_omitted_at_default_are_dumped_once_set_and_must_name_fields_with_defaults() -> None:
+    from pydantic import Field
+
+    from pipelines.config import OmitsNewKeysAtDefault
+
+    class Section(OmitsNewKeysAtDefault):
+        omitted_at_default = ("added",)
+        kept: int = 1
+        added: dict[str, int] = Field(default_factory=dict)
+
+    assert Section().model_dump() == {"kept": 1} and Section(added={"a": 1}).model_dump()["added"] == {"a": 1}
+    assert Section().model_dump_json() == '{"kept":1}'
+    for listed in ("misspelt", "required"):
+        with pytest.raises(TypeError, match=f"{listed!r} is not a field with a default"):
+            type(
+                "Broken",
+                (OmitsNewKeysAtDefault,),
+                {"__annotations__": {"required": "int"}, "omitted_at_default": (listed,)},
+            )
+
+
 def test_an_unset_cluster_train_leaves_the_stage_fingerprints_as_they_were(tmp_path: Path) -> None:
     """Upgrading to a midtrain with `sft.cluster_train` must not re-run the finished stages of a run."""
     from pipelines.hashing import fingerprint

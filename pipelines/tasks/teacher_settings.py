@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipelines.config import StrictModel
+from pipelines.config import OmitsNewKeysAtDefault
 
 
-class TeacherSettings(StrictModel):
+class TeacherSettings(OmitsNewKeysAtDefault):
     """The `teacher:` block: which model writes the traces, and how."""
 
-    omitted_at_default = ("reflexion_retries",)  # StrictModel: older recipes keep fingerprints and lockfiles
+    omitted_at_default = ("reflexion_retries",)
 
     base_url: str = Field(description="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1.")
     model: str
