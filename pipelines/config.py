@@ -227,6 +227,50 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def merge_trees(base: Any, child: Any, lines: dict[KeyPath, int], at: KeyPath = ()) -> Any:
+    """`child` laid over `base`, for a file that names a `base:` to start from. Mappings merge key by key; a list
+    of mappings that all carry a `name` (a recipe's sources) merges entry by entry on that name, new names
+    appended; anything else in `child` replaces what `base` had. `lines` (the child file's key-path → line map)
+    is re-keyed in place where a merged list puts a child's entry at another index, so errors keep its line."""
+    if isinstance(base, dict) and isinstance(child, dict):
+        merged = dict(base)
+        for key, value in child.items():
+            merged[key] = merge_trees(base[key], value, lines, (*at, key)) if key in base else value
+        return merged
+    if _named_list(base) and _named_list(child):
+        merged_list = list(base)
+        index = {entry["name"]: i for i, entry in enumerate(base)}
+        moves: dict[int, int] = {}
+        for i, entry in enumerate(child):
+            target = index.get(entry["name"])
+            if target is None:
+                target = len(merged_list)
+                merged_list.append(entry)
+            else:
+                merged_list[target] = merge_trees(base[target], entry, lines, (*at, target))
+            moves[i] = target
+        _rekey_lines(lines, at, moves)
+        return merged_list
+    return child
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(e, dict) and "name" in e for e in value)
+
+
+def _rekey_lines(lines: dict[KeyPath, int], at: KeyPath, moves: dict[int, int]) -> None:
+    depth = len(at)
+    moved = {
+        key: line
+        for key, line in lines.items()
+        if len(key) > depth and key[:depth] == at and isinstance(key[depth], int) and key[depth] in moves
+    }
+    for key in moved:
+        del lines[key]
+    for key, line in moved.items():
+        lines[(*at, moves[key[depth]], *key[depth + 1 :])] = line
+
+
 def override_paths(overrides: list[str]) -> list[tuple[str, ...]]:
     return [tuple(parse_override(o)[0]) for o in overrides]
 

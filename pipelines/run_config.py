@@ -10,10 +10,12 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pipelines.config import (
+    KeyPath,
     OmitsNewKeysAtDefault,
     StrictModel,
-    load_model_file,
+    apply_overrides,
     load_yaml,
+    merge_trees,
     override_paths,
     validate_data,
     where_is,
@@ -80,7 +82,15 @@ class DataSection(StrictModel):
     @classmethod
     def _load_recipe_file(cls, value: object) -> object:
         """A path is loaded here, once, with its own file and lines in any error: every stage reads a Recipe."""
-        return load_recipe(value) if isinstance(value, str | Path) else value
+        if isinstance(value, str | Path):
+            return load_recipe(value)
+        if isinstance(value, dict) and "base" in value:  # inline: `base` is found as a recipe path is
+            base_ref = value["base"]
+            if not isinstance(base_ref, str):
+                raise ValueError(f"base: expected the path of a recipe, got {base_ref!r}")
+            base, _ = recipe_tree(_find(base_ref))
+            return merge_trees(base, {k: v for k, v in value.items() if k != "base"}, {})
+        return value
 
 
 class LoraSection(StrictModel):
@@ -167,7 +177,7 @@ def _check_sampling_cuts(extra: dict[str, Any]) -> None:
 
 
 class SFTSection(OmitsNewKeysAtDefault):
-    omitted_at_default = ("cluster_train",)
+    omitted_at_default = ("cluster_train", "keep_checkpoints")
     clusters: list[str] = Field(default_factory=lambda: ["plan", "tool", "code", "reflect"])
     generalist: bool = Field(False, description="Also train a `generalist` adapter on the whole mix.")
     replay_fraction: float = Field(
@@ -185,6 +195,13 @@ class SFTSection(OmitsNewKeysAtDefault):
         description="Per adapter, `train` keys that differ from `sft.train` (clusters differ in size and in how "
         "much training they need): `{plan: {max_steps: 4}}`. Not `max_length`, which screens the mix once for "
         "all adapters. Entries for clusters this run does not train are ignored.",
+    )
+    keep_checkpoints: bool = Field(
+        False,
+        description="Keep each adapter's `checkpoint-N` folders (at most `train.save_total_limit`) after it "
+        "finishes, to score them: `midtrain eval CONFIG --set 'eval.targets=[sft/tool/checkpoint-40]'` gives "
+        "the score-vs-training-tokens curve. Off: a finished adapter's checkpoints (optimizer state, 2-3x the "
+        "adapter each) are removed.",
     )
 
     @field_validator("train")
@@ -239,6 +256,10 @@ class SFTSection(OmitsNewKeysAtDefault):
         """This section as one adapter trains with it: its own `train`, no per-adapter table."""
         return self.model_copy(update={"train": self.train_for(adapter), "cluster_train": {}})
 
+
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# A kept SFT checkpoint as an eval target; a pattern, not a path, so a target cannot name anything else on disk.
+CHECKPOINT_TARGET = re.compile(r"sft/[A-Za-z0-9][A-Za-z0-9_-]*/checkpoint-[0-9]+")
 
 RL_REWARD_NAMES = ("format", "tool_call", "execution", "outcome", "instance", "irrelevance", "efficiency")
 DEFAULT_RL_REWARD_WEIGHTS = {
@@ -567,8 +588,8 @@ class EvalSection(OmitsNewKeysAtDefault):
     max_new_tokens: int = Field(256, ge=1, description="Tokens per generated reply (greedy).")
     targets: list[str] = Field(
         default_factory=lambda: ["base", "sft", "rl", "routed"],
-        description="What to score: `base`, `sft` (every SFT adapter), `rl`, `routed`, or one adapter by name "
-        "(`sft/tool`, `rl/tool`).",
+        description="What to score: `base`, `sft` (every SFT adapter), `rl`, `routed`, one adapter by name "
+        "(`sft/tool`, `rl/tool`), or a checkpoint kept by `sft.keep_checkpoints` (`sft/tool/checkpoint-40`).",
     )
     heldout_seed: int | None = Field(
         None,
@@ -624,14 +645,14 @@ class EvalSection(OmitsNewKeysAtDefault):
         groups = ("base", "sft", "rl", "routed")
         for target in value:
             kind, _, name = target.partition("/")
-            if target in groups or (
-                kind in ("sft", "rl") and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)
-            ):
+            if target in groups or (kind in ("sft", "rl") and ADAPTER_NAME.fullmatch(name)):
+                continue
+            if CHECKPOINT_TARGET.fullmatch(target):
                 continue
             hint = difflib.get_close_matches(target, groups, n=1)
             raise ValueError(
-                f"eval.targets: {target!r} is none of {', '.join(groups)}, sft/<adapter> or rl/<adapter>"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                f"eval.targets: {target!r} is none of {', '.join(groups)}, sft/<adapter>, rl/<adapter> or "
+                "sft/<adapter>/checkpoint-<step>" + (f"; did you mean {hint[0]!r}?" if hint else "")
             )
         return value
 
@@ -724,7 +745,36 @@ class RunConfig(StrictModel):
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    return load_model_file(Recipe, _find(path), overrides)
+    path = _find(path)
+    data, lines = recipe_tree(path)
+    data = apply_overrides(data, overrides or [])
+    return validate_data(Recipe, data, str(path), lines, override_paths(overrides or []))
+
+
+MAX_RECIPE_BASES = 8
+
+
+def recipe_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """A recipe file's YAML with its `base:` chain laid under it (`merge_trees`): a variant recipe names the one
+    it starts from and writes only what differs. `base` is a path relative to the file that names it."""
+    data, lines = load_yaml(path)
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if "base" not in data:
+        return data, lines
+    where = f"{path}:{lines.get(('base',), '?')}: base"
+    base_ref = data.pop("base")
+    if not isinstance(base_ref, str) or not base_ref.strip():
+        raise BadInput(f"{where}: expected the path of the recipe this one starts from, got {base_ref!r}")
+    base_path = (path.parent / base_ref).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise BadInput(f"{where}: {base_ref!r} leads back to a recipe already in this chain")
+    if len(seen) >= MAX_RECIPE_BASES:
+        raise BadInput(f"{where}: more than {MAX_RECIPE_BASES} recipes deep")
+    if not base_path.is_file():
+        raise BadInput(f"{where}: {base_ref!r} not found (looked for {base_path})")
+    base_data, _ = recipe_tree(base_path, (*seen, path.resolve()))
+    return merge_trees(base_data, data, lines), lines
 
 
 def _find(path: str | Path) -> Path:
@@ -737,9 +787,25 @@ def _find(path: str | Path) -> Path:
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config; a `data.recipe` path is loaded and validated too, with its own file and lines."""
-    config = load_model_file(RunConfig, _find(path), overrides)
+    source = _find(path)
+    data, lines = load_yaml(source)
+    if not isinstance(data, dict):
+        raise BadInput(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    _inline_overridden_recipe(data, overrides or [])
+    data = apply_overrides(data, overrides or [])
+    config = validate_data(RunConfig, data, str(source), lines, override_paths(overrides or []))
     config._source_path = Path(path)
     return config
+
+
+def _inline_overridden_recipe(data: dict[str, Any], overrides: list[str]) -> None:
+    """`--set data.recipe.total_tokens=…` on a config whose recipe is a path: the recipe's tree takes the path's
+    place first, so the override changes one key of it instead of replacing the recipe."""
+    section = data.get("data")
+    recipe = section.get("recipe") if isinstance(section, dict) else None
+    touched = any(p[:2] == ("data", "recipe") and len(p) > 2 for p in override_paths(overrides))
+    if touched and isinstance(recipe, str):
+        section["recipe"], _ = recipe_tree(_find(recipe))
 
 
 def check_model_exists(config: RunConfig, path: str | Path, overrides: list[str] | None = None) -> str | None:
@@ -771,4 +837,12 @@ def load_any(path: str | Path, overrides: list[str] | None = None) -> RunConfig 
     return load_run_config(path, overrides)
 
 
-__all__ = ["RunConfig", "check_model_exists", "load_any", "load_recipe", "load_run_config", "validate_data"]
+__all__ = [
+    "CHECKPOINT_TARGET",
+    "RunConfig",
+    "check_model_exists",
+    "load_any",
+    "load_recipe",
+    "load_run_config",
+    "validate_data",
+]

@@ -56,7 +56,7 @@ from pipelines.eval.results import plot_results, results_table, wilson_interval
 from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
 from pipelines.progress import Update, progress_bar
 from pipelines.router import adapter_source, load_bundle, request_text
-from pipelines.run_config import EvalSection, RunConfig
+from pipelines.run_config import CHECKPOINT_TARGET, EvalSection, RunConfig
 from pipelines.schema import Message, Trace
 from pipelines.tasks.sampling import (
     DomainTask,
@@ -92,6 +92,10 @@ def discover_targets(config: RunConfig, kinds: Sequence[str]) -> tuple[list[Targ
             found, reason = _routed_target(config.run_dir / "router")
             targets += [found] if found else []
             skipped |= {"routed": reason} if reason else {}
+        elif CHECKPOINT_TARGET.fullmatch(kind):  # `sft/tool/checkpoint-40`: one point of a training curve
+            problem = adapter_problem(config.run_dir / kind)
+            targets += [Target(kind, str((config.run_dir / kind).resolve()))] if not problem else []
+            skipped |= {kind: problem} if problem else {}
         else:
             group, _, name = kind.partition("/")
             adapters, reasons = _adapter_targets(config.run_dir / group, group)

@@ -142,7 +142,7 @@ def _tokenizer_problems(adapter_dir: Path, base_vocab_size: int) -> list[str]:
 def adapter_fingerprint(config: RunConfig, adapter: str, manifest_sha256: str) -> str:
     """What determines an adapter's weights: base model, SFT settings, seed and the exact mix.
 
-    The list of clusters is left out: adding a cluster to the config must not invalidate the others. The caller
+    The list of clusters is left out (and whether checkpoints are kept): adding a cluster to the config must not invalidate the others. The caller
     passes the adapter's own config (`SFTSection.for_adapter`): its `train` has the adapter's `cluster_train` keys
     applied and the table itself is empty, so it is not dumped and the other adapters' keys do not count.
     """
@@ -152,7 +152,7 @@ def adapter_fingerprint(config: RunConfig, adapter: str, manifest_sha256: str) -
             "stage": "sft",
             "adapter": adapter,
             "model": config.model.model_dump(mode="json"),
-            "sft": config.sft.model_dump(mode="json", exclude={"clusters", "generalist"}),
+            "sft": config.sft.model_dump(mode="json", exclude={"clusters", "generalist", "keep_checkpoints"}),
             "data_manifest_sha256": manifest_sha256,
         }
     )

@@ -312,7 +312,7 @@ def train_adapter(
     _log_job(job, held_out)
     trainer = build_trainer(config, adapter, out_dir, train, held_out, tokenizer, callbacks)
     summary = _train_tracked(config, job, trainer, mix.manifest_sha256, held_out)
-    _save_outputs(trainer, tokenizer, out_dir, summary)
+    _save_outputs(trainer, tokenizer, out_dir, summary, sft.keep_checkpoints)
     return summary
 
 
@@ -404,7 +404,9 @@ def _summary(
     )
 
 
-def _save_outputs(trainer: Any, tokenizer: Any, out_dir: Path, summary: SFTSummary) -> None:
+def _save_outputs(
+    trainer: Any, tokenizer: Any, out_dir: Path, summary: SFTSummary, keep_checkpoints: bool = False
+) -> None:
     """Adapter + tokenizer (with the chat template it was trained with) + summary; main process writes."""
     if trainer.is_fsdp_enabled:
         # Sharded state dicts would save one shard per rank; the adapter must be one servable file.
@@ -417,6 +419,8 @@ def _save_outputs(trainer: Any, tokenizer: Any, out_dir: Path, summary: SFTSumma
     if problems:
         raise MidtrainError(f"{out_dir}: adapter is not vLLM-compatible: {'; '.join(problems)}")
     summary.write(out_dir)
+    if keep_checkpoints:  # scored later, for the score-vs-tokens curve
+        return
     # A finished adapter is kept by later runs, so its checkpoints (optimizer state: 2-3x the adapter's
     # size each) have no further use; the folder keeps only what later stages read.
     for checkpoint in out_dir.glob("checkpoint-*"):
