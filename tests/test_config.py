@@ -113,6 +113,66 @@ def test_run_config_loads_its_recipe(tmp_path: Path) -> None:
     assert (config.sft.lora.r, config.sft.lora.alpha) == (8, 16)
 
 
+def test_a_recipe_names_its_base_and_writes_only_what_differs(tmp_path: Path) -> None:
+    """`base:` lays the file over the recipe it names: mappings key by key, sources by `name` (a new name is
+    appended), anything else replaced; an error in the variant names the variant's own line."""
+    (tmp_path / "shared").mkdir()
+    _write(tmp_path / "shared", RECIPE + "seed: 3\n", "base.yaml")
+    variant = (
+        "base: shared/base.yaml\nname: v\ntotal_tokens: 2000\ncategories:\n  tool:\n    sources:\n"
+        "      - {name: g, n: 20, patterns: {single: 1.0}}\n"
+    )
+    recipe = load_recipe(_write(tmp_path, variant, "v.yaml"))
+    base = load_recipe(tmp_path / "shared" / "base.yaml")
+    assert (recipe.name, recipe.total_tokens, recipe.seed) == ("v", 2000, 3)
+    tool = recipe.categories["tool"].sources
+    assert len(tool) == 1 and (tool[0].n, tool[0].patterns, tool[0].type) == (
+        20,
+        {"single": 1.0},
+        "generated",
+    )
+    assert recipe.categories["text"] == base.categories["text"]
+    added = variant + "      - {name: g2, type: generated, n: 5}\n"
+    assert [s.name for s in load_recipe(_write(tmp_path, added, "v.yaml")).categories["tool"].sources] == [
+        "g", "g2"
+    ]  # fmt: skip
+    typo = variant.replace("n: 20,", "nn: 20,")
+    with pytest.raises(BadInput, match=r"v.yaml:7: categories.tool.sources.0.generated.nn: unknown key"):
+        load_recipe(_write(tmp_path, typo, "v.yaml"))
+    # Chains: a variant of a variant; a loop, a missing base and a base that is not a path are each refused.
+    _write(tmp_path, variant, "v.yaml")
+    _write(tmp_path, "base: v.yaml\nname: w\nseed: 9\n", "w.yaml")
+    assert (load_recipe(tmp_path / "w.yaml").total_tokens, load_recipe(tmp_path / "w.yaml").seed) == (2000, 9)
+    _write(tmp_path, "base: w.yaml\nname: v\n", "v.yaml")
+    with pytest.raises(
+        BadInput, match=r"v.yaml:1: base: 'w.yaml' leads back to a recipe already in this chain"
+    ):
+        load_recipe(tmp_path / "w.yaml")
+    with pytest.raises(BadInput, match=r"v.yaml:1: base: 'nope.yaml' not found"):
+        load_recipe(_write(tmp_path, "base: nope.yaml\nname: v\n", "v.yaml"))
+    with pytest.raises(BadInput, match=r"v.yaml:1: base: expected the path of the recipe"):
+        load_recipe(_write(tmp_path, "base: [a]\nname: v\n", "v.yaml"))
+
+
+def test_set_reaches_into_a_recipe_given_by_path(tmp_path: Path) -> None:
+    """`--set data.recipe.total_tokens=…` changes one key of the file's recipe instead of replacing it; an inline
+    recipe can start from a `base:` too."""
+    _write(tmp_path, RECIPE, "recipe.yaml")
+    path = _write(tmp_path, f"name: demo\ndata:\n  recipe: {tmp_path / 'recipe.yaml'}\n")
+    config = load_run_config(path, ["data.recipe.total_tokens=5000", "data.recipe.categories.tool.share=0.6",
+                                    "data.recipe.categories.text.share=0.4"])  # fmt: skip
+    assert (config.data.recipe.name, config.data.recipe.total_tokens) == ("r", 5000)
+    assert config.data.recipe.categories["tool"].share == 0.6
+    with pytest.raises(
+        BadInput, match=r"--set data.recipe.total_tokens: data.recipe.total_tokens: Input should"
+    ):
+        load_run_config(path, ["data.recipe.total_tokens=lots"])
+    inline = _write(
+        tmp_path, f"name: demo\ndata:\n  recipe: {{base: {tmp_path / 'recipe.yaml'}, seed: 4}}\n", "i.yaml"
+    )
+    assert (load_run_config(inline).data.recipe.seed, load_run_config(inline).data.recipe.name) == (4, "r")
+
+
 def test_lora_rank_above_vllm_limit_is_rejected(tmp_path: Path) -> None:
     _write(tmp_path, RECIPE, "recipe.yaml")
     path = _write(
@@ -188,6 +248,12 @@ def test_cluster_train_and_eval_targets_are_checked(tmp_path: Path) -> None:
         load_run_config(_write(tmp_path, head + "eval:\n  targets: [base, sfts]\n"))
     with pytest.raises(BadInput, match=r"eval.targets: 'sft/\.\.' is none of"):
         load_run_config(_write(tmp_path, head + "eval:\n  targets: [sft/..]\n"))
+    kept = _write(tmp_path, head + "eval:\n  targets: [sft/tool/checkpoint-40]\n")
+    assert load_run_config(kept).eval.targets == ["sft/tool/checkpoint-40"]
+    # A checkpoint target is a pattern, not a path: nothing else under (or above) the run folder is named.
+    for bad in ("sft/tool/../../x", "rl/tool/checkpoint-4", "sft/tool/checkpoint-", "sft/tool/optimizer.pt"):
+        with pytest.raises(BadInput, match="sft/<adapter>/checkpoint-<step>"):
+            load_run_config(_write(tmp_path, head + f"eval:\n  targets: ['{bad}']\n"))
 
 
 def test_keys_omitted_at_default_are_dumped_once_set_and_must_name_fields_with_defaults() -> None:

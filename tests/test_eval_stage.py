@@ -261,6 +261,14 @@ def test_targets_by_adapter_name(tmp_path: Path, tiny_model_dir: Path) -> None:
     targets, skipped = stage.discover_targets(config, ["sft/tool", "sft", "sft/code"])
     assert [t.key for t in targets] == ["sft/tool", "sft/plan"]
     assert "midtrain sft CONFIG" in skipped["sft/code"]
+    # A kept checkpoint (`sft.keep_checkpoints`) is a target of its own; it is not one of `sft`'s adapters.
+    make_adapter(tiny_model_dir, run_dir / "sft" / "tool" / "checkpoint-4", 3)
+    targets, skipped = stage.discover_targets(
+        config, ["sft/tool/checkpoint-4", "sft/tool/checkpoint-8", "sft"]
+    )
+    assert [t.key for t in targets] == ["sft/tool/checkpoint-4", "sft/plan", "sft/tool"]
+    assert targets[0].adapter == str((run_dir / "sft" / "tool" / "checkpoint-4").resolve())
+    assert "checkpoint-8 is missing adapter_config.json" in skipped["sft/tool/checkpoint-8"]
 
 
 def test_bad_heldout_domain_names_the_key(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -315,8 +315,12 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, tiny_model_dir:
     # 8 rows at batch 2 = 4 steps an epoch: the kill lands mid-epoch and the resumed run crosses an epoch.
     # Dropout on, so the checkpoint must restore the RNG state too.
     notes = {"clusters": ["notes"], "replay_fraction": 0.0, "lora": {"dropout": 0.1}}
-    train = {"max_steps": 6, "save_steps": 3, "max_length": 64, "per_device_train_batch_size": 2}
-    straight = config_on_mix(tmp_path / "a", tiny_model_dir, mix_dir, train=train, **notes)
+    train = {"max_steps": 6, "save_steps": 3, "max_length": 64, "per_device_train_batch_size": 2,
+             "save_total_limit": None}  # fmt: skip
+    # The uninterrupted run keeps its checkpoints (a training curve's points); that is not fingerprinted.
+    straight = config_on_mix(
+        tmp_path / "a", tiny_model_dir, mix_dir, train=train, keep_checkpoints=True, **notes
+    )
     run(straight)
     killed = config_on_mix(tmp_path / "b", tiny_model_dir, mix_dir, train=train, **notes)
     with pytest.raises(KeyboardInterrupt):
@@ -339,6 +343,10 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, tiny_model_dir:
     weights_b = load_file(killed.run_dir / "sft" / "notes" / "adapter_model.safetensors")
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6) for k in weights_a)
+    kept = sorted(p.name for p in (straight.run_dir / "sft" / "notes").glob("checkpoint-*"))
+    assert kept == ["checkpoint-3", "checkpoint-6"] and a.config_fingerprint == summary.config_fingerprint
+    last = load_file(straight.run_dir / "sft" / "notes" / "checkpoint-6" / "adapter_model.safetensors")
+    assert all(torch.equal(last[k], weights_a[k]) for k in weights_a)
     # A finished adapter is kept by the next run; --restart trains it again.
     assert run(killed).adapters["notes"].wall_time_s == summary.wall_time_s
     assert run(killed, restart=True).adapters["notes"].wall_time_s != summary.wall_time_s
