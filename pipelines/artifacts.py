@@ -186,6 +186,8 @@ class EvalResults(Artifact):
     seconds: dict[str, float]
     sandbox: dict[str, Any] | None = None  # the isolation model-written code ran under, when any ran
     backend: Literal["hf", "vllm"] = "hf"  # who decoded (eval.backend)
+    # eval.adapters: per `adapter:<ref>` target, its card's BFCL scores beside the reproduced ones
+    published: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def metric(self, target: str, suite: str, metric: str) -> Any:
         return self.targets.get(target, {}).get(suite, {}).get(metric)

@@ -486,11 +486,23 @@ def eval_cmd(
     ] = None,
     targets: Annotated[
         str | None,
-        typer.Option(help="Comma-separated subset of base,sft,rl,routed, or adapters by name (sft/tool)"),
+        typer.Option(
+            help="Comma-separated subset of base,sft,rl,routed, adapters by name (sft/tool) or kept checkpoints "
+            "(sft/tool/checkpoint-40)"
+        ),
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A published adapter to score and compare with its card: a Hub repo owner/name[@revision] or "
+            "a folder (repeatable; alone, the run's own targets are left out unless --targets names them)",
+            metavar="REF",
+        ),
     ] = None,
 ) -> None:
     """Score base, SFT, RL and routed targets on BFCL and held-out live tasks into runs/<name>/eval/."""
 
+    from pipelines.eval.published import comparison_lines
     from pipelines.eval.results import results_table
     from pipelines.eval.stage import run
     from pipelines.run_config import load_run_config
@@ -498,10 +510,16 @@ def eval_cmd(
     overrides = list(set_ or [])
     if limit is not None:
         overrides.append(f"eval.limit={limit}")
-    if targets:
-        overrides.append(f"eval.targets=[{','.join(t.strip() for t in targets.split(',') if t.strip())}]")
+    if adapter:
+        overrides.append(f"eval.adapters={json.dumps(adapter)}")
+    if targets or adapter:
+        names = [t.strip() for t in (targets or "").split(",") if t.strip()]
+        overrides.append(f"eval.targets={json.dumps(names)}")
     resolved = load_run_config(config, overrides)
-    print(results_table(run(resolved)), end="")
+    results = run(resolved)
+    print(results_table(results), end="")
+    for key, comparison in results.published.items():
+        print("\n".join(comparison_lines(key, comparison)))
     print(f"wrote {resolved.run_dir / 'eval'}/{{results.json,results.md,results.png,predictions.jsonl}}")
 
 

@@ -27,7 +27,13 @@ from pipelines.config import load_json
 from pipelines.data import manifest as mf
 from pipelines.data.manifest import read_manifest
 from pipelines.errors import BadInput
-from pipelines.eval.results import bfcl_categories, bfcl_mean_label, column_label, metric_columns
+from pipelines.eval.results import (
+    bfcl_categories,
+    bfcl_mean_label,
+    column_label,
+    metric_columns,
+    metric_interval,
+)
 from pipelines.folders import check_replaceable, fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.run_config import PublishSection, RunConfig
@@ -219,6 +225,7 @@ class CardMetric:
     value: float
     n: int | None  # examples behind it (None: not recorded)
     what: str
+    interval: tuple[float, float] | None = None  # Wilson 95%, when the eval recorded one
 
 
 @dataclass
@@ -247,10 +254,16 @@ def eval_results_for(results: EvalResults | None, item: PublishItem) -> ItemEval
         value = (target.get(suite) or {}).get(metric)
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        # `n` counts a suite's examples: it belongs to the suite-level rows, not to one BFCL category.
-        n = (target.get(suite) or {}).get("n") if not (suite == "bfcl" and metric != "overall") else None
+        # A metric's own n is its interval's (a BFCL category's examples; the held-out tasks it applies to); a
+        # suite's `n` counts all its examples, so it belongs to the suite-level rows only.
+        interval = metric_interval(target, column)
+        n = interval[2] if interval else (target.get(suite) or {}).get("n")
+        if suite == "bfcl" and metric != "overall" and not interval:
+            n = None
         name = column_label(column, categories)
-        found.metrics.append(CardMetric(name, float(value), n, _metric_meaning(suite, metric, categories)))
+        meaning = _metric_meaning(suite, metric, categories)
+        bounds = (float(interval[0]), float(interval[1])) if interval else None
+        found.metrics.append(CardMetric(name, float(value), n, meaning, bounds))
         if suite == "bfcl" and metric != "overall":
             found.bfcl[metric] = float(value)
             found.bfcl_n = (target.get(suite) or {}).get("n")
@@ -335,7 +348,7 @@ def _on_hub(dataset: Any) -> bool:
     return isinstance(dataset, str) and dataset.count("/") == 1 and not Path(dataset).is_absolute()
 
 
-def _public_base_model(config: RunConfig) -> str:
+def public_base_model(config: RunConfig) -> str:
     from pipelines.models import EMBEDDED_MODELS, EMBEDDED_PREFIX
 
     ref = config.model.name_or_path
@@ -383,9 +396,10 @@ def _card_body(release: Release, item: PublishItem, repo: str, metrics: ItemEval
 def _evaluation(release: Release, metrics: ItemEval | None) -> list[str]:
     if not metrics:
         return ["No eval results."]
-    lines = ["| metric | value | n | what it measures |", "| --- | --- | --- | --- |"]
+    lines = ["| metric | value | 95% interval | n | what it measures |", "| --- | --- | --- | --- | --- |"]
     lines += [
-        f"| {m.name} | {m.value:.4f} | {m.n if m.n is not None else '–'} | {m.what} |"
+        f"| {m.name} | {m.value:.4f} | {f'[{m.interval[0]:.2f}, {m.interval[1]:.2f}]' if m.interval else '–'} "
+        f"| {m.n if m.n is not None else '–'} | {m.what} |"
         for m in metrics.metrics
     ]
     if metrics.bfcl:
@@ -628,7 +642,7 @@ def run(
     adapter_repos = {i.cluster: repos[i.name] for i in items if i.kind == "adapter" and i.cluster is not None}
     adapter_dirs = {i.cluster: i.source for i in items if i.kind == "adapter" and i.cluster is not None}
     staging = fresh_output_dir(staging, "publish folder")
-    base, mix = _public_base_model(config), manifest_summary(config.run_dir)
+    base, mix = public_base_model(config), manifest_summary(config.run_dir)
     dataset_repo = next((repos[i.name] for i in items if i.kind == "dataset"), None)
     release = Release(config, base, mix, adapter_repos, adapter_dirs, dataset_repo)
     problems = {}

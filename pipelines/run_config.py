@@ -571,7 +571,7 @@ class RouterSection(StrictModel):
 
 
 class EvalSection(OmitsNewKeysAtDefault):
-    omitted_at_default = ("heldout_offered_tools", "heldout_distractor_tools")
+    omitted_at_default = ("heldout_offered_tools", "heldout_distractor_tools", "adapters")
     bfcl_categories: list[str] = Field(
         default_factory=lambda: ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
     )
@@ -590,6 +590,12 @@ class EvalSection(OmitsNewKeysAtDefault):
         default_factory=lambda: ["base", "sft", "rl", "routed"],
         description="What to score: `base`, `sft` (every SFT adapter), `rl`, `routed`, one adapter by name "
         "(`sft/tool`, `rl/tool`), or a checkpoint kept by `sft.keep_checkpoints` (`sft/tool/checkpoint-40`).",
+    )
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="Adapters from outside this run, scored beside `targets` on the config's model: a folder, or "
+        "a Hub repo `owner/name[@revision]` (fetched when eval runs). Each is compared with the BFCL scores its "
+        "card publishes (`midtrain eval CONFIG --adapter owner/name`).",
     )
     heldout_seed: int | None = Field(
         None,
@@ -654,6 +660,18 @@ class EvalSection(OmitsNewKeysAtDefault):
                 f"eval.targets: {target!r} is none of {', '.join(groups)}, sft/<adapter>, rl/<adapter> or "
                 "sft/<adapter>/checkpoint-<step>" + (f"; did you mean {hint[0]!r}?" if hint else "")
             )
+        return value
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_refs(cls, value: list[str]) -> list[str]:
+        from pipelines.eval.published import HUB_REPO
+
+        for ref in value:
+            if not (Path(ref).expanduser().is_dir() or HUB_REPO.fullmatch(ref)):
+                raise ValueError(
+                    f"{ref!r} is neither an adapter folder nor a Hub repo (owner/name[@revision])"
+                )
         return value
 
     @model_validator(mode="after")

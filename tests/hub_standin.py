@@ -1,5 +1,6 @@
 """A local stand-in for the Hugging Face Hub's HTTP API, enough for huggingface_hub's and datasets' real code
-paths to resolve revisions and download a dataset repo (point HF_ENDPOINT, or `constants.ENDPOINT`, at it).
+paths to resolve revisions and download a dataset or model repo (point HF_ENDPOINT, or `constants.ENDPOINT`,
+at it).
 
 It serves dataset repos held in memory: commits (sha → {path: bytes}) and refs (branch or tag → sha), over the
 endpoints `HfApi.dataset_info` and `datasets.load_dataset` call: `/api/datasets/{repo}/revision/{rev}`,
@@ -59,10 +60,12 @@ class HubStandIn:
         return [path for _, path in self.requests if path.startswith(prefix)]
 
 
-_RESOLVE = re.compile(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
-_INFO = re.compile(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?")
-_TREE = re.compile(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?")
-_PATHS_INFO = re.compile(r"/api/datasets/([^/]+/[^/]+)/paths-info/([^/]+)")
+# Dataset repos under /datasets and /api/datasets, model repos at the root and under /api/models (one namespace
+# here: a test names each repo once).
+_RESOLVE = re.compile(r"(?:/datasets)?/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+_INFO = re.compile(r"/api/(?:datasets|models)/([^/]+/[^/]+)(?:/revision/([^/]+))?")
+_TREE = re.compile(r"/api/(?:datasets|models)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?")
+_PATHS_INFO = re.compile(r"/api/(?:datasets|models)/([^/]+/[^/]+)/paths-info/([^/]+)")
 
 
 def _git_oid(data: bytes) -> str:
@@ -103,13 +106,24 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
                 return None
             return sha, repo.commits[sha]
 
-        def _entries(self, files: dict[str, bytes], prefix: str) -> list[dict[str, object]]:
+        def _entries(
+            self, files: dict[str, bytes], prefix: str, recursive: bool = False
+        ) -> list[dict[str, object]]:
+            """The Hub's tree listing: a folder's files and sub-folders, or (`recursive`) every file under it."""
             prefix = prefix.strip("/")
-            entries = []
+            entries: list[dict[str, object]] = []
+            folders: set[str] = set()
             for path, data in sorted(files.items()):
                 parent = path.rsplit("/", 1)[0] if "/" in path else ""
-                if parent == prefix:
+                inside = not prefix or path.startswith(prefix + "/")
+                if parent == prefix or (recursive and inside):
                     entries.append({"type": "file", "path": path, "size": len(data), "oid": _git_oid(data)})
+                elif inside and not recursive:
+                    folders.add(path[len(prefix) + 1 if prefix else 0 :].split("/", 1)[0])
+            entries += [
+                {"type": "directory", "path": f"{prefix}/{name}" if prefix else name, "oid": "0" * 40}
+                for name in sorted(folders)
+            ]
             return entries
 
         def _route(self) -> None:
@@ -135,7 +149,8 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             if match := _TREE.fullmatch(path):
                 found = self._commit(match[1], match[2])
                 if found is not None:
-                    entries = self._entries(found[1], match[3] or "")
+                    recursive = "recursive=true" in urlparse(self.path).query.lower()
+                    entries = self._entries(found[1], match[3] or "", recursive)
                     if match[3] and not entries:
                         return self._error("EntryNotFound", f"{match[3]} does not exist")
                     self._json(entries)

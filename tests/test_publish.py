@@ -14,6 +14,7 @@ import yaml
 from pipelines import publish
 from pipelines.artifacts import EvalResults, PublishPlan
 from pipelines.errors import BadInput
+from pipelines.eval.results import wilson_interval
 from pipelines.router import run as train_router
 from pipelines.run_config import PublishSection, RouterSection, RunConfig
 from pipelines.vllm_export import round_up_rank
@@ -215,7 +216,11 @@ def test_card_round_trips_through_huggingface_hub(
 
     results = run_dir / "eval" / "results.json"
     saved = results.read_text()
-    bfcl = {"simple_python": 0.25, "irrelevance": 0.75, "overall": 0.5, "n": 8}
+    ci95 = {
+        "simple_python": wilson_interval([1, 1] + [0] * 6),
+        "irrelevance": wilson_interval([1] * 6 + [0] * 2),
+    }
+    bfcl = {"simple_python": 0.25, "irrelevance": 0.75, "overall": 0.5, "n": 16, "ci95": ci95}
     _eval_results({"sft/tool": {"bfcl": bfcl, "heldout": {"outcome": 0.5, "n": 4}}}).write(run_dir / "eval")
     try:
         publish.run(_config(run_dir, tiny_model_dir), dry_run_dir=tmp_path / "out", allow_no_eval=True)
@@ -233,7 +238,10 @@ def test_card_round_trips_through_huggingface_hub(
     assert all("first 8 examples per category" in e.notes and "Non-live" in e.notes for e in entries)
     assert entries[0].source_url == "https://huggingface.co/your-username/midtrain-tiny-sft-tool"
     text = card.text
-    assert "| bfcl_nonlive/mean | 0.5000 | 8 |" in text and "not the leaderboard's Overall" in text
+    assert "| bfcl_nonlive/mean | 0.5000 | – | 16 |" in text and "not the leaderboard's Overall" in text
+    # Each category with its Wilson interval and its own n, not the suite's.
+    assert "| bfcl/simple_python | 0.2500 | [0.07, 0.59] | 8 |" in text
+    assert "| bfcl/irrelevance | 0.7500 | [0.41, 0.93] | 8 |" in text
     assert "bfcl/overall" not in card.content and "heldout-tasks" not in card.content
     assert "midtrain's own tasks, not a public benchmark" not in text  # no eval section in this config
     assert publish.check_card(card.content, folder) == []
@@ -258,3 +266,92 @@ def test_router_card_serves_every_adapter_from_one_lora_modules_flag(
     command = next(line for line in card.splitlines() if line.startswith("python -m vllm"))
     assert command.count("--lora-modules") == 1 and command.count('"path": "your-username/') == 2
     assert "--max-lora-rank 8 --max-loras 2" in command and "--tool-call-parser hermes" in command
+
+
+def test_eval_reproduces_a_published_adapters_card(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval → publish → `midtrain eval --adapter`: the published adapter, scored again from its folder and from a
+    Hub repo, gives back its card's BFCL scores inside their intervals; a card that claims more is flagged, and
+    scores of another subset are not compared."""
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.eval import stage as eval_stage
+    from pipelines.run_config import EvalSection
+    from tests.hub_standin import DatasetRepo, HubStandIn
+
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(run_dir, run)
+    settings = {"limit": 3, "bfcl_categories": ["simple_python", "irrelevance"], "heldout_domains": [],
+                "max_new_tokens": 8}  # fmt: skip
+    config = two_cluster_config(
+        run, tiny_model_dir, RouterSection(method="tfidf", generated_requests=0),
+        eval=EvalSection(targets=["sft/tool"], **settings), publish=PublishSection(),
+    )  # fmt: skip
+    scored = eval_stage.run(config).targets["sft/tool"]["bfcl"]
+    publish.run(config, dry_run_dir=tmp_path / "out", allow_no_eval=True)
+    folder = tmp_path / "out" / "midtrain-tiny-sft-tool"
+
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump({
+        "name": "again", "output_dir": str(tmp_path / "runs"), "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"recipe": "data_recipes/agentic-v1.yaml"}, "eval": settings,
+    }))  # fmt: skip
+
+    def score(ref: str, *extra: str) -> tuple[EvalResults, str]:
+        result = CliRunner().invoke(app, ["eval", str(again), "--adapter", ref, *extra])
+        assert result.exit_code == 0, result.output
+        return EvalResults.read(tmp_path / "runs" / "again" / "eval"), result.output
+
+    results, output = score(str(folder))
+    key = f"adapter:{folder}"
+    assert list(results.targets) == [key]  # alone, --adapter scores only the adapter
+    reproduced = results.targets[key]["bfcl"]
+    assert {c: reproduced[c] for c in settings["bfcl_categories"]} == {
+        c: scored[c] for c in settings["bfcl_categories"]
+    }
+    rows = results.published[key]["categories"]
+    assert set(rows) == {"simple_python", "irrelevance"} and all(r["within"] for r in rows.values())
+    assert output.count("card within") == 2
+
+    # A card claiming a score its adapter does not reach is flagged.
+    card = folder / ".eval_results" / "bfcl.yaml"
+    entries = yaml.safe_load(card.read_text())
+    claimed = [dict(e, value=100.0) if e["dataset"]["task_id"] == "simple_python" else e for e in entries]
+    if scored["simple_python"] < 0.4:  # 1.0 is outside a 3-example interval around < 0.4
+        card.write_text(yaml.safe_dump(claimed, sort_keys=False))
+        results, output = score(str(folder))
+        assert results.published[key]["categories"]["simple_python"]["within"] is False
+        assert "bfcl/simple_python: card 1.0000" in output and "card OUTSIDE" in output
+        card.write_text(yaml.safe_dump(entries, sort_keys=False))
+    _, output = score(str(folder), "--limit", "2")
+    assert "the card scored the first 3 examples per category, this run 2" in output
+    assert "not compared" in output
+
+    # The same adapter as a Hub repo at a revision: fetched through huggingface_hub's real download path.
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with HubStandIn() as hub:
+        repo = DatasetRepo()
+        files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        repo.commit("a" * 40, {**files, "optimizer.pt": b"not fetched"}, "main", "v1")
+        hub.repos["acme/tiny-sft-tool"] = repo
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        results, output = score("acme/tiny-sft-tool@v1")
+        assert all(
+            r["within"] for r in results.published["adapter:acme/tiny-sft-tool@v1"]["categories"].values()
+        )
+        assert not any("optimizer.pt" in path for path in hub.paths_asked())  # only what eval reads
+        missing = CliRunner().invoke(app, ["eval", str(again), "--adapter", "acme/nope"])
+        assert isinstance(missing.exception, BadInput) and "acme/nope: no such model repo" in str(
+            missing.exception
+        )
+    bad = CliRunner().invoke(app, ["eval", str(again), "--adapter", "../not-a-folder.txt"])
+    assert isinstance(bad.exception, BadInput) and "neither an adapter folder nor a Hub repo" in str(
+        bad.exception
+    )

@@ -52,17 +52,28 @@ def test_the_embedded_model_as_teacher_over_the_mcp_shop(embedded_model_dir: Pat
     task_set = load_task_file(ROOT / "configs/tasks/shop.jsonl", "configs/envs/shop.yaml")
     with serve(folder) if folder else _external(external) as url:
         model = os.environ.get("MIDTRAIN_TEACHER_MODEL") or str(folder)
+        # One reflexion retry: an episode that fails only the judge's outcome check is sent back to the served
+        # model with the judge's reason as an observation.
         settings = TeacherSettings(base_url=url, model=model, temperature=0.7, max_tokens=160, max_turns=3,
-                                   concurrency=2)  # fmt: skip
+                                   concurrency=2, reflexion_retries=1)  # fmt: skip
         run = teacher_traces(task_set.train, task_set.envs, settings, tmp_path / "cache.jsonl",
                              load_thought_schema("think-plan-reflect"), samples_per_task=2)  # fmt: skip
     traces = [r for r in run.results if isinstance(r, Trace)]
     reasons = Counter(r["reason"] for r in run.results if isinstance(r, dict))
+    recovered = [t for t in traces if "reflexion" in t.meta]
+    retried_rejects = [
+        r for r in run.results if isinstance(r, dict) and "(after 1 reflexion retry)" in r["detail"]
+    ]
     print(json.dumps({"episodes": len(run.results), "verified": len(traces), "rejects": dict(reasons),
-                      "requests": run.requests}))  # fmt: skip
+                      "requests": run.requests, "reflexion": {"retried": len(recovered) + len(retried_rejects),
+                                                              "recovered": len(recovered)}}))  # fmt: skip
     assert len(run.results) == 2 * len(task_set.train) and run.requests >= len(run.results)
     assert set(reasons) <= KNOWN_REASONS
     assert "teacher_error" not in reasons  # the server answered every request
+    for trace in recovered:  # a fix after the judge's words: the feedback is in the trace, before the fix
+        assert trace.meta["pattern"] == "recovery" and trace.meta["reflexion"]["retries"] == 1
+        feedback = trace.meta["reflexion"]["feedback"][0]
+        assert feedback and any(feedback in (m.content or "") for m in trace.messages)
 
 
 class _external:

@@ -45,6 +45,7 @@ from pipelines.envs.base import ToolEnv
 from pipelines.envs.code_runner import admit_model_code_for
 from pipelines.episodes import Episode, episode_outcomes, heldout_metrics, heldout_prediction, run_episodes
 from pipelines.errors import BadInput
+from pipelines.eval import published
 from pipelines.eval.bfcl import (
     BfclExample,
     decode_tool_calls,
@@ -52,6 +53,7 @@ from pipelines.eval.bfcl import (
     load_category,
     score_example,
 )
+from pipelines.eval.published import compare_with_card
 from pipelines.eval.results import plot_results, results_table, wilson_interval
 from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
 from pipelines.progress import Update, progress_bar
@@ -109,6 +111,24 @@ def discover_targets(config: RunConfig, kinds: Sequence[str]) -> tuple[list[Targ
             targets += [t for t in adapters if t not in targets]
             skipped |= reasons
     return targets, skipped
+
+
+def outside_targets(config: RunConfig, refs: Sequence[str]) -> list[Target]:
+    """`eval.adapters`: each fetched (a Hub repo) or taken as it is (a folder), and refused before any model
+    loads when it is not an adapter or was trained on another base."""
+    from pipelines.models import EMBEDDED_PREFIX
+    from pipelines.publish import public_base_model
+
+    model = config.model.name_or_path
+    accepted = {model, model.removeprefix(EMBEDDED_PREFIX), public_base_model(config)}
+    targets = []
+    for ref in refs:
+        folder = published.adapter_folder(ref)
+        problem = adapter_problem(folder) or published.base_model_problem(folder, accepted)
+        if problem:
+            raise BadInput(f"eval.adapters: {ref}: {problem}")
+        targets.append(Target(published.target_key(ref), str(folder)))
+    return targets
 
 
 def _adapter_targets(folder: Path, kind: str) -> tuple[list[Target], dict[str, str]]:
@@ -427,6 +447,7 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
     section = config.eval or EvalSection()
     schema = load_thought_schema(config.model.thought_schema)
     targets, skipped = discover_targets(config, section.targets)
+    targets += outside_targets(config, section.adapters)
     if not targets:
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise BadInput(f"eval.targets {section.targets}: none can run ({reasons})")
@@ -463,6 +484,11 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
         if closing is not None:
             closing()
     results |= {"skipped": skipped, "seconds": seconds, "backend": section.backend}
+    results["published"] = {
+        t.key: compare_with_card(Path(t.adapter), results["targets"][t.key].get("bfcl", {}), section.limit)
+        for t in targets
+        if t.key.startswith(published.KEY_PREFIX) and t.adapter
+    }
     results |= {"sandbox": sandbox} if sandbox is not None else {}
     typed = EvalResults.model_validate(results)
     write_outputs(config.run_dir / "eval", typed, predictions)
