@@ -259,7 +259,7 @@ class SFTSection(OmitsNewKeysAtDefault):
 
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # A kept SFT checkpoint as an eval target; a pattern, not a path, so a target cannot name anything else on disk.
-CHECKPOINT_TARGET = re.compile(r"sft/[A-Za-z0-9][A-Za-z0-9_-]*/checkpoint-[0-9]+")
+CHECKPOINT_TARGET = re.compile(rf"sft/{ADAPTER_NAME.pattern}/checkpoint-[0-9]+")
 
 RL_REWARD_NAMES = ("format", "tool_call", "execution", "outcome", "instance", "irrelevance", "efficiency")
 DEFAULT_RL_REWARD_WEIGHTS = {

@@ -53,7 +53,6 @@ from pipelines.eval.bfcl import (
     load_category,
     score_example,
 )
-from pipelines.eval.published import compare_with_card
 from pipelines.eval.results import plot_results, results_table, wilson_interval
 from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
 from pipelines.progress import Update, progress_bar
@@ -485,7 +484,9 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
             closing()
     results |= {"skipped": skipped, "seconds": seconds, "backend": section.backend}
     results["published"] = {
-        t.key: compare_with_card(Path(t.adapter), results["targets"][t.key].get("bfcl", {}), section.limit)
+        t.key: published.compare_with_card(
+            Path(t.adapter), results["targets"][t.key].get("bfcl", {}), section.limit
+        )
         for t in targets
         if t.key.startswith(published.KEY_PREFIX) and t.adapter
     }
