@@ -268,7 +268,9 @@ def _rekey_lines(lines: dict[KeyPath, int], at: KeyPath, moves: dict[int, int]) 
     for key in moved:
         del lines[key]
     for key, line in moved.items():
-        lines[(*at, moves[key[depth]], *key[depth + 1 :])] = line
+        index = key[depth]
+        assert isinstance(index, int)  # only list positions were moved
+        lines[(*at, moves[index], *key[depth + 1 :])] = line
 
 
 def override_paths(overrides: list[str]) -> list[tuple[str, ...]]:

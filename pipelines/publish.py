@@ -257,7 +257,7 @@ def eval_results_for(results: EvalResults | None, item: PublishItem) -> ItemEval
         # A metric's own n is its interval's (a BFCL category's examples; the held-out tasks it applies to); a
         # suite's `n` counts all its examples, so it belongs to the suite-level rows only.
         interval = metric_interval(target, column)
-        n = interval[2] if interval else (target.get(suite) or {}).get("n")
+        n = int(interval[2]) if interval else (target.get(suite) or {}).get("n")
         if suite == "bfcl" and metric != "overall" and not interval:
             n = None
         name = column_label(column, categories)

@@ -820,10 +820,10 @@ def _inline_overridden_recipe(data: dict[str, Any], overrides: list[str]) -> Non
     """`--set data.recipe.total_tokens=…` on a config whose recipe is a path: the recipe's tree takes the path's
     place first, so the override changes one key of it instead of replacing the recipe."""
     section = data.get("data")
-    recipe = section.get("recipe") if isinstance(section, dict) else None
-    touched = any(p[:2] == ("data", "recipe") and len(p) > 2 for p in override_paths(overrides))
-    if touched and isinstance(recipe, str):
-        section["recipe"], _ = recipe_tree(_find(recipe))
+    if not isinstance(section, dict) or not isinstance(section.get("recipe"), str):
+        return
+    if any(p[:2] == ("data", "recipe") and len(p) > 2 for p in override_paths(overrides)):
+        section["recipe"], _ = recipe_tree(_find(section["recipe"]))
 
 
 def check_model_exists(config: RunConfig, path: str | Path, overrides: list[str] | None = None) -> str | None:
