@@ -3,7 +3,8 @@ real OpenAI-compatible server. Not part of `make test` (minutes of CPU generatio
 MIDTRAIN_INTEGRATION=1.
 
 The server is `transformers serve` on a copy of the embedded model with the project's tool-capable chat
-template, or any endpoint named by MIDTRAIN_TEACHER_URL and MIDTRAIN_TEACHER_MODEL (vLLM's CPU server,
+template (or on the model folder MIDTRAIN_TEACHER_DIR names), or any endpoint named by MIDTRAIN_TEACHER_URL and
+MIDTRAIN_TEACHER_MODEL (vLLM's CPU server,
 llama.cpp's server): the teacher speaks plain OpenAI chat completions, so the test is the same.
 
 A 135M teacher writes mostly rejects. What this checks is that a real model's replies (not the random test
@@ -48,7 +49,10 @@ def served_copy(embedded_model_dir: Path, tmp_path: Path) -> Path:
 
 def test_the_embedded_model_as_teacher_over_the_mcp_shop(embedded_model_dir: Path, tmp_path: Path) -> None:
     external = os.environ.get("MIDTRAIN_TEACHER_URL")
-    folder = None if external else served_copy(embedded_model_dir, tmp_path)
+    # MIDTRAIN_TEACHER_DIR: serve another model folder, e.g. a trained `tool` adapter merged into the embedded
+    # model (`midtrain export`), which writes the thought schema, so episodes reach the judge and reflexion.
+    chosen = os.environ.get("MIDTRAIN_TEACHER_DIR")
+    folder = None if external else Path(chosen) if chosen else served_copy(embedded_model_dir, tmp_path)
     task_set = load_task_file(ROOT / "configs/tasks/shop.jsonl", "configs/envs/shop.yaml")
     with serve(folder) if folder else _external(external) as url:
         model = os.environ.get("MIDTRAIN_TEACHER_MODEL") or str(folder)
@@ -66,7 +70,8 @@ def test_the_embedded_model_as_teacher_over_the_mcp_shop(embedded_model_dir: Pat
     ]
     print(json.dumps({"episodes": len(run.results), "verified": len(traces), "rejects": dict(reasons),
                       "requests": run.requests, "reflexion": {"retried": len(recovered) + len(retried_rejects),
-                                                              "recovered": len(recovered)}}))  # fmt: skip
+                                                              "recovered": len(recovered)},
+                      "first_reject": next((r for r in run.results if isinstance(r, dict)), None)}))  # fmt: skip
     assert len(run.results) == 2 * len(task_set.train) and run.requests >= len(run.results)
     assert set(reasons) <= KNOWN_REASONS
     assert "teacher_error" not in reasons  # the server answered every request
