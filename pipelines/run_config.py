@@ -665,13 +665,11 @@ class EvalSection(OmitsNewKeysAtDefault):
     @field_validator("adapters")
     @classmethod
     def _adapter_refs(cls, value: list[str]) -> list[str]:
-        from pipelines.eval.published import HUB_REPO
+        from pipelines.eval.published import ref_problem
 
-        for ref in value:
-            if not (Path(ref).expanduser().is_dir() or HUB_REPO.fullmatch(ref)):
-                raise ValueError(
-                    f"{ref!r} is neither an adapter folder nor a Hub repo (owner/name[@revision])"
-                )
+        problems = [problem for problem in map(ref_problem, value) if problem]
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @model_validator(mode="after")

@@ -351,6 +351,7 @@ def test_eval_reproduces_a_published_adapters_card(
         assert isinstance(missing.exception, BadInput) and "acme/nope: no such model repo" in str(
             missing.exception
         )
+    assert EvalSection(adapters=["Qwen/Qwen2.5-7B-Instruct@v1.0"]).adapters  # dots belong in Hub repo names
     bad = CliRunner().invoke(app, ["eval", str(again), "--adapter", "../not-a-folder.txt"])
     assert isinstance(bad.exception, BadInput) and "neither an adapter folder nor a Hub repo" in str(
         bad.exception

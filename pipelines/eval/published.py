@@ -38,18 +38,21 @@ HUB_REPO = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<r
 _CARD_LIMIT = re.compile(r"first (\d+) examples per category")
 
 
-def adapter_folder(ref: str, download: bool = True) -> Path:
+def ref_problem(ref: str) -> str:
+    """Why `ref` names neither an adapter folder nor a Hub repo ("" when it names one)."""
+    if Path(ref).expanduser().is_dir() or HUB_REPO.fullmatch(ref):
+        return ""
+    return f"{ref!r} is neither an adapter folder nor a Hub repo (owner/name[@revision])"
+
+
+def adapter_folder(ref: str) -> Path:
     """A local adapter folder as given, or a Hub repo `owner/name[@revision]` fetched into the Hub cache."""
     local = Path(ref).expanduser()
     if local.is_dir():
         return local.resolve()
     match = HUB_REPO.fullmatch(ref)
-    if match is None or local.suffix or ref.startswith((".", "/", "~")):
-        raise BadInput(
-            f"eval.adapters: {ref!r} is neither an adapter folder nor a Hub repo (owner/name[@revision])"
-        )
-    if not download:
-        raise BadInput(f"eval.adapters: {ref!r} is not a folder here (a Hub repo is fetched when eval runs)")
+    if match is None:
+        raise BadInput(f"eval.adapters: {ref_problem(ref)}")
     return _download(match["repo"], match["revision"])
 
 
