@@ -266,3 +266,27 @@ def test_sampler_is_deterministic():
     first = [sample_task(random.Random(3)).to_json() for _ in range(2)]
     assert first[0] == first[1]
     assert sample_task(random.Random(3)).to_json() != sample_task(random.Random(4)).to_json()
+
+
+def test_parallel_tasks_include_bfcls_shape_one_tool_per_listed_case():
+    """BFCL's `parallel` category offers one function and expects one call per case the request lists; the
+    generator's parallel tasks must teach that shape too, not only calls to different tools."""
+    rng = random.Random(5)
+    parallel = [sample_task(rng, parallel=True) for _ in range(80)]
+    repeats = [t for t in parallel if len({s.tool for s in t.solution[0]}) == 1]
+    assert 0.3 < len(repeats) / len(parallel) < 0.7
+    for task in repeats:
+        assert len(task.solution) == 1 and 2 <= len(task.solution[0]) <= 4, task.request
+        calls = [s.arguments for s in task.solution[0]]
+        assert len({json.dumps(c, sort_keys=True) for c in calls}) == len(calls), task.request
+        varied = {k for c in calls for k in c if c[k] != calls[0][k]}
+        assert 1 <= len(varied) <= 2 and all(c.keys() == calls[0].keys() for c in calls), task.request
+        for c in calls:  # every case's own values are in the request, in one of the ways values are said
+            assert all(any(f in task.request for f in _spoken(c[k])) for k in varied), (c, task.request)
+        env, results = _run(task)
+        env._record_final_answer(task.final_template.format(answer=task.answer))
+        assert env.get_reward() == 1.0, task.request
+    repeat_form = [
+        t for t in repeats if any(w in t.request for w in ("then repeat", "the same", "again", "; also"))
+    ]
+    assert 0 < len(repeat_form) < len(repeats)  # both the list form and the repeat form occur
