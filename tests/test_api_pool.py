@@ -284,6 +284,7 @@ def test_parallel_tasks_include_bfcls_shape_one_tool_per_listed_case():
         for c in calls:  # every case's own values are in the request, in one of the ways values are said
             assert all(any(f in task.request for f in _spoken(c[k])) for k in varied), (c, task.request)
         env, results = _run(task)
+        assert not any(failed for _, failed in results), (task.request, results)
         env._record_final_answer(task.final_template.format(answer=task.answer))
         assert env.get_reward() == 1.0, task.request
     repeat_form = [
