@@ -121,13 +121,22 @@ def _text_until(end: str) -> dict[str, Any]:
     return {"close_pattern": re.escape(end) + r"\s*", "content": "text"}
 
 
+# The reasoning field's name in a response template. TRL's templates call it `reasoning_content`; `transformers
+# serve` (5.x) returns `parsed["thinking"]` as the reply's `reasoning_content` and drops any other field, so a model
+# folder carrying TRL's name served there lost its whole `<think>` block: the teacher loop rejected every turn of a
+# trained adapter as "no reasoning". TRL's GRPO reads either name.
+REASONING_FIELD = "thinking"
+LEGACY_REASONING_FIELD = "reasoning_content"  # what adapters saved before carry; still recognised
+
+
 def hermes_response_template(start: str = "<|im_start|>assistant\n", end: str = "<|im_end|>") -> dict:
-    """TRL's `qwen3_template` (which TRL uses for Qwen2.5 as well), bad call JSON kept as text."""
+    """TRL's `qwen3_template` (which TRL uses for Qwen2.5 as well), bad call JSON kept as text and the reasoning
+    field named as `transformers serve` reads it (`REASONING_FIELD`)."""
     return {
         "defaults": {"role": "assistant"},
         "start_anchor": start,
         "fields": {
-            "reasoning_content": _reasoning(),
+            REASONING_FIELD: _reasoning(),
             "tool_calls": _json_calls("<tool_call>", r"</tool_call>\s*"),
             "content": _text_until(end),
         },
@@ -331,9 +340,8 @@ class Codec:
             stray = content[content.index(self.call_open) :]
             reply.errors.append(f"tool_call[{len(reply.tool_calls)}]: does not parse: {stray[:60]!r}")
             content = content.split(self.call_open, 1)[0]
-        reply.thinking, reply.content = _split_thinking(
-            message.get("reasoning_content") or "", content, schema
-        )
+        reasoning = message.get(REASONING_FIELD) or message.get(LEGACY_REASONING_FIELD) or ""
+        reply.thinking, reply.content = _split_thinking(reasoning, content, schema)
         return reply
 
     def text_before_calls(self, text: str) -> str:
@@ -769,12 +777,22 @@ def _detect_codec(tokenizer: Any) -> Codec:
 
 def carried_family(tokenizer: Any, first: str | None = None) -> str | None:
     """The family whose response template the tokenizer carries (None: none of midtrain's)."""
-    carried = getattr(tokenizer, "response_template", None)
+    carried = _current_field_names(getattr(tokenizer, "response_template", None))
     if not carried:
         return None
     order = [first] if first else []
     order += [n for n in FAMILIES if n != first]
     return next((n for n in order if make_codec(n, tokenizer).response_template == carried), None)
+
+
+def _current_field_names(template: Any) -> Any:
+    """A carried response template with the reasoning field under today's name (adapters saved before carry
+    `reasoning_content`), so that it still names its family."""
+    fields = template.get("fields") if isinstance(template, dict) else None
+    if not isinstance(fields, dict) or LEGACY_REASONING_FIELD not in fields:
+        return template
+    renamed = {REASONING_FIELD if k == LEGACY_REASONING_FIELD else k: v for k, v in fields.items()}
+    return {**template, "fields": renamed}
 
 
 def add_family_tokens(tokenizer: Any, family: str, tokens: FamilyTokens | None = None) -> Any:

@@ -112,6 +112,31 @@ def test_an_adapter_tokenizer_keeps_its_format_when_saved_and_reloaded(embedded_
         load_tokenizer(str(embedded_model_dir), str(tmp_path / "missing.jinja"))
 
 
+def test_an_adapter_saved_with_trls_reasoning_field_name_keeps_its_family(embedded_model_dir) -> None:
+    """Adapters saved before the reasoning field was renamed (TRL's `reasoning_content` → `thinking`, the name
+    `transformers serve` returns) carry the old name: their response template must still name their family."""
+    import copy
+
+    tokenizer = load_tokenizer(str(embedded_model_dir))
+    legacy = copy.deepcopy(tokenizer.response_template)
+    legacy["fields"] = {
+        ("reasoning_content" if k == "thinking" else k): v for k, v in legacy["fields"].items()
+    }
+    assert "reasoning_content" in legacy["fields"]
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    tokenizer.response_template = (
+        legacy  # on a template of no known family, only the carried spec says Hermes
+    )
+    assert codec_for(tokenizer).name == "hermes"
+    reply = (
+        '<think><plan>go</plan></think>\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call><|im_end|>'
+    )
+    parsed = codec_for(tokenizer).parse(reply, load_thought_schema("think-plan-reflect"))
+    assert [t.text for t in parsed.thinking] == ["go"] and parsed.tool_calls[0]["name"] == "f"
+
+
 def test_vllm_parser_names_are_vllms() -> None:
     """`router export --vllm` passes these to `--tool-call-parser` / `--reasoning-parser` (names from vLLM's
     docs: hermes, llama3_json, mistral, xlam; qwen3 reasoning)."""

@@ -101,7 +101,7 @@ def test_assistant_message_is_trls_own_parse(tokenizer) -> None:
 
     message = reply(good)
     assert message["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]
-    assert message["reasoning_content"] == "<plan>go</plan>"
+    assert message["thinking"] == "<plan>go</plan>"  # the field name `transformers serve` returns
     mixed = reply(good + '\n<tool_call>{"name": "g", "arguments": {oops}</tool_call>')
     assert "tool_calls" not in mixed and mixed["content"].count("<tool_call>") == 2
     rollout = parse_rollout([mixed], codec_for(tokenizer))

@@ -25,10 +25,14 @@ from tests.serving import (
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tokenizer) -> Path:
+def tool_calling_base(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tokenizer) -> Path:
     root = tmp_path_factory.mktemp("serve")
-    base = tool_calling_tiny_base(tiny_model_dir, root / "tool-calling-tiny", tokenizer)
-    return routed_run(root, base, tokenizer)
+    return tool_calling_tiny_base(tiny_model_dir, root / "tool-calling-tiny", tokenizer)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tool_calling_base: Path, tokenizer) -> Path:
+    return routed_run(tool_calling_base.parent, tool_calling_base, tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +165,27 @@ def test_vllm_backend_needs_an_upstream(run_dir: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "no vLLM server answers /v1/models" in result.stderr
+
+
+def test_transformers_serve_returns_the_reasoning_of_a_folder_midtrain_wrote(tool_calling_base: Path) -> None:
+    """A model folder midtrain writes (adapter tokenizers, `midtrain export`) carries its response template;
+    `transformers serve` parses replies with it and returns only the fields it knows. With TRL's name for the
+    reasoning field the whole `<think>` block vanished from the reply (the teacher loop then rejected every turn
+    of a trained adapter as "no reasoning"): the reasoning must come back, with the call."""
+    from openai import OpenAI
+
+    from pipelines.chat import DEFAULT_SYSTEM_PROMPT
+    from tests.openai_server import serve
+
+    with serve(tool_calling_base) as url:
+        reply = OpenAI(base_url=url, api_key="unused", max_retries=0).chat.completions.create(
+            model=str(tool_calling_base), tools=TOOLS,
+            messages=[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": WEATHER_QUESTION}],
+            temperature=0, max_tokens=64,
+        )  # fmt: skip
+    message = reply.choices[0].message
+    assert "<observe>Look up Oslo first, then answer.</observe>" in (message.model_extra or {}).get(
+        "reasoning_content", ""
+    ), message
+    (call,) = message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}

@@ -225,6 +225,14 @@ def test_reasoning_in_the_schema_or_mapped_into_it_and_replies_without_any_rejec
     assert (
         _thinking({"reasoning_content": "It failed."}, "", SCHEMA, 1, True, False)[0][0].section == "reflect"
     )
+    # A server that parsed the reply (transformers serve, vLLM's reasoning parser) returns the inside of <think>:
+    # its sections are the thinking, not one section holding stray tags.
+    served = {"reasoning_content": "<plan>Add two apples.</plan>\n<verify>Then read the total.</verify>"}
+    assert _thinking(served, "", SCHEMA, 0, False, False) == (
+        [ThinkingSection(section="plan", text="Add two apples."),
+         ThinkingSection(section="verify", text="Then read the total.")],
+        "",
+    )  # fmt: skip
     with pytest.raises(Rejected) as caught:
         _thinking({}, "The total is 1.0.", SCHEMA, 0, False, True)
     assert caught.value.reason == "thought_schema"

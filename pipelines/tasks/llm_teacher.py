@@ -5,7 +5,8 @@ conversation and the environment's tools go to `POST {base_url}/chat/completions
 is executed live in the environment (built-in, Python class, MCP server) and its result fed back; the turn
 without calls is the final answer. The teacher is asked to think in the thought schema's sections (plan first,
 observe after results, reflect after an error, verify before answering); a reply whose reasoning arrives in
-`reasoning_content` instead (reasoning models) has it mapped into the section its position calls for. Tool
+`reasoning_content` instead (reasoning models, or a server that parsed the `<think>` block off) keeps the sections
+it has, or has it mapped into the section its position calls for. Tool
 calls come as the API's `tool_calls`, or as `<tool_call>` JSON in the text for servers without a tool parser.
 
 Then the APIGen-style verification of `pipelines.tasks.generate`, and a reject with its reason for anything else:
@@ -258,7 +259,13 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
         # Reasoning in the wrapper but not in sections: it is the section this turn calls for.
         reasoning = reasoning or opened[len(schema.wrapper.open) : opened.index(schema.wrapper.close)].strip()
     if not thinking and reasoning:
-        thinking = [ThinkingSection(section=_section_for(turn, after_error, final), text=reasoning)]
+        # A server that parses replies (transformers serve with the folder's response template, vLLM with a
+        # reasoning parser) hands back the inside of `<think>` in `reasoning_content`: sections when the model
+        # wrote them, else the whole text is the section this turn calls for.
+        thinking = schema.parse_sections(reasoning) if any(t in reasoning for t in schema.all_tags()) else []
+        thinking = thinking or [
+            ThinkingSection(section=_section_for(turn, after_error, final), text=reasoning)
+        ]
     thinking = [ThinkingSection(section=t.section, text=t.text.strip()) for t in thinking if t.text.strip()]
     if not thinking:
         raise Rejected("thought_schema", f"turn {turn}: no reasoning in the {schema.name} format "
