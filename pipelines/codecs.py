@@ -777,7 +777,7 @@ def _detect_codec(tokenizer: Any) -> Codec:
 
 def carried_family(tokenizer: Any, first: str | None = None) -> str | None:
     """The family whose response template the tokenizer carries (None: none of midtrain's)."""
-    carried = _current_field_names(getattr(tokenizer, "response_template", None))
+    carried = current_response_template(getattr(tokenizer, "response_template", None))
     if not carried:
         return None
     order = [first] if first else []
@@ -785,9 +785,9 @@ def carried_family(tokenizer: Any, first: str | None = None) -> str | None:
     return next((n for n in order if make_codec(n, tokenizer).response_template == carried), None)
 
 
-def _current_field_names(template: Any) -> Any:
+def current_response_template(template: Any) -> Any:
     """A carried response template with the reasoning field under today's name (adapters saved before carry
-    `reasoning_content`), so that it still names its family."""
+    `reasoning_content`): it still names its family, and an export of such an adapter serves its reasoning."""
     fields = template.get("fields") if isinstance(template, dict) else None
     if not isinstance(fields, dict) or LEGACY_REASONING_FIELD not in fields:
         return template

@@ -11,6 +11,8 @@ Decisions:
 - The tokenizer comes from the adapter folder, not the base: the chat template (and tool-call format) the
   adapter was trained with is the one the merged model needs. An adapter saved without one (a plain
   `save_pretrained` of another tool) gets the base's, and the export says so.
+- The tokenizer's response template (how `transformers serve` parses replies) is written with today's field
+  names: an adapter saved before the reasoning field was renamed would otherwise serve no reasoning.
 - The folder is written in a scratch folder next to `--out` and moved in when complete, so an interrupted
   export never leaves a half-written model where a finished one is expected.
 - The card names the public model the base came from: an embedded base (midtrain's de-quantized GGUF) is named
@@ -27,6 +29,7 @@ from typing import Any
 
 from pipelines import folders
 from pipelines.artifacts import MergedModel
+from pipelines.codecs import current_response_template
 from pipelines.config import load_json
 from pipelines.errors import BadInput
 
@@ -67,6 +70,10 @@ def export_merged(
     try:
         merged.save_pretrained(work, safe_serialization=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        if getattr(
+            tokenizer, "response_template", None
+        ):  # an older adapter's field names, as servers read them
+            tokenizer.response_template = current_response_template(tokenizer.response_template)
         tokenizer.save_pretrained(work)
         (work / "README.md").write_text(model_card(adapter_dir, config, tokenizer, result))
         result.write(work)

@@ -131,3 +131,26 @@ def test_adapter_without_tokenizer_gets_the_bases(
     assert result.tokenizer_from == "base" and MergedModel.read(out) == result
     assert (out / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
     assert "saved without a tokenizer" in (out / "README.md").read_text()
+
+
+def test_an_older_adapters_reasoning_field_is_exported_under_the_name_servers_read(
+    adapter: Path, tmp_path: Path
+) -> None:
+    """Adapters saved before the rename carry TRL's `reasoning_content`, which `transformers serve` drops: the
+    export writes `thinking` (test_server checks the server returns it)."""
+    import shutil
+
+    from pipelines.export import export_merged
+
+    old = tmp_path / "old"
+    shutil.copytree(adapter, old)
+    config = json.loads((old / "tokenizer_config.json").read_text())
+    fields = config["response_template"]["fields"]
+    config["response_template"]["fields"] = {
+        ("reasoning_content" if k == "thinking" else k): v for k, v in fields.items()
+    }
+    (old / "tokenizer_config.json").write_text(json.dumps(config))
+    export_merged(old, tmp_path / "merged")
+    exported = json.loads((tmp_path / "merged" / "tokenizer_config.json").read_text())["response_template"]
+    assert "thinking" in exported["fields"] and "reasoning_content" not in exported["fields"]
+    assert exported == {**config["response_template"], "fields": fields}
