@@ -571,7 +571,7 @@ class RouterSection(StrictModel):
 
 
 class EvalSection(OmitsNewKeysAtDefault):
-    omitted_at_default = ("heldout_offered_tools", "heldout_distractor_tools", "adapters")
+    omitted_at_default = ("heldout_offered_tools", "heldout_distractor_tools", "adapters", "heldout_limit")
     bfcl_categories: list[str] = Field(
         default_factory=lambda: ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
     )
@@ -580,6 +580,12 @@ class EvalSection(OmitsNewKeysAtDefault):
         ge=1,
         description="Examples per BFCL category / held-out tasks per domain; None: every BFCL example and "
         "20 tasks per domain.",
+    )
+    heldout_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Held-out tasks per domain (or per environment of `eval.tasks`); None: `limit`'s. A held-out "
+        "task costs a multi-turn episode, a BFCL example one reply: the demo scores more of the former.",
     )
     heldout_domains: list[str] = Field(
         default_factory=lambda: ["all"],

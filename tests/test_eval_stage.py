@@ -358,6 +358,11 @@ def test_heldout_prompts_offer_the_tasks_tools_and_distractors_when_asked(
         needed = {c.name for c in reference_calls(item.task)}
         assert needed <= offered < domain_tools and len(offered) == len(needed) + 2 + (0 if needed else 1)
     assert any(not it.task.solution for it in suite.items)
+    # `heldout_limit` sets the held-out count apart from BFCL's `limit`: 6 tasks per domain, and half as many
+    # irrelevance tasks again, while BFCL keeps 4.
+    more = stage.load_heldout(config, every.model_copy(update={"heldout_limit": 6}))
+    assert len(more.items) == len(domains) * (6 + 3) and len(full.items) == len(domains) * (4 + 2)
+    assert "heldout_limit" not in every.model_dump()  # earlier runs keep their eval fingerprints
 
 
 def test_the_held_out_tool_offer_is_left_out_of_dumps_at_its_defaults_and_refused_with_a_task_file() -> None:

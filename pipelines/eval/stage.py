@@ -314,7 +314,7 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
     domains = _domains(section.heldout_domains)
     if not domains:
         return HeldoutSuite([], {}, "no registered environment domain has fixed tool methods")
-    per_domain = section.limit or DEFAULT_TASKS_PER_DOMAIN
+    per_domain = section.heldout_limit or section.limit or DEFAULT_TASKS_PER_DOMAIN
     seed, decontaminated_n = heldout_spec(config.data.recipe, heldout_seed(config, section))
     held_out = heldout_tasks(domains, per_domain, seed, section.heldout_max_difficulty, decontaminated_n)
     if not held_out.decontaminated:
@@ -331,7 +331,7 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
 
 
 def task_file_heldout(section: EvalSection) -> HeldoutSuite:
-    """`eval.tasks`: its `heldout` rows (at most `limit` per environment), each in its environment or the view
+    """`eval.tasks`: its `heldout` rows (at most `heldout_limit`, else `limit`, per environment), each in its environment or the view
     of the tools it names."""
     from pipelines.envs.base import guarded
     from pipelines.rl.tool_views import with_task_tools
@@ -341,8 +341,9 @@ def task_file_heldout(section: EvalSection) -> HeldoutSuite:
     task_set = load_task_file(section.tasks, section.env)
     counts: Counter[str] = Counter()
     items = []
+    limit = section.heldout_limit or section.limit
     for task in task_set.heldout:
-        if section.limit is None or counts[task.domain] < section.limit:
+        if limit is None or counts[task.domain] < limit:
             counts[task.domain] += 1
             items.append(DomainTask(task.domain, task))
     if not items:
