@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipelines.codecs import Codec, ParsedReply, carried_family, choose_template, codec_for, install
+from pipelines.codecs import (
+    Codec,
+    ParsedReply,
+    carried_family,
+    choose_template,
+    codec_for,
+    current_response_template,
+    install,
+)
 from pipelines.errors import BadInput
 from pipelines.models import project_chat_template, resolve_model
 from pipelines.schema import LOSS_FROM_TURN, Message, Trace, function_spec
@@ -55,6 +63,8 @@ def load_tokenizer(
     if not (chat_template == "auto" and tool_format == "auto" and carried_family(tokenizer)):
         # (A tokenizer midtrain saved, an adapter's, already carries its template and parser, as trained.)
         install(tokenizer, *choose_template(_own_template(tokenizer), requested, tool_format))
+    else:  # as carried, with today's field names: what it trains, rolls out and saves again is served right
+        tokenizer.response_template = current_response_template(tokenizer.response_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

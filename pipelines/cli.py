@@ -508,8 +508,8 @@ def eval_cmd(
     from pipelines.run_config import load_run_config
 
     overrides = list(set_ or [])
-    if limit is not None:
-        overrides.append(f"eval.limit={limit}")
+    if limit is not None:  # both counts, whatever the config sets apart for held-out tasks
+        overrides += [f"eval.limit={limit}", "eval.heldout_limit=null"]
     if adapter:
         overrides.append(f"eval.adapters={json.dumps(adapter)}")
     if targets or adapter:

@@ -124,7 +124,7 @@ def _text_until(end: str) -> dict[str, Any]:
 # The reasoning field's name in a response template. TRL's templates call it `reasoning_content`; `transformers
 # serve` (5.x) returns `parsed["thinking"]` as the reply's `reasoning_content` and drops any other field, so a model
 # folder carrying TRL's name served there lost its whole `<think>` block: the teacher loop rejected every turn of a
-# trained adapter as "no reasoning". TRL's GRPO reads either name.
+# trained adapter as "no reasoning". TRL reads the key only in its completions sample log, either name.
 REASONING_FIELD = "thinking"
 LEGACY_REASONING_FIELD = "reasoning_content"  # what adapters saved before carry; still recognised
 

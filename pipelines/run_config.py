@@ -578,8 +578,8 @@ class EvalSection(OmitsNewKeysAtDefault):
     limit: int | None = Field(
         20,
         ge=1,
-        description="Examples per BFCL category / held-out tasks per domain; None: every BFCL example and "
-        "20 tasks per domain.",
+        description="Examples per BFCL category / held-out tasks per domain (unless `heldout_limit` says); None: "
+        "every BFCL example and 20 tasks per domain.",
     )
     heldout_limit: int | None = Field(
         None,
@@ -620,7 +620,7 @@ class EvalSection(OmitsNewKeysAtDefault):
     )
     tasks: str | None = Field(
         None,
-        description="A task file (JSONL): the held-out suite is its `heldout` rows (at most `limit` per "
+        description="A task file (JSONL): the held-out suite is its `heldout` rows (at most `heldout_limit`/`limit` per "
         "environment when limit is set) instead of the built-in domains' tasks.",
     )
     env: EnvRef | None = Field(None, description="The environment of the task file's rows that name none.")
@@ -628,7 +628,7 @@ class EvalSection(OmitsNewKeysAtDefault):
         0.25,
         ge=0,
         le=1,
-        description="Per domain, this share of `limit` (rounded up) more tasks ask another domain's question "
+        description="Per domain, this share of the held-out count (rounded up) more tasks ask another domain's question "
         "(right: no call).",
     )
     max_tool_rounds: int = Field(4, ge=1, description="Tool rounds per held-out episode.")

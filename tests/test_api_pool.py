@@ -287,6 +287,9 @@ def test_parallel_tasks_include_bfcls_shape_one_tool_per_listed_case():
         assert not any(failed for _, failed in results), (task.request, results)
         env._record_final_answer(task.final_template.format(answer=task.answer))
         assert env.get_reward() == 1.0, task.request
+    for task in repeats:  # each follow-up phrase once, "finally" only before the last case
+        assert all(task.request.count(w) <= 1 for w in ("once more", "and also", "finally")), task.request
+        assert "finally" not in task.request or task.request.rfind(", and") <= task.request.find("finally")
     repeat_form = [
         t for t in repeats if any(w in t.request for w in ("then repeat", "the same", "again", "; also"))
     ]

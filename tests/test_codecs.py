@@ -112,7 +112,9 @@ def test_an_adapter_tokenizer_keeps_its_format_when_saved_and_reloaded(embedded_
         load_tokenizer(str(embedded_model_dir), str(tmp_path / "missing.jinja"))
 
 
-def test_an_adapter_saved_with_trls_reasoning_field_name_keeps_its_family(embedded_model_dir) -> None:
+def test_an_adapter_saved_with_trls_reasoning_field_name_keeps_its_family(
+    embedded_model_dir, tmp_path
+) -> None:
     """Adapters saved before the reasoning field was renamed (TRL's `reasoning_content` → `thinking`, the name
     `transformers serve` returns) carry the old name: their response template must still name their family."""
     import copy
@@ -135,6 +137,11 @@ def test_an_adapter_saved_with_trls_reasoning_field_name_keeps_its_family(embedd
     )
     parsed = codec_for(tokenizer).parse(reply, load_thought_schema("think-plan-reflect"))
     assert [t.text for t in parsed.thinking] == ["go"] and parsed.tool_calls[0]["name"] == "f"
+    # Loaded again (RL on an old SFT adapter), it carries today's name: what it saves next is served right.
+    tokenizer.save_pretrained(tmp_path / "old-adapter")
+    reloaded = load_tokenizer(str(tmp_path / "old-adapter"))
+    assert codec_for(reloaded).name == "hermes" and "thinking" in reloaded.response_template["fields"]
+    assert "reasoning_content" not in reloaded.response_template["fields"]
 
 
 def test_vllm_parser_names_are_vllms() -> None:

@@ -71,7 +71,7 @@ from pipelines.thought import ThoughtSchema, load_thought_schema
 log = logging.getLogger("midtrain.eval")
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-DEFAULT_TASKS_PER_DOMAIN = 20  # held-out tasks per domain when eval.limit is None (BFCL then runs everything)
+DEFAULT_TASKS_PER_DOMAIN = 20  # held-out tasks per domain when eval.heldout_limit and eval.limit are None
 
 
 # -- targets -----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 from pipelines.envs.api_pool import (
     AREAS,
     DOMAIN,
+    NUMBER_WORDS,
     TITLES,
     Pool,
     Signature,
@@ -21,6 +22,7 @@ from pipelines.envs.api_pool import (
     make_id,
     sample_value,
     say,
+    say_date,
     simulate,
     words,
 )
@@ -369,7 +371,9 @@ REPEAT_SHARE = 0.5
 # and compound values do not read as a list.
 REPEAT_KINDS = ("person", "city", "date", "time", "amount", "count", "percent", "enum")
 REPEAT_JOINS = (", then repeat {p}", ", and do the same {p}", ", and again {p}", "; also {p}")
-MORE_JOINS = (", and once more {p}", ", and finally {p}", ", and also {p}")
+MORE_JOINS = (", and once more {p}", ", and also {p}")  # the third and fourth case, each used once
+MANY_TAILS = {"create": ("What ids did they get?", "Tell me the new ids.", ""),
+              "compute": ("What does each come to?", "Give me the numbers.", "")}  # fmt: skip
 
 
 def _repeat_task(rng: random.Random, pool: Pool, area: str) -> Task | None:
@@ -393,24 +397,46 @@ def _repeat_task(rng: random.Random, pool: Pool, area: str) -> Task | None:
     if len(calls) < 2:
         return None
     names = {a.name for a in varied}
-    if rng.random() < 0.5:  # the list form: every varied argument says all its values in one phrase
-        merged = []
-        for a in first.args:
-            if a.name not in names:
-                merged.append(a)
-                continue
-            said = [next(x for x in c.args if x.name == a.name) for c in calls]
-            phrase = first.sig.params[a.name].phrase.format(v=_join([x.surface for x in said]))
-            merged.append(Said(a.name, a.value, phrase, a.surface))
-        clause = _clause(Call(first.sig, merged), rng) + (" respectively" if len(varied) > 1 else "")
-        request = _sentence(rng.choice(OPENERS), clause, _tail(first, rng))
+    if rng.random() < 0.5:
+        request = _list_form(rng, calls, names)
     else:  # the repeat form: the first case in full, then only what changes
+        joins = [rng.choice(REPEAT_JOINS), *rng.sample(MORE_JOINS, len(calls) - 2)]
+        if len(calls) > 2 and rng.random() < 0.5:
+            joins[-1] = ", and finally {p}"
         text = _clause(first, rng)
-        for i, call in enumerate(calls[1:]):
+        for join, call in zip(joins, calls[1:], strict=True):
             changed = " ".join(a.phrase for a in call.args if a.name in names)
-            text += rng.choice(REPEAT_JOINS if i == 0 else MORE_JOINS).format(p=changed)
+            if changed.split(" ", 1)[0].isdigit() or changed.split(" ", 1)[0] in NUMBER_WORDS:
+                changed = f"for {changed}"  # "then repeat for 4 seats", not "then repeat 4 seats"
+            text += join.format(p=changed)
         request = _sentence(rng.choice(OPENERS), text, "")
     return _build_task(rng, calls, [list(range(len(calls)))], request, _repeat_plan(calls, names, rng), pool)
+
+
+def _list_form(rng: random.Random, calls: list[Call], varied: set[str]) -> str:
+    """Every varied argument says all its values in one phrase: "for 4 and 6 guests respectively"."""
+    first = calls[0]
+    merged = []
+    for a in first.args:
+        if a.name not in varied:
+            merged.append(a)
+            continue
+        said = [next(x for x in c.args if x.name == a.name) for c in calls]
+        if (
+            first.sig.params[a.name].kind == "date"
+        ):  # one comma-free style: "March 4, 2025" would split the list
+            style = rng.choice((0, 2))
+            for x in said:
+                x.surface = say_date(x.value, style)
+                x.phrase = first.sig.params[a.name].phrase.format(v=x.surface)
+        phrase = first.sig.params[a.name].phrase.format(v=_join([x.surface for x in said]))
+        merged.append(Said(a.name, a.value, phrase, a.surface))
+    # One varied argument alone can read as one call with two values ("owned by Ana and Bo"): say it is one each.
+    each = (
+        " respectively" if len(varied) > 1 else rng.choice((", one for each", ", separately", " (one each)"))
+    )
+    clause = _clause(Call(first.sig, merged), rng) + each
+    return _sentence(rng.choice(OPENERS), clause, rng.choice(MANY_TAILS.get(first.sig.family, ("",))))
 
 
 def _repeat_plan(calls: list[Call], varied: set[str], rng: random.Random) -> str:
