@@ -4,8 +4,9 @@ transformers release midtrain already runs) serving a local model folder on a fr
 Why this server in the main suite: it needs only `fastapi` and `openai` on top of the locked environment, starts
 in seconds and serves the tiny test model at test speed. vLLM's CPU build and llama.cpp's server are the
 production choices (same API); they need their own venv and a compile or a multi-GB install, too heavy for a
-15-minute suite on 2 cores. Its tool-call parser covers Qwen-family models only, so for the tiny llama the
-calls come back as `<tool_call>` text, which the teacher parses itself (as for any server without a parser).
+15-minute suite on 2 cores. It parses replies with the folder's response template (`tokenizer.response_template`,
+which every tokenizer midtrain saves carries), else its Qwen-family fallback, else not at all: calls then come back
+as `<tool_call>` text, which the teacher parses itself (as for any server without a parser).
 """
 
 from __future__ import annotations
