@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,27 +417,36 @@ def _repeat_task(rng: random.Random, pool: Pool, area: str) -> Task | None:
 def _list_form(rng: random.Random, calls: list[Call], varied: set[str]) -> str:
     """Every varied argument says all its values in one phrase: "for 4 and 6 guests respectively"."""
     first = calls[0]
-    merged = []
-    for a in first.args:
-        if a.name not in varied:
-            merged.append(a)
-            continue
+
+    def listed(a: Said) -> Said:
         said = [next(x for x in c.args if x.name == a.name) for c in calls]
-        if (
-            first.sig.params[a.name].kind == "date"
-        ):  # one comma-free style: "March 4, 2025" would split the list
+        f = first.sig.params[a.name]
+        if f.kind == "date":  # one comma-free style: "March 4, 2025" would split the list
             style = rng.choice((0, 2))
             for x in said:
                 x.surface = say_date(x.value, style)
-                x.phrase = first.sig.params[a.name].phrase.format(v=x.surface)
-        phrase = first.sig.params[a.name].phrase.format(v=_join([x.surface for x in said]))
-        merged.append(Said(a.name, a.value, phrase, a.surface))
+                x.phrase = f.phrase.format(v=x.surface)
+        return Said(a.name, a.value, f.phrase.format(v=_join([x.surface for x in said])), a.surface)
+
+    merged = _replace_varied(first, varied, listed)
+    assert merged is not None  # `listed` always gives one
     # One varied argument alone can read as one call with two values ("owned by Ana and Bo"): say it is one each.
-    each = (
-        " respectively" if len(varied) > 1 else rng.choice((", one for each", ", separately", " (one each)"))
-    )
-    clause = _clause(Call(first.sig, merged), rng) + each
+    one_each = rng.choice((", one for each", ", separately", " (one each)"))
+    clause = _clause(Call(first.sig, merged), rng) + (" respectively" if len(varied) > 1 else one_each)
     return _sentence(rng.choice(OPENERS), clause, rng.choice(MANY_TAILS.get(first.sig.family, ("",))))
+
+
+def _replace_varied(
+    first: Call, varied: Collection[str], make: Callable[[Said], Said | None]
+) -> list[Said] | None:
+    """`first`'s arguments with each varied one replaced by `make(argument)`; None when `make` gives none."""
+    out = []
+    for a in first.args:
+        new = make(a) if a.name in varied else a
+        if new is None:
+            return None
+        out.append(new)
+    return out
 
 
 def _repeat_plan(calls: list[Call], varied: set[str], rng: random.Random) -> str:
@@ -455,22 +465,19 @@ def _repeat_plan(calls: list[Call], varied: set[str], rng: random.Random) -> str
 def _new_case(rng: random.Random, calls: list[Call], varied: list[str]) -> Call | None:
     """The first call with new values for the `varied` arguments, each unlike every earlier case's."""
     first = calls[0]
-    args = []
-    for a in first.args:
-        if a.name not in varied:
-            args.append(a)
-            continue
+
+    def fresh(a: Said) -> Said | None:
         f = first.sig.params[a.name]
         seen = {json.dumps(next(x.value for x in c.args if x.name == a.name)) for c in calls}
         for _ in range(10):
             value = sample_value(f, rng, first.sig.noun)
             if json.dumps(value) not in seen:
-                break
-        else:
-            return None
-        phrase, surface = say(f, value, rng)
-        args.append(Said(a.name, value, phrase, surface))
-    return Call(first.sig, args)
+                phrase, surface = say(f, value, rng)
+                return Said(a.name, value, phrase, surface)
+        return None
+
+    args = _replace_varied(first, varied, fresh)
+    return None if args is None else Call(first.sig, args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
