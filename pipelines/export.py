@@ -70,9 +70,8 @@ def export_merged(
     try:
         merged.save_pretrained(work, safe_serialization=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-        if getattr(
-            tokenizer, "response_template", None
-        ):  # an older adapter's field names, as servers read them
+        # An older adapter's field names, as servers read them (a tokenizer without a template keeps none).
+        if getattr(tokenizer, "response_template", None):
             tokenizer.response_template = current_response_template(tokenizer.response_template)
         tokenizer.save_pretrained(work)
         (work / "README.md").write_text(model_card(adapter_dir, config, tokenizer, result))

@@ -620,16 +620,16 @@ class EvalSection(OmitsNewKeysAtDefault):
     )
     tasks: str | None = Field(
         None,
-        description="A task file (JSONL): the held-out suite is its `heldout` rows (at most `heldout_limit`/`limit` per "
-        "environment when limit is set) instead of the built-in domains' tasks.",
+        description="A task file (JSONL): the held-out suite is its `heldout` rows (at most `heldout_limit`, else "
+        "`limit`, per environment) instead of the built-in domains' tasks.",
     )
     env: EnvRef | None = Field(None, description="The environment of the task file's rows that name none.")
     heldout_irrelevance_fraction: float = Field(
         0.25,
         ge=0,
         le=1,
-        description="Per domain, this share of the held-out count (rounded up) more tasks ask another domain's question "
-        "(right: no call).",
+        description="Per domain, this share of the held-out count (rounded up) more tasks ask another domain's "
+        "question (right: no call).",
     )
     max_tool_rounds: int = Field(4, ge=1, description="Tool rounds per held-out episode.")
     rollout_tokens: int = Field(
@@ -692,6 +692,11 @@ class EvalSection(OmitsNewKeysAtDefault):
         if self.vllm_engine_args and self.backend != "vllm":
             raise ValueError("eval.vllm_engine_args is set but eval.backend is not vllm")
         return self
+
+    @property
+    def heldout_count(self) -> int | None:
+        """Held-out tasks per domain (or task-file environment): `heldout_limit`, else `limit`; None: no cap."""
+        return self.heldout_limit or self.limit
 
 
 class PublishSection(StrictModel):

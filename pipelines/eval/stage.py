@@ -314,7 +314,7 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
     domains = _domains(section.heldout_domains)
     if not domains:
         return HeldoutSuite([], {}, "no registered environment domain has fixed tool methods")
-    per_domain = section.heldout_limit or section.limit or DEFAULT_TASKS_PER_DOMAIN
+    per_domain = section.heldout_count or DEFAULT_TASKS_PER_DOMAIN
     seed, decontaminated_n = heldout_spec(config.data.recipe, heldout_seed(config, section))
     held_out = heldout_tasks(domains, per_domain, seed, section.heldout_max_difficulty, decontaminated_n)
     if not held_out.decontaminated:
@@ -331,8 +331,8 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
 
 
 def task_file_heldout(section: EvalSection) -> HeldoutSuite:
-    """`eval.tasks`: its `heldout` rows (at most `heldout_limit`, else `limit`, per environment), each in its environment or the view
-    of the tools it names."""
+    """`eval.tasks`: its `heldout` rows (at most `section.heldout_count` per environment), each in its
+    environment or the view of the tools it names."""
     from pipelines.envs.base import guarded
     from pipelines.rl.tool_views import with_task_tools
     from pipelines.tasks.task_file import load_task_file
@@ -341,7 +341,7 @@ def task_file_heldout(section: EvalSection) -> HeldoutSuite:
     task_set = load_task_file(section.tasks, section.env)
     counts: Counter[str] = Counter()
     items = []
-    limit = section.heldout_limit or section.limit
+    limit = section.heldout_count
     for task in task_set.heldout:
         if limit is None or counts[task.domain] < limit:
             counts[task.domain] += 1
