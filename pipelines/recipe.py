@@ -105,12 +105,22 @@ class GeneratedSource(SourceBase):
         "untouched), so the model does not learn only the generator's templates.",
     )
 
+    one_tool_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="With `offered_tools: task`: share of single-call and irrelevance traces whose prompt declares "
+        "one tool, as BFCL's simple and irrelevance categories do: the call's own tool, or for irrelevance a near "
+        "miss (an API task's own business area about another noun; a calculator tool of another kind).",
+    )
+
     def tool_offer(self) -> ToolOffer:
         from pipelines.tasks.generate import ToolOffer
 
         return ToolOffer(
-            self.offered_tools, self.distractor_tools, self.pool_distractors, self.request_variation
-        )
+            self.offered_tools, self.distractor_tools, self.pool_distractors, self.request_variation,
+            self.one_tool_share,
+        )  # fmt: skip
 
 
 class TeacherSource(SourceBase):

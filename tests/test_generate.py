@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -14,13 +15,15 @@ import pytest
 
 from pipelines.chat import render_trace
 from pipelines.codecs import codec_for
+from pipelines.envs.calculator import CalculatorEnv
 from pipelines.envs.instanced import split_answers, tasks_of
 from pipelines.errors import BadInput
-from pipelines.schema import PATTERNS, Trace, content_id
+from pipelines.schema import PATTERNS, Trace, content_id, function_spec
 from pipelines.tasks.domains import DOMAINS
 from pipelines.tasks.generate import (
     DEFAULT_CLUSTERS,
     ToolOffer,
+    class_tools_json,
     generate_traces,
     resolve_patterns,
     sample_prompt_rows,
@@ -372,6 +375,70 @@ def test_task_offer_keeps_no_call_patterns_right():
         assert verify_trace(trace) == []
         if trace.meta["pattern"] == "clarify":
             assert trace.meta["clarify"]["tool"] in _names(trace)
+
+
+def _backticked(text: str) -> set[str]:
+    return set(re.findall(r"`([A-Za-z_][\w.]*)`", text))
+
+
+@pytest.mark.integration
+def test_irrelevance_reply_names_only_the_offered_tools():
+    """The plan names exactly the tools the prompt declares, and the decline describes no other (both used to be
+    written from the whole wrong toolset, naming tools the prompt never showed)."""
+    found = generate_traces(ALL, 30, seed=5, patterns={"irrelevance": 1}, offer=TASK_OFFER)
+    assert len(found.traces) == 30
+    for trace in found.traces:
+        reply = [m for m in trace.messages if m.role == "assistant"][-1]
+        plan = " ".join(s.text for s in reply.thinking)
+        request = next(m.content for m in trace.messages if m.role == "user")
+        assert _backticked(plan) - _backticked(request) == _names(trace), (plan, _names(trace))
+        described = {n for n in _names(trace) if n.replace("_", " ") in reply.content}
+        assert described == _names(trace) or len(described) == 4, (reply.content, _names(trace))
+
+
+ONE_TOOL_OFFER = ToolOffer("task", 1, 1, 0.0, one_tool_share=1.0)
+
+
+@pytest.mark.integration
+def test_one_tool_offer_gives_bfcl_shaped_prompts_that_verify():
+    """`one_tool_share: 1`: a single-call trace declares its own tool alone; an irrelevance trace one tool, a near
+    miss where the domain has one (same API area, another noun; a calculator tool of another kind), and every
+    trace still verifies."""
+    from pipelines.envs.api_pool import build_pool
+
+    pool = build_pool()
+    found = generate_traces(ALL, 160, seed=11, patterns={"single": 1, "irrelevance": 1}, offer=ONE_TOOL_OFFER)
+    assert found.rejects == []
+    near = Counter()
+    for trace in found.traces:
+        assert verify_trace(trace) == []
+        assert len(trace.tools) == 1, (trace.meta["pattern"], _names(trace))
+        if trace.meta["pattern"] == "single":
+            assert _names(trace) == {c.name for c in trace.calls()}
+            continue
+        if trace.meta["tools_from"] != "near-miss":
+            continue
+        (offered,) = _names(trace)
+        called = {s.tool for turn in Task.from_json(trace.meta["task"]).solution for s in turn}
+        near[trace.meta["domain"]] += 1
+        if trace.meta["domain"] == "api":
+            own = {pool.signatures[n].noun for n in called}
+            assert pool.signatures[offered].area == pool.signatures[next(iter(called))].area
+            assert pool.signatures[offered].noun not in own
+        else:
+            assert trace.meta["domain"] == "calculator" and offered not in called
+            assert offered in {"convert_units", "percent_change", "compute_statistics"}
+    assert near["api"] >= 3 and near["calculator"] >= 1, near
+
+
+def test_near_miss_that_serves_the_request_fails_verification():
+    """The verifier still rejects an irrelevance trace whose one tool is the one its task calls."""
+    found = generate_traces(["calculator"], 20, seed=2, patterns={"irrelevance": 1}, offer=ONE_TOOL_OFFER)
+    trace = next(t for t in found.traces if t.meta["tools_from"] == "near-miss")
+    called = next(s.tool for turn in Task.from_json(trace.meta["task"]).solution for s in turn)
+    spec = next(t for t in json.loads(class_tools_json(CalculatorEnv)) if function_spec(t)["name"] == called)
+    wrong = _retrace(trace, tools=[spec])
+    assert verify_trace(wrong) == [("outcome", f"irrelevance: declared tools fit the request: ['{called}']")]
 
 
 @pytest.mark.integration

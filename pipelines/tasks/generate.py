@@ -181,6 +181,19 @@ IRRELEVANT_PLAN = (
     "instead of calling one.",
     "Checking the tool list against the request: {names} — they {scope}. Nothing matches what's asked; no call.",
 )
+# One offered tool (BFCL's irrelevance shape) reads in the singular.
+DECLINE_ONE = (
+    "I can't do that with the tool available here: it only lets me {action}, so I haven't called it. If you can "
+    "connect a suitable tool, I'll take care of it.",
+    "Sorry, that's outside what my current tool can do — it lets me {action}, which doesn't fit this request, so I "
+    "won't guess with an unrelated call.",
+    "My only tool can't help with this one: it lets me {action}. You'll need a different tool or service for it.",
+)
+IRRELEVANT_PLAN_ONE = (
+    "The user wants: {request} The only tool, {names}, lets me {action}. It doesn't fit, so I should say so "
+    "instead of calling it.",
+    "Checking the tool against the request: {names} lets me {action}. That's not what's asked; no call.",
+)
 CLARIFY_PLAN = (
     "The request maps to `{tool}`, but its required `{param}` is missing from the message. I shouldn't guess it, "
     "so I'll ask first.",
@@ -409,16 +422,28 @@ class ToolOffer:
     and keep choosing the tool part of the task; distractors drawn from the API pool's ~2,000 signatures put
     many unseen names and argument lists next to the right one. Irrelevance traces offer a sample of the wrong
     toolset, so the model still sees "none of these fits" with short, varied lists.
+
+    Why `one_tool_share`: BFCL's simple and irrelevance categories offer exactly one function, and its
+    irrelevant one is usually a near miss (a geometry question beside a BMI calculator). With three tools in
+    every prompt, calling and declining can be told apart by whether the list is foreign at all; one tool,
+    sometimes the right one and sometimes a neighbour of it, makes the model judge that tool against the request.
     """
 
     mode: str = "all"  # "all" | "task"
     domain_distractors: int = 1
     pool_distractors: int = 1
     request_variation: float = 0.0  # share of user requests re-worded (see `vary_request`)
+    one_tool_share: float = 0.0  # share of single-call and irrelevance traces that offer one tool
 
     def tools(self, ep: Episode, rng: random.Random) -> list[dict[str, Any]]:
+        """The specs the prompt declares. An irrelevance trace offered a near miss records it in
+        `ep.extra["tools_from"]`."""
         if self.mode == "all":
             return ep.tools
+        if self.one_tool_share and ep.pattern in ("single", "irrelevance") and rng.random() < self.one_tool_share:
+            one = _one_tool(ep, rng)
+            if one is not None:
+                return [one]
         by_name = {function_spec(t)["name"]: t for t in ep.tools}
         if ep.pattern == "irrelevance":
             keep = rng.sample(sorted(by_name), min(len(by_name), 1 + self.domain_distractors))
@@ -453,6 +478,53 @@ class ToolOffer:
             )
         fresh = [t for t in specs if function_spec(t)["name"] not in taken]
         return fresh[: self.pool_distractors]
+
+
+# Calculator tools that serve only their own kind of request: offered alone for another one, they are a near miss
+# (`evaluate_expression` is not among them: it can compute almost any request of the domain).
+NARROW_TOOLS: dict[str, frozenset[str]] = {
+    "calculator": frozenset({"convert_units", "percent_change", "compute_statistics"}),
+}
+
+
+def _one_tool(ep: Episode, rng: random.Random) -> dict[str, Any] | None:
+    """The one tool a BFCL-shaped prompt offers: a single-call trace's own tool; for an irrelevance trace a near
+    miss (`near_miss_tools`) where the domain has one, else one tool of the wrong toolset. None: keep the list."""
+    if ep.pattern == "single":
+        needed = _needed_tools(ep)
+        if len(needed) != 1:
+            return None
+        return next((t for t in ep.tools if function_spec(t)["name"] in needed), None)
+    near = near_miss_tools(ep.domain, Task.from_json(ep.task_json))
+    if near:
+        ep.extra["tools_from"] = "near-miss"
+        return rng.choice(near)
+    return rng.choice(ep.tools) if ep.tools else None
+
+
+def near_miss_tools(domain: str, task: Task) -> list[dict[str, Any]]:
+    """Tools that look like they belong to the request but cannot serve it: for an API task, the signatures of its
+    own business area about other nouns (a travel booking request beside `get_itinerary_summary`); for the
+    calculator, the narrow tools its solution does not use, when it uses only narrow ones. Other domains have none
+    (a filesystem or SQL tool can often do another's job)."""
+    called = {step.tool for turn in task.solution for step in turn}
+    if domain == api_pool.DOMAIN:
+        pool = api_pool.build_pool()
+        sigs = [pool.signatures[n] for n in called if n in pool.signatures]
+        if not sigs:
+            return []
+        declared = {function_spec(t)["name"] for t in task.setup.get("tools", [])}
+        nouns = {s.noun for s in sigs}
+        return [
+            s.spec()
+            for s in sorted(pool.signatures.values(), key=lambda s: s.name)
+            if s.area == sigs[0].area and s.noun not in nouns and s.name not in declared
+        ]
+    narrow = NARROW_TOOLS.get(domain, frozenset())
+    if not called or not called <= narrow:
+        return []
+    by_name = {function_spec(t)["name"]: t for t in json.loads(class_tools_json(DOMAINS[domain][0]))}  # type: ignore[arg-type]  # classes are hashable: mypy#11470
+    return [by_name[n] for n in sorted(narrow - called)]
 
 
 def _needed_tools(ep: Episode) -> set[str]:
@@ -684,18 +756,26 @@ def _scope(tools: list[dict[str, Any]]) -> str:
     return f"let me {listed}"
 
 
-def _episode_irrelevance(domain: str, rng: random.Random, schema: ThoughtSchema) -> Episode:
+def _episode_irrelevance(
+    domain: str, rng: random.Random, schema: ThoughtSchema, offer: ToolOffer | None
+) -> Episode:
     task = DOMAINS[domain][1](rng)
     source, tools = _irrelevant_tools(domain, task, rng)
-    names = ", ".join(f"`{function_spec(t)['name']}`" for t in tools)
-    scope = _scope(tools)
+    ep = Episode(domain, "irrelevance", [], tools, task.task_id, task.to_json(), 0, {"tools_from": source})
+    # The offer is drawn before the reply is written: the plan and the decline name exactly the tools the
+    # prompt declares (written from the whole wrong toolset, they named tools the prompt never showed).
+    if offer is not None:
+        ep.tools = offer.tools(ep, rng)
+    names = ", ".join(f"`{function_spec(t)['name']}`" for t in ep.tools)
+    scope = _scope(ep.tools)
+    plans, declines = (IRRELEVANT_PLAN_ONE, DECLINE_ONE) if len(ep.tools) == 1 else (IRRELEVANT_PLAN, DECLINE)
+    fill = {"request": _short(task.request, 200), "names": names, "scope": scope, "action": scope[len("let me "):]}
     tr = Transcript(schema)
     _system(tr)
     tr.add("user", task.request)
-    plan = rng.choice(IRRELEVANT_PLAN).format(request=_short(task.request, 200), names=names, scope=scope)
-    tr.assistant([("plan", plan)], [], content=rng.choice(DECLINE).format(scope=scope))
-    return Episode(domain, "irrelevance", tr.messages, tools, task.task_id, task.to_json(), 0,
-                   {"tools_from": source})  # fmt: skip
+    tr.assistant([("plan", rng.choice(plans).format(**fill))], [], content=rng.choice(declines).format(**fill))
+    ep.messages = tr.messages
+    return ep
 
 
 def _episode_clarify(domain: str, rng: random.Random, schema: ThoughtSchema) -> Episode:
@@ -719,7 +799,7 @@ def build_episode(
     if pattern == "instanced":
         ep = _episode_instanced(domain, rng, schema)
     elif pattern == "irrelevance":
-        ep = _episode_irrelevance(domain, rng, schema)
+        ep = _episode_irrelevance(domain, rng, schema, offer)
     elif pattern == "clarify":
         ep = _episode_clarify(domain, rng, schema)
     else:
@@ -727,7 +807,8 @@ def build_episode(
     if offer is None:
         return ep
     # Drawn after the episode, so `offered_tools: all` gives the same traces as before the option existed.
-    ep.tools = offer.tools(ep, rng)
+    if pattern != "irrelevance":  # its offer is drawn before its reply names the tools
+        ep.tools = offer.tools(ep, rng)
     ep.messages = _vary_requests(ep.messages, offer.request_variation, rng)
     return ep
 
@@ -893,7 +974,8 @@ def _check_no_call_outcome(trace: Trace) -> list[tuple[str, str]]:
     final = _assistant_turns(trace)[-1].content
     declared = set(trace.tool_names())
     if trace.meta["pattern"] == "irrelevance":
-        overlap = declared & domain_tool_names(trace.meta["domain"], task)
+        near_misses = {function_spec(t)["name"] for t in near_miss_tools(trace.meta["domain"], task)}
+        overlap = declared & (domain_tool_names(trace.meta["domain"], task) - near_misses)
         return (
             [("outcome", f"irrelevance: declared tools fit the request: {sorted(overlap)}")]
             if overlap
