@@ -440,7 +440,11 @@ class ToolOffer:
         `ep.extra["tools_from"]`."""
         if self.mode == "all":
             return ep.tools
-        if self.one_tool_share and ep.pattern in ("single", "irrelevance") and rng.random() < self.one_tool_share:
+        if (
+            self.one_tool_share
+            and ep.pattern in ("single", "irrelevance")
+            and rng.random() < self.one_tool_share
+        ):
             one = _one_tool(ep, rng)
             if one is not None:
                 return [one]
@@ -769,11 +773,18 @@ def _episode_irrelevance(
     names = ", ".join(f"`{function_spec(t)['name']}`" for t in ep.tools)
     scope = _scope(ep.tools)
     plans, declines = (IRRELEVANT_PLAN_ONE, DECLINE_ONE) if len(ep.tools) == 1 else (IRRELEVANT_PLAN, DECLINE)
-    fill = {"request": _short(task.request, 200), "names": names, "scope": scope, "action": scope[len("let me "):]}
+    fill = {
+        "request": _short(task.request, 200),
+        "names": names,
+        "scope": scope,
+        "action": scope[len("let me ") :],
+    }
     tr = Transcript(schema)
     _system(tr)
     tr.add("user", task.request)
-    tr.assistant([("plan", rng.choice(plans).format(**fill))], [], content=rng.choice(declines).format(**fill))
+    tr.assistant(
+        [("plan", rng.choice(plans).format(**fill))], [], content=rng.choice(declines).format(**fill)
+    )
     ep.messages = tr.messages
     return ep
 
