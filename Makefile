@@ -15,7 +15,7 @@ PIP_LOCKED := $(PIP) install -q --no-deps --require-hashes
 VLLM_VENV ?= .venv-vllm
 VLLM_LOCK := requirements-vllm.lock
 
-.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-teacher pytest-integration setup-vllm test-vllm clean
+.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-teacher pytest-integration setup-vllm test-vllm test-ray clean
 
 setup: $(STAMP)
 
@@ -105,6 +105,12 @@ $(VLLM_VENV)/.installed: $(VLLM_LOCK) pyproject.toml
 # Not part of `make test` (see README, "Serving": the venv and the run take longer than CI's budget allows).
 test-vllm: setup-vllm
 	$(VLLM_VENV)/bin/pytest -q -m vllm -p no:cacheprovider --timeout 3600 -s tests/test_vllm.py
+
+# datatrove's Ray executor on a Ray cluster of this machine, byte for byte against one process. Ray (~80 MB) goes
+# into the project's venv, held to the lock's pins; not part of `make test` (CI runs datatrove's local executor).
+test-ray: setup
+	$(VENV)/bin/pip install -q 'ray[default]==2.60.0' -c requirements.lock
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_data_scale.py -k ray
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument("--base-mb", type=float, default=10)
     parser.add_argument("--max-workers", type=int, default=2)
     parser.add_argument("--unit-mb", type=float, default=2, help="work unit size (--scale)")
-    parser.add_argument("--executor", default="local", help="local or datatrove (with --json)")
+    parser.add_argument("--executor", default="local", help="local, datatrove or ray (with --json)")
     parser.add_argument("--json", action="store_true", help="one measurement, printed as a JSON line")
     parser.add_argument("--corpus-dir", type=Path, default=REPO / "runs" / "bench_data" / "corpus")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_data" / "data")
@@ -217,6 +218,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     files = write_corpus(args.corpus_dir, args.size_mb)
     raw_tokens, raw_seconds, _ = raw_tokenize(files, args.model, batch=256)
     executor = ExecutorSettings(kind=args.executor, unit_mb=args.unit_mb, workers=args.num_proc)
+    if args.executor == "ray":  # a Ray cluster of this machine, one CPU per worker (the multi-node path, one node)
+        import ray
+
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.init(num_cpus=args.num_proc, include_dashboard=False, object_store_memory=100 * 2**20)
     watcher = _DiskWatcher(args.out.parent)
     watcher.start()
     start = time.perf_counter()
@@ -306,7 +312,12 @@ def scale(args: argparse.Namespace) -> None:
     print(
         f"{'executor':>10} {'workers':>7} {'build tok/s':>11} {'per worker':>10} {'ratio':>5} {'speed-up':>8} {'RSS driver MB':>13}"
     )
-    for executor in ("local", "datatrove"):
+    # Ray's arm needs Ray (`make test-ray` installs it): its start (GCS, raylet, one worker process per CPU) is
+    # inside the measured build time, as it is for a user who runs `--executor ray` without a running cluster.
+    executors = ("local", "datatrove") + (("ray",) if importlib.util.find_spec("ray") else ())
+    if "ray" not in executors:
+        print("(ray is not installed: its arm is skipped)")
+    for executor in executors:
         first = None
         for workers in range(1, args.max_workers + 1):
             m = _child(args, args.base_mb, workers, executor)

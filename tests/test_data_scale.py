@@ -128,6 +128,37 @@ def test_units_workers_and_datatrove_tasks_build_identical_bytes(
 
 
 @pytest.mark.integration
+def test_ray_local_cluster_builds_identical_bytes(
+    corpus: Path, settings: BuildSettings, whole: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """datatrove's Ray executor on a Ray cluster of this machine (`ray.init()` starts one: the multi-node path,
+    one node) builds the bytes of one process. Needs Ray (`make test-ray` installs it); CI runs datatrove's
+    local executor above instead."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # Two CPUs, the object store small: the units' outputs are files, nothing large goes through Ray.
+    from datatrove.executor.ray import RayPipelineExecutor
+
+    ranks_sent: list[int] = []
+    submit = RayPipelineExecutor.run
+    monkeypatch.setattr(
+        RayPipelineExecutor, "run", lambda self: ranks_sent.append(self.world_size) or submit(self)
+    )
+    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
+    try:
+        out = corpus / "ray-4-tasks"
+        build(
+            _recipe(corpus), out, settings, executor=ExecutorSettings(kind="ray", unit_mb=UNIT_MB, tasks=4)
+        )
+    finally:
+        ray.shutdown()
+    assert ranks_sent == [4]  # the units went to Ray's workers as 4 ranks
+    result = compare_dirs(whole[0], out)
+    assert result.identical, result
+    assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
+
+
+@pytest.mark.integration
 def test_shards_written_a_row_group_at_a_time_are_the_bytes_of_the_whole_shard_written_at_once(
     corpus: Path, settings: BuildSettings, whole: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
