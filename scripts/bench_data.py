@@ -218,7 +218,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     files = write_corpus(args.corpus_dir, args.size_mb)
     raw_tokens, raw_seconds, _ = raw_tokenize(files, args.model, batch=256)
     executor = ExecutorSettings(kind=args.executor, unit_mb=args.unit_mb, workers=args.num_proc)
-    if args.executor == "ray":  # a Ray cluster of this machine, one CPU per worker (the multi-node path, one node)
+    # Ray: a cluster of this machine, one CPU per worker (the multi-node path, one node).
+    if args.executor == "ray":
         import ray
 
         os.environ.pop("RAY_ADDRESS", None)

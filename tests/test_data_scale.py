@@ -147,9 +147,7 @@ def test_ray_local_cluster_builds_identical_bytes(
     ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
     try:
         out = corpus / "ray-4-tasks"
-        build(
-            _recipe(corpus), out, settings, executor=ExecutorSettings(kind="ray", unit_mb=UNIT_MB, tasks=4)
-        )
+        build(_recipe(corpus), out, settings, executor=ExecutorSettings(kind="ray", unit_mb=UNIT_MB, tasks=4))
     finally:
         ray.shutdown()
     assert ranks_sent == [4]  # the units went to Ray's workers as 4 ranks
