@@ -3,6 +3,8 @@ import time), so `midtrain run` can wrap every stage and the data stage can reco
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.metadata
 import platform
 import sys
@@ -65,6 +67,21 @@ class PeakMemory:
 
 
 TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft")
+
+
+def release_freed_memory() -> bool:
+    """Return the C heap's free pages to the OS (glibc's `malloc_trim(0)`): whether any were (False without glibc).
+
+    Why: the data build's driver tokenizes and cleans in several threads (the render thread, the tokenizer's
+    pool), each with its own glibc arena; what they free stays in the arenas, so the resident memory a phase leaves
+    grows with the corpus (measured at the write step's start: 51 MB of freed-but-held pages on the 10 MB bench
+    corpus, 112 MB on 100 MB) though nothing holds it. Arrow's own pool (mimalloc) is not affected."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    return bool(ctypes.CDLL(name).malloc_trim(0))
 
 
 def library_versions(names: tuple[str, ...] = TRAINING_LIBRARIES) -> dict[str, str]:
