@@ -38,6 +38,9 @@ from pipelines.folders import check_replaceable, fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.run_config import PublishSection, RunConfig
 
+CARD_METADATA_KEY = (
+    "midtrain"  # the card's YAML metadata key for what midtrain records beside the Hub's fields
+)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -338,6 +341,13 @@ def build_card(release: Release, item: PublishItem, repo: str, metrics: ItemEval
         datasets=hub_datasets or None,
         model_name=repo.split("/")[-1],
         pipeline_tag="text-generation",
+        # The subset the BFCL scores are of, machine-readable: `midtrain eval --adapter` compares a card's scores
+        # only with a run on the same subset (the notes sentence says it for people).
+        **(
+            {CARD_METADATA_KEY: {"bfcl_examples_per_category": metrics.limit or "all"}}
+            if metrics and metrics.bfcl
+            else {}
+        ),
     )
     body = _card_body(release, item, repo, metrics)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))

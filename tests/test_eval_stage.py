@@ -94,6 +94,8 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
     assert (out / "results.png").stat().st_size > 5000
     table = (out / "results.md").read_text()
     assert "| sft/tool |" in table and "bfcl_nonlive/mean" in table and "- rl:" in table
+    assert "(BFCL: first 2 examples per category;" in table.splitlines()[0]
+    assert "bfcl n=4, heldout n=2" in table
 
     rows = _predictions(run_dir)
     assert len(rows) == 4 * (4 + 2)

@@ -329,6 +329,13 @@ def test_eval_reproduces_a_published_adapters_card(
     _, output = score(str(folder), "--limit", "2")
     assert "the card scored the first 3 examples per category, this run 2" in output
     assert "not compared" in output
+    # The subset is read from the card's metadata, not from the notes sentence written for people.
+    meta = yaml.safe_load((folder / "README.md").read_text().split("---\n", 2)[1])
+    assert meta["midtrain"] == {"bfcl_examples_per_category": 3}
+    card.write_text(yaml.safe_dump([{k: v for k, v in e.items() if k != "notes"} for e in entries]))
+    _, output = score(str(folder), "--limit", "2")
+    assert "the card scored the first 3 examples per category, this run 2" in output
+    card.write_text(yaml.safe_dump(entries, sort_keys=False))
 
     # The same adapter as a Hub repo at a revision: fetched through huggingface_hub's real download path.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

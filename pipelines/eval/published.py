@@ -105,6 +105,7 @@ def card_scores(folder: Path) -> tuple[dict[str, float], int | None]:
 
     scores: dict[str, float] = {}
     limit: int | None = None
+    recorded = _card_metadata(folder).get("bfcl_examples_per_category")
     for path in sorted((folder / EVAL_RESULTS_DIR).glob("*.yaml")):
         try:
             entries = parse_eval_result_entries(yaml.safe_load(path.read_text(encoding="utf-8")))
@@ -119,9 +120,25 @@ def card_scores(folder: Path) -> tuple[dict[str, float], int | None]:
             ):
                 continue
             scores[entry.task_id] = float(value) / 100  # the Hub format is in percent
-            found = _CARD_LIMIT.search(entry.notes or "")
+            found = _CARD_LIMIT.search(entry.notes or "")  # cards written before the metadata field
             limit = int(found[1]) if found else limit
+    if recorded == "all" or (isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0):
+        limit = None if recorded == "all" else recorded
     return scores, limit
+
+
+def _card_metadata(folder: Path) -> dict[str, Any]:
+    """What midtrain recorded in the card's YAML metadata (`publish.CARD_METADATA_KEY`); {} when absent or
+    unreadable (a card of someone else's)."""
+    from pipelines.publish import CARD_METADATA_KEY
+
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8")
+        meta = yaml.safe_load(text.split("---\n", 2)[1]) if text.startswith("---\n") else None
+    except (OSError, UnicodeDecodeError, IndexError, yaml.YAMLError):
+        return {}
+    found = meta.get(CARD_METADATA_KEY) if isinstance(meta, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def compare_with_card(folder: Path, bfcl: dict[str, Any], limit: int | None) -> dict[str, Any]:

@@ -78,12 +78,18 @@ def metric_interval(suites: dict[str, Any], column: str) -> list[float] | None:
     return (suites.get(suite, {}).get("ci95") or {}).get(metric)
 
 
+def bfcl_subset(results: EvalResults) -> str:
+    """Which BFCL examples were scored: `eval.limit` is per category and does not bound the held-out tasks
+    (`eval.heldout_limit` does), so it is not called a "limit" of the whole eval."""
+    return f"first {results.limit} examples per category" if results.limit else "every example"
+
+
 def results_table(results: EvalResults) -> str:
     """results.md: one row per target, one column per metric, then n, timings and skipped targets."""
     columns = metric_columns(results)
     labels = [column_label(c, bfcl_categories(results)) for c in columns]
     lines = [
-        f"# Eval: {results.model} (limit {results.limit})",
+        f"# Eval: {results.model} (BFCL: {bfcl_subset(results)}; held-out tasks: the n below)",
         "",
         "| target | " + " | ".join(labels) + " | seconds |",
         "|---" * (len(columns) + 2) + "|",
@@ -148,7 +154,7 @@ def plot_results(results: EvalResults, path: Path) -> None:
     ax.set_ylabel("score (higher is better)")
     ax.set_title(
         # Two lines: with few metric columns the figure is narrow and one line was cut at its right edge.
-        f"{results.model}: base vs adapters\n(limit {results.limit}; bars: Wilson 95% intervals)",
+        f"{results.model}: base vs adapters\n(BFCL: {bfcl_subset(results)}; bars: Wilson 95% intervals)",
         fontsize=10,
     )
     ax.legend(fontsize=8, ncols=min(4, max(1, len(targets))))
