@@ -341,14 +341,11 @@ def build_card(release: Release, item: PublishItem, repo: str, metrics: ItemEval
         datasets=hub_datasets or None,
         model_name=repo.split("/")[-1],
         pipeline_tag="text-generation",
+    )
+    if metrics and metrics.bfcl:
         # The subset the BFCL scores are of, machine-readable: `midtrain eval --adapter` compares a card's scores
         # only with a run on the same subset (the notes sentence says it for people).
-        **(
-            {CARD_METADATA_KEY: {"bfcl_examples_per_category": metrics.limit or "all"}}
-            if metrics and metrics.bfcl
-            else {}
-        ),
-    )
+        data[CARD_METADATA_KEY] = {"bfcl_examples_per_category": metrics.limit or "all"}
     body = _card_body(release, item, repo, metrics)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
