@@ -106,11 +106,15 @@ $(VLLM_VENV)/.installed: $(VLLM_LOCK) pyproject.toml
 test-vllm: setup-vllm
 	$(VLLM_VENV)/bin/pytest -q -m vllm -p no:cacheprovider --timeout 3600 -s tests/test_vllm.py
 
-# datatrove's Ray executor on a Ray cluster of this machine, byte for byte against one process. Ray (~80 MB) goes
-# into the project's venv, held to the lock's pins; not part of `make test` (CI runs datatrove's local executor).
-test-ray: setup
-	$(VENV)/bin/pip install -q 'ray[default]==2.60.0' -c requirements.lock
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_data_scale.py -k ray
+# datatrove's Ray executor on a Ray cluster of this machine, byte for byte against one process. Ray (~80 MB, not a
+# dependency) goes into a venv of its own, so the project's venv keeps matching the lock (`make check-lock`); the
+# packages the lock pins keep their pins. Not part of `make test` (CI runs datatrove's local executor).
+RAY_VENV ?= .venv-ray
+test-ray:
+	$(MAKE) setup VENV=$(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install -q 'ray==2.60.0' -c $(LOCK)
+	$(RAY_VENV)/bin/python -c 'import ray'
+	$(RAY_VENV)/bin/pytest -q -p no:cacheprovider tests/test_data_scale.py -k ray
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(RAY_VENV) runs .pytest_cache

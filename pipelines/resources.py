@@ -4,7 +4,6 @@ import time), so `midtrain run` can wrap every stage and the data stage can reco
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib.metadata
 import platform
 import sys
@@ -78,10 +77,10 @@ def release_freed_memory() -> bool:
     corpus, 112 MB on 100 MB) though nothing holds it. Arrow's own pool (mimalloc) is not affected."""
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    try:  # an optimisation: whatever fails here must not fail the build
+        return bool(ctypes.CDLL(None).malloc_trim(0))  # the process's own symbols: glibc is loaded
+    except (OSError, AttributeError):
         return False
-    return bool(ctypes.CDLL(name).malloc_trim(0))
 
 
 def library_versions(names: tuple[str, ...] = TRAINING_LIBRARIES) -> dict[str, str]:

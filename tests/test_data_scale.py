@@ -135,8 +135,6 @@ def test_ray_local_cluster_builds_identical_bytes(
     one node) builds the bytes of one process. Needs Ray (`make test-ray` installs it); CI runs datatrove's
     local executor above instead."""
     ray = pytest.importorskip("ray")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    # Two CPUs, the object store small: the units' outputs are files, nothing large goes through Ray.
     from datatrove.executor.ray import RayPipelineExecutor
 
     ranks_sent: list[int] = []
@@ -144,13 +142,17 @@ def test_ray_local_cluster_builds_identical_bytes(
     monkeypatch.setattr(
         RayPipelineExecutor, "run", lambda self: ranks_sent.append(self.world_size) or submit(self)
     )
-    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
+    # A new cluster, never one this machine already runs; two CPUs and a small object store: the units' outputs
+    # are files, nothing large goes through Ray.
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
     try:
         out = corpus / "ray-4-tasks"
         build(_recipe(corpus), out, settings, executor=ExecutorSettings(kind="ray", unit_mb=UNIT_MB, tasks=4))
     finally:
         ray.shutdown()
-    assert ranks_sent == [4]  # the units went to Ray's workers as 4 ranks
+    assert ranks_sent == [
+        4
+    ]  # the build handed its units to Ray's executor as 4 ranks (which ran them: the bytes)
     result = compare_dirs(whole[0], out)
     assert result.identical, result
     assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)

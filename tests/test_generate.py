@@ -392,8 +392,9 @@ def test_irrelevance_reply_names_only_the_offered_tools():
         plan = " ".join(s.text for s in reply.thinking)
         request = next(m.content for m in trace.messages if m.role == "user")
         assert _backticked(plan) - _backticked(request) == _names(trace), (plan, _names(trace))
-        described = {n for n in _names(trace) if n.replace("_", " ") in reply.content}
-        assert described == _names(trace) or len(described) == 4, (reply.content, _names(trace))
+        words = [function_spec(t)["name"].replace("_", " ") for t in trace.tools]  # in the order declared
+        listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+        assert f"let me {listed}" in reply.content, (reply.content, words)
 
 
 ONE_TOOL_OFFER = ToolOffer("task", 1, 1, 0.0, one_tool_share=1.0)
@@ -432,13 +433,43 @@ def test_one_tool_offer_gives_bfcl_shaped_prompts_that_verify():
 
 
 def test_near_miss_that_serves_the_request_fails_verification():
-    """The verifier still rejects an irrelevance trace whose one tool is the one its task calls."""
+    """The verifier still rejects an irrelevance trace whose one tool is the one its task calls, or
+    `evaluate_expression`, which can compute any of the calculator's requests; an ordinary irrelevance trace
+    (share 0) still verifies."""
     found = generate_traces(["calculator"], 20, seed=2, patterns={"irrelevance": 1}, offer=ONE_TOOL_OFFER)
     trace = next(t for t in found.traces if t.meta["tools_from"] == "near-miss")
     called = next(s.tool for turn in Task.from_json(trace.meta["task"]).solution for s in turn)
-    spec = next(t for t in json.loads(class_tools_json(CalculatorEnv)) if function_spec(t)["name"] == called)
-    wrong = _retrace(trace, tools=[spec])
-    assert verify_trace(wrong) == [("outcome", f"irrelevance: declared tools fit the request: ['{called}']")]
+    specs = {function_spec(t)["name"]: t for t in json.loads(class_tools_json(CalculatorEnv))}
+    for serving in (called, "evaluate_expression"):
+        wrong = _retrace(trace, tools=[specs[serving]])
+        assert verify_trace(wrong) == [
+            ("outcome", f"irrelevance: declared tools fit the request: ['{serving}']")
+        ]
+    plain = generate_traces(["calculator"], 5, seed=2, patterns={"irrelevance": 1}, offer=TASK_OFFER)
+    assert all(verify_trace(t) == [] and t.meta["tools_from"] != "near-miss" for t in plain.traces)
+
+
+@pytest.mark.integration
+def test_api_near_misses_share_the_area_and_never_compute():
+    """An API task's near misses: its own business area, other nouns, never a `compute` tool (a total of another
+    noun may still produce the number asked for), none of the task's own declared tools."""
+    from pipelines.envs.api_pool import build_pool
+    from pipelines.tasks.generate import near_miss_tools
+
+    pool = build_pool()
+    rng = random.Random(4)
+    checked = 0
+    for _ in range(40):
+        task = DOMAINS["api"][1](rng)
+        called = {s.tool for turn in task.solution for s in turn}
+        declared = {function_spec(t)["name"] for t in task.setup["tools"]}
+        for spec in near_miss_tools("api", task):
+            sig = pool.signatures[function_spec(spec)["name"]]
+            assert sig.family != "compute" and sig.name not in declared
+            assert {sig.area} == {pool.signatures[n].area for n in called}
+            assert sig.noun not in {pool.signatures[n].noun for n in called}
+            checked += 1
+    assert checked > 100
 
 
 @pytest.mark.integration

@@ -751,7 +751,7 @@ def _list_array(lists: list[Any], dtype: type, ones_lengths: list[int] | None = 
     offsets = np.zeros(len(lists) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     parts = [
-        np.array(x, dtype=dtype) if x is not None else np.ones(n, dtype=dtype)
+        np.asarray(x, dtype=dtype) if x is not None else np.ones(n, dtype=dtype)
         for x, n in zip(lists, lengths, strict=True)
     ]
     values = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)

@@ -36,6 +36,7 @@ ADAPTER_REPO_FILES = [
 ]
 HUB_REPO = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
 _CARD_LIMIT = re.compile(r"first (\d+) examples per category")
+_FRONT_MATTER = re.compile(r"\A---\r?\n(.*?)\r?\n---\r?\n", re.DOTALL)
 
 
 def ref_problem(ref: str) -> str:
@@ -99,8 +100,8 @@ def base_model_problem(folder: Path, accepted: set[str]) -> str:
 
 def card_scores(folder: Path) -> tuple[dict[str, float], int | None]:
     """The BFCL scores (in [0, 1]) an adapter's card publishes in `.eval_results/*.yaml` (read with
-    huggingface_hub's own parser of that format), and how many examples per category they were scored on (None
-    when the card does not say)."""
+    huggingface_hub's own parser of that format), and how many examples per category they were scored on (None:
+    every example, or the card does not say)."""
     from huggingface_hub import parse_eval_result_entries
 
     scores: dict[str, float] = {}
@@ -133,10 +134,10 @@ def _card_metadata(folder: Path) -> dict[str, Any]:
     from pipelines.publish import CARD_METADATA_KEY
 
     try:
-        text = (folder / "README.md").read_text(encoding="utf-8")
-        meta = yaml.safe_load(text.split("---\n", 2)[1]) if text.startswith("---\n") else None
-    except (OSError, UnicodeDecodeError, IndexError, yaml.YAMLError):
-        return {}
+        found = _FRONT_MATTER.match((folder / "README.md").read_text(encoding="utf-8"))
+        meta = yaml.safe_load(found[1]) if found else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError):
+        return {}  # ValueError: YAML that parses to an impossible date; RecursionError: absurd nesting
     found = meta.get(CARD_METADATA_KEY) if isinstance(meta, dict) else None
     return found if isinstance(found, dict) else {}
 

@@ -514,15 +514,17 @@ def near_miss_tools(domain: str, task: Task) -> list[dict[str, Any]]:
     called = {step.tool for turn in task.solution for step in turn}
     if domain == api_pool.DOMAIN:
         pool = api_pool.build_pool()
-        sigs = [pool.signatures[n] for n in called if n in pool.signatures]
-        if not sigs:
+        sigs = [pool.signatures[n] for n in sorted(called) if n in pool.signatures]
+        areas = {s.area for s in sigs}
+        if len(areas) != 1:
             return []
         declared = {function_spec(t)["name"] for t in task.setup.get("tools", [])}
         nouns = {s.noun for s in sigs}
+        # Never a `compute` tool: a total or an estimate of another noun may still produce the number asked for.
         return [
             s.spec()
             for s in sorted(pool.signatures.values(), key=lambda s: s.name)
-            if s.area == sigs[0].area and s.noun not in nouns and s.name not in declared
+            if s.area in areas and s.noun not in nouns and s.name not in declared and s.family != "compute"
         ]
     narrow = NARROW_TOOLS.get(domain, frozenset())
     if not called or not called <= narrow:
