@@ -112,7 +112,8 @@ test-vllm: setup-vllm
 RAY_VENV ?= .venv-ray
 test-ray:
 	$(MAKE) setup VENV=$(RAY_VENV)
-	$(RAY_VENV)/bin/python -m pip install -q 'ray==2.60.0' -c $(LOCK)
+	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ \\$$//' > $(RAY_VENV)/constraints.txt
+	$(RAY_VENV)/bin/python -m pip install -q 'ray==2.60.0' -c $(RAY_VENV)/constraints.txt
 	$(RAY_VENV)/bin/python -c 'import ray'
 	$(RAY_VENV)/bin/pytest -q -p no:cacheprovider tests/test_data_scale.py -k ray
 

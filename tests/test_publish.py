@@ -367,7 +367,12 @@ def test_eval_reproduces_a_published_adapters_card(
 
 @pytest.mark.parametrize(
     "front",
-    ["date: 2024-13-01", "a: " + "[" * 2000 + "]" * 2000, "midtrain: {bfcl_examples_per_category: ten}", ": : :"],
+    [
+        "date: 2024-13-01",
+        "a: " + "[" * 2000 + "]" * 2000,
+        "midtrain: {bfcl_examples_per_category: ten}",
+        ": : :",
+    ],
 )
 def test_card_metadata_of_someone_elses_card_never_raises(tmp_path: Path, front: str) -> None:
     """A README whose YAML metadata is odd (an impossible date, absurd nesting, a non-number, not YAML) gives no
@@ -376,7 +381,9 @@ def test_card_metadata_of_someone_elses_card_never_raises(tmp_path: Path, front:
 
     (tmp_path / "README.md").write_text(f"---\n{front}\n---\nbody\n")
     assert card_scores(tmp_path) == ({}, None)
-    (tmp_path / "README.md").write_bytes(b"---\r\nmidtrain:\r\n  bfcl_examples_per_category: 7\r\n---\r\nbody\r\n")
+    (tmp_path / "README.md").write_bytes(
+        b"---\r\nmidtrain:\r\n  bfcl_examples_per_category: 7\r\n---\r\nbody\r\n"
+    )
     (tmp_path / ".eval_results").mkdir()
     (tmp_path / ".eval_results" / "bfcl.yaml").write_text(
         "- dataset: {id: gorilla-llm/Berkeley-Function-Calling-Leaderboard, task_id: simple_python}\n  value: 50.0\n"
