@@ -115,6 +115,15 @@ class GeneratedSource(SourceBase):
         "0.5 on the embedded model: irrelevance fell, simple did not rise (configs/README.md).",
     )
 
+    @model_validator(mode="after")
+    def _one_tool_needs_task_offers(self) -> GeneratedSource:
+        if self.one_tool_share and self.offered_tools != "task":
+            raise ValueError(
+                "one_tool_share needs offered_tools: task (with `all` every prompt declares its domain's whole "
+                "toolset, so the share would change nothing)"
+            )
+        return self
+
     def tool_offer(self) -> ToolOffer:
         from pipelines.tasks.generate import ToolOffer
 

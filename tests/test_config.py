@@ -154,6 +154,19 @@ def test_a_recipe_names_its_base_and_writes_only_what_differs(tmp_path: Path) ->
         load_recipe(_write(tmp_path, "base: [a]\nname: v\n", "v.yaml"))
 
 
+def test_one_tool_share_without_task_offers_is_refused(tmp_path: Path) -> None:
+    variant = (
+        f"base: {tmp_path / 'recipe.yaml'}\nname: v\ncategories:\n  tool:\n    sources:\n"
+        "      - {name: g, offered_tools: all, one_tool_share: 0.5}\n"
+    )
+    _write(tmp_path, RECIPE, "recipe.yaml")
+    with pytest.raises(BadInput, match=r"v.yaml.*one_tool_share needs offered_tools: task"):
+        load_recipe(_write(tmp_path, variant, "v.yaml"))
+    ok = variant.replace("offered_tools: all", "offered_tools: task")
+    (source,) = load_recipe(_write(tmp_path, ok, "v.yaml")).categories["tool"].sources
+    assert source.tool_offer().one_tool_share == 0.5
+
+
 def test_set_reaches_into_a_recipe_given_by_path(tmp_path: Path) -> None:
     """`--set data.recipe.total_tokens=…` changes one key of the file's recipe instead of replacing it; an inline
     recipe can start from a `base:` too."""
