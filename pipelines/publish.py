@@ -38,9 +38,8 @@ from pipelines.folders import check_replaceable, fresh_output_dir
 from pipelines.hashing import sha256_file
 from pipelines.run_config import PublishSection, RunConfig
 
-CARD_METADATA_KEY = (
-    "midtrain"  # the card's YAML metadata key for what midtrain records beside the Hub's fields
-)
+# The card's YAML metadata key for what midtrain records beside the Hub's fields.
+CARD_METADATA_KEY = "midtrain"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -36,7 +36,6 @@ ADAPTER_REPO_FILES = [
 ]
 HUB_REPO = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
 _CARD_LIMIT = re.compile(r"first (\d+) examples per category")
-_FRONT_MATTER = re.compile(r"\A---\r?\n(.*?)\r?\n---\r?\n", re.DOTALL)
 
 
 def ref_problem(ref: str) -> str:
@@ -123,21 +122,24 @@ def card_scores(folder: Path) -> tuple[dict[str, float], int | None]:
             scores[entry.task_id] = float(value) / 100  # the Hub format is in percent
             found = _CARD_LIMIT.search(entry.notes or "")  # cards written before the metadata field
             limit = int(found[1]) if found else limit
-    if recorded == "all" or (isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0):
-        limit = None if recorded == "all" else recorded
+    if recorded == "all":
+        limit = None
+    elif isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        limit = recorded
     return scores, limit
 
 
 def _card_metadata(folder: Path) -> dict[str, Any]:
     """What midtrain recorded in the card's YAML metadata (`publish.CARD_METADATA_KEY`); {} when absent or
     unreadable (a card of someone else's)."""
+    from huggingface_hub import metadata_load
+
     from pipelines.publish import CARD_METADATA_KEY
 
     try:
-        found = _FRONT_MATTER.match((folder / "README.md").read_text(encoding="utf-8"))
-        meta = yaml.safe_load(found[1]) if found else None
+        meta = metadata_load(folder / "README.md")  # the Hub's own reader of a card's metadata block
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError):
-        return {}  # ValueError: YAML that parses to an impossible date; RecursionError: absurd nesting
+        return {}  # ValueError: not a mapping, or an impossible date; RecursionError: absurd nesting
     found = meta.get(CARD_METADATA_KEY) if isinstance(meta, dict) else None
     return found if isinstance(found, dict) else {}
 
