@@ -523,8 +523,10 @@ def near_miss_tools(domain: str, task: Task) -> list[dict[str, Any]]:
         # Never a `compute` tool: a total or an estimate of another noun may still produce the number asked for.
         return [
             s.spec()
-            for s in sorted(pool.signatures.values(), key=lambda s: s.name)
-            if s.area in areas and s.noun not in nouns and s.name not in declared and s.family != "compute"
+            for (area, noun), group in sorted(pool.by_noun.items())
+            if area in areas and noun not in nouns
+            for s in group
+            if s.name not in declared and s.family != "compute"
         ]
     narrow = NARROW_TOOLS.get(domain, frozenset())
     if not called or not called <= narrow:
