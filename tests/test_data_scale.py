@@ -150,9 +150,8 @@ def test_ray_local_cluster_builds_identical_bytes(
         build(_recipe(corpus), out, settings, executor=ExecutorSettings(kind="ray", unit_mb=UNIT_MB, tasks=4))
     finally:
         ray.shutdown()
-    assert ranks_sent == [
-        4
-    ]  # the build handed its units to Ray's executor as 4 ranks (which ran them: the bytes)
+    # The build handed its units to Ray's executor as 4 ranks (that they ran there, the bytes below show).
+    assert ranks_sent == [4]
     result = compare_dirs(whole[0], out)
     assert result.identical, result
     assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
