@@ -15,7 +15,7 @@ PIP_LOCKED := $(PIP) install -q --no-deps --require-hashes
 VLLM_VENV ?= .venv-vllm
 VLLM_LOCK := requirements-vllm.lock
 
-.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-teacher pytest-integration setup-vllm test-vllm test-ray clean
+.PHONY: setup demo test lint format pytest pytest-fast lock check-lock test-latest test-teacher pytest-integration setup-vllm test-vllm test-ray test-slurm clean
 
 setup: $(STAMP)
 
@@ -116,6 +116,14 @@ test-ray:
 	$(RAY_VENV)/bin/python -m pip install -q 'ray==2.60.0' -c $(RAY_VENV)/constraints.txt
 	$(RAY_VENV)/bin/python -c 'import ray'
 	$(RAY_VENV)/bin/pytest -q -p no:cacheprovider tests/test_data_scale.py -k ray
+
+# A one-node Slurm cluster of this machine (root, Debian's slurm-wlm and munge), started and stopped around the
+# tests of the data build's `--executor slurm`; CI skips them, having no Slurm.
+SLURM_DIR ?= /tmp/midtrain-slurm
+test-slurm: setup
+	scripts/slurm_local_cluster.sh start $(SLURM_DIR)
+	SLURM_CONF=$(SLURM_DIR)/slurm.conf $(PY) -m pytest -q -p no:cacheprovider tests/test_data_scale.py -k slurm; \
+	  rc=$$?; scripts/slurm_local_cluster.sh stop $(SLURM_DIR); exit $$rc
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(RAY_VENV) runs .pytest_cache

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ from pipelines.data.clean import NearDeduper, word_hashes
 from pipelines.data.dedup import resolve_duplicates
 from pipelines.data.plan import ExecutorSettings, plan_parts, plan_units
 from pipelines.data.readers import read_local, read_part, read_source
-from pipelines.errors import BadInput
+from pipelines.errors import BadInput, MidtrainError
 from pipelines.recipe import LocalSource, NearDedup, Recipe
 from tests.helpers import planted_docs, planted_tools, prose, sigint_as_from_a_terminal
 
@@ -157,6 +161,133 @@ def test_ray_local_cluster_builds_identical_bytes(
     assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
 
 
+def _slurm_cluster_answers() -> bool:
+    if not shutil.which("sbatch"):
+        return False
+    answer = subprocess.run(["sinfo", "--noheader"], capture_output=True, text=True, check=False)
+    return answer.returncode == 0 and bool(answer.stdout.strip())
+
+
+@pytest.mark.integration
+def test_slurm_job_array_builds_identical_bytes(
+    corpus: Path, settings: BuildSettings, whole: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """datatrove's Slurm executor submits the units as a job array with sbatch to a real Slurm cluster
+    (`make test-slurm` starts a one-node one from scripts/slurm_local_cluster.sh) and the driver waits on
+    squeue: the bytes of one process. Skipped where no Slurm cluster answers, as in CI."""
+    if not _slurm_cluster_answers():
+        pytest.skip("no Slurm cluster answers sinfo (make test-slurm starts one on this machine)")
+    from pipelines.data import executors
+
+    monkeypatch.setattr(executors, "SLURM_POLL_SECONDS", 1)
+    seen: dict = {}
+    wait = executors._wait_for_slurm
+
+    def watched(
+        executor, work: Path, logs: Path
+    ) -> None:  # what the job left, before a good build removes it
+        wait(executor, work, logs)
+        seen["completed"] = sorted(p.name for p in (logs / "completions").iterdir())
+        seen["script"] = (logs / "launch_script.slurm").read_text(encoding="utf-8")
+
+    monkeypatch.setattr(executors, "_wait_for_slurm", watched)
+    out = corpus / "slurm-4-tasks"
+    slurm = {
+        "partition": os.environ.get("MIDTRAIN_TEST_SLURM_PARTITION", "local"),
+        "time": "00:10:00",
+        "cpus_per_task": 1,
+        "mem_per_cpu_gb": 2,
+    }
+    build(
+        _recipe(corpus),
+        out,
+        settings,
+        executor=ExecutorSettings(kind="slurm", unit_mb=UNIT_MB, tasks=4, slurm=slurm),
+    )
+    # The units ran as the 4 array tasks of one Slurm job, each marked complete by datatrove, in this
+    # interpreter's environment (sbatch passed on a PATH without it: the venv is not activated under pytest).
+    assert seen["completed"] == ["00000", "00001", "00002", "00003"], seen
+    assert "#SBATCH --array=0-3" in seen["script"]
+    assert f"export PATH={Path(sys.executable).parent}:$PATH" in seen["script"]
+    assert not (corpus / "slurm-4-tasks.executor-logs").exists()  # a good build keeps no logs
+    result = compare_dirs(whole[0], out)
+    assert result.identical, result
+    assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
+
+
+@pytest.mark.integration
+def test_slurm_tasks_that_cannot_start_fail_the_build_and_keep_their_logs(
+    corpus: Path, settings: BuildSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The array's tasks die before running a unit (here: an environment line that hides datatrove's launcher,
+    the failure a real cluster showed before `driver_environment`): the driver sees the job leave the queue,
+    fails with exit 1 and the logs folder it names, which holds Slurm's own output of the tasks."""
+    if not _slurm_cluster_answers():
+        pytest.skip("no Slurm cluster answers sinfo (make test-slurm starts one on this machine)")
+    from pipelines.data import executors
+
+    monkeypatch.setattr(executors, "SLURM_POLL_SECONDS", 1)
+    out = corpus / "slurm-broken-env"
+    slurm = {
+        "partition": os.environ.get("MIDTRAIN_TEST_SLURM_PARTITION", "local"),
+        "time": "00:10:00",
+        "cpus_per_task": 1,
+        "mem_per_cpu_gb": 2,
+        "env_command": "export PATH=/usr/bin:/bin",
+    }
+    with pytest.raises(MidtrainError) as failure:
+        build(
+            _recipe(corpus),
+            out,
+            settings,
+            executor=ExecutorSettings(kind="slurm", unit_mb=UNIT_MB, tasks=2, slurm=slurm),
+        )
+    logs = corpus / "slurm-broken-env.executor-logs"
+    assert not isinstance(failure.value, BadInput)
+    assert "left the queue with tasks unfinished" in str(failure.value)
+    assert str(logs) in str(failure.value)
+    task_output = "".join(p.read_text(encoding="utf-8") for p in (logs / "slurm_logs").glob("*.out"))
+    assert "launch_pickled_pipeline" in task_output, task_output
+    assert not out.exists()
+    assert not list(corpus.glob(".slurm-broken-env.build-*"))  # the work folder went, the logs stayed
+
+
+@pytest.mark.integration
+def test_an_interrupted_slurm_build_cancels_its_job(
+    corpus: Path, settings: BuildSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the driver waits: the job array is cancelled (its tasks would write into a work folder the
+    build removes), the interrupt propagates, nothing is left queued."""
+    if not _slurm_cluster_answers():
+        pytest.skip("no Slurm cluster answers sinfo (make test-slurm starts one on this machine)")
+    from pipelines.data import executors
+
+    jobs: list[str] = []
+
+    def interrupted(executor, work: Path, logs: Path) -> None:
+        jobs.append(executor.job_id)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executors, "_wait_for_slurm", interrupted)
+    slurm = {
+        "partition": os.environ.get("MIDTRAIN_TEST_SLURM_PARTITION", "local"),
+        "time": "00:10:00",
+        "cpus_per_task": 1,
+        "mem_per_cpu_gb": 2,
+    }
+    with pytest.raises(KeyboardInterrupt):
+        build(
+            _recipe(corpus),
+            corpus / "slurm-interrupted",
+            settings,
+            executor=ExecutorSettings(kind="slurm", unit_mb=UNIT_MB, tasks=4, slurm=slurm),
+        )
+    assert len(jobs) == 1
+    state = subprocess.run(["scontrol", "show", "job", jobs[0]], capture_output=True, text=True, check=False)
+    assert "JobState=CANCELLED" in state.stdout, state.stdout + state.stderr
+    assert not (corpus / "slurm-interrupted").exists()
+
+
 @pytest.mark.integration
 def test_shards_written_a_row_group_at_a_time_are_the_bytes_of_the_whole_shard_written_at_once(
     corpus: Path, settings: BuildSettings, whole: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
@@ -209,7 +340,12 @@ def test_dedup_and_decontamination_are_global_across_units(whole: tuple[Path, di
 
 
 @pytest.mark.integration
-def test_a_bad_row_in_a_worker_is_exit_2_naming_the_file(corpus: Path, settings: BuildSettings) -> None:
+@pytest.mark.parametrize("kind", ["local", "datatrove"])
+def test_a_bad_row_in_a_worker_is_exit_2_naming_the_file(
+    corpus: Path, settings: BuildSettings, kind: str
+) -> None:
+    """Local workers and datatrove's tasks alike: exit 2 naming the file; the scratch folder goes; datatrove's
+    logs stay beside the output, named in the message, and the next build replaces them."""
     broken = corpus / "broken.jsonl.gz"
     broken.write_bytes(gzip.compress(b'{"id": "x", "text": "hello"}\n' * 50)[:-20])
     data = json.loads(json.dumps(RECIPE))
@@ -219,11 +355,19 @@ def test_a_bad_row_in_a_worker_is_exit_2_naming_the_file(corpus: Path, settings:
             "sources": [{"name": "b", "type": "local", "path": str(broken), "format": "text"}],
         }
     }
-    with pytest.raises(BadInput, match=r"broken.jsonl.gz: truncated or corrupt"):
-        build(Recipe.model_validate(data), corpus / "broken-out", settings, num_proc=2,
-              executor=ExecutorSettings(unit_mb=UNIT_MB))  # fmt: skip
-    assert not (corpus / "broken-out").exists()
-    assert not list(corpus.glob(".broken-out.build-*"))  # the scratch folder is gone too
+    out = corpus / f"broken-out-{kind}"
+    executor = ExecutorSettings(kind=kind, unit_mb=UNIT_MB, workers=2)
+    for _ in range(2):  # the second build finds the first one's logs and replaces them
+        with pytest.raises(BadInput, match=r"broken.jsonl.gz: truncated or corrupt") as failure:
+            build(Recipe.model_validate(data), out, settings, num_proc=2, executor=executor)
+    assert not out.exists()
+    assert not list(corpus.glob(f".{out.name}.build-*"))  # the scratch folder is gone too
+    logs = corpus / f"{out.name}.executor-logs"
+    if kind == "local":
+        assert not logs.exists()
+    else:
+        assert f"(the executor's logs are kept in {logs})" in str(failure.value)
+        assert list((logs / "logs").glob("task_*.log"))
 
 
 # -- reading in parts ----------------------------------------------------------------------------------------

@@ -255,15 +255,31 @@ def build(
         folders.clean_stale_scratch(out_dir.parent, label)
     builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits, executor)
     builder.setup()  # tokenizer, thought schema, eval sets: their problems surface before any folder is made
+    logs = _executor_logs_dir(out_dir, executor)
     work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
-        result = builder.run(work)
+        result = builder.run(work, logs)
         folders.replace_dir(work, out_dir, "output folder")
+    except MidtrainError as exc:
+        if logs is None or str(logs) in str(exc):
+            raise
+        raise type(exc)(f"{exc} (the executor's logs are kept in {logs})") from exc
     finally:
         if work.exists():
             shutil.rmtree(work)
+    if logs is not None:
+        shutil.rmtree(logs)
     result.out_dir = out_dir
     return result
+
+
+def _executor_logs_dir(out_dir: Path, executor: ExecutorSettings) -> Path | None:
+    """datatrove's logs and completion marks, next to the output: removed after a build that succeeds, kept
+    after one that fails (the error names them; a Slurm task's traceback is only there). Not inside the work
+    folder, which a failed build removes; emptied first, since datatrove skips the ranks it finds complete."""
+    if executor.kind == "local":
+        return None
+    return folders.fresh_output_dir(out_dir.parent / f"{out_dir.name}.executor-logs", "executor logs")
 
 
 def _adopt_earlier_output(out_dir: Path) -> None:
@@ -382,15 +398,17 @@ class _Builder:
                 }
         self.timings["setup"] = time.perf_counter() - mark
 
-    def run(self, work: Path) -> BuildResult:
-        """Build into the scratch folder `work` (after `setup`): the units on the executor, then the global
-        steps here: dedup across units, the mix, the shards, the manifest."""
+    def run(self, work: Path, logs: Path | None = None) -> BuildResult:
+        """Build into the scratch folder `work` (after `setup`): the units on the executor (datatrove's write
+        their logs in `logs`), then the global steps here: dedup across units, the mix, the shards, the
+        manifest."""
         self.work = work
+        self.logs = logs
         self.started = time.perf_counter() - self.timings["setup"]
         self.plan.write(work)
         ingest.write_decontam_index(work, self.contamination)
         mark = time.perf_counter()
-        executors.run_units(self.executor, work, len(self.plan.units), self.num_proc)
+        executors.run_units(self.executor, work, len(self.plan.units), self.num_proc, logs)
         resources.release_freed_memory()  # the units' freed C heap, before the global steps' working sets
         self.timings["ingest"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -423,10 +441,8 @@ class _Builder:
         for unit in self.plan.units:
             done = ingest.unit_dir(self.work, unit.index) / ingest.DONE
             if not done.is_file():
-                raise MidtrainError(
-                    f"work unit {unit.index} (source {unit.source!r}) did not finish; the executor's logs are "
-                    f"under {self.work / 'datatrove' / 'logs'} (datatrove executors)"
-                )
+                where = f"; the executor's logs are in {self.logs}" if self.logs else ""
+                raise MidtrainError(f"work unit {unit.index} (source {unit.source!r}) did not finish{where}")
             summaries.append(json.loads(done.read_text(encoding="utf-8")))
         return summaries
 
@@ -537,7 +553,7 @@ class _Builder:
 
     def _remove_scratch_files(self) -> None:
         """The work folder becomes the output folder: only the outputs stay."""
-        for name in (ingest.UNITS, ingest.FAILED, "datatrove"):
+        for name in (ingest.UNITS, ingest.FAILED):
             if (self.work / name).exists():
                 shutil.rmtree(self.work / name)
         for name in (PLAN, ingest.DECONTAM_INDEX):

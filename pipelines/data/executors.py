@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,24 @@ from pipelines.data.plan import ExecutorSettings
 from pipelines.errors import BadInput, MidtrainError
 
 
-def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int) -> None:
-    """Run every unit of the plan in `work`; returns when all have run (done or failed)."""
+def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int, logs: Path | None) -> None:
+    """Run every unit of the plan in `work`; returns when all have run (done or failed). datatrove's executors
+    write their logs and completion marks in `logs`, a folder the build keeps when it fails."""
     if settings.kind == "local":
         _run_local(work, n_units, workers)
         return
-    executor = datatrove_executor(settings, work, n_units, workers)
+    if logs is None:
+        raise ValueError("datatrove's executors need a folder for their logs")
+    executor = datatrove_executor(settings, work, logs, n_units, workers)
     executor.run()
     if settings.kind == "slurm":
-        _wait_for_slurm(executor, work)
+        try:
+            _wait_for_slurm(executor, work, logs)
+        except BaseException:
+            # An interrupt or a failed unit: the array's other tasks would go on writing into a work folder the
+            # build is about to remove, and hold the cluster's cores for nothing.
+            _cancel_slurm_job(executor.job_id)
+            raise
 
 
 # -- local ---------------------------------------------------------------------------------------------------
@@ -105,10 +116,12 @@ def ingest_step(work: Path) -> Any:
     return IngestUnits(str(work))
 
 
-def datatrove_executor(settings: ExecutorSettings, work: Path, n_units: int, workers: int) -> Any:
+def datatrove_executor(
+    settings: ExecutorSettings, work: Path, logs_dir: Path, n_units: int, workers: int
+) -> Any:
     tasks = settings.tasks or n_units
     concurrent = settings.workers or workers
-    logs = str(work / "datatrove")
+    logs = str(logs_dir)
     if settings.kind == "datatrove":
         from datatrove.executor import LocalPipelineExecutor
 
@@ -130,10 +143,10 @@ def datatrove_executor(settings: ExecutorSettings, work: Path, n_units: int, wor
             cpus_per_task=slurm.cpus_per_task,
             mem_per_cpu_gb=slurm.mem_per_cpu_gb,
             job_name="midtrain-data",
-            env_command=slurm.env_command,
+            env_command=slurm.env_command or driver_environment(),
             sbatch_args=slurm.sbatch_args,
             logging_dir=logs,
-            slurm_logs_folder=str(work / "datatrove" / "slurm_logs"),
+            slurm_logs_folder=str(logs_dir / "slurm_logs"),
             mail_type="NONE",
         )
     if settings.kind == "ray":
@@ -151,22 +164,47 @@ def datatrove_executor(settings: ExecutorSettings, work: Path, n_units: int, wor
     raise ValueError(settings.kind)
 
 
+def driver_environment() -> str:
+    """The job's shell line when `slurm.env_command` is unset: this interpreter's folder first on PATH.
+
+    Each array task runs datatrove's `launch_pickled_pipeline`, a console script installed beside this
+    interpreter; sbatch passes on the driver's PATH, which lacks that folder whenever midtrain was started as
+    `.venv/bin/midtrain` without activating the venv (as `make` does), and every task then fails with
+    "execve(): launch_pickled_pipeline: No such file or directory" (seen on a real cluster). The folder must be
+    on storage the compute nodes mount, as the work folder must."""
+    return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
+
+
 SLURM_POLL_SECONDS = 30
 
 
-def _wait_for_slurm(executor: Any, work: Path) -> None:
-    """Until every array task has completed, a unit has failed, or the job has left the queue unfinished."""
+def _slurm_job_queued(job_id: str) -> bool:
+    """Whether any task of the job is pending or running. squeue forgets a finished job after the cluster's
+    MinJobAge (300 s by default) and then answers "Invalid job id" with exit 1: gone, not an error."""
+    queued = subprocess.run(
+        ["squeue", "--noheader", "--jobs", str(job_id)], capture_output=True, text=True, check=False
+    )
+    if queued.returncode == 0:
+        return bool(queued.stdout.strip())
+    return "invalid job id" not in queued.stderr.lower()  # squeue itself failing (a slurmctld restart): wait
+
+
+def _cancel_slurm_job(job_id: str | None) -> None:
+    if job_id:
+        subprocess.run(["scancel", str(job_id)], capture_output=True, check=False)
+
+
+def _wait_for_slurm(executor: Any, work: Path, logs: Path) -> None:
+    """Until every array task has completed, a unit has failed (the rest of the array is cancelled: the build
+    stops at the first failure anyway), or the job has left the queue unfinished."""
     while True:
-        if not executor.get_incomplete_ranks() or any((work / ingest.FAILED).glob("*.json")):
+        if not executor.get_incomplete_ranks():
             return
-        queued = subprocess.run(
-            ["squeue", "--noheader", "--jobs", str(executor.job_id)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if queued.returncode == 0 and not queued.stdout.strip() and executor.get_incomplete_ranks():
+        if any((work / ingest.FAILED).glob("*.json")):
+            _cancel_slurm_job(executor.job_id)
+            return
+        if not _slurm_job_queued(executor.job_id) and executor.get_incomplete_ranks():
             raise MidtrainError(
-                f"Slurm job {executor.job_id} left the queue with tasks unfinished; logs: {work / 'datatrove'}"
+                f"Slurm job {executor.job_id} left the queue with tasks unfinished; logs: {logs}"
             )
         time.sleep(SLURM_POLL_SECONDS)

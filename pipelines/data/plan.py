@@ -55,7 +55,10 @@ class SlurmSettings(StrictModel):
     mem_per_cpu_gb: int = Field(4, ge=1)
     env_command: str | None = Field(
         None,
-        description="Shell line that activates the environment in the job, e.g. `source .venv/bin/activate`.",
+        description=(
+            "Shell line that activates the environment in the job, e.g. `source .venv/bin/activate` "
+            "(default: the driver's interpreter folder first on PATH)."
+        ),
     )
     sbatch_args: dict[str, str] = Field(default_factory=dict, description="Extra sbatch options.")
 
