@@ -2,7 +2,7 @@
 
     python scripts/bench_data.py                 # the 200 MB run reported in the issue
     python scripts/bench_data.py --size-mb 20    # a quick one
-    python scripts/bench_data.py --scale --base-mb 10   # 0.1×, 1×, 10× of 10 MB; then 1 and 2 workers
+    python scripts/bench_data.py --scale --base-mb 10   # 0.1×, 1×, 10×, 30× of 10 MB; then 1 and 2 workers
 
 `--scale` runs every measurement in a fresh process (so each peak RSS is that build's own): per corpus size
 the raw tokenizer pass and the build (1 worker), with tokens/s, the build/raw ratio, peak RSS (the driver
@@ -157,7 +157,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mb", type=float, default=200)
-    parser.add_argument("--scale", action="store_true", help="0.1×, 1×, 10× of --base-mb, then 1..N workers")
+    parser.add_argument("--scale", action="store_true", help="--factors × --base-mb, then 1..N workers")
+    parser.add_argument(
+        "--factors", default="0.1,1,10,30", help="corpus sizes for --scale, as multiples of --base-mb"
+    )
     parser.add_argument("--base-mb", type=float, default=10)
     parser.add_argument("--max-workers", type=int, default=2)
     parser.add_argument("--unit-mb", type=float, default=2, help="work unit size (--scale)")
@@ -304,7 +307,7 @@ def scale(args: argparse.Namespace) -> None:
     print(f"work units of {args.unit_mb:g} MB; every line is a fresh process")
     print(f"{'size':>6} {'corpus MB':>9} {'tokens':>11} {'raw tok/s':>10} {'build tok/s':>11} {'ratio':>5} "
           f"{'RSS driver MB':>13} {'RSS worker MB':>13} {'scratch MB':>10} {'output MB':>9}")  # fmt: skip
-    for factor in (0.1, 1.0, 10.0):
+    for factor in (float(f) for f in args.factors.split(",")):
         m = _child(args, args.base_mb * factor, 1, "local")
         print(f"{factor:>5g}× {m['corpus_mb']:>9.1f} {m['tokens']:>11,} {m['raw_tok_s']:>10,.0f} "
               f"{m['build_tok_s']:>11,.0f} {m['build_tok_s'] / m['raw_tok_s']:>5.2f} {m['rss_driver_mb']:>13,.0f} "

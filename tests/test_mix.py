@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.data.mix import (
     SourcePool,
+    TrainPairs,
     is_eval_id,
     order_train,
     plan_mix,
@@ -151,8 +152,15 @@ def test_eval_split_is_a_function_of_the_id() -> None:
 def test_order_shuffles_deterministically_and_curriculum_sorts_by_difficulty() -> None:
     rows = [(i, 0) for i in range(50)] + [(i, 1) for i in range(10)]
     difficulty = {i: i % 4 for i in range(50)}
-    shuffled = order_train(rows, difficulty, seed=0, curriculum="none")
-    assert sorted(shuffled) == sorted(rows) and shuffled != sorted(rows)
-    assert order_train(list(reversed(rows)), difficulty, seed=0, curriculum="none") == shuffled
-    curriculum = order_train(rows, difficulty, seed=0, curriculum="difficulty")
+    shuffled = order_train(TrainPairs.of(rows), difficulty, seed=0, curriculum="none")
+    assert sorted(shuffled) == sorted(rows) and list(shuffled) != sorted(rows)
+    assert order_train(TrainPairs.of(reversed(rows)), difficulty, seed=0, curriculum="none") == shuffled
+    # The order shuffling the sorted list of tuples gives (the rule before TrainPairs; same shards).
+    as_list = sorted(rows)
+    random.Random("0:train-order").shuffle(as_list)
+    assert list(shuffled) == as_list
+    curriculum = order_train(TrainPairs.of(rows), difficulty, seed=0, curriculum="difficulty")
+    assert list(curriculum) == sorted(as_list, key=lambda pair: difficulty[pair[0]])
+    by_array = order_train(TrainPairs.of(rows), [i % 4 for i in range(50)], seed=0, curriculum="difficulty")
+    assert by_array == curriculum
     assert [difficulty[r] for r, _ in curriculum] == sorted(difficulty[r] for r, _ in rows)

@@ -26,7 +26,6 @@ scripts/bench_data.py --scale measures the peak per corpus size.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import json
 import shutil
@@ -63,6 +62,7 @@ from pipelines.data.decontam import ContaminationIndex, build_index
 from pipelines.data.dedup import Duplicate, UnitKeys, locate, resolve_duplicates
 from pipelines.data.mix import (
     SourcePool,
+    TrainPairs,
     id_digest,
     is_eval_digest,
     order_eval,
@@ -570,10 +570,10 @@ class _Builder:
 
     # -- outputs -------------------------------------------------------------------------------------------
     def _write_outputs(self, selections: dict[str, Any], spill: _SpillIndex) -> dict[str, dict[str, Any]]:
-        train = [item for sel in selections.values() for item in sel.train]
-        evals = [row for sel in selections.values() for row in sel.eval]
+        train = TrainPairs.concat(sel.train for sel in selections.values())
         train = order_train(train, self.meta.difficulty, self.recipe.seed, self.recipe.curriculum)
-        ordered_eval = [(row, 0) for row in order_eval(evals, self.recipe.seed)]
+        evals = order_eval([row for sel in selections.values() for row in sel.eval], self.recipe.seed)
+        ordered_eval = TrainPairs(np.asarray(evals, dtype=np.int64), np.zeros(len(evals), dtype=np.int32))
         files: dict[str, dict[str, Any]] = {}
         shuffler = _Shuffler(spill, self.work)
         for prefix, rows in (("train", train), (mf.VALIDATION, ordered_eval)):
@@ -812,7 +812,7 @@ class _Shuffler:
         self.starts = spill.starts
         self.work = work
 
-    def write(self, prefix: str, rows: list[tuple[int, int]], shard_rows: int) -> list[tuple[Path, pa.Table]]:
+    def write(self, prefix: str, rows: TrainPairs, shard_rows: int) -> list[tuple[Path, pa.Table]]:
         """(path, the shard's small columns) per shard written; `rows` are (spill row, epoch) in output order."""
         n_shards = -(-len(rows) // shard_rows)
         per_shard = -(-shard_rows // OUTPUT_ROW_GROUP)  # buckets (row groups) of a full shard
@@ -827,15 +827,17 @@ class _Shuffler:
                 written.append((path, self._finish(mine, rows, path)))
         return written
 
-    def _fill_buckets(
-        self, rows: list[tuple[int, int]], shard_rows: int, shards: range
-    ) -> dict[tuple[int, int], Path]:
+    def _fill_buckets(self, rows: TrainPairs, shard_rows: int, shards: range) -> dict[tuple[int, int], Path]:
         def bucket_of(pos: int) -> tuple[int, int]:
             return pos // shard_rows, (pos % shard_rows) // OUTPUT_ROW_GROUP
 
-        by_group: dict[int, list[int]] = defaultdict(list)  # spill row group → output positions, ascending
-        for pos in range(shards.start * shard_rows, min(shards.stop * shard_rows, len(rows))):
-            by_group[bisect.bisect_right(self.starts, rows[pos][0]) - 1].append(pos)
+        # Spill row group → this pass's output positions, ascending (a stable sort by group).
+        first, stop = shards.start * shard_rows, min(shards.stop * shard_rows, len(rows))
+        positions = np.arange(first, stop, dtype=np.int64)
+        groups = np.searchsorted(self.starts, rows.rows[first:stop], side="right") - 1
+        by_position = np.argsort(groups, kind="stable")
+        bounds = np.flatnonzero(np.diff(groups[by_position])) + 1
+        by_group = {int(groups[run[0]]): positions[run] for run in np.split(by_position, bounds) if len(run)}
         paths: dict[tuple[int, int], Path] = {}
         # Arrow IPC streams, not Parquet: a ParquetWriter holds ~1 MB of column buffers while open, per bucket
         # (measured), so the step grew with the shards of a pass (18 buckets on the 100 MB bench corpus, up to
@@ -846,10 +848,10 @@ class _Shuffler:
                 table, first_row = self.spill.read(group), self.starts[group]
                 # One bucket's rows copied at a time: a copy of every wanted row of the group doubled the step's
                 # peak (a spill row group is ~2M tokens).
-                for key, run in itertools.groupby(by_group[group], key=bucket_of):
-                    positions = list(run)
-                    piece = table.take([rows[p][0] - first_row for p in positions])
-                    piece = piece.append_column("_pos", pa.array(positions, type=pa.int64()))
+                for key, run in itertools.groupby(by_group[group].tolist(), key=bucket_of):
+                    wanted = np.asarray(list(run), dtype=np.int64)
+                    piece = table.take(rows.rows[wanted] - first_row)
+                    piece = piece.append_column("_pos", pa.array(wanted, type=pa.int64()))
                     if key not in writers:
                         paths[key] = self.work / f"bucket-{key[0]:05d}-{key[1]:05d}.arrow"
                         writers[key] = pa.ipc.new_stream(str(paths[key]), piece.schema)
@@ -861,7 +863,7 @@ class _Shuffler:
                 writer.close()
         return paths
 
-    def _finish(self, buckets: list[Path], rows: list[tuple[int, int]], path: Path) -> pa.Table:
+    def _finish(self, buckets: list[Path], rows: TrainPairs, path: Path) -> pa.Table:
         """The shard, one row group per bucket in order: the same row groups (so the same bytes) that writing
         the whole shard with `row_group_size=OUTPUT_ROW_GROUP` gives."""
         small = []
@@ -870,7 +872,7 @@ class _Shuffler:
                 with pa.OSFile(str(bucket)) as stream:  # read, not memory-mapped: freed pages leave the RSS
                     table = pa.ipc.open_stream(stream).read_all().sort_by("_pos")
                 bucket.unlink()
-                epochs = pa.array([rows[p][1] for p in table["_pos"].to_pylist()], type=pa.int32())
+                epochs = pa.array(rows.epochs[table["_pos"].to_numpy()], type=pa.int32())
                 table = table.drop_columns(["_pos"]).add_column(
                     OUTPUT_SCHEMA.get_field_index("epoch"), "epoch", epochs
                 )

@@ -10,11 +10,13 @@ builds of the same recipe on the same library versions write the same manifest b
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import resources
@@ -289,7 +291,9 @@ def mix_report(
 
 
 def _source_entry(stat: Any, pool: Any, sel: Any, plan: Any) -> dict[str, Any]:
-    rows_out = [row for row, _ in sel.train] + list(sel.eval)
+    rows_out = np.concatenate(
+        [np.asarray(sel.train.rows, dtype=np.int64), np.asarray(sel.eval, dtype=np.int64)]
+    )
     return {
         "name": stat.name,
         "type": stat.type,
@@ -298,7 +302,7 @@ def _source_entry(stat: Any, pool: Any, sel: Any, plan: Any) -> dict[str, Any]:
         "rows_in": stat.rows_in,
         "rows_clean": stat.rows_clean,
         "rows_out": len(rows_out),
-        "unique_rows_out": len(set(rows_out)),
+        "unique_rows_out": len(np.unique(rows_out)),
         "eval_rows": len(sel.eval),
         "tokens_in": stat.tokens_in,
         "tokens_out": sel.tokens,
@@ -319,7 +323,7 @@ def _cluster_shares(
     target: dict[str, float] = defaultdict(float)
     for name, pool in pools.items():
         sel = selections[name]
-        for row in [r for r, _ in sel.train] + list(sel.eval):
+        for row in itertools.chain(sel.train.rows, sel.eval):
             achieved[meta[row].cluster] += meta[row].n_tokens
         pool_total = sum(pool.tokens) or 1
         for row, n in zip(pool.rows, pool.tokens, strict=True):
@@ -328,7 +332,7 @@ def _cluster_shares(
 
 
 def _splits(selections: dict[str, Any], meta: RowLookup) -> dict[str, Any]:
-    train = [row for sel in selections.values() for row, _ in sel.train]
+    train = [row for sel in selections.values() for row in sel.train.rows]
     evals = [row for sel in selections.values() for row in sel.eval]
 
     def summary(rows: list[int]) -> dict[str, int]:

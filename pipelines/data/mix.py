@@ -18,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import random
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from pipelines.errors import BadInput
 from pipelines.recipe import Recipe
@@ -62,11 +65,65 @@ class MixPlan:
     notes: list[str] = field(default_factory=list)
 
 
+class TrainPairs:
+    """(spill row, epoch) pairs, in order, as two typed columns: 12 bytes a pair where a list of tuples took
+    ~100, the largest per-row state of a build's driver (a 50B-token mix selects ~33M rows). Iterates, compares
+    and appends as a list of (row, epoch) tuples would."""
+
+    __slots__ = ("epochs", "rows")
+
+    def __init__(self, rows: Any = None, epochs: Any = None) -> None:
+        self.rows = array("q") if rows is None else rows
+        self.epochs = array("i") if epochs is None else epochs
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[int, int]]) -> TrainPairs:
+        out = cls()
+        for pair in pairs:
+            out.append(pair)
+        return out
+
+    @classmethod
+    def concat(cls, parts: Iterable[TrainPairs]) -> TrainPairs:
+        parts = list(parts)
+        rows = np.concatenate([np.asarray(p.rows, dtype=np.int64) for p in parts] or [np.empty(0, np.int64)])
+        epochs = np.concatenate(
+            [np.asarray(p.epochs, dtype=np.int32) for p in parts] or [np.empty(0, np.int32)]
+        )
+        return cls(rows, epochs)
+
+    def append(self, pair: tuple[int, int]) -> None:
+        self.rows.append(pair[0])
+        self.epochs.append(pair[1])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(map(int, self.rows), map(int, self.epochs), strict=True)
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        return int(self.rows[index]), int(self.epochs[index])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrainPairs):
+            return NotImplemented
+        return bool(
+            np.array_equal(np.asarray(self.rows), np.asarray(other.rows))
+            and np.array_equal(np.asarray(self.epochs), np.asarray(other.epochs))
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it replaces
+
+    def __repr__(self) -> str:
+        return f"TrainPairs({list(self)[:8]}{'…' if len(self) > 8 else ''}, n={len(self)})"
+
+
 @dataclass
 class Selection:
     """Rows a source contributes: train as (pool row, epoch), eval as pool rows (each once, epoch 0)."""
 
-    train: list[tuple[int, int]] = field(default_factory=list)
+    train: TrainPairs = field(default_factory=TrainPairs)
     eval: list[int] = field(default_factory=list)
     tokens: int = 0
     epochs: int = 0
@@ -204,7 +261,7 @@ def sample_source(pool: SourcePool, target: float, seed: int) -> Selection:
         # Another epoch only helps when some train row still fits into the gap.
         if smallest_train is None or smallest_train > gap:
             break
-    sel.epochs = 1 + max((epoch for _, epoch in sel.train), default=0)
+    sel.epochs = 1 + max(sel.train.epochs, default=0)
     return sel
 
 
@@ -235,14 +292,24 @@ def _ceil(value: float) -> int:
 
 
 def order_train(
-    rows: list[tuple[int, int]], difficulty: Sequence[int] | Mapping[int, int], seed: int, curriculum: str
-) -> list[tuple[int, int]]:
-    """Global shuffle across sources; with `curriculum: difficulty`, a stable sort by tool-call count on top."""
-    ordered = sorted(rows)
-    random.Random(f"{seed}:train-order").shuffle(ordered)
+    pairs: TrainPairs, difficulty: Sequence[int] | Mapping[int, int], seed: int, curriculum: str
+) -> TrainPairs:
+    """Global shuffle across sources; with `curriculum: difficulty`, a stable sort by tool-call count on top.
+
+    The pairs are sorted (by row, then epoch) and shuffled by `random.Random(...).shuffle` on an index array:
+    the permutation depends only on the length, so the order is the one shuffling the sorted list of tuples
+    gave, without a Python object per row."""
+    rows = np.asarray(pairs.rows, dtype=np.int64)
+    epochs = np.asarray(pairs.epochs, dtype=np.int32)
+    order = np.lexsort((epochs, rows))
+    random.Random(f"{seed}:train-order").shuffle(order)  # type: ignore[arg-type]  # swaps items by index
     if curriculum == "difficulty":
-        ordered.sort(key=lambda item: difficulty[item[0]])
-    return ordered
+        if isinstance(difficulty, Mapping):
+            keys = np.fromiter((difficulty[int(r)] for r in rows[order]), dtype=np.int64, count=len(order))
+        else:
+            keys = np.asarray(difficulty, dtype=np.int64)[rows[order]]
+        order = order[np.argsort(keys, kind="stable")]
+    return TrainPairs(rows[order], epochs[order])
 
 
 def order_eval(rows: list[int], seed: int) -> list[int]:
