@@ -115,7 +115,7 @@ test-ray:
 	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ \\$$//' > $(RAY_VENV)/constraints.txt
 	$(RAY_VENV)/bin/python -m pip install -q 'ray==2.60.0' -c $(RAY_VENV)/constraints.txt
 	$(RAY_VENV)/bin/python -c 'import ray'
-	$(RAY_VENV)/bin/pytest -q -p no:cacheprovider tests/test_data_scale.py -k ray
+	$(RAY_VENV)/bin/pytest -q -p no:cacheprovider tests/test_data_scale.py -k ray_local_cluster
 
 # A one-node Slurm cluster of this machine (root, Debian's slurm-wlm and munge), started and stopped around the
 # tests of the data build's `--executor slurm`; CI skips them, having no Slurm.
