@@ -223,6 +223,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     executor = ExecutorSettings(kind=args.executor, unit_mb=args.unit_mb, workers=args.num_proc)
     watcher = _DiskWatcher(args.out.parent)
     watcher.start()
+    children = _ChildRSS()
+    children.start()
     start = time.perf_counter()
     # Ray: a new cluster of this machine, one CPU per worker (the multi-node path, one node), started inside the
     # measured time as a user's `--executor ray` without a running cluster starts one.
@@ -235,6 +237,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result = build(bench_recipe(files), args.out, num_proc=args.num_proc, executor=executor)
     seconds = time.perf_counter() - start
     watcher.stop()
+    children.stop()
     return {
         "corpus_mb": sum(p.stat().st_size for p in files.values()) / 1e6,
         "tokens": raw_tokens,
@@ -243,7 +246,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "build_tok_s": raw_tokens / seconds,
         "units": len(list(Path(args.out).glob("*.parquet"))),
         "rss_driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "rss_worker_mb": children.peak / 2**20,
         "scratch_peak_mb": watcher.peak / 1e6,
         "output_mb": _folder_bytes(args.out) / 1e6,
         "timings": result.timings,
@@ -271,6 +274,35 @@ class _DiskWatcher:
     def _poll(self) -> None:
         while not self._stop.wait(1.0):
             self.peak = max(self.peak, _folder_bytes(self.folder))
+
+
+class _ChildRSS:
+    """The largest RSS of any descendant process, polled every 50 ms: the workers. (`RUSAGE_CHILDREN` misses
+    them: a pool's workers are children of the forkserver, which is never waited for.)"""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.me, self.peak = psutil.Process(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.05):
+            for child in self.me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # gone while we looked
+                    self.peak = max(self.peak, child.memory_info().rss)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -316,7 +348,7 @@ def scale(args: argparse.Namespace) -> None:
         f"\nworkers on the 1× corpus ({args.base_mb:g} MB): tokens/s, and against the raw tokenizer (1 core)"
     )
     print(
-        f"{'executor':>10} {'workers':>7} {'build tok/s':>11} {'per worker':>10} {'ratio':>5} {'speed-up':>8} {'RSS driver MB':>13}"
+        f"{'executor':>10} {'workers':>7} {'build tok/s':>11} {'per worker':>10} {'ratio':>5} {'speed-up':>8} {'RSS driver MB':>13} {'RSS worker MB':>13}"
     )
     # Ray's arm needs Ray (`make test-ray` installs it in .venv-ray).
     executors = ("local", "datatrove") + (("ray",) if importlib.util.find_spec("ray") else ())
@@ -328,7 +360,7 @@ def scale(args: argparse.Namespace) -> None:
             m = _child(args, args.base_mb, workers, executor)
             first = first or m["build_tok_s"]
             print(f"{executor:>10} {workers:>7} {m['build_tok_s']:>11,.0f} {m['build_tok_s'] / workers:>10,.0f} "
-                  f"{m['build_tok_s'] / m['raw_tok_s']:>5.2f} {m['build_tok_s'] / first:>8.2f} {m['rss_driver_mb']:>13,.0f}")  # fmt: skip
+                  f"{m['build_tok_s'] / m['raw_tok_s']:>5.2f} {m['build_tok_s'] / first:>8.2f} {m['rss_driver_mb']:>13,.0f} {m['rss_worker_mb']:>13,.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

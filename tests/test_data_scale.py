@@ -5,6 +5,7 @@ it whole reads; the cross-unit near-dedup equals the sequential datasketch rule.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -505,6 +506,60 @@ def test_every_data_module_imports_alone_in_a_fresh_process() -> None:
             [sys.executable, "-c", f"import pipelines.data.{module}"], capture_output=True, text=True
         )
         assert done.returncode == 0, (module, done.stderr[-2000:])
+
+
+def test_a_worker_loads_the_drivers_tokenizer_without_importing_torch(
+    tmp_path: Path, settings: BuildSettings
+) -> None:
+    """A process that runs units (a fresh interpreter, as a forkserver worker or a cluster task is) loads the
+    tokenizer the driver saved in the work folder, with the class AutoTokenizer chose: the same template,
+    response template and token ids, without AutoTokenizer's import of torch (+400 MB of RSS per worker)."""
+    from pipelines.chat import chat_encoding
+    from pipelines.data import ingest
+    from pipelines.data.build import tokenizer_for
+
+    driver = tokenizer_for(settings.tokenizer, settings.chat_template, settings.tokenizer_revision,
+                           settings.tool_format)  # fmt: skip
+    ingest.write_unit_tokenizer(tmp_path, driver)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "Weather in Paris, please?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "12 C, rain"},
+        {"role": "assistant", "content": "It is 12 C and raining in Paris."},
+    ]  # fmt: skip
+    script = f"""
+import json, sys
+from pathlib import Path
+import psutil
+from pipelines.chat import chat_encoding
+from pipelines.data import ingest
+from pipelines.data.plan import BuildSettings
+
+settings = BuildSettings(**{dataclasses.asdict(settings)!r})
+tokenizer = ingest.unit_tokenizer(Path({str(tmp_path)!r}), settings)
+print(json.dumps({{
+    "ids": chat_encoding(tokenizer, {messages!r}, tools={tools!r})["input_ids"],
+    "template": tokenizer.chat_template,
+    "response_template": tokenizer.response_template,
+    "pad": tokenizer.pad_token,
+    "class": type(tokenizer).__name__,
+    "torch": "torch" in sys.modules,
+    "auto": "transformers.models.auto.tokenization_auto" in sys.modules,
+    "rss_mb": psutil.Process().memory_info().rss / 2**20,
+}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    worker = json.loads(done.stdout.strip().splitlines()[-1])
+    assert worker["ids"] == chat_encoding(driver, messages, tools=tools)["input_ids"]
+    assert (worker["template"], worker["response_template"], worker["pad"], worker["class"]) == (
+        driver.chat_template, driver.response_template, driver.pad_token, type(driver).__name__,
+    )  # fmt: skip
+    assert not worker["torch"] and not worker["auto"], worker
+    assert worker["rss_mb"] < 300, worker["rss_mb"]  # AutoTokenizer's path: ~520 MB
 
 
 @pytest.mark.integration

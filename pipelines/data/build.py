@@ -407,6 +407,7 @@ class _Builder:
         self.started = time.perf_counter() - self.timings["setup"]
         self.plan.write(work)
         ingest.write_decontam_index(work, self.contamination)
+        ingest.write_unit_tokenizer(work, self.tokenizer)
         mark = time.perf_counter()
         executors.run_units(self.executor, work, len(self.plan.units), self.num_proc, logs)
         resources.release_freed_memory()  # the units' freed C heap, before the global steps' working sets
@@ -553,7 +554,7 @@ class _Builder:
 
     def _remove_scratch_files(self) -> None:
         """The work folder becomes the output folder: only the outputs stay."""
-        for name in (ingest.UNITS, ingest.FAILED):
+        for name in (ingest.UNITS, ingest.FAILED, ingest.TOKENIZER_DIR):
             if (self.work / name).exists():
                 shutil.rmtree(self.work / name)
         for name in (PLAN, ingest.DECONTAM_INDEX):

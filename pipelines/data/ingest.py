@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.chat import Rendered
+from pipelines.chat import Rendered, load_tokenizer, tokenizer_class_of
 
 # The output rows' format (spill schema, rendering, batching) is the build's; ingest.py and build.py import
 # each other, so only attributes of the module are used, at run time.
@@ -60,6 +60,8 @@ UNITS = "units"
 DONE = "done.json"
 FAILED = "failed"
 DECONTAM_INDEX = "decontam.pkl"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_CLASS = "class.txt"
 CANDS_SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
@@ -72,6 +74,29 @@ CANDS_SCHEMA = pa.schema(
 
 def unit_dir(work: Path, index: int) -> Path:
     return work / UNITS / f"{index:06d}"
+
+
+def write_unit_tokenizer(work: Path, tokenizer: Any) -> None:
+    """The driver's tokenizer, saved with the class AutoTokenizer chose, for the processes that run units."""
+    folder = work / TOKENIZER_DIR
+    tokenizer.save_pretrained(str(folder))
+    (folder / TOKENIZER_CLASS).write_text(tokenizer_class_of(tokenizer) + "\n", encoding="utf-8")
+
+
+def unit_tokenizer(work: Path, settings: Any) -> Any:
+    """The build's tokenizer in a process that runs units. The driver (and a 1-worker build, whose units run in
+    it) has it loaded already; a worker process or a cluster task loads the copy the driver saved, with the class
+    AutoTokenizer chose there, and never imports AutoTokenizer: that import pulls in torch, +400 MB of RSS per
+    worker for nothing (a worker only tokenizes). Same rendering, same bytes: the byte-identity tests compare
+    builds whose units ran in the driver with builds whose units ran in workers."""
+    s = settings
+    if (
+        output.tokenizer_for.cache_info().currsize
+    ):  # this process has loaded the build's tokenizer: the driver
+        return output.tokenizer_for(s.tokenizer, s.chat_template, s.tokenizer_revision, s.tool_format)
+    folder = work / TOKENIZER_DIR
+    reference = (folder / TOKENIZER_CLASS).read_text(encoding="utf-8").strip()
+    return load_tokenizer(str(folder), local_files_only=True, tokenizer_class=reference)
 
 
 def write_decontam_index(work: Path, index: ContaminationIndex) -> None:
@@ -129,7 +154,7 @@ class UnitContext:
         context = cls(
             work=work,
             plan=plan,
-            tokenizer=output.tokenizer_for(s.tokenizer, s.chat_template, s.tokenizer_revision, s.tool_format),
+            tokenizer=unit_tokenizer(work, s),
             schema=load_thought_schema(plan.schema_name),
             contamination=contamination,
             near=NearDeduper(near) if near.enabled else None,
