@@ -64,7 +64,9 @@ def load_tokenizer(
     tokenizer_only = (Path(model_ref) / "tokenizer_config.json").is_file()
     source = model_ref if tokenizer_only else resolve_model(model_ref, revision)
     if tokenizer_class is not None:
-        tokenizer = _import_class(tokenizer_class).from_pretrained(source, local_files_only=local_files_only)
+        tokenizer = _import_class(tokenizer_class).from_pretrained(
+            source, revision=revision, local_files_only=local_files_only
+        )
     else:
         from transformers import AutoTokenizer
 

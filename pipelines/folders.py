@@ -20,6 +20,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -61,11 +62,23 @@ def check_writable(folder: Path, what: str) -> None:
         raise BadInput(f"{what} {folder}: cannot write in {existing} (read-only or no permission)")
 
 
-def mark(folder: Path, kind: str) -> None:
-    """Record that midtrain wrote `folder` (what wrote it, for a human who finds the file)."""
-    (Path(folder) / OUTPUT_MARKER).write_text(
-        json.dumps({"written_by": "midtrain", "kind": kind}) + "\n", encoding="utf-8"
-    )
+def mark(folder: Path, kind: str, owner: bool = False) -> None:
+    """Record that midtrain wrote `folder` (what wrote it, for a human who finds the file); with `owner`, also
+    which process is writing it now (`marker`, `owner_alive`)."""
+    record: dict[str, Any] = {"written_by": "midtrain", "kind": kind}
+    if owner:
+        pid = os.getpid()
+        record |= {"pid": pid, "started": _process_start(pid), "host": socket.gethostname()}
+    (Path(folder) / OUTPUT_MARKER).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def marker(folder: Path) -> dict[str, Any] | None:
+    """The marker `mark` wrote in `folder`, or None (no marker, or not one midtrain can read)."""
+    try:
+        record = json.loads((Path(folder) / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def fresh_output_dir(folder: Path, what: str) -> Path:
@@ -130,6 +143,11 @@ def scratch_dir(parent: Path, label: str) -> Path:
     owner = {"pid": pid, "started": _process_start(pid), "host": socket.gethostname()}
     (folder / SCRATCH_MARKER).write_text(json.dumps(owner) + "\n", encoding="utf-8")
     return folder
+
+
+def owner_alive(owner: dict) -> bool:
+    """Whether the process a marker or scratch folder names may still run (on another host: assumed so)."""
+    return _owner_alive(owner)
 
 
 def _owner_alive(owner: dict) -> bool:

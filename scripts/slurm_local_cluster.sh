@@ -73,7 +73,8 @@ EOF
   chmod 600 "$dir/run/munge.key"
   munged --key-file="$dir/run/munge.key" --socket="$dir/run/munge.socket" --pid-file="$dir/run/munged.pid" \
     --log-file="$dir/log/munged.log" --seed-file="$dir/run/munged.seed" --force
-  SLURM_CONF=$conf slurmctld -f "$conf"
+  # -c: a clean start, without the jobs an earlier run of this cluster left queued
+  SLURM_CONF=$conf slurmctld -c -f "$conf"
   SLURM_CONF=$conf slurmd -f "$conf"
   for _ in $(seq 30); do  # the node registers within seconds
     if SLURM_CONF=$conf sinfo --noheader --states=idle 2>/dev/null | grep -q local; then

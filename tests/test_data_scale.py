@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,16 @@ def test_ray_local_cluster_builds_identical_bytes(
     assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
 
 
+def _slurm_queue() -> str:
+    """This user's jobs still in the queue, pending or running."""
+    for _ in range(20):  # a cancelled array leaves the queue within seconds
+        queue = subprocess.run(["squeue", "--noheader", "--me"], capture_output=True, text=True, check=True)
+        if not queue.stdout.strip():
+            return ""
+        time.sleep(0.5)
+    return queue.stdout
+
+
 def _slurm_cluster_answers() -> bool:
     if not shutil.which("sbatch"):
         return False
@@ -185,9 +196,10 @@ def test_slurm_job_array_builds_identical_bytes(
     wait = executors._wait_for_slurm
 
     def watched(
-        executor, work: Path, logs: Path
-    ) -> None:  # what the job left, before a good build removes it
-        wait(executor, work, logs)
+        executor, job_ids: list[str], work: Path, logs: Path
+    ) -> None:  # before a good build removes it
+        wait(executor, job_ids, work, logs)
+        seen["jobs"] = list(job_ids)
         seen["completed"] = sorted(p.name for p in (logs / "completions").iterdir())
         seen["script"] = (logs / "launch_script.slurm").read_text(encoding="utf-8")
 
@@ -208,6 +220,9 @@ def test_slurm_job_array_builds_identical_bytes(
     # The units ran as the 4 array tasks of one Slurm job, each marked complete by datatrove, in this
     # interpreter's environment (sbatch passed on a PATH without it: the venv is not activated under pytest).
     assert seen["completed"] == ["00000", "00001", "00002", "00003"], seen
+    # One job: the array (datatrove's stats-merge job, queued `afterok` on it, is not submitted).
+    assert len(seen["jobs"]) == 1
+    assert _slurm_queue() == "", _slurm_queue()
     assert "#SBATCH --array=0-3" in seen["script"]
     assert f"export PATH={Path(sys.executable).parent}:$PATH" in seen["script"]
     assert not (corpus / "slurm-4-tasks.executor-logs").exists()  # a good build keeps no logs
@@ -265,8 +280,8 @@ def test_an_interrupted_slurm_build_cancels_its_job(
 
     jobs: list[str] = []
 
-    def interrupted(executor, work: Path, logs: Path) -> None:
-        jobs.append(executor.job_id)
+    def interrupted(executor, job_ids: list[str], work: Path, logs: Path) -> None:
+        jobs.extend(job_ids)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(executors, "_wait_for_slurm", interrupted)
@@ -287,6 +302,7 @@ def test_an_interrupted_slurm_build_cancels_its_job(
     state = subprocess.run(["scontrol", "show", "job", jobs[0]], capture_output=True, text=True, check=False)
     assert "JobState=CANCELLED" in state.stdout, state.stdout + state.stderr
     assert not (corpus / "slurm-interrupted").exists()
+    assert _slurm_queue() == "", _slurm_queue()  # nothing left pending behind the array either
 
 
 @pytest.mark.integration
@@ -369,6 +385,33 @@ def test_a_bad_row_in_a_worker_is_exit_2_naming_the_file(
     else:
         assert f"(the executor's logs are kept in {logs})" in str(failure.value)
         assert list((logs / "logs").glob("task_*.log"))
+
+
+def test_a_folder_in_the_way_of_the_executor_logs_is_refused_untouched(
+    corpus: Path, settings: BuildSettings
+) -> None:
+    """datatrove's executors keep their logs in `<out>.executor-logs`: a folder of that name that is not such a
+    logs folder (the user's, even empty, or another midtrain output) stops the build before any work, as it is."""
+    from pipelines import folders
+
+    out = corpus / "logs-in-the-way"
+    logs = corpus / "logs-in-the-way.executor-logs"
+    executor = ExecutorSettings(kind="datatrove", unit_mb=UNIT_MB, workers=2)
+    cases = {"user files": {"notes.txt": "mine"}, "empty": {}}
+    for label, files in cases.items():
+        logs.mkdir()
+        for name, text in files.items():
+            (logs / name).write_text(text, encoding="utf-8")
+        with pytest.raises(BadInput, match=r"is not one of its logs folders"):
+            build(_recipe(corpus), out, settings, executor=executor)
+        assert sorted(p.name for p in logs.iterdir()) == sorted(files), label
+        assert not out.exists()
+        shutil.rmtree(logs)
+    logs.mkdir()
+    folders.mark(logs, "output folder")  # another midtrain output that happens to have the name
+    with pytest.raises(BadInput, match=r"is not one of its logs folders"):
+        build(_recipe(corpus), out, settings, executor=executor)
+    assert (logs / folders.OUTPUT_MARKER).is_file()
 
 
 # -- reading in parts ----------------------------------------------------------------------------------------

@@ -192,10 +192,17 @@ class _RowMetaTable:
         self.difficulty[row] = difficulty
         self.id_digest[row] = id_digest
 
-    def unique_ids(self, rows: list[int]) -> int:
+    def unique_ids(self, rows: Any) -> int:
         """Distinct Trace ids among `rows`, by their 64-bit digests (a collision is ~1 in 10^7 at a million rows)."""
         digests = np.frombuffer(self.id_digest, dtype=np.uint64)
         return int(np.unique(digests[np.asarray(rows, dtype=np.int64)]).size)
+
+    def token_sums(self, rows: Any) -> tuple[int, int]:
+        """(tokens, loss tokens) over `rows` (repeats counted), without a Python object per row."""
+        index = np.asarray(rows, dtype=np.int64)
+        tokens = np.asarray(self.n_tokens, dtype=np.int64)[index].sum()
+        loss = np.asarray(self.n_loss_tokens, dtype=np.int64)[index].sum()
+        return int(tokens), int(loss)
 
     def __getitem__(self, row: int) -> _RowMeta:
         return _RowMeta(
@@ -260,10 +267,13 @@ def build(
     try:
         result = builder.run(work, logs)
         folders.replace_dir(work, out_dir, "output folder")
-    except MidtrainError as exc:
-        if logs is None or str(logs) in str(exc):
-            raise
-        raise type(exc)(f"{exc} (the executor's logs are kept in {logs})") from exc
+    except BaseException as exc:
+        if logs is not None:
+            folders.mark(logs, EXECUTOR_LOGS)  # kept for the user; no build owns them any more
+            if isinstance(exc, MidtrainError) and str(logs) not in str(exc):
+                # The same exception (its type and attributes: RenderError's check, say), with the logs named.
+                exc.args = (f"{exc} (the executor's logs are kept in {logs})",)
+        raise
     finally:
         if work.exists():
             shutil.rmtree(work)
@@ -273,13 +283,34 @@ def build(
     return result
 
 
+EXECUTOR_LOGS = "executor logs"
+
+
 def _executor_logs_dir(out_dir: Path, executor: ExecutorSettings) -> Path | None:
     """datatrove's logs and completion marks, next to the output: removed after a build that succeeds, kept
     after one that fails (the error names them; a Slurm task's traceback is only there). Not inside the work
-    folder, which a failed build removes; emptied first, since datatrove skips the ranks it finds complete."""
+    folder, which a failed build removes; emptied first, since datatrove skips the ranks it finds complete.
+    Only a logs folder of ours is replaced (not another kind of midtrain output that happens to have the name),
+    and not while the build that wrote it still runs."""
     if executor.kind == "local":
         return None
-    return folders.fresh_output_dir(out_dir.parent / f"{out_dir.name}.executor-logs", "executor logs")
+    logs = out_dir.parent / f"{out_dir.name}.executor-logs"
+    owner = folders.marker(logs)
+    if (logs.exists() or logs.is_symlink()) and (
+        logs.is_symlink() or (owner or {}).get("kind") != EXECUTOR_LOGS
+    ):
+        raise BadInput(
+            f"{logs}: a data build with a datatrove executor keeps its logs in this folder, which exists and "
+            f"is not one of its logs folders; move it away or choose another --out"
+        )
+    if owner and "pid" in owner and folders.owner_alive(owner):
+        raise BadInput(
+            f"{logs}: the logs folder of a build of {out_dir} started on {owner.get('host')} (pid "
+            f"{owner.get('pid')}), which may still be running; wait for it, or remove the folder if it is not"
+        )
+    folder = folders.fresh_output_dir(logs, EXECUTOR_LOGS)
+    folders.mark(folder, EXECUTOR_LOGS, owner=True)
+    return folder
 
 
 def _adopt_earlier_output(out_dir: Path) -> None:

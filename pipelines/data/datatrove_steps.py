@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from datatrove.executor import SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines.data import ingest
@@ -29,3 +30,25 @@ class IngestUnits(PipelineStep):
             init_worker()
         ingest.run_units(Path(self.work), rank, world_size)
         yield from ()
+
+
+class JobIds:
+    """sbatch's job ids, every one: above `max_array_size` tasks datatrove submits several arrays and keeps only
+    the last id, so cancelling or watching that one would leave the others running."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def __call__(self, sbatch_output: str) -> str:
+        job_id = sbatch_output.split()[-1]  # "Submitted batch job 1234"
+        self.ids.append(job_id)
+        return job_id
+
+
+class UnitsSlurmExecutor(SlurmPipelineExecutor):
+    """datatrove's Slurm executor without its stats-merge job: midtrain reads no `stats.json`, and that job,
+    queued `afterok` on the array, stayed pending forever after a failed or cancelled array and, after a good
+    one, ran in a logs folder the build was removing."""
+
+    def launch_merge_stats(self) -> None:
+        return None

@@ -49,15 +49,24 @@ def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int
     if logs is None:
         raise ValueError("datatrove's executors need a folder for their logs")
     executor = datatrove_executor(settings, work, logs, n_units, workers)
-    executor.run()
-    if settings.kind == "slurm":
+    if settings.kind != "slurm":
+        executor.run()
+        return
+    job_ids = executor.job_id_retriever.ids
+    try:
         try:
-            _wait_for_slurm(executor, work, logs)
-        except BaseException:
-            # An interrupt or a failed unit: the array's other tasks would go on writing into a work folder the
-            # build is about to remove, and hold the cluster's cores for nothing.
-            _cancel_slurm_job(executor.job_id)
-            raise
+            executor.run()
+        except subprocess.CalledProcessError as exc:  # sbatch refused the job: a partition, a time limit
+            refusal = (exc.output or b"").decode(errors="replace").strip() or f"exit code {exc.returncode}"
+            raise BadInput(
+                f"sbatch refused the data build's job array: {refusal} (data.executor.slurm)"
+            ) from None
+        _wait_for_slurm(executor, job_ids, work, logs)
+    except BaseException:
+        # An interrupt or a failed unit: the array's other tasks would go on writing into a work folder the
+        # build is about to remove, and hold the cluster's cores for nothing.
+        _cancel_slurm_jobs(job_ids)
+        raise
 
 
 # -- local ---------------------------------------------------------------------------------------------------
@@ -130,11 +139,11 @@ def datatrove_executor(
             [ingest_step(work)], tasks=tasks, workers=concurrent, logging_dir=logs, start_method="forkserver"
         )
     if settings.kind == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
+        from pipelines.data.datatrove_steps import JobIds, UnitsSlurmExecutor
 
         slurm = settings.slurm
         assert slurm is not None, "ExecutorSettings checks it"
-        return SlurmPipelineExecutor(
+        return UnitsSlurmExecutor(
             [ingest_step(work)],
             tasks=tasks,
             workers=settings.workers or -1,
@@ -148,6 +157,7 @@ def datatrove_executor(
             logging_dir=logs,
             slurm_logs_folder=str(logs_dir / "slurm_logs"),
             mail_type="NONE",
+            job_id_retriever=JobIds(),
         )
     if settings.kind == "ray":
         try:
@@ -178,33 +188,33 @@ def driver_environment() -> str:
 SLURM_POLL_SECONDS = 30
 
 
-def _slurm_job_queued(job_id: str) -> bool:
-    """Whether any task of the job is pending or running. squeue forgets a finished job after the cluster's
+def _slurm_jobs_queued(job_ids: list[str]) -> bool:
+    """Whether any task of the jobs is pending or running. squeue forgets a finished job after the cluster's
     MinJobAge (300 s by default) and then answers "Invalid job id" with exit 1: gone, not an error."""
     queued = subprocess.run(
-        ["squeue", "--noheader", "--jobs", str(job_id)], capture_output=True, text=True, check=False
+        ["squeue", "--noheader", "--jobs", ",".join(job_ids)], capture_output=True, text=True, check=False
     )
     if queued.returncode == 0:
         return bool(queued.stdout.strip())
     return "invalid job id" not in queued.stderr.lower()  # squeue itself failing (a slurmctld restart): wait
 
 
-def _cancel_slurm_job(job_id: str | None) -> None:
-    if job_id:
-        subprocess.run(["scancel", str(job_id)], capture_output=True, check=False)
+def _cancel_slurm_jobs(job_ids: list[str]) -> None:
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, check=False)
 
 
-def _wait_for_slurm(executor: Any, work: Path, logs: Path) -> None:
-    """Until every array task has completed, a unit has failed (the rest of the array is cancelled: the build
-    stops at the first failure anyway), or the job has left the queue unfinished."""
+def _wait_for_slurm(executor: Any, job_ids: list[str], work: Path, logs: Path) -> None:
+    """Until every array task has completed, a unit has failed (the rest of the arrays are cancelled: the build
+    stops at the first failure anyway), or the jobs have left the queue unfinished."""
     while True:
         if not executor.get_incomplete_ranks():
             return
         if any((work / ingest.FAILED).glob("*.json")):
-            _cancel_slurm_job(executor.job_id)
+            _cancel_slurm_jobs(job_ids)
             return
-        if not _slurm_job_queued(executor.job_id) and executor.get_incomplete_ranks():
+        if not _slurm_jobs_queued(job_ids) and executor.get_incomplete_ranks():
             raise MidtrainError(
-                f"Slurm job {executor.job_id} left the queue with tasks unfinished; logs: {logs}"
+                f"Slurm job {', '.join(job_ids)} left the queue with tasks unfinished; logs: {logs}"
             )
         time.sleep(SLURM_POLL_SECONDS)

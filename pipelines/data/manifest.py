@@ -31,7 +31,9 @@ class RowLookup(Protocol):
 
     def __getitem__(self, row: int, /) -> Any: ...
 
-    def unique_ids(self, rows: list[int], /) -> int: ...
+    def unique_ids(self, rows: Any, /) -> int: ...
+
+    def token_sums(self, rows: Any, /) -> tuple[int, int]: ...
 
 
 MANIFEST = "manifest.json"
@@ -332,15 +334,15 @@ def _cluster_shares(
 
 
 def _splits(selections: dict[str, Any], meta: RowLookup) -> dict[str, Any]:
-    train = [row for sel in selections.values() for row in sel.train.rows]
-    evals = [row for sel in selections.values() for row in sel.eval]
+    # numpy columns, not Python lists: a 50B-token mix selects ~33M rows (36 bytes a row as a list of ints).
+    empty = [np.empty(0, dtype=np.int64)]
+    train = np.concatenate(
+        [np.asarray(sel.train.rows, dtype=np.int64) for sel in selections.values()] or empty
+    )
+    evals = np.concatenate([np.asarray(sel.eval, dtype=np.int64) for sel in selections.values()] or empty)
 
-    def summary(rows: list[int]) -> dict[str, int]:
-        return {
-            "rows": len(rows),
-            "unique_ids": meta.unique_ids(rows),
-            "tokens": sum(meta[r].n_tokens for r in rows),
-            "loss_tokens": sum(meta[r].n_loss_tokens for r in rows),
-        }
+    def summary(rows: Any) -> dict[str, int]:
+        tokens, loss = meta.token_sums(rows)
+        return {"rows": len(rows), "unique_ids": meta.unique_ids(rows), "tokens": tokens, "loss_tokens": loss}
 
     return {TRAIN: summary(train), VALIDATION: summary(evals)}
