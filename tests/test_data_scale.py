@@ -269,6 +269,19 @@ def test_slurm_tasks_that_cannot_start_fail_the_build_and_keep_their_logs(
 
 
 @pytest.mark.integration
+def test_a_slurm_job_sbatch_refuses_is_exit_2(corpus: Path, settings: BuildSettings) -> None:
+    """A partition the cluster does not have: sbatch refuses the array; a user error, not a traceback."""
+    if not _slurm_cluster_answers():
+        pytest.skip("no Slurm cluster answers sinfo (make test-slurm starts one on this machine)")
+    slurm = {"partition": "no-such-partition", "time": "00:10:00", "cpus_per_task": 1, "mem_per_cpu_gb": 2}
+    with pytest.raises(BadInput, match=r"sbatch refused the data build's job array"):
+        build(_recipe(corpus), corpus / "slurm-refused", settings,
+              executor=ExecutorSettings(kind="slurm", unit_mb=UNIT_MB, tasks=2, slurm=slurm))  # fmt: skip
+    assert not (corpus / "slurm-refused").exists()
+    assert _slurm_queue() == ""
+
+
+@pytest.mark.integration
 def test_an_interrupted_slurm_build_cancels_its_job(
     corpus: Path, settings: BuildSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
