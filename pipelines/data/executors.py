@@ -57,9 +57,12 @@ def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int
         try:
             executor.run()
         except subprocess.CalledProcessError as exc:  # sbatch refused the job: a partition, a time limit
-            refusal = (exc.output or b"").decode(errors="replace").strip() or f"exit code {exc.returncode}"
+            # datatrove captures sbatch's stdout only: its reason went to stderr, just above this message.
+            said = (exc.output or b"").decode(errors="replace").strip()
             raise BadInput(
-                f"sbatch refused the data build's job array: {refusal} (data.executor.slurm)"
+                f"sbatch refused the data build's job array (exit code {exc.returncode}"
+                f"{': ' + said if said else '; its reason is printed above'}): check data.executor.slurm "
+                "(partition, time, cpus_per_task, mem_per_cpu_gb, sbatch_args)"
             ) from None
         _wait_for_slurm(executor, job_ids, work, logs)
     except BaseException:
