@@ -253,39 +253,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-class _DiskWatcher:
-    """The largest size of a folder tree seen, polled every second from a thread (the build's scratch folder
-    lives next to its output and is gone when the build returns)."""
+class _Peak:
+    """The largest value `_read()` gives, polled every `interval` seconds from a thread while the build runs."""
 
-    def __init__(self, folder: Path) -> None:
-        import threading
-
-        self.folder, self.peak = folder, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(1.0):
-            self.peak = max(self.peak, _folder_bytes(self.folder))
-
-
-class _ChildRSS:
-    """The largest RSS of any descendant process, polled every 50 ms: the workers. (`RUSAGE_CHILDREN` misses
-    them: a pool's workers are children of the forkserver, which is never waited for.)"""
+    interval = 1.0
 
     def __init__(self) -> None:
         import threading
 
-        import psutil
-
-        self.me, self.peak = psutil.Process(), 0
+        self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -297,12 +273,45 @@ class _ChildRSS:
         self._thread.join()
 
     def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._read())
+
+    def _read(self) -> int:
+        raise NotImplementedError
+
+
+class _DiskWatcher(_Peak):
+    """The largest size of a folder tree seen (the build's scratch folder lives next to its output and is gone
+    when the build returns)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def _read(self) -> int:
+        return _folder_bytes(self.folder)
+
+
+class _ChildRSS(_Peak):
+    """The largest RSS of any descendant process: the workers. (`RUSAGE_CHILDREN` misses them: a pool's workers
+    are children of the forkserver, which is never waited for.)"""
+
+    interval = 0.05
+
+    def __init__(self) -> None:
         import psutil
 
-        while not self._stop.wait(0.05):
-            for child in self.me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):  # gone while we looked
-                    self.peak = max(self.peak, child.memory_info().rss)
+        super().__init__()
+        self.me = psutil.Process()
+
+    def _read(self) -> int:
+        import psutil
+
+        largest = 0
+        for child in self.me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # gone while we looked
+                largest = max(largest, child.memory_info().rss)
+        return largest
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -163,6 +163,12 @@ def test_ray_local_cluster_builds_identical_bytes(
     assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
 
 
+def _slurm_settings(**extra: str) -> dict:
+    """`data.executor.slurm` for the test cluster: one core per task, so the 2-core node runs two at once."""
+    partition = os.environ.get("MIDTRAIN_TEST_SLURM_PARTITION", "local")
+    return {"partition": partition, "time": "00:10:00", "cpus_per_task": 1, "mem_per_cpu_gb": 2} | extra
+
+
 def _slurm_queue() -> str:
     """This user's jobs still in the queue, pending or running."""
     for _ in range(20):  # a cancelled array leaves the queue within seconds
@@ -205,12 +211,7 @@ def test_slurm_job_array_builds_identical_bytes(
 
     monkeypatch.setattr(executors, "_wait_for_slurm", watched)
     out = corpus / "slurm-4-tasks"
-    slurm = {
-        "partition": os.environ.get("MIDTRAIN_TEST_SLURM_PARTITION", "local"),
-        "time": "00:10:00",
-        "cpus_per_task": 1,
-        "mem_per_cpu_gb": 2,
-    }
+    slurm = _slurm_settings()
     build(
         _recipe(corpus),
         out,
@@ -244,13 +245,7 @@ def test_slurm_tasks_that_cannot_start_fail_the_build_and_keep_their_logs(
 
     monkeypatch.setattr(executors, "SLURM_POLL_SECONDS", 1)
     out = corpus / "slurm-broken-env"
-    slurm = {
-        "partition": os.environ.get("MIDTRAIN_TEST_SLURM_PARTITION", "local"),
-        "time": "00:10:00",
-        "cpus_per_task": 1,
-        "mem_per_cpu_gb": 2,
-        "env_command": "export PATH=/usr/bin:/bin",
-    }
+    slurm = _slurm_settings(env_command="export PATH=/usr/bin:/bin")
     with pytest.raises(MidtrainError) as failure:
         build(
             _recipe(corpus),
@@ -273,7 +268,7 @@ def test_a_slurm_job_sbatch_refuses_is_exit_2(corpus: Path, settings: BuildSetti
     """A partition the cluster does not have: sbatch refuses the array; a user error, not a traceback."""
     if not _slurm_cluster_answers():
         pytest.skip("no Slurm cluster answers sinfo (make test-slurm starts one on this machine)")
-    slurm = {"partition": "no-such-partition", "time": "00:10:00", "cpus_per_task": 1, "mem_per_cpu_gb": 2}
+    slurm = _slurm_settings(partition="no-such-partition")
     with pytest.raises(BadInput, match=r"sbatch refused the data build's job array"):
         build(_recipe(corpus), corpus / "slurm-refused", settings,
               executor=ExecutorSettings(kind="slurm", unit_mb=UNIT_MB, tasks=2, slurm=slurm))  # fmt: skip
@@ -298,12 +293,7 @@ def test_an_interrupted_slurm_build_cancels_its_job(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(executors, "_wait_for_slurm", interrupted)
-    slurm = {
-        "partition": os.environ.get("MIDTRAIN_TEST_SLURM_PARTITION", "local"),
-        "time": "00:10:00",
-        "cpus_per_task": 1,
-        "mem_per_cpu_gb": 2,
-    }
+    slurm = _slurm_settings()
     with pytest.raises(KeyboardInterrupt):
         build(
             _recipe(corpus),
