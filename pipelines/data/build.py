@@ -26,6 +26,7 @@ scripts/bench_data.py --scale measures the peak per corpus size.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -260,16 +261,20 @@ def build(
     folders.check_writable(out_dir.parent, "output folder")
     for label in (f"{out_dir.name}.build", f"{out_dir.name}.old"):
         folders.clean_stale_scratch(out_dir.parent, label)
+    logs_dir = _executor_logs_path(out_dir, executor)  # checked before the work, made after setup
     builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits, executor)
     builder.setup()  # tokenizer, thought schema, eval sets: their problems surface before any folder is made
-    logs = _executor_logs_dir(out_dir, executor)
+    logs = folders.fresh_output_dir(logs_dir, EXECUTOR_LOGS) if logs_dir else None
+    if logs is not None:
+        folders.mark(logs, EXECUTOR_LOGS, owner=True)
     work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
         result = builder.run(work, logs)
         folders.replace_dir(work, out_dir, "output folder")
     except BaseException as exc:
         if logs is not None:
-            folders.mark(logs, EXECUTOR_LOGS)  # kept for the user; no build owns them any more
+            with contextlib.suppress(OSError):  # never hide the build's own error behind this one
+                folders.mark(logs, EXECUTOR_LOGS)  # kept for the user; no build owns them any more
             if isinstance(exc, MidtrainError) and str(logs) not in str(exc):
                 # The same exception (its type and attributes: RenderError's check, say), with the logs named.
                 exc.args = (f"{exc} (the executor's logs are kept in {logs})",)
@@ -286,8 +291,8 @@ def build(
 EXECUTOR_LOGS = "executor logs"
 
 
-def _executor_logs_dir(out_dir: Path, executor: ExecutorSettings) -> Path | None:
-    """datatrove's logs and completion marks, next to the output: removed after a build that succeeds, kept
+def _executor_logs_path(out_dir: Path, executor: ExecutorSettings) -> Path | None:
+    """Where datatrove's logs and completion marks go, next to the output: removed after a build that succeeds, kept
     after one that fails (the error names them; a Slurm task's traceback is only there). Not inside the work
     folder, which a failed build removes; emptied first, since datatrove skips the ranks it finds complete.
     Only a logs folder of ours is replaced (not another kind of midtrain output that happens to have the name),
@@ -308,9 +313,7 @@ def _executor_logs_dir(out_dir: Path, executor: ExecutorSettings) -> Path | None
             f"{logs}: the logs folder of a build of {out_dir} started on {owner.get('host')} (pid "
             f"{owner.get('pid')}), which may still be running; wait for it, or remove the folder if it is not"
         )
-    folder = folders.fresh_output_dir(logs, EXECUTOR_LOGS)
-    folders.mark(folder, EXECUTOR_LOGS, owner=True)
-    return folder
+    return logs
 
 
 def _adopt_earlier_output(out_dir: Path) -> None:
