@@ -65,10 +65,7 @@ def check_writable(folder: Path, what: str) -> None:
 def mark(folder: Path, kind: str, owner: bool = False) -> None:
     """Record that midtrain wrote `folder` (what wrote it, for a human who finds the file); with `owner`, also
     which process is writing it now (`marker`, `owner_alive`)."""
-    record: dict[str, Any] = {"written_by": "midtrain", "kind": kind}
-    if owner:
-        pid = os.getpid()
-        record |= {"pid": pid, "started": _process_start(pid), "host": socket.gethostname()}
+    record: dict[str, Any] = {"written_by": "midtrain", "kind": kind} | (_this_process() if owner else {})
     (Path(folder) / OUTPUT_MARKER).write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
@@ -81,15 +78,16 @@ def marker(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def fresh_output_dir(folder: Path, what: str) -> Path:
-    """An empty output folder that midtrain owns: created, or an earlier output of ours cleared."""
+def fresh_output_dir(folder: Path, what: str, owner: bool = False) -> Path:
+    """An empty output folder that midtrain owns: created, or an earlier output of ours cleared (`owner`: its
+    marker names this process, see `mark`)."""
     folder = Path(folder)
     check_replaceable(folder, what)
     try:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        mark(folder, what)
+        mark(folder, what, owner)
     except OSError as exc:
         raise BadInput(
             f"{what} {folder}: cannot write it ({exc.strerror}); choose a writable folder"
@@ -140,17 +138,18 @@ def scratch_dir(parent: Path, label: str) -> Path:
         raise BadInput(
             f"{parent}: cannot write here ({exc.strerror}); choose a writable output folder"
         ) from None
-    owner = {"pid": pid, "started": _process_start(pid), "host": socket.gethostname()}
-    (folder / SCRATCH_MARKER).write_text(json.dumps(owner) + "\n", encoding="utf-8")
+    (folder / SCRATCH_MARKER).write_text(json.dumps(_this_process()) + "\n", encoding="utf-8")
     return folder
+
+
+def _this_process() -> dict[str, Any]:
+    """What `owner_alive` checks: pid, its start time (a reused pid has another) and host."""
+    pid = os.getpid()
+    return {"pid": pid, "started": _process_start(pid), "host": socket.gethostname()}
 
 
 def owner_alive(owner: dict) -> bool:
     """Whether the process a marker or scratch folder names may still run (on another host: assumed so)."""
-    return _owner_alive(owner)
-
-
-def _owner_alive(owner: dict) -> bool:
     if owner.get("host") != socket.gethostname():
         return True  # a shared file system: another machine's process cannot be checked, so it is left alone
     pid = owner.get("pid")
@@ -179,7 +178,7 @@ def clean_stale_scratch(parent: Path, label: str) -> list[Path]:
                 folder.rmdir()  # only succeeds when empty: killed between mkdtemp and writing the marker
                 removed.append(folder)
             continue
-        if not isinstance(owner, dict) or _owner_alive(owner):
+        if not isinstance(owner, dict) or owner_alive(owner):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)

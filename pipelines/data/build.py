@@ -27,7 +27,6 @@ scripts/bench_data.py --scale measures the peak per corpus size.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import shutil
 import sys
@@ -264,9 +263,7 @@ def build(
     logs_dir = _executor_logs_path(out_dir, executor)  # checked before the work, made after setup
     builder = _Builder(pin_paths(recipe, out_dir), settings, num_proc, commits, executor)
     builder.setup()  # tokenizer, thought schema, eval sets: their problems surface before any folder is made
-    logs = folders.fresh_output_dir(logs_dir, EXECUTOR_LOGS) if logs_dir else None
-    if logs is not None:
-        folders.mark(logs, EXECUTOR_LOGS, owner=True)
+    logs = folders.fresh_output_dir(logs_dir, EXECUTOR_LOGS, owner=True) if logs_dir else None
     work = folders.scratch_dir(out_dir.parent, f"{out_dir.name}.build")
     try:
         result = builder.run(work, logs)
@@ -863,9 +860,6 @@ class _Shuffler:
         return written
 
     def _fill_buckets(self, rows: TrainPairs, shard_rows: int, shards: range) -> dict[tuple[int, int], Path]:
-        def bucket_of(pos: int) -> tuple[int, int]:
-            return pos // shard_rows, (pos % shard_rows) // OUTPUT_ROW_GROUP
-
         # Spill row group → this pass's output positions, ascending (a stable sort by group).
         first, stop = shards.start * shard_rows, min(shards.stop * shard_rows, len(rows))
         positions = np.arange(first, stop, dtype=np.int64)
@@ -883,8 +877,7 @@ class _Shuffler:
                 table, first_row = self.spill.read(group), self.starts[group]
                 # One bucket's rows copied at a time: a copy of every wanted row of the group doubled the step's
                 # peak (a spill row group is ~2M tokens).
-                for key, run in itertools.groupby(by_group[group].tolist(), key=bucket_of):
-                    wanted = np.asarray(list(run), dtype=np.int64)
+                for key, wanted in _by_bucket(by_group[group], shard_rows):
                     piece = table.take(rows.rows[wanted] - first_row)
                     piece = piece.append_column("_pos", pa.array(wanted, type=pa.int64()))
                     if key not in writers:
@@ -919,6 +912,15 @@ class _Shuffler:
                 del table
                 _release_arrow_memory()
         return pa.concat_tables(small)
+
+
+def _by_bucket(positions: Any, shard_rows: int) -> list[tuple[tuple[int, int], Any]]:
+    """Ascending output positions split into runs of one bucket each: (shard, row group within the shard)."""
+    shard, row_group = positions // shard_rows, (positions % shard_rows) // OUTPUT_ROW_GROUP
+    bounds = np.flatnonzero((np.diff(shard) != 0) | (np.diff(row_group) != 0)) + 1
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    keys = zip(shard[starts].tolist(), row_group[starts].tolist(), strict=True)
+    return list(zip(keys, np.split(positions, bounds), strict=True))
 
 
 def _release_arrow_memory() -> None:

@@ -90,9 +90,8 @@ def unit_tokenizer(work: Path, settings: Any) -> Any:
     worker for nothing (a worker only tokenizes). Same rendering, same bytes: the byte-identity tests compare
     builds whose units ran in the driver with builds whose units ran in workers."""
     s = settings
-    if (
-        output.tokenizer_for.cache_info().currsize
-    ):  # this process has loaded the build's tokenizer: the driver
+    driver = output.tokenizer_for.cache_info().currsize > 0  # this process has loaded the build's tokenizer
+    if driver:
         return output.tokenizer_for(s.tokenizer, s.chat_template, s.tokenizer_revision, s.tool_format)
     folder = work / TOKENIZER_DIR
     reference = (folder / TOKENIZER_CLASS).read_text(encoding="utf-8").strip()

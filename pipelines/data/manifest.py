@@ -326,7 +326,8 @@ def _cluster_shares(
     for name, pool in pools.items():
         sel = selections[name]
         for row in itertools.chain(sel.train.rows, sel.eval):
-            achieved[meta[row].cluster] += meta[row].n_tokens
+            info = meta[row]  # one lookup: each builds a record
+            achieved[info.cluster] += info.n_tokens
         pool_total = sum(pool.tokens) or 1
         for row, n in zip(pool.rows, pool.tokens, strict=True):
             target[meta[row].cluster] += plan.source_targets.get(name, 0.0) * n / pool_total
