@@ -7,7 +7,9 @@ import hashlib
 import json
 import random
 import shutil
+import subprocess
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -407,6 +409,35 @@ def test_allow_shortfall_rebalances_and_processes_do_not_change_bytes(
     assert mix["total_tokens"] == pytest.approx(60_000, rel=0.01)  # text filled the gap
     two = build(recipe, corpus / "rebalanced-2proc", settings, num_proc=2)
     assert compare_dirs(one.out_dir, two.out_dir).identical
+
+
+@pytest.mark.integration
+def test_a_script_without_the_main_guard_fails_instead_of_waiting_forever(
+    corpus: Path, settings: BuildSettings, tmp_path: Path
+) -> None:
+    """Each worker re-imports the calling script: unguarded, its build call kills the worker while it starts,
+    and a Pool would replace it forever (the build never returned)."""
+    out = tmp_path / "out"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(f"""\
+            from pipelines.data.build import BuildSettings, build
+            from pipelines.run_config import load_recipe
+
+            settings = BuildSettings(tokenizer={settings.tokenizer!r})
+            build(load_recipe({str(corpus / "recipe.yaml")!r}), {str(out)!r}, settings, num_proc=2)
+            """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode != 0
+    assert "before its unit finished" in done.stderr and 'if __name__ == "__main__":' in done.stderr
+    assert not out.exists()
 
 
 def test_run_config_needs_the_recipe_thought_schema(corpus: Path) -> None:

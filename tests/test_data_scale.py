@@ -633,6 +633,23 @@ def test_local_workers_start_from_a_forkserver_and_die_on_terminate() -> None:
 
 
 @pytest.mark.integration
+def test_a_worker_killed_mid_unit_fails_the_build_saying_how() -> None:
+    """A Pool replaces a dead worker and drops its unit: the driver checks its workers while it waits."""
+    import signal
+    import time
+
+    from pipelines.data.executors import _check_alive, worker_context
+
+    worker = worker_context().Process(target=time.sleep, args=(120,))
+    worker.start()
+    _check_alive([worker])  # alive: nothing to say
+    os.kill(worker.pid, signal.SIGKILL)  # what the kernel's OOM killer sends
+    worker.join(15)
+    with pytest.raises(MidtrainError, match=r"killed by SIGKILL before its unit finished: out of memory\?"):
+        _check_alive([worker])
+
+
+@pytest.mark.integration
 def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path) -> None:
     """Ctrl-C reaches the whole process group: the workers ignore it, the driver stops its pool (terminate:
     SIGTERM, the workers' default action) and exits 130; the workers, the forkserver and the scratch folder

@@ -79,10 +79,18 @@ def _run_local(work: Path, n_units: int, workers: int) -> None:
         return
     # Each call is one unit (rank u of n_units), handed to whichever worker is free; a worker loads the
     # build's context (tokenizer, eval index) once, for its first unit.
+    others = set(multiprocessing.active_children())
     pool = worker_context().Pool(min(workers, n_units), initializer=init_worker)
+    pool_workers = [p for p in multiprocessing.active_children() if p not in others]
     try:
-        for _ in pool.imap_unordered(_run_one, [(str(work), u, n_units) for u in range(n_units)]):
-            pass
+        done = pool.imap_unordered(_run_one, [(str(work), u, n_units) for u in range(n_units)])
+        while True:
+            try:
+                done.next(timeout=1.0)
+            except StopIteration:
+                break
+            except multiprocessing.TimeoutError:
+                _check_alive(pool_workers)
     except BaseException:
         pool.terminate()  # an error or Ctrl-C: stop the other units now (SIGTERM, the default action)
         raise
@@ -90,6 +98,34 @@ def _run_local(work: Path, n_units: int, workers: int) -> None:
         pool.close()  # every unit done: idle workers exit on the close sentinel
     finally:
         pool.join()
+
+
+def _check_alive(pool_workers: list[Any]) -> None:
+    """A Pool replaces a worker that dies and forgets the unit it was running, so the build would wait for it
+    forever: fail instead, saying how the worker died."""
+    for worker in pool_workers:
+        code = worker.exitcode
+        if code is None or code == 0:
+            continue
+        said = f"data worker process {worker.pid}"
+        if code < 0:
+            said += f" was killed by {_signal_name(-code)} before its unit finished"
+            if -code == signal.SIGKILL:  # what the kernel's OOM killer sends
+                said += ": out of memory? Lower data.num_proc or the unit size (data.executor.unit_mb)"
+        else:
+            said += (
+                f" exited with code {code} before its unit finished (its error is printed above). A script that "
+                'calls the data build with num_proc > 1 must call it under `if __name__ == "__main__":`: each '
+                "worker re-imports the script"
+            )
+        raise MidtrainError(said)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def worker_context() -> Any:
