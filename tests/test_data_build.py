@@ -412,20 +412,23 @@ def test_allow_shortfall_rebalances_and_processes_do_not_change_bytes(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("executor", ["local", "datatrove"])
 def test_a_script_without_the_main_guard_fails_instead_of_waiting_forever(
-    corpus: Path, settings: BuildSettings, tmp_path: Path
+    corpus: Path, settings: BuildSettings, tmp_path: Path, executor: str
 ) -> None:
     """Each worker re-imports the calling script: unguarded, its build call kills the worker while it starts,
-    and a Pool would replace it forever (the build never returned)."""
+    and a Pool (ours, or datatrove's) would replace it forever (the build never returned)."""
     out = tmp_path / "out"
     script = tmp_path / "unguarded.py"
     script.write_text(
         textwrap.dedent(f"""\
             from pipelines.data.build import BuildSettings, build
+            from pipelines.data.plan import ExecutorSettings
             from pipelines.run_config import load_recipe
 
             settings = BuildSettings(tokenizer={settings.tokenizer!r})
-            build(load_recipe({str(corpus / "recipe.yaml")!r}), {str(out)!r}, settings, num_proc=2)
+            build(load_recipe({str(corpus / "recipe.yaml")!r}), {str(out)!r}, settings, num_proc=2,
+                  executor=ExecutorSettings(kind={executor!r}))
             """)
     )
     done = subprocess.run(

@@ -49,6 +49,9 @@ def run_units(settings: ExecutorSettings, work: Path, n_units: int, workers: int
     if logs is None:
         raise ValueError("datatrove's executors need a folder for their logs")
     executor = datatrove_executor(settings, work, logs, n_units, workers)
+    if settings.kind == "datatrove":
+        _run_watched(executor)
+        return
     if settings.kind != "slurm":
         executor.run()
         return
@@ -119,6 +122,54 @@ def _check_alive(pool_workers: list[Any]) -> None:
                 "worker re-imports the script"
             )
         raise MidtrainError(said)
+
+
+def _run_watched(executor: Any) -> None:
+    """datatrove's local executor waits on a `multiprocess` Pool, which also replaces a dead worker and forgets
+    its task: a thread watches the pool's processes and, when one dies, interrupts the driver's wait (datatrove
+    then terminates its pool) so the build fails saying how. A worker that dies after its pool's last task is
+    harmless: the build checks that every unit finished."""
+    import threading
+
+    import multiprocess  # datatrove's process library: its children are not `multiprocessing`'s
+
+    died: list[MidtrainError] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        seen: dict[int, Any] = {}
+        while not stop.wait(1.0):
+            for process in multiprocess.active_children():
+                if "PoolWorker" in process.name:  # not the Manager datatrove starts beside them
+                    seen.setdefault(process.pid, process)
+            try:
+                # SIGTERM is how a Pool stops its workers (datatrove's own `with Pool` does, once done): not a death.
+                _check_alive([p for p in seen.values() if p.exitcode != -signal.SIGTERM])
+            except MidtrainError as exc:
+                died.append(exc)
+                # A real SIGINT to the main thread: a KeyboardInterrupt in the driver's wait, raised below as
+                # `exc` (`_thread.interrupt_main` only flags it, and a thread blocked on the pool's lock never
+                # looks). Where SIGINT is not Python's to handle, the wait goes on as datatrove has it.
+                if callable(signal.getsignal(signal.SIGINT)):
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                return
+
+    watcher = threading.Thread(target=watch, name="datatrove-workers", daemon=True)
+    watcher.start()
+    finished = False
+    try:
+        try:
+            executor.run()
+            finished = True
+        finally:
+            stop.set()
+            watcher.join()
+    except KeyboardInterrupt:
+        if not died:
+            raise  # the user's
+        if not finished:
+            raise died[0] from None
+        # Ours, for a worker that died after the pool's last task: the units' done marks decide.
 
 
 def _signal_name(number: int) -> str:
