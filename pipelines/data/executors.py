@@ -133,8 +133,12 @@ def _run_watched(executor: Any) -> None:
 
     import multiprocess  # datatrove's process library: its children are not `multiprocessing`'s
 
+    if threading.current_thread() is not threading.main_thread():  # a SIGINT would hit another thread's work
+        executor.run()
+        return
     died: list[MidtrainError] = []
     stop = threading.Event()
+    waiting = threading.get_ident()
 
     def watch() -> None:
         seen: dict[int, Any] = {}
@@ -151,7 +155,7 @@ def _run_watched(executor: Any) -> None:
                 # `exc` (`_thread.interrupt_main` only flags it, and a thread blocked on the pool's lock never
                 # looks). Where SIGINT is not Python's to handle, the wait goes on as datatrove has it.
                 if callable(signal.getsignal(signal.SIGINT)):
-                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                    signal.pthread_kill(waiting, signal.SIGINT)
                 return
 
     watcher = threading.Thread(target=watch, name="datatrove-workers", daemon=True)
