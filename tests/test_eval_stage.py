@@ -382,3 +382,27 @@ def test_the_held_out_tool_offer_is_left_out_of_dumps_at_its_defaults_and_refuse
     )
     with pytest.raises(ValidationError, match="task file's rows say which tools"):
         EvalSection(heldout_offered_tools="task", tasks="configs/tasks/shop.jsonl")
+
+
+def test_the_plot_keeps_every_label_inside_its_axes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An undefined metric gets an "n/a" label, not a bar; in the last column the bars' extent alone left it
+    outside the axes (drawn beyond the frame)."""
+    import matplotlib.figure
+
+    from pipelines.eval.results import plot_results
+
+    saved: list[Any] = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    heldout = {"outcome": 0.0, "format_rate": 0.4, "irrelevance_accuracy": None, "n": 20}
+    results = EvalResults(
+        model="m",
+        limit=20,
+        targets={"base": {"heldout": {**heldout, "format_rate": 0.0}}, "sft/tool": {"heldout": heldout}},
+        skipped={},
+        seconds={},
+    )
+    plot_results(results, tmp_path / "results.png")
+    (ax,) = saved[0].axes
+    low, high = ax.get_xlim()
+    labels = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert len(labels) == 2 and all(low < t.get_position()[0] < high for t in labels)
