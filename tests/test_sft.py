@@ -258,6 +258,53 @@ def test_cpu_bf16_trains_nf4_under_autocast_with_float32_adapters(
     assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
 
 
+@pytest.mark.parametrize("model_dir", ["tiny_model_dir", "embedded_model_dir"])
+def test_the_cpu_lm_head_projects_only_labelled_positions_with_the_same_loss_and_gradients(
+    model_dir: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`project_only_labelled_positions`: TRL's fused head scores only positions with a label on CPU too (~30%
+    of a tool trace's), with the loss, metrics and gradients of scoring every position (fp32, the CPU configs'
+    head dtype). It replaces a name in the pinned TRL's `trainer.utils`: this fails if that name moves."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from pipelines.sft.model import project_only_labelled_positions
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(model_dir), dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 96), generator=generator)
+    labels = input_ids.clone()
+    labels[torch.rand(labels.shape, generator=generator) < 0.7] = -100  # a prompt-heavy trace's share
+    rows: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction,
+        "apply",
+        lambda hidden, *a: rows.append(len(hidden)) or apply(hidden, *a),
+    )
+
+    def scored() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        model.zero_grad()
+        out = model(input_ids=input_ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        fields = {k: getattr(out, k).detach() for k in ("loss", "log_probs", "entropy", "is_top1")}
+        return fields, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    every_position, every_grad = scored()
+    project_only_labelled_positions()
+    project_only_labelled_positions()  # idempotent: wraps once
+    labelled_only, labelled_grad = scored()
+    labelled = int((labels[:, 1:] != -100).sum())
+    assert rows == [2 * 95, labelled] and labelled < 0.4 * 2 * 95
+    for name, value in every_position.items():
+        torch.testing.assert_close(labelled_only[name], value, rtol=1e-5, atol=1e-5, msg=name)
+    assert every_grad.keys() == labelled_grad.keys() and len(every_grad) == len(list(model.parameters()))
+    for name, grad in every_grad.items():
+        torch.testing.assert_close(labelled_grad[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_train_updates_lora_only_loss_falls_and_outputs_load(
     tmp_path: Path, tiny_model_dir: Path, tokenizer
 ) -> None:

@@ -214,3 +214,28 @@ def keep_nf4_weights_trainable(model: Any) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def project_only_labelled_positions() -> None:
+    """Let TRL's fused LM head skip the positions without a label on CPU too.
+
+    TRL (1.16, `trainer.utils.add_fused_lm_head`) projects hidden states through the LM head in tiles and, on
+    Triton devices only, just the positions whose next token carries a label; elsewhere it projects every
+    position, to keep tile shapes fixed for compiled backends (Neuron). Eager CPU compiles nothing, and on CPU the
+    projection runs in float32 even under bf16 autocast (`chunked_logprob._addmm_fp32`): the embedded model's
+    49,152-word head is 2 x 576 x 49,152 FLOPs a position each way, on every prompt and tool-schema token, which
+    are ~70% of a `tool` trace. The kernel's own choice (`chunked_logprob._use_triton`) is untouched, so CPU keeps
+    TRL's torch tiles; the loss and gradients are the same (tests/test_sft.py compares them, and fails when the
+    pinned TRL moves the name)."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    if getattr(trl_utils._use_triton, "midtrain_compacts_cpu", False):
+        return
+    kernel_choice = chunked_logprob._use_triton
+
+    def compact(device: Any) -> bool:
+        return device.type == "cpu" or kernel_choice(device)
+
+    compact.midtrain_compacts_cpu = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact

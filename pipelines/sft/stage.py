@@ -23,6 +23,7 @@ from pipelines.sft.model import (
     keep_adapter_float32,
     load_base_model,
     lora_config,
+    project_only_labelled_positions,
 )
 from pipelines.sft.outputs import adapter_fingerprint, check_vllm_compatible, finished_fingerprint
 from pipelines.sft.packing import check_isolation
@@ -256,6 +257,7 @@ def build_trainer(
     assert config.sft is not None
     args = trainer_args(config, adapter, out_dir, has_eval=held_out is not None)
     model = load_base_model(config.model, config.sft.quantization)
+    project_only_labelled_positions()
     trainer = SFTTrainer(
         model=model,
         args=args,
