@@ -112,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rows", type=int, default=64, help="Rows trained (synthetic, or the first of --data)."
     )
     parser.add_argument(
+        "--cluster", help="With --data: only this cluster's rows (one adapter's training rows)."
+    )
+    parser.add_argument(
         "--arms", default=",".join(ARMS), help="Comma-separated arms; ratios are vs the first."
     )
     parser.add_argument(
@@ -204,8 +207,9 @@ def synthetic_rows(tokenizer: Any, n_rows: int, max_length: int, seed: int) -> d
     return rows
 
 
-def mix_rows(data_dir: Path, max_length: int, n_rows: int) -> dict[str, list]:
-    """The first `n_rows` usable train rows of a mix, in file order."""
+def mix_rows(data_dir: Path, max_length: int, n_rows: int, cluster: str | None = None) -> dict[str, list]:
+    """The first `n_rows` usable train rows of a mix (of one cluster: what one adapter trains on), in file
+    order."""
     import pyarrow.parquet as pq
 
     files = sorted(data_dir.glob("train-*.parquet"))
@@ -213,8 +217,12 @@ def mix_rows(data_dir: Path, max_length: int, n_rows: int) -> dict[str, list]:
         raise SystemExit(f"{data_dir}: no train-*.parquet shards")
     rows: dict[str, list] = {"input_ids": [], "assistant_masks": []}
     for path in files:
-        table = pq.read_table(path, columns=["input_ids", "assistant_masks"]).to_pydict()
-        for ids, mask in zip(table["input_ids"], table["assistant_masks"], strict=True):
+        table = pq.read_table(path, columns=["input_ids", "assistant_masks", "cluster"]).to_pydict()
+        for ids, mask, row_cluster in zip(
+            table["input_ids"], table["assistant_masks"], table["cluster"], strict=True
+        ):
+            if cluster is not None and row_cluster != cluster:
+                continue
             if len(ids) <= max_length and any(mask) and len(rows["input_ids"]) < n_rows:
                 rows["input_ids"].append(ids)
                 rows["assistant_masks"].append(mask)
@@ -234,7 +242,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[int]]:
         model_path = random_init_model(args.model_config, str(model_path), workdir / "model")
     tokenizer = load_tokenizer(str(model_path))
     if args.data:
-        rows = mix_rows(args.data, args.max_length, args.rows)
+        rows = mix_rows(args.data, args.max_length, args.rows, args.cluster)
     else:
         rows = synthetic_rows(tokenizer, args.rows, args.max_length, args.seed)
     pq.write_table(pa.table(rows), workdir / "rows.parquet")

@@ -179,11 +179,12 @@ def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
 
     from pipelines.chat import load_tokenizer
     from pipelines.models import fetch_model
-    from pipelines.sft.model import load_base_model, lora_config
+    from pipelines.sft.model import load_base_model, lora_config, project_only_labelled_positions
 
     rl = config.rl
     assert rl is not None
     base = load_base_model(config.model, rl.quantization)
+    project_only_labelled_positions()  # GRPO scores completions with the same fused head, prompts unlabelled
     if rl.quantization.mode == "nf4":
         # Casts norms/embeddings to fp32 and enables input grads, as SFTTrainer does for QLoRA; TRL's GRPO
         # trainer does not do it for a model that arrives already wrapped.

@@ -224,9 +224,9 @@ def project_only_labelled_positions() -> None:
     position, to keep tile shapes fixed for compiled backends (Neuron). Eager CPU compiles nothing, and on CPU the
     projection runs in float32 even under bf16 autocast (`chunked_logprob._addmm_fp32`): the embedded model's
     49,152-word head is 2 x 576 x 49,152 FLOPs a position each way, on every prompt and tool-schema token, which
-    are ~70% of a `tool` trace. The kernel's own choice (`chunked_logprob._use_triton`) is untouched, so CPU keeps
-    TRL's torch tiles; the loss and gradients are the same (tests/test_sft.py compares them, and fails when the
-    pinned TRL moves the name)."""
+    are ~70% of a `tool` trace (and GRPO scores its completions with the same head, prompts unlabelled). The
+    kernel's own choice (`chunked_logprob._use_triton`) is untouched, so CPU keeps TRL's torch tiles; the loss
+    and gradients are the same (tests/test_sft.py compares them, and fails when the pinned TRL moves the name)."""
     from trl.kernels import chunked_logprob
     from trl.trainer import utils as trl_utils
 
