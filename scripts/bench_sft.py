@@ -243,7 +243,15 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[int]]:
     tokenizer = load_tokenizer(str(model_path))
     if args.data:
         rows = mix_rows(args.data, args.max_length, args.rows, args.cluster)
+        if len(rows["input_ids"]) < args.rows:
+            which = f" of cluster {args.cluster!r}" if args.cluster else ""
+            raise SystemExit(
+                f"{args.data}: {len(rows['input_ids'])} usable train rows{which} (--rows {args.rows}; rows longer "
+                f"than --max-length {args.max_length} or without a loss token are skipped)"
+            )
     else:
+        if args.cluster:
+            raise SystemExit("--cluster selects rows of a mix: give the mix with --data")
         rows = synthetic_rows(tokenizer, args.rows, args.max_length, args.seed)
     pq.write_table(pa.table(rows), workdir / "rows.parquet")
     return model_path, [len(ids) for ids in rows["input_ids"]]

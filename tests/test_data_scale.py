@@ -650,7 +650,8 @@ def test_a_worker_killed_mid_unit_fails_the_build_saying_how() -> None:
 
 
 @pytest.mark.integration
-def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["local", "datatrove"])
+def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path, executor: str) -> None:
     """Ctrl-C reaches the whole process group: the workers ignore it, the driver stops its pool (terminate:
     SIGTERM, the workers' default action) and exits 130; the workers, the forkserver and the scratch folder
     are gone. (A single-process build's SIGINT/SIGTERM: tests/test_hostile.py.)"""
@@ -680,6 +681,8 @@ def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path)
             str(out),
             "--num-proc",
             "2",
+            "--executor",
+            executor,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

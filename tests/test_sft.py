@@ -263,14 +263,17 @@ def test_the_cpu_lm_head_projects_only_labelled_positions_with_the_same_loss_and
     model_dir: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`project_only_labelled_positions`: TRL's fused head scores only positions with a label on CPU too (~30%
-    of a tool trace's), with the loss, metrics and gradients of scoring every position (fp32, the CPU configs'
-    head dtype). It replaces a name in the pinned TRL's `trainer.utils`: this fails if that name moves."""
+    of a tool trace's), with the loss, metrics and gradients of scoring every position (float32 here; under bf16
+    autocast the two differ by rounding only). It replaces a name in the pinned TRL's `trainer.utils`: this fails
+    if that name moves."""
     from transformers import AutoModelForCausalLM
+    from trl.kernels import chunked_logprob
     from trl.trainer import utils as trl_utils
 
     from pipelines.sft.model import project_only_labelled_positions
 
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    # From TRL's own choice (an earlier `build_trainer` in this process has already wrapped it), restored after.
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
     model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(model_dir), dtype=torch.float32)
     trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     generator = torch.Generator().manual_seed(0)
@@ -294,7 +297,9 @@ def test_the_cpu_lm_head_projects_only_labelled_positions_with_the_same_loss_and
 
     every_position, every_grad = scored()
     project_only_labelled_positions()
-    project_only_labelled_positions()  # idempotent: wraps once
+    wrapped = trl_utils._use_triton
+    project_only_labelled_positions()  # every trainer build calls it: wraps once
+    assert trl_utils._use_triton is wrapped
     labelled_only, labelled_grad = scored()
     labelled = int((labels[:, 1:] != -100).sum())
     assert rows == [2 * 95, labelled] and labelled < 0.4 * 2 * 95

@@ -114,35 +114,46 @@ def _check_alive(pool_workers: list[Any]) -> None:
         if code < 0:
             said += f" was killed by {_signal_name(-code)} before its unit finished"
             if -code == signal.SIGKILL:  # what the kernel's OOM killer sends
-                said += ": out of memory? Lower data.num_proc or the unit size (data.executor.unit_mb)"
+                said += (
+                    ": out of memory? Lower data.num_proc (data.executor.workers with datatrove) or the unit size "
+                    "(data.executor.unit_mb)"
+                )
         else:
             said += (
                 f" exited with code {code} before its unit finished (its error is printed above). A script that "
-                'calls the data build with num_proc > 1 must call it under `if __name__ == "__main__":`: each '
+                'calls the data build with num_proc > 1 outside `if __name__ == "__main__":` ends this way: each '
                 "worker re-imports the script"
             )
         raise MidtrainError(said)
 
 
+class _WorkerDied(BaseException):
+    """Raised in the driver's wait by the watcher's signal (a BaseException, as KeyboardInterrupt is, so that
+    datatrove's own cleanup lets it through and terminates its pool)."""
+
+
 def _run_watched(executor: Any) -> None:
     """datatrove's local executor waits on a `multiprocess` Pool, which also replaces a dead worker and forgets
-    its task: a thread watches the pool's processes and, when one dies, interrupts the driver's wait (datatrove
-    then terminates its pool) so the build fails saying how. A worker that dies after its pool's last task is
-    harmless: the build checks that every unit finished."""
+    its task: a thread watches the pool's processes and, when one dies, signals the driver's wait (SIGUSR1, whose
+    handler raises in the main thread; a thread blocked on the pool's lock wakes only for a real signal), so the
+    build fails saying how. Not told apart from a Pool's own stop: a worker ended by SIGTERM."""
     import threading
 
     import multiprocess  # datatrove's process library: its children are not `multiprocessing`'s
 
-    if threading.current_thread() is not threading.main_thread():  # a SIGINT would hit another thread's work
+    if (
+        threading.current_thread() is not threading.main_thread()
+    ):  # signal handlers run in the main thread only
         executor.run()
         return
     died: list[MidtrainError] = []
+    user_interrupted = threading.Event()  # a real Ctrl-C stays an interrupt, never a "worker died"
     stop = threading.Event()
     waiting = threading.get_ident()
 
     def watch() -> None:
         seen: dict[int, Any] = {}
-        while not stop.wait(1.0):
+        while not stop.wait(1.0) and not user_interrupted.is_set():
             for process in multiprocess.active_children():
                 if "PoolWorker" in process.name:  # not the Manager datatrove starts beside them
                     seen.setdefault(process.pid, process)
@@ -151,29 +162,34 @@ def _run_watched(executor: Any) -> None:
                 _check_alive([p for p in seen.values() if p.exitcode != -signal.SIGTERM])
             except MidtrainError as exc:
                 died.append(exc)
-                # A real SIGINT to the main thread: a KeyboardInterrupt in the driver's wait, raised below as
-                # `exc` (`_thread.interrupt_main` only flags it, and a thread blocked on the pool's lock never
-                # looks). Where SIGINT is not Python's to handle, the wait goes on as datatrove has it.
-                if callable(signal.getsignal(signal.SIGINT)):
-                    signal.pthread_kill(waiting, signal.SIGINT)
+                signal.pthread_kill(waiting, signal.SIGUSR1)
                 return
 
+    def on_worker_died(signum: int, frame: Any) -> None:
+        if died and not stop.is_set() and not user_interrupted.is_set():
+            raise _WorkerDied
+
+    user_sigint = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        user_interrupted.set()
+        user_sigint(signum, frame)  # type: ignore[operator,misc]  # callable: checked before installing
+
+    previous_usr1 = signal.signal(signal.SIGUSR1, on_worker_died)
+    if callable(user_sigint):
+        signal.signal(signal.SIGINT, on_sigint)
     watcher = threading.Thread(target=watch, name="datatrove-workers", daemon=True)
     watcher.start()
-    finished = False
     try:
-        try:
-            executor.run()
-            finished = True
-        finally:
-            stop.set()
-            watcher.join()
-    except KeyboardInterrupt:
-        if not died:
-            raise  # the user's
-        if not finished:
-            raise died[0] from None
-        # Ours, for a worker that died after the pool's last task: the units' done marks decide.
+        executor.run()
+    except _WorkerDied:
+        raise died[0] from None
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous_usr1)
+        if callable(user_sigint):
+            signal.signal(signal.SIGINT, user_sigint)
 
 
 def _signal_name(number: int) -> str:

@@ -221,10 +221,10 @@ def project_only_labelled_positions() -> None:
 
     TRL (1.16, `trainer.utils.add_fused_lm_head`) projects hidden states through the LM head in tiles and, on
     Triton devices only, just the positions whose next token carries a label; elsewhere it projects every
-    position, to keep tile shapes fixed for compiled backends (Neuron). Eager CPU compiles nothing, and on CPU the
-    projection runs in float32 even under bf16 autocast (`chunked_logprob._addmm_fp32`): the embedded model's
-    49,152-word head is 2 x 576 x 49,152 FLOPs a position each way, on every prompt and tool-schema token, which
-    are ~70% of a `tool` trace (and GRPO scores its completions with the same head, prompts unlabelled). The
+    position, to keep tile shapes fixed for compiled backends (Neuron). Eager CPU compiles nothing, and there the
+    head's forward, its backward recompute and its input gradient (which `chunked_logprob._addmm_fp32` runs in
+    float32 off CUDA, even under bf16 autocast) cover the embedded model's 49,152-word vocabulary for every
+    prompt and tool-schema token, ~70% of a `tool` trace (and GRPO scores its completions with the same head, prompts unlabelled). The
     kernel's own choice (`chunked_logprob._use_triton`) is untouched, so CPU keeps TRL's torch tiles; the loss
     and gradients are the same (tests/test_sft.py compares them, and fails when the pinned TRL moves the name)."""
     from trl.kernels import chunked_logprob
