@@ -141,9 +141,8 @@ def _run_watched(executor: Any) -> None:
 
     import multiprocess  # datatrove's process library: its children are not `multiprocessing`'s
 
-    if (
-        threading.current_thread() is not threading.main_thread()
-    ):  # signal handlers run in the main thread only
+    # Python runs signal handlers in the main thread only: elsewhere the wait stays as datatrove has it.
+    if threading.current_thread() is not threading.main_thread():
         executor.run()
         return
     died: list[MidtrainError] = []
@@ -187,7 +186,8 @@ def _run_watched(executor: Any) -> None:
     finally:
         stop.set()
         watcher.join()
-        signal.signal(signal.SIGUSR1, previous_usr1)
+        # None: a handler installed outside Python, which cannot be put back from here.
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL if previous_usr1 is None else previous_usr1)
         if callable(user_sigint):
             signal.signal(signal.SIGINT, user_sigint)
 
