@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -158,6 +159,37 @@ def test_ray_local_cluster_builds_identical_bytes(
         ray.shutdown()
     # The build handed its units to Ray's executor as 4 ranks (that they ran there, the bytes below show).
     assert ranks_sent == [4]
+    result = compare_dirs(whole[0], out)
+    assert result.identical, result
+    assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
+
+
+@pytest.mark.integration
+def test_ray_multi_node_cluster_builds_identical_bytes(
+    corpus: Path, settings: BuildSettings, whole: tuple[Path, dict]
+) -> None:
+    """The multi-node path with Ray's own local multi-node cluster (`ray.cluster_utils.Cluster`: a head and
+    two more nodes, each its own raylet, object store and worker processes, as `ray start --address` makes them
+    on other machines). The head offers no CPU, as a head node often does, so every task runs on another node
+    than the driver's: the units travel as files in the shared work folder, never through the driver. Needs Ray
+    (`make test-ray`)."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    small = {"object_store_memory": 80 * 2**20, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **small})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, **small)
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        assert sorted(n["Resources"].get("CPU", 0) for n in nodes) == [0, 1, 1]
+        out = corpus / "ray-3-nodes"
+        build(_recipe(corpus), out, settings, executor=ExecutorSettings(kind="ray", unit_mb=UNIT_MB, tasks=4))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
     result = compare_dirs(whole[0], out)
     assert result.identical, result
     assert {"manifest.json", "rejects.jsonl", "train-00000.parquet"} <= set(result.compared)
@@ -649,18 +681,9 @@ def test_a_worker_killed_mid_unit_fails_the_build_saying_how() -> None:
         _check_alive([worker])
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("executor", ["local", "datatrove"])
-def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path, executor: str) -> None:
-    """Ctrl-C reaches the whole process group: the workers ignore it, the driver stops its pool (terminate:
-    SIGTERM, the workers' default action) and exits 130; the workers, the forkserver and the scratch folder
-    are gone. (A single-process build's SIGINT/SIGTERM: tests/test_hostile.py.)"""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def _start_two_unit_build(tmp_path: Path, executor: str) -> tuple[subprocess.Popen, list[Any]]:
+    """`midtrain data build` of two slow units on 2 workers, in its own process group as from a terminal;
+    returns once both workers are inside a unit, with the build's process tree at that moment."""
     import psutil
 
     recipe = tmp_path / "recipe.yaml"
@@ -668,22 +691,9 @@ def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path,
         "name: slow\ntotal_tokens: 100000\nallow_shortfall: true\ndecontamination: {sets: []}\n"
         "categories:\n  code: {share: 1.0, sources: [{name: a, type: python_code}, {name: b, type: python_code}]}\n"
     )
-    out = tmp_path / "out"
+    command = ["data", "build", str(recipe), "--out", str(tmp_path / "out"), "--num-proc", "2"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "data",
-            "build",
-            str(recipe),
-            "--out",
-            str(out),
-            "--num-proc",
-            "2",
-            "--executor",
-            executor,
-        ],
+        [sys.executable, "-m", "pipelines.cli", *command, "--executor", executor],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -691,19 +701,58 @@ def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path,
         preexec_fn=sigint_as_from_a_terminal,
     )
     deadline = time.monotonic() + 180
-    driver = psutil.Process(proc.pid)
     while len(list(tmp_path.glob(".out.build-*/units/*"))) < 2:  # both workers are inside a unit
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    descendants = driver.children(recursive=True)
+    return proc, psutil.Process(proc.pid).children(recursive=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("executor", ["local", "datatrove"])
+def test_ctrl_c_on_a_multi_worker_build_leaves_no_process_behind(tmp_path: Path, executor: str) -> None:
+    """Ctrl-C reaches the whole process group: the workers ignore it, the driver stops its pool (terminate:
+    SIGTERM, the workers' default action) and exits 130; the workers, the forkserver and the scratch folder
+    are gone. (A single-process build's SIGINT/SIGTERM: tests/test_hostile.py.)"""
+    import signal
+
+    import psutil
+
+    proc, descendants = _start_two_unit_build(tmp_path, executor)
     assert len(descendants) >= 3  # the forkserver and two workers (and the resource tracker)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr + stdout and not out.exists()
+    assert "Traceback" not in stderr + stdout and not (tmp_path / "out").exists()
     _, alive = psutil.wait_procs(descendants, timeout=20)
     assert not alive, [p.cmdline() for p in alive]
     assert not list(tmp_path.glob(".out.*")), "the scratch folder of the interrupted build was left behind"
+
+
+@pytest.mark.integration
+def test_a_datatrove_worker_ended_by_sigterm_fails_the_build(tmp_path: Path) -> None:
+    """SIGTERM is also how datatrove's Pool stops its workers when done, so the watcher cannot call every
+    SIGTERM a death; one sent from outside mid-unit (an admin's `kill`) left the Pool waiting for the lost rank
+    forever. Now: the build fails within seconds, saying so, and leaves no process or scratch folder."""
+    import signal
+
+    import psutil
+
+    proc, descendants = _start_two_unit_build(tmp_path, "datatrove")
+    # datatrove's workers come from its forkserver (the only processes whose parent is one).
+    workers = [p for p in descendants if "forkserver" in " ".join(p.parent().cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in descendants]
+    workers[0].send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:  # how it was before: the Pool waits for the lost rank forever
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the build still waits 90 s after its worker was killed")
+    assert proc.returncode not in (0, 130), stderr
+    assert f"data worker process {workers[0].pid} was killed by SIGTERM before its unit finished" in stderr
+    assert "Traceback" not in stderr + stdout and not (tmp_path / "out").exists()
+    _, alive = psutil.wait_procs(descendants, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not list(tmp_path.glob(".out.*"))
 
 
 # -- the billion-token recipe and its commands ----------------------------------------------------------------

@@ -127,6 +127,10 @@ def _check_alive(pool_workers: list[Any]) -> None:
         raise MidtrainError(said)
 
 
+# How long a SIGTERMed datatrove worker may stay unexplained before the build calls it dead (see _run_watched).
+_SIGTERM_GRACE_S = 5.0
+
+
 class _WorkerDied(BaseException):
     """Raised in the driver's wait by the watcher's signal (a BaseException, as KeyboardInterrupt is, so that
     datatrove's own cleanup lets it through and terminates its pool)."""
@@ -136,7 +140,9 @@ def _run_watched(executor: Any) -> None:
     """datatrove's local executor waits on a `multiprocess` Pool, which also replaces a dead worker and forgets
     its task: a thread watches the pool's processes and, when one dies, signals the driver's wait (SIGUSR1, whose
     handler raises in the main thread; a thread blocked on the pool's lock wakes only for a real signal), so the
-    build fails saying how. Not told apart from a Pool's own stop: a worker ended by SIGTERM."""
+    build fails saying how. SIGTERM is also how a Pool stops its workers (datatrove's own `with Pool` does, once
+    every rank is done or one has raised), so a worker ended by it counts as dead only while ranks are still
+    incomplete and the run is still waiting `_SIGTERM_GRACE_S` later (a Pool's own stop returns within moments)."""
     import threading
 
     import multiprocess  # datatrove's process library: its children are not `multiprocessing`'s
@@ -152,12 +158,19 @@ def _run_watched(executor: Any) -> None:
 
     def watch() -> None:
         seen: dict[int, Any] = {}
+        terminated_at: dict[int, float] = {}
         while not stop.wait(1.0) and not user_interrupted.is_set():
             for process in multiprocess.active_children():
                 if "PoolWorker" in process.name:  # not the Manager datatrove starts beside them
                     seen.setdefault(process.pid, process)
+            now = time.monotonic()
+            for process in seen.values():
+                if process.exitcode == -signal.SIGTERM:
+                    terminated_at.setdefault(process.pid, now)
+            overdue = [pid for pid, at in terminated_at.items() if now - at >= _SIGTERM_GRACE_S]
             try:
-                # SIGTERM is how a Pool stops its workers (datatrove's own `with Pool` does, once done): not a death.
+                if overdue and executor.get_incomplete_ranks():
+                    _check_alive([seen[pid] for pid in overdue])
                 _check_alive([p for p in seen.values() if p.exitcode != -signal.SIGTERM])
             except MidtrainError as exc:
                 died.append(exc)
