@@ -233,6 +233,18 @@ def test_reasoning_in_the_schema_or_mapped_into_it_and_replies_without_any_rejec
          ThinkingSection(section="verify", text="Then read the total.")],
         "",
     )  # fmt: skip
+    # Sections written after the wrapper closed (a trained 135M adapter served as teacher wrote `</think>`
+    # before its `<verify>` lines): still reasoning, by their tags, with the server's split or without it.
+    late = "<think><observe>The cart holds 2 apples.</observe></think>\n<verify>2 apples, as asked.</verify>\nDone: 2 apples."
+    split = {"reasoning_content": "<observe>The cart holds 2 apples.</observe>"}
+    for message, content in (({}, late), (split, late.split("</think>\n")[1])):
+        assert _thinking(message, content, SCHEMA, 2, False, True) == (
+            [ThinkingSection(section="observe", text="The cart holds 2 apples."),
+             ThinkingSection(section="verify", text="2 apples, as asked.")],
+            "Done: 2 apples.",
+        )  # fmt: skip
+    with pytest.raises(Rejected, match="stray '<verify>'"):  # left open: not a section, not an answer
+        _thinking({}, "<think><plan>Add.</plan></think>\n<verify>2 apples", SCHEMA, 2, False, True)
     with pytest.raises(Rejected) as caught:
         _thinking({}, "The total is 1.0.", SCHEMA, 0, False, True)
     assert caught.value.reason == "thought_schema"

@@ -73,7 +73,8 @@ def test_the_embedded_model_as_teacher_over_the_mcp_shop(embedded_model_dir: Pat
     print(json.dumps({"episodes": len(run.results), "verified": len(traces), "rejects": dict(reasons),
                       "requests": run.requests, "reflexion": {"retried": len(recovered) + len(retried_rejects),
                                                               "recovered": len(recovered)},
-                      "first_reject": next((r for r in run.results if isinstance(r, dict)), None)}))  # fmt: skip
+                      "reject_details": [f"{r['reason']}: {r['detail'][:240]}" for r in run.results
+                                         if isinstance(r, dict)]}))  # fmt: skip
     assert len(run.results) == 2 * len(task_set.train) and run.requests >= len(run.results)
     assert set(reasons) <= KNOWN_REASONS
     # The server answered every request. Except: `transformers serve` answers 500 to a reply whose call JSON does

@@ -6,7 +6,8 @@ is executed live in the environment (built-in, Python class, MCP server) and its
 without calls is the final answer. The teacher is asked to think in the thought schema's sections (plan first,
 observe after results, reflect after an error, verify before answering); a reply whose reasoning arrives in
 `reasoning_content` instead (reasoning models, or a server that parsed the `<think>` block off) keeps the sections
-it has, or has it mapped into the section its position calls for. Tool
+it has, or has it mapped into the section its position calls for; whole sections written right after the
+wrapper closed (`</think><verify>…</verify>answer`) are reasoning too. Tool
 calls come as the API's `tool_calls`, or as `<tool_call>` JSON in the text for servers without a tool parser.
 
 Then the APIGen-style verification of `pipelines.tasks.generate`, and a reject with its reason for anything else:
@@ -253,6 +254,7 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
     if parsed.errors:
         raise Rejected("format", f"turn {turn}: {'; '.join(parsed.errors)}")
     thinking, visible = parsed.thinking, parsed.content.strip()
+    trailing, visible = _sections_after_reasoning(visible, schema)
     reasoning = str(message.get("reasoning_content") or message.get("reasoning") or "").strip()
     opened = content.lstrip()
     if not thinking and opened.startswith(schema.wrapper.open) and schema.wrapper.close in opened:
@@ -266,7 +268,9 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
         thinking = thinking or [
             ThinkingSection(section=_section_for(turn, after_error, final), text=reasoning)
         ]
-    thinking = [ThinkingSection(section=t.section, text=t.text.strip()) for t in thinking if t.text.strip()]
+    thinking = [
+        ThinkingSection(section=t.section, text=t.text.strip()) for t in thinking + trailing if t.text.strip()
+    ]
     if not thinking:
         raise Rejected("thought_schema", f"turn {turn}: no reasoning in the {schema.name} format "
                                          f"({schema.wrapper.open}…{schema.wrapper.close})")  # fmt: skip
@@ -274,6 +278,22 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
         if any(tag in t.text for t in thinking) or tag in visible:
             raise Rejected("thought_schema", f"turn {turn}: a stray {tag!r} (the sections do not parse)")
     return thinking, visible
+
+
+def _sections_after_reasoning(visible: str, schema: ThoughtSchema) -> tuple[list[ThinkingSection], str]:
+    """Whole sections that open the visible text (`</think><verify>…</verify>The answer`, or the same after a
+    server moved the `<think>` block to `reasoning_content`): reasoning by their own tags, written after the
+    wrapper closed; the answer is what follows them. A section left open stays where it is (a stray-tag reject)."""
+    openers = {tags.open: (name, tags.close) for name, tags in schema.sections.items() if tags.open}
+    sections: list[ThinkingSection] = []
+    while (opener := next((o for o in openers if visible.startswith(o)), None)) is not None:
+        name, closer = openers[opener]
+        end = visible.find(closer, len(opener))
+        if end == -1:
+            break
+        sections.append(ThinkingSection(section=name, text=visible[len(opener) : end]))
+        visible = visible[end + len(closer) :].lstrip()
+    return sections, visible
 
 
 def _calls(message: dict[str, Any], content: str, schema: ThoughtSchema, turn: int) -> list[tuple[str, dict]]:
