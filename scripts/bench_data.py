@@ -8,7 +8,14 @@
 the raw tokenizer pass and the build (1 worker), with tokens/s, the build/raw ratio, peak RSS (the driver
 and its largest worker) and disk (the corpus, the build's largest scratch footprint, the output); then, on
 the 1× corpus, tokens/s against worker count for the local executor and for datatrove's local multi-task
-executor (the engine the cluster executors share), each against the raw tokenizer in the same process.
+executor (the engine the cluster executors share), each against the raw tokenizer in the same process; where
+Ray is installed (`make test-ray`), also datatrove's Ray executor on a one-node Ray cluster (`ray`: one CPU per
+worker) and on Ray's own multi-node cluster of this machine (`ray-nodes`: `ray.cluster_utils.Cluster`, a head
+without CPUs and one node of one CPU per worker, each node its own raylet and object store, as `ray start
+--address` makes them on other machines). Both clusters start inside the measured time, as a user's first build
+on a fresh cluster pays it.
+
+    python scripts/bench_data.py --scale --factors '' --executors ray,ray-nodes   # the worker table only
 
 The corpus is synthesised deterministically from the standard library's own text: code documents are random
 runs of paragraphs from stdlib `.py` files, text documents random runs of paragraphs from the pydoc topics,
@@ -164,12 +171,22 @@ def main() -> None:
     parser.add_argument("--base-mb", type=float, default=10)
     parser.add_argument("--max-workers", type=int, default=2)
     parser.add_argument("--unit-mb", type=float, default=2, help="work unit size (--scale)")
-    parser.add_argument("--executor", default="local", help="local, datatrove or ray (with --json)")
+    parser.add_argument(
+        "--executor", default="local", help="local, datatrove, ray or ray-nodes (with --json)"
+    )
+    parser.add_argument(
+        "--executors", default="local,datatrove,ray,ray-nodes", help="the worker table's arms (--scale)"
+    )
     parser.add_argument("--json", action="store_true", help="one measurement, printed as a JSON line")
     parser.add_argument("--corpus-dir", type=Path, default=REPO / "runs" / "bench_data" / "corpus")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_data" / "data")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--num-proc", type=int, default=1)
+    parser.add_argument(
+        "--tasks",
+        default="units",
+        help="datatrove/Ray tasks: 'units' (one per work unit, the default) or 'workers' (one per worker)",
+    )
     args = parser.parse_args()
     if args.scale:
         scale(args)
@@ -220,24 +237,38 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     files = write_corpus(args.corpus_dir, args.size_mb)
     raw_tokens, raw_seconds, _ = raw_tokenize(files, args.model, batch=256)
-    executor = ExecutorSettings(kind=args.executor, unit_mb=args.unit_mb, workers=args.num_proc)
+    kind = "ray" if args.executor == "ray-nodes" else args.executor
+    tasks = args.num_proc if args.tasks == "workers" and kind != "local" else None
+    executor = ExecutorSettings(kind=kind, unit_mb=args.unit_mb, workers=args.num_proc, tasks=tasks)
     watcher = _DiskWatcher(args.out.parent)
     watcher.start()
     children = _ChildRSS()
     children.start()
     start = time.perf_counter()
     # Ray: a new cluster of this machine, one CPU per worker (the multi-node path, one node), started inside the
-    # measured time as a user's `--executor ray` without a running cluster starts one.
+    # measured time as a user's `--executor ray` without a running cluster starts one; `ray-nodes`: Ray's own
+    # multi-node cluster of this machine (a head without CPUs, one 1-CPU node per worker).
+    small = {"include_dashboard": False, "object_store_memory": 100 * 2**20}
+    cluster = None
     if args.executor == "ray":
         import ray
 
-        ray.init(
-            address="local", num_cpus=args.num_proc, include_dashboard=False, object_store_memory=100 * 2**20
-        )
+        ray.init(address="local", num_cpus=args.num_proc, **small)
+    if args.executor == "ray-nodes":
+        import ray
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **small})
+        for _ in range(args.num_proc):
+            cluster.add_node(num_cpus=1, **small)
+        ray.init(address=cluster.address)
     result = build(bench_recipe(files), args.out, num_proc=args.num_proc, executor=executor)
     seconds = time.perf_counter() - start
     watcher.stop()
     children.stop()
+    if cluster is not None:  # its nodes are processes of their own: stop them before this process ends
+        ray.shutdown()
+        cluster.shutdown()
     return {
         "corpus_mb": sum(p.stat().st_size for p in files.values()) / 1e6,
         "tokens": raw_tokens,
@@ -332,6 +363,7 @@ def _child(args: argparse.Namespace, size_mb: float, num_proc: int, executor: st
     )  # the bench's own folder: disk peaks start at 0
     cmd = [
         sys.executable, __file__, "--json", "--size-mb", str(size_mb), "--num-proc", str(num_proc),
+        "--tasks", args.tasks,
         "--executor", executor, "--unit-mb", str(args.unit_mb), "--model", args.model,
         "--corpus-dir", str(root / f"corpus-{size_mb:g}mb"), "--out", str(root / f"out-{executor}" / "data"),
     ]  # fmt: skip
@@ -348,7 +380,7 @@ def scale(args: argparse.Namespace) -> None:
     print(f"work units of {args.unit_mb:g} MB; every line is a fresh process")
     print(f"{'size':>6} {'corpus MB':>9} {'tokens':>11} {'raw tok/s':>10} {'build tok/s':>11} {'ratio':>5} "
           f"{'RSS driver MB':>13} {'RSS worker MB':>13} {'scratch MB':>10} {'output MB':>9}")  # fmt: skip
-    for factor in (float(f) for f in args.factors.split(",")):
+    for factor in (float(f) for f in args.factors.split(",") if f):
         m = _child(args, args.base_mb * factor, 1, "local")
         print(f"{factor:>5g}× {m['corpus_mb']:>9.1f} {m['tokens']:>11,} {m['raw_tok_s']:>10,.0f} "
               f"{m['build_tok_s']:>11,.0f} {m['build_tok_s'] / m['raw_tok_s']:>5.2f} {m['rss_driver_mb']:>13,.0f} "
@@ -359,10 +391,11 @@ def scale(args: argparse.Namespace) -> None:
     print(
         f"{'executor':>10} {'workers':>7} {'build tok/s':>11} {'per worker':>10} {'ratio':>5} {'speed-up':>8} {'RSS driver MB':>13} {'RSS worker MB':>13}"
     )
-    # Ray's arm needs Ray (`make test-ray` installs it in .venv-ray).
-    executors = ("local", "datatrove") + (("ray",) if importlib.util.find_spec("ray") else ())
-    if "ray" not in executors:
-        print("(ray is not installed: its arm is skipped)")
+    # Ray's arms need Ray (`make test-ray` installs it in .venv-ray).
+    executors = args.executors.split(",")
+    if not importlib.util.find_spec("ray") and any(e.startswith("ray") for e in executors):
+        print("(ray is not installed: its arms are skipped)")
+        executors = [e for e in executors if not e.startswith("ray")]
     for executor in executors:
         first = None
         for workers in range(1, args.max_workers + 1):
