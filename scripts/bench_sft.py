@@ -22,7 +22,10 @@ epoch column is the whole run. `--repeats N` runs the arms N times in rotating o
 each ratio as the median of per-round ratios), which is what makes ratios usable on a shared machine. Tokens/s
 is also given as a share of the bf16 (and float32) matmul peak measured in the same run: model FLOPs per
 trained token = linear layers (forward + input gradients, + one more forward with gradient checkpointing) +
-LoRA (forward + both gradients) + causal attention within each document.
+LoRA (forward + both gradients) + causal attention within each document, with the LM head counted only at the
+positions whose next token carries a label (the only logits a loss needs: an arm that projects every position,
+as TRL's head does off Triton devices, does more work than this counts and shows a lower share; shares printed
+before this rule, in configs/README.md until session 16, counted the head at every position).
 
     python scripts/bench_sft.py                                  # CPU: embedded SmolLM2-135M, synthetic rows
     python scripts/bench_sft.py --data runs/demo/data            # rows of a built mix instead
@@ -230,7 +233,8 @@ def mix_rows(data_dir: Path, max_length: int, n_rows: int, cluster: str | None =
 
 
 def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[int]]:
-    """Model folder + `rows.parquet` in `workdir`; returns the model path and the rows' lengths."""
+    """Model folder + `rows.parquet` in `workdir`; returns the model path, the rows' lengths and how many
+    positions of each predict a labelled token."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -254,10 +258,13 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[int]]:
             raise SystemExit("--cluster selects rows of a mix: give the mix with --data")
         rows = synthetic_rows(tokenizer, args.rows, args.max_length, args.seed)
     pq.write_table(pa.table(rows), workdir / "rows.parquet")
-    return model_path, [len(ids) for ids in rows["input_ids"]]
+    labelled = [sum(mask[1:]) for mask in rows["assistant_masks"]]  # position t predicts token t + 1
+    return model_path, [len(ids) for ids in rows["input_ids"]], labelled
 
 
-def train_flops_per_token(model_path: Path, lengths: list[int], lora_r: int, checkpointing: bool) -> float:
+def train_flops_per_token(
+    model_path: Path, lengths: list[int], labelled: list[int], lora_r: int, checkpointing: bool
+) -> float:
     """Model FLOPs per trained token of a LoRA step on these documents (see the module docstring)."""
     from transformers import AutoConfig
 
@@ -267,10 +274,11 @@ def train_flops_per_token(model_path: Path, lengths: list[int], lora_r: int, che
     q_dim, kv_dim = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
     shapes = [(d, q_dim), (d, kv_dim), (d, kv_dim), (q_dim, d)] + [(d, config.intermediate_size)] * 2
     shapes.append((config.intermediate_size, d))
-    linear = layers * sum(i * o for i, o in shapes) + d * config.vocab_size  # + the LM head
+    linear = layers * sum(i * o for i, o in shapes)
+    head = d * config.vocab_size * sum(labelled) / sum(lengths)  # the LM head where a label needs its logits
     lora = layers * sum(lora_r * (i + o) for i, o in shapes)
     forwards = 3 if checkpointing else 2  # forward + input gradients (frozen weights), + recomputed forward
-    per_token = 2 * linear * forwards + 2 * lora * (forwards + 2)  # LoRA: + gradients of A and B
+    per_token = 2 * (linear + head) * forwards + 2 * lora * (forwards + 2)  # LoRA: + gradients of A and B
     # Causal attention inside each document: QK^T and AV, 2*2*q_dim MACs per (query, key) pair; backward 2x.
     pairs = sum(n * (n + 1) / 2 for n in lengths)
     attention = 4 * q_dim * layers * pairs * (forwards + 1)
@@ -500,12 +508,17 @@ def summarize(runs: list[dict[str, Any]], labels: list[str], flops_per_token: fl
 
 
 def report(
-    runs: list[dict[str, Any]], summary: dict, n_rows: int, flops_per_token: float, peaks: dict
+    runs: list[dict[str, Any]],
+    summary: dict,
+    n_rows: int,
+    labelled_share: float,
+    flops_per_token: float,
+    peaks: dict,
 ) -> None:
     labels = list(summary["medians"])
     kind = runs[0]["peak_memory_kind"]
     print(
-        f"rows: {n_rows}   runs per arm: {len(runs) // len(labels)}   memory: {kind}   "
+        f"rows: {n_rows} ({labelled_share:.0%} of positions labelled)   runs per arm: {len(runs) // len(labels)}   memory: {kind}   "
         f"model FLOPs per trained token: {flops_per_token / 1e9:.3f} G   matmul peak measured now: "
         f"bf16 {peaks['bfloat16']:.0f}, fp32 {peaks['float32']:.0f} GFLOP/s"
     )
@@ -545,9 +558,9 @@ def main(argv: list[str] | None = None) -> None:
     labels = [arm_label(*spec) for spec in args.arm_specs]
     with tempfile.TemporaryDirectory(prefix="bench_sft_") as tmp:
         workdir = Path(tmp)
-        model_path, lengths = prepare(args, workdir)
+        model_path, lengths, labelled = prepare(args, workdir)
         (workdir / "model_path.txt").write_text(str(model_path))
-        flops = train_flops_per_token(model_path, lengths, args.lora_r, args.gradient_checkpointing)
+        flops = train_flops_per_token(model_path, lengths, labelled, args.lora_r, args.gradient_checkpointing)
         peaks = {dtype: matmul_peak_gflops(dtype) for dtype in ("float32", "bfloat16")}
         runs = []
         for round_ in range(args.repeats):
@@ -557,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(tokens) != 1:
             raise SystemExit(f"arms trained different token counts {sorted(tokens)}; the comparison is void")
         summary = summarize(runs, labels, flops, peaks)
-        report(runs, summary, len(lengths), flops, peaks)
+        report(runs, summary, len(lengths), sum(labelled) / sum(lengths), flops, peaks)
     if args.json_out:
         payload = {
             "args": {k: str(v) for k, v in vars(args).items()},
