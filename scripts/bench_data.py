@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument(
         "--tasks",
         default="units",
+        choices=("units", "workers"),
         help="datatrove/Ray tasks: 'units' (one per work unit, the default) or 'workers' (one per worker)",
     )
     args = parser.parse_args()
@@ -262,13 +263,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.num_proc):
             cluster.add_node(num_cpus=1, **small)
         ray.init(address=cluster.address)
-    result = build(bench_recipe(files), args.out, num_proc=args.num_proc, executor=executor)
-    seconds = time.perf_counter() - start
-    watcher.stop()
-    children.stop()
-    if cluster is not None:  # its nodes are processes of their own: stop them before this process ends
-        ray.shutdown()
-        cluster.shutdown()
+    try:
+        result = build(bench_recipe(files), args.out, num_proc=args.num_proc, executor=executor)
+    finally:
+        seconds = time.perf_counter() - start
+        watcher.stop()
+        children.stop()
+        if cluster is not None:  # its nodes are processes of their own: stop them before this process ends
+            ray.shutdown()
+            cluster.shutdown()
     return {
         "corpus_mb": sum(p.stat().st_size for p in files.values()) / 1e6,
         "tokens": raw_tokens,
@@ -393,6 +396,9 @@ def scale(args: argparse.Namespace) -> None:
     )
     # Ray's arms need Ray (`make test-ray` installs it in .venv-ray).
     executors = args.executors.split(",")
+    unknown = set(executors) - {"local", "datatrove", "ray", "ray-nodes"}
+    if unknown:
+        raise SystemExit(f"--executors: unknown {sorted(unknown)} (local, datatrove, ray, ray-nodes)")
     if not importlib.util.find_spec("ray") and any(e.startswith("ray") for e in executors):
         print("(ray is not installed: its arms are skipped)")
         executors = [e for e in executors if not e.startswith("ray")]

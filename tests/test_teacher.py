@@ -245,6 +245,16 @@ def test_reasoning_in_the_schema_or_mapped_into_it_and_replies_without_any_rejec
         )  # fmt: skip
     with pytest.raises(Rejected, match="stray '<verify>'"):  # left open: not a section, not an answer
         _thinking({}, "<think><plan>Add.</plan></think>\n<verify>2 apples", SCHEMA, 2, False, True)
+    # Sections after a reasoning block, never instead of one.
+    with pytest.raises(Rejected, match="no reasoning"):
+        _thinking({}, "<verify>2 apples, as asked.</verify>\nDone.", SCHEMA, 2, False, True)
+    # A schema whose answer has tags of its own (Reflection-70B's <output>): they come off after the sections.
+    reflection = load_thought_schema("reflection70b")
+    late = "<thinking>Two apples.</thinking>\n<reflection>2, as asked.</reflection>\n<output>Done.</output>"
+    assert _thinking({}, late, reflection, 2, False, True) == (
+        [ThinkingSection(section="plan", text="Two apples."), ThinkingSection(section="reflect", text="2, as asked.")],
+        "Done.",
+    )  # fmt: skip
     with pytest.raises(Rejected) as caught:
         _thinking({}, "The total is 1.0.", SCHEMA, 0, False, True)
     assert caught.value.reason == "thought_schema"

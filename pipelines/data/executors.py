@@ -131,6 +131,23 @@ def _check_alive(pool_workers: list[Any]) -> None:
 _SIGTERM_GRACE_S = 5.0
 
 
+def _killed_by_sigterm(
+    workers: list[Any], terminated_at: dict[int, float], now: float, executor: Any
+) -> list[Any]:
+    """The workers a SIGTERM from outside ended (an admin's `kill`), told apart from a Pool's own stop: a Pool
+    stops all its workers at once and only after it stopped replacing them, so a SIGTERMed worker is a death
+    when, `_SIGTERM_GRACE_S` after it was seen dead, its pool still has a live worker (the others, or its
+    replacement) and datatrove still has incomplete ranks."""
+    overdue = [w for w in workers if now - terminated_at.get(w.pid, now) >= _SIGTERM_GRACE_S]
+    if not overdue or not any(w.exitcode is None for w in workers):
+        return []
+    try:
+        incomplete = executor.get_incomplete_ranks()
+    except Exception:  # the completion marks cannot be read now: no verdict rather than a false one
+        return []
+    return overdue if incomplete else []
+
+
 class _WorkerDied(BaseException):
     """Raised in the driver's wait by the watcher's signal (a BaseException, as KeyboardInterrupt is, so that
     datatrove's own cleanup lets it through and terminates its pool)."""
@@ -141,8 +158,7 @@ def _run_watched(executor: Any) -> None:
     its task: a thread watches the pool's processes and, when one dies, signals the driver's wait (SIGUSR1, whose
     handler raises in the main thread; a thread blocked on the pool's lock wakes only for a real signal), so the
     build fails saying how. SIGTERM is also how a Pool stops its workers (datatrove's own `with Pool` does, once
-    every rank is done or one has raised), so a worker ended by it counts as dead only while ranks are still
-    incomplete and the run is still waiting `_SIGTERM_GRACE_S` later (a Pool's own stop returns within moments)."""
+    every rank is done or one has raised): see `_killed_by_sigterm` for when it counts as a death."""
     import threading
 
     import multiprocess  # datatrove's process library: its children are not `multiprocessing`'s
@@ -167,10 +183,8 @@ def _run_watched(executor: Any) -> None:
             for process in seen.values():
                 if process.exitcode == -signal.SIGTERM:
                     terminated_at.setdefault(process.pid, now)
-            overdue = [pid for pid, at in terminated_at.items() if now - at >= _SIGTERM_GRACE_S]
             try:
-                if overdue and executor.get_incomplete_ranks():
-                    _check_alive([seen[pid] for pid in overdue])
+                _check_alive(_killed_by_sigterm(list(seen.values()), terminated_at, now, executor))
                 _check_alive([p for p in seen.values() if p.exitcode != -signal.SIGTERM])
             except MidtrainError as exc:
                 died.append(exc)

@@ -254,9 +254,11 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
     if parsed.errors:
         raise Rejected("format", f"turn {turn}: {'; '.join(parsed.errors)}")
     thinking, visible = parsed.thinking, parsed.content.strip()
-    trailing, visible = _sections_after_reasoning(visible, schema)
     reasoning = str(message.get("reasoning_content") or message.get("reasoning") or "").strip()
     opened = content.lstrip()
+    trailing: list[ThinkingSection] = []
+    if opened.startswith(schema.wrapper.open) or reasoning:  # after a reasoning block, never instead of one
+        trailing, visible = _sections_after_reasoning(visible, schema)
     if not thinking and opened.startswith(schema.wrapper.open) and schema.wrapper.close in opened:
         # Reasoning in the wrapper but not in sections: it is the section this turn calls for.
         reasoning = reasoning or opened[len(schema.wrapper.open) : opened.index(schema.wrapper.close)].strip()
@@ -293,6 +295,10 @@ def _sections_after_reasoning(visible: str, schema: ThoughtSchema) -> tuple[list
             break
         sections.append(ThinkingSection(section=name, text=visible[len(opener) : end]))
         visible = visible[end + len(closer) :].lstrip()
+    # The answer's own tags (Reflection-70B's <output>) come off as `ThoughtSchema.parse` takes them off.
+    content = schema.content
+    if sections and content.open and visible.startswith(content.open) and visible.endswith(content.close):
+        visible = visible[len(content.open) : len(visible) - len(content.close)]
     return sections, visible
 
 
