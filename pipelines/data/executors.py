@@ -127,7 +127,7 @@ def _check_alive(pool_workers: list[Any]) -> None:
         raise MidtrainError(said)
 
 
-# How long a SIGTERMed datatrove worker may stay unexplained before the build calls it dead (see _run_watched).
+# How long after a datatrove worker was seen SIGTERMed the watcher decides whether it died (`_killed_by_sigterm`).
 _SIGTERM_GRACE_S = 5.0
 
 
