@@ -150,9 +150,8 @@ def plot_results(results: EvalResults, path: Path) -> None:
                 ax.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color="grey")
     labels = [column_label(c, bfcl_categories(results)) for c in columns]
     ax.set_xticks(range(len(columns)), labels, rotation=35, ha="right", fontsize=8)
-    ax.set_xlim(
-        -0.5, len(columns) - 0.5
-    )  # the bars' extent alone left a last column's "n/a" outside the axes
+    # Every column, not the bars' extent: that alone left a last column's "n/a" outside the axes.
+    ax.set_xlim(-0.5, len(columns) - 0.5)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score (higher is better)")
     ax.set_title(

@@ -224,8 +224,8 @@ def project_only_labelled_positions() -> None:
     position, to keep tile shapes fixed for compiled backends (Neuron). Eager CPU compiles nothing, and there the
     head's forward, its backward recompute and its input gradient (which `chunked_logprob._addmm_fp32` runs in
     float32 off CUDA, even under bf16 autocast) cover the embedded model's 49,152-word vocabulary for every
-    prompt and tool-schema token, ~70% of a `tool` trace (and GRPO scores its completions with the same head, prompts unlabelled). The
-    kernel's own choice (`chunked_logprob._use_triton`) is untouched, so CPU keeps TRL's torch tiles; the loss
+    prompt and tool-schema token, ~70% of a `tool` trace (GRPO scores its completions with the same head, its
+    prompts unlabelled). The kernel's own choice (`chunked_logprob._use_triton`) is untouched, so CPU keeps TRL's torch tiles; the loss
     and gradients are the same (tests/test_sft.py compares them, and fails when the pinned TRL moves the name)."""
     from trl.kernels import chunked_logprob
     from trl.trainer import utils as trl_utils

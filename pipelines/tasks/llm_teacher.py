@@ -295,10 +295,8 @@ def _sections_after_reasoning(visible: str, schema: ThoughtSchema) -> tuple[list
             break
         sections.append(ThinkingSection(section=name, text=visible[len(opener) : end]))
         visible = visible[end + len(closer) :].lstrip()
-    # The answer's own tags (Reflection-70B's <output>) come off as `ThoughtSchema.parse` takes them off.
-    content = schema.content
-    if sections and content.open and visible.startswith(content.open) and visible.endswith(content.close):
-        visible = visible[len(content.open) : len(visible) - len(content.close)]
+    if sections:  # the answer's own tags (Reflection-70B's <output>) come off as after a reasoning block
+        _, visible = schema.parse(visible)
     return sections, visible
 
 
