@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pipelines.artifacts import SFTSummary
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, prompt_ids
 from pipelines.codecs import Codec, codec_for
 from pipelines.envs.base import ToolEnv
@@ -182,6 +184,50 @@ def run_episodes(
             if on_progress is not None:
                 on_progress(sum(ep.done for ep in episodes))
     return episodes
+
+
+# -- budgets ---------------------------------------------------------------------------------------------------
+def trained_lengths(adapter_dir: Path) -> dict[str, Any]:
+    """The turn and episode lengths an SFT adapter was trained on (`pipelines.sft.data.generation_lengths`, in
+    its training summary); {} for a folder without them (an adapter from elsewhere, or an older run)."""
+    summary = SFTSummary.read_if_present(adapter_dir)
+    return dict(summary.data.get("generation_lengths") or {}) if summary else {}
+
+
+def budget_warnings(
+    lengths: dict[str, Any],
+    adapter: str,
+    rounds: int,
+    episode_budget: tuple[str, int] | None = None,
+    reply_budget: tuple[str, int] | None = None,
+) -> list[str]:
+    """What a generation budget cuts off of the turns the adapter learned to write: an episode budget (RL's
+    `max_completion_length`, eval's `rollout_tokens`) below the 90th percentile of its training episodes with at
+    most `rounds` tool rounds, a reply budget below that of its training replies. Such a budget scores an
+    episode that answers as the traces do as truncated, and no reward or metric says why (measured: the demo's
+    256-token held-out budget cut 47% of its single-call traces; raising it took an 80-step adapter's held-out
+    outcome from 1/40 to 7/40)."""
+    warnings = []
+    episodes = lengths.get("episodes") or {}
+    within = [int(k) for k in episodes if int(k) <= rounds]
+    stats = episodes[str(max(within))] if within else None
+    if episode_budget is not None and stats and episode_budget[1] < stats["p90"]:
+        key, budget = episode_budget
+        warnings.append(
+            f"{key}={budget} cuts off more than 1 in 10 of the episodes `{adapter}` was trained on: those with "
+            f"1-{max(within)} tool round(s) run median {stats['p50']}, p90 {stats['p90']}, max {stats['max']} "
+            f"tokens ({stats['n']} rows, tool results included), and an episode that answers as they do scores "
+            f"as truncated. Set {key} to at least {stats['p90']}"
+        )
+    replies = lengths.get("replies")
+    if reply_budget is not None and replies and reply_budget[1] < replies["p90"]:
+        key, budget = reply_budget
+        warnings.append(
+            f"{key}={budget} cuts off more than 1 in 10 of the replies `{adapter}` was trained to write: median "
+            f"{replies['p50']}, p90 {replies['p90']}, max {replies['max']} tokens ({replies['n']} turns); a reply "
+            f"cut there has no end of turn and ends its episode. Set {key} to at least {replies['p90']}"
+        )
+    return warnings
 
 
 # -- scores ----------------------------------------------------------------------------------------------------
@@ -357,7 +403,7 @@ def heldout_prediction(
     target: str, episode: Episode, outcome: float, schema: ThoughtSchema, codec: Codec
 ) -> dict[str, Any]:
     rollout = rewards.parse_rollout(episode.completion, codec, schema)
-    irrelevant = rewards.is_irrelevant(episode.item.task)
+    irrelevant, cut = rewards.is_irrelevant(episode.item.task), episode.truncated
     return {
         "target": target,
         "suite": "heldout",
@@ -367,7 +413,7 @@ def heldout_prediction(
         "raw": episode.completion,
         "calls": [{"name": c.name, "arguments": c.arguments} for c in rollout.calls],
         "ok": outcome >= 1.0,
-        "error": "" if outcome >= 1.0 else _failed_env(episode) or episode_error(rollout, irrelevant),
+        "error": "" if outcome >= 1.0 else _failed_env(episode) or episode_error(rollout, irrelevant, cut),
     }
 
 
@@ -377,12 +423,16 @@ def _failed_env(episode: Episode) -> str:
     return f"environment failed: {failure}" if failure else ""
 
 
-def episode_error(rollout: rewards.Rollout, irrelevant: bool) -> str:
-    """Why an episode failed, in the words a person inspecting predictions.jsonl needs first."""
+def episode_error(rollout: rewards.Rollout, irrelevant: bool, truncated: bool = False) -> str:
+    """Why an episode failed, in the words a person inspecting predictions.jsonl needs first. A reply cut off by
+    the token budget is named as such: its last turn looks finished (no pending call), and reading it as a wrong
+    answer hides a budget shorter than the model's own turns."""
     if irrelevant:
         return "called a tool on a request no tool fits" if rollout.attempted else "did not finish its answer"
+    if truncated:
+        return "cut off by the token budget before its turn ended (eval.max_new_tokens, eval.rollout_tokens)"
     if not rollout.finished:
-        return "did not finish (token budget or tool rounds ran out)"
+        return "did not finish (tool rounds ran out, or a tool result would overrun the token budget)"
     if rollout.attempted == 0:
         return "answered without calling a tool"
     if rollout.malformed:

@@ -210,6 +210,8 @@ def eval_section(run_dir: Path) -> list[Block]:
     ]  # fmt: skip
     for target, reason in results.skipped.items():
         blocks.append(("p", f"Skipped {target}: {reason}"))
+    for warning in results.warnings:
+        blocks.append(("p", f"Warning: {warning}"))
     if (run_dir / "eval" / "results.png").is_file():
         blocks.append(("img", ("eval/results.png", "base vs adapters")))
     blocks.append(("link", ("eval/results.json", "all scores (JSON)")))

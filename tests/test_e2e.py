@@ -56,12 +56,19 @@ def test_midtrain_run_through_every_stage(tmp_path: Path, tiny_model_dir: Path) 
     assert RouterAccuracy.read(run_dir / "router").n > 0
     results = EvalResults.read(run_dir / "eval")
     assert list(results.targets) == ["base", "sft/plan", "sft/tool", "rl/tool", "routed"]
+    # 24 tokens an episode is far below the traces the adapters were trained on: eval says so, per adapter
+    # (the RL adapter by the SFT adapter it started from), and the report carries it.
+    trained = SFTSummary.read(run_dir / "sft" / "tool").data["generation_lengths"]
+    assert trained["replies"]["n"] > 0 and min(e["p90"] for e in trained["episodes"].values()) > 24
+    short = [w for w in results.warnings if w.startswith("eval.rollout_tokens=24")]
+    assert {w.split("`")[1] for w in short} >= {"sft/tool", "rl/tool"}
     assert all(set(suites) == {"bfcl", "heldout"} for suites in results.targets.values())
     assert (run_dir / "publish" / "midtrain-e2e-rl-tool" / "README.md").is_file()
     report = ReportIndex.read(run_dir)
     markdown = Path(report.report).read_text()
     for heading in ("## Stages", "## Data mix", "## SFT", "## RL", "## Router", "## Evaluation"):
         assert heading in markdown
+    assert "Warning: eval.rollout_tokens=24 cuts off" in markdown
 
     again = CliRunner().invoke(app, ["run", str(path)])
     assert again.exit_code == 0, again.output

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipelines.artifacts import EvalResults
+from pipelines.episodes import budget_warnings
 from pipelines.errors import BadInput
 from pipelines.eval import stage
 from pipelines.eval.bfcl import load_category, reference_calls, tool_name
@@ -99,6 +100,9 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
 
     rows = _predictions(run_dir)
     assert len(rows) == 4 * (4 + 2)
+    # 8 tokens a reply: the random model's replies are cut off, and the rows say so rather than "wrong answer".
+    heldout = [r for r in rows if r["suite"] == "heldout" and not r["irrelevant"]]
+    assert heldout and all(r["error"].startswith("cut off by the token budget") for r in heldout)
     bfcl = {(r["target"], r["id"]): r["raw"] for r in rows if r["suite"] == "bfcl"}
     ids = [i for t, i in bfcl if t == "base"]
     assert any(bfcl["base", i] != bfcl["sft/tool", i] for i in ids), "the adapter changed nothing"
@@ -109,6 +113,33 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
     by_path = {str((run_dir / "sft" / c).resolve()): f"sft/{c}" for c in ("tool", "plan")} | {None: "base"}
     for example_id, adapter in zip(ids, routes.adapters(texts), strict=True):
         assert bfcl["routed", example_id] == bfcl[by_path[adapter], example_id]
+
+
+def test_budget_warnings_compare_a_budget_with_the_trained_turns_it_must_hold() -> None:
+    lengths = {
+        "replies": {"n": 40, "p50": 141, "p90": 240, "max": 384},
+        "episodes": {
+            "1": {"n": 38, "p50": 252, "p90": 335, "max": 419},
+            "3": {"n": 70, "p50": 400, "p90": 932, "max": 1146},
+        },
+    }
+    short = budget_warnings(
+        lengths, "sft/tool", 1, ("eval.rollout_tokens", 256), ("eval.max_new_tokens", 128)
+    )
+    assert len(short) == 2
+    assert (
+        short[0].startswith("eval.rollout_tokens=256 cuts off more than 1 in 10") and "`sft/tool`" in short[0]
+    )
+    assert "1-1 tool round(s) run median 252, p90 335, max 419 tokens (38 rows" in short[0]
+    assert short[0].endswith("Set eval.rollout_tokens to at least 335")
+    assert short[1].startswith("eval.max_new_tokens=128") and short[1].endswith("at least 240")
+    # Up to 4 rounds allowed: the longest cumulative group within them (rows with 1-3 rounds) sets the bar.
+    assert budget_warnings(lengths, "sft/tool", 4, ("k", 512))[0].endswith("at least 932")
+    assert budget_warnings(lengths, "sft/tool", 1, ("k", 335), ("m", 240)) == []
+    assert budget_warnings(lengths, "sft/tool", 1, reply_budget=("m", 100)) == [
+        budget_warnings(lengths, "sft/tool", 1, ("k", 999), ("m", 100))[0]
+    ]
+    assert budget_warnings({}, "base", 1, ("k", 1), ("m", 1)) == []
 
 
 # -- scoring on a stub generator ----------------------------------------------------------------------------------

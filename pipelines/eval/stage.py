@@ -43,7 +43,15 @@ from pipelines.chat import load_tokenizer, render_prompt
 from pipelines.codecs import Codec, codec_for
 from pipelines.envs.base import ToolEnv
 from pipelines.envs.code_runner import admit_model_code_for
-from pipelines.episodes import Episode, episode_outcomes, heldout_metrics, heldout_prediction, run_episodes
+from pipelines.episodes import (
+    Episode,
+    budget_warnings,
+    episode_outcomes,
+    heldout_metrics,
+    heldout_prediction,
+    run_episodes,
+    trained_lengths,
+)
 from pipelines.errors import BadInput
 from pipelines.eval import published
 from pipelines.eval.bfcl import (
@@ -460,6 +468,9 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
         raise BadInput(
             "eval: nothing to evaluate (eval.bfcl_categories and the held-out suite are both empty)"
         )
+    warnings = [w for t in targets for w in budget_warnings_for(config, section, t, heldout, bool(examples))]
+    for warning in warnings:
+        log.warning("eval: %s", warning)
     tokenizers = Tokenizers(config)
     routes = {t.key: RouteTable(t.router_dir) for t in targets if t.router_dir is not None}
     if generate is None:
@@ -483,7 +494,7 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
         closing = getattr(generate, "close", None)  # the vLLM backend's scratch copies of the adapters
         if closing is not None:
             closing()
-    results |= {"skipped": skipped, "seconds": seconds, "backend": section.backend}
+    results |= {"skipped": skipped, "seconds": seconds, "backend": section.backend, "warnings": warnings}
     results["published"] = {
         t.key: published.compare_with_card(
             Path(t.adapter), results["targets"][t.key].get("bfcl", {}), section.limit
@@ -498,6 +509,27 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
 
     close_environments()
     return typed
+
+
+def budget_warnings_for(
+    config: RunConfig, section: EvalSection, target: Target, heldout: HeldoutSuite, bfcl: bool
+) -> list[str]:
+    """`eval.rollout_tokens` and `eval.max_new_tokens` against what the target's SFT adapter was trained to
+    write (an RL adapter or a kept checkpoint: the SFT adapter it comes from): a budget shorter than the model's
+    own turns scores it as failing where it would have answered. The base, the routed ensemble and adapters from
+    elsewhere carry no such lengths and are not checked."""
+    group, _, name = target.key.partition("/")
+    from_base = group == "rl" and config.rl is not None and config.rl.from_base
+    if target.adapter is None or group not in ("sft", "rl") or from_base:
+        return []
+    lengths = trained_lengths(config.run_dir / "sft" / name.split("/")[0])  # a checkpoint: its adapter's
+    # A task file's rows have no difficulty; built-in tasks need at most `heldout_max_difficulty` calls.
+    rounds = min(section.max_tool_rounds, section.heldout_max_difficulty if not section.tasks else 99)
+    return budget_warnings(
+        lengths, target.key, rounds,
+        episode_budget=("eval.rollout_tokens", section.rollout_tokens) if heldout.items else None,
+        reply_budget=("eval.max_new_tokens", section.max_new_tokens) if heldout.items or bfcl else None,
+    )  # fmt: skip
 
 
 def eval_target(

@@ -173,6 +173,19 @@ def sft_adapter_dir(config: RunConfig, cluster: str) -> Path:
     return path
 
 
+def rollout_budget_warnings(config: RunConfig, cluster: str) -> list[str]:
+    """`rl.max_completion_length` against the episodes the starting SFT adapter was trained on: a rollout cut
+    off before its answer earns no outcome reward, so GRPO would learn from truncation, not from the task.
+    Built-in tasks need at most `max_difficulty` calls; a task file's, up to the tool rounds allowed."""
+    rl = config.rl
+    assert rl is not None
+    rounds = min(rl.max_tool_calling_iterations, rl.max_difficulty if rl.tasks is None else 99)
+    return episodes.budget_warnings(
+        episodes.trained_lengths(sft_adapter_dir(config, cluster)), f"sft/{cluster}", rounds,
+        ("rl.max_completion_length", rl.max_completion_length),
+    )  # fmt: skip
+
+
 def load_policy(config: RunConfig, cluster: str) -> tuple[Any, Any]:
     """(trainable PEFT model, tokenizer): the SFT adapter on the (NF4) base, or a fresh LoRA with `from_base`."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -539,6 +552,8 @@ def run(
     if not rl.from_base:
         for name in names:
             sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
+            for warning in rollout_budget_warnings(config, name):
+                log.warning("rl: %s", warning)
     try:
         summaries = {
             name: train_cluster(config, name, domains, train_items, held_out, callbacks, restart, sandbox)

@@ -9,6 +9,7 @@ seeded permutation of the other rows, so the same config always selects the same
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,15 +149,58 @@ class Selection:
     cluster_tokens: int
     replay_tokens: int
     rejected_rows: int
+    generation_lengths: dict[str, Any] = field(default_factory=dict)  # see `generation_lengths`
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> dict[str, Any]:
         return {
             "cluster_rows": self.cluster_rows,
             "replay_rows": self.replay_rows,
             "cluster_tokens": self.cluster_tokens,
             "replay_tokens": self.replay_tokens,
             "rejected_rows": self.rejected_rows,
+            **({"generation_lengths": self.generation_lengths} if self.generation_lengths else {}),
         }
+
+
+def _length_stats(lengths: list[int]) -> dict[str, int]:
+    ordered = sorted(lengths)
+    at = lambda share: ordered[min(len(ordered) - 1, int(share * len(ordered)))]  # noqa: E731
+    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "max": ordered[-1]}
+
+
+def generation_lengths(assistant_masks: Iterable[Sequence[int]]) -> dict[str, Any]:
+    """How long the turns an adapter learns to write are, for the budgets RL and eval give the model.
+
+    From each row's assistant mask: `replies`, the length of every labelled run (one assistant turn, its
+    end-of-turn token included); `episodes`, keyed by k, the tokens from a row's first labelled token to its
+    end (generated and tool-result tokens, as TRL's `max_completion_length` counts them) over the rows with 1..k
+    tool rounds (every assistant turn but the last is one). Rows that answer without a tool round count only
+    as replies. Quantiles, not lists: the summary stays small for any mix."""
+    replies: list[int] = []
+    episodes: dict[int, list[int]] = {}
+    for mask in assistant_masks:
+        runs, start = [], None
+        for i, bit in enumerate([*mask, 0]):
+            if bit and start is None:
+                start = i
+            elif not bit and start is not None:
+                runs.append((start, i))
+                start = None
+        if not runs:
+            continue
+        replies += [end - begin for begin, end in runs]
+        rounds = len(runs) - 1  # every turn but the last is followed by tool results and another turn
+        if rounds:
+            episodes.setdefault(rounds, []).append(len(mask) - runs[0][0])
+    if not replies:
+        return {}
+    cumulative: dict[str, dict[str, int]] = {}
+    upto: list[int] = []
+    for rounds in range(1, max(episodes, default=0) + 1):
+        upto += episodes.get(rounds, [])
+        if upto:
+            cumulative[str(rounds)] = _length_stats(upto)
+    return {"replies": _length_stats(replies), "episodes": cumulative}
 
 
 def adapter_seed(seed: int, adapter: str) -> int:

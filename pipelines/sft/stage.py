@@ -232,6 +232,14 @@ def trainer_keywords(config: RunConfig, adapter: str, out_dir: Path, has_eval: b
     )
 
 
+def _generation_lengths(mix: Mix, selection: mixdata.Selection) -> dict[str, Any]:
+    """The cluster's own rows' turn and episode lengths (replay rows are other adapters' habits), read in
+    batches so a large mix is never materialised."""
+    own = mix.train.select(selection.indices[: selection.cluster_rows]).select_columns(["assistant_masks"])
+    masks = (mask for batch in own.iter(batch_size=1024) for mask in batch["assistant_masks"])
+    return mixdata.generation_lengths(masks)
+
+
 def _datasets(mix: Mix, selection: mixdata.Selection, adapter: str) -> tuple[Any, Any]:
     """Only `input_ids` + `assistant_masks` reach TRL: it treats them as pre-tokenized and turns the mask
     into labels (-100 where the mask is 0)."""
@@ -309,6 +317,7 @@ def train_adapter(
         return SFTSummary.read(out_dir)
     checkpoint = str(plan.checkpoint) if plan.checkpoint else None
     selection = mixdata.select(mix.train_screen, adapter, sft.replay_fraction, sft.train.seed)
+    selection.generation_lengths = _generation_lengths(mix, selection)
     job = AdapterJob(adapter, out_dir, fingerprint, checkpoint, selection)
     train, held_out = _datasets(mix, selection, adapter)
     _log_job(job, held_out)
