@@ -197,25 +197,25 @@ def trained_lengths(adapter_dir: Path) -> dict[str, Any]:
 def budget_warnings(
     lengths: dict[str, Any],
     adapter: str,
-    rounds: int,
+    calls: int | None,
     episode_budget: tuple[str, int] | None = None,
     reply_budget: tuple[str, int] | None = None,
 ) -> list[str]:
     """What a generation budget cuts off of the turns the adapter learned to write: an episode budget (RL's
     `max_completion_length`, eval's `rollout_tokens`) below the 90th percentile of its training episodes with at
-    most `rounds` tool rounds, a reply budget below that of its training replies. Such a budget scores an
+    most `calls` tool calls (None: any number), a reply budget below that of its training replies. Such a budget scores an
     episode that answers as the traces do as truncated, and no reward or metric says why (measured: the demo's
     256-token held-out budget cut 47% of its single-call traces; raising it took an 80-step adapter's held-out
     outcome from 1/40 to 7/40)."""
     warnings = []
     episodes = lengths.get("episodes") or {}
-    within = [int(k) for k in episodes if int(k) <= rounds]
+    within = [int(k) for k in episodes if calls is None or int(k) <= calls]
     stats = episodes[str(max(within))] if within else None
     if episode_budget is not None and stats and episode_budget[1] < stats["p90"]:
         key, budget = episode_budget
         warnings.append(
             f"{key}={budget} cuts off more than 1 in 10 of the episodes `{adapter}` was trained on: those with "
-            f"1-{max(within)} tool round(s) run median {stats['p50']}, p90 {stats['p90']}, max {stats['max']} "
+            f"1-{max(within)} tool call(s) run median {stats['p50']}, p90 {stats['p90']}, max {stats['max']} "
             f"tokens ({stats['n']} rows, tool results included), and an episode that answers as they do scores "
             f"as truncated. Set {key} to at least {stats['p90']}"
         )

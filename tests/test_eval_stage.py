@@ -130,11 +130,13 @@ def test_budget_warnings_compare_a_budget_with_the_trained_turns_it_must_hold() 
     assert (
         short[0].startswith("eval.rollout_tokens=256 cuts off more than 1 in 10") and "`sft/tool`" in short[0]
     )
-    assert "1-1 tool round(s) run median 252, p90 335, max 419 tokens (38 rows" in short[0]
+    assert "1-1 tool call(s) run median 252, p90 335, max 419 tokens (38 rows" in short[0]
     assert short[0].endswith("Set eval.rollout_tokens to at least 335")
     assert short[1].startswith("eval.max_new_tokens=128") and short[1].endswith("at least 240")
-    # Up to 4 rounds allowed: the longest cumulative group within them (rows with 1-3 rounds) sets the bar.
+    # Tasks of up to 4 calls: the largest cumulative group within them (rows of 1-3 calls) sets the bar; a
+    # task file's tasks (calls unknown) are held to every tool-calling row.
     assert budget_warnings(lengths, "sft/tool", 4, ("k", 512))[0].endswith("at least 932")
+    assert budget_warnings(lengths, "sft/tool", None, ("k", 512))[0].endswith("at least 932")
     assert budget_warnings(lengths, "sft/tool", 1, ("k", 335), ("m", 240)) == []
     assert budget_warnings(lengths, "sft/tool", 1, reply_budget=("m", 100)) == [
         budget_warnings(lengths, "sft/tool", 1, ("k", 999), ("m", 100))[0]

@@ -108,21 +108,22 @@ def test_replay_share_is_by_tokens_and_seeded() -> None:
     assert (picked.cluster_tokens, picked.replay_tokens) == (810, 270)
 
 
-def test_generation_lengths_count_each_turn_each_round_and_each_episode() -> None:
-    masks = [
-        [0, 0, 1, 1, 1, 0, 0, 1, 1, 0],  # one tool round: replies of 3 and 2, an episode of 8 tokens
-        [0, 1, 1, 0, 1, 0, 1, 1, 1, 0, 0, 0],  # two rounds: replies of 2, 1, 3, an episode of 11
-        [0, 0, 1, 1],  # an answer without a tool round: a reply, no episode
-        [0, 0, 0],  # nothing labelled
+def test_generation_lengths_count_each_turn_and_each_episode_by_its_calls() -> None:
+    rows = [
+        ([0, 0, 1, 1, 1, 0, 0, 1, 1, 0], 1),  # one call: replies of 3 and 2, an episode of 8 tokens
+        ([0, 1, 1, 0, 1, 0, 1, 1, 1, 0, 0, 0], 2),  # two calls: replies of 2, 1, 3, an episode of 11
+        ([0, 0, 1, 1], 0),  # an answer without a call: a reply, no episode
+        ([0, 1, 0, 1], None),  # calls unknown (no `difficulty` column): replies only
+        ([0, 0, 0], 3),  # nothing labelled
     ]
-    lengths = mixdata.generation_lengths(masks)
-    assert lengths["replies"] == {"n": 6, "p50": 2, "p90": 3, "max": 3}
-    # Episodes are cumulative by rounds: "2" holds the one- and the two-round rows.
+    lengths = mixdata.generation_lengths(rows)
+    assert lengths["replies"] == {"n": 8, "p50": 2, "p90": 3, "max": 3}
+    # Episodes are cumulative by calls: "2" holds the one- and the two-call rows.
     assert lengths["episodes"] == {
         "1": {"n": 1, "p50": 8, "p90": 8, "max": 8},
         "2": {"n": 2, "p50": 11, "p90": 11, "max": 11},
     }
-    assert mixdata.generation_lengths([[0, 0]]) == {}
+    assert mixdata.generation_lengths([([0, 0], 1)]) == {}
 
 
 def test_an_adapters_lengths_are_its_own_clusters_turns_on_rendered_traces(
@@ -135,7 +136,7 @@ def test_an_adapters_lengths_are_its_own_clusters_turns_on_rendered_traces(
     selection = mixdata.select(mix.train_screen, "tool", replay_fraction=0.5, seed=0)
     assert selection.replay_rows > 0
     lengths = sft_stage._generation_lengths(mix, selection)
-    # Each weather trace is one tool round: a plan-and-call turn, then the answer; replay rows are not counted.
+    # Each weather trace makes one call: a plan-and-call turn, then the answer; replay rows are not counted.
     rows = mix.train.select(selection.indices[: selection.cluster_rows])
     assert lengths["replies"]["n"] == 2 * len(rows) and set(lengths["episodes"]) == {"1"}
     episodes = sorted(len(r["input_ids"]) - r["assistant_masks"].index(1) for r in rows)

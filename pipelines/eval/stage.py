@@ -523,10 +523,10 @@ def budget_warnings_for(
     if target.adapter is None or group not in ("sft", "rl") or from_base:
         return []
     lengths = trained_lengths(config.run_dir / "sft" / name.split("/")[0])  # a checkpoint: its adapter's
-    # A task file's rows have no difficulty; built-in tasks need at most `heldout_max_difficulty` calls.
-    rounds = min(section.max_tool_rounds, section.heldout_max_difficulty if not section.tasks else 99)
+    # Built-in tasks need at most `heldout_max_difficulty` calls; a task file's rows say nothing of theirs.
+    calls = None if section.tasks else section.heldout_max_difficulty
     return budget_warnings(
-        lengths, target.key, rounds,
+        lengths, target.key, calls,
         episode_budget=("eval.rollout_tokens", section.rollout_tokens) if heldout.items else None,
         reply_budget=("eval.max_new_tokens", section.max_new_tokens) if heldout.items or bfcl else None,
     )  # fmt: skip

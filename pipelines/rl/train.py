@@ -176,12 +176,12 @@ def sft_adapter_dir(config: RunConfig, cluster: str) -> Path:
 def rollout_budget_warnings(config: RunConfig, cluster: str) -> list[str]:
     """`rl.max_completion_length` against the episodes the starting SFT adapter was trained on: a rollout cut
     off before its answer earns no outcome reward, so GRPO would learn from truncation, not from the task.
-    Built-in tasks need at most `max_difficulty` calls; a task file's, up to the tool rounds allowed."""
+    Built-in tasks need at most `max_difficulty` calls; a task file's rows say nothing of theirs."""
     rl = config.rl
     assert rl is not None
-    rounds = min(rl.max_tool_calling_iterations, rl.max_difficulty if rl.tasks is None else 99)
+    calls = rl.max_difficulty if rl.tasks is None else None
     return episodes.budget_warnings(
-        episodes.trained_lengths(sft_adapter_dir(config, cluster)), f"sft/{cluster}", rounds,
+        episodes.trained_lengths(sft_adapter_dir(config, cluster)), f"sft/{cluster}", calls,
         ("rl.max_completion_length", rl.max_completion_length),
     )  # fmt: skip
 

@@ -21,6 +21,7 @@ from pipelines.errors import BadInput
 
 GENERALIST = "generalist"
 MIX_COLUMNS = ("id", "cluster", "kind", "n_tokens", "input_ids", "assistant_masks")
+OPTIONAL_COLUMNS = ("difficulty",)  # tool calls per row: read where every shard has it
 TRAINER_COLUMNS = ["input_ids", "assistant_masks"]
 
 
@@ -40,17 +41,19 @@ def load_mix(data_dir: Path, split: str, cache_dir: Path, required: bool = True)
                 f"{data_dir}: no {split}-*.parquet shards; build the mix first with `midtrain data build CONFIG`"
             )
         return None
-    for path in files:
-        missing = [c for c in MIX_COLUMNS if c not in pq.read_schema(path).names]
+    names = [pq.read_schema(path).names for path in files]
+    for path, present in zip(files, names, strict=True):
+        missing = [c for c in MIX_COLUMNS if c not in present]
         if missing:
             raise BadInput(
                 f"{path}: missing column(s) {missing} (see the data-stage contract in docs/DESIGN.md)"
             )
+    optional = [c for c in OPTIONAL_COLUMNS if all(c in present for present in names)]
     return load_dataset(
         "parquet",
         data_files=[str(p) for p in files],
         split="train",
-        columns=list(MIX_COLUMNS),
+        columns=[*MIX_COLUMNS, *optional],
         cache_dir=str(cache_dir),
     )
 
@@ -168,17 +171,18 @@ def _length_stats(lengths: list[int]) -> dict[str, int]:
     return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "max": ordered[-1]}
 
 
-def generation_lengths(assistant_masks: Iterable[Sequence[int]]) -> dict[str, Any]:
+def generation_lengths(rows: Iterable[tuple[Sequence[int], int | None]]) -> dict[str, Any]:
     """How long the turns an adapter learns to write are, for the budgets RL and eval give the model.
 
-    From each row's assistant mask: `replies`, the length of every labelled run (one assistant turn, its
-    end-of-turn token included); `episodes`, keyed by k, the tokens from a row's first labelled token to its
-    end (generated and tool-result tokens, as TRL's `max_completion_length` counts them) over the rows with 1..k
-    tool rounds (every assistant turn but the last is one). Rows that answer without a tool round count only
-    as replies. Quantiles, not lists: the summary stays small for any mix."""
+    `rows`: each row's assistant mask and the tool calls it makes (the mix's `difficulty` column, the unit of
+    `rl.max_difficulty` and `eval.heldout_max_difficulty`; None where unknown). `replies`: the length of every
+    labelled run (one assistant turn, its end-of-turn token included). `episodes`, keyed by k: the tokens from
+    a row's first labelled token to its end (generated and tool-result tokens, as TRL's `max_completion_length`
+    counts them) over the rows making 1..k calls; rows without a call count only as replies. Quantiles, not
+    lists: the summary stays small for any mix."""
     replies: list[int] = []
     episodes: dict[int, list[int]] = {}
-    for mask in assistant_masks:
+    for mask, calls in rows:
         runs, start = [], None
         for i, bit in enumerate([*mask, 0]):
             if bit and start is None:
@@ -189,17 +193,16 @@ def generation_lengths(assistant_masks: Iterable[Sequence[int]]) -> dict[str, An
         if not runs:
             continue
         replies += [end - begin for begin, end in runs]
-        rounds = len(runs) - 1  # every turn but the last is followed by tool results and another turn
-        if rounds:
-            episodes.setdefault(rounds, []).append(len(mask) - runs[0][0])
+        if calls and len(runs) > 1:  # a call answered: tool results and another turn follow it
+            episodes.setdefault(calls, []).append(len(mask) - runs[0][0])
     if not replies:
         return {}
     cumulative: dict[str, dict[str, int]] = {}
     upto: list[int] = []
-    for rounds in range(1, max(episodes, default=0) + 1):
-        upto += episodes.get(rounds, [])
+    for calls in range(1, max(episodes, default=0) + 1):
+        upto += episodes.get(calls, [])
         if upto:
-            cumulative[str(rounds)] = _length_stats(upto)
+            cumulative[str(calls)] = _length_stats(upto)
     return {"replies": _length_stats(replies), "episodes": cumulative}
 
 

@@ -235,9 +235,15 @@ def trainer_keywords(config: RunConfig, adapter: str, out_dir: Path, has_eval: b
 def _generation_lengths(mix: Mix, selection: mixdata.Selection) -> dict[str, Any]:
     """The cluster's own rows' turn and episode lengths (replay rows are other adapters' habits), read in
     batches so a large mix is never materialised."""
-    own = mix.train.select(selection.indices[: selection.cluster_rows]).select_columns(["assistant_masks"])
-    masks = (mask for batch in own.iter(batch_size=1024) for mask in batch["assistant_masks"])
-    return mixdata.generation_lengths(masks)
+    own = mix.train.select(selection.indices[: selection.cluster_rows])
+    calls = "difficulty" in own.column_names
+    own = own.select_columns(["assistant_masks", *(["difficulty"] if calls else [])])
+    rows = (
+        (mask, batch["difficulty"][i] if calls else None)
+        for batch in own.iter(batch_size=1024)
+        for i, mask in enumerate(batch["assistant_masks"])
+    )
+    return mixdata.generation_lengths(rows)
 
 
 def _datasets(mix: Mix, selection: mixdata.Selection, adapter: str) -> tuple[Any, Any]:
