@@ -202,11 +202,11 @@ def budget_warnings(
     reply_budget: tuple[str, int] | None = None,
 ) -> list[str]:
     """What a generation budget cuts off of the turns the adapter learned to write: an episode budget (RL's
-    `max_completion_length`, eval's `rollout_tokens`) below the 90th percentile of its training episodes with at
-    most `calls` tool calls (None: any number), a reply budget below that of its training replies. Such a budget scores an
-    episode that answers as the traces do as truncated, and no reward or metric says why (measured: the demo's
-    256-token held-out budget cut 47% of its single-call traces; raising it took an 80-step adapter's held-out
-    outcome from 1/40 to 7/40)."""
+    `max_completion_length`, eval's `rollout_tokens`) below the 90th percentile of its training episodes of at
+    most `calls` tool calls (None: any number), or a reply budget below that of its training replies. Such a
+    budget scores an episode that answers as the traces do as truncated, and no reward or metric says why
+    (measured: the demo's 256-token held-out budget was below 47% of its single-call traces; raising it took an
+    80-step adapter's held-out outcome from 1/40 to 7/40)."""
     warnings = []
     episodes = lengths.get("episodes") or {}
     within = [int(k) for k in episodes if calls is None or int(k) <= calls]
@@ -214,7 +214,7 @@ def budget_warnings(
     if episode_budget is not None and stats and episode_budget[1] < stats["p90"]:
         key, budget = episode_budget
         warnings.append(
-            f"{key}={budget} cuts off more than 1 in 10 of the episodes `{adapter}` was trained on: those with "
+            f"{key}={budget} cuts off 1 in 10 or more of the episodes `{adapter}` was trained on: those with "
             f"1-{max(within)} tool call(s) run median {stats['p50']}, p90 {stats['p90']}, max {stats['max']} "
             f"tokens ({stats['n']} rows, tool results included), and an episode that answers as they do scores "
             f"as truncated. Set {key} to at least {stats['p90']}"
@@ -223,7 +223,7 @@ def budget_warnings(
     if reply_budget is not None and replies and reply_budget[1] < replies["p90"]:
         key, budget = reply_budget
         warnings.append(
-            f"{key}={budget} cuts off more than 1 in 10 of the replies `{adapter}` was trained to write: median "
+            f"{key}={budget} cuts off 1 in 10 or more of the replies `{adapter}` was trained to write: median "
             f"{replies['p50']}, p90 {replies['p90']}, max {replies['max']} tokens ({replies['n']} turns); a reply "
             f"cut there has no end of turn and ends its episode. Set {key} to at least {replies['p90']}"
         )

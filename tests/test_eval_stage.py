@@ -128,7 +128,7 @@ def test_budget_warnings_compare_a_budget_with_the_trained_turns_it_must_hold() 
     )
     assert len(short) == 2
     assert (
-        short[0].startswith("eval.rollout_tokens=256 cuts off more than 1 in 10") and "`sft/tool`" in short[0]
+        short[0].startswith("eval.rollout_tokens=256 cuts off 1 in 10 or more") and "`sft/tool`" in short[0]
     )
     assert "1-1 tool call(s) run median 252, p90 335, max 419 tokens (38 rows" in short[0]
     assert short[0].endswith("Set eval.rollout_tokens to at least 335")

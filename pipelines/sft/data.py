@@ -166,8 +166,13 @@ class Selection:
 
 
 def _length_stats(lengths: list[int]) -> dict[str, int]:
+    """n, median, 90th percentile (nearest rank from above: at least a tenth of the rows are that long or
+    longer) and max."""
     ordered = sorted(lengths)
-    at = lambda share: ordered[min(len(ordered) - 1, int(share * len(ordered)))]  # noqa: E731
+
+    def at(share: float) -> int:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
     return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "max": ordered[-1]}
 
 
