@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -209,6 +209,18 @@ class Rendered:
     @property
     def n_loss_tokens(self) -> int:
         return sum(self.assistant_masks)
+
+
+def labelled_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
+    """The [start, end) runs of 1s in an assistant mask: one per assistant turn the row trains on."""
+    spans, start = [], None
+    for i, bit in enumerate([*mask, 0]):
+        if bit and start is None:
+            start = i
+        elif not bit and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
 
 
 class RenderError(BadInput):

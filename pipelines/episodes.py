@@ -207,25 +207,30 @@ def budget_warnings(
     budget scores an episode that answers as the traces do as truncated, and no reward or metric says why
     (measured: the demo's 256-token held-out budget was below 47% of its single-call traces; raising it took an
     80-step adapter's held-out outcome from 1/40 to 7/40)."""
-    warnings = []
     episodes = lengths.get("episodes") or {}
     within = [int(k) for k in episodes if calls is None or int(k) <= calls]
-    stats = episodes[str(max(within))] if within else None
-    if episode_budget is not None and stats and episode_budget[1] < stats["p90"]:
-        key, budget = episode_budget
+    checks = [
+        (
+            episode_budget,
+            episodes[str(max(within))] if within else None,
+            f"episodes `{adapter}` was trained on, those of 1-{max(within, default=0)} tool call(s)",
+            "tool results included; an episode that answers as they do scores as truncated",
+        ),
+        (
+            reply_budget,
+            lengths.get("replies"),
+            f"replies `{adapter}` was trained to write",
+            "a reply cut there has no end of turn and ends its episode",
+        ),
+    ]
+    warnings = []
+    for given, stats, what, why in checks:
+        if given is None or not stats or given[1] >= stats["p90"]:
+            continue
+        key, budget = given
         warnings.append(
-            f"{key}={budget} cuts off 1 in 10 or more of the episodes `{adapter}` was trained on: those with "
-            f"1-{max(within)} tool call(s) run median {stats['p50']}, p90 {stats['p90']}, max {stats['max']} "
-            f"tokens ({stats['n']} rows, tool results included), and an episode that answers as they do scores "
-            f"as truncated. Set {key} to at least {stats['p90']}"
-        )
-    replies = lengths.get("replies")
-    if reply_budget is not None and replies and reply_budget[1] < replies["p90"]:
-        key, budget = reply_budget
-        warnings.append(
-            f"{key}={budget} cuts off 1 in 10 or more of the replies `{adapter}` was trained to write: median "
-            f"{replies['p50']}, p90 {replies['p90']}, max {replies['max']} tokens ({replies['n']} turns); a reply "
-            f"cut there has no end of turn and ends its episode. Set {key} to at least {replies['p90']}"
+            f"{key}={budget} cuts off 1 in 10 or more of the {what} (median {stats['p50']}, p90 {stats['p90']}, "
+            f"max {stats['max']} tokens, n = {stats['n']}; {why}). Set {key} to at least {stats['p90']}"
         )
     return warnings
 

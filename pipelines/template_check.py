@@ -30,6 +30,7 @@ from pipelines.chat import (
     RenderError,
     _reasoning_field,
     chat_tools,
+    labelled_spans,
     loss_mask,
     render_conversation,
     to_chat_messages,
@@ -155,7 +156,7 @@ def check_trace(
         result.fail("mask", str(exc))
         return result, conversation
     turns = [m for m in trace.messages if m.role == "assistant"]
-    spans = _token_spans(rendered.assistant_masks)
+    spans = labelled_spans(rendered.assistant_masks)
     _check_mask(result, tokenizer, trace, rendered, spans, len(turns))
     _check_prefix(result, tokenizer, conversation, rendered.input_ids)
     for k, ((start, end), turn, prompt) in enumerate(zip(spans, turns, conversation.prompts, strict=False)):
@@ -264,17 +265,6 @@ def _expected_calls(turn: Any) -> list[dict[str, Any]]:
         {"name": c.name, "arguments": {**c.arguments, **({INSTANCE_KEY: c.instance} if c.instance else {})}}
         for c in turn.tool_calls
     ]
-
-
-def _token_spans(mask: list[int]) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for i, bit in enumerate([*mask, 0]):
-        if bit and start is None:
-            start = i
-        elif not bit and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
 
 
 def _short(value: Any, limit: int = 160) -> str:

@@ -130,7 +130,10 @@ def test_budget_warnings_compare_a_budget_with_the_trained_turns_it_must_hold() 
     assert (
         short[0].startswith("eval.rollout_tokens=256 cuts off 1 in 10 or more") and "`sft/tool`" in short[0]
     )
-    assert "1-1 tool call(s) run median 252, p90 335, max 419 tokens (38 rows" in short[0]
+    assert (
+        "episodes `sft/tool` was trained on, those of 1-1 tool call(s) (median 252, p90 335, max 419 tokens, n = 38;"
+        in short[0]
+    )
     assert short[0].endswith("Set eval.rollout_tokens to at least 335")
     assert short[1].startswith("eval.max_new_tokens=128") and short[1].endswith("at least 240")
     # Tasks of up to 4 calls: the largest cumulative group within them (rows of 1-3 calls) sets the bar; a

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.chat import labelled_spans
 from pipelines.errors import BadInput
 
 GENERALIST = "generalist"
@@ -188,13 +189,7 @@ def generation_lengths(rows: Iterable[tuple[Sequence[int], int | None]]) -> dict
     replies: list[int] = []
     episodes: dict[int, list[int]] = {}
     for mask, calls in rows:
-        runs, start = [], None
-        for i, bit in enumerate([*mask, 0]):
-            if bit and start is None:
-                start = i
-            elif not bit and start is not None:
-                runs.append((start, i))
-                start = None
+        runs = labelled_spans(mask)
         if not runs:
             continue
         replies += [end - begin for begin, end in runs]
