@@ -188,7 +188,7 @@ class EvalResults(Artifact):
     backend: Literal["hf", "vllm"] = "hf"  # who decoded (eval.backend)
     # eval.adapters: per `adapter:<ref>` target, its card's BFCL scores beside the reproduced ones
     published: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # generation budgets shorter than the targets' own trained turns (pipelines.episodes.budget_warnings)
+    # held-out tasks the mix was not decontaminated against; budgets shorter than the targets' trained turns
     warnings: list[str] = Field(default_factory=list)
 
     def metric(self, target: str, suite: str, metric: str) -> Any:

@@ -115,6 +115,15 @@ def test_run_writes_results_for_every_target(run_dir: Path, tiny_model_dir: Path
         assert bfcl["routed", example_id] == bfcl[by_path[adapter], example_id]
 
 
+def test_heldout_tasks_the_mix_was_not_checked_against_are_named(run_dir: Path, tiny_model_dir: Path) -> None:
+    section = EvalSection(heldout_domains=["calculator"], heldout_limit=20, heldout_max_difficulty=1)
+    config = _config(run_dir, tiny_model_dir, section)
+    for heldout_n, warning in ((300, "16 of 20 held-out tasks lie outside the first 300"), (1010, "")):
+        config.data.recipe.decontamination.heldout_n = heldout_n
+        got = stage.load_heldout(config, section).warning
+        assert got.startswith(warning) and bool(got) == bool(warning)
+
+
 def test_budget_warnings_compare_a_budget_with_the_trained_turns_it_must_hold() -> None:
     lengths = {
         "replies": {"n": 40, "p50": 141, "p90": 240, "max": 384},

@@ -51,8 +51,10 @@ def test_the_embedded_model_as_teacher_over_the_mcp_shop(embedded_model_dir: Pat
     external = os.environ.get("MIDTRAIN_TEACHER_URL")
     # MIDTRAIN_TEACHER_DIR: serve another model folder, e.g. a trained `tool` adapter merged into the embedded
     # model (`midtrain export`), which writes the thought schema: its reasoning now comes back through the server
-    # (session 13: 8 episodes rejected at turn 1 for a second `</think>`, 2 lost to the server's 500s below; none
-    # reached the judge yet, so reflexion waits for a stronger teacher).
+    # (session 13: 8 episodes rejected at turn 1 for a second `</think>`, 2 lost to the server's 500s below;
+    # session 18, an 80-step demo `tool` adapter: its calls parse and run in all 10 episodes, but it repeats its
+    # first call each turn and writes the third with no reasoning, 10 `thought_schema` rejects; none reached the
+    # judge yet, so reflexion waits for a stronger teacher).
     chosen = os.environ.get("MIDTRAIN_TEACHER_DIR")
     folder = None if external else Path(chosen) if chosen else served_copy(embedded_model_dir, tmp_path)
     task_set = load_task_file(ROOT / "configs/tasks/shop.jsonl", "configs/envs/shop.yaml")

@@ -302,6 +302,7 @@ class HeldoutSuite:
     items: list[DomainTask]
     env_classes: dict[str, type]
     skipped: str = ""  # why there are no tasks, when there are none
+    warning: str = ""  # tasks the SFT mix was never decontaminated against (HeldOut.contamination_warning)
 
 
 def heldout_seed(config: RunConfig, section: EvalSection) -> int | None:
@@ -325,8 +326,7 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
     per_domain = section.heldout_count or DEFAULT_TASKS_PER_DOMAIN
     seed, decontaminated_n = heldout_spec(config.data.recipe, heldout_seed(config, section))
     held_out = heldout_tasks(domains, per_domain, seed, section.heldout_max_difficulty, decontaminated_n)
-    if not held_out.decontaminated:
-        log.warning("eval: some held-out tasks lie outside the set the SFT mix was decontaminated against")
+    warning = held_out.contamination_warning(decontaminated_n) or ""
     n_irrelevant = math.ceil(per_domain * section.heldout_irrelevance_fraction)
     irrelevant = heldout_irrelevance_tasks(domains, n_irrelevant, seed, section.heldout_max_difficulty)
     items, classes = held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()}
@@ -335,7 +335,7 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
 
         items, views = with_tool_views(items, classes, section.heldout_distractor_tools)
         classes = {**classes, **views}
-    return HeldoutSuite(items, classes)
+    return HeldoutSuite(items, classes, warning=warning)
 
 
 def task_file_heldout(section: EvalSection) -> HeldoutSuite:
@@ -468,7 +468,8 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
         raise BadInput(
             "eval: nothing to evaluate (eval.bfcl_categories and the held-out suite are both empty)"
         )
-    warnings = [w for t in targets for w in budget_warnings_for(config, section, t, heldout, bool(examples))]
+    warnings = [heldout.warning] if heldout.warning else []
+    warnings += [w for t in targets for w in budget_warnings_for(config, section, t, heldout, bool(examples))]
     for warning in warnings:
         log.warning("eval: %s", warning)
     tokenizers = Tokenizers(config)

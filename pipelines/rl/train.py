@@ -583,10 +583,8 @@ def builtin_inputs(
         if rl.eval_tasks_per_domain
         else None
     )
-    if held_out and not held_out.decontaminated:
-        log.warning(
-            "rl: some held-out tasks lie outside the decontaminated set (pool %d)", held_out.pool_size
-        )
+    if held_out and (warning := held_out.contamination_warning(decontaminated_n)):
+        log.warning("rl: %s", warning)
     train_items = sampling.sample_tasks(
         domains,
         rl.n_tasks,

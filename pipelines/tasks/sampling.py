@@ -139,6 +139,25 @@ class HeldOut:
     seed: int
     pool_size: int  # tasks drawn from the environments' shared sampler to find enough per domain
     decontaminated: bool
+    outside: int = (
+        0  # tasks beyond the first `decontaminated_n` of the sampler: the mix was not checked for them
+    )
+    needed_n: int = 0  # the `decontamination.heldout_n` that would cover every task
+
+    def contamination_warning(self, decontaminated_n: int) -> str | None:
+        """What a person must know when some tasks were never checked against the SFT mix, and the fix."""
+        if self.decontaminated:
+            return None
+        if decontaminated_n == 0:
+            return (
+                f"none of the {len(self.items)} held-out tasks was checked against the SFT mix: their seed {self.seed} "
+                "is not the recipe's decontamination.heldout_seed"
+            )
+        return (
+            f"{self.outside} of {len(self.items)} held-out tasks lie outside the first {decontaminated_n} the SFT mix "
+            f"was decontaminated against, so the mix may hold their twins; set the recipe's "
+            f"decontamination.heldout_n to at least {self.needed_n} and rebuild the data"
+        )
 
 
 def heldout_tasks(
@@ -159,15 +178,17 @@ def heldout_tasks(
     pool_size = max(decontaminated_n, per_domain * len(domains))
     while True:
         chosen: dict[str, list[DomainTask]] = {name: [] for name in domains}
-        last_index = -1
+        indices: list[int] = []
         for index, task in enumerate(draw_tasks(["all"], pool_size, seed)):
             bucket = chosen.get(task.domain)
             if bucket is not None and len(bucket) < per_domain and task.difficulty <= max_difficulty:
                 bucket.append(DomainTask(task.domain, task))
-                last_index = index
+                indices.append(index)
         if all(len(bucket) == per_domain for bucket in chosen.values()):
             items = [item for name in sorted(chosen) for item in chosen[name]]
-            return HeldOut(items, seed, pool_size, decontaminated=last_index < decontaminated_n)
+            outside = sum(index >= decontaminated_n for index in indices)
+            needed = max(indices, default=-1) + 1
+            return HeldOut(items, seed, pool_size, outside == 0, outside, needed)
         if pool_size > 64 * max(decontaminated_n, per_domain * len(domains)):
             short = {name: len(b) for name, b in chosen.items() if len(b) < per_domain}
             raise BadInput(f"held-out seed {seed}: too few tasks with <= {max_difficulty} calls for {short}")
