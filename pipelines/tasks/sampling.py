@@ -139,10 +139,10 @@ class HeldOut:
     seed: int
     pool_size: int  # tasks drawn from the environments' shared sampler to find enough per domain
     decontaminated: bool
-    outside: int = (
-        0  # tasks beyond the first `decontaminated_n` of the sampler: the mix was not checked for them
-    )
-    needed_n: int = 0  # the `decontamination.heldout_n` that would cover every task
+    # Tasks beyond the first `decontaminated_n` of the sampler (the mix was not checked for them), and the
+    # `decontamination.heldout_n` that would cover every task.
+    outside: int = 0
+    needed_n: int = 0
 
     def contamination_warning(self, decontaminated_n: int) -> str | None:
         """What a person must know when some tasks were never checked against the SFT mix, and the fix."""
