@@ -16,6 +16,7 @@ from pipelines.chat import (
     INSTANCE_KEY,
     RenderError,
     chat_tools,
+    labelled_spans,
     prompt_ids,
     render_conversation,
     render_trace,
@@ -91,17 +92,6 @@ def _traces(schema: ThoughtSchema) -> list[Trace]:
     return [Trace.model_validate(recovery), Trace.model_validate(instanced)]
 
 
-def _spans(mask: list[int]) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for i, bit in enumerate([*mask, 0]):
-        if bit and start is None:
-            start = i
-        elif not bit and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
-
-
 @pytest.mark.parametrize("case", [c for c in TEMPLATES if c[0] in END_OF_TURN], ids=_label)
 def test_mask_covers_exactly_assistant_turns_and_their_end(case, family_tokenizer, thought_schemas) -> None:
     tok = family_tokenizer(*case)
@@ -109,7 +99,7 @@ def test_mask_covers_exactly_assistant_turns_and_their_end(case, family_tokenize
     for schema in thought_schemas:
         for trace in _traces(schema):
             rendered = render_trace(trace, tok, schema)
-            spans = _spans(rendered.assistant_masks)
+            spans = labelled_spans(rendered.assistant_masks)
             assistant = [m for m in trace.messages if m.role == "assistant"]
             assert len(spans) == len(assistant)
             for (start, stop), msg in zip(spans, assistant, strict=True):
