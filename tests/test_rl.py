@@ -76,20 +76,16 @@ def test_heldout_tasks_beyond_the_decontaminated_pool_are_counted_and_the_fix_na
     # The first 300 tasks of the shared sampler hold 4 single-call calculator tasks; the 20th is task 1,009.
     held = sampling.heldout_tasks(calculator, 20, 1_000_003, 1, decontaminated_n=300)
     assert not held.decontaminated and (held.outside, held.needed_n) == (16, 1010)
-    warning = held.contamination_warning(300)
+    warning = held.contamination_warning()
     assert warning is not None and warning.startswith("16 of 20 held-out tasks lie outside the first 300")
     assert warning.endswith(
         f"set the recipe's decontamination.heldout_n to at least {held.needed_n} and rebuild the data"
     )
     covered = sampling.heldout_tasks(calculator, 20, 1_000_003, 1, decontaminated_n=held.needed_n)
-    assert (
-        covered.decontaminated
-        and covered.outside == 0
-        and covered.contamination_warning(held.needed_n) is None
-    )
+    assert covered.decontaminated and covered.outside == 0 and covered.contamination_warning() is None
     assert [i.task.task_id for i in covered.items] == [i.task.task_id for i in held.items]
     other_seed = sampling.heldout_tasks(calculator, 2, 5, 1, decontaminated_n=0)
-    assert "seed 5 is not the recipe's decontamination.heldout_seed" in other_seed.contamination_warning(0)
+    assert "seed 5 is not the recipe's decontamination.heldout_seed" in other_seed.contamination_warning()
 
 
 def test_task_seed_must_differ_from_sft_and_heldout_seeds(tmp_path: Path) -> None:

@@ -326,7 +326,7 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
     per_domain = section.heldout_count or DEFAULT_TASKS_PER_DOMAIN
     seed, decontaminated_n = heldout_spec(config.data.recipe, heldout_seed(config, section))
     held_out = heldout_tasks(domains, per_domain, seed, section.heldout_max_difficulty, decontaminated_n)
-    warning = held_out.contamination_warning(decontaminated_n) or ""
+    warning = held_out.contamination_warning() or ""
     n_irrelevant = math.ceil(per_domain * section.heldout_irrelevance_fraction)
     irrelevant = heldout_irrelevance_tasks(domains, n_irrelevant, seed, section.heldout_max_difficulty)
     items, classes = held_out.items + irrelevant, {name: spec[0] for name, spec in domains.items()}

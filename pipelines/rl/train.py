@@ -583,7 +583,7 @@ def builtin_inputs(
         if rl.eval_tasks_per_domain
         else None
     )
-    if held_out and (warning := held_out.contamination_warning(decontaminated_n)):
+    if held_out and (warning := held_out.contamination_warning()):
         log.warning("rl: %s", warning)
     train_items = sampling.sample_tasks(
         domains,

@@ -139,23 +139,24 @@ class HeldOut:
     seed: int
     pool_size: int  # tasks drawn from the environments' shared sampler to find enough per domain
     decontaminated: bool
-    # Tasks beyond the first `decontaminated_n` of the sampler (the mix was not checked for them), and the
-    # `decontamination.heldout_n` that would cover every task.
+    # The sampler's first `decontaminated_n` tasks are those the mix was checked against; `outside` tasks lie
+    # beyond them, and `needed_n` is the `decontamination.heldout_n` that would cover every task.
+    decontaminated_n: int = 0
     outside: int = 0
     needed_n: int = 0
 
-    def contamination_warning(self, decontaminated_n: int) -> str | None:
+    def contamination_warning(self) -> str | None:
         """What a person must know when some tasks were never checked against the SFT mix, and the fix."""
         if self.decontaminated:
             return None
-        if decontaminated_n == 0:
+        if self.decontaminated_n == 0:
             return (
                 f"none of the {len(self.items)} held-out tasks was checked against the SFT mix: their seed {self.seed} "
                 "is not the recipe's decontamination.heldout_seed"
             )
         return (
-            f"{self.outside} of {len(self.items)} held-out tasks lie outside the first {decontaminated_n} the SFT mix "
-            f"was decontaminated against, so the mix may hold their twins; set the recipe's "
+            f"{self.outside} of {len(self.items)} held-out tasks lie outside the first {self.decontaminated_n} the "
+            "SFT mix was decontaminated against, so the mix may hold their twins; set the recipe's "
             f"decontamination.heldout_n to at least {self.needed_n} and rebuild the data"
         )
 
@@ -188,7 +189,7 @@ def heldout_tasks(
             items = [item for name in sorted(chosen) for item in chosen[name]]
             outside = sum(index >= decontaminated_n for index in indices)
             needed = max(indices, default=-1) + 1
-            return HeldOut(items, seed, pool_size, outside == 0, outside, needed)
+            return HeldOut(items, seed, pool_size, outside == 0, decontaminated_n, outside, needed)
         if pool_size > 64 * max(decontaminated_n, per_domain * len(domains)):
             short = {name: len(b) for name, b in chosen.items() if len(b) < per_domain}
             raise BadInput(f"held-out seed {seed}: too few tasks with <= {max_difficulty} calls for {short}")
