@@ -438,6 +438,8 @@ def episode_error(rollout: rewards.Rollout, irrelevant: bool, truncated: bool = 
         return "cut off by the token budget before its turn ended (eval.max_new_tokens, eval.rollout_tokens)"
     if not rollout.finished:
         return "did not finish (tool rounds ran out, or a tool result would overrun the token budget)"
+    if rollout.answer_still_reasoning:
+        return "its answer is still reasoning (thought-schema tags after the reasoning closed)"
     if rollout.attempted == 0:
         return "answered without calling a tool"
     if rollout.malformed:

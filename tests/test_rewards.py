@@ -15,6 +15,7 @@ import pytest
 from pipelines.chat import chat_encoding
 from pipelines.codecs import hermes
 from pipelines.envs.base import ToolEnv, ToolError
+from pipelines.episodes import episode_error
 from pipelines.rl import rewards
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs, parse_rollout
 from pipelines.tasks.records import Step, Task
@@ -152,6 +153,46 @@ def test_answer_only_in_thinking_earns_no_outcome() -> None:
     env = ToyEnv()
     completion = play(env, ADD_TASK, turn("", call("add", a=2, b=3)), turn("<think>It is 5.</think>\nDone."))
     assert score_all(ADD_TASK, completion, env)["outcome"] == 0.0
+
+
+def test_only_an_answer_earns_outcome() -> None:
+    """The right value in text that is still reasoning (`</think>` closed, then `<verify>` sections again) or in
+    a reply the token budget cut off is no answer; the toy check, like the shipped ones, finds "5" anywhere."""
+    schema = load_thought_schema("think-plan-reflect")
+    first = turn("<think><plan>Add them.</plan></think>", call("add", a=2, b=3))
+    loop = (
+        "<think><observe>Got 5.</observe></think>\n"
+        + "<verify>The tool output shows 5.</verify></think>\n" * 3
+    )
+    answers = {
+        "<think><verify>5 it is.</verify></think>\nThe sum is 5.": 1.0,
+        loop: 0.0,
+        "<think><verify>5 it is.</verify></think>\n<plan>The sum is 5.</plan>": 0.0,
+    }
+    for last, expected in answers.items():
+        env, failures = ToyEnv(), FailureCounts()
+        completion = play(env, ADD_TASK, first, turn(last))
+        value = rewards.outcome(
+            codec=HERMES,
+            thought_schema=schema,
+            completions=[completion],
+            task=[ADD_TASK.to_json()],
+            environments=[env],
+            failures=failures,
+        )
+        assert value == [expected], last
+        assert failures.as_dict() == ({} if expected else {"reasoning_in_answer": 1})
+        rollout = parse_rollout(completion, HERMES, schema)
+        assert episode_error(rollout, irrelevant=False).startswith(
+            "its answer is still reasoning" if not expected else "final answer"
+        )
+    # The clean answer, cut off by the budget after its value (TRL's ids end without an end-of-turn token).
+    env = ToyEnv()
+    clean = play(env, ADD_TASK, first, turn("<think><verify>5 it is.</verify></think>\nThe sum is 5"))
+    kwargs = {"completion_ids": [[11, 12]], "eos_token_ids": (2,), "thought_schema": schema}
+    assert rewards.outcome(
+        codec=HERMES, completions=[clean], task=[ADD_TASK.to_json()], environments=[env], **kwargs
+    ) == [0.0]
 
 
 def test_wrong_tool() -> None:
@@ -395,6 +436,14 @@ def test_trl_parsed_completions_read_as_calls_and_raw_text(tokenizer, parser: st
     )
     rollout = parse_rollout([broken], HERMES)
     assert (rollout.calls, rollout.malformed) == ([], 1)
+    # The loop GRPO taught the 80-step adapter (session 18) reads as reasoning, not as an answer.
+    schema = load_thought_schema("think-plan-reflect")
+    verify = "<verify>The tool output shows 5.</verify></think>\n"
+    looping = parsed("<think><observe>Got 5.</observe></think>\n" + verify * 2 + "<|im_end|>")
+    answered = parsed("<think><observe>Got 5.</observe></think>\nThe sum is 5.<|im_end|>")
+    assert parse_rollout([looping], HERMES, schema).answer_still_reasoning
+    rollout = parse_rollout([answered], HERMES, schema)
+    assert (rollout.answer_still_reasoning, rollout.final_text) == (False, "The sum is 5.")
 
 
 def test_instanced_rows_in_the_generators_format() -> None:

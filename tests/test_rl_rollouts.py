@@ -328,6 +328,13 @@ def test_the_judge_names_the_wrong_argument_but_not_its_value() -> None:
     assert f"`{key}`" in text and str(ref.arguments[key]) not in text.replace("999.125", "")
     missing = verbal_feedback(rewards.Rollout([], 0, [], "done", True), task, None)
     assert f"`{ref.name}`" in missing and "No tool was called" in missing
+    right = rewards.Call(ref.name, dict(ref.arguments))
+    looping = rewards.Rollout(
+        [right], 0, [], "<verify>done</verify></think>", True, answer_still_reasoning=True
+    )
+    assert verbal_feedback(looping, task, None).startswith(
+        "Your previous attempt failed the check. After its reasoning closed, the reply went on reasoning"
+    )
     irrelevant = Task("calculator", "x", "hi", {}, [], answer=None)
     assert "without calling a tool" in verbal_feedback(
         rewards.Rollout([wrong], 0, [], "", True), irrelevant, None

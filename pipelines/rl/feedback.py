@@ -36,6 +36,10 @@ def _reasons(rollout: Rollout, task: Task, environment: Any) -> list[str]:
     if is_irrelevant(task):
         return ["None of the offered tools fits this request: answer it without calling a tool."]
     reasons: list[str] = []
+    if rollout.answer_still_reasoning:
+        reasons.append(
+            "After its reasoning closed, the reply went on reasoning instead of giving the answer."
+        )
     if rollout.malformed:
         reasons.append(f"{rollout.malformed} tool call(s) could not be parsed, so they never ran.")
     errors = [(name, text) for name, text in rollout.results if is_error_result(text)]

@@ -91,6 +91,7 @@ class Rollout:
     final_text: str  # visible content of the last assistant turn, reasoning stripped
     finished: bool  # the episode ended on an assistant turn without pending calls
     truncated: bool = False  # the token budget ran out mid-reply (no end-of-turn token)
+    answer_still_reasoning: bool = False  # the final visible text holds a tag of the thought schema
 
     @property
     def attempted(self) -> int:
@@ -116,7 +117,8 @@ def parse_rollout(completion: Any, codec: Codec, schema: ThoughtSchema | None = 
     last = next((m for m in reversed(messages) if isinstance(m, dict)), {})
     finished = last.get("role") == "assistant" and not last.get("tool_calls")
     final_text = codec.parse(_text(last.get("content")), schema).content if finished else ""
-    return Rollout(calls, malformed, results, final_text, finished)
+    still_reasoning = schema is not None and any(tag in final_text for tag in schema.all_tags())
+    return Rollout(calls, malformed, results, final_text, finished, answer_still_reasoning=still_reasoning)
 
 
 def _text(content: Any) -> str:
@@ -331,9 +333,19 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
     """1.0 when the env says the final answer/state matches the ground truth (irrelevant: declined), else 0.0.
 
     Records the final answer into the env first: `ToolEnv.get_reward` compares the answer it was given.
+    Only an answer counts: a reply cut off by the token budget never gave one, and visible text that still
+    holds the thought schema's tags (`</think>` closed, then `<verify>…</verify></think>` again until the budget
+    ran out) is reasoning, not an answer. The environments' checks find the expected value anywhere in the text,
+    so both used to score: GRPO then rewarded the loop along with the value, and after 12 steps 44 of 60
+    greedy held-out episodes ended in it (session 18; 3 of the SFT adapter's 9 held-out wins were such loops).
     """
     # A runaway episode: still calling when the tool rounds ran out, or cut off by the token budget.
     failures: Counter[str] = Counter(runaway=0 if rollout.finished else 1, truncated=int(rollout.truncated))
+    if rollout.truncated:
+        return 0.0, failures
+    if rollout.answer_still_reasoning:
+        failures["reasoning_in_answer"] += 1
+        return 0.0, failures
     if is_irrelevant(task):
         return (1.0 if rollout.attempted == 0 and rollout.finished else 0.0), failures
     if not hasattr(environment, "get_reward") or not hasattr(environment, "_record_final_answer"):
