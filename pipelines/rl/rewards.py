@@ -341,13 +341,10 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
     """
     # A runaway episode: still calling when the tool rounds ran out, or cut off by the token budget.
     failures: Counter[str] = Counter(runaway=0 if rollout.finished else 1, truncated=int(rollout.truncated))
-    if rollout.truncated:
-        return 0.0, failures
-    if rollout.answer_still_reasoning:
-        failures["reasoning_in_answer"] += 1
-        return 0.0, failures
+    failures["reasoning_in_answer"] += rollout.answer_still_reasoning
+    answered = not rollout.truncated and not rollout.answer_still_reasoning
     if is_irrelevant(task):
-        return (1.0 if rollout.attempted == 0 and rollout.finished else 0.0), failures
+        return (1.0 if rollout.attempted == 0 and rollout.finished and answered else 0.0), failures
     if not hasattr(environment, "get_reward") or not hasattr(environment, "_record_final_answer"):
         failures["no_environment"] += 1
         return 0.0, failures
@@ -356,6 +353,8 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
         return 0.0, failures
     if getattr(environment, "_env_failure", None):  # the environment died mid-rollout (an MCP server crash)
         failures["env_crash"] += 1
+        return 0.0, failures
+    if not answered:
         return 0.0, failures
     try:
         environment._record_final_answer(rollout.final_text)
