@@ -26,7 +26,9 @@ from pipelines.run_config import load_run_config
 from pipelines.thought import load_thought_schema
 
 
-def per_task_outcomes(folder: Path, config, items, envs, samples: int, temperature: float) -> list[float]:
+def per_task_outcomes(
+    folder: Path, config, items, envs, samples: int, temperature: float, first_seed: int
+) -> list[float]:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,14 +41,14 @@ def per_task_outcomes(folder: Path, config, items, envs, samples: int, temperatu
     totals = [0.0] * len(items)
     for s in range(samples):
         started = time.perf_counter()
-        generate = partial(engine, pick=sampler(temperature, seed=1000 + s))
+        generate = partial(engine, pick=sampler(temperature, seed=first_seed + s))
         metrics = episodes.evaluate_policy(
             generate, tokenizer, items, envs, schema, rl.max_tool_calling_iterations, rl.max_completion_length,
             rl.tool_call_scale, description=f"{folder.name} sample {s}",
         )  # fmt: skip
         totals = [t + (o or 0.0) for t, o in zip(totals, metrics["outcome_per_task"], strict=True)]
         print(
-            f"{folder}: sample {s} (seed {1000 + s}) outcome {metrics['outcome']:.3f} "
+            f"{folder}: sample {s} (seed {first_seed + s}) outcome {metrics['outcome']:.3f} "
             f"failures {metrics['failures']} in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--cluster", default="tool")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--first-seed", type=int, default=1000, help="sample s uses seed first_seed + s")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=None, help="JSON with every task's mean outcome")
     args = parser.parse_args()
@@ -72,7 +75,13 @@ def main() -> None:
     items, envs = bind_environments(config.rl, domains, held_out.items)
     scores = {
         stage: per_task_outcomes(
-            args.run_dir / stage / args.cluster, config, items, envs, args.samples, args.temperature
+            args.run_dir / stage / args.cluster,
+            config,
+            items,
+            envs,
+            args.samples,
+            args.temperature,
+            args.first_seed,
         )
         for stage in ("sft", "rl")
     }
