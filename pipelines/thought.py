@@ -127,12 +127,13 @@ class ThoughtSchema(StrictModel):
                 pos += len(self.separator)
         return out
 
+    def reserved_tag_in(self, text: str) -> str | None:
+        """The first of the schema's own tags that `text` holds: reasoning markup where none belongs."""
+        return next((tag for tag in self.all_tags() if tag in text), None)
+
     def _check_text(self, text: str, where: str) -> None:
-        for tag in self.all_tags():
-            if tag in text:
-                raise BadInput(
-                    f"thought schema {self.name!r}: {where} text contains the reserved tag {tag!r}"
-                )
+        if tag := self.reserved_tag_in(text):
+            raise BadInput(f"thought schema {self.name!r}: {where} text contains the reserved tag {tag!r}")
 
 
 @lru_cache(maxsize=32)

@@ -117,7 +117,7 @@ def parse_rollout(completion: Any, codec: Codec, schema: ThoughtSchema | None = 
     last = next((m for m in reversed(messages) if isinstance(m, dict)), {})
     finished = last.get("role") == "assistant" and not last.get("tool_calls")
     final_text = codec.parse(_text(last.get("content")), schema).content if finished else ""
-    still_reasoning = schema is not None and any(tag in final_text for tag in schema.all_tags())
+    still_reasoning = schema is not None and schema.reserved_tag_in(final_text) is not None
     return Rollout(calls, malformed, results, final_text, finished, answer_still_reasoning=still_reasoning)
 
 

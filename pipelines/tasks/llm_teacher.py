@@ -276,9 +276,8 @@ def _thinking(message: dict[str, Any], content: str, schema: ThoughtSchema, turn
     if not thinking:
         raise Rejected("thought_schema", f"turn {turn}: no reasoning in the {schema.name} format "
                                          f"({schema.wrapper.open}…{schema.wrapper.close})")  # fmt: skip
-    for tag in schema.all_tags():
-        if any(tag in t.text for t in thinking) or tag in visible:
-            raise Rejected("thought_schema", f"turn {turn}: a stray {tag!r} (the sections do not parse)")
+    if tag := next(filter(None, map(schema.reserved_tag_in, [*(t.text for t in thinking), visible])), None):
+        raise Rejected("thought_schema", f"turn {turn}: a stray {tag!r} (the sections do not parse)")
     return thinking, visible
 
 
