@@ -188,6 +188,8 @@ class EvalResults(Artifact):
     backend: Literal["hf", "vllm"] = "hf"  # who decoded (eval.backend)
     # eval.adapters: per `adapter:<ref>` target, its card's BFCL scores beside the reproduced ones
     published: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # per `rl/<cluster>` target: its held-out outcome change over `sft/<cluster>`, paired per task, with ci95
+    changes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # held-out tasks the mix was not decontaminated against; budgets shorter than the targets' trained turns
     warnings: list[str] = Field(default_factory=list)
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.artifacts import SFTSummary
 from pipelines.chat import DEFAULT_SYSTEM_PROMPT, prompt_ids
@@ -29,6 +29,9 @@ from pipelines.rl import rewards
 from pipelines.tasks.records import Task
 from pipelines.tasks.sampling import DomainTask, HeldOut
 from pipelines.thought import ThoughtSchema
+
+if TYPE_CHECKING:
+    from pipelines.run_config import HeldoutSampling
 
 EVAL_FILE = "eval_before_after.json"
 
@@ -186,6 +189,34 @@ def run_episodes(
     return episodes
 
 
+def policies(generate: GenerateFn, sampling: HeldoutSampling | None) -> list[GenerateFn]:
+    """The decoders of a held-out evaluation: `generate` once (greedy), or one seeded sampler per sample (from
+    the GenerateFn's `sampling(temperature, seed)`: the engine's and vLLM's)."""
+    if sampling is None or sampling.greedy:
+        return [generate]
+    make = getattr(generate, "sampling", None)
+    if make is None:
+        raise TypeError(
+            f"{type(generate).__name__} decodes greedily only; it cannot sample held-out episodes"
+        )
+    return [make(sampling.temperature, sampling.seed + s) for s in range(sampling.samples)]
+
+
+def task_means(values: Sequence[float | None], samples: int) -> list[float | None]:
+    """Per task, the mean of its samples' values; `values` are sample-major (sample s's tasks in order, then
+    sample s + 1's). A task none of whose samples has a value (the metric does not apply) stays None."""
+    if samples == 1:
+        return list(values)
+    if len(values) % samples:
+        raise ValueError(f"{len(values)} values are not {samples} samples of the same tasks")
+    n = len(values) // samples
+    means: list[float | None] = []
+    for task in range(n):
+        present = [v for v in values[task::n] if v is not None]
+        means.append(sum(present) / len(present) if present else None)
+    return means
+
+
 # -- budgets ---------------------------------------------------------------------------------------------------
 def trained_lengths(adapter_dir: Path) -> dict[str, Any]:
     """The turn and episode lengths an SFT adapter was trained on (`pipelines.sft.data.generation_lengths`, in
@@ -237,10 +268,16 @@ def budget_warnings(
 
 # -- scores ----------------------------------------------------------------------------------------------------
 def score_episodes(
-    episodes: Sequence[Episode], schema: ThoughtSchema, codec: Codec, tool_call_scale: float = 1.0
+    episodes: Sequence[Episode],
+    schema: ThoughtSchema,
+    codec: Codec,
+    tool_call_scale: float = 1.0,
+    samples: int = 1,
 ) -> dict[str, Any]:
     """Mean outcome reward, format rate, call accuracy (every reference call made exactly, nothing else), each
-    reward's mean, outcome per domain, and failure counts."""
+    reward's mean, outcome per domain, and failure counts. With `samples` > 1, `episodes` are that many passes
+    over the same tasks (sample-major): per-task values are each task's mean and intervals are over tasks (its
+    samples are not independent draws of the task pool); failures count every episode."""
     failures = rewards.FailureCounts()
     funcs, _ = rewards.build_reward_funcs(
         dict.fromkeys(rewards.REWARD_NAMES, 1.0), codec, schema, failures, tool_call_scale
@@ -259,16 +296,24 @@ def score_episodes(
     by_domain: dict[str, list[float]] = {}
     for ep, value in zip(episodes, per_reward["outcome"], strict=True):
         by_domain.setdefault(ep.item.domain, []).append(value or 0.0)
-    per_task = {"outcome": per_reward["outcome"], "format_rate": per_reward["format"], "call_accuracy": exact}
+    per_task = {
+        name: task_means(values, samples)
+        for name, values in (
+            ("outcome", per_reward["outcome"]),
+            ("format_rate", per_reward["format"]),
+            ("call_accuracy", exact),
+        )
+    }
     return {
-        "n_tasks": len(episodes),
+        "n_tasks": len(episodes) // samples,
+        **({"samples": samples} if samples > 1 else {}),
         "outcome": _mean(per_reward["outcome"]),
         "format_rate": _mean(per_reward["format"]),
         "call_accuracy": _mean(exact),
         "ci95": {
             name: wilson_interval([v for v in values if v is not None]) for name, values in per_task.items()
         },
-        "outcome_per_task": per_reward["outcome"],
+        "outcome_per_task": per_task["outcome"],
         "rewards": {name: _mean(values) for name, values in per_reward.items()},
         "outcome_by_domain": {d: _mean(v) for d, v in sorted(by_domain.items())},
         "mean_tool_calls": _mean(
@@ -300,18 +345,31 @@ def evaluate_policy(
     tool_call_scale: float = 1.0,
     batch_size: int = 8,
     description: str = "held-out episodes",
+    sampling: HeldoutSampling | None = None,
 ) -> dict[str, Any]:
-    """Run and score `items` with the policy `generate`; also returns each task's id, outcome and rollout."""
-    with progress_bar(description, total=len(items), unit="episodes") as update:
-        episodes = run_episodes(
-            generate, tokenizer, items, env_classes, max_iterations, max_completion_length, batch_size,
-            on_progress=lambda finished: update(completed=finished),
-        )  # fmt: skip
-    metrics = score_episodes(episodes, schema, codec_for(tokenizer), tool_call_scale)
+    """Run and score `items` with the policy `generate`, greedy or as `sampling` says; also returns each
+    episode's task id, sample, outcome and rollout."""
+    decoders = policies(generate, sampling)
+    episodes: list[Episode] = []
+    with progress_bar(description, total=len(items) * len(decoders), unit="episodes") as update:
+        for policy in decoders:
+            before = len(episodes)
+            episodes += run_episodes(
+                policy, tokenizer, items, env_classes, max_iterations, max_completion_length, batch_size,
+                on_progress=lambda finished, before=before: update(completed=before + finished),
+            )  # fmt: skip
+    metrics = score_episodes(episodes, schema, codec_for(tokenizer), tool_call_scale, len(decoders))
     metrics["episodes"] = [
-        {"task_id": ep.item.task.task_id, "domain": ep.item.domain, "completion": ep.completion}
-        for ep in episodes
+        {
+            "task_id": ep.item.task.task_id,
+            "domain": ep.item.domain,
+            **({"sample": i // len(items)} if len(decoders) > 1 else {}),
+            "completion": ep.completion,
+        }
+        for i, ep in enumerate(episodes)
     ]
+    if sampling is not None and not sampling.greedy:
+        metrics["sampling"] = sampling.model_dump(mode="json")
     return metrics
 
 
@@ -382,25 +440,37 @@ def irrelevance_accuracy(episodes: Sequence[Episode], outcomes: Sequence[float])
 
 
 def heldout_metrics(
-    episodes: Sequence[Episode], outcomes: Sequence[float], schema: ThoughtSchema, codec: Codec
+    episodes: Sequence[Episode],
+    outcomes: Sequence[float],
+    schema: ThoughtSchema,
+    codec: Codec,
+    samples: int = 1,
 ) -> dict[str, Any]:
     """Outcome, format rate and call accuracy on tasks that need calls (as the RL stage reports them), recovery
-    rate after a tool error, irrelevance accuracy, and n = every episode."""
+    rate after a tool error, irrelevance accuracy, and n = every task; with `samples` > 1 (sample-major
+    episodes, `score_episodes`) each task's values are its samples' means and intervals are over tasks."""
     relevant = [i for i, ep in enumerate(episodes) if not rewards.is_irrelevant(ep.item.task)]
-    scored = score_episodes([episodes[i] for i in relevant], schema, codec) if relevant else {}
+    scored = (
+        score_episodes([episodes[i] for i in relevant], schema, codec, samples=samples) if relevant else {}
+    )
+    irrelevant = [
+        o if rewards.is_irrelevant(ep.item.task) else None for ep, o in zip(episodes, outcomes, strict=True)
+    ]
     return {
         "outcome": scored.get("outcome"),
         "format_rate": scored.get("format_rate"),
         "call_accuracy": scored.get("call_accuracy"),
         "recovery_rate": recovery_rate([episodes[i] for i in relevant], [outcomes[i] for i in relevant]),
         "irrelevance_accuracy": irrelevance_accuracy(episodes, outcomes),
-        "n": len(episodes),
+        "n": len(episodes) // samples,
+        **({"samples": samples} if samples > 1 else {}),
         "ci95": {
             **scored.get("ci95", {}),
             "irrelevance_accuracy": wilson_interval(
-                [o for ep, o in zip(episodes, outcomes, strict=True) if rewards.is_irrelevant(ep.item.task)]
+                [v for v in task_means(irrelevant, samples) if v is not None]
             ),
         },
+        "outcome_per_task": scored.get("outcome_per_task", []),
     }
 
 

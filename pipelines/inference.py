@@ -1,5 +1,5 @@
-"""The one inference engine: every greedy reply midtrain generates (eval, the RL stage's held-out loop, serving,
-`midtrain chat`, `model chat`) comes out of `Engine`, so they decode alike.
+"""The one inference engine: every reply midtrain generates (eval, the RL stage's held-out loop, serving,
+`midtrain chat`, `model chat`), greedy or sampled, comes out of `Engine`, so they decode alike.
 
 - `GenerateFn` is the interface: prompt token ids and an adapter per row, a token budget → new token ids per row.
   Stages depend on it, not on a model; tests inject a stub.
@@ -17,6 +17,7 @@ steps (the RL stage builds one per evaluation).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -154,6 +155,11 @@ class Engine:
             time.perf_counter() - start,
         )  # fmt: skip
         return new_ids
+
+    def sampling(self, temperature: float, seed: int) -> GenerateFn:
+        """This engine sampling at `temperature` (`sampler`), one generator seeded with `seed` for every call:
+        the same calls in the same order draw the same tokens."""
+        return functools.partial(self, pick=sampler(temperature, seed=seed))
 
     def stream(
         self, prompt: list[int], adapter: str | None, max_new_tokens: int, pick: Pick | None = None

@@ -162,8 +162,15 @@ def before_after_blocks(where: str, payload: dict[str, Any]) -> list[Block]:
         if change
         else ""
     )
+    sampling = after.get("sampling")
+    decoded = (
+        f", {sampling['samples']} samples a task at temperature {sampling['temperature']}: a task's outcome is "
+        "their mean"
+        if sampling
+        else ", greedy"
+    )
     return [
-        ("p", f"{where}: held-out tasks before and after GRPO (n = {n} tasks).{interval}"),
+        ("p", f"{where}: held-out tasks before and after GRPO (n = {n} tasks{decoded}).{interval}"),
         ("table", (["metric", "before", "after", "change"], rows)),
         ("link", (f"{where}/eval_before_after.json", "every rollout, before and after (JSON)")),
     ]
@@ -208,6 +215,14 @@ def eval_section(run_dir: Path) -> list[Block]:
         ("p", "Each score with its Wilson 95% interval and n (examples of a BFCL category; held-out tasks a "
               "metric applies to): two targets differ beyond noise where their intervals do not overlap."),
     ]  # fmt: skip
+    for target, change in results.changes.items():
+        low, high, n = change["ci95"]
+        verdict = "excludes 0" if low > 0 or high < 0 else "includes 0: not distinguishable from noise"
+        blocks.append(
+            ("p", f"{target} against {change['from']}, the adapter GRPO started from: held-out outcome change "
+                  f"{change['change']:+.3f}, 95% interval paired per task [{low:+.3f}, {high:+.3f}] (n = {int(n)} "
+                  f"tasks) — {verdict}.")
+        )  # fmt: skip
     for target, reason in results.skipped.items():
         blocks.append(("p", f"Skipped {target}: {reason}"))
     for warning in results.warnings:

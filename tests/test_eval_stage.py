@@ -451,3 +451,68 @@ def test_the_plot_keeps_every_label_inside_its_axes(tmp_path: Path, monkeypatch:
     low, high = ax.get_xlim()
     labels = [t for t in ax.texts if t.get_text() == "n/a"]
     assert len(labels) == 2 and all(low < t.get_position()[0] < high for t in labels)
+
+
+class SampledStub:
+    """Held-out replies by sample: `rl/tool` solves every task in every sample, other adapters only in the
+    sample of seed 100; greedy it cannot (a sampled eval must not fall back to greedy)."""
+
+    def __init__(self, tokenizer: Any, tasks: dict[str, Any]) -> None:
+        self.tokenizer, self.tasks = tokenizer, tasks
+        self.draws: list[tuple[float, int]] = []
+
+    def __call__(self, prompts: list[list[int]], adapters: list[str | None], max_new: int) -> list[list[int]]:
+        raise AssertionError("a sampled held-out eval asked for greedy replies")
+
+    def sampling(self, temperature: float, seed: int) -> Any:
+        self.draws.append((temperature, seed))
+
+        def sample(prompts: list[list[int]], adapters: list[str | None], max_new: int) -> list[list[int]]:
+            replies = []
+            for ids, adapter in zip(prompts, adapters, strict=True):
+                prompt = self.tokenizer.decode(ids)
+                request = next(r for r in self.tasks if r in prompt)
+                solves = seed == 100 or Path(adapter or "").parts[-2:] == ("rl", "tool")
+                results = prompt[prompt.index(request) :].count("<tool_response>")
+                reply = _oracle_turn(self.tasks[request], results) if solves else "I think it is 42."
+                replies.append(reply + self.tokenizer.eos_token)
+            return [self.tokenizer(r, add_special_tokens=False)["input_ids"] for r in replies]
+
+        return sample
+
+
+def test_sampled_heldout_scores_tasks_by_their_samples_and_pairs_rl_with_its_sft_adapter(
+    tmp_path: Path, tiny_model_dir: Path, tokenizer: Any
+) -> None:
+    run_dir = tmp_path / "run"
+    write_shards(run_dir / "data")
+    make_adapter(tiny_model_dir, run_dir / "sft" / "tool", seed=1)
+    make_adapter(tiny_model_dir, run_dir / "rl" / "tool", seed=3)
+    section = EvalSection(
+        bfcl_categories=[],
+        heldout_domains=["calculator"],
+        heldout_limit=4,
+        heldout_irrelevance_fraction=0.0,
+        targets=["sft/tool", "rl/tool"],
+        heldout_sampling={"samples": 2, "temperature": 0.7, "seed": 100},
+    )
+    config = _config(run_dir, tiny_model_dir, section)
+    heldout = stage.load_heldout(config, section)
+    stub = SampledStub(tokenizer, {it.task.request: it.task for it in heldout.items})
+    results = stage.run(config, stub)
+
+    assert stub.draws == [(0.7, 100), (0.7, 101)] * 2  # two samples per target
+    sft, rl = results.targets["sft/tool"]["heldout"], results.targets["rl/tool"]["heldout"]
+    assert (sft["n"], sft["samples"], sft["outcome"], rl["outcome"]) == (4, 2, 0.5, 1.0)
+    assert sft["ci95"]["outcome"][2] == 4  # over tasks, not 8 episodes
+    assert "outcome_per_task" not in sft  # an input of the paired change, not a metric
+    assert results.changes == {
+        "rl/tool": {"from": "sft/tool", "metric": "heldout/outcome", "change": 0.5, "ci95": [0.5, 0.5, 4]}
+    }
+    rows = [r for r in _predictions(run_dir) if r["target"] == "sft/tool"]
+    assert [(r["sample"], r["ok"]) for r in rows] == [(0, True)] * 4 + [(1, False)] * 4
+    table = (run_dir / "eval" / "results.md").read_text()
+    assert (
+        "sampled, 2 a task" in table
+        and "rl/tool − sft/tool: +0.500 [+0.500, +0.500] n=4 (excludes 0)" in table
+    )

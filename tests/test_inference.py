@@ -98,3 +98,23 @@ def test_a_model_without_named_adapters_runs_as_it_is(tiny_model_dir: Path, toke
     with torch.no_grad():
         alone = policy.generate(input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
     assert got == alone[0, len(prompt) :].tolist()[: len(got)]
+
+
+def test_a_sampling_engine_repeats_its_draws_for_a_seed(
+    adapters: dict[str, str], tiny_model_dir: Path, tokenizer: Any
+) -> None:
+    """`Engine.sampling(temperature, seed)` (a held-out evaluation's k samples): the same calls draw the same
+    tokens for the same seed, other tokens for another seed, and not greedy's."""
+    engine = _engine(tiny_model_dir, tokenizer)
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("Convert 3 km.", "List /docs")]
+    rows = [adapters["tool"], None]
+
+    def draw(seed: int) -> list[list[int]]:
+        sample = engine.sampling(1.0, seed)
+        return sample(prompts, rows, 16) + sample(prompts, rows, 16)  # one generator across calls
+
+    first = draw(7)
+    assert draw(7) == first
+    assert draw(8) != first
+    assert engine(prompts, rows, 16) != first[:2]
+    assert first[:2] != first[2:]  # the second call draws on from where the first left the generator

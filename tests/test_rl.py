@@ -20,7 +20,7 @@ from pipelines.artifacts import UnitState
 from pipelines.codecs import hermes
 from pipelines.envs.base import ToolEnv, guarded
 from pipelines.errors import BadInput
-from pipelines.run_config import RunConfig
+from pipelines.run_config import HeldoutSampling, RunConfig
 from pipelines.tasks import sampling
 from pipelines.tasks.domains import DOMAINS
 from pipelines.tasks.records import Step, Task
@@ -394,6 +394,10 @@ def test_rl_fingerprint_follows_what_shapes_the_weights(tmp_path: Path, tiny_mod
     for path, value in (("rl.train.learning_rate", 5e-4), ("rl.task_seed", 11), ("rl.eval_seed", 5),
                         ("rl.train.max_steps", 9), ("model.thought_schema", "reflection70b")):  # fmt: skip
         assert changed(path, value) != base, path
+    # The before/after evaluation's decoding is left out of the fingerprint at its default (greedy), so runs
+    # fingerprinted before it existed stay valid; sampled, the stored evaluation no longer answers the config.
+    assert "eval_sampling" not in config.rl.model_dump()
+    assert changed("rl.eval_sampling", HeldoutSampling(samples=2, temperature=0.8)) != base
     # A retrained SFT adapter (other weights) invalidates the RL checkpoints taken from the old one.
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes() + b" ")
@@ -481,3 +485,43 @@ def test_grpo_with_tool_views_shows_each_prompt_only_its_view(
         assert names == sorted(key.split(":")[1].split("+")) and len(names) == 2
     comparison = json.loads((config.run_dir / "rl" / "tool" / "eval_before_after.json").read_text())
     assert comparison["before"]["n_tasks"] == 2
+
+
+def test_sampled_held_out_evaluation_scores_each_task_by_the_mean_of_its_samples(tokenizer) -> None:
+    """`rl.eval_sampling`: k seeded passes over the same tasks; a task's outcome is its samples' mean, the
+    interval is over tasks (not k x tasks episodes), failures count every episode."""
+    rng = random.Random(3)
+    items = [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 1)) for _ in range(3)]
+    classes = {"calculator": DOMAINS["calculator"][0]}
+
+    class Sampled(ScriptedPolicy):
+        """Even seeds play the reference solution; odd seeds answer at once without a call."""
+
+        def __init__(self, tokenizer: Any, items: list[Any]) -> None:
+            super().__init__(tokenizer, items)
+            self.seeds: list[tuple[float, int]] = []
+
+        def sampling(self, temperature: float, seed: int) -> ScriptedPolicy:
+            self.seeds.append((temperature, seed))
+            if seed % 2 == 0:
+                return self
+            guessing = ScriptedPolicy(self.tokenizer, self.items)
+            guessing._reply = lambda prompt: "It is 42.<|im_end|>"  # type: ignore[method-assign]
+            return guessing
+
+    policy = Sampled(tokenizer, items)
+    four = HeldoutSampling(samples=4, temperature=0.8, seed=10)
+    result = episodes.evaluate_policy(policy, tokenizer, items, classes, SCHEMA, 4, 1024, sampling=four)
+    assert policy.seeds == [(0.8, 10), (0.8, 11), (0.8, 12), (0.8, 13)]
+    assert result["outcome"] == 0.5 and result["outcome_per_task"] == [0.5, 0.5, 0.5]
+    assert (result["n_tasks"], result["samples"], result["ci95"]["outcome"][2]) == (3, 4, 3)
+    assert [e["sample"] for e in result["episodes"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert result["mean_tool_calls"] == 0.5  # over every episode: six solved with one call, six guessed
+    assert result["sampling"] == {"samples": 4, "temperature": 0.8, "seed": 10}
+    # Greedy is the policy as given, once; a GenerateFn that cannot sample says so.
+    assert episodes.policies(policy, HeldoutSampling()) == [policy]
+    with pytest.raises(TypeError, match="ScriptedPolicy decodes greedily only"):
+        episodes.policies(ScriptedPolicy(tokenizer, items), four)
+    assert episodes.task_means([1.0, 0.0, None, 1.0, 1.0, None], 2) == [1.0, 0.5, None]
+    with pytest.raises(ValueError, match="not 2 samples"):
+        episodes.task_means([1.0, 0.0, 1.0], 2)

@@ -152,6 +152,7 @@ def test_report_shows_example_replies_and_before_after_tables_and_links_raw_json
         "format_rate": 1.0,
         "rewards": {"format": 0.9},
         "episodes": [{"completion": rollout}],
+        "sampling": {"samples": 4, "temperature": 0.8, "seed": 1000},
     }
     folder = run_dir / "rl" / "tool"
     RLSummary(
@@ -168,6 +169,7 @@ def test_report_shows_example_replies_and_before_after_tables_and_links_raw_json
         targets={"sft/tool": {"heldout": {"outcome": 0.5, "n": 2}}},
         skipped={},
         seconds={},
+        changes={"rl/tool": {"from": "sft/tool", "change": 0.05, "ci95": [0.003, 0.089, 60]}},
     ).write(run_dir / "eval")
     episode = [  # a held-out prediction's `raw`: the episode's messages, tool results included
         {"role": "assistant", "content": rollout[:80]},
@@ -191,7 +193,11 @@ def test_report_shows_example_replies_and_before_after_tables_and_links_raw_json
         "| outcome | 0.250 | 0.750 | +0.500 |" in markdown
         and "| reward/format | 0.400 | 0.900 | +0.500 |" in markdown
     )
-    assert "(n = 4 tasks)" in markdown
+    assert "(n = 4 tasks, 4 samples a task at temperature 0.8: a task's outcome is their mean)" in markdown
+    assert (
+        "rl/tool against sft/tool, the adapter GRPO started from: held-out outcome change +0.050, 95% interval "
+        "paired per task [+0.003, +0.089] (n = 60 tasks) — excludes 0." in markdown
+    )
     assert "Raw: [every rollout, before and after (JSON)](rl/tool/eval_before_after.json)" in markdown
     assert "Raw: [every prediction (JSON lines)](eval/predictions.jsonl)" in markdown
     assert 'Calls: convert(value=5, unit="km")' in markdown and "failed: made no tool call" in markdown

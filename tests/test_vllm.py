@@ -300,3 +300,34 @@ def test_eval_backend_vllm_scores_as_the_hf_backend(run_dir: Path, embedded_mode
 def _common_prefix(a: str, b: str) -> int:
     a, b = (json.dumps(json.loads(row)["raw"]) for row in (a, b))  # held-out raws are message lists
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def test_vllm_sampling_draws_a_reply_per_seed_and_prompt_whatever_the_batch(
+    run_dir: Path, embedded_model_dir: Path
+) -> None:
+    """`eval.heldout_sampling` on the vllm backend: each request's seed comes from the sample's seed and its
+    prompt, so a sampled reply is the same alone or in a batch and again for the same seed, another for another
+    seed; greedy stays greedy."""
+    from pipelines.chat import load_tokenizer
+    from pipelines.vllm_engine import VllmGenerate
+
+    tokenizer = load_tokenizer(str(embedded_model_dir), tool_format="smollm2")
+    questions = [WEATHER_QUESTION, BOOKING_QUESTION, "Name three colours."]
+    texts = [
+        tokenizer.apply_chat_template(_messages(q), tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    tool = str(run_dir / "sft" / "tool")
+    rows = [tool, None, tool]
+    engine_args = {"gpu_memory_utilization": 0.15, "max_model_len": 4096}
+    generate = VllmGenerate(str(embedded_model_dir), [tool], [tokenizer.eos_token_id], "float32", engine_args)
+    try:
+        batched = generate.sampling(1.0, 7)(prompts, rows, 32)
+        alone = [generate.sampling(1.0, 7)([p], [a], 32)[0] for p, a in zip(prompts, rows, strict=True)]
+        assert alone == batched
+        assert generate.sampling(1.0, 8)(prompts, rows, 32) != batched
+        greedy = generate(prompts, rows, 32)
+        assert generate(prompts, rows, 32) == greedy != batched
+    finally:
+        generate.close()

@@ -104,6 +104,22 @@ def results_table(results: EvalResults) -> str:
         f"Examples per target: {sizes}. `–`: undefined (no such case occurred). In brackets: the Wilson 95% "
         "interval and its n (a BFCL category's examples; the held-out tasks a metric applies to).",
     ]
+    sampling = next(
+        (m.get("samples") for m in (s.get("heldout", {}) for s in results.targets.values())), None
+    )
+    if sampling:
+        lines += [
+            "",
+            f"Held-out episodes were sampled, {sampling} a task: a task's score is its samples' mean and each "
+            "held-out interval is over tasks.",
+        ]
+    if results.changes:
+        lines += ["", "Held-out outcome change after RL, paired per task (95% interval, n tasks):"]
+        lines += [
+            f"- {key} − {c['from']}: {c['change']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
+            f"n={int(c['ci95'][2])}" + (" (excludes 0)" if c["ci95"][0] > 0 or c["ci95"][1] < 0 else "")
+            for key, c in results.changes.items()
+        ]
     if results.skipped:
         lines += ["", "Skipped:", *[f"- {k}: {v}" for k, v in results.skipped.items()]]
     return "\n".join(lines) + "\n"

@@ -49,6 +49,8 @@ from pipelines.episodes import (
     episode_outcomes,
     heldout_metrics,
     heldout_prediction,
+    paired_interval,
+    policies,
     run_episodes,
     trained_lengths,
 )
@@ -65,7 +67,7 @@ from pipelines.eval.results import plot_results, results_table, wilson_interval
 from pipelines.inference import ARROW, Engine, GenerateFn, decode_reply
 from pipelines.progress import Update, progress_bar
 from pipelines.router import adapter_source, load_bundle, request_text
-from pipelines.run_config import CHECKPOINT_TARGET, EvalSection, RunConfig
+from pipelines.run_config import CHECKPOINT_TARGET, EvalSection, HeldoutSampling, RunConfig
 from pipelines.schema import Message, Trace
 from pipelines.tasks.sampling import (
     DomainTask,
@@ -392,34 +394,41 @@ def eval_heldout(
     on_done: Update | None = None,
     start: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Live greedy episodes of every task, grouped by adapter (`run_episodes` runs one adapter at a time);
-    `on_done(completed=start + episodes finished)` as they finish."""
+    """Live episodes of every task, greedy or `eval.heldout_sampling`'s samples (sample-major), each sample's
+    tasks grouped by adapter (`run_episodes` runs one adapter at a time); `on_done(completed=start + episodes
+    finished)` as they finish."""
     groups: dict[str | None, list[int]] = {}
     for i, adapter in enumerate(adapters):
         groups.setdefault(adapter, []).append(i)
-    episodes: list[Episode | None] = [None] * len(heldout.items)
-    finished_before = 0  # episodes of the groups already run
-    for adapter, indices in groups.items():
-        items = [heldout.items[i] for i in indices]
+    decoders = policies(generate, section.heldout_sampling)
+    finished: list[Episode] = []
+    for policy in decoders:
+        episodes: list[Episode | None] = [None] * len(heldout.items)
+        finished_before = len(finished)  # episodes of the samples and groups already run
+        for adapter, indices in groups.items():
+            items = [heldout.items[i] for i in indices]
 
-        def progress(finished: int, before: int = finished_before) -> None:
-            if on_done is not None:
-                on_done(completed=start + before + finished)
+            def progress(done: int, before: int = finished_before) -> None:
+                if on_done is not None:
+                    on_done(completed=start + before + done)
 
-        done = run_episodes(
-            generate, tokenizer, items, heldout.env_classes, section.max_tool_rounds, section.rollout_tokens,
-            section.batch_size, adapter=adapter, max_reply_tokens=section.max_new_tokens, on_progress=progress,
-        )  # fmt: skip
-        finished_before += len(indices)
-        for i, episode in zip(indices, done, strict=True):
-            episodes[i] = episode
-    finished = [ep for ep in episodes if ep is not None]
+            done = run_episodes(
+                policy, tokenizer, items, heldout.env_classes, section.max_tool_rounds, section.rollout_tokens,
+                section.batch_size, adapter=adapter, max_reply_tokens=section.max_new_tokens,
+                on_progress=progress,
+            )  # fmt: skip
+            finished_before += len(indices)
+            for i, episode in zip(indices, done, strict=True):
+                episodes[i] = episode
+        finished += [ep for ep in episodes if ep is not None]
     codec = codec_for(tokenizer)
     outcomes = episode_outcomes(finished, schema, codec)
+    n, samples = len(heldout.items), len(decoders)
     rows = [
-        heldout_prediction(target.key, ep, o, schema, codec) for ep, o in zip(finished, outcomes, strict=True)
+        heldout_prediction(target.key, ep, o, schema, codec) | ({"sample": i // n} if samples > 1 else {})
+        for i, (ep, o) in enumerate(zip(finished, outcomes, strict=True))
     ]
-    return heldout_metrics(finished, outcomes, schema, codec), rows
+    return heldout_metrics(finished, outcomes, schema, codec, samples), rows
 
 
 # -- the stage ---------------------------------------------------------------------------------------------------
@@ -495,6 +504,7 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
         closing = getattr(generate, "close", None)  # the vLLM backend's scratch copies of the adapters
         if closing is not None:
             closing()
+    results["changes"] = heldout_changes(results["targets"])
     results |= {"skipped": skipped, "seconds": seconds, "backend": section.backend, "warnings": warnings}
     results["published"] = {
         t.key: published.compare_with_card(
@@ -510,6 +520,31 @@ def run(config: RunConfig, generate: GenerateFn | None = None) -> EvalResults:
 
     close_environments()
     return typed
+
+
+def heldout_changes(targets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each `rl/<cluster>` target's held-out outcome change over `sft/<cluster>`, the adapter GRPO started from,
+    paired per task (the same tasks; with sampling, each task's mean): the mean change and its 95% interval
+    (`episodes.paired_interval`), so "RL helped" is read off one interval. Takes each suite's per-task outcomes
+    out of the results: they are inputs to this, not metrics."""
+    per_task = {
+        key: suites.get("heldout", {}).pop("outcome_per_task", None) for key, suites in targets.items()
+    }
+    changes: dict[str, dict[str, Any]] = {}
+    for key, after in per_task.items():
+        group, _, name = key.partition("/")
+        before = per_task.get(f"sft/{name}")
+        interval = paired_interval(before, after) if group == "rl" else None
+        if interval is None or not after or not before:
+            continue
+        mean = sum((a or 0.0) - (b or 0.0) for a, b in zip(after, before, strict=True)) / len(after)
+        changes[key] = {
+            "from": f"sft/{name}",
+            "metric": "heldout/outcome",
+            "change": round(mean, 4),
+            "ci95": interval,
+        }
+    return changes
 
 
 def budget_warnings_for(
@@ -547,7 +582,7 @@ def eval_target(
     tokenizer = tokenizers.for_target(target, routes)
     suites: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    total = len(examples) + len(heldout.items)
+    total = len(examples) + len(heldout.items) * section.heldout_sampling.samples
     with progress_bar(f"eval {target.key}", total=total, unit="examples") as update:
         if examples:
             texts = [request_text(example_to_trace(ex)) for ex in examples] if routes else []
@@ -603,6 +638,10 @@ class remembered:
             self.replies.update({keys[i]: reply for i, reply in zip(missing, fresh, strict=True)})
         self.hits += len(keys) - len(missing)
         return [list(self.replies[key]) for key in keys]
+
+    def sampling(self, temperature: float, seed: int) -> GenerateFn:
+        """Sampled replies are not remembered: the engine's draws depend on the calls before them."""
+        return policies(self.generate, HeldoutSampling(samples=1, temperature=temperature, seed=seed))[0]
 
     def close(self) -> None:
         closing = getattr(self.generate, "close", None)

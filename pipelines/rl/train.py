@@ -714,6 +714,7 @@ def _heldout_report(
         "n_tasks": len(held_out.items),
         "outcome_before": before["outcome"],
         "outcome_after": after["outcome"],
+        **({"sampling": after["sampling"]} if "sampling" in after else {}),
     }
     return {**report, **comparison["delta"]}
 
@@ -756,6 +757,7 @@ def _evaluator(config: RunConfig, trainer: Any, env_classes: dict[str, type], it
                 rl.max_completion_length,
                 rl.tool_call_scale,
                 description=f"rl held-out ({len(items)} tasks)",
+                sampling=rl.eval_sampling,
             )
         finally:
             model.train(was_training)
