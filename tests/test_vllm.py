@@ -329,5 +329,8 @@ def test_vllm_sampling_draws_a_reply_per_seed_and_prompt_whatever_the_batch(
         assert generate.sampling(1.0, 8)(prompts, rows, 32) != batched
         greedy = generate(prompts, rows, 32)
         assert generate(prompts, rows, 32) == greedy != batched
+        # The base row of a batch that mixes it with LoRA rows is the base's reply (vLLM's CPU LoRA kernels
+        # would give it the last loaded adapter: VllmGenerate._batches sends it apart).
+        assert greedy[1] == generate([prompts[1]], [None], 32)[0] != generate([prompts[1]], [tool], 32)[0]
     finally:
         generate.close()
