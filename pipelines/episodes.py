@@ -3,7 +3,8 @@
 Shared by the RL stage (held-out before/after, `eval_before_after.json`) and the eval stage (held-out suite), so
 both run and score a task the same way. The loop mirrors TRL's tool loop (generate → parse calls → run them in
 the env → append the results → generate again, at most `max_iterations` rounds of tools, one token budget for
-the whole rollout), but greedy and batched over episodes, so numbers are deterministic and cheap. As in TRL, a
+the whole rollout), but batched over episodes and greedy (or k seeded samples a task: `HeldoutSampling`), so
+numbers are repeatable and cheap. As in TRL, a
 rollout's tokens are built by concatenation (prompt + generated tokens + the template's tool-result suffix),
 never by re-rendering the conversation, and each reply is parsed with TRL's own `parse_response` (the codec's
 response template): rollouts come out in TRL's message shape, so `pipelines.rl.rewards` scores them exactly as

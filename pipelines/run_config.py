@@ -261,7 +261,16 @@ ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # A kept SFT checkpoint as an eval target; a pattern, not a path, so a target cannot name anything else on disk.
 CHECKPOINT_TARGET = re.compile(rf"sft/{ADAPTER_NAME.pattern}/checkpoint-[0-9]+")
 
-RL_REWARD_NAMES = ("format", "tool_call", "execution", "outcome", "instance", "irrelevance", "efficiency")
+RL_REWARD_NAMES = (
+    "format",
+    "tool_call",
+    "execution",
+    "outcome",
+    "instance",
+    "irrelevance",
+    "efficiency",
+    "answered",
+)
 DEFAULT_RL_REWARD_WEIGHTS = {
     "format": 0.5,
     "tool_call": 1.0,
@@ -271,6 +280,8 @@ DEFAULT_RL_REWARD_WEIGHTS = {
     "irrelevance": 1.0,
     "efficiency": 0.25,
 }
+# `answered` is off unless `rl.reward_weights` names it: left out of the defaults, so the weights of runs
+# fingerprinted before it existed dump as they did.
 
 
 class RLGenerationSection(StrictModel):

@@ -18,6 +18,7 @@ from pipelines.envs.base import ToolEnv, ToolError
 from pipelines.episodes import episode_error
 from pipelines.rl import rewards
 from pipelines.rl.rewards import FailureCounts, build_reward_funcs, parse_rollout
+from pipelines.run_config import RLSection
 from pipelines.tasks.records import Step, Task
 from pipelines.thought import load_thought_schema
 
@@ -146,7 +147,35 @@ def test_correct_call_and_answer_scores_full_marks() -> None:
         "instance": None,
         "irrelevance": None,
         "efficiency": 0.0,
+        "answered": 0.0,
     }
+
+
+def test_answered_penalises_an_end_without_an_answer_and_nothing_else() -> None:
+    """`answered` (opt-in): -1 for a rollout cut off, out of tool rounds or still reasoning at its end; 0 for any
+    rollout that ends on an answer, right or wrong, with calls or without (so skipping calls cannot earn it)."""
+    first = turn("<think><plan>Add them.</plan></think>", call("add", a=2, b=3))
+    loop = (
+        "<think><observe>Got 5.</observe></think>\n"
+        + "<verify>The tool output shows 5.</verify></think>\n" * 3
+    )
+    cases = {
+        "clean and right": ((first, turn("<think><verify>5.</verify></think>\nThe sum is 5.")), {}, 0.0),
+        "clean and wrong": ((first, turn("The sum is 6.")), {}, 0.0),
+        "no call, clean": ((turn("The sum is 5."),), {}, 0.0),
+        "still reasoning": ((first, turn(loop)), {}, -1.0),
+        "out of tool rounds": ((first,), {}, -1.0),
+        "cut off": (
+            (first, turn("The sum is 5")),
+            {"completion_ids": [[11, 12]], "eos_token_ids": (2,)},
+            -1.0,
+        ),
+    }
+    for name, (turns, extra, expected) in cases.items():
+        env = ToyEnv()
+        assert score_all(ADD_TASK, play(env, ADD_TASK, *turns), env, **extra)["answered"] == expected, name
+    assert "answered" not in RLSection().reward_weights  # off unless named
+    assert RLSection(reward_weights={"answered": 1.0}).reward_weights["answered"] == 1.0
 
 
 def test_answer_only_in_thinking_earns_no_outcome() -> None:
@@ -318,6 +347,7 @@ def test_call_on_irrelevant_request() -> None:
         "instance": None,
         "irrelevance": -1.0,
         "efficiency": None,
+        "answered": 0.0,
     }
     declined = play(env, IRRELEVANT_TASK, turn("None of my tools can write poems, sorry."))
     scores = score_all(IRRELEVANT_TASK, declined, env)
