@@ -2,9 +2,10 @@
 what an eval costs.
 
 It is the same contract as `inference.Engine` (prompt token ids + an adapter folder per row → new token ids,
-greedy or seeded samples, each row ending at its codec's end-of-turn token), so prompts, parsing and scoring stay midtrain's: vLLM
-only decodes. Rows go to vLLM in one `generate` call with a `LoRARequest` per row, so one batch mixes the base and
-every adapter (what the routed target needs) and vLLM's prefix caching shares the system turn with its tool
+greedy or seeded samples, each row ending at its codec's end-of-turn token), so prompts, parsing and scoring stay
+midtrain's: vLLM only decodes. Rows go to vLLM in one `generate` call with a `LoRARequest` per row, so one batch
+mixes the base and every adapter (what the routed target needs; on CPU base rows go in a call of their own,
+`VllmGenerate._batches`) and vLLM's prefix caching shares the system turn with its tool
 schemas across rows. Adapters are checked against vLLM's rules first (`vllm_export.check_adapters`) and served
 from a rank/alpha-pattern-free copy where PEFT's patterns would be dropped by vLLM.
 
