@@ -354,10 +354,13 @@ def evaluate_policy(
     episodes: list[Episode] = []
     with progress_bar(description, total=len(items) * len(decoders), unit="episodes") as update:
         for policy in decoders:
-            before = len(episodes)
+
+            def progress(finished: int, before: int = len(episodes)) -> None:
+                update(completed=before + finished)
+
             episodes += run_episodes(
                 policy, tokenizer, items, env_classes, max_iterations, max_completion_length, batch_size,
-                on_progress=lambda finished, before=before: update(completed=before + finished),
+                on_progress=progress,
             )  # fmt: skip
     metrics = score_episodes(episodes, schema, codec_for(tokenizer), tool_call_scale, len(decoders))
     metrics["episodes"] = [
