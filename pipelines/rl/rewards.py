@@ -366,7 +366,7 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
     return (value if math.isfinite(value) else 0.0), failures
 
 
-def answered_score(rollout: Rollout) -> tuple[float, Counter]:
+def answered_score(rollout: Rollout) -> float:
     """0.0 when the rollout ends with an answer, -1.0 when it gives none: cut off by the token budget, still
     calling when the tool rounds ran out, or its visible text still reasoning after the wrapper closed.
 
@@ -375,10 +375,8 @@ def answered_score(rollout: Rollout) -> tuple[float, Counter]:
     after `</think>` in 47 of 60 held-out episodes (31 before) and its sampled answers were still reasoning in
     258 of 480 (SFT: 151). A per-turn format reward was gamed (a rollout without calls has one clean turn); this
     term reads only the end, so a rollout that skips its calls gains nothing by it."""
-    failures: Counter[str] = Counter()
-    return (
-        0.0 if rollout.finished and not rollout.truncated and not rollout.answer_still_reasoning else -1.0
-    ), failures
+    ended_on_answer = rollout.finished and not rollout.truncated and not rollout.answer_still_reasoning
+    return 0.0 if ended_on_answer else -1.0
 
 
 def declared_instances(task: Task) -> list[str]:
