@@ -407,11 +407,20 @@ class ReflexionSection(StrictModel):
     )
 
 
-class CurriculumSection(StrictModel):
+class CurriculumSection(OmitsNewKeysAtDefault):
+    omitted_at_default = ("signal",)
     enabled: bool = Field(
         False,
         description="Draw tasks by difficulty following the policy's pass rate (weight p(1-p) per difficulty), "
         "and replace groups whose rollouts all pass or all fail (no GRPO signal; DAPO's dynamic sampling).",
+    )
+    # With shaped rewards (format, tool_call, ...) a group's total rewards almost never tie, so `reward` replaces
+    # almost nothing, while the outcome reward stays flat in most groups of a weak policy (measured on the demo
+    # model: outcome spread in 1 of 12 steps). DAPO filters on accuracy, the verifier's verdict: `outcome`.
+    signal: Literal["reward", "outcome"] = Field(
+        "reward",
+        description="What a group needs to keep its task: `reward`, rollouts whose total rewards differ; "
+        "`outcome`, a rollout the environment passes and one it fails (DAPO's accuracy filter).",
     )
     max_resamples: int = Field(
         1, ge=0, le=4, description="Rounds of replacing zero-signal groups per generation batch."

@@ -400,6 +400,48 @@ def test_zero_signal_groups_are_replaced_by_other_tasks(tokenizer) -> None:
     assert function.stats["groups"] == 2
 
 
+class WrongAnswers(ScriptedPolicy):
+    """Even rows of a batch play the reference calls, odd rows answer at once; every final answer is wrong. The
+    leaves' total rewards differ (calls vs none), and the environment fails them all."""
+
+    def __call__(
+        self, prompts: list[list[int]], adapters: list, max_new_tokens: int, shared_prefixes: Any = None
+    ) -> list[list[int]]:
+        replies = []
+        for row, ids in enumerate(prompts):
+            reply = self._reply(self.tokenizer.decode(ids)) if row % 2 == 0 else ""
+            if "<tool_call>" not in reply:
+                reply = "<think><verify>done</verify></think>\nI could not work it out.<|im_end|>"
+            replies.append(self.tokenizer(reply, add_special_tokens=False)["input_ids"][:max_new_tokens])
+        return replies
+
+
+@pytest.mark.parametrize(("signal", "replaced"), [("reward", 0), ("outcome", 1)])
+def test_an_outcome_signal_replaces_groups_that_all_fail_despite_their_reward_spread(
+    tokenizer, signal: str, replaced: int
+) -> None:
+    items = calculator_items(4, seed=9)
+    rows = [{"prompt": episodes.prompt_messages(i.task), "task": i.task.to_json(), "environment": "calculator"}
+            for i in items]  # fmt: skip
+    rl = RLSection(num_generations=2, curriculum={"enabled": True, "max_resamples": 1, "signal": signal},
+                   reflexion={"recovery_traces": False})  # fmt: skip
+    function = RolloutFunction(rl, items, rows, CLASSES, scorer_for(tokenizer), Path("unused"), seed=0)
+    groups = function._grow(WrongAnswers(tokenizer, items), tokenizer, items[:1])
+    leaves = groups[0].leaves()
+    assert not any(function.scorer.passed(n) for n in leaves)
+    assert len({n.reward for n in leaves}) == 2  # the shaped rewards tell the two leaves apart
+    assert function.curriculum is not None and function.curriculum.replaced == replaced
+    assert function.stats["groups"] == 1 + replaced
+
+
+def test_the_curriculum_signal_is_left_out_of_dumps_at_its_default() -> None:
+    assert "signal" not in RLSection(curriculum={"enabled": True}).model_dump()["curriculum"]
+    assert (
+        RLSection(curriculum={"enabled": True, "signal": "outcome"}).model_dump()["curriculum"]["signal"]
+        == "outcome"
+    )
+
+
 # -- configuration ---------------------------------------------------------------------------------------------
 def test_rollout_settings_are_validated_with_the_fix_named() -> None:
     with pytest.raises(ValueError, match="multiple of 3 and at least 6"):

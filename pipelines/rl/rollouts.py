@@ -28,8 +28,9 @@ its own group centering changes nothing (the group sums to zero already).
 `discount^retries`. Successful retries are written as recovery traces (OpenAI messages + tools).
 
 **Curriculum** (`curriculum.enabled`): a task is drawn by the pass rate of its difficulty (weight p(1 - p),
-floored), and groups whose leaves all got the same reward (no GRPO signal) are replaced by fresh tasks, up to
-`max_resamples` rounds (DAPO's dynamic sampling); tasks solved by every leaf `retire_after` times are not drawn
+floored), and groups without GRPO signal are replaced by fresh tasks, up to `max_resamples` rounds (DAPO's
+dynamic sampling): with `signal: reward` groups whose leaves all got the same total reward, with `signal: outcome`
+groups whose leaves all passed or all failed the environment's check (DAPO's own filter, on accuracy); tasks solved by every leaf `retire_after` times are not drawn
 again. Pass rates per difficulty are logged.
 """
 
@@ -566,8 +567,8 @@ class RolloutFunction:
                 self._account(group)
             if self.curriculum is None:
                 break
-            flat = [i for i, g in enumerate(groups) if _zero_signal(g)]
-            self.curriculum.zero_signal += sum(1 for g in pending if _zero_signal(g))
+            flat = [i for i, g in enumerate(groups) if self._zero_signal(g)]
+            self.curriculum.zero_signal += sum(1 for g in pending if self._zero_signal(g))
             if not flat or round_ == self.rl.curriculum.max_resamples:
                 break
             used = {g.item.task.task_id for g in groups}
@@ -584,6 +585,14 @@ class RolloutFunction:
         for group in groups:
             tree_advantages(group, self.shape)
         return groups
+
+    def _zero_signal(self, group: Group) -> bool:
+        """No GRPO signal under `curriculum.signal`: tied total rewards, or every leaf passed or every one failed."""
+        if self.rl.curriculum.signal == "reward":
+            values = [n.reward for n in group.leaves() if n.reward is not None]
+            return len(values) > 1 and max(values) - min(values) < 1e-9
+        leaves = group.leaves()
+        return len(leaves) > 1 and len({self.scorer.passed(n) for n in leaves}) < 2
 
     def _account(self, group: Group) -> None:
         leaves = group.leaves()
@@ -688,11 +697,6 @@ def segment_mask(node: Node) -> list[int]:
         failed = max(0, node.retry_from - node.start)
         mask = [0] * failed + mask[failed:]
     return mask
-
-
-def _zero_signal(group: Group) -> bool:
-    values = [n.reward for n in group.leaves() if n.reward is not None]
-    return len(values) > 1 and max(values) - min(values) < 1e-9
 
 
 def _mean(values: Sequence[float | None]) -> float:
