@@ -514,6 +514,8 @@ def episode_error(rollout: rewards.Rollout, irrelevant: bool, truncated: bool = 
         return "did not finish (tool rounds ran out, or a tool result would overrun the token budget)"
     if rollout.answer_still_reasoning:
         return "its answer is still reasoning (thought-schema tags after the reasoning closed)"
+    if not rollout.final_text.strip():
+        return "its answer is empty (the last turn is all reasoning)"
     if rollout.attempted == 0:
         return "answered without calling a tool"
     if rollout.malformed:

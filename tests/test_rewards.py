@@ -164,6 +164,8 @@ def test_answered_penalises_an_end_without_an_answer_and_nothing_else() -> None:
         "clean and wrong": ((first, turn("The sum is 6.")), {}, 0.0),
         "no call, clean": ((turn("The sum is 5."),), {}, 0.0),
         "still reasoning": ((first, turn(loop)), {}, -1.0),
+        "empty answer": ((first, turn("<think><verify>Got 5.</verify></think>")), {}, -1.0),
+        "no call, empty": ((turn("<think><plan>Add them.</plan></think>"),), {}, -1.0),
         "out of tool rounds": ((first,), {}, -1.0),
         "cut off": (
             (first, turn("The sum is 5")),
@@ -193,12 +195,14 @@ def test_only_an_answer_earns_outcome() -> None:
         "<think><observe>Got 5.</observe></think>\n"
         + "<verify>The tool output shows 5.</verify></think>\n" * 3
     )
+    still = ("reasoning_in_answer", "its answer is still reasoning")
     answers = {
-        "<think><verify>5 it is.</verify></think>\nThe sum is 5.": 1.0,
-        loop: 0.0,
-        "<think><verify>5 it is.</verify></think>\n<plan>The sum is 5.</plan>": 0.0,
+        "<think><verify>5 it is.</verify></think>\nThe sum is 5.": (1.0, None, "final answer"),
+        loop: (0.0, *still),
+        "<think><verify>5 it is.</verify></think>\n<plan>The sum is 5.</plan>": (0.0, *still),
+        "<think><verify>The sum is 5.</verify></think>": (0.0, "empty_answer", "its answer is empty"),
     }
-    for last, expected in answers.items():
+    for last, (expected, failure, error) in answers.items():
         env, failures = ToyEnv(), FailureCounts()
         completion = play(env, ADD_TASK, first, turn(last))
         value = rewards.outcome(
@@ -210,11 +214,9 @@ def test_only_an_answer_earns_outcome() -> None:
             failures=failures,
         )
         assert value == [expected], last
-        assert failures.as_dict() == ({} if expected else {"reasoning_in_answer": 1})
+        assert failures.as_dict() == ({failure: 1} if failure else {})
         rollout = parse_rollout(completion, HERMES, schema)
-        assert episode_error(rollout, irrelevant=False).startswith(
-            "its answer is still reasoning" if not expected else "final answer"
-        )
+        assert episode_error(rollout, irrelevant=False).startswith(error)
     # The clean answer, cut off by the budget after its value (TRL's ids end without an end-of-turn token).
     env = ToyEnv()
     clean = play(env, ADD_TASK, first, turn("<think><verify>5 it is.</verify></think>\nThe sum is 5"))

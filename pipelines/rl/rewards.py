@@ -343,6 +343,7 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
     # A runaway episode: still calling when the tool rounds ran out, or cut off by the token budget.
     failures: Counter[str] = Counter(runaway=0 if rollout.finished else 1, truncated=int(rollout.truncated))
     failures["reasoning_in_answer"] += rollout.answer_still_reasoning
+    failures["empty_answer"] += rollout.finished and not rollout.truncated and not rollout.final_text.strip()
     answered = not rollout.truncated and not rollout.answer_still_reasoning
     if is_irrelevant(task):
         return (1.0 if rollout.attempted == 0 and rollout.finished and answered else 0.0), failures
@@ -374,8 +375,16 @@ def answered_score(rollout: Rollout) -> float:
     (`format`, `tool_call`) do not look past the calls: after 12 GRPO steps the greedy policy wrote `<verify>`
     after `</think>` in 47 of 60 held-out episodes (31 before) and its sampled answers were still reasoning in
     258 of 480 (SFT: 151). A per-turn format reward was gamed (a rollout without calls has one clean turn); this
-    term reads only the end, so a rollout that skips its calls gains nothing by it."""
-    ended_on_answer = rollout.finished and not rollout.truncated and not rollout.answer_still_reasoning
+    term reads only the end, so a rollout that skips its calls gains nothing by it.
+
+    An empty answer (the last turn all reasoning, nothing after `</think>`) is no answer either: when it counted,
+    GRPO found it within 12 steps, and 58 of 60 greedy held-out episodes ended that way (12 in session 20's run)."""
+    ended_on_answer = (
+        rollout.finished
+        and not rollout.truncated
+        and not rollout.answer_still_reasoning
+        and bool(rollout.final_text.strip())
+    )
     return 0.0 if ended_on_answer else -1.0
 
 
