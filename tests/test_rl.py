@@ -525,3 +525,20 @@ def test_sampled_held_out_evaluation_scores_each_task_by_the_mean_of_its_samples
     assert episodes.task_means([1.0, 0.0, None, 1.0, 1.0, None], 2) == [1.0, 0.5, None]
     with pytest.raises(ValueError, match="not 2 samples"):
         episodes.task_means([1.0, 0.0, 1.0], 2)
+
+
+def test_an_sft_adapter_vllm_would_refuse_fails_before_rl_on_vllm_starts(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """midtrain's loop on vLLM loads the SFT adapter into vLLM at its first rollout; one vLLM would refuse is
+    named before the evaluation and training that come first, and only on that path."""
+    from pipelines.rl.train import check_vllm_policy
+
+    on_vllm = {"rollouts": {"loop": "midtrain"}, "generation": {"backend": "vllm"}}
+    config = rl_config(tmp_path, tiny_model_dir, **on_vllm)
+    adapter = save_sft_adapter(config, tiny_model_dir, "tool")
+    check_vllm_policy(config, "tool")  # servable: nothing to say
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(BadInput, match=r"adapters vLLM would refuse:\n  sft/tool: .*no adapter weights"):
+        check_vllm_policy(config, "tool")
+    check_vllm_policy(rl_config(tmp_path, tiny_model_dir, rollouts={"loop": "midtrain"}), "tool")  # hf: no vLLM

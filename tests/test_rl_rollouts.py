@@ -448,8 +448,12 @@ def test_rollout_settings_are_validated_with_the_fix_named() -> None:
         RLSection(num_generations=4, rollouts={"shape": "tree"})
     with pytest.raises(ValueError, match="need rollouts.loop: midtrain"):
         RLSection(rollouts={"loop": "trl"}, reflexion={"retries": 1})
-    with pytest.raises(ValueError, match="generation.backend: hf"):
-        RLSection(rollouts={"shape": "chain", "loop": "midtrain"}, generation={"backend": "vllm"})
+    midtrain_loop = {"shape": "chain", "loop": "midtrain"}
+    RLSection(rollouts=midtrain_loop, generation={"backend": "vllm"})  # each step's LoRA into its own engine
+    with pytest.raises(ValueError, match="vllm_mode: colocate.*use rollouts.loop: trl"):
+        RLSection(rollouts=midtrain_loop, generation={"backend": "vllm", "vllm_mode": "server"})
+    with pytest.raises(ValueError, match="enable_sleep_mode"):
+        RLSection(rollouts=midtrain_loop, generation={"backend": "vllm", "enable_sleep_mode": True})
     with pytest.raises(
         ValueError, match=r"train.extra \{'repetition_penalty': 1.2\}: midtrain's rollout loop"
     ):

@@ -334,3 +334,80 @@ def test_vllm_sampling_draws_a_reply_per_seed_and_prompt_whatever_the_batch(
         assert greedy[1] == generate([prompts[1]], [None], 32)[0] != generate([prompts[1]], [tool], 32)[0]
     finally:
         generate.close()
+
+
+def test_rollouts_on_vllm_decode_with_the_policys_current_lora(
+    run_dir: Path, embedded_model_dir: Path
+) -> None:
+    """midtrain's rollout loop on vLLM (`rl.generation.backend: vllm`): each rollout call saves the policy's LoRA
+    and decodes with it, so vLLM's greedy rollouts are the HF engine's for the weights as they are at that call,
+    before and after the weights change; rows sharing a prompt (a GRPO group) draw apart."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.chat import load_tokenizer
+    from pipelines.inference import Engine
+    from pipelines.rl.vllm_rollouts import VllmRollouts
+    from pipelines.run_config import RLGenerationSection
+
+    tokenizer = load_tokenizer(str(embedded_model_dir), tool_format="smollm2")
+    texts = [
+        tokenizer.apply_chat_template(_messages(q), tokenize=False, add_generation_prompt=True)
+        for q in (WEATHER_QUESTION, BOOKING_QUESTION)
+    ]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, torch_dtype=torch.float32)
+    policy = PeftModel.from_pretrained(base, str(run_dir / "sft" / "tool"), is_trainable=True).eval()
+    settings = RLGenerationSection(backend="vllm", gpu_memory_utilization=0.15, max_model_length=4096)
+    rollouts = VllmRollouts(str(embedded_model_dir), [tokenizer.eos_token_id], "float32", settings)
+    scratch = rollouts.scratch
+
+    def hf_greedy() -> list[list[int]]:
+        with torch.no_grad():
+            return Engine.for_tokenizer(policy, tokenizer)(prompts, [None, None], 32)
+
+    try:
+        trained = rollouts.generate_fn(policy, 0.0, seed=0)(prompts, [None, None], 32)
+        assert trained == hf_greedy()
+        with torch.no_grad():  # the update a step makes, taken to the extreme: the LoRA's B matrices zeroed
+            for name, param in policy.named_parameters():
+                if "lora_B" in name:
+                    param.zero_()
+        zeroed = rollouts.generate_fn(policy, 0.0, seed=0)(prompts, [None, None], 32)
+        assert (
+            zeroed == hf_greedy() != trained
+        )  # the new weights, not the adapter vLLM cached at the first call
+        assert rollouts.syncs == 2 and len(list(scratch.glob("policy-*"))) == 1  # the old save was dropped
+        group = rollouts.generate_fn(policy, 1.0, seed=3)([prompts[0]] * 4, [None] * 4, 24)
+        assert len({tuple(reply) for reply in group}) > 1  # a group's rollouts share a prompt, not a draw
+    finally:
+        rollouts.close()
+    assert not scratch.exists()
+
+
+@pytest.mark.train
+def test_grpo_with_midtrains_loop_on_vllm_trains_on_cpu(tmp_path: Path, embedded_model_dir: Path) -> None:
+    """The RL stage with `generation.backend: vllm` and midtrain's loop on the CPU build (where TRL's own vLLM
+    path fails at its first weight sync): two GRPO steps, each decoded with that step's LoRA, and the LoRA learns
+    from them (the base makes no calls, so `answered` is what tells its rollouts apart: one cut off, one not)."""
+    from safetensors.torch import load_file
+
+    from pipelines.rl import train as rl_train
+    from tests.helpers import rl_config
+
+    config = rl_config(
+        tmp_path, embedded_model_dir, domains=["calculator"], n_tasks=2, irrelevance_fraction=0.0,
+        from_base=True, max_difficulty=1, offered_tools="task", eval_tasks_per_domain=0,
+        max_completion_length=48, rollouts={"shape": "chain", "loop": "midtrain"},
+        reward_weights={"answered": 1.0},
+        generation={"backend": "vllm", "gpu_memory_utilization": 0.15, "max_model_length": 4096},
+    )  # fmt: skip
+    result = rl_train.run(config)
+    out = config.run_dir / "rl" / "tool"
+    rollouts = json.loads((out / "rollouts.json").read_text())
+    assert rollouts["backend"] == "vllm" and rollouts["vllm_adapter_syncs"] == 2
+    assert rollouts["totals"]["generated_tokens"] > 0 and rollouts["totals"]["groups"] == 2
+    assert result.clusters["tool"].steps == 2
+    lora_b = [t for name, t in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in name]
+    assert lora_b and any(bool(t.abs().sum() > 0) for t in lora_b)  # a fresh LoRA's B starts at zero

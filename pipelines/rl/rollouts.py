@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import episodes
 from pipelines.codecs import Codec
@@ -56,6 +56,9 @@ from pipelines.rl.feedback import verbal_feedback
 from pipelines.run_config import RLSection
 from pipelines.schema import LOSS_FROM_TURN
 from pipelines.tasks.sampling import DomainTask
+
+if TYPE_CHECKING:
+    from pipelines.rl.vllm_rollouts import VllmRollouts
 
 log = logging.getLogger("midtrain.rl")
 RECOVERY_FILE = "recovery_traces.jsonl"
@@ -495,6 +498,7 @@ class RolloutFunction:
             else None
         )
         self.sampling = Sampling()  # the trainer's top_p/top_k/min_p, set by the stage from GRPOConfig
+        self.vllm: VllmRollouts | None = None  # `generation.backend: vllm`: set by the stage
         self.stats: Counter[str] = Counter()
         self.seconds = 0.0
         self.step = 0  # the optimizer step these rollouts train (recovery rows are tagged with it)
@@ -534,17 +538,24 @@ class RolloutFunction:
         was_training = model.training
         model.eval()
         try:
-            # A fresh engine per call: its prefix cache holds KV computed with the current weights.
-            engine = Engine.for_tokenizer(model, tokenizer)
             # The call count lives in `stats` (saved with checkpoints), so a resumed run does not replay seeds.
-            pick = sampler(
-                self.rl.temperature, self.sampling.top_p, self.seed + self.stats["calls"],
-                top_k=self.sampling.top_k, min_p=self.sampling.min_p,
-            )  # fmt: skip
+            seed = self.seed + self.stats["calls"]
             self.stats["calls"] += 1
+            cut = self.sampling
+            if self.vllm is not None:
+                unwrapped = trainer.accelerator.unwrap_model(model)
+                generate = self.vllm.generate_fn(
+                    unwrapped, self.rl.temperature, seed, cut.top_p, top_k=cut.top_k, min_p=cut.min_p
+                )
+            else:
+                # A fresh engine per call: its prefix cache holds KV computed with the current weights.
+                engine = Engine.for_tokenizer(model, tokenizer)
+                pick = sampler(self.rl.temperature, cut.top_p, seed, top_k=cut.top_k, min_p=cut.min_p)
 
-            def generate(prompt_ids: Any, adapters: Any, max_new: int, shared_prefixes: Any = None) -> Any:
-                return engine(prompt_ids, adapters, max_new, pick=pick, shared_prefixes=shared_prefixes)
+                def generate(
+                    prompt_ids: Any, adapters: Any, max_new: int, shared_prefixes: Any = None
+                ) -> Any:
+                    return engine(prompt_ids, adapters, max_new, pick=pick, shared_prefixes=shared_prefixes)
 
             started = time.perf_counter()
             self.step = int(getattr(trainer.state, "global_step", 0))
@@ -681,7 +692,10 @@ class RolloutFunction:
             "tree": self.rl.rollouts.tree.model_dump() if self.rl.rollouts.shape == "tree" else None,
             "totals": dict(self.stats),
             "reflexion": self.rl.reflexion.model_dump() if self.rl.reflexion.retries else None,
+            "backend": self.rl.generation.backend,
         }
+        if self.vllm is not None:
+            out["vllm_adapter_syncs"] = self.vllm.syncs
         if self.curriculum is not None:
             out["curriculum"] = self.curriculum.metrics()
         return out

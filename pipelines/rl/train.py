@@ -348,11 +348,14 @@ def _midtrain_loop_trainer(
     loop.function = function
     # The advantages arrive centred and scaled per group: TRL must not scale them again, re-normalise them per
     # reward, or drop a fork's segment for not ending in EOS (it ends where the branches continue).
+    # `use_vllm` stays off: with `generation.backend: vllm` the loop decodes on its own engine (VllmRollouts).
     args = grpo_args(
         config, cluster, out_dir, [1.0], scorer.codec.template_kwargs, scale_rewards="none",
-        multi_objective_aggregation="sum_then_normalize", mask_truncated_completions=False,
+        multi_objective_aggregation="sum_then_normalize", mask_truncated_completions=False, use_vllm=False,
     )  # fmt: skip
     function.sampling = Sampling.from_args(args)
+    if rl.generation.backend == "vllm":
+        function.vllm = vllm_rollouts(config, tokenizer)
     budget = (
         [TokenBudgetCallback(function, rl.rollouts.max_generated_tokens)]
         if rl.rollouts.max_generated_tokens
@@ -372,6 +375,36 @@ def _midtrain_loop_trainer(
             *callbacks,
         ],
     )
+
+
+def vllm_rollouts(config: RunConfig, tokenizer: Any) -> Any:
+    """The loop's vLLM engine over the base (started on the first rollout call, with the policy's LoRA)."""
+    from pipelines.codecs import codec_for
+    from pipelines.models import resolve_model
+    from pipelines.rl.vllm_rollouts import VllmRollouts
+
+    assert config.rl is not None
+    base = resolve_model(config.model.name_or_path, config.model.revision)
+    stops = codec_for(tokenizer).end_of_turn_ids(tokenizer)
+    return VllmRollouts(base, stops, config.model.dtype, config.rl.generation)
+
+
+def check_vllm_policy(config: RunConfig, cluster: str) -> None:
+    """With midtrain's loop on vLLM: BadInput now, before any evaluation or training, for an SFT adapter vLLM
+    would refuse (the first rollout would otherwise find out)."""
+    from pipelines.models import resolve_model
+    from pipelines.vllm_export import base_vocab_size, check_adapters
+
+    rl = config.rl
+    assert rl is not None
+    if (
+        rl.generation.backend != "vllm"
+        or rl.from_base
+        or not rl.rollouts.uses_midtrain_loop(rl.reflexion, rl.curriculum)
+    ):
+        return
+    base = resolve_model(config.model.name_or_path, config.model.revision)
+    check_adapters({f"sft/{cluster}": sft_adapter_dir(config, cluster)}, base_vocab_size(base))
 
 
 class TokenBudgetCallback(TrainerCallback):
@@ -552,6 +585,7 @@ def run(
     if not rl.from_base:
         for name in names:
             sft_adapter_dir(config, name)  # fail on a missing adapter before any training starts
+            check_vllm_policy(config, name)
             for warning in rollout_budget_warnings(config, name):
                 log.warning("rl: %s", warning)
     try:
@@ -687,7 +721,11 @@ def train_cluster(
         PeakMemory() as peak,
     ):
         started = time.perf_counter()
-        output = trainer.train(resume_from_checkpoint=str(job.checkpoint) if job.checkpoint else None)
+        try:
+            output = trainer.train(resume_from_checkpoint=str(job.checkpoint) if job.checkpoint else None)
+        finally:
+            if loop is not None and loop.function is not None and loop.function.vllm is not None:
+                loop.function.vllm.close()  # its memory goes back before the evaluation after training
         wall_time = time.perf_counter() - started
         after = evaluate()
         summary = _summary(trainer, output, wall_time, peak, failures, train_items, job, config)
