@@ -541,4 +541,6 @@ def test_an_sft_adapter_vllm_would_refuse_fails_before_rl_on_vllm_starts(
     (adapter / "adapter_model.safetensors").unlink()
     with pytest.raises(BadInput, match=r"adapters vLLM would refuse:\n  sft/tool: .*no adapter weights"):
         check_vllm_policy(config, "tool")
-    check_vllm_policy(rl_config(tmp_path, tiny_model_dir, rollouts={"loop": "midtrain"}), "tool")  # hf: no vLLM
+    check_vllm_policy(
+        rl_config(tmp_path, tiny_model_dir, rollouts={"loop": "midtrain"}), "tool"
+    )  # hf: no vLLM
