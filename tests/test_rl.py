@@ -528,11 +528,12 @@ def test_sampled_held_out_evaluation_scores_each_task_by_the_mean_of_its_samples
 
 
 def test_an_sft_adapter_vllm_would_refuse_fails_before_rl_on_vllm_starts(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """midtrain's loop on vLLM loads the SFT adapter into vLLM at its first rollout; one vLLM would refuse is
-    named before the evaluation and training that come first, and only on that path."""
-    from pipelines.rl.train import check_vllm_policy
+    named before the evaluation and training that come first, and only on that path. Under a multi-process
+    launch it is refused (every rank would start an engine of its own)."""
+    from pipelines.rl.train import check_vllm_policy, vllm_rollouts
 
     on_vllm = {"rollouts": {"loop": "midtrain"}, "generation": {"backend": "vllm"}}
     config = rl_config(tmp_path, tiny_model_dir, **on_vllm)
@@ -541,6 +542,8 @@ def test_an_sft_adapter_vllm_would_refuse_fails_before_rl_on_vllm_starts(
     (adapter / "adapter_model.safetensors").unlink()
     with pytest.raises(BadInput, match=r"adapters vLLM would refuse:\n  sft/tool: .*no adapter weights"):
         check_vllm_policy(config, "tool")
-    check_vllm_policy(
-        rl_config(tmp_path, tiny_model_dir, rollouts={"loop": "midtrain"}), "tool"
-    )  # hf: no vLLM
+    on_hf = rl_config(tmp_path, tiny_model_dir, rollouts={"loop": "midtrain"})
+    check_vllm_policy(on_hf, "tool")  # no vLLM on this path: nothing to check
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(BadInput, match="runs in one process"):
+        vllm_rollouts(config, tokenizer=None)

@@ -29,9 +29,9 @@ its own group centering changes nothing (the group sums to zero already).
 
 **Curriculum** (`curriculum.enabled`): a task is drawn by the pass rate of its difficulty (weight p(1 - p),
 floored), and groups without GRPO signal are replaced by fresh tasks, up to `max_resamples` rounds (DAPO's
-dynamic sampling): with `signal: reward` groups whose leaves all got the same total reward, with `signal: outcome`
-groups whose leaves all passed or all failed the environment's check (DAPO's own filter, on accuracy); tasks solved by every leaf `retire_after` times are not drawn
-again. Pass rates per difficulty are logged.
+dynamic sampling): with `signal: reward` groups whose leaves all got the same total reward, with `signal:
+outcome` groups whose leaves all passed or all failed the environment's check (DAPO's own filter, on accuracy);
+tasks solved by every leaf `retire_after` times are not drawn again. Pass rates per difficulty are logged.
 """
 
 from __future__ import annotations

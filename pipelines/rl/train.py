@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
@@ -45,6 +45,9 @@ from pipelines.sft.outputs import ADAPTER_WEIGHTS, check_vllm_compatible, read_j
 from pipelines.tasks import sampling
 from pipelines.tracking import LocalMetricsCallback, read_metrics, wandb_session
 from pipelines.units import plan_unit, prepare_unit
+
+if TYPE_CHECKING:
+    from pipelines.rl.vllm_rollouts import VllmRollouts
 
 log = logging.getLogger("midtrain.rl")
 REWARDS_PLOT = "rewards.png"
@@ -377,13 +380,21 @@ def _midtrain_loop_trainer(
     )
 
 
-def vllm_rollouts(config: RunConfig, tokenizer: Any) -> Any:
+def vllm_rollouts(config: RunConfig, tokenizer: Any) -> VllmRollouts:
     """The loop's vLLM engine over the base (started on the first rollout call, with the policy's LoRA)."""
+    import os
+
     from pipelines.codecs import codec_for
     from pipelines.models import resolve_model
     from pipelines.rl.vllm_rollouts import VllmRollouts
 
     assert config.rl is not None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank would start an engine of its own on its device; TRL's loop shards one across ranks.
+        raise BadInput(
+            "rl.generation.backend: vllm on midtrain's rollout loop runs in one process; under accelerate/torchrun "
+            "use rollouts.loop: trl (TRL's vLLM) or generation.backend: hf"
+        )
     base = resolve_model(config.model.name_or_path, config.model.revision)
     stops = codec_for(tokenizer).end_of_turn_ids(tokenizer)
     return VllmRollouts(base, stops, config.model.dtype, config.rl.generation)

@@ -15,7 +15,6 @@ tokens come from a policy a rounding away from the one TRL scores; with `model.d
 from __future__ import annotations
 
 import gc
-import logging
 import shutil
 import tempfile
 from collections.abc import Collection
@@ -24,8 +23,6 @@ from typing import Any
 
 from pipelines.inference import GenerateFn
 from pipelines.run_config import RLGenerationSection
-
-log = logging.getLogger("midtrain.rl")
 
 
 def engine_args(settings: RLGenerationSection) -> dict[str, Any]:
