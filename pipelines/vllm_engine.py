@@ -135,7 +135,8 @@ class VllmGenerate:
         def sample(
             prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int
         ) -> list[list[int]]:
-            return self._generate(prompts, adapters, max_new_tokens, temperature, seed)
+            seeds = [request_seed(seed, prompt) for prompt in prompts]
+            return self._generate(prompts, adapters, max_new_tokens, temperature, seeds)
 
         return sample
 
@@ -153,7 +154,7 @@ class VllmGenerate:
             calls += 1
             seeds = [request_seed(seed, [calls, row, *prompt]) for row, prompt in enumerate(prompts)]
             cuts = {"top_p": top_p, "top_k": top_k, "min_p": min_p or 0.0}
-            return self._generate(prompts, adapters, max_new_tokens, temperature, seeds=seeds, cuts=cuts)
+            return self._generate(prompts, adapters, max_new_tokens, temperature, seeds, cuts)
 
         return sample
 
@@ -163,21 +164,17 @@ class VllmGenerate:
         adapters: list[str | None],
         max_new_tokens: int,
         temperature: float = 0.0,
-        seed: int | None = None,
         seeds: list[int] | None = None,
         cuts: dict[str, Any] | None = None,
     ) -> list[list[int]]:
-        """`seed`: each row's seed from it and the row's prompt; `seeds`: one per row; `cuts`: top_p/top_k/min_p."""
+        """`seeds`: one per row (None: greedy needs none); `cuts`: top_p/top_k/min_p."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         def params(row: int) -> Any:
-            row_seed = seeds[row] if seeds is not None else None
-            if seed is not None:
-                row_seed = request_seed(seed, prompts[row])
             return SamplingParams(
                 temperature=temperature,
-                seed=row_seed,
+                seed=None if seeds is None else seeds[row],
                 max_tokens=max_new_tokens,
                 stop_token_ids=self.stop_ids,
                 detokenize=False,

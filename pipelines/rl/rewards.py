@@ -343,7 +343,6 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
     # A runaway episode: still calling when the tool rounds ran out, or cut off by the token budget.
     failures: Counter[str] = Counter(runaway=0 if rollout.finished else 1, truncated=int(rollout.truncated))
     failures["reasoning_in_answer"] += rollout.answer_still_reasoning
-    failures["empty_answer"] += rollout.finished and not rollout.truncated and not rollout.final_text.strip()
     answered = not rollout.truncated and not rollout.answer_still_reasoning
     if is_irrelevant(task):
         return (1.0 if rollout.attempted == 0 and rollout.finished and answered else 0.0), failures
@@ -358,6 +357,7 @@ def outcome_score(rollout: Rollout, task: Task, environment: Any) -> tuple[float
         return 0.0, failures
     if not answered:
         return 0.0, failures
+    failures["empty_answer"] += rollout.finished and not rollout.final_text.strip()  # a task that needs one
     try:
         environment._record_final_answer(rollout.final_text)
         value = float(environment.get_reward())

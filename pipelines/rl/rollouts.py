@@ -96,6 +96,7 @@ class Group:
     item: DomainTask
     nodes: list[Node] = field(default_factory=list)
     roots: list[int] = field(default_factory=list)
+    passed: list[bool] = field(default_factory=list)  # each leaf's verdict, once it is scored
 
     def leaves(self) -> list[Node]:
         return [n for n in self.nodes if n.leaf]
@@ -578,8 +579,8 @@ class RolloutFunction:
                 self._account(group)
             if self.curriculum is None:
                 break
-            flat = [i for i, g in enumerate(groups) if self._zero_signal(g)]
             self.curriculum.zero_signal += sum(1 for g in pending if self._zero_signal(g))
+            flat = [i for i, g in enumerate(groups) if self._zero_signal(g)]
             if not flat or round_ == self.rl.curriculum.max_resamples:
                 break
             used = {g.item.task.task_id for g in groups}
@@ -602,8 +603,7 @@ class RolloutFunction:
         if self.rl.curriculum.signal == "reward":
             values = [n.reward for n in group.leaves() if n.reward is not None]
             return len(values) > 1 and max(values) - min(values) < 1e-9
-        leaves = group.leaves()
-        return len(leaves) > 1 and len({self.scorer.passed(n) for n in leaves}) < 2
+        return len(group.passed) > 1 and len(set(group.passed)) < 2
 
     def _account(self, group: Group) -> None:
         leaves = group.leaves()
@@ -612,7 +612,7 @@ class RolloutFunction:
         self.stats["leaves"] += len(leaves)
         self.stats["generated_tokens"] += generated_tokens(group)
         self.stats["retries"] += sum(n.retries for n in leaves)
-        passed = [self.scorer.passed(n) for n in leaves]
+        passed = group.passed = [self.scorer.passed(n) for n in leaves]
         self.stats["passed_leaves"] += sum(passed)
         recovered = [n for n, ok in zip(leaves, passed, strict=True) if ok and n.retries]
         self.stats["recovered"] += len(recovered)
