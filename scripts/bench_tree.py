@@ -10,7 +10,13 @@ Reported per arm: optimizer steps, prompts (groups) seen, generated tokens, leav
 generated tokens/s, mean rollout reward over the run and at its last step, and the held-out outcome after
 training (greedy, live environments, Wilson 95%) with the paired change from the shared starting adapter.
 
+`--backends hf,vllm` runs every arm once per rollout decoder (`rl.generation.backend`; vLLM needs its own venv,
+`make setup-vllm`) and prints vLLM's rollout tokens/s over the HF engine's per shape: rollout seconds are the
+rollout calls' own (generation, tools, scoring and, for vLLM, saving and loading the step's LoRA), so the
+optimizer's share of a step does not dilute the ratio. `--heldout 0` skips the held-out evaluations.
+
     python scripts/bench_tree.py configs/smollm2-135m-demo.yaml --sft-adapter runs/NAME/sft/tool --budget 8000
+    .venv-vllm/bin/python scripts/bench_tree.py --sft-adapter A --arms chain --backends hf,vllm --heldout 0
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ from pipelines.run_config import RunConfig, load_run_config
 from pipelines.tracking import read_metrics
 
 
-def arm_config(args: argparse.Namespace, arm: str, out: Path) -> RunConfig:
+def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> RunConfig:
     generations = args.chain_generations if arm == "chain" else args.tree_generations
     forced = [
         f"output_dir={out}",
-        f"name=bench-{arm}",
+        f"name=bench-{arm}-{backend}",
+        f"rl.generation.backend={backend}",
         "rl.clusters=[tool]",
         "rl.from_base=false",
         "rl.rollouts.loop=midtrain",
@@ -52,7 +59,8 @@ def arm_config(args: argparse.Namespace, arm: str, out: Path) -> RunConfig:
         f"rl.n_tasks={args.tasks}",
         "tracking.report_to=[none]",
     ]
-    config = load_run_config(args.config, [*forced, *args.overrides])
+    backend_overrides = args.vllm_overrides if backend == "vllm" else []
+    config = load_run_config(args.config, [*forced, *args.overrides, *backend_overrides])
     if config.rl is None:
         raise SystemExit(f"{args.config}: no `rl` section")
     target = config.run_dir / "sft" / "tool"
@@ -61,16 +69,19 @@ def arm_config(args: argparse.Namespace, arm: str, out: Path) -> RunConfig:
     return config
 
 
-def run_arm(args: argparse.Namespace, arm: str, out: Path) -> dict[str, Any]:
-    config = arm_config(args, arm, out)
+def run_arm(args: argparse.Namespace, arm: str, backend: str, out: Path) -> dict[str, Any]:
+    config = arm_config(args, arm, backend, out)
     started = time.perf_counter()
     summary = stage.run(config).clusters["tool"]
     total = time.perf_counter() - started
     out_dir = config.run_dir / "rl" / "tool"
     rows = [r for r in read_metrics(out_dir / "metrics.jsonl") if "rollout/reward" in r]
-    comparison = json.loads((out_dir / "eval_before_after.json").read_text())
+    eval_file = out_dir / "eval_before_after.json"
+    comparison = json.loads(eval_file.read_text()) if eval_file.is_file() else None
     totals = (summary.rollouts or {}).get("totals", {})
+    generated = totals.get("generated_tokens") or 0
     return {
+        "backend": backend,
         "steps": summary.steps,
         "groups": totals.get("groups"),
         "leaves": totals.get("leaves"),
@@ -78,17 +89,32 @@ def run_arm(args: argparse.Namespace, arm: str, out: Path) -> dict[str, Any]:
         "generated_tokens": totals.get("generated_tokens"),
         "train_wall_s": summary.wall_time_s,  # training only; the held-out evaluations are outside it
         "stage_wall_s": round(total, 1),
-        "generated_tokens_per_s": (totals.get("generated_tokens") or 0) / max(summary.wall_time_s, 1e-9),
+        "generated_tokens_per_s": generated / max(summary.wall_time_s, 1e-9),
+        "rollout_s": (totals.get("rollout_ms") or 0) / 1000,
+        "rollout_tokens_per_s": generated / max((totals.get("rollout_ms") or 0) / 1000, 1e-9),
         "mean_reward": statistics.mean(r["rollout/reward"] for r in rows) if rows else None,
         "last_reward": rows[-1]["rollout/reward"] if rows else None,
         "passed_leaves": totals.get("passed_leaves"),
+        "peak_memory_gb": round(summary.peak_memory_bytes / 2**30, 2),
+        **heldout(comparison),
+    }
+
+
+def heldout(comparison: dict[str, Any] | None) -> dict[str, Any]:
+    if comparison is None:  # --heldout 0
+        return {"heldout_n": 0, "outcome_before": None, "outcome_after": None}
+    return {
         "heldout_n": comparison["after"]["n_tasks"],
         "outcome_before": comparison["before"]["outcome"],
         "outcome_after": comparison["after"]["outcome"],
         "outcome_after_ci95": comparison["after"]["ci95"]["outcome"],
         "outcome_change_ci95": comparison["delta"].get("outcome_ci95"),
-        "peak_memory_gb": round(summary.peak_memory_bytes / 2**30, 2),
     }
+
+
+def arm_key(arm: str, backend: str) -> str:
+    """`chain`, `tree` on the HF engine (the names earlier results used); `chain+vllm` on vLLM."""
+    return arm if backend == "hf" else f"{arm}+{backend}"
 
 
 def _interval(ci: Any) -> str:
@@ -113,7 +139,12 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=30, help="held-out tasks per domain")
     parser.add_argument("--tasks", type=int, default=256, help="training tasks to draw from")
     parser.add_argument("--arms", default="chain,tree")
+    parser.add_argument("--backends", default="hf", help="rollout decoders, each arm runs once per backend")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c")
+    parser.add_argument(
+        "--vllm-set", dest="vllm_overrides", action="append", default=[],
+        help="override for the vLLM arms only, e.g. rl.generation.gpu_memory_utilization=0.15",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if not (args.sft_adapter / "adapter_config.json").is_file():
@@ -125,19 +156,32 @@ def main() -> None:
         "config": args.config,
         "sft_adapter": str(args.sft_adapter),
     }
+    runs = [(arm, backend) for arm in args.arms.split(",") for backend in args.backends.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_tree_") as tmp:
-        for arm in args.arms.split(","):
-            results[arm] = run_arm(args, arm, Path(tmp) / arm)
-            print(json.dumps({arm: results[arm]}), flush=True)
+        for arm, backend in runs:
+            key = arm_key(arm, backend)
+            results[key] = run_arm(args, arm, backend, Path(tmp) / key)
+            print(json.dumps({key: results[key]}), flush=True)
     print(f"\nequal budget: {args.budget} generated tokens per arm")
-    print(f"{'arm':6s} {'steps':>5s} {'groups':>6s} {'tokens':>7s} {'train s':>8s} {'tok/s':>6s} "
-          f"{'reward':>7s} {'held-out outcome after (n)':>30s} {'change [95%]':>16s}")  # fmt: skip
+    print(f"{'arm':11s} {'steps':>5s} {'groups':>6s} {'tokens':>7s} {'train s':>8s} {'tok/s':>6s} "
+          f"{'rollout tok/s':>13s} {'reward':>7s} {'held-out outcome after (n)':>30s} "
+          f"{'change [95%]':>16s}")  # fmt: skip
+    for arm, backend in runs:
+        r = results[arm_key(arm, backend)]
+        after = "not evaluated"
+        if r["outcome_after"] is not None:
+            after = f"{r['outcome_after']:.3f} {_interval(r['outcome_after_ci95'])} ({r['heldout_n']})"
+        print(f"{arm_key(arm, backend):11s} {r['steps']:5d} {r['groups']:6d} {r['generated_tokens']:7d} "
+              f"{r['train_wall_s']:8.0f} {r['generated_tokens_per_s']:6.1f} {r['rollout_tokens_per_s']:13.1f} "
+              f"{r['mean_reward']:7.3f} {after:>30s} {_interval(r.get('outcome_change_ci95')):>16s}")  # fmt: skip
     for arm in args.arms.split(","):
-        r = results[arm]
-        after = f"{r['outcome_after']:.3f} {_interval(r['outcome_after_ci95'])} ({r['heldout_n']})"
-        print(f"{arm:6s} {r['steps']:5d} {r['groups']:6d} {r['generated_tokens']:7d} {r['train_wall_s']:8.0f} "
-              f"{r['generated_tokens_per_s']:6.1f} {r['mean_reward']:7.3f} {after:>30s} "
-              f"{_interval(r['outcome_change_ci95']):>16s}")  # fmt: skip
+        hf, vllm = results.get(arm_key(arm, "hf")), results.get(arm_key(arm, "vllm"))
+        if hf and vllm:
+            ratio = vllm["rollout_tokens_per_s"] / max(hf["rollout_tokens_per_s"], 1e-9)
+            results[f"{arm}_vllm_over_hf_rollout_tokens_per_s"] = ratio
+            wall = hf["generated_tokens_per_s"] / max(vllm["generated_tokens_per_s"], 1e-9)
+            print(f"{arm}: rollout tokens/s vLLM / HF = {ratio:.2f}x; "
+                  f"training wall time per generated token vLLM / HF = {wall:.2f}x")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
