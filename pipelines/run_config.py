@@ -927,11 +927,12 @@ def check_model_exists(config: RunConfig, path: str | Path, overrides: list[str]
 
 
 def load_any(path: str | Path, overrides: list[str] | None = None) -> RunConfig | Recipe:
-    """A run config or a bare recipe (`midtrain data build` takes either): told apart by the `categories` key."""
+    """A run config or a bare recipe (`midtrain data build` takes either): told apart by the `categories` key, or
+    `base` (a recipe that inherits its categories; a run config has no `base`)."""
     data, _ = load_yaml(_find(path))
     if not isinstance(data, dict):
         raise BadInput(f"{path}: expected a mapping at the top level")
-    if "categories" in data:
+    if "categories" in data or "base" in data:
         return load_recipe(path, overrides)
     return load_run_config(path, overrides)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,15 @@ def _write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def test_a_recipe_that_only_overrides_its_base_loads_as_a_recipe(tmp_path: Path) -> None:
+    """`base:` without `categories` (they are inherited) is a recipe, not a run config missing `data`."""
+    shutil.copy(REPO_ROOT / "data_recipes" / "agentic-v1.yaml", tmp_path / "agentic-v1.yaml")
+    path = _write(tmp_path, "base: agentic-v1.yaml\nname: child\ndecontamination: {heldout_n: 3300}\n")
+    recipe = load_any(path)
+    assert isinstance(recipe, Recipe) and recipe.name == "child"
+    assert recipe.decontamination.heldout_n == 3300 and set(recipe.categories) == {"tool", "code", "text"}
 
 
 RECIPE = """\
