@@ -85,7 +85,39 @@ def test_heldout_tasks_beyond_the_decontaminated_pool_are_counted_and_the_fix_na
     assert covered.decontaminated and covered.outside == 0 and covered.contamination_warning() is None
     assert [i.task.task_id for i in covered.items] == [i.task.task_id for i in held.items]
     other_seed = sampling.heldout_tasks(calculator, 2, 5, 1, decontaminated_n=0)
-    assert "seed 5 is not the recipe's decontamination.heldout_seed" in other_seed.contamination_warning()
+    assert (
+        "seed 5 is not the decontamination.heldout_seed the mix was built with"
+        in other_seed.contamination_warning()
+    )
+
+
+def test_the_decontaminated_pool_is_the_built_mixs_not_the_recipe_edited_since(tmp_path: Path) -> None:
+    """A mix built when the recipe checked 300 held-out tasks stays checked against 300 after the recipe says 1,600:
+    RL and eval read the manifest's recipe as built (a warning that believed the recipe hid 27 unchecked tasks)."""
+    from pipelines.data.manifest import recipe_record
+    from pipelines.rl.train import heldout_spec
+    from pipelines.run_config import load_run_config
+
+    config = load_run_config("configs/smollm2-135m-demo.yaml", [f"output_dir={tmp_path}"])
+    assert heldout_spec(config) == (1_000_003, 1600)  # no mix built yet: the recipe's word
+    data_dir = config.run_dir / "data"
+    data_dir.mkdir(parents=True)
+    built = config.data.recipe.model_copy(
+        update={"decontamination": config.data.recipe.decontamination.model_copy(update={"heldout_n": 300})}
+    )
+    manifest = {"format": "x", **recipe_record(built)}
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert heldout_spec(config) == (1_000_003, 300)
+    without_heldout = built.decontamination.model_copy(update={"sets": ["bfcl"]})
+    manifest["recipe"]["decontamination"] = without_heldout.model_dump(mode="json")
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert heldout_spec(config) == (1_000_003, 0)
+    manifest["recipe"]["decontamination"]["heldout_n"] = "many"
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput, match=r"manifest.json: recipe.decontamination.*heldout_n"):
+        heldout_spec(config)
+    (data_dir / "manifest.json").write_text(json.dumps({"recipe": {"name": "hand-made"}}))
+    assert heldout_spec(config) == (1_000_003, 1600)  # a mix folder that records no decontamination
 
 
 def test_task_seed_must_differ_from_sft_and_heldout_seeds(tmp_path: Path) -> None:

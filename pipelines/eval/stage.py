@@ -326,7 +326,9 @@ def load_heldout(config: RunConfig, section: EvalSection) -> HeldoutSuite:
     if not domains:
         return HeldoutSuite([], {}, "no registered environment domain has fixed tool methods")
     per_domain = section.heldout_count or DEFAULT_TASKS_PER_DOMAIN
-    seed, decontaminated_n = heldout_spec(config.data.recipe, heldout_seed(config, section))
+    seed, decontaminated_n = heldout_spec(
+        config.data.recipe, heldout_seed(config, section), config.run_dir / "data"
+    )
     held_out = heldout_tasks(domains, per_domain, seed, section.heldout_max_difficulty, decontaminated_n)
     warning = held_out.contamination_warning() or ""
     n_irrelevant = math.ceil(per_domain * section.heldout_irrelevance_fraction)

@@ -61,9 +61,10 @@ UNFINGERPRINTED_TRAIN_KEYS = {"save_steps", "save_total_limit", "logging_steps"}
 
 # -- inputs ----------------------------------------------------------------------------------------------------
 def heldout_spec(config: RunConfig) -> tuple[int, int]:
-    """(seed, decontaminated pool size) of the RL stage's held-out tasks (`rl.eval_seed`, else the recipe's)."""
+    """(seed, decontaminated pool size) of the RL stage's held-out tasks (`rl.eval_seed`, else the recipe's), the
+    pool as the run's mix was built."""
     assert config.rl is not None
-    return sampling.heldout_spec(config.data.recipe, config.rl.eval_seed)
+    return sampling.heldout_spec(config.data.recipe, config.rl.eval_seed, config.run_dir / "data")
 
 
 def check_seeds(config: RunConfig, eval_seed: int) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipelines.envs.base import ToolEnv, guarded
 from pipelines.errors import BadInput
-from pipelines.recipe import Recipe
+from pipelines.recipe import Decontamination, Recipe
 from pipelines.tasks.records import Task
 
 
@@ -121,14 +122,34 @@ def sample_tasks(
     return out
 
 
-def heldout_spec(recipe: Recipe, seed: int | None) -> tuple[int, int]:
-    """(seed, decontaminated pool size) of held-out tasks. The recipe's `decontamination.heldout_seed` is the
-    default, and its first `heldout_n` tasks are the ones the SFT mix was decontaminated against; any other seed
-    has no decontaminated pool (0), which callers report."""
-    own = recipe.decontamination
-    if seed is None or seed == own.heldout_seed:
-        return own.heldout_seed, own.heldout_n
-    return seed, 0
+def heldout_spec(recipe: Recipe, seed: int | None, data_dir: Path | None = None) -> tuple[int, int]:
+    """(seed, decontaminated pool size) of held-out tasks. The seed is `seed`, else the recipe's
+    `decontamination.heldout_seed`. The pool is what the SFT mix was checked against: the first `heldout_n` tasks
+    of that seed as the mix in `data_dir` was built (its manifest records the recipe as built; a recipe edited
+    since does not change what the mix holds), else as the recipe says; 0 for another seed, or a mix that left
+    the `heldout` set out, which callers report."""
+    chosen = recipe.decontamination.heldout_seed if seed is None else seed
+    checked = built_decontamination(data_dir) if data_dir is not None else None
+    if checked is None:
+        checked = recipe.decontamination
+    if chosen != checked.heldout_seed or "heldout" not in checked.sets:
+        return chosen, 0
+    return chosen, checked.heldout_n
+
+
+def built_decontamination(data_dir: Path) -> Decontamination | None:
+    """The decontamination a built mix got (its manifest's recipe as built), or None where there is no manifest or
+    it records none (a hand-made mix folder, which SFT accepts too)."""
+    from pipelines.config import load_json, validate_data
+
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = load_json(path, "a `midtrain data build` manifest")
+    recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
+    if not isinstance(recipe, dict) or "decontamination" not in recipe:
+        return None
+    return validate_data(Decontamination, recipe["decontamination"], f"{path}: recipe.decontamination")
 
 
 @dataclass
@@ -152,7 +173,8 @@ class HeldOut:
         if self.decontaminated_n == 0:
             return (
                 f"none of the {len(self.items)} held-out tasks was checked against the SFT mix: their seed {self.seed} "
-                "is not the recipe's decontamination.heldout_seed"
+                "is not the decontamination.heldout_seed the mix was built with, or its decontamination.sets left "
+                "out `heldout`"
             )
         return (
             f"{self.outside} of {len(self.items)} held-out tasks lie outside the first {self.decontaminated_n} the "
