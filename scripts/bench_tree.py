@@ -12,8 +12,8 @@ training (greedy, live environments, Wilson 95%) with the paired change from the
 
 `--backends hf,vllm` runs every arm once per rollout decoder (`rl.generation.backend`; vLLM needs its own venv,
 `make setup-vllm`) and prints vLLM's rollout tokens/s over the HF engine's per shape: rollout seconds are the
-rollout calls' own (generation, tools, scoring and, for vLLM, saving and loading the step's LoRA), so the
-optimizer's share of a step does not dilute the ratio. `--heldout 0` skips the held-out evaluations.
+rollout calls' own (generation, tools, scoring and, for vLLM, saving and loading each step's LoRA; the engine's
+one start is reported apart), so the optimizer's share of a step does not dilute the ratio. `--heldout 0` skips the held-out evaluations.
 
     python scripts/bench_tree.py configs/smollm2-135m-demo.yaml --sft-adapter runs/NAME/sft/tool --budget 8000
     .venv-vllm/bin/python scripts/bench_tree.py --sft-adapter A --arms chain --backends hf,vllm --heldout 0
@@ -41,7 +41,6 @@ def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> R
     forced = [
         f"output_dir={out}",
         f"name=bench-{arm}-{backend}",
-        f"rl.generation.backend={backend}",
         "rl.clusters=[tool]",
         "rl.from_base=false",
         "rl.rollouts.loop=midtrain",
@@ -59,7 +58,11 @@ def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> R
         f"rl.n_tasks={args.tasks}",
         "tracking.report_to=[none]",
     ]
-    backend_overrides = args.vllm_overrides if backend == "vllm" else []
+    # The arm's backend goes last: it names the arm, so no --set may change it.
+    backend_overrides = [
+        *(args.vllm_overrides if backend == "vllm" else []),
+        f"rl.generation.backend={backend}",
+    ]
     config = load_run_config(args.config, [*forced, *args.overrides, *backend_overrides])
     if config.rl is None:
         raise SystemExit(f"{args.config}: no `rl` section")
@@ -76,10 +79,12 @@ def run_arm(args: argparse.Namespace, arm: str, backend: str, out: Path) -> dict
     total = time.perf_counter() - started
     out_dir = config.run_dir / "rl" / "tool"
     rows = [r for r in read_metrics(out_dir / "metrics.jsonl") if "rollout/reward" in r]
-    eval_file = out_dir / "eval_before_after.json"
-    comparison = json.loads(eval_file.read_text()) if eval_file.is_file() else None
+    comparison = json.loads((out_dir / "eval_before_after.json").read_text()) if args.heldout else None
     totals = (summary.rollouts or {}).get("totals", {})
     generated = totals.get("generated_tokens") or 0
+    # vLLM's engine starts once, inside the first rollout call: a one-time cost, reported apart from throughput.
+    engine_start_s = (summary.rollouts or {}).get("vllm_engine_start_s", 0.0)
+    rollout_s = (totals.get("rollout_ms") or 0) / 1000 - engine_start_s
     return {
         "backend": backend,
         "steps": summary.steps,
@@ -90,8 +95,9 @@ def run_arm(args: argparse.Namespace, arm: str, backend: str, out: Path) -> dict
         "train_wall_s": summary.wall_time_s,  # training only; the held-out evaluations are outside it
         "stage_wall_s": round(total, 1),
         "generated_tokens_per_s": generated / max(summary.wall_time_s, 1e-9),
-        "rollout_s": (totals.get("rollout_ms") or 0) / 1000,
-        "rollout_tokens_per_s": generated / max((totals.get("rollout_ms") or 0) / 1000, 1e-9),
+        "rollout_s": round(rollout_s, 3),
+        "rollout_tokens_per_s": generated / max(rollout_s, 1e-9),
+        "vllm_engine_start_s": engine_start_s,
         "mean_reward": statistics.mean(r["rollout/reward"] for r in rows) if rows else None,
         "last_reward": rows[-1]["rollout/reward"] if rows else None,
         "passed_leaves": totals.get("passed_leaves"),
@@ -101,7 +107,7 @@ def run_arm(args: argparse.Namespace, arm: str, backend: str, out: Path) -> dict
 
 
 def heldout(comparison: dict[str, Any] | None) -> dict[str, Any]:
-    if comparison is None:  # --heldout 0
+    if comparison is None:  # --heldout 0: the stage evaluated nothing
         return {"heldout_n": 0, "outcome_before": None, "outcome_after": None}
     return {
         "heldout_n": comparison["after"]["n_tasks"],
@@ -149,6 +155,10 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.sft_adapter / "adapter_config.json").is_file():
         raise SystemExit(f"{args.sft_adapter}: no adapter_config.json (pass an SFT adapter folder)")
+    if unknown := set(args.backends.split(",")) - {"hf", "vllm"}:
+        raise SystemExit(f"--backends: unknown {sorted(unknown)} (hf, vllm)")
+    if args.vllm_overrides and "vllm" not in args.backends.split(","):
+        raise SystemExit("--vllm-set: no vLLM arm runs (add vllm to --backends)")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     results: dict[str, Any] = {

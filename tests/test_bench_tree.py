@@ -49,18 +49,23 @@ def test_bench_tree_spends_the_budget_in_both_shapes_and_reports_rollout_through
     for arm in ("chain", "tree"):
         r = results[arm]
         assert r["backend"] == "hf" and r["steps"] >= 1
-        # The budget stops the arm: a step in progress finishes, so it is reached and exceeded by at most a step.
-        assert r["generated_tokens"] >= 150
-        assert r["rollout_s"] > 0 and r["rollout_tokens_per_s"] == pytest.approx(
-            r["generated_tokens"] / r["rollout_s"]
-        )
+        assert r["generated_tokens"] >= 150  # the budget, not max_steps, ended the arm
+        # Rollout seconds are the rollout calls' share of training, so they are inside its wall time.
+        assert 0 < r["rollout_s"] < r["train_wall_s"] and r["vllm_engine_start_s"] == 0.0
         assert r["heldout_n"] == 0 and r["outcome_after"] is None  # --heldout 0: no evaluation ran
     printed = capsys.readouterr().out
     assert "not evaluated" in printed and "vLLM / HF" not in printed  # one backend: no ratio
 
 
-def test_bench_tree_refuses_a_folder_without_an_adapter(
+def test_bench_tree_refuses_what_it_cannot_run(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(SystemExit, match="no adapter_config.json"):
         run_bench(monkeypatch, tiny_args(tiny_model_dir, tmp_path, tmp_path / "b.json", budget=10))
+    adapter = tmp_path / "sft-tool"
+    make_adapter(tiny_model_dir, adapter, seed=0)
+    args = tiny_args(tiny_model_dir, adapter, tmp_path / "b.json", budget=10)
+    with pytest.raises(SystemExit, match=r"--backends: unknown \['sglang'\]"):
+        run_bench(monkeypatch, [*args, "--backends", "hf,sglang"])
+    with pytest.raises(SystemExit, match="--vllm-set: no vLLM arm runs"):
+        run_bench(monkeypatch, [*args, "--vllm-set", "rl.generation.max_model_length=4096"])

@@ -108,6 +108,9 @@ def test_the_decontaminated_pool_is_the_built_mixs_not_the_recipe_edited_since(t
     manifest = {"format": "x", **recipe_record(built)}
     (data_dir / "manifest.json").write_text(json.dumps(manifest))
     assert heldout_spec(config) == (1_000_003, 300)
+    manifest["recipe"]["decontamination"]["heldout_seed"] = 5  # built against another seed's tasks
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert heldout_spec(config) == (1_000_003, 0)
     without_heldout = built.decontamination.model_copy(update={"sets": ["bfcl"]})
     manifest["recipe"]["decontamination"] = without_heldout.model_dump(mode="json")
     (data_dir / "manifest.json").write_text(json.dumps(manifest))

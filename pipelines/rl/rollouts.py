@@ -543,6 +543,9 @@ class RolloutFunction:
             seed = self.seed + self.stats["calls"]
             self.stats["calls"] += 1
             cut = self.sampling
+            # Timed from here: with vLLM, saving and loading this step's LoRA is part of every rollout call (its
+            # engine's one start is reported apart, `vllm_engine_start_s`).
+            started = time.perf_counter()
             if self.vllm is not None:
                 unwrapped = trainer.accelerator.unwrap_model(model)
                 generate = self.vllm.generate_fn(
@@ -558,7 +561,6 @@ class RolloutFunction:
                 ) -> Any:
                     return engine(prompt_ids, adapters, max_new, pick=pick, shared_prefixes=shared_prefixes)
 
-            started = time.perf_counter()
             self.step = int(getattr(trainer.state, "global_step", 0))
             groups = self._grow(generate, tokenizer, chosen)
             self.seconds = time.perf_counter() - started
@@ -696,6 +698,7 @@ class RolloutFunction:
         }
         if self.vllm is not None:
             out["vllm_adapter_syncs"] = self.vllm.syncs
+            out["vllm_engine_start_s"] = round(self.vllm.engine_start_s, 3)
         if self.curriculum is not None:
             out["curriculum"] = self.curriculum.metrics()
         return out

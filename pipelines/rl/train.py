@@ -673,11 +673,13 @@ def task_file_inputs(
 
 
 def tasks_decontaminated(config: RunConfig, task_file: Path) -> bool:
-    """Does the recipe decontaminate against this task file's held-out rows (a `tasks:PATH` set)?"""
+    """Was the run's mix decontaminated against this task file's held-out rows (a `tasks:PATH` set)? As the mix was
+    built (its manifest), else as the recipe says."""
     from pipelines.tasks.task_file import TASKS_SET_PREFIX
 
     recipe = config.data.recipe
-    sets = [] if isinstance(recipe, str) else recipe.decontamination.sets
+    built = sampling.built_decontamination(config.run_dir / "data")
+    sets = built.sets if built is not None else [] if isinstance(recipe, str) else recipe.decontamination.sets
     for entry in sets:
         if entry.startswith(TASKS_SET_PREFIX):
             path = Path(entry.removeprefix(TASKS_SET_PREFIX))

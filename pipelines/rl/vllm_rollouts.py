@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import shutil
 import tempfile
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class VllmRollouts:
         self.engine: Any = None  # pipelines.vllm_engine.VllmGenerate, started on the first sync
         self.current: Path | None = None
         self.syncs = 0
+        self.engine_start_s = 0.0  # the engine's one start (inside the first rollout call's time)
 
     def sync(self, model: Any) -> Path:
         """Save `model`'s LoRA (a PeftModel) and make it the adapter vLLM decodes with; returns its folder."""
@@ -57,10 +59,12 @@ class VllmRollouts:
         self.syncs += 1
         model.save_pretrained(str(folder))
         if self.engine is None:
+            started = time.perf_counter()
             self.engine = VllmGenerate(
                 self.base, [str(folder)], self.stop_ids, self.dtype, engine_args(self.settings),
                 settings_key="rl.generation",
             )  # fmt: skip
+            self.engine_start_s = time.perf_counter() - started
         else:
             self.engine.load(folder)
         if self.current is not None:

@@ -147,9 +147,12 @@ def built_decontamination(data_dir: Path) -> Decontamination | None:
         return None
     manifest = load_json(path, "a `midtrain data build` manifest")
     recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
-    if not isinstance(recipe, dict) or "decontamination" not in recipe:
+    recorded = recipe.get("decontamination") if isinstance(recipe, dict) else None
+    if not isinstance(recorded, dict):
         return None
-    return validate_data(Decontamination, recipe["decontamination"], f"{path}: recipe.decontamination")
+    # Only the fields this version knows: a key another version recorded does not decide a warning here.
+    known = {key: value for key, value in recorded.items() if key in Decontamination.model_fields}
+    return validate_data(Decontamination, known, f"{path}: recipe.decontamination")
 
 
 @dataclass
