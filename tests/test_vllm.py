@@ -411,3 +411,32 @@ def test_grpo_with_midtrains_loop_on_vllm_trains_on_cpu(tmp_path: Path, embedded
     assert result.clusters["tool"].steps == 2
     lora_b = [t for name, t in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in name]
     assert lora_b and any(bool(t.abs().sum() > 0) for t in lora_b)  # a fresh LoRA's B starts at zero
+
+
+@pytest.mark.train
+def test_bench_tree_times_hf_and_vllm_rollouts_of_one_adapter(
+    tmp_path: Path, embedded_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """scripts/bench_tree.py `--backends hf,vllm`: the same chain arm decoded by each engine, both spend the
+    budget, and the printed ratio is the vLLM arm's rollout tokens/s over the HF arm's."""
+    from tests.helpers import make_adapter
+    from tests.test_bench_tree import run_bench, tiny_args
+
+    adapter = tmp_path / "sft-tool"
+    make_adapter(embedded_model_dir, adapter, seed=0, scale=0.0)
+    out = tmp_path / "bench.json"
+    args = tiny_args(embedded_model_dir, adapter, out, budget=120)
+    args += ["--arms", "chain", "--backends", "hf,vllm", "--vllm-set", "rl.generation.gpu_memory_utilization=0.15",
+             "--vllm-set", "rl.generation.max_model_length=4096"]  # fmt: skip
+    run_bench(monkeypatch, args)
+    results = json.loads(out.read_text())
+    hf, vllm = results["chain"], results["chain+vllm"]
+    assert (hf["backend"], vllm["backend"]) == ("hf", "vllm")
+    assert hf["generated_tokens"] >= 120 and vllm["generated_tokens"] >= 120
+    # vLLM decoded the second arm: its engine started (reported apart from the rollout seconds); HF's never did.
+    assert vllm["vllm_engine_start_s"] > 0 and hf["vllm_engine_start_s"] == 0.0
+    for arm in (hf, vllm):
+        assert 0 < arm["rollout_s"] < arm["train_wall_s"]
+    ratio = vllm["rollout_tokens_per_s"] / hf["rollout_tokens_per_s"]
+    assert results["chain_vllm_over_hf_rollout_tokens_per_s"] == pytest.approx(ratio)
+    assert f"rollout tokens/s vLLM / HF = {ratio:.2f}x" in capsys.readouterr().out
