@@ -91,7 +91,7 @@ def run_arm(args: argparse.Namespace, arm: str, backend: str, out: Path) -> dict
         "groups": totals.get("groups"),
         "leaves": totals.get("leaves"),
         "segments": totals.get("segments"),
-        "generated_tokens": totals.get("generated_tokens"),
+        "generated_tokens": generated,
         "train_wall_s": summary.wall_time_s,  # training only; the held-out evaluations are outside it
         "stage_wall_s": round(total, 1),
         "generated_tokens_per_s": generated / max(summary.wall_time_s, 1e-9),

@@ -677,10 +677,8 @@ def tasks_decontaminated(config: RunConfig, task_file: Path) -> bool:
     built (its manifest), else as the recipe says."""
     from pipelines.tasks.task_file import TASKS_SET_PREFIX
 
-    recipe = config.data.recipe
-    built = sampling.built_decontamination(config.run_dir / "data")
-    sets = built.sets if built is not None else [] if isinstance(recipe, str) else recipe.decontamination.sets
-    for entry in sets:
+    checked = sampling.built_decontamination(config.run_dir / "data") or config.data.recipe.decontamination
+    for entry in checked.sets:
         if entry.startswith(TASKS_SET_PREFIX):
             path = Path(entry.removeprefix(TASKS_SET_PREFIX))
             candidates = [path, REPO_ROOT / path] if not path.is_absolute() else [path]
