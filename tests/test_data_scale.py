@@ -681,13 +681,14 @@ def test_a_worker_killed_mid_unit_fails_the_build_saying_how() -> None:
         _check_alive([worker])
 
 
-def test_a_sigterm_counts_as_a_death_only_when_the_pool_did_not_send_it() -> None:
-    """A Pool stops all its workers with SIGTERM once done (or once a rank raised): that is never a death. A
-    worker SIGTERMed from outside is, once the grace has passed, while its pool runs on with ranks to do."""
-    import signal
+@pytest.mark.parametrize("ended_with", [-15, 255], ids=["sigterm", "status-lost-to-a-racing-poll"])
+def test_an_ambiguous_exit_counts_as_a_death_only_when_the_pool_did_not_cause_it(ended_with: int) -> None:
+    """A Pool stops all its workers with SIGTERM once done (or once a rank raised): that is never a death, and
+    neither is a clean exit whose status a second poller drained (forkserver reads it as 255). A worker ended
+    so from outside is a death once the grace has passed, while its pool runs on with ranks to do."""
     from types import SimpleNamespace
 
-    from pipelines.data.executors import _SIGTERM_GRACE_S, _killed_by_sigterm
+    from pipelines.data.executors import _AMBIGUOUS_EXIT_GRACE_S, _AMBIGUOUS_EXITS, _ambiguous_deaths
 
     class Ranks:
         def __init__(self, incomplete: list[int] | Exception) -> None:
@@ -698,16 +699,50 @@ def test_a_sigterm_counts_as_a_death_only_when_the_pool_did_not_send_it() -> Non
                 raise self.incomplete
             return self.incomplete
 
-    killed = SimpleNamespace(pid=1, exitcode=-signal.SIGTERM)
+    assert ended_with in _AMBIGUOUS_EXITS
+    killed = SimpleNamespace(pid=1, exitcode=ended_with)
     replacement = SimpleNamespace(pid=3, exitcode=None)
-    stopped = [killed, SimpleNamespace(pid=2, exitcode=-signal.SIGTERM)]
+    stopped = [killed, SimpleNamespace(pid=2, exitcode=ended_with)]
     at = {1: 100.0, 2: 100.0}
-    late = 100.0 + _SIGTERM_GRACE_S
-    assert _killed_by_sigterm([killed, replacement], at, late, Ranks([1])) == [killed]
-    assert _killed_by_sigterm([killed, replacement], at, late - 1, Ranks([1])) == []  # within the grace
-    assert _killed_by_sigterm(stopped, at, late, Ranks([1])) == []  # the pool's own stop: nobody left alive
-    assert _killed_by_sigterm([killed, replacement], at, late, Ranks([])) == []  # every rank done
-    assert _killed_by_sigterm([killed, replacement], at, late, Ranks(OSError("gone"))) == []  # no verdict
+    late = 100.0 + _AMBIGUOUS_EXIT_GRACE_S
+    assert _ambiguous_deaths([killed, replacement], at, late, Ranks([1])) == [killed]
+    assert _ambiguous_deaths([killed, replacement], at, late - 1, Ranks([1])) == []  # within the grace
+    assert _ambiguous_deaths(stopped, at, late, Ranks([1])) == []  # the pool's own stop: nobody left alive
+    assert _ambiguous_deaths([killed, replacement], at, late, Ranks([])) == []  # every rank done
+    assert _ambiguous_deaths([killed, replacement], at, late, Ranks(OSError("gone"))) == []  # no verdict
+
+
+@pytest.mark.integration
+def test_two_threads_polling_one_forkserver_worker_never_fail_a_clean_exit() -> None:
+    """The Pool's worker handler and the build's watcher both poll each worker; under forkserver the one that
+    reads second sees exit status 255 for a worker that exited 0. The watcher must take that for what it may be
+    (`_AMBIGUOUS_EXITS`), and a worker whose status was lost must not be reported as a clean 0 either."""
+    import threading
+
+    from pipelines.data.executors import _AMBIGUOUS_EXITS, _check_alive, worker_context
+
+    context = worker_context()
+    codes = []
+    for _ in range(20):
+        worker = context.Process(target=int)  # exits 0 at once
+        worker.start()
+        both = threading.Barrier(2)
+
+        def poll(worker: Any = worker, both: threading.Barrier = both) -> None:
+            both.wait()
+            while worker.exitcode is None:
+                pass
+
+        pollers = [threading.Thread(target=poll) for _ in range(2)]
+        for poller in pollers:
+            poller.start()
+        for poller in pollers:
+            poller.join(30)
+        codes.append(worker.exitcode)
+        if worker.exitcode == 255:
+            with pytest.raises(MidtrainError, match="exit status 255: its own exit code, or a status lost"):
+                _check_alive([worker])
+    assert set(codes) <= {0, 255} and set(codes) - {0} <= _AMBIGUOUS_EXITS, codes
 
 
 def _start_two_unit_build(tmp_path: Path, executor: str) -> tuple[subprocess.Popen, list[Any]]:

@@ -118,6 +118,11 @@ def _check_alive(pool_workers: list[Any]) -> None:
                     ": out of memory? Lower data.num_proc (data.executor.workers with datatrove) or the unit size "
                     "(data.executor.unit_mb)"
                 )
+        elif code == 255:  # under forkserver also a status a racing poll lost (`_AMBIGUOUS_EXITS`)
+            said += (
+                " ended before its unit finished with exit status 255: its own exit code, or a status lost to a "
+                "concurrent poll (a kill, e.g. by the kernel's OOM killer: see `dmesg`)"
+            )
         else:
             said += (
                 f" exited with code {code} before its unit finished (its error is printed above). A script that "
@@ -127,18 +132,23 @@ def _check_alive(pool_workers: list[Any]) -> None:
         raise MidtrainError(said)
 
 
-# How long after a datatrove worker was seen SIGTERMed the watcher decides whether it died (`_killed_by_sigterm`).
-_SIGTERM_GRACE_S = 5.0
+# Exit codes that alone do not say a worker died. -SIGTERM is how a Pool stops its workers. 255 is what a
+# forkserver child's `exitcode` becomes when two threads poll it at once (the Pool's worker handler and the
+# watcher below): both see its status pipe ready, the second finds it drained and `popen_forkserver.Popen.poll`
+# records 255. Measured with two threads polling: 55 of 100 workers that exited 0 read 255. Both are decided by
+# `_ambiguous_deaths`.
+_AMBIGUOUS_EXITS = frozenset({-signal.SIGTERM, 255})
+# How long after a datatrove worker was seen ending ambiguously the watcher decides whether it died.
+_AMBIGUOUS_EXIT_GRACE_S = 5.0
 
 
-def _killed_by_sigterm(
-    workers: list[Any], terminated_at: dict[int, float], now: float, executor: Any
-) -> list[Any]:
-    """The workers a SIGTERM from outside ended (an admin's `kill`), told apart from a Pool's own stop: a Pool
-    stops all its workers at once and only after it stopped replacing them, so a SIGTERMed worker is a death
-    when, `_SIGTERM_GRACE_S` after it was seen dead, its pool still has a live worker (the others, or its
+def _ambiguous_deaths(workers: list[Any], ended_at: dict[int, float], now: float, executor: Any) -> list[Any]:
+    """The workers among those that ended with an `_AMBIGUOUS_EXITS` code that died (a SIGTERM from outside, an
+    admin's `kill`; a kill whose status a racing poll lost), told apart from a Pool's own stop: a Pool stops all
+    its workers at once and only after it stopped replacing them, so such a worker is a death when,
+    `_AMBIGUOUS_EXIT_GRACE_S` after it was seen ended, its pool still has a live worker (the others, or its
     replacement) and datatrove still has incomplete ranks."""
-    overdue = [w for w in workers if now - terminated_at.get(w.pid, now) >= _SIGTERM_GRACE_S]
+    overdue = [w for w in workers if now - ended_at.get(w.pid, now) >= _AMBIGUOUS_EXIT_GRACE_S]
     if not overdue or not any(w.exitcode is None for w in workers):
         return []
     try:
@@ -158,7 +168,7 @@ def _run_watched(executor: Any) -> None:
     its task: a thread watches the pool's processes and, when one dies, signals the driver's wait (SIGUSR1, whose
     handler raises in the main thread; a thread blocked on the pool's lock wakes only for a real signal), so the
     build fails saying how. SIGTERM is also how a Pool stops its workers (datatrove's own `with Pool` does, once
-    every rank is done or one has raised): see `_killed_by_sigterm` for when it counts as a death."""
+    every rank is done or one has raised): see `_ambiguous_deaths` for when it counts as a death."""
     import threading
 
     import multiprocess  # datatrove's process library: its children are not `multiprocessing`'s
@@ -174,18 +184,18 @@ def _run_watched(executor: Any) -> None:
 
     def watch() -> None:
         seen: dict[int, Any] = {}
-        terminated_at: dict[int, float] = {}
+        ended_at: dict[int, float] = {}
         while not stop.wait(1.0) and not user_interrupted.is_set():
             for process in multiprocess.active_children():
                 if "PoolWorker" in process.name:  # not the Manager datatrove starts beside them
                     seen.setdefault(process.pid, process)
             now = time.monotonic()
             for process in seen.values():
-                if process.exitcode == -signal.SIGTERM:
-                    terminated_at.setdefault(process.pid, now)
+                if process.exitcode in _AMBIGUOUS_EXITS:
+                    ended_at.setdefault(process.pid, now)
             try:
-                _check_alive(_killed_by_sigterm(list(seen.values()), terminated_at, now, executor))
-                _check_alive([p for p in seen.values() if p.exitcode != -signal.SIGTERM])
+                _check_alive(_ambiguous_deaths(list(seen.values()), ended_at, now, executor))
+                _check_alive([p for p in seen.values() if p.exitcode not in _AMBIGUOUS_EXITS])
             except MidtrainError as exc:
                 died.append(exc)
                 signal.pthread_kill(waiting, signal.SIGUSR1)
