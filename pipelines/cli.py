@@ -538,7 +538,9 @@ def publish_cmd(
     from pipelines import publish
     from pipelines.run_config import load_run_config
 
-    print_json(publish.run(load_run_config(config, set_ or []), dry_run, allow_no_eval))
+    print_json(
+        publish.run(load_run_config(config, set_ or []), dry_run, allow_no_eval).model_dump(mode="json")
+    )
 
 
 @app.command("export")

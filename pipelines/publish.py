@@ -379,6 +379,7 @@ def _card_body(release: Release, item: PublishItem, repo: str, metrics: ItemEval
     ]
     lines += ["## Usage", "", *_usage(release, item, repo), ""]
     lines += ["## Evaluation", "", *_evaluation(release, metrics), ""]
+    lines += _rl_before_after(item)
     lines += ["## Training data (mix manifest)", ""]
     if release.dataset_repo:
         lines += [
@@ -430,6 +431,58 @@ def _evaluation(release: Release, metrics: ItemEval | None) -> list[str]:
             "They are midtrain's own tasks, not a public benchmark.",
         ]
     return lines
+
+
+# The RL stage's held-out check, read for an RL adapter's card (its own name in the stage's folder).
+RL_BEFORE_AFTER_FILE = "eval_before_after.json"
+_BEFORE_AFTER_METRICS = ("outcome", "format_rate", "call_accuracy")
+
+
+def _rl_before_after(item: PublishItem) -> list[str]:
+    """What RL bought, on an RL adapter's card: the RL stage scores its SFT start and the trained adapter on the
+    same held-out tasks, and that paired change is RL's own result, which the eval stage's per-target scores
+    (each target alone) do not show."""
+    path = item.source / RL_BEFORE_AFTER_FILE
+    if not item.name.startswith("rl-") or not path.is_file():
+        return []
+    payload = load_json(path, "the RL stage's held-out evaluation")
+    before, after = payload.get("before") or {}, payload.get("after") or {}
+    n = before.get("n_tasks") or len((payload.get("heldout") or {}).get("task_ids") or [])
+    sampling = after.get("sampling")
+    decoded = (
+        f"{sampling['samples']} samples a task at temperature {sampling['temperature']}"
+        if sampling
+        else "greedy"
+    )
+    lines = [
+        "### Before and after GRPO",
+        "",
+        f"The RL stage scored the SFT adapter it started from and this adapter on the same {n} held-out live tasks "
+        f"({decoded}; kept out of training by seed and decontamination):",
+        "",
+        "| metric | SFT start | this adapter | change |",
+        "| --- | --- | --- | --- |",
+    ]
+    for metric in _BEFORE_AFTER_METRICS:
+        if not isinstance(before.get(metric), int | float) or not isinstance(after.get(metric), int | float):
+            continue
+        cells = [_with_interval(side, metric) for side in (before, after)]
+        lines.append(f"| {metric} | {cells[0]} | {cells[1]} | {after[metric] - before[metric]:+.3f} |")
+    change = (payload.get("delta") or {}).get("outcome_ci95")
+    if change:
+        verdict = (
+            "excludes 0" if change[0] > 0 or change[1] < 0 else "includes 0: not distinguishable from noise"
+        )
+        lines += [
+            "",
+            f"Outcome change per task, paired 95% interval: [{change[0]:+.3f}, {change[1]:+.3f}] ({verdict}).",
+        ]
+    return [*lines, ""]
+
+
+def _with_interval(side: dict[str, Any], metric: str) -> str:
+    interval = (side.get("ci95") or {}).get(metric)
+    return f"{side[metric]:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
 def _usage(release: Release, item: PublishItem, repo: str) -> list[str]:

@@ -13,6 +13,7 @@ import yaml
 
 from pipelines import publish
 from pipelines.artifacts import EvalResults, PublishPlan
+from pipelines.cli import run_cli
 from pipelines.errors import BadInput
 from pipelines.eval.results import wilson_interval
 from pipelines.router import run as train_router
@@ -153,6 +154,48 @@ def test_upload_calls_and_files(run_dir: Path, tiny_model_dir: Path) -> None:
     assert [c[2] for c in api.calls if c[0] == "add_collection_item"] == repos
     assert api.uploaded["alice/midtrain-tiny-router"] >= {"router.json", "router.safetensors", "README.md"}
     assert "adapter_model.safetensors" in api.uploaded["alice/midtrain-tiny-sft-tool"]
+
+
+def test_an_rl_adapters_card_carries_its_before_and_after(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What RL bought is the RL stage's paired held-out check (its SFT start and the adapter on the same tasks):
+    the RL adapter's card shows it with the intervals, an SFT adapter's card has no such section."""
+    run = tmp_path / "tiny"
+    shutil.copytree(run_dir, run)
+    rl_dir = run / "rl" / "tool"
+    shutil.copytree(run / "sft" / "tool", rl_dir)
+    side = {"outcome": 0.016667, "format_rate": 0.436111, "call_accuracy": 0.083333, "n_tasks": 60}
+    before = {**side, "ci95": {"outcome": [0.0029, 0.0886, 60], "format_rate": [0.3183, 0.5617, 60]}}
+    after = {"outcome": 0.216667, "format_rate": 0.708333, "call_accuracy": 0.416667, "n_tasks": 60}
+    after["ci95"] = {"outcome": [0.1312, 0.3362, 60]}
+    payload = {
+        "heldout": {"task_ids": []},
+        "before": before,
+        "after": after,
+        "delta": {"outcome_ci95": [0.0979, 0.3021, 60]},
+    }
+    (rl_dir / publish.RL_BEFORE_AFTER_FILE).write_text(json.dumps(payload))
+    config = tmp_path / "run.yaml"  # through the command a user types, which prints the plan as JSON
+    config.write_text(
+        f"name: tiny\noutput_dir: {tmp_path}\nmodel: {{name_or_path: {tiny_model_dir}}}\n"
+        "data: {recipe: data_recipes/agentic-v1.yaml}\nsft: {clusters: [tool, plan]}\n"
+        "router: {method: tfidf, generated_requests: 0}\n"
+    )
+    assert run_cli(["publish", str(config), "--dry-run", str(tmp_path / "out"), "--allow-no-eval"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["repos"] == [
+        f"your-username/midtrain-tiny-{name}" for name in ("sft-plan", "sft-tool", "rl-tool", "router")
+    ]
+    card = (tmp_path / "out" / "midtrain-tiny-rl-tool" / "README.md").read_text()
+    assert "the same 60 held-out live tasks (greedy;" in card
+    assert "| outcome | 0.017 [0.00, 0.09] | 0.217 [0.13, 0.34] | +0.200 |" in card
+    assert "| call_accuracy | 0.083 | 0.417 | +0.333 |" in card  # no interval recorded: none printed
+    assert "paired 95% interval: [+0.098, +0.302] (excludes 0)" in card
+    assert publish.check_card(card, tmp_path / "out" / "midtrain-tiny-rl-tool") == []
+    assert (
+        "Before and after GRPO" not in (tmp_path / "out" / "midtrain-tiny-sft-tool" / "README.md").read_text()
+    )
 
 
 def test_refuses_without_eval_unless_allowed(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
