@@ -30,6 +30,7 @@ from pipelines.errors import BadInput
 from pipelines.eval.results import (
     bfcl_categories,
     bfcl_mean_label,
+    change_verdict,
     column_label,
     metric_columns,
     metric_interval,
@@ -446,6 +447,8 @@ def _rl_before_after(item: PublishItem) -> list[str]:
     if not item.name.startswith("rl-") or not path.is_file():
         return []
     payload = load_json(path, "the RL stage's held-out evaluation")
+    if not isinstance(payload, dict):
+        raise BadInput(f"{path}: expected the RL stage's before/after mapping, got {type(payload).__name__}")
     before, after = payload.get("before") or {}, payload.get("after") or {}
     n = before.get("n_tasks") or len((payload.get("heldout") or {}).get("task_ids") or [])
     sampling = after.get("sampling")
@@ -470,12 +473,10 @@ def _rl_before_after(item: PublishItem) -> list[str]:
         lines.append(f"| {metric} | {cells[0]} | {cells[1]} | {after[metric] - before[metric]:+.3f} |")
     change = (payload.get("delta") or {}).get("outcome_ci95")
     if change:
-        verdict = (
-            "excludes 0" if change[0] > 0 or change[1] < 0 else "includes 0: not distinguishable from noise"
-        )
         lines += [
             "",
-            f"Outcome change per task, paired 95% interval: [{change[0]:+.3f}, {change[1]:+.3f}] ({verdict}).",
+            f"Outcome change per task, paired 95% interval: [{change[0]:+.3f}, {change[1]:+.3f}] "
+            f"({change_verdict(change)}).",
         ]
     return [*lines, ""]
 

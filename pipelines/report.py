@@ -19,6 +19,7 @@ from pipelines.config import load_json
 from pipelines.data.manifest import read_manifest
 from pipelines.eval.results import (
     bfcl_categories,
+    change_verdict,
     column_label,
     metric_columns,
     metric_interval,
@@ -153,12 +154,8 @@ def before_after_blocks(where: str, payload: dict[str, Any]) -> list[Block]:
     ]  # fmt: skip
     change = (payload.get("delta") or {}).get("outcome_ci95")
     interval = (
-        f" Outcome change per task, 95% interval (paired): [{change[0]:+.3f}, {change[1]:+.3f}]"
-        + (
-            " — excludes 0."
-            if change[0] > 0 or change[1] < 0
-            else " — includes 0: not distinguishable from noise."
-        )
+        f" Outcome change per task, 95% interval (paired): [{change[0]:+.3f}, {change[1]:+.3f}] — "
+        f"{change_verdict(change)}."
         if change
         else ""
     )
@@ -217,7 +214,7 @@ def eval_section(run_dir: Path) -> list[Block]:
     ]  # fmt: skip
     for target, change in results.changes.items():
         low, high, n = change["ci95"]
-        verdict = "excludes 0" if low > 0 or high < 0 else "includes 0: not distinguishable from noise"
+        verdict = change_verdict(change["ci95"])
         blocks.append(
             ("p", f"{target} against {change['from']}, the adapter GRPO started from: held-out outcome change "
                   f"{change['change']:+.3f}, 95% interval paired per task [{low:+.3f}, {high:+.3f}] (n = {int(n)} "

@@ -34,6 +34,13 @@ def wilson_interval(values: list[float] | list[bool], z: float = Z95) -> list[fl
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4), n]
 
 
+def change_verdict(interval: list[float]) -> str:
+    """What a paired change's 95% interval `[low, high, ...]` says, in the words the report and the cards share."""
+    return (
+        "excludes 0" if interval[0] > 0 or interval[1] < 0 else "includes 0: not distinguishable from noise"
+    )
+
+
 def metric_columns(results: EvalResults) -> list[str]:
     """`suite/metric` columns in a stable order: BFCL categories then overall, then the held-out metrics."""
     columns: list[str] = []
