@@ -713,10 +713,10 @@ def test_an_ambiguous_exit_counts_as_a_death_only_when_the_pool_did_not_cause_it
 
 
 @pytest.mark.integration
-def test_two_threads_polling_one_forkserver_worker_never_fail_a_clean_exit() -> None:
+def test_a_clean_exit_a_second_poller_reads_as_255_is_ambiguous_and_said_so() -> None:
     """The Pool's worker handler and the build's watcher both poll each worker; under forkserver the one that
-    reads second sees exit status 255 for a worker that exited 0. The watcher must take that for what it may be
-    (`_AMBIGUOUS_EXITS`), and a worker whose status was lost must not be reported as a clean 0 either."""
+    reads second sees exit status 255 for a worker that exited 0. 255 is therefore among `_AMBIGUOUS_EXITS` (the
+    watcher decides it after the grace), and where a 255 is reported it says the status may have been lost."""
     import threading
 
     from pipelines.data.executors import _AMBIGUOUS_EXITS, _check_alive, worker_context
