@@ -38,6 +38,7 @@ from pipelines.tracking import read_metrics
 
 def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> RunConfig:
     generations = args.chain_generations if arm == "chain" else args.tree_generations
+    micro_batch = args.micro_batch or generations
     forced = [
         f"output_dir={out}",
         f"name=bench-{arm}-{backend}",
@@ -49,8 +50,10 @@ def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> R
         f"rl.rollouts.tree.depth={args.depth}",
         f"rl.rollouts.max_generated_tokens={args.budget}",
         f"rl.num_generations={generations}",
-        f"rl.train.per_device_train_batch_size={generations}",
-        "rl.train.gradient_accumulation_steps=1",
+        # A step trains one group; --micro-batch splits it into micro-batches so that 8 chains or 12 tree segments fit
+        # in memory (each segment re-forwards its whole prefix), the gradient the same (bs1 x ga8 = bs8 x ga1).
+        f"rl.train.per_device_train_batch_size={micro_batch}",
+        f"rl.train.gradient_accumulation_steps={generations // micro_batch}",
         "rl.train.max_steps=10000",
         "rl.train.logging_steps=1",
         f"rl.train.save_steps={10**6}",
@@ -87,6 +90,7 @@ def run_arm(args: argparse.Namespace, arm: str, backend: str, out: Path) -> dict
     rollout_s = (totals.get("rollout_ms") or 0) / 1000 - engine_start_s
     return {
         "backend": backend,
+        "micro_batches_per_step": config.rl.train.gradient_accumulation_steps,
         "steps": summary.steps,
         "groups": totals.get("groups"),
         "leaves": totals.get("leaves"),
@@ -142,6 +146,9 @@ def main() -> None:
     parser.add_argument("--tree-generations", type=int, default=6)
     parser.add_argument("--branches", type=int, default=2)
     parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument(
+        "--micro-batch", type=int, help="sequences per forward/backward (default: a whole group at once)"
+    )
     parser.add_argument("--heldout", type=int, default=30, help="held-out tasks per domain")
     parser.add_argument("--tasks", type=int, default=256, help="training tasks to draw from")
     parser.add_argument("--arms", default="chain,tree")
@@ -157,12 +164,19 @@ def main() -> None:
         raise SystemExit(f"{args.sft_adapter}: no adapter_config.json (pass an SFT adapter folder)")
     if unknown := set(args.backends.split(",")) - {"hf", "vllm"}:
         raise SystemExit(f"--backends: unknown {sorted(unknown)} (hf, vllm)")
+    for arm in args.arms.split(","):
+        generations = args.chain_generations if arm == "chain" else args.tree_generations
+        if args.micro_batch and generations % args.micro_batch:
+            raise SystemExit(
+                f"--micro-batch {args.micro_batch} does not divide the {arm} arm's {generations} generations"
+            )
     if args.vllm_overrides and "vllm" not in args.backends.split(","):
         raise SystemExit("--vllm-set: no vLLM arm runs (add vllm to --backends)")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     results: dict[str, Any] = {
         "budget": args.budget,
+        "micro_batch": args.micro_batch,
         "config": args.config,
         "sft_adapter": str(args.sft_adapter),
     }

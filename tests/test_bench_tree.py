@@ -44,11 +44,12 @@ def test_bench_tree_spends_the_budget_in_both_shapes_and_reports_rollout_through
     adapter = tmp_path / "sft-tool"
     make_adapter(tiny_model_dir, adapter, seed=0)
     out = tmp_path / "bench.json"
-    run_bench(monkeypatch, tiny_args(tiny_model_dir, adapter, out, budget=150))
+    # 4 chains and 6 tree segments a step, trained 2 sequences at a time.
+    run_bench(monkeypatch, [*tiny_args(tiny_model_dir, adapter, out, budget=150), "--micro-batch", "2"])
     results = json.loads(out.read_text())
-    for arm in ("chain", "tree"):
+    for arm, micro_batches in (("chain", 2), ("tree", 3)):
         r = results[arm]
-        assert r["backend"] == "hf" and r["steps"] >= 1
+        assert r["backend"] == "hf" and r["steps"] >= 1 and r["micro_batches_per_step"] == micro_batches
         assert r["generated_tokens"] >= 150  # the budget, not max_steps, ended the arm
         # Rollout seconds are the rollout calls' share of training, so they are inside its wall time.
         assert 0 < r["rollout_s"] < r["train_wall_s"] and r["vllm_engine_start_s"] == 0.0
@@ -69,3 +70,6 @@ def test_bench_tree_refuses_what_it_cannot_run(
         run_bench(monkeypatch, [*args, "--backends", "hf,sglang"])
     with pytest.raises(SystemExit, match="--vllm-set: no vLLM arm runs"):
         run_bench(monkeypatch, [*args, "--vllm-set", "rl.generation.max_model_length=4096"])
+    # Checked before any arm runs: 4 divides the chain arm's 4 rollouts, not the tree arm's 6 segments.
+    with pytest.raises(SystemExit, match="--micro-batch 4 does not divide the tree arm's 6 generations"):
+        run_bench(monkeypatch, [*args, "--micro-batch", "4"])
