@@ -54,7 +54,12 @@ def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> R
         # in memory (each segment re-forwards its whole prefix), the gradient the same (bs1 x ga8 = bs8 x ga1).
         f"rl.train.per_device_train_batch_size={micro_batch}",
         f"rl.train.gradient_accumulation_steps={generations // micro_batch}",
+        # The budget, not a step count, ends an arm, and a tree spends it over more steps than chains do, so no
+        # step-keyed schedule fits both: each arm trains at the config's learning rate throughout. (With the
+        # config's warmup ratio of this 10,000-step horizon an arm would stay in warm-up, at ~1% of it, to its end.)
         "rl.train.max_steps=10000",
+        "rl.train.lr_scheduler_type=constant",
+        "rl.train.warmup_ratio=0.0",
         "rl.train.logging_steps=1",
         f"rl.train.save_steps={10**6}",
         f"rl.eval_tasks_per_domain={args.heldout}",
@@ -102,6 +107,7 @@ def run_arm(args: argparse.Namespace, arm: str, backend: str, out: Path) -> dict
         "rollout_s": round(rollout_s, 3),
         "rollout_tokens_per_s": generated / max(rollout_s, 1e-9),
         "vllm_engine_start_s": engine_start_s,
+        "learning_rates": sorted({r["learning_rate"] for r in rows if "learning_rate" in r}),
         "mean_reward": statistics.mean(r["rollout/reward"] for r in rows) if rows else None,
         "last_reward": rows[-1]["rollout/reward"] if rows else None,
         "passed_leaves": totals.get("passed_leaves"),

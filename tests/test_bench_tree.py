@@ -51,6 +51,7 @@ def test_bench_tree_spends_the_budget_in_both_shapes_and_reports_rollout_through
         r = results[arm]
         assert r["backend"] == "hf" and r["steps"] >= 1 and r["micro_batches_per_step"] == micro_batches
         assert r["generated_tokens"] >= 150  # the budget, not max_steps, ended the arm
+        assert r["learning_rates"] == [5.0e-5]  # the demo's rate from the first step on: no warm-up, no decay
         # Rollout seconds are the rollout calls' share of training, so they are inside its wall time.
         assert 0 < r["rollout_s"] < r["train_wall_s"] and r["vllm_engine_start_s"] == 0.0
         assert r["heldout_n"] == 0 and r["outcome_after"] is None  # --heldout 0: no evaluation ran
