@@ -103,8 +103,11 @@ class LoraSection(StrictModel):
 class QuantSection(StrictModel):
     mode: Literal["nf4", "none"] = "nf4"
     double_quant: bool = True
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="`auto`: bfloat16 on a GPU that supports it, else float32."
+    compute_dtype: Literal["auto", "bfloat16-if-native", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="`auto`: bfloat16 on a GPU that supports it, else float32. `bfloat16-if-native`: also "
+        "bfloat16 on a CPU with bf16 instructions (AMX-BF16, AVX512-BF16); elsewhere a CPU emulates bf16 "
+        "(a matmul ~90x slower than float32 on an AVX2 CPU), so float32.",
     )
     quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = Field(
         "auto",
@@ -129,8 +132,11 @@ class TrainSection(StrictModel):
     )
     packing: bool = Field(True, description="Padding-free BFD packing; off = padded batches.")
     gradient_checkpointing: bool = True
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
-        "auto", description="`auto`: bf16 (else fp16) on CUDA, none on CPU."
+    mixed_precision: Literal["auto", "bf16-if-native", "bf16", "fp16", "no"] = Field(
+        "auto",
+        description="`auto`: bf16 on a CUDA GPU that supports it, none elsewhere. `bf16-if-native`: also bf16 "
+        "autocast on a CPU with bf16 instructions (AMX-BF16, AVX512-BF16), none on one without (it would "
+        "emulate bf16, ~90x slower per matmul on an AVX2 CPU). `bf16` asks for bf16 everywhere.",
     )
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(25, ge=1)

@@ -220,6 +220,53 @@ def test_qlora_lora_and_precision_settings(monkeypatch: pytest.MonkeyPatch) -> N
         precision_flags(TrainSection(mixed_precision="fp16"))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")
+def test_if_native_precision_follows_the_cpus_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CPU configs' `bf16-if-native`: bf16 autocast and bf16 NF4 compute where the CPU has AMX-BF16 or
+    AVX512-BF16, float32 where it would emulate bf16 (88x slower per matmul on an AVX2 EPYC); an unreadable
+    /proc/cpuinfo counts as without."""
+    from pipelines.run_config import QuantSection, TrainSection
+    from pipelines.sft import model
+
+    train, quant = (
+        TrainSection(mixed_precision="bf16-if-native"),
+        QuantSection(compute_dtype="bfloat16-if-native"),
+    )
+    # This machine's own answer first: whatever its flags say, both keys follow them together.
+    native = model.cpu_has_native_bf16() is True
+    assert model.precision_flags(train) == (native, False)
+    assert model.compute_dtype(quant) == (torch.bfloat16 if native else torch.float32)
+    for flags, expected in ((True, torch.bfloat16), (False, torch.float32), (None, torch.float32)):
+        monkeypatch.setattr(model, "cpu_has_native_bf16", lambda flags=flags: flags)
+        assert model.precision_flags(train) == (expected == torch.bfloat16, False)
+        assert model.compute_dtype(quant) == expected
+        assert model.quantization_config(quant).bnb_4bit_compute_dtype == expected
+        # `auto` keeps its meaning (bf16 on CUDA only), whatever the CPU has.
+        assert model.precision_flags(TrainSection()) == (False, False)
+    # An explicit bf16 is kept where the CPU would emulate it, and the log says what it costs.
+    monkeypatch.setattr(model, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="midtrain.sft"):
+        assert model.precision_flags(TrainSection(mixed_precision="bf16")) == (True, False)
+        bf16 = model.quantization_config(QuantSection(compute_dtype="bfloat16"))
+    assert bf16.bnb_4bit_compute_dtype == torch.bfloat16
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and all("~90x slower than float32" in w for w in warnings), warnings
+
+
+def test_cpu_bf16_flags_are_read_from_proc_cpuinfo(tmp_path: Path) -> None:
+    from pipelines.sft.model import cpu_has_native_bf16
+
+    # Real flag lines: an AVX2-only AMD EPYC (Zen 1), and a Sapphire Rapids Xeon with AMX.
+    epyc = "flags\t\t: fpu vme de pse sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 sha_ni\n"
+    xeon = "flags\t\t: fpu avx avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8\n"
+    for text, expected in ((epyc, False), (xeon, True)):
+        (tmp_path / "cpuinfo").write_text(text)
+        assert cpu_has_native_bf16(tmp_path / "cpuinfo") is expected
+    assert cpu_has_native_bf16(tmp_path / "absent") is None  # not Linux: cannot tell
+
+
 # --- training on the tiny model --------------------------------------------------------------------------
 
 
