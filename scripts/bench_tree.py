@@ -56,7 +56,7 @@ def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> R
         f"rl.train.gradient_accumulation_steps={generations // micro_batch}",
         # The budget, not a step count, ends an arm, and a tree spends it over more steps than chains do, so no
         # step-keyed schedule fits both: each arm trains at the config's learning rate throughout. (With the
-        # config's warmup ratio of this 10,000-step horizon an arm would stay in warm-up, at ~1% of it, to its end.)
+        # config's warmup ratio of this 10,000-step horizon an arm stayed in warm-up, at ~1% of its rate, to its end.)
         "rl.train.max_steps=10000",
         "rl.train.lr_scheduler_type=constant",
         "rl.train.warmup_ratio=0.0",
