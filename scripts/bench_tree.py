@@ -36,8 +36,13 @@ from pipelines.run_config import RunConfig, load_run_config
 from pipelines.tracking import read_metrics
 
 
+def arm_generations(args: argparse.Namespace, arm: str) -> int:
+    """Sequences a step trains: the chain arm's rollouts, or the tree arm's segments."""
+    return args.chain_generations if arm == "chain" else args.tree_generations
+
+
 def arm_config(args: argparse.Namespace, arm: str, backend: str, out: Path) -> RunConfig:
-    generations = args.chain_generations if arm == "chain" else args.tree_generations
+    generations = arm_generations(args, arm)
     micro_batch = args.micro_batch or generations
     forced = [
         f"output_dir={out}",
@@ -171,7 +176,7 @@ def main() -> None:
     if unknown := set(args.backends.split(",")) - {"hf", "vllm"}:
         raise SystemExit(f"--backends: unknown {sorted(unknown)} (hf, vllm)")
     for arm in args.arms.split(","):
-        generations = args.chain_generations if arm == "chain" else args.tree_generations
+        generations = arm_generations(args, arm)
         if args.micro_batch and generations % args.micro_batch:
             raise SystemExit(
                 f"--micro-batch {args.micro_batch} does not divide the {arm} arm's {generations} generations"

@@ -75,7 +75,7 @@ def quantization_config(quant: QuantSection) -> Any:
         return None
     from transformers import BitsAndBytesConfig
 
-    if quant.compute_dtype == "bfloat16" and not cuda_available() and cpu_has_native_bf16() is False:
+    if quant.compute_dtype == "bfloat16" and cpu_emulates_bf16():
         log.warning(
             "quantization.compute_dtype=bfloat16 on a CPU without AVX512-BF16/AMX-BF16: every NF4 matmul runs in "
             "emulated bf16, ~90x slower than float32 on an AVX2 CPU (compute_dtype: bfloat16-if-native or float32)"
@@ -146,6 +146,11 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_emulates_bf16() -> bool:
+    """bf16 asked for here runs on a CPU known to lack bf16 instructions (the case both bf16 warnings name)."""
+    return not cuda_available() and cpu_has_native_bf16() is False
+
+
 def precision_flags(train: TrainSection) -> tuple[bool, bool]:
     """(bf16, fp16) for TrainingArguments. `auto`: bf16 on CUDA GPUs that support it, float32 elsewhere;
     `bf16-if-native`: bf16 wherever the hardware computes it (those GPUs, and CPUs with bf16 instructions).
@@ -161,7 +166,7 @@ def precision_flags(train: TrainSection) -> tuple[bool, bool]:
         return native_bf16(), False
     if mode == "bf16" and cuda_available() and not bf16_supported():
         raise BadInput("sft.train.mixed_precision=bf16: this GPU has no bf16 support; use auto, fp16 or no")
-    if mode == "bf16" and not cuda_available() and cpu_has_native_bf16() is False:
+    if mode == "bf16" and cpu_emulates_bf16():
         log.warning(
             "mixed_precision=bf16 on a CPU without AVX512-BF16/AMX-BF16: bf16 matmuls are emulated, ~90x "
             "slower than float32 on an AVX2 CPU (mixed_precision: bf16-if-native or no)"
