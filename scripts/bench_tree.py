@@ -15,6 +15,11 @@ training (greedy, live environments, Wilson 95%) with the paired change from the
 rollout calls' own (generation, tools, scoring and, for vLLM, saving and loading each step's LoRA; the engine's
 one start is reported apart), so the optimizer's share of a step does not dilute the ratio. `--heldout 0` skips the held-out evaluations.
 
+An arm at a budget where this recipe learns (~80k tokens) takes hours on a 2-core CPU, so the arms may run apart:
+`--arms tree --merge chain.json` adds the arms of an earlier run of the same settings from the same adapter
+(checked: every setting that shapes an arm, and the adapter's SHA-256). The JSON keeps each arm's per-task held-out
+outcomes, so tree and chain are compared task by task (tree - chain after training, paired 95% interval).
+
     python scripts/bench_tree.py configs/smollm2-135m-demo.yaml --sft-adapter runs/NAME/sft/tool --budget 8000
     .venv-vllm/bin/python scripts/bench_tree.py --sft-adapter A --arms chain --backends hf,vllm --heldout 0
 """
@@ -22,6 +27,7 @@ one start is reported apart), so the optimizer's share of a step does not dilute
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.episodes import paired_interval
 from pipelines.rl import train as stage
 from pipelines.run_config import RunConfig, load_run_config
 from pipelines.tracking import read_metrics
@@ -130,6 +137,75 @@ def heldout(comparison: dict[str, Any] | None) -> dict[str, Any]:
         "outcome_after": comparison["after"]["outcome"],
         "outcome_after_ci95": comparison["after"]["ci95"]["outcome"],
         "outcome_change_ci95": comparison["delta"].get("outcome_ci95"),
+        # Per task, so that arms run apart (--merge) are still compared on the same tasks, pair by pair.
+        "heldout_task_ids": comparison["heldout"]["task_ids"],
+        "outcome_per_task_before": comparison["before"].get("outcome_per_task"),
+        "outcome_per_task_after": comparison["after"].get("outcome_per_task"),
+    }
+
+
+def adapter_sha256(adapter: Path) -> str:
+    """The starting adapter's identity (its weights and config), not its path: runs apart may copy it elsewhere."""
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update((adapter / name).read_bytes())
+    return digest.hexdigest()
+
+
+def arm_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that shapes an arm's run: two runs may be merged only where these are equal."""
+    return {
+        "config": args.config,
+        "budget": args.budget,
+        "chain_generations": args.chain_generations,
+        "tree_generations": args.tree_generations,
+        "branches": args.branches,
+        "depth": args.depth,
+        "micro_batch": args.micro_batch,
+        "heldout": args.heldout,
+        "tasks": args.tasks,
+        "overrides": args.overrides,
+        "vllm_overrides": args.vllm_overrides,
+    }
+
+
+def is_arm(value: Any) -> bool:
+    return isinstance(value, dict) and "backend" in value and "generated_tokens" in value
+
+
+def merged_arms(path: Path, results: dict[str, Any], running: set[str]) -> dict[str, Any]:
+    """The arms of an earlier run (`--json` of this script) that may stand beside this run's, or SystemExit why not."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"--merge {path}: cannot read it ({err})") from None
+    if "settings" not in earlier or "sft_adapter_sha256" not in earlier:
+        raise SystemExit(f"--merge {path}: written before runs recorded their settings; run its arms again")
+    for key in ("settings", "sft_adapter_sha256"):
+        if earlier[key] != results[key]:
+            raise SystemExit(f"--merge {path}: its {key} differ: {earlier[key]} vs this run's {results[key]}")
+    arms = {key: value for key, value in earlier.items() if is_arm(value)}
+    if clash := sorted(set(arms) & (running | {k for k, v in results.items() if is_arm(v)})):
+        raise SystemExit(f"--merge {path}: arms {clash} are already in this run")
+    return arms
+
+
+def tree_minus_chain(chain: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any] | None:
+    """Held-out outcome after training, tree - chain on the same tasks from the same start (None: not comparable)."""
+    ids = chain.get("heldout_task_ids")
+    if not ids or ids != tree.get("heldout_task_ids"):
+        return None
+    before_c, before_t = chain["outcome_per_task_before"], tree["outcome_per_task_before"]
+    after_c, after_t = chain["outcome_per_task_after"], tree["outcome_per_task_after"]
+    diffs = [(t or 0.0) - (c or 0.0) for c, t in zip(after_c, after_t, strict=True)]
+    return {
+        "n": len(ids),
+        "difference": round(sum(diffs) / len(diffs), 6),
+        "ci95": paired_interval(after_c, after_t),
+        "tree_won": sum(d > 0 for d in diffs),
+        "chain_won": sum(d < 0 for d in diffs),
+        # Greedy decoding of the same adapter: both starting evaluations should agree task by task.
+        "same_start": before_c == before_t,
     }
 
 
@@ -170,6 +246,10 @@ def main() -> None:
         help="override for the vLLM arms only, e.g. rl.generation.gpu_memory_utilization=0.15",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--merge", type=Path, action="append", default=[],
+        help="add the arms of an earlier --json of the same settings and adapter (arms run apart)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not (args.sft_adapter / "adapter_config.json").is_file():
         raise SystemExit(f"{args.sft_adapter}: no adapter_config.json (pass an SFT adapter folder)")
@@ -190,26 +270,42 @@ def main() -> None:
         "micro_batch": args.micro_batch,
         "config": args.config,
         "sft_adapter": str(args.sft_adapter),
+        "sft_adapter_sha256": adapter_sha256(args.sft_adapter),
+        "settings": arm_settings(args),
     }
     runs = [(arm, backend) for arm in args.arms.split(",") for backend in args.backends.split(",")]
+    running = {arm_key(arm, backend) for arm, backend in runs}
+    for path in args.merge:  # checked before hours of training, not after
+        merged = merged_arms(path, results, running)
+        results |= merged
+        print(f"--merge {path}: arms {sorted(merged)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_tree_") as tmp:
         for arm, backend in runs:
             key = arm_key(arm, backend)
             results[key] = run_arm(args, arm, backend, Path(tmp) / key)
             print(json.dumps({key: results[key]}), flush=True)
+    shown = [key for key, value in results.items() if is_arm(value)]
     print(f"\nequal budget: {args.budget} generated tokens per arm")
     print(f"{'arm':11s} {'steps':>5s} {'groups':>6s} {'tokens':>7s} {'train s':>8s} {'tok/s':>6s} "
           f"{'rollout tok/s':>13s} {'reward':>7s} {'held-out outcome after (n)':>30s} "
           f"{'change [95%]':>16s}")  # fmt: skip
-    for arm, backend in runs:
-        r = results[arm_key(arm, backend)]
+    for key in shown:
+        r = results[key]
         after = "not evaluated"
         if r["outcome_after"] is not None:
             after = f"{r['outcome_after']:.3f} {_interval(r['outcome_after_ci95'])} ({r['heldout_n']})"
-        print(f"{arm_key(arm, backend):11s} {r['steps']:5d} {r['groups']:6d} {r['generated_tokens']:7d} "
+        print(f"{key:11s} {r['steps']:5d} {r['groups']:6d} {r['generated_tokens']:7d} "
               f"{r['train_wall_s']:8.0f} {r['generated_tokens_per_s']:6.1f} {r['rollout_tokens_per_s']:13.1f} "
               f"{r['mean_reward']:7.3f} {after:>30s} {_interval(r.get('outcome_change_ci95')):>16s}")  # fmt: skip
-    for arm in args.arms.split(","):
+    for backend in ("hf", "vllm"):
+        chain, tree = results.get(arm_key("chain", backend)), results.get(arm_key("tree", backend))
+        versus = tree_minus_chain(chain, tree) if chain and tree else None
+        if versus is not None:
+            results[arm_key("tree_minus_chain", backend)] = versus
+            print(f"{arm_key('tree', backend)} - {arm_key('chain', backend)}, held-out outcome after training: "
+                  f"{versus['difference']:+.3f} {_interval(versus['ci95'])} (n = {versus['n']}; tree won "
+                  f"{versus['tree_won']} tasks, chain {versus['chain_won']}; same start: {versus['same_start']})")  # fmt: skip
+    for arm in ("chain", "tree"):
         hf, vllm = results.get(arm_key(arm, "hf")), results.get(arm_key(arm, "vllm"))
         if hf and vllm:
             ratio = vllm["rollout_tokens_per_s"] / max(hf["rollout_tokens_per_s"], 1e-9)

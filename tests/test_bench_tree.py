@@ -74,3 +74,55 @@ def test_bench_tree_refuses_what_it_cannot_run(
     # Checked before any arm runs: 4 divides the chain arm's 4 rollouts, not the tree arm's 6 segments.
     with pytest.raises(SystemExit, match="--micro-batch 4 does not divide the tree arm's 6 generations"):
         run_bench(monkeypatch, [*args, "--micro-batch", "4"])
+
+
+def test_bench_tree_merges_arms_run_apart_and_compares_them_task_by_task(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    adapter = tmp_path / "sft-tool"
+    make_adapter(tiny_model_dir, adapter, seed=0)
+    chain_json, both_json = tmp_path / "chain.json", tmp_path / "both.json"
+    args = [*tiny_args(tiny_model_dir, adapter, chain_json, budget=60), "--heldout", "3"]
+    run_bench(monkeypatch, [*args, "--arms", "chain"])
+    chain_only = json.loads(chain_json.read_text())
+    assert "tree" not in chain_only and "tree_minus_chain" not in chain_only
+    assert (
+        len(chain_only["chain"]["outcome_per_task_after"])
+        == len(chain_only["chain"]["heldout_task_ids"])
+        == 3
+    )
+
+    # What cannot stand beside this run is refused before any arm trains.
+    with pytest.raises(SystemExit, match=r"arms \['chain'\] are already in this run"):
+        run_bench(monkeypatch, [*args, "--arms", "chain", "--merge", str(chain_json)])
+    with pytest.raises(SystemExit, match="its settings differ"):
+        run_bench(monkeypatch, [*args, "--arms", "tree", "--budget", "61", "--merge", str(chain_json)])
+    other = tmp_path / "other-adapter"
+    make_adapter(tiny_model_dir, other, seed=1)
+    with pytest.raises(SystemExit, match="its sft_adapter_sha256 differ"):
+        run_bench(
+            monkeypatch, [*args, "--arms", "tree", "--sft-adapter", str(other), "--merge", str(chain_json)]
+        )
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"budget": 60, "chain": chain_only["chain"]}))
+    with pytest.raises(SystemExit, match="written before runs recorded their settings"):
+        run_bench(monkeypatch, [*args, "--arms", "tree", "--merge", str(old)])
+    capsys.readouterr()
+
+    run_bench(monkeypatch, [*args, "--arms", "tree", "--json", str(both_json), "--merge", str(chain_json)])
+    both = json.loads(both_json.read_text())
+    assert both["chain"] == chain_only["chain"]  # carried over as it was measured
+    chain, tree, versus = both["chain"], both["tree"], both["tree_minus_chain"]
+    assert tree["heldout_task_ids"] == chain["heldout_task_ids"]
+    # Greedy from the same adapter: the two starting evaluations agree task by task.
+    assert versus["same_start"] and tree["outcome_per_task_before"] == chain["outcome_per_task_before"]
+    diffs = [
+        t - c for c, t in zip(chain["outcome_per_task_after"], tree["outcome_per_task_after"], strict=True)
+    ]
+    assert versus["n"] == 3 and versus["difference"] == pytest.approx(sum(diffs) / 3)
+    assert versus["tree_won"] == sum(d > 0 for d in diffs) and versus["chain_won"] == sum(
+        d < 0 for d in diffs
+    )
+    assert versus["ci95"][2] == 3 and versus["ci95"][0] <= versus["difference"] <= versus["ci95"][1]
+    printed = capsys.readouterr().out
+    assert "arms ['chain']" in printed and "tree - chain, held-out outcome after training" in printed
