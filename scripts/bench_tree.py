@@ -17,8 +17,9 @@ one start is reported apart), so the optimizer's share of a step does not dilute
 
 An arm at a budget where this recipe learns (~80k tokens) takes hours on a 2-core CPU, so the arms may run apart:
 `--arms tree --merge chain.json` adds the arms of an earlier run of the same settings from the same adapter
-(checked: every setting that shapes an arm, and the adapter's SHA-256). The JSON keeps each arm's per-task held-out
-outcomes, so tree and chain are compared task by task (tree - chain after training, paired 95% interval).
+(checked: every setting that shapes an arm, and the adapter's SHA-256; the config by its path, so leave the
+file unchanged between them). The JSON keeps each arm's per-task held-out outcomes, so tree and chain are
+compared task by task (tree - chain after training, paired 95% interval).
 
     python scripts/bench_tree.py configs/smollm2-135m-demo.yaml --sft-adapter runs/NAME/sft/tool --budget 8000
     .venv-vllm/bin/python scripts/bench_tree.py --sft-adapter A --arms chain --backends hf,vllm --heldout 0
