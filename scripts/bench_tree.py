@@ -138,6 +138,9 @@ def heldout(comparison: dict[str, Any] | None) -> dict[str, Any]:
         "outcome_after": comparison["after"]["outcome"],
         "outcome_after_ci95": comparison["after"]["ci95"]["outcome"],
         "outcome_change_ci95": comparison["delta"].get("outcome_ci95"),
+        # Each reward's held-out mean (unweighted, as the stage's evaluation scores it): the reward after the budget.
+        "heldout_rewards_before": comparison["before"].get("rewards"),
+        "heldout_rewards_after": comparison["after"].get("rewards"),
         # Per task, so that arms run apart (--merge) are still compared on the same tasks, pair by pair.
         "heldout_task_ids": comparison["heldout"]["task_ids"],
         "outcome_per_task_before": comparison["before"].get("outcome_per_task"),

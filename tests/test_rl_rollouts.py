@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,63 @@ def test_tree_rollouts_share_the_prefix_fork_the_env_and_cost_fewer_tokens(token
         assert generated_tokens(tree) < generated_tokens(chain)
         call_tokens = sum(tree.nodes[tree.roots[0]].episode.mask)
         assert generated_tokens(chain) - generated_tokens(tree) == 2 * call_tokens
+
+
+def test_a_depth_two_tree_forks_again_after_its_second_call(tokenizer) -> None:
+    rng = random.Random(5)
+    items = [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 2)) for _ in range(2)]
+    assert all(
+        [len(turn) for turn in i.task.solution] == [1, 1] for i in items
+    )  # two calls, one after the other
+    codec = codec_for(tokenizer)
+    trees, chains = [Group(item) for item in items], [Group(item) for item in items]
+    grow(ScriptedPolicy(tokenizer, items), tokenizer, codec, trees, CLASSES, Shape(1, 2, 2), Budget(768, 4),
+         scorer_for(tokenizer))  # fmt: skip
+    grow(ScriptedPolicy(tokenizer, items), tokenizer, codec, chains, CLASSES, Shape(4), Budget(768, 4),
+         scorer_for(tokenizer))  # fmt: skip
+    for tree, chain in zip(trees, chains, strict=True):
+        assert [n.depth for n in tree.nodes] == [0, 1, 1, 2, 2, 2, 2] and len(tree.leaves()) == 4
+        assert slot_layout(tree, Shape(1, 2, 2)) == [
+            0,
+            1,
+            3,
+            4,
+            2,
+            5,
+            6,
+        ]  # preorder: root, mid, its leaves, ...
+        root = tree.nodes[0]
+        assert len(root.episode.env._calls) == 1  # the first call only
+        for mid_index in root.children:
+            mid = tree.nodes[mid_index]
+            assert mid.start == root.end and mid.episode.ids[: root.end] == root.episode.ids[: root.end]
+            assert len(mid.episode.env._calls) == 2 and mid.episode.env._final_answer is None
+            leaves = [tree.nodes[c] for c in mid.children]
+            for leaf in leaves:  # each leaf starts after its own parent's second call, in its own environment
+                assert leaf.start == mid.end and leaf.episode.ids[: mid.end] == mid.episode.ids[: mid.end]
+                assert leaf.episode.env not in (mid.episode.env, root.episode.env)
+                assert leaf.episode.env._final_answer is not None and leaf.reward is not None
+            assert leaves[0].episode.env is not leaves[1].episode.env
+        assert [leaf.reward for leaf in tree.leaves()] == [leaf.reward for leaf in chain.leaves()]
+        # Generated once per tree: the first call (instead of 4 times), each second call (instead of twice).
+        first = sum(root.episode.mask)
+        second = sum(sum(tree.nodes[m].episode.mask) - first for m in root.children)
+        assert generated_tokens(chain) - generated_tokens(tree) == 3 * first + second
+        # The estimator on two levels: siblings sum to zero at each fork; a root-to-leaf path sums to the leaf's
+        # chain advantage (reward − group mean over the scale).
+        for leaf in tree.leaves():
+            leaf.reward = float(tree.nodes.index(leaf) % 2)  # siblings disagree
+        tree_advantages(tree, Shape(1, 2, 2))
+        values = [leaf.reward for leaf in tree.leaves()]
+        mean = sum(values) / 4
+        scale = (sum((v - mean) ** 2 for v in values) / 3) ** 0.5 + 1e-4
+        for node in tree.nodes:
+            if node.children:
+                assert sum(tree.nodes[c].advantage for c in node.children) == pytest.approx(0.0)
+        for leaf in tree.leaves():
+            mid = tree.nodes[leaf.parent]  # type: ignore[index]
+            path = leaf.advantage + mid.advantage + root.advantage
+            assert path == pytest.approx((leaf.reward - mean) / scale)
 
 
 class WrongEveryOther(ScriptedPolicy):
@@ -540,6 +598,11 @@ def test_grpo_with_tree_rollouts_reflexion_and_curriculum_on_the_tiny_model(
     assert totals["groups"] >= 1 and totals["generated_tokens"] >= 1
     logged = {k for line in (out / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
     assert {"rollout/reward", "rollout/rewards/format/mean", "curriculum/zero_signal_groups"} <= logged
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = {k: v for row in rows for k, v in row.items() if k.startswith("curriculum/pass_rate/")}
+    assert rates and all(
+        re.fullmatch(r"curriculum/pass_rate/d[0-9]", k) and 0 < v < 1 for k, v in rates.items()
+    )
     assert (out / "rewards.png").is_file() and (out / "eval_before_after.json").is_file()
 
 

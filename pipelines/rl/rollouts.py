@@ -362,7 +362,8 @@ class Curriculum:
         self.zero_signal = 0
 
     def pass_rate(self, difficulty: int) -> float:
-        """Smoothed (Laplace) share of passing leaves at this difficulty."""
+        """Mean of the groups' pass rates (each group's share of passing leaves) at this difficulty, Laplace-
+        smoothed so that an unseen difficulty reads 0.5 and a few groups do not pin it at 0 or 1."""
         return (self.passes.get(difficulty, 0.0) + 1) / (self.groups[difficulty] + 2)
 
     def weight(self, difficulty: int) -> float:
