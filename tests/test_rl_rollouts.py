@@ -201,9 +201,8 @@ def test_tree_rollouts_share_the_prefix_fork_the_env_and_cost_fewer_tokens(token
 def test_a_depth_two_tree_forks_again_after_its_second_call(tokenizer) -> None:
     rng = random.Random(5)
     items = [sampling.DomainTask("calculator", DOMAINS["calculator"][1](rng, 2)) for _ in range(2)]
-    assert all(
-        [len(turn) for turn in i.task.solution] == [1, 1] for i in items
-    )  # two calls, one after the other
+    calls_per_turn = [[len(turn) for turn in i.task.solution] for i in items]
+    assert calls_per_turn == [[1, 1], [1, 1]]  # two calls, one after the other
     codec = codec_for(tokenizer)
     trees, chains = [Group(item) for item in items], [Group(item) for item in items]
     grow(ScriptedPolicy(tokenizer, items), tokenizer, codec, trees, CLASSES, Shape(1, 2, 2), Budget(768, 4),
@@ -212,15 +211,8 @@ def test_a_depth_two_tree_forks_again_after_its_second_call(tokenizer) -> None:
          scorer_for(tokenizer))  # fmt: skip
     for tree, chain in zip(trees, chains, strict=True):
         assert [n.depth for n in tree.nodes] == [0, 1, 1, 2, 2, 2, 2] and len(tree.leaves()) == 4
-        assert slot_layout(tree, Shape(1, 2, 2)) == [
-            0,
-            1,
-            3,
-            4,
-            2,
-            5,
-            6,
-        ]  # preorder: root, mid, its leaves, ...
+        preorder = [0, 1, 3, 4, 2, 5, 6]  # root, first mid, its two leaves, second mid, its two leaves
+        assert slot_layout(tree, Shape(1, 2, 2)) == preorder
         root = tree.nodes[0]
         assert len(root.episode.env._calls) == 1  # the first call only
         for mid_index in root.children:
@@ -596,9 +588,9 @@ def test_grpo_with_tree_rollouts_reflexion_and_curriculum_on_the_tiny_model(
     assert json.loads((out / ROLLOUTS_FILE).read_text()) == RLSummary.read(out).rollouts
     totals = summary.rollouts["totals"]
     assert totals["groups"] >= 1 and totals["generated_tokens"] >= 1
-    logged = {k for line in (out / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
-    assert {"rollout/reward", "rollout/rewards/format/mean", "curriculum/zero_signal_groups"} <= logged
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = {k for row in rows for k in row}
+    assert {"rollout/reward", "rollout/rewards/format/mean", "curriculum/zero_signal_groups"} <= logged
     rates = {k: v for row in rows for k, v in row.items() if k.startswith("curriculum/pass_rate/")}
     assert rates and all(
         re.fullmatch(r"curriculum/pass_rate/d[0-9]", k) and 0 < v < 1 for k, v in rates.items()
